@@ -1,0 +1,19 @@
+//! Generates the gRPC code into OUT_DIR. protoc comes from `PROTOC` (set for the whole workspace
+//! by `.cargo/config.toml`) or, failing that, from the protoc-bin-vendored crate.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // Edition 2021: set_var is safe; build scripts are single-threaded.
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    println!("cargo:rerun-if-changed=protos");
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "protos/tdmq_backup/v1/ingester.proto",
+            "protos/tdmq_backup/v1/uploader.proto",
+        ],
+        &["protos"],
+    )?;
+    Ok(())
+}

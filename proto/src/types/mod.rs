@@ -1,0 +1,14 @@
+pub mod message_id;
+pub mod object_key;
+pub mod record;
+pub mod rule;
+pub mod secret;
+pub mod time;
+
+pub use message_id::MessageId;
+pub use object_key::{object_key, TopicName};
+pub use record::{encode_record, RecordFields};
+pub use rule::{
+    Compression, RuleConfig, RuleError, RuleSpecInput, StartPosition, SubscriptionKind,
+};
+pub use secret::Secret;

@@ -1,0 +1,145 @@
+//! Object key layout: `{prefix}{tenant}/{namespace}/{topic}/{YYYY}/{MM}/{DD}/{HH}/{name}`.
+//!
+//! `{name}` is derived only from what a sealed segment already fixes (rule, window start, first
+//! message id, compression), so a retry or a restart writes the very same key: a replay
+//! overwrites its object instead of adding a second one.
+
+use chrono::{DateTime, Utc};
+
+use super::message_id::MessageId;
+use super::rule::Compression;
+
+/// `persistent://tenant/namespace/topic`, split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicName {
+    pub persistent: bool,
+    pub tenant: String,
+    pub namespace: String,
+    pub topic: String,
+}
+
+impl TopicName {
+    /// Parses a full name, or completes a short one (`orders` → `persistent://public/default/orders`).
+    pub fn parse(input: &str) -> Result<TopicName, String> {
+        let (persistent, rest) = if let Some(rest) = input.strip_prefix("persistent://") {
+            (true, rest)
+        } else if let Some(rest) = input.strip_prefix("non-persistent://") {
+            (false, rest)
+        } else if input.contains("://") {
+            return Err(format!(
+                "topic {input:?} must start with persistent:// or non-persistent://"
+            ));
+        } else {
+            (true, input)
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (tenant, namespace, topic) = match parts.as_slice() {
+            [topic] => ("public", "default", *topic),
+            [tenant, namespace, topic] => (*tenant, *namespace, *topic),
+            _ => {
+                return Err(format!(
+                    "topic {input:?} must be persistent://tenant/namespace/topic or a short name"
+                ))
+            }
+        };
+        for (what, part) in [
+            ("tenant", tenant),
+            ("namespace", namespace),
+            ("topic", topic),
+        ] {
+            let ok = !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.=:".contains(c));
+            if !ok {
+                return Err(format!("topic {input:?} has an invalid {what} {part:?}"));
+            }
+        }
+        if topic.contains("-partition-") {
+            return Err(format!(
+                "topic {input:?} names one partition; give the partitioned topic's name"
+            ));
+        }
+        Ok(TopicName {
+            persistent,
+            tenant: tenant.to_string(),
+            namespace: namespace.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn full_name(&self) -> String {
+        let scheme = if self.persistent {
+            "persistent"
+        } else {
+            "non-persistent"
+        };
+        format!(
+            "{scheme}://{}/{}/{}",
+            self.tenant, self.namespace, self.topic
+        )
+    }
+}
+
+/// The object key of a sealed segment.
+pub fn object_key(
+    prefix: &str,
+    topic: &TopicName,
+    window_start: DateTime<Utc>,
+    rule: &str,
+    first_message_id: &MessageId,
+    compression: Compression,
+) -> String {
+    format!(
+        "{prefix}{}/{}/{}/{}/{}-{}-{}{}",
+        topic.tenant,
+        topic.namespace,
+        topic.topic,
+        window_start.format("%Y/%m/%d/%H"),
+        rule,
+        window_start.format("%Y%m%dT%H%M%SZ"),
+        first_message_id.file_stem(),
+        compression.extension(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn completes_short_names_and_splits_full_ones() {
+        let t = TopicName::parse("orders").expect("short name");
+        assert_eq!(t.full_name(), "persistent://public/default/orders");
+        let t = TopicName::parse("persistent://acme/prod/orders").expect("full name");
+        assert_eq!((t.tenant.as_str(), t.namespace.as_str()), ("acme", "prod"));
+        assert!(TopicName::parse("http://a/b/c").is_err());
+        assert!(TopicName::parse("a/b").is_err());
+        assert!(TopicName::parse("persistent://a//c").is_err());
+        assert!(TopicName::parse("orders-partition-3").is_err());
+    }
+
+    #[test]
+    fn key_layout_follows_the_contract() {
+        let topic = TopicName::parse("persistent://public/default/orders").expect("topic");
+        let start = Utc
+            .with_ymd_and_hms(2026, 11, 24, 2, 40, 0)
+            .single()
+            .expect("time");
+        let id = MessageId {
+            ledger: 12,
+            entry: 34,
+            partition: -1,
+            batch_index: 0,
+        };
+        assert_eq!(
+            object_key("backup/", &topic, start, "orders-bk", &id, Compression::Gzip),
+            "backup/public/default/orders/2026/11/24/02/orders-bk-20261124T024000Z-12_34_-1_0.jsonl.gz"
+        );
+        assert_eq!(
+            object_key("", &topic, start, "r1", &id, Compression::None),
+            "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0.jsonl"
+        );
+    }
+}

@@ -1,0 +1,807 @@
+//! Backup rules: what an operator writes ([`RuleSpecInput`]), validated into what the ingester
+//! stores and runs ([`RuleConfig`]). Validation refuses the whole rule and names the field.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::object_key::TopicName;
+
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_MESSAGES: u64 = 5000;
+pub const DEFAULT_MAX_BYTES: u64 = 500_000_000;
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_MAX_MESSAGES: u64 = 1_000_000;
+pub const MAX_MAX_BYTES: u64 = 5_000_000_000;
+
+/// The seed product's seven COS regions, known by name.
+pub const COS_REGIONS: [&str; 7] = [
+    "ap-guangzhou",
+    "ap-shanghai",
+    "ap-hongkong",
+    "ap-beijing",
+    "ap-chengdu",
+    "ap-singapore",
+    "na-siliconvalley",
+];
+
+/// `https://cos.<region>.myqcloud.com` for a known COS region.
+pub fn cos_endpoint(region: &str) -> Option<String> {
+    COS_REGIONS
+        .contains(&region)
+        .then(|| format!("https://cos.{region}.myqcloud.com"))
+}
+
+/// An invalid rule: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuleError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: String) -> RuleError {
+    RuleError { field, message }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+impl Compression {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Gzip => ".jsonl.gz",
+            Compression::None => ".jsonl",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// Failover: one active consumer, a standby takes over. Exclusive: a second ingester is refused.
+/// Shared subscriptions are not offered: they break the per-partition order the spool relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionKind {
+    #[default]
+    Failover,
+    Exclusive,
+}
+
+impl SubscriptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionKind::Failover => "failover",
+            SubscriptionKind::Exclusive => "exclusive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "at")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+    /// Seek by publish time, in milliseconds since the epoch.
+    Timestamp(u64),
+}
+
+impl StartPosition {
+    pub fn parse(input: &str) -> Result<StartPosition, String> {
+        match input {
+            "earliest" => Ok(StartPosition::Earliest),
+            "latest" => Ok(StartPosition::Latest),
+            other => DateTime::parse_from_rfc3339(other)
+                .ok()
+                .and_then(|t| u64::try_from(t.with_timezone(&Utc).timestamp_millis()).ok())
+                .map(StartPosition::Timestamp)
+                .ok_or_else(|| {
+                    format!("start {other:?} must be earliest, latest or an RFC 3339 timestamp")
+                }),
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            StartPosition::Earliest => "earliest".into(),
+            StartPosition::Latest => "latest".into(),
+            StartPosition::Timestamp(ms) => super::time::rfc3339_from_millis(*ms),
+        }
+    }
+}
+
+/// A rule as written: every field optional so the same type serves create (defaults fill in),
+/// edit (unset fields keep their value) and `--from-file RULE.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpecInput {
+    pub name: Option<String>,
+    pub service_url: Option<String>,
+    pub topic: Option<String>,
+    pub subscription: Option<String>,
+    pub subscription_type: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+    pub window: Option<String>,
+    pub max_messages: Option<u64>,
+    /// `500MB`, `64MiB` or a plain number of bytes.
+    pub max_bytes: Option<String>,
+    pub start: Option<String>,
+    pub cluster: Option<String>,
+    pub role: Option<String>,
+    pub endpoint: Option<String>,
+    pub compression: Option<String>,
+}
+
+/// A validated rule, as the ingester stores it. Holds no secret: the token is kept apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleConfig {
+    pub name: String,
+    pub service_url: String,
+    pub topic: String,
+    pub subscription: String,
+    pub subscription_type: SubscriptionKind,
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub window_secs: u64,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub start: StartPosition,
+    pub cluster: String,
+    pub role: String,
+    pub endpoint: String,
+    pub compression: Compression,
+}
+
+impl RuleSpecInput {
+    /// Fields set in `patch` replace ours.
+    pub fn overlay(mut self, patch: RuleSpecInput) -> RuleSpecInput {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if patch.$f.is_some() { self.$f = patch.$f; } )* };
+        }
+        take!(
+            name,
+            service_url,
+            topic,
+            subscription,
+            subscription_type,
+            bucket,
+            region,
+            prefix,
+            window,
+            max_messages,
+            max_bytes,
+            start,
+            cluster,
+            role,
+            endpoint,
+            compression
+        );
+        self
+    }
+
+    /// Validates every field; the first invalid one is named in the error.
+    pub fn validate(&self) -> Result<RuleConfig, RuleError> {
+        let name = required("name", &self.name)?;
+        validate_name(name)?;
+        let service_url = required("service_url", &self.service_url)?;
+        validate_service_url(service_url)?;
+        let topic =
+            TopicName::parse(required("topic", &self.topic)?).map_err(|m| invalid("topic", m))?;
+        let subscription = required("subscription", &self.subscription)?;
+        validate_subscription(subscription)?;
+        let subscription_type = match self.subscription_type.as_deref() {
+            None | Some("failover") => SubscriptionKind::Failover,
+            Some("exclusive") => SubscriptionKind::Exclusive,
+            Some(other) => {
+                return Err(invalid(
+                    "subscription_type",
+                    format!("subscription_type {other:?} must be failover or exclusive"),
+                ))
+            }
+        };
+        let bucket = required("bucket", &self.bucket)?;
+        validate_bucket(bucket)?;
+        let endpoint = self.endpoint.clone().unwrap_or_default();
+        if !endpoint.is_empty() {
+            validate_endpoint(&endpoint)?;
+        }
+        let region = required("region", &self.region)?;
+        validate_region(region, &endpoint)?;
+        let prefix = self.prefix.clone().unwrap_or_default();
+        validate_prefix(&prefix)?;
+        let window = match &self.window {
+            None => DEFAULT_WINDOW,
+            Some(text) => parse_window(text)?,
+        };
+        let max_messages = self.max_messages.unwrap_or(DEFAULT_MAX_MESSAGES);
+        if max_messages == 0 || max_messages > MAX_MAX_MESSAGES {
+            return Err(invalid(
+                "max_messages",
+                format!("max_messages {max_messages} must be between 1 and {MAX_MAX_MESSAGES}"),
+            ));
+        }
+        let max_bytes = match &self.max_bytes {
+            None => DEFAULT_MAX_BYTES,
+            Some(text) => parse_size(text).map_err(|m| invalid("max_bytes", m))?,
+        };
+        if max_bytes == 0 || max_bytes > MAX_MAX_BYTES {
+            return Err(invalid(
+                "max_bytes",
+                format!("max_bytes {max_bytes} must be between 1 B and 5 GB"),
+            ));
+        }
+        let start = match &self.start {
+            None => StartPosition::Earliest,
+            Some(text) => StartPosition::parse(text).map_err(|m| invalid("start", m))?,
+        };
+        let compression = match self.compression.as_deref() {
+            None | Some("gzip") => Compression::Gzip,
+            Some("none") => Compression::None,
+            Some(other) => {
+                return Err(invalid(
+                    "compression",
+                    format!("compression {other:?} must be gzip or none"),
+                ))
+            }
+        };
+        let cluster = self.cluster.clone().unwrap_or_default();
+        validate_label("cluster", &cluster)?;
+        let role = self.role.clone().unwrap_or_default();
+        validate_label("role", &role)?;
+        Ok(RuleConfig {
+            name: name.to_string(),
+            service_url: service_url.to_string(),
+            topic: topic.full_name(),
+            subscription: subscription.to_string(),
+            subscription_type,
+            bucket: bucket.to_string(),
+            region: region.to_string(),
+            prefix,
+            window_secs: window.as_secs(),
+            max_messages,
+            max_bytes,
+            start,
+            cluster,
+            role,
+            endpoint,
+            compression,
+        })
+    }
+}
+
+impl RuleConfig {
+    pub fn to_input(&self) -> RuleSpecInput {
+        RuleSpecInput {
+            name: Some(self.name.clone()),
+            service_url: Some(self.service_url.clone()),
+            topic: Some(self.topic.clone()),
+            subscription: Some(self.subscription.clone()),
+            subscription_type: Some(self.subscription_type.as_str().into()),
+            bucket: Some(self.bucket.clone()),
+            region: Some(self.region.clone()),
+            prefix: Some(self.prefix.clone()),
+            window: Some(format!("{}s", self.window_secs)),
+            max_messages: Some(self.max_messages),
+            max_bytes: Some(self.max_bytes.to_string()),
+            start: Some(self.start.display()),
+            cluster: Some(self.cluster.clone()),
+            role: Some(self.role.clone()),
+            endpoint: Some(self.endpoint.clone()),
+            compression: Some(self.compression.as_str().into()),
+        }
+    }
+
+    pub fn topic_name(&self) -> TopicName {
+        // Stored rules were validated, so the name parses; fall back to a literal split otherwise.
+        TopicName::parse(&self.topic).unwrap_or_else(|_| TopicName {
+            persistent: true,
+            tenant: "public".into(),
+            namespace: "default".into(),
+            topic: self.topic.clone(),
+        })
+    }
+}
+
+fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, RuleError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(invalid(field, format!("{field} is required"))),
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), RuleError> {
+    let len_ok = (2..=60).contains(&name.len());
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let starts_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if len_ok && chars_ok && starts_ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            format!("name {name:?} must be 2-60 characters of a-z 0-9 _ - starting with a letter"),
+        ))
+    }
+}
+
+fn validate_service_url(url: &str) -> Result<(), RuleError> {
+    let rest = url
+        .strip_prefix("pulsar://")
+        .or_else(|| url.strip_prefix("pulsar+ssl://"))
+        .ok_or_else(|| {
+            invalid(
+                "service_url",
+                format!("service_url {url:?} must start with pulsar:// or pulsar+ssl://"),
+            )
+        })?;
+    let host_port = rest.trim_end_matches('/');
+    let valid = host_port.split(',').all(|hp| match hp.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    });
+    if !valid {
+        return Err(invalid(
+            "service_url",
+            format!("service_url {url:?} must be pulsar://host:port or pulsar+ssl://host:port"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_subscription(sub: &str) -> Result<(), RuleError> {
+    let ok = sub.len() <= 255 && sub.chars().all(|c| c.is_ascii_graphic() && c != '/');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "subscription",
+            format!(
+                "subscription {sub:?} must be up to 255 printable characters without / or spaces"
+            ),
+        ))
+    }
+}
+
+/// S3 bucket naming (COS's `name-appid` is a valid S3 name).
+fn validate_bucket(bucket: &str) -> Result<(), RuleError> {
+    let len_ok = (3..=63).contains(&bucket.len());
+    let chars_ok = bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let edges_ok = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if len_ok && chars_ok && edges_ok && !bucket.contains("..") {
+        Ok(())
+    } else {
+        Err(invalid(
+            "bucket",
+            format!(
+                "bucket {bucket:?} must be 3-63 characters of a-z 0-9 - . (COS: name-appid), \
+                 starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), RuleError> {
+    let ok = ["http://", "https://", "file://"].iter().any(|s| {
+        endpoint
+            .strip_prefix(s)
+            .is_some_and(|rest| !rest.is_empty())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "endpoint",
+            format!("endpoint {endpoint:?} must be an http://, https:// or file:// URL"),
+        ))
+    }
+}
+
+fn validate_region(region: &str, endpoint: &str) -> Result<(), RuleError> {
+    let chars_ok = region
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !chars_ok {
+        return Err(invalid(
+            "region",
+            format!("region {region:?} may only hold a-z 0-9 -"),
+        ));
+    }
+    if cos_endpoint(region).is_none() && endpoint.is_empty() {
+        return Err(invalid(
+            "region",
+            format!(
+                "region {region:?} is not a known COS region ({}); give --endpoint for any other",
+                COS_REGIONS.join(" ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), RuleError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    if !prefix.ends_with('/') {
+        return Err(invalid(
+            "prefix",
+            format!("prefix {prefix:?} must end with \"/\""),
+        ));
+    }
+    if prefix.starts_with('/') || prefix.contains("//") || prefix.contains('\\') {
+        return Err(invalid(
+            "prefix",
+            format!("prefix {prefix:?} must not start with \"/\" or hold empty path parts"),
+        ));
+    }
+    if prefix.len() > 512 || prefix.chars().any(char::is_control) {
+        return Err(invalid(
+            "prefix",
+            format!("prefix {prefix:?} must be at most 512 printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_label(field: &'static str, value: &str) -> Result<(), RuleError> {
+    if value.len() > 128 || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{field} must be at most 128 printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `1s` ..= `24h`, humantime syntax.
+pub fn parse_window(text: &str) -> Result<Duration, RuleError> {
+    let window = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            "window",
+            format!("window {text:?} is not a duration like 5m or 30s: {e}"),
+        )
+    })?;
+    if window < Duration::from_secs(1) || window > MAX_WINDOW || window.subsec_nanos() != 0 {
+        return Err(invalid(
+            "window",
+            format!("window {text:?} must be whole seconds between 1s and 24h"),
+        ));
+    }
+    Ok(window)
+}
+
+/// Sizes: `KB MB GB` are powers of 1000, `KiB MiB GiB` powers of 1024, a bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "size {text:?} has unknown unit {other:?} (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("size {text:?} is not a number followed by a unit, like 500MB"))?;
+    let bytes = value * factor as f64;
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) || bytes.fract() != 0.0 {
+        return Err(format!("size {text:?} is not a whole number of bytes"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_input() -> RuleSpecInput {
+        RuleSpecInput {
+            name: Some("orders-backup".into()),
+            service_url: Some("pulsar://10.0.0.5:6650".into()),
+            topic: Some("orders".into()),
+            subscription: Some("backup".into()),
+            bucket: Some("backup-1250000000".into()),
+            region: Some("ap-guangzhou".into()),
+            ..RuleSpecInput::default()
+        }
+    }
+
+    fn field_of(input: RuleSpecInput) -> &'static str {
+        input.validate().expect_err("must be refused").field
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let rule = valid_input().validate().expect("valid");
+        assert_eq!(rule.topic, "persistent://public/default/orders");
+        assert_eq!(rule.window_secs, 300);
+        assert_eq!(rule.max_messages, 5000);
+        assert_eq!(rule.max_bytes, 500_000_000);
+        assert_eq!(rule.start, StartPosition::Earliest);
+        assert_eq!(rule.compression, Compression::Gzip);
+        assert_eq!(rule.subscription_type, SubscriptionKind::Failover);
+        assert_eq!(rule.to_input().validate(), Ok(rule));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, RuleSpecInput)> = vec![
+            (
+                "name",
+                RuleSpecInput {
+                    name: Some("9lives".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "name",
+                RuleSpecInput {
+                    name: Some("a".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "name",
+                RuleSpecInput {
+                    name: Some("Orders".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "name",
+                RuleSpecInput {
+                    name: Some("x".repeat(61)),
+                    ..valid_input()
+                },
+            ),
+            (
+                "name",
+                RuleSpecInput {
+                    name: None,
+                    ..valid_input()
+                },
+            ),
+            (
+                "service_url",
+                RuleSpecInput {
+                    service_url: Some("http://h:1".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "service_url",
+                RuleSpecInput {
+                    service_url: Some("pulsar://h".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "topic",
+                RuleSpecInput {
+                    topic: Some("a/b".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "subscription",
+                RuleSpecInput {
+                    subscription: Some("a b".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "subscription_type",
+                RuleSpecInput {
+                    subscription_type: Some("shared".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "bucket",
+                RuleSpecInput {
+                    bucket: Some("My_Bucket".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "bucket",
+                RuleSpecInput {
+                    bucket: Some("ab".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "region",
+                RuleSpecInput {
+                    region: Some("us-east-1".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "endpoint",
+                RuleSpecInput {
+                    endpoint: Some("ftp://x".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "prefix",
+                RuleSpecInput {
+                    prefix: Some("logs".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "prefix",
+                RuleSpecInput {
+                    prefix: Some("/logs/".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "window",
+                RuleSpecInput {
+                    window: Some("0s".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "window",
+                RuleSpecInput {
+                    window: Some("25h".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "window",
+                RuleSpecInput {
+                    window: Some("soon".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "max_messages",
+                RuleSpecInput {
+                    max_messages: Some(0),
+                    ..valid_input()
+                },
+            ),
+            (
+                "max_messages",
+                RuleSpecInput {
+                    max_messages: Some(1_000_001),
+                    ..valid_input()
+                },
+            ),
+            (
+                "max_bytes",
+                RuleSpecInput {
+                    max_bytes: Some("6GB".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "max_bytes",
+                RuleSpecInput {
+                    max_bytes: Some("0".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "max_bytes",
+                RuleSpecInput {
+                    max_bytes: Some("5 parsecs".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "start",
+                RuleSpecInput {
+                    start: Some("yesterday".into()),
+                    ..valid_input()
+                },
+            ),
+            (
+                "compression",
+                RuleSpecInput {
+                    compression: Some("zstd".into()),
+                    ..valid_input()
+                },
+            ),
+        ];
+        for (field, input) in cases {
+            assert_eq!(field_of(input.clone()), field, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_message_says_what_to_do() {
+        let err = RuleSpecInput {
+            prefix: Some("logs".into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect_err("refused");
+        assert_eq!(err.to_string(), r#"prefix "logs" must end with "/""#);
+    }
+
+    #[test]
+    fn other_regions_need_an_endpoint() {
+        let input = RuleSpecInput {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            ..valid_input()
+        };
+        assert!(input.validate().is_ok());
+        assert_eq!(
+            cos_endpoint("ap-shanghai").as_deref(),
+            Some("https://cos.ap-shanghai.myqcloud.com")
+        );
+        assert_eq!(cos_endpoint("us-east-1"), None);
+    }
+
+    #[test]
+    fn sizes_use_decimal_and_binary_units() {
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1 KB"), Ok(1000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5KB"), Ok(1500));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("1.5B").is_err());
+        assert!(parse_size("MB").is_err());
+    }
+
+    #[test]
+    fn windows_and_start_positions() {
+        assert_eq!(parse_window("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_window("24h"), Ok(MAX_WINDOW));
+        assert!(parse_window("1500ms").is_err());
+        assert_eq!(
+            StartPosition::parse("2026-11-24T02:44:19.913Z"),
+            Ok(StartPosition::Timestamp(1_795_488_259_913))
+        );
+        assert_eq!(StartPosition::parse("latest"), Ok(StartPosition::Latest));
+    }
+
+    #[test]
+    fn overlay_keeps_unset_fields() {
+        let base = valid_input();
+        let patched = base.clone().overlay(RuleSpecInput {
+            window: Some("10m".into()),
+            ..RuleSpecInput::default()
+        });
+        assert_eq!(patched.topic, base.topic);
+        assert_eq!(patched.window.as_deref(), Some("10m"));
+    }
+}
