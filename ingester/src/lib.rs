@@ -1,1 +1,75 @@
-pub fn _x() {}
+//! tdmq-backup-ingester as a library: [`run`] takes a bound listener and a shutdown future, so
+//! the binary stays thin and tests can start it on port 0.
+//!
+//! A message's path, module by module: `consumer` (receives, encodes once) → `spool` (durable
+//! batch write, dedup by id, cut by `cutter`) → `sealer` (segment file) → `grpc` (uploader
+//! streams it, then commits) → `consumer` again (acknowledges in segment order) → `history`.
+
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod cutter;
+pub mod error;
+pub mod grpc;
+pub mod history;
+pub mod rules;
+pub mod sealer;
+pub mod spool;
+pub mod stats;
+
+use std::future::Future;
+
+use anyhow::Context;
+use tracing::info;
+
+pub use config::IngesterConfig;
+pub use error::IngesterError;
+
+pub async fn run(
+    config: IngesterConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app::IngesterApp::open(config.data_dir.clone(), config.history_max_entries)
+        .await
+        .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
+    let addr = listener.local_addr()?;
+    info!(listen = %addr, data_dir = %config.data_dir.display(), version = proto::VERSION, "ingester ready");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
+        .max_decoding_message_size(16 * 1024 * 1024);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stop_rx.await;
+                info!("shutting down");
+            },
+        )
+        .await
+        .context("serving gRPC")?;
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, app.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?grace, "shutdown took longer than the grace period; exiting");
+    }
+    info!("ingester stopped");
+    Ok(())
+}
+
+/// Logging for the binaries: `RUST_LOG` filters; pulsar's normal reconnect chatter is kept at warn.
+pub fn init_tracing(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pulsar=warn,sled=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,712 @@
+//! The ingester's state and operations: rule lifecycle, status, and the segment hand-off to
+//! the uploader. The gRPC layer (`grpc.rs`) only translates to and from these calls.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::types::{RuleSpecInput, Secret};
+use proto::v1;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::consumer::{Command, RuleTask};
+use crate::error::{IngesterError, Result};
+use crate::history::{History, HistoryEntry};
+use crate::rules::{RuleStore, StoredRule};
+use crate::sealer::SealerHandle;
+use crate::spool::{CommitOutcome, RuleSpool};
+use crate::stats::RuleStats;
+
+const READ_CHUNK: usize = 256 * 1024;
+
+struct RuleHandle {
+    spool: Arc<RuleSpool>,
+    stats: Arc<RuleStats>,
+    commands: mpsc::Sender<Command>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub struct IngesterApp {
+    db: sled::Db,
+    data_dir: PathBuf,
+    rules: Arc<RuleStore>,
+    history: Arc<History>,
+    sealer: SealerHandle,
+    sealed_notify: Arc<Notify>,
+    running: Mutex<HashMap<String, RuleHandle>>,
+    started: Instant,
+}
+
+pub fn spec_input(spec: &v1::RuleSpec) -> RuleSpecInput {
+    RuleSpecInput {
+        name: Some(spec.name.clone()).filter(|n| !n.is_empty()),
+        service_url: spec.service_url.clone(),
+        topic: spec.topic.clone(),
+        subscription: spec.subscription.clone(),
+        subscription_type: spec.subscription_type.clone(),
+        bucket: spec.bucket.clone(),
+        region: spec.region.clone(),
+        prefix: spec.prefix.clone(),
+        window: spec.window.clone(),
+        max_messages: spec.max_messages,
+        max_bytes: spec.max_bytes.clone(),
+        start: spec.start.clone(),
+        cluster: spec.cluster.clone(),
+        role: spec.role.clone(),
+        endpoint: spec.endpoint.clone(),
+        compression: spec.compression.clone(),
+    }
+}
+
+impl IngesterApp {
+    /// Opens the spool under `data_dir` and starts every stored rule.
+    pub async fn open(data_dir: PathBuf, history_max_entries: usize) -> Result<Arc<IngesterApp>> {
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
+        })?;
+        restrict_permissions(&data_dir);
+        let db = sled::Config::new()
+            .path(data_dir.join("spool.sled"))
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let rules = Arc::new(RuleStore::open(&db)?);
+        let history = Arc::new(History::open(&db, history_max_entries)?);
+        let sealer = crate::sealer::spawn(history.clone());
+        let app = Arc::new(IngesterApp {
+            db,
+            data_dir,
+            rules,
+            history,
+            sealer,
+            sealed_notify: Arc::new(Notify::new()),
+            running: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        });
+        for stored in app.rules.list()? {
+            let name = stored.config.name.clone();
+            let handle = app.start_rule(&stored)?;
+            app.running.lock().await.insert(name.clone(), handle);
+            info!(rule = %name, "rule started");
+        }
+        Ok(app)
+    }
+
+    fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
+        let (spool, to_seal) = RuleSpool::open(
+            &self.db,
+            &self.data_dir,
+            &stored.config,
+            self.sealed_notify.clone(),
+        )?;
+        for segment_no in to_seal {
+            self.sealer.seal(spool.clone(), segment_no);
+        }
+        let stats = Arc::new(RuleStats::default());
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = RuleTask {
+            rule: stored.config.clone(),
+            token: self.rules.token(&stored.config.name)?,
+            paused: stored.paused,
+            start_applied: stored.start_applied,
+            spool: spool.clone(),
+            stats: stats.clone(),
+            history: self.history.clone(),
+            rules: self.rules.clone(),
+            sealer: self.sealer.clone(),
+            commands: commands_rx,
+            stop: stop_rx,
+        };
+        let task = tokio::spawn(task.run());
+        Ok(RuleHandle {
+            spool,
+            stats,
+            commands: commands_tx,
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    async fn stop_rule(handle: RuleHandle) {
+        let _ = handle.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), handle.task)
+            .await
+            .is_err()
+        {
+            warn!("a rule task did not stop within 10 s");
+        }
+    }
+
+    fn record(&self, rule: &str, entry: HistoryEntry) {
+        if let Err(err) = self.history.record(rule, &entry) {
+            warn!(rule = %rule, error = %err, "could not write the rule's history");
+        }
+    }
+
+    pub async fn create_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
+        let config = spec_input(spec).validate()?;
+        let now = proto::types::time::now_millis();
+        let stored = StoredRule {
+            config,
+            paused: false,
+            created_at_ms: now,
+            updated_at_ms: now,
+            start_applied: false,
+        };
+        let token = spec.token.as_ref().map(Secret::new);
+        let mut running = self.running.lock().await;
+        self.rules.create(&stored, token.as_ref())?;
+        self.db.flush_async().await?;
+        let handle = match self.start_rule(&stored) {
+            Ok(h) => h,
+            Err(err) => {
+                self.rules.remove(&stored.config.name)?;
+                return Err(err);
+            }
+        };
+        running.insert(stored.config.name.clone(), handle);
+        self.record(
+            &stored.config.name,
+            HistoryEntry::event("rule_created", false, "rule created"),
+        );
+        info!(rule = %stored.config.name, topic = %stored.config.topic, "rule created");
+        Ok(stored.to_proto(token.is_some_and(|t| !t.is_empty())))
+    }
+
+    pub async fn edit_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
+        let name = spec.name.clone();
+        let mut running = self.running.lock().await;
+        let mut stored = self.rules.get(&name)?;
+        let mut patch = spec_input(spec);
+        patch.name = None;
+        let config = stored.config.to_input().overlay(patch).validate()?;
+        let consumer_changed = config.service_url != stored.config.service_url
+            || config.topic != stored.config.topic
+            || config.subscription != stored.config.subscription
+            || config.subscription_type != stored.config.subscription_type
+            || spec.token.is_some();
+        let source_changed = config.topic != stored.config.topic
+            || config.subscription != stored.config.subscription;
+        let handle = running
+            .get(&name)
+            .ok_or_else(|| IngesterError::RuleNotFound(name.clone()))?;
+        if source_changed && !handle.spool.is_empty() {
+            return Err(IngesterError::FailedPrecondition(format!(
+                "rule {name:?} still has unacknowledged messages from {}; run `rule flush` and wait until `segments` is empty before changing topic or subscription",
+                stored.config.topic
+            )));
+        }
+        let changes = describe_changes(&stored.config, &config, spec.token.is_some());
+        stored.config = config;
+        stored.updated_at_ms = proto::types::time::now_millis();
+        if source_changed {
+            stored.start_applied = false;
+        }
+        self.rules.put(&stored)?;
+        if let Some(token) = &spec.token {
+            self.rules
+                .set_token(&name, Some(&Secret::new(token.clone())))?;
+        }
+        self.db.flush_async().await?;
+        handle.spool.reconfigure(&stored.config);
+        if consumer_changed {
+            if let Some(old) = running.remove(&name) {
+                Self::stop_rule(old).await;
+            }
+            if source_changed {
+                // Nothing is spooled (checked above): the new source's ids start afresh.
+                if let Ok((spool, _)) = RuleSpool::open(
+                    &self.db,
+                    &self.data_dir,
+                    &stored.config,
+                    self.sealed_notify.clone(),
+                ) {
+                    spool.reset_positions()?;
+                }
+            }
+            let handle = self.start_rule(&stored)?;
+            running.insert(name.clone(), handle);
+        }
+        self.record(
+            &name,
+            HistoryEntry::event("rule_edited", false, format!("rule edited: {changes}")),
+        );
+        Ok(stored.to_proto(self.rules.token(&name)?.is_some()))
+    }
+
+    pub async fn get_rule(&self, name: &str) -> Result<v1::Rule> {
+        let stored = self.rules.get(name)?;
+        Ok(stored.to_proto(self.rules.token(name)?.is_some()))
+    }
+
+    pub async fn list_rules(&self) -> Result<Vec<v1::Rule>> {
+        let mut out = Vec::new();
+        for stored in self.rules.list()? {
+            let has_token = self.rules.token(&stored.config.name)?.is_some();
+            out.push(stored.to_proto(has_token));
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_rule(&self, req: &v1::DeleteRuleRequest) -> Result<u64> {
+        let name = req.name.clone();
+        let spool = {
+            let running = self.running.lock().await;
+            let handle = running
+                .get(&name)
+                .ok_or_else(|| IngesterError::RuleNotFound(name.clone()))?;
+            handle.spool.clone()
+        };
+        if req.drain {
+            self.set_paused_inner(&name, true, false).await?;
+            self.flush(&name).await?;
+            let timeout = Duration::from_secs(if req.drain_timeout_secs > 0 {
+                req.drain_timeout_secs
+            } else {
+                300
+            });
+            let deadline = Instant::now() + timeout;
+            while !spool.is_empty() {
+                if Instant::now() > deadline {
+                    return Err(IngesterError::FailedPrecondition(format!(
+                        "rule {name:?} did not drain within {}; it stays paused — is the uploader running? (see `status {name}`)",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let unstored = spool.segments().len() as u64;
+        if unstored > 0 && !req.discard {
+            return Err(IngesterError::FailedPrecondition(format!(
+                "rule {name:?} has {unstored} segment(s) not yet stored; use --drain to upload them first or --discard to drop them"
+            )));
+        }
+        let mut running = self.running.lock().await;
+        if let Some(handle) = running.remove(&name) {
+            Self::stop_rule(handle).await;
+        }
+        spool.destroy()?;
+        self.rules.remove(&name)?;
+        self.history.remove_rule(&name)?;
+        self.db.flush_async().await?;
+        info!(rule = %name, discarded = unstored, "rule deleted");
+        Ok(unstored)
+    }
+
+    async fn set_paused_inner(&self, name: &str, paused: bool, record: bool) -> Result<v1::Rule> {
+        let running = self.running.lock().await;
+        let handle = running
+            .get(name)
+            .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
+        let mut stored = self.rules.get(name)?;
+        stored.paused = paused;
+        stored.updated_at_ms = proto::types::time::now_millis();
+        self.rules.put(&stored)?;
+        self.db.flush_async().await?;
+        handle
+            .commands
+            .send(Command::SetPaused(paused))
+            .await
+            .map_err(|_| IngesterError::ShuttingDown)?;
+        if record {
+            let kind = if paused { "paused" } else { "resumed" };
+            self.record(
+                name,
+                HistoryEntry::event(kind, false, format!("rule {kind}")),
+            );
+        }
+        Ok(stored.to_proto(self.rules.token(name)?.is_some()))
+    }
+
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<v1::Rule> {
+        self.set_paused_inner(name, paused, true).await
+    }
+
+    pub async fn flush(&self, name: &str) -> Result<Option<u64>> {
+        let commands = {
+            let running = self.running.lock().await;
+            let handle = running
+                .get(name)
+                .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
+            handle.commands.clone()
+        };
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Flush(tx))
+            .await
+            .map_err(|_| IngesterError::ShuttingDown)?;
+        rx.await.map_err(|_| IngesterError::ShuttingDown)
+    }
+
+    pub async fn status(&self, name: Option<&str>) -> Result<v1::StatusReply> {
+        let running = self.running.lock().await;
+        let mut rules = Vec::new();
+        let mut disk_full = false;
+        let now = proto::types::time::now_millis();
+        let mut names: Vec<&String> = running.keys().collect();
+        names.sort();
+        if let Some(n) = name {
+            if !running.contains_key(n) {
+                return Err(IngesterError::RuleNotFound(n.into()));
+            }
+        }
+        for rule_name in names {
+            if name.is_some_and(|n| n != rule_name) {
+                continue;
+            }
+            let Some(handle) = running.get(rule_name) else {
+                continue;
+            };
+            let stored = self.rules.get(rule_name)?;
+            let spool = handle.spool.stats();
+            let stats = &handle.stats;
+            let text = stats.text();
+            let connected = stats.connected.load(std::sync::atomic::Ordering::Relaxed);
+            let full = stats.disk_full.load(std::sync::atomic::Ordering::Relaxed);
+            disk_full |= full;
+            let (state, reason) = if stored.paused {
+                ("paused".to_string(), "paused by the operator".to_string())
+            } else if full {
+                ("error".into(), "spool disk full: consumption paused".into())
+            } else if !connected {
+                (
+                    "error".into(),
+                    if text.last_error.is_empty() {
+                        "connecting to Pulsar".into()
+                    } else {
+                        text.last_error.clone()
+                    },
+                )
+            } else {
+                ("running".into(), String::new())
+            };
+            let quarantined = RuleStats::get(&stats.quarantined);
+            rules.push(v1::RuleStatus {
+                name: rule_name.clone(),
+                state,
+                state_reason: reason,
+                consumer_connected: connected,
+                messages_consumed: RuleStats::get(&stats.messages_consumed),
+                duplicates_dropped: RuleStats::get(&stats.duplicates_dropped),
+                spooled_messages: spool.spooled_messages,
+                spooled_bytes: spool.spooled_bytes,
+                open_segment_messages: spool.open_segment_messages,
+                open_segment_age_ms: if spool.open_segment_opened_at_ms > 0 {
+                    now.saturating_sub(spool.open_segment_opened_at_ms)
+                } else {
+                    0
+                },
+                sealed_segments: spool.waiting_segments,
+                last_object_key: text.last_object_key.clone(),
+                last_stored_at: fmt_ms(text.last_stored_at_ms),
+                last_error: text.last_error.clone(),
+                last_error_at: fmt_ms(text.last_error_at_ms),
+                backlog_age_ms: if spool.oldest_publish_ms > 0 {
+                    now.saturating_sub(spool.oldest_publish_ms)
+                } else {
+                    0
+                },
+                segments_stored: RuleStats::get(&stats.segments_stored),
+                messages_acked: RuleStats::get(&stats.messages_acked),
+                quarantined_segments: quarantined,
+            });
+        }
+        Ok(v1::StatusReply {
+            rules,
+            version: proto::VERSION.to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            spool_disk_full: disk_full,
+        })
+    }
+
+    pub fn logs(&self, req: &v1::LogsRequest) -> Result<Vec<v1::LogEntry>> {
+        self.rules.get(&req.name)?;
+        let since_ms = if req.since_secs > 0 {
+            proto::types::time::now_millis().saturating_sub(req.since_secs.saturating_mul(1000))
+        } else {
+            0
+        };
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit as usize
+        };
+        Ok(self
+            .history
+            .list(&req.name, req.failed_only, since_ms, limit)?
+            .iter()
+            .map(HistoryEntry::to_proto)
+            .collect())
+    }
+
+    async fn spool_of(&self, name: &str) -> Result<Arc<RuleSpool>> {
+        let running = self.running.lock().await;
+        running
+            .get(name)
+            .map(|h| h.spool.clone())
+            .ok_or_else(|| IngesterError::RuleNotFound(name.into()))
+    }
+
+    pub async fn segments(&self, name: &str) -> Result<Vec<v1::SegmentInfo>> {
+        let spool = self.spool_of(name).await?;
+        Ok(spool.segments().iter().map(|m| m.to_proto(name)).collect())
+    }
+
+    /// Sealed segments of every rule, oldest seal first; waits up to `wait` for one to appear.
+    pub async fn list_sealed(&self, max: usize, wait: Duration) -> Vec<v1::SegmentInfo> {
+        let notified = self.sealed_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let collect = || async {
+            let running = self.running.lock().await;
+            let mut all: Vec<(u64, v1::SegmentInfo)> = Vec::new();
+            for (name, handle) in running.iter() {
+                for meta in handle.spool.sealed() {
+                    all.push((meta.sealed_at_ms, meta.to_proto(name)));
+                }
+            }
+            all.sort_by_key(|(at, _)| *at);
+            all.into_iter()
+                .take(max.max(1))
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>()
+        };
+        let found = collect().await;
+        if !found.is_empty() || wait.is_zero() {
+            return found;
+        }
+        let _ = tokio::time::timeout(wait, notified).await;
+        collect().await
+    }
+
+    /// Streams a sealed segment file, checking its CRC32C as it goes. A mismatch quarantines the
+    /// file (it is rewritten from the spool) and ends the stream with DATA_LOSS.
+    pub async fn read_segment(
+        self: &Arc<Self>,
+        rule: &str,
+        segment_no: u64,
+    ) -> Result<mpsc::Receiver<std::result::Result<v1::SegmentChunk, tonic::Status>>> {
+        let spool = self.spool_of(rule).await?;
+        let (meta, path) = spool.sealed_file(segment_no)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| IngesterError::io(format!("opening {}", path.display()), e))?;
+        let (tx, rx) = mpsc::channel(4);
+        let app = self.clone();
+        let rule = rule.to_string();
+        tokio::spawn(async move {
+            let mut crc = 0u32;
+            let mut len = 0u64;
+            loop {
+                let mut buf = vec![0u8; READ_CHUNK];
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(err) => {
+                        let _ = tx
+                            .send(Err(tonic::Status::internal(format!(
+                                "reading segment {segment_no} of rule {rule:?}: {err}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                crc = crc32c::crc32c_append(crc, &buf);
+                len += n as u64;
+                if len > meta.file_bytes {
+                    break;
+                }
+                if tx.send(Ok(v1::SegmentChunk { data: buf })).await.is_err() {
+                    return; // the uploader went away; nothing to clean up
+                }
+            }
+            if crc != meta.crc32c || len != meta.file_bytes {
+                let reason = format!(
+                    "checksum mismatch: file has {len} bytes crc32c {crc:08x}, sealed as {} bytes crc32c {:08x}",
+                    meta.file_bytes, meta.crc32c
+                );
+                let status = app.quarantine(&spool, segment_no, &reason);
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    fn quarantine(&self, spool: &Arc<RuleSpool>, segment_no: u64, reason: &str) -> tonic::Status {
+        let rule = spool.rule().to_string();
+        warn!(rule = %rule, segment = segment_no, reason = %reason, "damaged segment file quarantined");
+        let moved = match spool.quarantine(segment_no) {
+            Ok(path) => format!("moved to {}", path.display()),
+            Err(err) => format!("could not move it aside: {err}"),
+        };
+        let mut entry = HistoryEntry::event(
+            "quarantined",
+            true,
+            format!("segment {segment_no} is damaged ({reason}); {moved}; it is rewritten from the spool"),
+        );
+        entry.segment_no = segment_no;
+        self.record(&rule, entry);
+        if let Ok(running) = self.running.try_lock() {
+            if let Some(handle) = running.get(&rule) {
+                RuleStats::add(&handle.stats.quarantined, 1);
+                handle
+                    .stats
+                    .set_error(format!("segment {segment_no} quarantined: {reason}"));
+            }
+        }
+        self.sealer.seal(spool.clone(), segment_no);
+        IngesterError::Damaged {
+            rule,
+            segment_no,
+            reason: reason.to_string(),
+        }
+        .into()
+    }
+
+    pub async fn commit(&self, req: &v1::CommitSegmentRequest) -> Result<CommitOutcome> {
+        let (spool, stats, commands) = {
+            let running = self.running.lock().await;
+            let handle = running
+                .get(&req.rule)
+                .ok_or_else(|| IngesterError::RuleNotFound(req.rule.clone()))?;
+            (
+                handle.spool.clone(),
+                handle.stats.clone(),
+                handle.commands.clone(),
+            )
+        };
+        let meta = spool
+            .segments()
+            .into_iter()
+            .find(|m| m.segment_no == req.segment_no);
+        if let Some(meta) = &meta {
+            if !req.object_key.is_empty() && req.object_key != meta.object_key {
+                return Err(IngesterError::InvalidRequest(format!(
+                    "segment {} of rule {:?} belongs at {:?}, not {:?}",
+                    req.segment_no, req.rule, meta.object_key, req.object_key
+                )));
+            }
+        }
+        let outcome = spool
+            .mark_stored(req.segment_no, &req.etag, req.upload_ms, req.attempts)
+            .await?;
+        if outcome == CommitOutcome::Committed {
+            if let Some(meta) = meta {
+                RuleStats::add(&stats.segments_stored, 1);
+                stats.set_stored(&meta.object_key);
+                let mut entry =
+                    HistoryEntry::event("stored", false, format!("stored {}", meta.object_key));
+                entry.segment_no = meta.segment_no;
+                entry.object_key = meta.object_key.clone();
+                entry.messages = meta.messages;
+                entry.bytes = meta.file_bytes;
+                entry.window_start_ms = meta.window_start_ms;
+                entry.duration_ms = req.upload_ms;
+                entry.attempts = req.attempts;
+                self.record(&req.rule, entry);
+            }
+            // The consumer task acknowledges; a full queue means an AckReady is already pending.
+            let _ = commands.try_send(Command::AckReady);
+        }
+        Ok(outcome)
+    }
+
+    pub async fn report_failure(&self, req: &v1::UploadFailure) -> Result<()> {
+        let stats = {
+            let running = self.running.lock().await;
+            running.get(&req.rule).map(|h| h.stats.clone())
+        };
+        let Some(stats) = stats else {
+            return Err(IngesterError::RuleNotFound(req.rule.clone()));
+        };
+        let message = format!(
+            "upload of segment {} failed (attempt {}): {}",
+            req.segment_no, req.attempt, req.error
+        );
+        stats.set_error(&message);
+        let mut entry = HistoryEntry::event("upload_failed", true, message);
+        entry.segment_no = req.segment_no;
+        entry.attempts = req.attempt;
+        self.record(&req.rule, entry);
+        Ok(())
+    }
+
+    /// Stops every rule task, then makes the spool durable. Open segments stay open and resume
+    /// at the next start.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RuleHandle> = self.running.lock().await.drain().map(|(_, h)| h).collect();
+        for handle in handles {
+            Self::stop_rule(handle).await;
+        }
+        if let Err(err) = self.db.flush_async().await {
+            warn!(error = %err, "final spool flush failed");
+        }
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms == 0 {
+        String::new()
+    } else {
+        proto::types::time::rfc3339_from_millis(ms)
+    }
+}
+
+fn describe_changes(
+    old: &proto::types::RuleConfig,
+    new: &proto::types::RuleConfig,
+    token: bool,
+) -> String {
+    let a = old.to_input();
+    let b = new.to_input();
+    let mut changed = Vec::new();
+    macro_rules! cmp {
+        ($($f:ident),*) => { $( if a.$f != b.$f { changed.push(stringify!($f)); } )* };
+    }
+    cmp!(
+        service_url,
+        topic,
+        subscription,
+        subscription_type,
+        bucket,
+        region,
+        prefix,
+        window,
+        max_messages,
+        max_bytes,
+        start,
+        cluster,
+        role,
+        endpoint,
+        compression
+    );
+    if token {
+        changed.push("token");
+    }
+    if changed.is_empty() {
+        "no change".into()
+    } else {
+        changed.join(", ")
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // The spool holds the Pulsar tokens and the backed-up data: owner only.
+    if let Err(err) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        warn!(dir = %dir.display(), error = %err, "could not restrict data_dir permissions");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &std::path::Path) {}

@@ -1,0 +1,144 @@
+//! Ingester configuration: a TOML file whose every key can also be given as a flag or an
+//! environment variable (flag > environment > file > default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// tdmq-backup-ingester: consumes each rule's Pulsar subscription into a durable local spool,
+/// cuts it into segments and hands sealed segments to the uploader. Messages are acknowledged on
+/// Pulsar only after their segment is stored.
+#[derive(Debug, Parser)]
+#[command(name = "tdmq-backup-ingester", version)]
+pub struct Args {
+    /// TOML config file (see ingester.example.toml); flags and environment override its keys.
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the spool (sled database, segment files, quarantine) lives. [default: ./ingester-data]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address for ctl and the uploader. [default: 127.0.0.1:7601]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Log format: text or json. [default: text]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Run-history entries kept per rule (older ones are dropped). [default: 1000]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_HISTORY_MAX_ENTRIES")]
+    pub history_max_entries: Option<usize>,
+    /// How long a graceful shutdown (SIGTERM) may take before the process exits. [default: 10s]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_format: Option<String>,
+    history_max_entries: Option<usize>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngesterConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub history_max_entries: usize,
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl IngesterConfig {
+    pub fn from_args(args: Args) -> anyhow::Result<IngesterConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("log_format {other:?} must be text or json"),
+        };
+        let grace = args
+            .shutdown_grace
+            .or(file.shutdown_grace)
+            .unwrap_or_else(|| "10s".into());
+        let shutdown_grace = humantime::parse_duration(&grace)
+            .with_context(|| format!("shutdown_grace {grace:?} is not a duration like 10s"))?;
+        let history_max_entries = args
+            .history_max_entries
+            .or(file.history_max_entries)
+            .unwrap_or(1000);
+        if history_max_entries == 0 {
+            bail!("history_max_entries must be at least 1");
+        }
+        Ok(IngesterConfig {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./ingester-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7601))),
+            log_format,
+            history_max_entries,
+            shutdown_grace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("tdmq-backup-ingester").chain(list.iter().copied()))
+            .expect("args parse")
+    }
+
+    #[test]
+    fn defaults_then_file_then_flags() -> anyhow::Result<()> {
+        let c = IngesterConfig::from_args(args(&[]))?;
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7601");
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/x\"\nlisten = \"127.0.0.1:9001\"\n",
+        )?;
+        let p = path.to_string_lossy().to_string();
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/x"));
+        let c = IngesterConfig::from_args(args(&["--config", &p, "--listen", "127.0.0.1:9002"]))?;
+        assert_eq!(c.listen.port(), 9002);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(&path, "data_dri = \"x\"\n")?;
+        let p = path.to_string_lossy().to_string();
+        let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err("typo refused");
+        assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
+        Ok(())
+    }
+}

@@ -1,0 +1,407 @@
+//! One task per rule: owns the Pulsar consumer, spools what it receives, and is the only place
+//! that acknowledges — after the spool says the segments are stored, in segment order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use proto::types::{
+    encode_record, MessageId, RecordFields, RuleConfig, Secret, StartPosition, SubscriptionKind,
+};
+use pulsar::consumer::{ConsumerOptions, InitialPosition};
+use pulsar::message::proto::command_subscribe::SubType;
+use pulsar::message::proto::MessageIdData;
+use pulsar::{Authentication, ConnectionRetryOptions, Consumer, Pulsar, TokioExecutor};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::history::{History, HistoryEntry};
+use crate::rules::RuleStore;
+use crate::sealer::SealerHandle;
+use crate::spool::{AckPlan, Incoming, RuleSpool};
+use crate::stats::RuleStats;
+
+/// Most messages taken from the consumer's buffer for one durable spool write.
+const MAX_BATCH: usize = 2000;
+const TICK: Duration = Duration::from_millis(200);
+const CONNECTION_CHECK_EVERY: u32 = 25;
+
+pub enum Command {
+    /// Some segment was stored: see what can be acknowledged.
+    AckReady,
+    /// Close the open segment now.
+    Flush(oneshot::Sender<Option<u64>>),
+    SetPaused(bool),
+}
+
+/// What a rule task needs.
+pub struct RuleTask {
+    pub rule: RuleConfig,
+    pub token: Option<Secret>,
+    pub paused: bool,
+    pub start_applied: bool,
+    pub spool: Arc<RuleSpool>,
+    pub stats: Arc<RuleStats>,
+    pub history: Arc<History>,
+    pub rules: Arc<RuleStore>,
+    pub sealer: SealerHandle,
+    pub commands: mpsc::Receiver<Command>,
+    pub stop: watch::Receiver<bool>,
+}
+
+type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+impl RuleTask {
+    pub async fn run(mut self) {
+        let name = self.rule.name.clone();
+        let mut backoff = Duration::from_millis(500);
+        let mut last_recorded_error = String::new();
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            // Acks that were pending when the last consumer went away (or from before a restart).
+            match self.connect().await {
+                Ok((consumer, pulsar)) => {
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(500);
+                    last_recorded_error.clear();
+                    info!(rule = %name, "consumer connected");
+                    let stopped = self.consume(consumer, pulsar).await;
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    if stopped {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    let message = format!(
+                        "cannot connect to Pulsar at {}: {err}",
+                        self.rule.service_url
+                    );
+                    warn!(rule = %name, error = %err, "consumer connection failed");
+                    self.stats.set_error(&message);
+                    if message != last_recorded_error {
+                        self.record(HistoryEntry::event("consumer_error", true, &message));
+                        last_recorded_error = message;
+                    }
+                }
+            }
+            // Wait before reconnecting, still answering commands (flush, pause) meanwhile.
+            let deadline = tokio::time::Instant::now() + backoff;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.stop.changed() => break,
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => { self.handle_command(cmd, None).await; }
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        debug!(rule = %name, "rule task stopped");
+    }
+
+    async fn connect(&mut self) -> Result<(PulsarConsumer, Pulsar<TokioExecutor>), pulsar::Error> {
+        let mut builder = Pulsar::builder(self.rule.service_url.clone(), TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                max_retries: 10,
+                connection_timeout: Duration::from_secs(5),
+                keep_alive: Duration::from_secs(10),
+                ..ConnectionRetryOptions::default()
+            });
+        if let Some(token) = &self.token {
+            builder = builder.with_auth(Authentication {
+                name: "token".to_string(),
+                data: token.expose().as_bytes().to_vec(),
+            });
+        }
+        let pulsar = builder.build().await?;
+        let initial = match self.rule.start {
+            StartPosition::Earliest => InitialPosition::Earliest,
+            StartPosition::Latest | StartPosition::Timestamp(_) => InitialPosition::Latest,
+        };
+        let sub_type = match self.rule.subscription_type {
+            SubscriptionKind::Failover => SubType::Failover,
+            SubscriptionKind::Exclusive => SubType::Exclusive,
+        };
+        let mut consumer: PulsarConsumer = pulsar
+            .consumer()
+            .with_topic(self.rule.topic.clone())
+            .with_subscription(self.rule.subscription.clone())
+            .with_subscription_type(sub_type)
+            .with_consumer_name(format!("tdmq-backup-{}", self.rule.name))
+            .with_batch_size(1000)
+            .with_options(
+                ConsumerOptions::default()
+                    .with_initial_position(initial)
+                    .durable(true),
+            )
+            .build()
+            .await?;
+        if !self.start_applied {
+            if let StartPosition::Timestamp(ms) = self.rule.start {
+                consumer.seek(None, None, Some(ms), pulsar.clone()).await?;
+                info!(rule = %self.rule.name, at_ms = ms, "subscription positioned by publish time");
+            }
+            self.start_applied = true;
+            if let Ok(mut stored) = self.rules.get(&self.rule.name) {
+                stored.start_applied = true;
+                if let Err(err) = self.rules.put(&stored) {
+                    warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
+                }
+            }
+        }
+        Ok((consumer, pulsar))
+    }
+
+    /// Runs until the consumer fails (returns false: reconnect) or the rule stops (true).
+    async fn consume(
+        &mut self,
+        mut consumer: PulsarConsumer,
+        _pulsar: Pulsar<TokioExecutor>,
+    ) -> bool {
+        let name = self.rule.name.clone();
+        self.acknowledge(&mut consumer).await;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
+        // A batch that could not be spooled yet (disk full, IO error): retried before reading more.
+        let mut pending: Option<Vec<Incoming>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.changed() => return true,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.handle_command(cmd, Some(&mut consumer)).await,
+                    None => return true,
+                },
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    if let Some(batch) = pending.take() {
+                        pending = self.spool_batch(batch, &mut consumer).await;
+                    }
+                    self.close_if_due(false).await;
+                    if ticks % CONNECTION_CHECK_EVERY == 0 {
+                        let check = tokio::time::timeout(Duration::from_secs(3), consumer.check_connection()).await;
+                        let ok = matches!(check, Ok(Ok(())));
+                        self.stats.connected.store(ok, Ordering::Relaxed);
+                        if !ok {
+                            self.stats.set_error(format!("lost the connection to Pulsar at {}", self.rule.service_url));
+                        }
+                    }
+                }
+                next = consumer.next(), if pending.is_none() && !self.paused => {
+                    match next {
+                        None => {
+                            warn!(rule = %name, "consumer stream ended; reconnecting");
+                            return false;
+                        }
+                        Some(Err(err)) => {
+                            warn!(rule = %name, error = %err, "consumer error; reconnecting");
+                            self.stats.set_error(format!("consumer error: {err}"));
+                            return false;
+                        }
+                        Some(Ok(first)) => {
+                            let mut batch = Vec::with_capacity(64);
+                            batch.push(to_incoming(&first));
+                            // Take whatever else is already buffered: one durable write for all.
+                            while batch.len() < MAX_BATCH {
+                                match consumer.next().now_or_never() {
+                                    Some(Some(Ok(msg))) => batch.push(to_incoming(&msg)),
+                                    _ => break,
+                                }
+                            }
+                            pending = self.spool_batch(batch, &mut consumer).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a batch to the spool. Returns it back if it could not be written (retried later;
+    /// nothing is acknowledged meanwhile, so nothing is lost).
+    async fn spool_batch(
+        &mut self,
+        batch: Vec<Incoming>,
+        consumer: &mut PulsarConsumer,
+    ) -> Option<Vec<Incoming>> {
+        let now = proto::types::time::now_millis();
+        match self.spool.append(&batch, now).await {
+            Ok(outcome) => {
+                if self.stats.disk_full.swap(false, Ordering::Relaxed) {
+                    info!(rule = %self.rule.name, "spool writable again; consuming");
+                    self.record(HistoryEntry::event(
+                        "info",
+                        false,
+                        "spool disk has space again; consuming resumed",
+                    ));
+                }
+                RuleStats::add(&self.stats.messages_consumed, outcome.accepted as u64);
+                RuleStats::add(&self.stats.duplicates_dropped, outcome.duplicates as u64);
+                for segment_no in outcome.closed {
+                    self.sealer.seal(self.spool.clone(), segment_no);
+                }
+                for pos in outcome.reack {
+                    if let Err(err) = consumer
+                        .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
+                        .await
+                    {
+                        warn!(rule = %self.rule.name, error = %err, "re-acknowledging a redelivered message failed");
+                    }
+                }
+                None
+            }
+            Err(err) => {
+                let full = err.is_disk_full();
+                let message = if full {
+                    format!("spool disk is full; consumption paused, nothing acknowledged: {err}")
+                } else {
+                    format!("cannot write to the spool: {err}")
+                };
+                warn!(rule = %self.rule.name, error = %err, "spool write failed; will retry");
+                self.stats.set_error(&message);
+                if !self.stats.disk_full.swap(full, Ordering::Relaxed) || !full {
+                    self.record(HistoryEntry::event("spool_error", true, message));
+                }
+                // Back off a little so a full disk is not hammered.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Some(batch)
+            }
+        }
+    }
+
+    async fn close_if_due(&mut self, force: bool) -> Option<u64> {
+        match self
+            .spool
+            .close_open(proto::types::time::now_millis(), force)
+            .await
+        {
+            Ok(Some(segment_no)) => {
+                self.sealer.seal(self.spool.clone(), segment_no);
+                Some(segment_no)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                warn!(rule = %self.rule.name, error = %err, "closing the open segment failed");
+                self.stats
+                    .set_error(format!("cannot close the open segment: {err}"));
+                None
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, cmd: Command, consumer: Option<&mut PulsarConsumer>) {
+        match cmd {
+            Command::AckReady => {
+                if let Some(consumer) = consumer {
+                    self.acknowledge(consumer).await;
+                }
+            }
+            Command::Flush(reply) => {
+                let closed = self.close_if_due(true).await;
+                let _ = reply.send(closed);
+            }
+            Command::SetPaused(paused) => {
+                self.paused = paused;
+            }
+        }
+    }
+
+    /// Acknowledges the stored prefix of segments, then frees it. The ack is the last step.
+    async fn acknowledge(&mut self, consumer: &mut PulsarConsumer) {
+        let Some(plan) = self.spool.ack_plan() else {
+            return;
+        };
+        if let Err(err) = self.send_acks(consumer, &plan).await {
+            warn!(rule = %self.rule.name, error = %err, "acknowledgement failed; will retry");
+            self.stats
+                .set_error(format!("acknowledgement failed: {err}"));
+            return;
+        }
+        match self.spool.free(&plan).await {
+            Ok(freed) => {
+                let messages: u64 = freed.iter().map(|m| m.messages).sum();
+                RuleStats::add(&self.stats.messages_acked, messages);
+                debug!(rule = %self.rule.name, segments = freed.len(), messages, "acknowledged and freed");
+            }
+            Err(err) => {
+                warn!(rule = %self.rule.name, error = %err, "freeing acknowledged segments failed");
+            }
+        }
+    }
+
+    async fn send_acks(
+        &self,
+        consumer: &mut PulsarConsumer,
+        plan: &AckPlan,
+    ) -> Result<(), pulsar::error::ConsumerError> {
+        for pos in &plan.positions {
+            consumer
+                .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, entry: HistoryEntry) {
+        if let Err(err) = self.history.record(&self.rule.name, &entry) {
+            warn!(rule = %self.rule.name, error = %err, "could not write the rule's history");
+        }
+    }
+}
+
+fn id_data(id: &MessageId) -> MessageIdData {
+    MessageIdData {
+        ledger_id: id.ledger,
+        entry_id: id.entry,
+        partition: (id.partition >= 0).then_some(id.partition),
+        batch_index: (id.batch_index >= 0).then_some(id.batch_index),
+        ..MessageIdData::default()
+    }
+}
+
+/// Encodes a consumed message once, into the bytes the object will hold.
+fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>) -> Incoming {
+    let meta = msg.metadata();
+    let raw = msg.message_id();
+    let id = MessageId {
+        ledger: raw.ledger_id,
+        entry: raw.entry_id,
+        partition: raw.partition.unwrap_or(-1),
+        batch_index: raw.batch_index.unwrap_or(-1),
+    };
+    let batch_size = meta.num_messages_in_batch.unwrap_or(0);
+    // Producers number the messages of a batch consecutively from the batch's sequence id.
+    let sequence_id = meta.sequence_id
+        + u64::try_from(id.batch_index.max(0)).unwrap_or(0) * u64::from(batch_size > 0);
+    let properties: Vec<(&str, &str)> = meta
+        .properties
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    let fields = RecordFields {
+        message_id: id,
+        topic: &msg.topic,
+        publish_time_ms: meta.publish_time,
+        event_time_ms: meta.event_time,
+        key: meta.partition_key.as_deref(),
+        properties: &properties,
+        producer_name: &meta.producer_name,
+        sequence_id,
+        payload: &msg.payload.data,
+    };
+    Incoming {
+        id,
+        topic: msg.topic.clone(),
+        batch_size,
+        publish_time_ms: meta.publish_time,
+        line: encode_record(&fields),
+    }
+}

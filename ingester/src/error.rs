@@ -1,0 +1,83 @@
+//! The ingester's error type; `code()` is the one place errors become gRPC status codes.
+
+use proto::types::RuleError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngesterError {
+    #[error(transparent)]
+    InvalidRule(#[from] RuleError),
+    #[error("rule {0:?} not found")]
+    RuleNotFound(String),
+    #[error("rule {0:?} already exists")]
+    RuleExists(String),
+    #[error("segment {segment_no} of rule {rule:?} not found")]
+    SegmentNotFound { rule: String, segment_no: u64 },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("segment {segment_no} of rule {rule:?} is damaged: {reason}; quarantined")]
+    Damaged {
+        rule: String,
+        segment_no: u64,
+        reason: String,
+    },
+    #[error("spool database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("spool io error: {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("corrupt spool entry: {0}")]
+    Corrupt(String),
+    #[error("the ingester is shutting down")]
+    ShuttingDown,
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+pub type Result<T, E = IngesterError> = std::result::Result<T, E>;
+
+impl IngesterError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> IngesterError {
+        IngesterError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the spool's disk is full (so consumption should pause, not fail).
+    pub fn is_disk_full(&self) -> bool {
+        let io_full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+        };
+        match self {
+            IngesterError::Io { source, .. } => io_full(source),
+            IngesterError::Db(sled::Error::Io(e)) => io_full(e),
+            _ => false,
+        }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            IngesterError::InvalidRule(_) | IngesterError::InvalidRequest(_) => {
+                tonic::Code::InvalidArgument
+            }
+            IngesterError::RuleNotFound(_) | IngesterError::SegmentNotFound { .. } => {
+                tonic::Code::NotFound
+            }
+            IngesterError::RuleExists(_) => tonic::Code::AlreadyExists,
+            IngesterError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            IngesterError::Damaged { .. } => tonic::Code::DataLoss,
+            IngesterError::ShuttingDown => tonic::Code::Unavailable,
+            IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
+                tonic::Code::Internal
+            }
+        }
+    }
+}
+
+impl From<IngesterError> for tonic::Status {
+    fn from(err: IngesterError) -> tonic::Status {
+        tonic::Status::new(err.code(), err.to_string())
+    }
+}

@@ -1,0 +1,125 @@
+//! Stored rules and their Pulsar tokens (kept apart so no code path that returns a rule can
+//! carry the token along).
+
+use proto::types::{RuleConfig, Secret};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IngesterError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub config: RuleConfig,
+    pub paused: bool,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The start position applies once, when the rule is created; this records that it was.
+    pub start_applied: bool,
+}
+
+impl StoredRule {
+    pub fn to_proto(&self, has_token: bool) -> proto::v1::Rule {
+        use proto::types::time::rfc3339_from_millis;
+        let c = &self.config;
+        proto::v1::Rule {
+            name: c.name.clone(),
+            service_url: c.service_url.clone(),
+            topic: c.topic.clone(),
+            subscription: c.subscription.clone(),
+            bucket: c.bucket.clone(),
+            region: c.region.clone(),
+            prefix: c.prefix.clone(),
+            window_secs: c.window_secs,
+            max_messages: c.max_messages,
+            max_bytes: c.max_bytes,
+            start: c.start.display(),
+            cluster: c.cluster.clone(),
+            role: c.role.clone(),
+            has_token,
+            endpoint: c.endpoint.clone(),
+            subscription_type: c.subscription_type.as_str().to_string(),
+            compression: c.compression.as_str().to_string(),
+            paused: self.paused,
+            created_at: rfc3339_from_millis(self.created_at_ms),
+            updated_at: rfc3339_from_millis(self.updated_at_ms),
+        }
+    }
+}
+
+pub struct RuleStore {
+    rules: sled::Tree,
+    tokens: sled::Tree,
+}
+
+impl RuleStore {
+    pub fn open(db: &sled::Db) -> Result<RuleStore> {
+        Ok(RuleStore {
+            rules: db.open_tree("rules")?,
+            tokens: db.open_tree("tokens")?,
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<StoredRule>> {
+        let mut out = Vec::new();
+        for item in self.rules.iter() {
+            let (_, v) = item?;
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| IngesterError::Corrupt(format!("stored rule: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Result<StoredRule> {
+        let v = self
+            .rules
+            .get(name)?
+            .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
+        serde_json::from_slice(&v).map_err(|e| IngesterError::Corrupt(format!("stored rule: {e}")))
+    }
+
+    pub fn put(&self, rule: &StoredRule) -> Result<()> {
+        let v = serde_json::to_vec(rule).map_err(|e| IngesterError::Corrupt(e.to_string()))?;
+        self.rules.insert(rule.config.name.as_bytes(), v)?;
+        Ok(())
+    }
+
+    /// Inserts a new rule; refuses an existing name without touching it.
+    pub fn create(&self, rule: &StoredRule, token: Option<&Secret>) -> Result<()> {
+        let v = serde_json::to_vec(rule).map_err(|e| IngesterError::Corrupt(e.to_string()))?;
+        let name = rule.config.name.as_bytes();
+        if self
+            .rules
+            .compare_and_swap(name, None as Option<&[u8]>, Some(v))?
+            .is_err()
+        {
+            return Err(IngesterError::RuleExists(rule.config.name.clone()));
+        }
+        self.set_token(&rule.config.name, token)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.rules.remove(name)?;
+        self.tokens.remove(name)?;
+        Ok(())
+    }
+
+    pub fn token(&self, name: &str) -> Result<Option<Secret>> {
+        Ok(self
+            .tokens
+            .get(name)?
+            .map(|v| Secret::new(String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    pub fn set_token(&self, name: &str, token: Option<&Secret>) -> Result<()> {
+        match token {
+            Some(t) if !t.is_empty() => {
+                self.tokens.insert(name, t.expose().as_bytes())?;
+            }
+            _ => {
+                self.tokens.remove(name)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1206 @@
+//! The durable spool of one rule: THE state machine of tdmq-backup.
+//!
+//! # States of a segment
+//!
+//! ```text
+//!   open ──close──▶ closed ──seal──▶ sealed ──commit──▶ stored ──ack+free──▶ (gone)
+//!                     ▲                 │
+//!                     └──quarantine─────┘   (file failed its checksum: rewritten from records)
+//! ```
+//!
+//! - **open**: records are appended. At most one per rule. Its window, caps and counters live in
+//!   its meta entry, written in the same sled batch as the records it describes.
+//! - **closed**: the record range `[first_seq, last_seq]` is final and the object key is fixed.
+//! - **sealed**: the segment file (the exact object content, gzip JSON Lines) is written, fsynced
+//!   and renamed into place; its size and CRC32C are in the meta entry.
+//! - **stored**: the uploader reported the object stored. Nothing has been acknowledged yet.
+//! - **gone**: the consumer task acknowledged the segment's messages on Pulsar (cumulatively, in
+//!   segment order), then removed records, meta and file in one batch.
+//!
+//! # On-disk layout (one sled tree `spool`, keys `[tag][rule]\0[suffix]`)
+//!
+//! | tag | suffix | value |
+//! | --- | --- | --- |
+//! | `r` | seq (u64 BE) | the record's JSON line, encoded once at consumption |
+//! | `s` | segment_no (u64 BE) | [`SegmentMeta`] as JSON |
+//! | `w` | partition (flipped i32 BE) | highest message id spooled for the partition + topic |
+//! | `a` | partition | highest message id acknowledged for the partition + topic |
+//! | `n` | (none) | the rule's counters: next seq, next segment number |
+//!
+//! # Invariants and crash behaviour
+//!
+//! 1. A message is spooled (record + watermark + open meta in one `apply_batch`, then one
+//!    `flush_async` per batch of received messages) before anything else happens to it. A crash
+//!    before the flush loses the whole batch from the spool, watermark included, and Pulsar
+//!    redelivers it because nothing was acknowledged.
+//! 2. Redeliveries are recognised by message id: within a partition Pulsar delivers in id order to
+//!    the one active consumer of a Failover/Exclusive subscription, so an id at or below the
+//!    partition's watermark has been spooled before and is dropped.
+//! 3. Records stay in the spool until their segment is acknowledged, so a segment file that fails
+//!    its checksum is quarantined and rewritten from the records: nothing is lost.
+//! 4. Acknowledgement follows segment order: the acknowledgeable prefix is the run of `stored`
+//!    segments from the oldest one; an older segment still waiting holds back every newer one.
+//!    Per partition the ack position is the last record that completes its Pulsar entry, so a
+//!    batch split across two segments is acknowledged only once both are stored.
+//! 5. Data is deleted only after its acknowledgement was sent. A crash between the ack and the
+//!    delete leaves `stored` segments behind, which are acknowledged again after the restart
+//!    (cumulative acks are idempotent).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{TimeZone, Utc};
+use proto::types::{object_key, Compression, MessageId, RuleConfig, TopicName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::cutter::{CutPolicy, OpenStats, Placement};
+use crate::error::{IngesterError, Result};
+
+const RECORD: u8 = b'r';
+const SEGMENT: u8 = b's';
+const WATERMARK: u8 = b'w';
+const ACKED: u8 = b'a';
+const COUNTERS: u8 = b'n';
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentState {
+    Open,
+    Closed,
+    Sealed,
+    Stored,
+}
+
+impl SegmentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentState::Open => "open",
+            SegmentState::Closed => "sealing",
+            SegmentState::Sealed => "sealed",
+            SegmentState::Stored => "stored",
+        }
+    }
+}
+
+/// Where a partition's acknowledgement goes: the topic the consumer knows it by, and the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub id: MessageId,
+}
+
+/// Where a segment's object goes; copied from the rule when the segment is closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: String,
+    pub cluster: String,
+    pub prefix: String,
+    pub topic: String,
+    pub compression: Option<Compression>,
+}
+
+impl Target {
+    pub fn of(rule: &RuleConfig) -> Target {
+        Target {
+            bucket: rule.bucket.clone(),
+            region: rule.region.clone(),
+            endpoint: rule.endpoint.clone(),
+            cluster: rule.cluster.clone(),
+            prefix: rule.prefix.clone(),
+            topic: rule.topic.clone(),
+            compression: Some(rule.compression),
+        }
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.compression.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub segment_no: u64,
+    pub state: SegmentState,
+    pub window_start_ms: u64,
+    pub opened_at_ms: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub record_bytes: u64,
+    pub first_id: Option<MessageId>,
+    pub last_id: Option<MessageId>,
+    pub oldest_publish_ms: u64,
+    /// Per partition, the last record of this segment that completes its Pulsar entry.
+    pub ack_positions: BTreeMap<i32, Position>,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub object_key: String,
+    #[serde(default)]
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub crc32c: u32,
+    #[serde(default)]
+    pub sealed_at_ms: u64,
+    #[serde(default)]
+    pub stored_at_ms: u64,
+    #[serde(default)]
+    pub etag: String,
+    #[serde(default)]
+    pub upload_ms: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub times_quarantined: u32,
+}
+
+impl SegmentMeta {
+    fn stats(&self) -> OpenStats {
+        OpenStats {
+            window_start_ms: self.window_start_ms,
+            messages: self.messages,
+            record_bytes: self.record_bytes,
+        }
+    }
+
+    pub fn to_proto(&self, rule: &str) -> proto::v1::SegmentInfo {
+        use proto::types::time::rfc3339_from_millis;
+        let compression = self.target.compression();
+        proto::v1::SegmentInfo {
+            rule: rule.to_string(),
+            segment_no: self.segment_no,
+            state: self.state.as_str().to_string(),
+            window_start: rfc3339_from_millis(self.window_start_ms),
+            messages: self.messages,
+            record_bytes: self.record_bytes,
+            file_bytes: self.file_bytes,
+            first_message_id: self.first_id.map(|id| id.to_string()).unwrap_or_default(),
+            last_message_id: self.last_id.map(|id| id.to_string()).unwrap_or_default(),
+            content_crc32c: if self.state >= SegmentState::Sealed {
+                format!("{:08x}", self.crc32c)
+            } else {
+                String::new()
+            },
+            object_key: self.object_key.clone(),
+            bucket: self.target.bucket.clone(),
+            region: self.target.region.clone(),
+            endpoint: self.target.endpoint.clone(),
+            cluster: self.target.cluster.clone(),
+            content_encoding: match compression {
+                Compression::Gzip => "gzip".into(),
+                Compression::None => "identity".into(),
+            },
+            sealed_at: if self.sealed_at_ms > 0 {
+                rfc3339_from_millis(self.sealed_at_ms)
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+impl PartialOrd for SegmentState {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SegmentState {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Counters {
+    next_seq: u64,
+    next_segment: u64,
+}
+
+/// One consumed message, already encoded.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub id: MessageId,
+    /// The topic the consumer received it on (a partition's name for partitioned topics).
+    pub topic: String,
+    /// `num_messages_in_batch` of its entry; 0 when not batched.
+    pub batch_size: i32,
+    pub publish_time_ms: u64,
+    pub line: Vec<u8>,
+}
+
+impl Incoming {
+    /// Whether this message is the last one of its Pulsar entry.
+    fn completes_entry(&self) -> bool {
+        self.batch_size <= 0
+            || self.id.batch_index < 0
+            || self.id.batch_index + 1 >= self.batch_size
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AppendOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Segments closed by this batch, to be sealed.
+    pub closed: Vec<u64>,
+    /// Duplicates of messages already acknowledged: acknowledge these positions again so the
+    /// broker stops redelivering them.
+    pub reack: Vec<Position>,
+}
+
+/// The acknowledgeable prefix: cumulative acks to send, then the segments to free.
+#[derive(Debug, Clone)]
+pub struct AckPlan {
+    pub positions: Vec<Position>,
+    pub segments: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    AlreadyCommitted,
+}
+
+/// A snapshot for `status` and the tests.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolStats {
+    pub spooled_messages: u64,
+    pub spooled_bytes: u64,
+    pub open_segment_messages: u64,
+    pub open_segment_opened_at_ms: u64,
+    pub waiting_segments: u64,
+    pub oldest_publish_ms: u64,
+}
+
+struct State {
+    counters: Counters,
+    policy: CutPolicy,
+    target: Target,
+    watermarks: HashMap<i32, Position>,
+    acked: HashMap<i32, Position>,
+    open: Option<SegmentMeta>,
+    /// Every segment that is not open, by number (= consumption order).
+    segments: BTreeMap<u64, SegmentMeta>,
+}
+
+pub struct RuleSpool {
+    rule: String,
+    db: sled::Db,
+    tree: sled::Tree,
+    segments_dir: PathBuf,
+    quarantine_dir: PathBuf,
+    state: Mutex<State>,
+    /// Woken when a segment becomes sealed (the uploader's long poll waits on it).
+    sealed_notify: Arc<Notify>,
+}
+
+fn key(tag: u8, rule: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + rule.len() + suffix.len());
+    k.push(tag);
+    k.extend_from_slice(rule.as_bytes());
+    k.push(0);
+    k.extend_from_slice(suffix);
+    k
+}
+
+fn partition_suffix(partition: i32) -> [u8; 4] {
+    ((partition as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+fn partition_from_suffix(bytes: &[u8]) -> Option<i32> {
+    let arr: [u8; 4] = bytes.try_into().ok()?;
+    Some((u32::from_be_bytes(arr) ^ 0x8000_0000) as i32)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| IngesterError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| IngesterError::Corrupt(format!("{what}: {e}")))
+}
+
+impl RuleSpool {
+    /// Opens (or recovers) a rule's spool. Returns the spool and the closed segments that still
+    /// need sealing.
+    pub fn open(
+        db: &sled::Db,
+        data_dir: &Path,
+        rule: &RuleConfig,
+        sealed_notify: Arc<Notify>,
+    ) -> Result<(Arc<RuleSpool>, Vec<u64>)> {
+        let tree = db.open_tree("spool")?;
+        let name = rule.name.clone();
+        let segments_dir = data_dir.join("segments").join(&name);
+        let quarantine_dir = data_dir.join("quarantine").join(&name);
+        std::fs::create_dir_all(&segments_dir)
+            .map_err(|e| IngesterError::io(format!("creating {}", segments_dir.display()), e))?;
+
+        let counters = match tree.get(key(COUNTERS, &name, &[]))? {
+            Some(v) => from_json("counters", &v)?,
+            None => Counters::default(),
+        };
+        let load_positions = |tag: u8| -> Result<HashMap<i32, Position>> {
+            let mut map = HashMap::new();
+            let prefix = key(tag, &name, &[]);
+            for item in tree.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let partition = partition_from_suffix(&k[prefix.len()..])
+                    .ok_or_else(|| IngesterError::Corrupt("position key".into()))?;
+                map.insert(partition, from_json::<Position>("position", &v)?);
+            }
+            Ok(map)
+        };
+        let watermarks = load_positions(WATERMARK)?;
+        let acked = load_positions(ACKED)?;
+
+        let mut open = None;
+        let mut segments = BTreeMap::new();
+        let mut to_seal = Vec::new();
+        for item in tree.scan_prefix(key(SEGMENT, &name, &[])) {
+            let (_, v) = item?;
+            let mut meta: SegmentMeta = from_json("segment meta", &v)?;
+            match meta.state {
+                SegmentState::Open => open = Some(meta),
+                SegmentState::Closed => {
+                    to_seal.push(meta.segment_no);
+                    segments.insert(meta.segment_no, meta);
+                }
+                SegmentState::Sealed => {
+                    // The file is the uploader's input: if it vanished, write it again.
+                    if !segment_path(&segments_dir, &meta).exists() {
+                        meta.state = SegmentState::Closed;
+                        to_seal.push(meta.segment_no);
+                    }
+                    segments.insert(meta.segment_no, meta);
+                }
+                SegmentState::Stored => {
+                    segments.insert(meta.segment_no, meta);
+                }
+            }
+        }
+        let spool = RuleSpool {
+            rule: name,
+            db: db.clone(),
+            tree,
+            segments_dir,
+            quarantine_dir,
+            state: Mutex::new(State {
+                counters,
+                policy: policy_of(rule),
+                target: Target::of(rule),
+                watermarks,
+                acked,
+                open,
+                segments,
+            }),
+            sealed_notify,
+        };
+        Ok((Arc::new(spool), to_seal))
+    }
+
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A rule edit: caps, window and destination apply from the next segment on.
+    pub fn reconfigure(&self, rule: &RuleConfig) {
+        let mut state = self.lock();
+        state.policy = policy_of(rule);
+        state.target = Target::of(rule);
+    }
+
+    /// A change of topic or subscription: ids from the old one mean nothing for the new one.
+    pub fn reset_positions(&self) -> Result<()> {
+        let mut state = self.lock();
+        state.watermarks.clear();
+        state.acked.clear();
+        let mut batch = sled::Batch::default();
+        for tag in [WATERMARK, ACKED] {
+            for k in self.tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
+                batch.remove(k?);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Spools a batch of consumed messages durably: one sled batch, one flush.
+    pub async fn append(&self, messages: &[Incoming], now_ms: u64) -> Result<AppendOutcome> {
+        let result = self.append_in_memory_and_apply(messages, now_ms);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.reload()?;
+                return Err(err);
+            }
+        };
+        if let Err(err) = self.db.flush_async().await {
+            // What is durable is unknown: go back to what the disk says, the caller retries.
+            self.reload()?;
+            return Err(err.into());
+        }
+        Ok(outcome)
+    }
+
+    fn append_in_memory_and_apply(
+        &self,
+        messages: &[Incoming],
+        now_ms: u64,
+    ) -> Result<AppendOutcome> {
+        let mut state = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut outcome = AppendOutcome::default();
+        let mut dirty_partitions = Vec::new();
+        for msg in messages {
+            let partition = msg.id.partition;
+            if let Some(mark) = state.watermarks.get(&partition) {
+                if !msg.id.is_after(&mark.id) {
+                    outcome.duplicates += 1;
+                    if let Some(acked) = state.acked.get(&partition) {
+                        if !msg.id.is_after(&acked.id) && !outcome.reack.contains(acked) {
+                            outcome.reack.push(acked.clone());
+                        }
+                    }
+                    continue;
+                }
+            }
+            let len = msg.line.len() as u64;
+            let placement =
+                state
+                    .policy
+                    .place(state.open.as_ref().map(|o| o.stats()).as_ref(), now_ms, len);
+            if placement == Placement::CloseThenAppend {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                    outcome.closed.push(closed);
+                }
+            }
+            let seq = state.counters.next_seq;
+            state.counters.next_seq += 1;
+            if state.open.is_none() {
+                let segment_no = state.counters.next_segment;
+                state.counters.next_segment += 1;
+                let window_start_ms = state.policy.window_start(now_ms);
+                state.open = Some(SegmentMeta {
+                    segment_no,
+                    state: SegmentState::Open,
+                    window_start_ms,
+                    opened_at_ms: now_ms,
+                    first_seq: seq,
+                    last_seq: seq,
+                    messages: 0,
+                    record_bytes: 0,
+                    first_id: Some(msg.id),
+                    last_id: None,
+                    oldest_publish_ms: msg.publish_time_ms,
+                    ack_positions: BTreeMap::new(),
+                    target: Target::default(),
+                    object_key: String::new(),
+                    file_bytes: 0,
+                    crc32c: 0,
+                    sealed_at_ms: 0,
+                    stored_at_ms: 0,
+                    etag: String::new(),
+                    upload_ms: 0,
+                    attempts: 0,
+                    times_quarantined: 0,
+                });
+            }
+            batch.insert(
+                key(RECORD, &self.rule, &seq.to_be_bytes()),
+                msg.line.as_slice(),
+            );
+            let policy = state.policy;
+            let full = {
+                let open = state.open.as_mut().ok_or_else(|| {
+                    IngesterError::Corrupt("open segment vanished while appending".into())
+                })?;
+                open.last_seq = seq;
+                open.messages += 1;
+                open.record_bytes += len;
+                open.last_id = Some(msg.id);
+                open.oldest_publish_ms = open.oldest_publish_ms.min(msg.publish_time_ms);
+                if msg.completes_entry() {
+                    open.ack_positions.insert(
+                        partition,
+                        Position {
+                            topic: msg.topic.clone(),
+                            id: msg.id,
+                        },
+                    );
+                }
+                policy.is_full(&open.stats())
+            };
+            state.watermarks.insert(
+                partition,
+                Position {
+                    topic: msg.topic.clone(),
+                    id: msg.id,
+                },
+            );
+            if !dirty_partitions.contains(&partition) {
+                dirty_partitions.push(partition);
+            }
+            outcome.accepted += 1;
+            if full {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                    outcome.closed.push(closed);
+                }
+            }
+        }
+        if outcome.accepted == 0 {
+            return Ok(outcome);
+        }
+        for partition in dirty_partitions {
+            if let Some(mark) = state.watermarks.get(&partition) {
+                batch.insert(
+                    key(WATERMARK, &self.rule, &partition_suffix(partition)),
+                    to_json(mark)?,
+                );
+            }
+        }
+        if let Some(open) = &state.open {
+            batch.insert(
+                key(SEGMENT, &self.rule, &open.segment_no.to_be_bytes()),
+                to_json(open)?,
+            );
+        }
+        batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
+        self.tree.apply_batch(batch)?;
+        Ok(outcome)
+    }
+
+    /// open → closed, inside an append or a close: fixes the record range and the object key.
+    fn close_open_locked(&self, state: &mut State, batch: &mut sled::Batch) -> Result<Option<u64>> {
+        let Some(mut meta) = state.open.take() else {
+            return Ok(None);
+        };
+        if meta.messages == 0 {
+            batch.remove(key(SEGMENT, &self.rule, &meta.segment_no.to_be_bytes()));
+            return Ok(None);
+        }
+        meta.state = SegmentState::Closed;
+        meta.target = state.target.clone();
+        let first_id = meta
+            .first_id
+            .ok_or_else(|| IngesterError::Corrupt("segment without first id".into()))?;
+        let window_start = Utc
+            .timestamp_millis_opt(i64::try_from(meta.window_start_ms).unwrap_or(i64::MAX))
+            .single()
+            .ok_or_else(|| IngesterError::Corrupt("window start out of range".into()))?;
+        let topic = TopicName::parse(&meta.target.topic).map_err(IngesterError::Corrupt)?;
+        meta.object_key = object_key(
+            &meta.target.prefix,
+            &topic,
+            window_start,
+            &self.rule,
+            &first_id,
+            meta.target.compression(),
+        );
+        batch.insert(
+            key(SEGMENT, &self.rule, &meta.segment_no.to_be_bytes()),
+            to_json(&meta)?,
+        );
+        let segment_no = meta.segment_no;
+        state.segments.insert(segment_no, meta);
+        Ok(Some(segment_no))
+    }
+
+    /// Closes the open segment if `force`, or if its window has ended. Returns its number.
+    pub async fn close_open(&self, now_ms: u64, force: bool) -> Result<Option<u64>> {
+        let closed = {
+            let mut state = self.lock();
+            let due = match &state.open {
+                Some(open) => force || state.policy.is_due(&open.stats(), now_ms),
+                None => false,
+            };
+            if !due {
+                return Ok(None);
+            }
+            let mut batch = sled::Batch::default();
+            let closed = self.close_open_locked(&mut state, &mut batch)?;
+            self.tree.apply_batch(batch)?;
+            closed
+        };
+        self.db.flush_async().await?;
+        Ok(closed)
+    }
+
+    /// Re-reads the whole state from disk (after a failed write).
+    fn reload(&self) -> Result<()> {
+        let mut state = self.lock();
+        let counters = match self.tree.get(key(COUNTERS, &self.rule, &[]))? {
+            Some(v) => from_json("counters", &v)?,
+            None => Counters::default(),
+        };
+        let mut watermarks = HashMap::new();
+        let prefix = key(WATERMARK, &self.rule, &[]);
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if let Some(p) = partition_from_suffix(&k[prefix.len()..]) {
+                watermarks.insert(p, from_json::<Position>("watermark", &v)?);
+            }
+        }
+        let mut open = None;
+        let mut segments = BTreeMap::new();
+        for item in self.tree.scan_prefix(key(SEGMENT, &self.rule, &[])) {
+            let (_, v) = item?;
+            let meta: SegmentMeta = from_json("segment meta", &v)?;
+            if meta.state == SegmentState::Open {
+                open = Some(meta);
+            } else {
+                segments.insert(meta.segment_no, meta);
+            }
+        }
+        state.counters = counters;
+        state.watermarks = watermarks;
+        state.open = open;
+        state.segments = segments;
+        Ok(())
+    }
+
+    fn segment_file(&self, meta: &SegmentMeta) -> PathBuf {
+        segment_path(&self.segments_dir, meta)
+    }
+
+    /// closed → sealed: writes the segment file from the records (blocking IO; run it on a
+    /// blocking thread). The file is fsynced and renamed into place before the meta says sealed.
+    pub fn seal_blocking(&self, segment_no: u64) -> Result<()> {
+        let meta = {
+            let state = self.lock();
+            match state.segments.get(&segment_no) {
+                Some(meta) if meta.state == SegmentState::Closed => meta.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let path = self.segment_file(&meta);
+        let tmp = path.with_extension("tmp");
+        let file = File::create(&tmp)
+            .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
+        let mut out = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+        let lo = key(RECORD, &self.rule, &meta.first_seq.to_be_bytes());
+        let hi = key(RECORD, &self.rule, &meta.last_seq.to_be_bytes());
+        let mut written = 0u64;
+        let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
+        match meta.target.compression() {
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+                for item in self.tree.range(lo..=hi) {
+                    let (_, line) = item?;
+                    gz.write_all(&line).map_err(io)?;
+                    written += 1;
+                }
+                gz.finish().map_err(io)?;
+            }
+            Compression::None => {
+                for item in self.tree.range(lo..=hi) {
+                    let (_, line) = item?;
+                    out.write_all(&line).map_err(io)?;
+                    written += 1;
+                }
+            }
+        }
+        if written != meta.messages {
+            return Err(IngesterError::Corrupt(format!(
+                "segment {segment_no} of rule {:?}: spool holds {written} records, expected {}",
+                self.rule, meta.messages
+            )));
+        }
+        let (crc, len, writer) = out.finish();
+        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
+        sync_dir(&self.segments_dir)?;
+        {
+            let mut state = self.lock();
+            let Some(meta) = state.segments.get_mut(&segment_no) else {
+                return Ok(());
+            };
+            meta.state = SegmentState::Sealed;
+            meta.crc32c = crc;
+            meta.file_bytes = len;
+            meta.sealed_at_ms = proto::types::time::now_millis();
+            let value = to_json(&*meta)?;
+            self.tree
+                .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
+        }
+        self.db.flush()?;
+        self.sealed_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// The segment's meta and file path, if it is sealed (ready to read).
+    pub fn sealed_file(&self, segment_no: u64) -> Result<(SegmentMeta, PathBuf)> {
+        let state = self.lock();
+        match state.segments.get(&segment_no) {
+            Some(meta) if meta.state == SegmentState::Sealed => {
+                Ok((meta.clone(), self.segment_file(meta)))
+            }
+            _ => Err(IngesterError::SegmentNotFound {
+                rule: self.rule.clone(),
+                segment_no,
+            }),
+        }
+    }
+
+    /// sealed → closed: the file failed its checksum. It is moved aside for inspection and will
+    /// be written again from the records, which are still in the spool.
+    pub fn quarantine(&self, segment_no: u64) -> Result<PathBuf> {
+        let mut state = self.lock();
+        let Some(meta) = state.segments.get_mut(&segment_no) else {
+            return Err(IngesterError::SegmentNotFound {
+                rule: self.rule.clone(),
+                segment_no,
+            });
+        };
+        let path = segment_path(&self.segments_dir, meta);
+        std::fs::create_dir_all(&self.quarantine_dir)
+            .map_err(|e| IngesterError::io("creating the quarantine folder", e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let dest = self.quarantine_dir.join(format!(
+            "{name}.{}.damaged",
+            proto::types::time::now_millis()
+        ));
+        if path.exists() {
+            std::fs::rename(&path, &dest)
+                .map_err(|e| IngesterError::io("quarantining a segment", e))?;
+        }
+        meta.state = SegmentState::Closed;
+        meta.times_quarantined += 1;
+        let value = to_json(&*meta)?;
+        self.tree
+            .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
+        Ok(dest)
+    }
+
+    /// sealed → stored. Idempotent: a repeated commit changes nothing.
+    pub async fn mark_stored(
+        &self,
+        segment_no: u64,
+        etag: &str,
+        upload_ms: u64,
+        attempts: u32,
+    ) -> Result<CommitOutcome> {
+        {
+            let mut state = self.lock();
+            let Some(meta) = state.segments.get_mut(&segment_no) else {
+                // Freed already: its commit arrived before, and it was acknowledged.
+                return Ok(CommitOutcome::AlreadyCommitted);
+            };
+            match meta.state {
+                SegmentState::Stored => return Ok(CommitOutcome::AlreadyCommitted),
+                SegmentState::Sealed => {}
+                other => {
+                    return Err(IngesterError::FailedPrecondition(format!(
+                        "segment {segment_no} of rule {:?} is {}, not sealed",
+                        self.rule,
+                        other.as_str()
+                    )))
+                }
+            }
+            meta.state = SegmentState::Stored;
+            meta.stored_at_ms = proto::types::time::now_millis();
+            meta.etag = etag.to_string();
+            meta.upload_ms = upload_ms;
+            meta.attempts = attempts;
+            let value = to_json(&*meta)?;
+            self.tree
+                .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
+        }
+        self.db.flush_async().await?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// The run of stored segments from the oldest one, and where that lets each partition's
+    /// cumulative acknowledgement go.
+    pub fn ack_plan(&self) -> Option<AckPlan> {
+        let state = self.lock();
+        let mut positions: BTreeMap<i32, Position> = BTreeMap::new();
+        let mut segments = Vec::new();
+        for meta in state.segments.values() {
+            if meta.state != SegmentState::Stored {
+                break;
+            }
+            for (partition, pos) in &meta.ack_positions {
+                positions.insert(*partition, pos.clone());
+            }
+            segments.push(meta.segment_no);
+        }
+        if segments.is_empty() {
+            return None;
+        }
+        Some(AckPlan {
+            positions: positions.into_values().collect(),
+            segments,
+        })
+    }
+
+    /// After the plan's acknowledgements were sent: drop records, metas and files.
+    pub async fn free(&self, plan: &AckPlan) -> Result<Vec<SegmentMeta>> {
+        let (freed, files) = {
+            let mut state = self.lock();
+            let mut batch = sled::Batch::default();
+            let mut freed = Vec::new();
+            let mut files = Vec::new();
+            for segment_no in &plan.segments {
+                let Some(meta) = state.segments.remove(segment_no) else {
+                    continue;
+                };
+                let lo = key(RECORD, &self.rule, &meta.first_seq.to_be_bytes());
+                let hi = key(RECORD, &self.rule, &meta.last_seq.to_be_bytes());
+                for k in self.tree.range(lo..=hi).keys() {
+                    batch.remove(k?);
+                }
+                batch.remove(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()));
+                files.push(segment_path(&self.segments_dir, &meta));
+                freed.push(meta);
+            }
+            for pos in &plan.positions {
+                let partition = pos.id.partition;
+                batch.insert(
+                    key(ACKED, &self.rule, &partition_suffix(partition)),
+                    to_json(pos)?,
+                );
+                state.acked.insert(partition, pos.clone());
+            }
+            self.tree.apply_batch(batch)?;
+            (freed, files)
+        };
+        self.db.flush_async().await?;
+        for file in files {
+            if let Err(err) = std::fs::remove_file(&file) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(rule = %self.rule, file = %file.display(), error = %err, "could not remove a freed segment file");
+                }
+            }
+        }
+        Ok(freed)
+    }
+
+    pub fn segments(&self) -> Vec<SegmentMeta> {
+        let state = self.lock();
+        let mut all: Vec<SegmentMeta> = state.segments.values().cloned().collect();
+        all.extend(state.open.clone());
+        all
+    }
+
+    pub fn sealed(&self) -> Vec<SegmentMeta> {
+        let state = self.lock();
+        state
+            .segments
+            .values()
+            .filter(|m| m.state == SegmentState::Sealed)
+            .cloned()
+            .collect()
+    }
+
+    pub fn open_segment(&self) -> Option<SegmentMeta> {
+        self.lock().open.clone()
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let state = self.lock();
+        let mut stats = SpoolStats::default();
+        let mut oldest = u64::MAX;
+        for meta in state.segments.values().chain(state.open.iter()) {
+            stats.spooled_messages += meta.messages;
+            stats.spooled_bytes += meta.record_bytes;
+            oldest = oldest.min(meta.oldest_publish_ms);
+            if matches!(meta.state, SegmentState::Closed | SegmentState::Sealed) {
+                stats.waiting_segments += 1;
+            }
+        }
+        if let Some(open) = &state.open {
+            stats.open_segment_messages = open.messages;
+            stats.open_segment_opened_at_ms = open.opened_at_ms;
+        }
+        stats.oldest_publish_ms = if oldest == u64::MAX { 0 } else { oldest };
+        stats
+    }
+
+    /// Whether anything is not yet acknowledged.
+    pub fn is_empty(&self) -> bool {
+        let state = self.lock();
+        state.segments.is_empty() && state.open.as_ref().is_none_or(|o| o.messages == 0)
+    }
+
+    /// Removes everything of this rule: keys, files. For `rule delete`.
+    pub fn destroy(&self) -> Result<()> {
+        let mut state = self.lock();
+        let mut batch = sled::Batch::default();
+        for tag in [RECORD, SEGMENT, WATERMARK, ACKED, COUNTERS] {
+            for k in self.tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
+                batch.remove(k?);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        state.open = None;
+        state.segments.clear();
+        if let Err(err) = std::fs::remove_dir_all(&self.segments_dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(IngesterError::io("removing the rule's segment files", err));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn policy_of(rule: &RuleConfig) -> CutPolicy {
+    CutPolicy {
+        window_ms: rule.window_secs.saturating_mul(1000),
+        max_messages: rule.max_messages,
+        max_bytes: rule.max_bytes,
+    }
+}
+
+fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
+    dir.join(format!(
+        "{:020}{}",
+        meta.segment_no,
+        meta.target.compression().extension()
+    ))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IngesterError::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Counts and checksums what goes through it: the segment's size and CRC32C come for free.
+struct HashingWriter<W: Write> {
+    inner: W,
+    crc: u32,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            crc: 0,
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> (u32, u64, W) {
+        (self.crc, self.len, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::types::RuleSpecInput;
+
+    fn rule(max_messages: u64) -> RuleConfig {
+        RuleSpecInput {
+            name: Some("r1".into()),
+            service_url: Some("pulsar://127.0.0.1:6650".into()),
+            topic: Some("orders".into()),
+            subscription: Some("s".into()),
+            bucket: Some("bucket-1".into()),
+            region: Some("ap-guangzhou".into()),
+            window: Some("60s".into()),
+            max_messages: Some(max_messages),
+            ..RuleSpecInput::default()
+        }
+        .validate()
+        .expect("valid rule")
+    }
+
+    fn msg(entry: u64, batch_index: i32, batch_size: i32) -> Incoming {
+        Incoming {
+            id: MessageId {
+                ledger: 1,
+                entry,
+                partition: -1,
+                batch_index,
+            },
+            topic: "persistent://public/default/orders".into(),
+            batch_size,
+            publish_time_ms: 1000 + entry,
+            line: format!("{{\"e\":{entry},\"b\":{batch_index}}}\n").into_bytes(),
+        }
+    }
+
+    fn read_file(path: &Path) -> String {
+        let bytes = std::fs::read(path).expect("segment file");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+            .expect("gzip");
+        out
+    }
+
+    #[tokio::test]
+    async fn dedups_cuts_seals_and_acks_in_order() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let notify = Arc::new(Notify::new());
+        let (spool, to_seal) = RuleSpool::open(&db, dir.path(), &rule(3), notify.clone())?;
+        assert!(to_seal.is_empty());
+
+        // A batch of 2 entries: entry 1 batched ×3, entry 2 batched ×2; plus a redelivery.
+        let batch = [
+            msg(1, 0, 3),
+            msg(1, 1, 3),
+            msg(1, 2, 3),
+            msg(2, 0, 2),
+            msg(1, 1, 3),
+        ];
+        let out = spool.append(&batch, 10_000).await?;
+        assert_eq!((out.accepted, out.duplicates), (4, 1));
+        assert_eq!(
+            out.closed,
+            vec![0],
+            "max_messages = 3 closes the first segment when full"
+        );
+        let out = spool.append(&[msg(2, 1, 2), msg(3, -1, 0)], 10_001).await?;
+        assert_eq!(out.accepted, 2);
+        assert_eq!(out.closed, vec![1]);
+
+        for no in [0, 1] {
+            spool.seal_blocking(no)?;
+        }
+        let sealed = spool.sealed();
+        assert_eq!(sealed.len(), 2);
+        let (meta0, path0) = spool.sealed_file(0)?;
+        assert_eq!(
+            read_file(&path0),
+            "{\"e\":1,\"b\":0}\n{\"e\":1,\"b\":1}\n{\"e\":1,\"b\":2}\n"
+        );
+        assert_eq!(
+            meta0.crc32c,
+            crc32c::crc32c(&std::fs::read(&path0).expect("file"))
+        );
+        assert!(meta0
+            .object_key
+            .starts_with("public/default/orders/1970/01/01/00/r1-19700101T000000Z-1_1_-1_0"));
+
+        // Segment 1 stored first: nothing may be acknowledged while segment 0 waits.
+        assert_eq!(
+            spool.mark_stored(1, "e1", 5, 1).await?,
+            CommitOutcome::Committed
+        );
+        assert!(spool.ack_plan().is_none());
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 1).await?,
+            CommitOutcome::Committed
+        );
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 1).await?,
+            CommitOutcome::AlreadyCommitted
+        );
+        let plan = spool.ack_plan().expect("both stored");
+        assert_eq!(plan.segments, vec![0, 1]);
+        assert_eq!(plan.positions.len(), 1);
+        assert_eq!(
+            plan.positions[0].id,
+            MessageId {
+                ledger: 1,
+                entry: 3,
+                partition: -1,
+                batch_index: -1
+            }
+        );
+        let freed = spool.free(&plan).await?;
+        assert_eq!(freed.len(), 2);
+        assert!(spool.is_empty());
+        assert!(!path0.exists());
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 1).await?,
+            CommitOutcome::AlreadyCommitted
+        );
+
+        // A redelivery of an acknowledged message asks for a re-ack, and is not spooled.
+        let out = spool.append(&[msg(2, 0, 2)], 10_002).await?;
+        assert_eq!((out.accepted, out.duplicates, out.reack.len()), (0, 1, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_batch_split_across_segments_is_acked_only_when_complete() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, _) = RuleSpool::open(&db, dir.path(), &rule(2), Arc::new(Notify::new()))?;
+        let out = spool
+            .append(&[msg(1, 0, 3), msg(1, 1, 3), msg(1, 2, 3)], 5)
+            .await?;
+        assert_eq!(out.closed, vec![0]);
+        spool.seal_blocking(0)?;
+        spool.mark_stored(0, "", 1, 1).await?;
+        let plan = spool.ack_plan().expect("segment 0 stored");
+        assert!(
+            plan.positions.is_empty(),
+            "entry 1 is not complete within segment 0"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn recovers_after_reopen_and_reseals_a_damaged_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let notify = Arc::new(Notify::new());
+        {
+            let db = sled::open(dir.path().join("db"))?;
+            let (spool, _) = RuleSpool::open(&db, dir.path(), &rule(2), notify.clone())?;
+            spool
+                .append(&[msg(1, -1, 0), msg(2, -1, 0), msg(3, -1, 0)], 5)
+                .await?;
+            // Segment 0 closed but never sealed: a crash here.
+        }
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, to_seal) = RuleSpool::open(&db, dir.path(), &rule(2), notify)?;
+        assert_eq!(to_seal, vec![0]);
+        assert_eq!(spool.open_segment().map(|o| o.messages), Some(1));
+        let out = spool.append(&[msg(3, -1, 0), msg(4, -1, 0)], 6).await?;
+        assert_eq!(
+            (out.accepted, out.duplicates),
+            (1, 1),
+            "watermark survived the restart"
+        );
+        spool.seal_blocking(0)?;
+        let (_, path) = spool.sealed_file(0)?;
+        std::fs::write(&path, b"garbage").map_err(|e| IngesterError::io("corrupting", e))?;
+        let moved = spool.quarantine(0)?;
+        assert!(moved.exists());
+        spool.seal_blocking(0)?;
+        let (meta, path) = spool.sealed_file(0)?;
+        assert_eq!(read_file(&path).lines().count(), 2);
+        assert_eq!(meta.times_quarantined, 1);
+        Ok(())
+    }
+}

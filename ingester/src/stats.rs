@@ -1,0 +1,54 @@
+//! A cheap snapshot of one rule's consumer, read by `status` and the tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct RuleStats {
+    pub connected: AtomicBool,
+    pub disk_full: AtomicBool,
+    pub messages_consumed: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub segments_stored: AtomicU64,
+    pub messages_acked: AtomicU64,
+    pub quarantined: AtomicU64,
+    text: Mutex<TextStats>,
+}
+
+#[derive(Default, Clone)]
+pub struct TextStats {
+    pub last_error: String,
+    pub last_error_at_ms: u64,
+    pub last_object_key: String,
+    pub last_stored_at_ms: u64,
+}
+
+impl RuleStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn text_mut(&self) -> std::sync::MutexGuard<'_, TextStats> {
+        self.text.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_error(&self, error: impl Into<String>) {
+        let mut t = self.text_mut();
+        t.last_error = error.into();
+        t.last_error_at_ms = proto::types::time::now_millis();
+    }
+
+    pub fn set_stored(&self, key: &str) {
+        let mut t = self.text_mut();
+        t.last_object_key = key.to_string();
+        t.last_stored_at_ms = proto::types::time::now_millis();
+    }
+
+    pub fn text(&self) -> TextStats {
+        self.text_mut().clone()
+    }
+}
