@@ -37,7 +37,7 @@ set -x
 "$BIN/tdmq-backup" rule create demo-orders \
   --service-url "pulsar://127.0.0.1:$RELAY_PORT" --topic demo-orders --subscription tdmq-backup \
   --bucket demo-bucket --region ap-guangzhou --prefix backup/ --window 10s --max-messages 2000
-"$BIN/tdmq-backup-sample-producer" --url "pulsar://127.0.0.1:$RELAY_PORT" --topic demo-orders --count "$COUNT"
+"$BIN/tdmq-backup-sample-producer" --url "pulsar://127.0.0.1:$RELAY_PORT" --topic persistent://public/default/demo-orders --count "$COUNT"
 { set +x; } 2>/dev/null
 
 echo "== waiting until all $COUNT messages are stored and acknowledged"

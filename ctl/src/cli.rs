@@ -1,0 +1,238 @@
+//! The command line, exactly as CONTRACT.md "The CLI" writes it. Scripts depend on these names:
+//! extend, never rename.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_INGESTER: &str = "http://127.0.0.1:7601";
+pub const DEFAULT_UPLOADER: &str = "http://127.0.0.1:7602";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tdmq-backup",
+    version = proto::VERSION,
+    about = "Operate tdmq-backup: backup rules, status, run logs and segments",
+    after_help = "Sizes take KB MB GB (powers of 1000) or KiB MiB GiB; durations take s, m, h.",
+    // A wrapper script's `--output json` plus the user's own must not be a usage error: the
+    // last one wins, as in most CLIs.
+    args_override_self = true
+)]
+pub struct Cli {
+    /// The ingester's gRPC address.
+    // `global` so `tdmq-backup status --ingester URL` works too; the contract's position (before
+    // the command) keeps working.
+    #[arg(
+        long,
+        global = true,
+        env = "TDMQ_BACKUP_INGESTER",
+        help_heading = "Global options",
+        default_value = DEFAULT_INGESTER,
+        value_name = "URL"
+    )]
+    pub ingester: String,
+
+    /// The uploader's gRPC address (used by `status`).
+    #[arg(
+        long,
+        global = true,
+        env = "TDMQ_BACKUP_UPLOADER",
+        help_heading = "Global options",
+        default_value = DEFAULT_UPLOADER,
+        value_name = "URL"
+    )]
+    pub uploader: String,
+
+    /// File holding the control-plane token, sent as `authorization: Bearer <token>`.
+    // Deliberately not `global`: `rule create/edit` have their own `--token-file` (the Pulsar
+    // token), so this one is only recognised before the command.
+    #[arg(
+        long = "token-file",
+        env = "TDMQ_BACKUP_TOKEN_FILE",
+        value_name = "F",
+        help_heading = "Global options"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// How results are printed: aligned tables, or one JSON document.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table,
+        help_heading = "Global options"
+    )]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+// Built once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect, change and remove backup rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Health of both daemons and progress of every rule (or one).
+    Status {
+        /// Only this rule.
+        name: Option<String>,
+    },
+    /// A rule's run history: stored objects, failures, state changes.
+    Logs(LogsArgs),
+    /// A rule's segments (open, sealed, stored, quarantined).
+    Segments {
+        /// The rule.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Create a rule from flags or from a TOML file.
+    Create(CreateArgs),
+    /// List every rule.
+    List,
+    /// Show one rule.
+    Show { name: String },
+    /// Change a rule; fields not given keep their value.
+    Edit(EditArgs),
+    /// Delete a rule.
+    Delete(DeleteArgs),
+    /// Stop consuming (the spool and uploads are kept).
+    Pause { name: String },
+    /// Start consuming again.
+    Resume { name: String },
+    /// Seal the open segment now instead of waiting for its window to end.
+    Flush { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The rule's name (2-60 of a-z 0-9 _ -, starting with a letter). With --from-file it
+    /// replaces the file's `name`.
+    #[arg(required_unless_present = "from_file")]
+    pub name: Option<String>,
+
+    /// Read the rule from a TOML file. Keys: name service_url topic subscription
+    /// subscription_type bucket region prefix window max_messages max_bytes start cluster role
+    /// endpoint compression, plus token_file (relative to the file) or token_env. Flags given as
+    /// well replace the file's values.
+    #[arg(long, value_name = "RULE.toml")]
+    pub from_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub spec: SpecFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The rule to change (names are immutable).
+    pub name: String,
+
+    /// Take the changes from a TOML file (same keys as for create). Flags replace its values.
+    #[arg(long, value_name = "RULE.toml")]
+    pub from_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub spec: SpecFlags,
+}
+
+/// Every rule field as a flag. All optional here: create checks the required ones client-side
+/// (naming the field), edit sends only what was given.
+#[derive(Debug, Default, Args)]
+pub struct SpecFlags {
+    /// pulsar://host:port or pulsar+ssl://host:port
+    #[arg(long, value_name = "URL")]
+    pub service_url: Option<String>,
+    /// persistent://tenant/namespace/topic (a short name means public/default).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The subscription to consume with (created if missing).
+    #[arg(long, value_name = "SUB")]
+    pub subscription: Option<String>,
+    /// failover (default) or exclusive.
+    #[arg(long, value_name = "failover|exclusive")]
+    pub subscription_type: Option<String>,
+    /// COS bucket (name-appid) or any S3 bucket.
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// COS region (ap-guangzhou, ...) or, with --endpoint, any region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Key prefix: empty (bucket root) or ending with "/".
+    #[arg(long, value_name = "P/")]
+    pub prefix: Option<String>,
+    /// Segment time window, 1s..=24h (default 5m).
+    // Passed through as typed: the ingester owns the parsing, ctl only pre-validates on create.
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
+    /// Most messages in one object (default 5000).
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+    /// Most record bytes in one object, like 500MB or 64MiB (default 500MB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<String>,
+    /// earliest (default), latest, or an RFC 3339 timestamp.
+    #[arg(long, value_name = "earliest|latest|RFC3339")]
+    pub start: Option<String>,
+    /// Cluster label, written into object metadata.
+    #[arg(long, value_name = "ID")]
+    pub cluster: Option<String>,
+    /// Pulsar role (label kept with the rule).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// File holding the rule's Pulsar token.
+    #[arg(long = "token-file", value_name = "F", conflicts_with = "token_env")]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the rule's Pulsar token.
+    #[arg(long = "token-env", value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Object store endpoint (http://, https:// or file://); needed for non-COS regions.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// gzip (default) or none.
+    #[arg(long, value_name = "gzip|none")]
+    pub compression: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub name: String,
+    /// Seal, upload and commit everything first, then delete.
+    #[arg(long, conflicts_with = "discard")]
+    pub drain: bool,
+    /// Delete even though segments are not stored (their messages stay unacknowledged).
+    #[arg(long)]
+    pub discard: bool,
+    /// Do not ask before discarding.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// With --drain: how long the ingester may take (default: the ingester's).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "drain")]
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The rule.
+    pub name: String,
+    /// Only failures.
+    #[arg(long)]
+    pub failed: bool,
+    /// Only entries newer than this, like 10m or 2h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// At most this many entries (default: the ingester's).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}

@@ -1,0 +1,279 @@
+//! Connecting to the daemons, the control-plane token, and turning gRPC failures into the
+//! one-line errors the contract asks for (naming the daemon and its URL when it can't be reached).
+
+use std::error::Error as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use proto::{IngesterClient, UploaderClient};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// Long enough for a loaded host, short enough that `status` doesn't hang on a dead uploader.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type Ingester = IngesterClient<InterceptedService<Channel, Auth>>;
+pub type Uploader = UploaderClient<InterceptedService<Channel, Auth>>;
+
+/// Which daemon a call went to, so errors can name it.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub name: &'static str,
+    pub url: String,
+}
+
+impl Daemon {
+    pub fn ingester(url: &str) -> Daemon {
+        Daemon {
+            name: "ingester",
+            url: normalize_url(url),
+        }
+    }
+
+    pub fn uploader(url: &str) -> Daemon {
+        Daemon {
+            name: "uploader",
+            url: normalize_url(url),
+        }
+    }
+
+    /// A failed call, as one line.
+    pub fn call_error(&self, status: Status) -> anyhow::Error {
+        let message = one_line(status.message());
+        match status.code() {
+            Code::Unavailable => anyhow!(
+                "cannot reach the {} at {}: {}",
+                self.name,
+                self.url,
+                if message.is_empty() {
+                    "unavailable"
+                } else {
+                    &message
+                }
+            ),
+            Code::Unauthenticated => anyhow!(
+                "the {} refused the call: unauthenticated (check --token-file)",
+                self.name
+            ),
+            Code::PermissionDenied => anyhow!(
+                "the {} refused the call: permission denied (check --token-file)",
+                self.name
+            ),
+            Code::DeadlineExceeded => {
+                anyhow!(
+                    "the {} at {} did not answer in time: {message}",
+                    self.name,
+                    self.url
+                )
+            }
+            Code::Unimplemented => anyhow!(
+                "the {} at {} does not support this call (is it the right daemon and version?): \
+                 {message}",
+                self.name,
+                self.url
+            ),
+            // InvalidArgument, NotFound, AlreadyExists, FailedPrecondition and the rest: the
+            // daemon's message already names the field or the rule.
+            _ if !message.is_empty() => anyhow!("{message}"),
+            code => anyhow!("the {} failed the call: {code}", self.name),
+        }
+    }
+}
+
+/// `127.0.0.1:7601` is what people type; tonic needs a scheme.
+fn normalize_url(url: &str) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", url.trim_end_matches('/'))
+    }
+}
+
+/// Adds the control-plane token to every call. Holds the header value, never prints it.
+#[derive(Clone, Default)]
+pub struct Auth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl Auth {
+    /// Reads the `--token-file` (trimmed). Errors name the flag and path, never the content.
+    pub fn from_token_file(path: Option<&Path>) -> anyhow::Result<Auth> {
+        let Some(path) = path else {
+            return Ok(Auth::default());
+        };
+        let token = read_token_file("--token-file", path)?;
+        // Parse errors of MetadataValue don't echo the value, but say why ourselves anyway.
+        let header = format!("Bearer {token}")
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| {
+                anyhow!(
+                    "--token-file {}: the token holds characters not allowed in a header",
+                    path.display()
+                )
+            })?;
+        Ok(Auth {
+            header: Some(header),
+        })
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A token file's content, trimmed. `what` names where the path came from (a flag or a key).
+pub fn read_token_file(what: &str, path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read {what} {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{what} {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
+async fn channel(daemon: &Daemon) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(daemon.url.clone())
+        .map_err(|e| anyhow!("--{} {:?} is not a valid URL: {e}", daemon.name, daemon.url))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    // Connect eagerly so "cannot reach" is reported once, with the daemon's name and URL,
+    // instead of surfacing as an anonymous status on the first call.
+    endpoint.connect().await.map_err(|e| {
+        anyhow!(
+            "cannot reach the {} at {}: {}",
+            daemon.name,
+            daemon.url,
+            reason(&e)
+        )
+    })
+}
+
+pub async fn ingester(daemon: &Daemon, auth: Auth) -> anyhow::Result<Ingester> {
+    let channel = channel(daemon).await?;
+    Ok(IngesterClient::with_interceptor(channel, auth))
+}
+
+pub async fn uploader(daemon: &Daemon, auth: Auth) -> anyhow::Result<Uploader> {
+    let channel = channel(daemon).await?;
+    Ok(UploaderClient::with_interceptor(channel, auth))
+}
+
+/// A transport error's useful part: tonic's top level only says "transport error", the cause
+/// (connection refused, timed out, dns) is further down the source chain.
+fn reason(error: &tonic::transport::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = error.source();
+    while let Some(e) = next {
+        let text = one_line(&e.to_string());
+        // Layers often repeat their cause in their own message; keep only new information.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text) || text.contains(p)) {
+            parts.push(text);
+        } else if let Some(last) = parts.last_mut() {
+            if text.contains(last.as_str()) {
+                *last = text;
+            }
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        one_line(&error.to_string())
+    } else {
+        parts.join(": ")
+    }
+}
+
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `client.call(..).await.on(&daemon)?`: the reply, or the call's one-line error.
+pub trait CallResult<T> {
+    fn on(self, daemon: &Daemon) -> anyhow::Result<T>;
+}
+
+impl<T> CallResult<T> for Result<tonic::Response<T>, Status> {
+    fn on(self, daemon: &Daemon) -> anyhow::Result<T> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|s| daemon.call_error(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_one_line_errors() {
+        let d = Daemon::ingester("http://127.0.0.1:7601");
+        let e = d.call_error(Status::invalid_argument(
+            "prefix \"logs\" must end with \"/\"",
+        ));
+        assert_eq!(e.to_string(), r#"prefix "logs" must end with "/""#);
+        let e = d.call_error(Status::unavailable("connection refused"));
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the ingester at http://127.0.0.1:7601: connection refused"
+        );
+        let e = d.call_error(Status::unauthenticated("bad token"));
+        assert_eq!(
+            e.to_string(),
+            "the ingester refused the call: unauthenticated (check --token-file)"
+        );
+        let e = d.call_error(Status::not_found("rule \"x\" not found\nmore"));
+        assert_eq!(e.to_string(), "rule \"x\" not found more");
+    }
+
+    #[test]
+    fn urls_get_a_scheme() {
+        assert_eq!(
+            Daemon::ingester("127.0.0.1:7601").url,
+            "http://127.0.0.1:7601"
+        );
+        assert_eq!(Daemon::uploader("http://h:1/").url, "http://h:1");
+    }
+
+    #[test]
+    fn token_file_errors_name_flag_and_path_not_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "  \n").expect("write");
+        let e = Auth::from_token_file(Some(&empty)).err().expect("refused");
+        assert_eq!(
+            e.to_string(),
+            format!("--token-file {} is empty", empty.display())
+        );
+        let missing = dir.path().join("missing");
+        let e = Auth::from_token_file(Some(&missing))
+            .err()
+            .expect("refused");
+        assert!(e
+            .to_string()
+            .starts_with(&format!("cannot read --token-file {}", missing.display())));
+
+        let good = dir.path().join("tok");
+        std::fs::write(&good, "s3cret-token\n").expect("write");
+        let mut auth = Auth::from_token_file(Some(&good)).expect("ok");
+        let req = auth.call(Request::new(())).expect("intercepted");
+        assert_eq!(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer s3cret-token")
+        );
+        let mut none = Auth::default();
+        let req = none.call(Request::new(())).expect("intercepted");
+        assert!(req.metadata().get("authorization").is_none());
+    }
+}

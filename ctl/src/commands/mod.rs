@@ -1,0 +1,50 @@
+//! One module per command group. Each command returns a [`Report`]; main prints it.
+
+pub mod logs;
+pub mod rule;
+pub mod segments;
+pub mod status;
+
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::client::{self, Auth, Daemon};
+use crate::output::Report;
+
+/// What every command needs from the global flags.
+pub struct Ctx {
+    pub ingester: Daemon,
+    pub uploader: Daemon,
+    pub auth: Auth,
+    pub format: OutputFormat,
+}
+
+impl Ctx {
+    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        Ok(Ctx {
+            ingester: Daemon::ingester(&cli.ingester),
+            uploader: Daemon::uploader(&cli.uploader),
+            auth: Auth::from_token_file(cli.token_file.as_deref())?,
+            format: cli.output,
+        })
+    }
+
+    pub async fn ingester(&self) -> anyhow::Result<client::Ingester> {
+        client::ingester(&self.ingester, self.auth.clone()).await
+    }
+
+    pub async fn uploader(&self) -> anyhow::Result<client::Uploader> {
+        client::uploader(&self.uploader, self.auth.clone()).await
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<Report> {
+    let ctx = Ctx::new(&cli)?;
+    match cli.command {
+        Command::Rule(cmd) => rule::run(&ctx, cmd).await,
+        Command::Status { name } => status::run(&ctx, name).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Segments { name } => segments::run(&ctx, name).await,
+    }
+}
+
+#[cfg(test)]
+mod fake_tests;

@@ -1,0 +1,746 @@
+//! `rule create|list|show|edit|delete|pause|resume|flush`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use proto::types::RuleSpecInput;
+use proto::v1::{
+    CreateRuleRequest, DeleteRuleRequest, EditRuleRequest, ListRulesRequest, Rule, RuleName,
+    RuleSpec, StatusRequest,
+};
+use serde::Deserialize as _;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::{CreateArgs, DeleteArgs, EditArgs, OutputFormat, RuleCommand, SpecFlags};
+use crate::client::{read_token_file, CallResult as _};
+use crate::output::{rule_json, rule_text, rules_json, rules_text, Report};
+
+pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
+    match cmd {
+        RuleCommand::Create(args) => create(ctx, args).await,
+        RuleCommand::List => list(ctx).await,
+        RuleCommand::Show { name } => {
+            let mut ingester = ctx.ingester().await?;
+            let reply = ingester
+                .get_rule(RuleName { name })
+                .await
+                .on(&ctx.ingester)?;
+            rule_report(reply.rule, None)
+        }
+        RuleCommand::Edit(args) => edit(ctx, args).await,
+        RuleCommand::Delete(args) => delete(ctx, args).await,
+        RuleCommand::Pause { name } => {
+            let mut ingester = ctx.ingester().await?;
+            let reply = ingester
+                .pause_rule(RuleName { name })
+                .await
+                .on(&ctx.ingester)?;
+            rule_report(reply.rule, Some("paused"))
+        }
+        RuleCommand::Resume { name } => {
+            let mut ingester = ctx.ingester().await?;
+            let reply = ingester
+                .resume_rule(RuleName { name })
+                .await
+                .on(&ctx.ingester)?;
+            rule_report(reply.rule, Some("resumed"))
+        }
+        RuleCommand::Flush { name } => {
+            let mut ingester = ctx.ingester().await?;
+            let reply = ingester
+                .flush_rule(RuleName { name: name.clone() })
+                .await
+                .on(&ctx.ingester)?;
+            let text = if reply.sealed {
+                format!("sealed segment {} of rule {name}", reply.segment_no)
+            } else {
+                format!("nothing to seal: the open segment of rule {name} is empty")
+            };
+            Ok(Report {
+                json: json!({ "sealed": reply.sealed, "segment_no": reply.segment_no }),
+                text,
+            })
+        }
+    }
+}
+
+fn rule_report(rule: Option<Rule>, done: Option<&str>) -> anyhow::Result<Report> {
+    // The proto makes every message field optional; a reply without its rule is a daemon bug.
+    let rule = rule.ok_or_else(|| anyhow!("the ingester's reply holds no rule"))?;
+    let mut text = rule_text(&rule);
+    if let Some(done) = done {
+        text = format!("rule {} {done}\n{text}", rule.name);
+    }
+    Ok(Report {
+        json: rule_json(&rule),
+        text,
+    })
+}
+
+async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
+    let (spec, token) = create_spec(args)?;
+    let mut ingester = ctx.ingester().await?;
+    let reply = ingester
+        .create_rule(CreateRuleRequest {
+            spec: Some(to_proto(spec, token)),
+        })
+        .await
+        .on(&ctx.ingester)?;
+    rule_report(reply.rule, Some("created"))
+}
+
+/// The rule `rule create` sends: the file (if any), overlaid by the flags, validated here so a
+/// bad rule is refused before any connection, naming the field.
+pub fn create_spec(args: CreateArgs) -> anyhow::Result<(RuleSpecInput, Option<String>)> {
+    let (file_spec, file_token) = match &args.from_file {
+        Some(path) => load_rule_file(path)?,
+        None => (RuleSpecInput::default(), None),
+    };
+    let (mut flag_spec, flag_token) = flags_spec(&args.spec);
+    flag_spec.name = args.name;
+    let spec = file_spec.overlay(flag_spec);
+    spec.validate().map_err(|e| anyhow!("{e}"))?;
+    let token = match flag_token.or(file_token) {
+        Some(source) => Some(source.read()?),
+        None => None,
+    };
+    Ok((spec, token))
+}
+
+async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
+    let (spec, token) = edit_spec(args)?;
+    let mut ingester = ctx.ingester().await?;
+    let reply = ingester
+        .edit_rule(EditRuleRequest {
+            spec: Some(to_proto(spec, token)),
+        })
+        .await
+        .on(&ctx.ingester)?;
+    rule_report(reply.rule, Some("updated"))
+}
+
+/// The change `rule edit` sends. Only fields given are set; the ingester validates the merged
+/// rule (ctl can't: it doesn't have the rest of it).
+pub fn edit_spec(args: EditArgs) -> anyhow::Result<(RuleSpecInput, Option<String>)> {
+    let (file_spec, file_token) = match &args.from_file {
+        Some(path) => load_rule_file(path)?,
+        None => (RuleSpecInput::default(), None),
+    };
+    if let Some(file_name) = &file_spec.name {
+        if file_name != &args.name {
+            bail!(
+                "name {file_name:?} in the rule file does not match the rule {:?}; names can't be changed",
+                args.name
+            );
+        }
+    }
+    let (flag_spec, flag_token) = flags_spec(&args.spec);
+    let mut spec = file_spec.overlay(flag_spec);
+    let token_source = flag_token.or(file_token);
+    if spec
+        == (RuleSpecInput {
+            name: spec.name.clone(),
+            ..RuleSpecInput::default()
+        })
+        && token_source.is_none()
+    {
+        bail!(
+            "nothing to change: give at least one rule flag (see `tdmq-backup rule edit --help`)"
+        );
+    }
+    spec.name = Some(args.name);
+    let token = match token_source {
+        Some(source) => Some(source.read()?),
+        None => None,
+    };
+    Ok((spec, token))
+}
+
+/// Where a rule's Pulsar token comes from. `what` names the flag or key, for errors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    File { what: String, path: PathBuf },
+    Env { what: String, var: String },
+}
+
+impl TokenSource {
+    /// The token, trimmed. Errors name the flag/key and the path or variable, never the value.
+    fn read(&self) -> anyhow::Result<String> {
+        match self {
+            TokenSource::File { what, path } => read_token_file(what, path),
+            TokenSource::Env { what, var } => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+                Ok(_) => bail!("{what} {var}: the environment variable is empty"),
+                Err(std::env::VarError::NotPresent) => {
+                    bail!("{what} {var}: the environment variable is not set")
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("{what} {var}: the environment variable is not valid UTF-8")
+                }
+            },
+        }
+    }
+}
+
+fn flags_spec(f: &SpecFlags) -> (RuleSpecInput, Option<TokenSource>) {
+    let spec = RuleSpecInput {
+        name: None,
+        service_url: f.service_url.clone(),
+        topic: f.topic.clone(),
+        subscription: f.subscription.clone(),
+        subscription_type: f.subscription_type.clone(),
+        bucket: f.bucket.clone(),
+        region: f.region.clone(),
+        prefix: f.prefix.clone(),
+        window: f.window.clone(),
+        max_messages: f.max_messages,
+        max_bytes: f.max_bytes.clone(),
+        start: f.start.clone(),
+        cluster: f.cluster.clone(),
+        role: f.role.clone(),
+        endpoint: f.endpoint.clone(),
+        compression: f.compression.clone(),
+    };
+    let token = match (&f.token_file, &f.token_env) {
+        (Some(path), _) => Some(TokenSource::File {
+            what: "--token-file".into(),
+            path: path.clone(),
+        }),
+        (None, Some(var)) => Some(TokenSource::Env {
+            what: "--token-env".into(),
+            var: var.clone(),
+        }),
+        (None, None) => None,
+    };
+    (spec, token)
+}
+
+/// A `RULE.toml`: the rule's keys (as [`RuleSpecInput`], unknown keys refused by name), plus
+/// `token_file` or `token_env`, which ctl resolves itself because the token must travel in the
+/// request, never sit in the rule file. A relative `token_file` is relative to the rule file.
+pub fn load_rule_file(path: &Path) -> anyhow::Result<(RuleSpecInput, Option<TokenSource>)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read --from-file {}: {e}", path.display()))?;
+    parse_rule_file(&text, path)
+}
+
+pub fn parse_rule_file(
+    text: &str,
+    path: &Path,
+) -> anyhow::Result<(RuleSpecInput, Option<TokenSource>)> {
+    let shown = path.display();
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        // toml's Display draws a multi-line snippet; the contract wants one line.
+        let line = e
+            .span()
+            .map(|s| text.get(..s.start).unwrap_or("").lines().count().max(1))
+            .map(|n| format!(" line {n}:"))
+            .unwrap_or_default();
+        anyhow!("{shown}:{line} {}", crate::client::one_line(e.message()))
+    })?;
+    // flatten + deny_unknown_fields don't mix in serde, so ctl's own keys are taken out first.
+    let mut take_string = |key: &str| -> anyhow::Result<Option<String>> {
+        match table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => bail!("{shown}: {key} must be a string, not {}", other.type_str()),
+        }
+    };
+    let token_file = take_string("token_file")?;
+    let token_env = take_string("token_env")?;
+    if table.contains_key("token") {
+        bail!("{shown}: token is not accepted in a rule file; give token_file or token_env");
+    }
+    // `max_bytes = 500000000` is a natural thing to write; the spec field takes the text form.
+    if let Some(toml::Value::Integer(n)) = table.get("max_bytes") {
+        let n = *n;
+        table.insert("max_bytes".into(), toml::Value::String(n.to_string()));
+    }
+    let spec = RuleSpecInput::deserialize(toml::Value::Table(table))
+        .map_err(|e| anyhow!("{shown}: {}", crate::client::one_line(e.message())))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let token = match (token_file, token_env) {
+        (Some(_), Some(_)) => bail!("{shown}: give token_file or token_env, not both"),
+        (Some(file), None) => {
+            let file = PathBuf::from(file);
+            Some(TokenSource::File {
+                what: format!("token_file (from {shown})"),
+                path: if file.is_relative() {
+                    base.join(file)
+                } else {
+                    file
+                },
+            })
+        }
+        (None, Some(var)) => Some(TokenSource::Env {
+            what: format!("token_env (from {shown})"),
+            var,
+        }),
+        (None, None) => None,
+    };
+    Ok((spec, token))
+}
+
+/// RuleSpecInput and the proto RuleSpec carry the same optional fields; the token rides along
+/// only here, on its way out.
+pub fn to_proto(s: RuleSpecInput, token: Option<String>) -> RuleSpec {
+    RuleSpec {
+        name: s.name.unwrap_or_default(),
+        service_url: s.service_url,
+        topic: s.topic,
+        subscription: s.subscription,
+        bucket: s.bucket,
+        region: s.region,
+        prefix: s.prefix,
+        window: s.window,
+        max_messages: s.max_messages,
+        max_bytes: s.max_bytes,
+        start: s.start,
+        cluster: s.cluster,
+        role: s.role,
+        token,
+        endpoint: s.endpoint,
+        subscription_type: s.subscription_type,
+        compression: s.compression,
+    }
+}
+
+async fn list(ctx: &Ctx) -> anyhow::Result<Report> {
+    let mut ingester = ctx.ingester().await?;
+    let reply = ingester
+        .list_rules(ListRulesRequest {})
+        .await
+        .on(&ctx.ingester)?;
+    // The table shows the live state (running/error/...) when the ingester tells it; the rule
+    // itself only knows paused or not. JSON stays the plain rule list.
+    let states = if ctx.format == OutputFormat::Table {
+        ingester
+            .status(StatusRequest { name: None })
+            .await
+            .map(|r| r.into_inner().rules)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Report {
+        json: rules_json(&reply.rules),
+        text: rules_text(&reply.rules, &states),
+    })
+}
+
+async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<Report> {
+    let mut ingester = ctx.ingester().await?;
+    if args.discard && !args.yes {
+        let segments = ingester
+            .list_segments(RuleName {
+                name: args.name.clone(),
+            })
+            .await
+            .on(&ctx.ingester)?
+            .segments;
+        let unstored = segments.iter().filter(|s| s.state != "stored").count();
+        if unstored > 0 {
+            confirm_discard(&args.name, unstored)?;
+        }
+    }
+    let reply = ingester
+        .delete_rule(DeleteRuleRequest {
+            name: args.name.clone(),
+            drain: args.drain,
+            discard: args.discard,
+            drain_timeout_secs: args.drain_timeout.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        })
+        .await
+        .on(&ctx.ingester)?;
+    let mut text = format!("deleted rule {}", args.name);
+    if reply.segments_discarded > 0 {
+        text.push_str(&format!(
+            "; discarded {} unstored segment(s) (their messages stay unacknowledged on Pulsar)",
+            reply.segments_discarded
+        ));
+    }
+    Ok(Report {
+        json: json!({ "deleted": args.name, "segments_discarded": reply.segments_discarded }),
+        text,
+    })
+}
+
+/// Asks on the terminal; without one, refuses (a script must say --yes explicitly).
+fn confirm_discard(name: &str, unstored: usize) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "--discard would drop {unstored} unstored segment(s) of rule {name}; \
+             stdin is not a terminal, so pass --yes to confirm"
+        );
+    }
+    // The question goes to stderr: stdout carries only the command's result.
+    let mut stderr = std::io::stderr();
+    write!(
+        stderr,
+        "delete rule {name} and discard {unstored} unstored segments? [y/N] "
+    )?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => bail!("rule {name} not deleted"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    const BASE: [&str; 13] = [
+        "tdmq-backup",
+        "rule",
+        "create",
+        "orders",
+        "--service-url",
+        "pulsar://10.0.0.5:6650",
+        "--topic",
+        "orders",
+        "--subscription",
+        "backup",
+        "--bucket",
+        "backup-1250000000",
+        "--region",
+    ];
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args: Vec<&str> = BASE.to_vec();
+        args.push("ap-guangzhou");
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    }
+
+    fn create_args(cli: Cli) -> CreateArgs {
+        match cli.command {
+            Command::Rule(RuleCommand::Create(args)) => args,
+            other => panic!("not rule create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_file_after_rule_create_is_the_pulsar_token() {
+        let cli = parse(&["--token-file", "/run/pulsar.jwt"]).expect("parses");
+        assert_eq!(cli.token_file, None);
+        let args = create_args(cli);
+        assert_eq!(args.spec.token_file, Some(PathBuf::from("/run/pulsar.jwt")));
+    }
+
+    #[test]
+    fn token_file_before_the_command_is_the_control_plane_token() {
+        let cli = Cli::try_parse_from(["tdmq-backup", "--token-file", "/etc/ctl.tok", "status"])
+            .expect("parses");
+        assert_eq!(cli.token_file, Some(PathBuf::from("/etc/ctl.tok")));
+        assert!(matches!(cli.command, Command::Status { name: None }));
+
+        // Both at once: each reaches its own.
+        let mut args = vec!["tdmq-backup", "--token-file", "/etc/ctl.tok"];
+        args.extend_from_slice(&BASE[1..]);
+        args.extend_from_slice(&["ap-guangzhou", "--token-file", "/run/pulsar.jwt"]);
+        let cli = Cli::try_parse_from(args).expect("parses");
+        assert_eq!(cli.token_file, Some(PathBuf::from("/etc/ctl.tok")));
+        assert_eq!(
+            create_args(cli).spec.token_file,
+            Some(PathBuf::from("/run/pulsar.jwt"))
+        );
+
+        // The control-plane flag is not taken after `status`.
+        assert!(Cli::try_parse_from(["tdmq-backup", "status", "--token-file", "x"]).is_err());
+    }
+
+    #[test]
+    fn token_file_and_token_env_conflict() {
+        let err =
+            parse(&["--token-file", "/a", "--token-env", "PULSAR_TOKEN"]).expect_err("conflict");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn globals_and_defaults() {
+        let cli = Cli::try_parse_from(["tdmq-backup", "rule", "list"]).expect("parses");
+        // Defaults unless the environment overrides them (CI may set these).
+        if std::env::var_os("TDMQ_BACKUP_INGESTER").is_none() {
+            assert_eq!(cli.ingester, "http://127.0.0.1:7601");
+        }
+        if std::env::var_os("TDMQ_BACKUP_UPLOADER").is_none() {
+            assert_eq!(cli.uploader, "http://127.0.0.1:7602");
+        }
+        assert_eq!(cli.output, OutputFormat::Table);
+        let cli = Cli::try_parse_from([
+            "tdmq-backup",
+            "--ingester",
+            "http://h:1",
+            "--output",
+            "json",
+            "status",
+            "orders",
+        ])
+        .expect("parses");
+        assert_eq!(cli.ingester, "http://h:1");
+        assert_eq!(cli.output, OutputFormat::Json);
+        // --output also works after the command.
+        let cli = Cli::try_parse_from(["tdmq-backup", "segments", "orders", "--output", "json"])
+            .expect("parses");
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert!(Cli::try_parse_from(["tdmq-backup", "--output", "yaml", "status"]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_pass_through_as_typed() {
+        let cli = parse(&[
+            "--window",
+            "30s",
+            "--max-messages",
+            "100",
+            "--max-bytes",
+            "64MiB",
+            "--prefix",
+            "logs/",
+            "--start",
+            "latest",
+            "--subscription-type",
+            "exclusive",
+            "--compression",
+            "none",
+            "--endpoint",
+            "http://127.0.0.1:9000",
+            "--cluster",
+            "c1",
+            "--role",
+            "r1",
+        ])
+        .expect("parses");
+        let (spec, token) = create_spec(create_args(cli)).expect("valid");
+        assert_eq!(token, None);
+        let p = to_proto(spec, None);
+        assert_eq!(p.name, "orders");
+        assert_eq!(p.window.as_deref(), Some("30s"));
+        assert_eq!(p.max_messages, Some(100));
+        assert_eq!(p.max_bytes.as_deref(), Some("64MiB"));
+        assert_eq!(p.prefix.as_deref(), Some("logs/"));
+        assert_eq!(p.start.as_deref(), Some("latest"));
+        assert_eq!(p.subscription_type.as_deref(), Some("exclusive"));
+        assert_eq!(p.compression.as_deref(), Some("none"));
+        assert_eq!(p.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(p.cluster.as_deref(), Some("c1"));
+        assert_eq!(p.role.as_deref(), Some("r1"));
+        // Topic goes as typed; the ingester completes it.
+        assert_eq!(p.topic.as_deref(), Some("orders"));
+        assert!(parse(&["--max-messages", "lots"]).is_err());
+    }
+
+    #[test]
+    fn bad_prefix_is_refused_client_side_with_its_message() {
+        let cli = parse(&["--prefix", "logs"]).expect("parses");
+        let err = create_spec(create_args(cli)).expect_err("refused");
+        assert_eq!(err.to_string(), r#"prefix "logs" must end with "/""#);
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let cli = Cli::try_parse_from(["tdmq-backup", "rule", "create", "orders"]).expect("parses");
+        let err = create_spec(create_args(cli)).expect_err("refused");
+        assert_eq!(err.to_string(), "service_url is required");
+        // No NAME and no --from-file: a usage error.
+        assert!(Cli::try_parse_from(["tdmq-backup", "rule", "create"]).is_err());
+    }
+
+    #[test]
+    fn token_sources_are_read_and_errors_never_show_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tok = dir.path().join("pulsar.jwt");
+        std::fs::write(&tok, "  eyJ.secret \n").expect("write");
+        let tok_s = tok.to_string_lossy().to_string();
+        let cli = parse(&["--token-file", &tok_s]).expect("parses");
+        let (_, token) = create_spec(create_args(cli)).expect("valid");
+        assert_eq!(token.as_deref(), Some("eyJ.secret"));
+
+        let empty = dir.path().join("empty.jwt");
+        std::fs::write(&empty, "\n").expect("write");
+        let empty_s = empty.to_string_lossy().to_string();
+        let cli = parse(&["--token-file", &empty_s]).expect("parses");
+        let err = create_spec(create_args(cli)).expect_err("empty");
+        assert_eq!(err.to_string(), format!("--token-file {empty_s} is empty"));
+
+        let cli = parse(&["--token-env", "TDMQ_BACKUP_CTL_TEST_SURELY_UNSET"]).expect("parses");
+        let err = create_spec(create_args(cli)).expect_err("unset");
+        assert_eq!(
+            err.to_string(),
+            "--token-env TDMQ_BACKUP_CTL_TEST_SURELY_UNSET: the environment variable is not set"
+        );
+    }
+
+    const RULE_TOML: &str = r#"
+name = "orders"
+service_url = "pulsar://10.0.0.5:6650"
+topic = "persistent://public/default/orders"
+subscription = "backup"
+bucket = "backup-1250000000"
+region = "ap-guangzhou"
+prefix = "logs/"
+window = "10m"
+max_messages = 2000
+max_bytes = "64MiB"
+token_file = "pulsar.jwt"
+"#;
+
+    #[test]
+    fn from_file_reads_the_rule_and_the_token_file_next_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rule = dir.path().join("rule.toml");
+        std::fs::write(&rule, RULE_TOML).expect("write");
+        std::fs::write(dir.path().join("pulsar.jwt"), "tok-123\n").expect("write");
+        let rule_s = rule.to_string_lossy().to_string();
+        let cli = Cli::try_parse_from(["tdmq-backup", "rule", "create", "--from-file", &rule_s])
+            .expect("parses");
+        let (spec, token) = create_spec(create_args(cli)).expect("valid");
+        assert_eq!(spec.name.as_deref(), Some("orders"));
+        assert_eq!(spec.window.as_deref(), Some("10m"));
+        assert_eq!(spec.max_messages, Some(2000));
+        assert_eq!(spec.max_bytes.as_deref(), Some("64MiB"));
+        assert_eq!(token.as_deref(), Some("tok-123"));
+
+        // Flags replace the file's values.
+        let cli = Cli::try_parse_from([
+            "tdmq-backup",
+            "rule",
+            "create",
+            "--from-file",
+            &rule_s,
+            "--window",
+            "1m",
+        ])
+        .expect("parses");
+        let (spec, _) = create_spec(create_args(cli)).expect("valid");
+        assert_eq!(spec.window.as_deref(), Some("1m"));
+    }
+
+    #[test]
+    fn from_file_refuses_unknown_keys_by_name() {
+        let text = format!("{RULE_TOML}\nwindw = \"5m\"\n");
+        let err = parse_rule_file(&text, Path::new("rule.toml")).expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.starts_with("rule.toml: unknown field `windw`"), "{msg}");
+        assert!(!msg.contains('\n'));
+
+        let err = parse_rule_file("token = \"abc\"\n", Path::new("rule.toml")).expect_err("no");
+        assert!(!err.to_string().contains("abc"));
+        assert!(err.to_string().contains("token_file or token_env"));
+
+        let err = parse_rule_file("name = \n", Path::new("rule.toml")).expect_err("syntax");
+        assert!(err.to_string().starts_with("rule.toml: line 1:"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+
+        let err =
+            parse_rule_file("max_messages = \"many\"\n", Path::new("rule.toml")).expect_err("type");
+        assert!(err.to_string().starts_with("rule.toml: "), "{err}");
+
+        let (spec, token) =
+            parse_rule_file("max_bytes = 1000\ntoken_env = \"T\"\n", Path::new("r.toml"))
+                .expect("ok");
+        assert_eq!(spec.max_bytes.as_deref(), Some("1000"));
+        assert!(matches!(token, Some(TokenSource::Env { var, .. }) if var == "T"));
+    }
+
+    #[test]
+    fn from_file_prefix_error_is_the_validation_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rule = dir.path().join("rule.toml");
+        let text = RULE_TOML
+            .replace("prefix = \"logs/\"", "prefix = \"logs\"")
+            .replace("token_file = \"pulsar.jwt\"\n", "");
+        std::fs::write(&rule, text).expect("write");
+        let rule_s = rule.to_string_lossy().to_string();
+        let cli = Cli::try_parse_from(["tdmq-backup", "rule", "create", "--from-file", &rule_s])
+            .expect("parses");
+        let err = create_spec(create_args(cli)).expect_err("refused");
+        assert_eq!(err.to_string(), r#"prefix "logs" must end with "/""#);
+    }
+
+    fn edit_args(args: &[&str]) -> EditArgs {
+        let mut all = vec!["tdmq-backup", "rule", "edit"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Rule(RuleCommand::Edit(args)) => args,
+            other => panic!("not rule edit: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn edit_sends_only_what_was_given() {
+        let (spec, token) = edit_spec(edit_args(&[
+            "orders",
+            "--window",
+            "15m",
+            "--max-bytes",
+            "1GB",
+        ]))
+        .expect("ok");
+        let p = to_proto(spec, token);
+        assert_eq!(p.name, "orders");
+        assert_eq!(p.window.as_deref(), Some("15m"));
+        assert_eq!(p.max_bytes.as_deref(), Some("1GB"));
+        assert_eq!(p.topic, None);
+        assert_eq!(p.token, None);
+        let err = edit_spec(edit_args(&["orders"])).expect_err("nothing");
+        assert!(err.to_string().starts_with("nothing to change"));
+    }
+
+    #[test]
+    fn delete_flags() {
+        let parse_delete = |args: &[&str]| {
+            let mut all = vec!["tdmq-backup", "rule", "delete"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| match c.command {
+                Command::Rule(RuleCommand::Delete(d)) => d,
+                other => panic!("not delete: {other:?}"),
+            })
+        };
+        let d = parse_delete(&["orders", "--discard", "--yes"]).expect("parses");
+        assert!(d.discard && d.yes && !d.drain);
+        let d = parse_delete(&["orders", "--drain", "--drain-timeout", "2m"]).expect("parses");
+        assert_eq!(d.drain_timeout, Some(std::time::Duration::from_secs(120)));
+        assert!(parse_delete(&["orders", "--drain", "--discard"]).is_err());
+        assert!(parse_delete(&["orders", "--drain-timeout", "2m"]).is_err());
+    }
+
+    #[test]
+    fn logs_flags() {
+        let cli = Cli::try_parse_from([
+            "tdmq-backup",
+            "logs",
+            "orders",
+            "--failed",
+            "--since",
+            "10m",
+            "--limit",
+            "20",
+        ])
+        .expect("parses");
+        let Command::Logs(args) = cli.command else {
+            panic!("not logs");
+        };
+        let req = crate::commands::logs::logs_request(args);
+        assert_eq!(req.name, "orders");
+        assert!(req.failed_only);
+        assert_eq!(req.since_secs, 600);
+        assert_eq!(req.limit, 20);
+        assert!(Cli::try_parse_from(["tdmq-backup", "logs", "orders", "--since", "soon"]).is_err());
+    }
+}
