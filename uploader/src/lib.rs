@@ -1,1 +1,102 @@
-pub fn _x() {}
+//! tdmq-backup-uploader: pulls sealed segments from the ingester, writes each one to COS / S3
+//! (or the embedded `file://` store), and commits it back so the ingester can acknowledge its
+//! messages on Pulsar.
+//!
+//! - [`config`]: the TOML/flag/env configuration;
+//! - [`puller`]: the loop (list sealed → upload → commit, with per-segment backoff);
+//! - [`upload`]: one attempt at one segment; [`verify`]: length and CRC32C while streaming;
+//! - [`ingester`] / [`committer`]: the hand-off RPCs;
+//! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service.
+
+pub mod backoff;
+pub mod committer;
+pub mod config;
+pub mod error;
+pub mod ingester;
+pub mod puller;
+pub mod status;
+pub mod store;
+pub mod upload;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use config::UploaderConfig;
+pub use error::UploadError;
+
+use crate::backoff::Backoff;
+use crate::puller::PullerSettings;
+use crate::status::{StatusState, UploaderService};
+use crate::store::{StoreRouter, StoreSettings};
+use crate::upload::UploadContext;
+
+/// Serves the Uploader status service on `listener` and runs the upload pipeline until
+/// `shutdown` completes; then stops taking segments and lets uploads in flight finish (up to
+/// [`puller::SHUTDOWN_GRACE`]).
+pub async fn run(
+    config: UploaderConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // Not used yet by this version; created now so that permissions problems show at start-up,
+    // not on the first resumable multipart upload.
+    std::fs::create_dir_all(config.state_dir())
+        .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
+
+    let settings = StoreSettings::from_config(&config);
+    let status = Arc::new(StatusState::new(settings.describe()));
+    let ctx = Arc::new(UploadContext {
+        stores: StoreRouter::new(settings),
+        status: status.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::UploaderServer::new(UploaderService::new(status)))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                },
+            ),
+    );
+    tracing::info!(%addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), "uploader started");
+
+    let pipeline = puller::run_pipeline(
+        PullerSettings {
+            ingester: config.ingester.clone(),
+            concurrency: config.concurrency,
+            backoff: Backoff::new(config.max_backoff),
+        },
+        ctx,
+        stop_rx,
+    );
+    tokio::pin!(pipeline);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested");
+            let _ = stop_tx.send(true);
+            pipeline.await
+        }
+        result = &mut pipeline => result,
+    };
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %error::error_chain(&err), "status service failed"),
+        Err(err) => tracing::warn!(error = %err, "status service task failed"),
+    }
+    result.context("upload pipeline")?;
+    tracing::info!("uploader stopped");
+    Ok(())
+}

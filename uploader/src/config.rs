@@ -1,0 +1,625 @@
+//! `UploaderConfig`: TOML file (`--config FILE`), overridden by environment variables
+//! (`TDMQ_BACKUP_UPLOADER_<KEY>`), overridden by flags. Every value is validated here, and an
+//! error names the key at fault, so the daemon never starts half-configured.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use proto::types::Secret;
+use serde::Deserialize;
+
+use crate::error::UploadError;
+use crate::store::StoreEndpoint;
+
+pub const DEFAULT_INGESTER: &str = "http://127.0.0.1:7601";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7602";
+pub const DEFAULT_STATE_DIR: &str = "./uploader-state";
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const MAX_CONCURRENCY: usize = 64;
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// S3's minimum part (COS allows 1 MB, so 5 MiB suits both).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// The largest part and the largest single PUT both stores accept.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Command line. Every config key is also a flag and an environment variable; unset flags fall
+/// back to the file, then to the default.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "tdmq-backup-uploader",
+    version,
+    about = "Uploads sealed tdmq-backup segments to COS / S3 and commits them back to the ingester",
+    after_help = "Credentials: COS_SECRET_ID/COS_SECRET_KEY, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
+                  (+ COS_SESSION_TOKEN / AWS_SESSION_TOKEN), else the standard AWS chain."
+)]
+pub struct Args {
+    /// TOML config file (see uploader.example.toml).
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Ingester gRPC URL [default: http://127.0.0.1:7601].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_INGESTER")]
+    pub ingester: Option<String>,
+    /// Address of the uploader's status gRPC service [default: 127.0.0.1:7602].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the uploader's local state [default: ./uploader-state].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Store for every rule: http(s)://host:port (S3-compatible) or file://DIR (embedded).
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing for non-COS endpoints [default: false].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PATH_STYLE", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub path_style: Option<bool>,
+    /// Signing region override [default: the rule's region].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_REGION")]
+    pub region: Option<String>,
+    /// Segments uploaded at once [default: 4].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_CONCURRENCY")]
+    pub concurrency: Option<String>,
+    /// Multipart part size, e.g. 8MiB or 16MB; at least 5MiB [default: 8MiB].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PART_SIZE")]
+    pub part_size: Option<String>,
+    /// Segments larger than this use multipart [default: part_size].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_MULTIPART_THRESHOLD")]
+    pub multipart_threshold: Option<String>,
+    /// Longest wait between retries, e.g. 30s or 2m [default: 30s].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_MAX_BACKOFF")]
+    pub max_backoff: Option<String>,
+    /// text or json [default: text].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file: the same keys, all optional. Unknown keys are refused (a typo must not be
+/// silently ignored), and the parser's message names the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    ingester: Option<String>,
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    endpoint: Option<String>,
+    path_style: Option<bool>,
+    region: Option<String>,
+    concurrency: Option<NumberOrText>,
+    part_size: Option<NumberOrText>,
+    multipart_threshold: Option<NumberOrText>,
+    max_backoff: Option<String>,
+    log_format: Option<String>,
+}
+
+/// `part_size = 8388608` and `part_size = "8MiB"` both read naturally in TOML.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+impl NumberOrText {
+    fn into_text(self) -> String {
+        match self {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(t) => t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the S3 keys come from. The values are `Secret`s so the config can be logged with `{:?}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Static {
+        /// The environment variables they came from, for the status reply (never the values).
+        source: &'static str,
+        access_key_id: Secret,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+    /// aws-config's standard chain (profile, web identity, ECS/IMDS, ...).
+    DefaultChain,
+}
+
+impl Credentials {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credentials::Static { source, .. } => source,
+            Credentials::DefaultChain => "the standard AWS credential chain",
+        }
+    }
+
+    /// COS_SECRET_ID/COS_SECRET_KEY first (the product's own names), then the AWS pair.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Credentials, UploadError> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let pairs: [(&'static str, &'static str, &'static str, &'static str); 2] = [
+            (
+                "COS_SECRET_ID",
+                "COS_SECRET_KEY",
+                "COS_SESSION_TOKEN",
+                "COS_SECRET_ID/COS_SECRET_KEY",
+            ),
+            (
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            ),
+        ];
+        for (id_var, key_var, token_var, source) in pairs {
+            match (get(id_var), get(key_var)) {
+                (None, None) => continue,
+                (Some(id), Some(key)) => {
+                    let token = get(token_var).or_else(|| get("AWS_SESSION_TOKEN"));
+                    return Ok(Credentials::Static {
+                        source,
+                        access_key_id: Secret::new(id),
+                        secret_access_key: Secret::new(key),
+                        session_token: token.map(Secret::new),
+                    });
+                }
+                (Some(_), None) => {
+                    return Err(UploadError::config(
+                        key_var,
+                        format!("{id_var} is set but {key_var} is not"),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(UploadError::config(
+                        id_var,
+                        format!("{key_var} is set but {id_var} is not"),
+                    ))
+                }
+            }
+        }
+        Ok(Credentials::DefaultChain)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UploaderConfig {
+    pub ingester: String,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Overrides every rule's store when set.
+    pub endpoint: Option<StoreEndpoint>,
+    pub path_style: bool,
+    pub region: Option<String>,
+    pub concurrency: usize,
+    pub part_size: u64,
+    pub multipart_threshold: u64,
+    pub max_backoff: Duration,
+    pub log_format: LogFormat,
+    pub credentials: Credentials,
+}
+
+impl UploaderConfig {
+    /// Flags/env from `args`, the file named by `--config` (if any), credentials from the process
+    /// environment.
+    pub fn load(args: Args) -> Result<UploaderConfig, UploadError> {
+        let file_text = match &args.config {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| UploadError::io("reading config", path, e))?,
+            ),
+            None => None,
+        };
+        let credentials = Credentials::from_env(|name| std::env::var(name).ok())?;
+        UploaderConfig::build(args, file_text.as_deref(), credentials)
+    }
+
+    /// The pure part of [`UploaderConfig::load`], for tests.
+    pub fn build(
+        args: Args,
+        file_text: Option<&str>,
+        credentials: Credentials,
+    ) -> Result<UploaderConfig, UploadError> {
+        let file: FileConfig = match file_text {
+            Some(text) => {
+                toml::from_str(text).map_err(|e| UploadError::config("config", e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let ingester = args
+            .ingester
+            .or(file.ingester)
+            .unwrap_or_else(|| DEFAULT_INGESTER.into());
+        validate_ingester(&ingester)?;
+
+        let listen_text = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|_| {
+            UploadError::config(
+                "listen",
+                format!("{listen_text:?} is not a host:port socket address"),
+            )
+        })?;
+
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        if state_dir.as_os_str().is_empty() {
+            return Err(UploadError::config("state_dir", "must not be empty"));
+        }
+
+        let endpoint = match args.endpoint.or(file.endpoint) {
+            Some(text) if !text.trim().is_empty() => Some(
+                StoreEndpoint::parse(text.trim())
+                    .map_err(|m| UploadError::config("endpoint", m))?,
+            ),
+            _ => None,
+        };
+        let path_style = args.path_style.or(file.path_style).unwrap_or(false);
+
+        let region = match args.region.or(file.region) {
+            Some(r) if !r.trim().is_empty() => Some(validate_region(r.trim())?),
+            _ => None,
+        };
+
+        let concurrency = match args
+            .concurrency
+            .or(file.concurrency.map(NumberOrText::into_text))
+        {
+            None => DEFAULT_CONCURRENCY,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CONCURRENCY).contains(n))
+                .ok_or_else(|| {
+                    UploadError::config(
+                        "concurrency",
+                        format!("{text:?} must be a whole number from 1 to {MAX_CONCURRENCY}"),
+                    )
+                })?,
+        };
+
+        let part_size = match args
+            .part_size
+            .or(file.part_size.map(NumberOrText::into_text))
+        {
+            None => DEFAULT_PART_SIZE,
+            Some(text) => parse_size("part_size", &text)?,
+        };
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+            return Err(UploadError::config(
+                "part_size",
+                format!("{part_size} bytes is outside 5MiB..=5GiB (the S3 part limits)"),
+            ));
+        }
+
+        let multipart_threshold = match args
+            .multipart_threshold
+            .or(file.multipart_threshold.map(NumberOrText::into_text))
+        {
+            None => part_size,
+            Some(text) => parse_size("multipart_threshold", &text)?,
+        };
+        // A single PUT is buffered whole (for its Content-MD5), so the threshold bounds memory
+        // like the part size does.
+        if multipart_threshold == 0 || multipart_threshold > part_size {
+            return Err(UploadError::config(
+                "multipart_threshold",
+                format!("{multipart_threshold} bytes must be between 1 B and part_size ({part_size} bytes)"),
+            ));
+        }
+
+        let max_backoff = match args.max_backoff.or(file.max_backoff) {
+            None => DEFAULT_MAX_BACKOFF,
+            Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                UploadError::config(
+                    "max_backoff",
+                    format!("{text:?} is not a duration like 30s or 2m ({e})"),
+                )
+            })?,
+        };
+        if max_backoff < Duration::from_millis(100) || max_backoff > Duration::from_secs(3600) {
+            return Err(UploadError::config(
+                "max_backoff",
+                "must be between 100ms and 1h",
+            ));
+        }
+
+        let log_format = match args
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(UploadError::config(
+                    "log_format",
+                    format!("{other:?} must be text or json"),
+                ))
+            }
+        };
+
+        Ok(UploaderConfig {
+            ingester,
+            listen,
+            state_dir,
+            endpoint,
+            path_style,
+            region,
+            concurrency,
+            part_size,
+            multipart_threshold,
+            max_backoff,
+            log_format,
+            credentials,
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+fn parse_size(field: &'static str, text: &str) -> Result<u64, UploadError> {
+    proto::types::rule::parse_size(text).map_err(|m| UploadError::config(field, m))
+}
+
+fn validate_ingester(url: &str) -> Result<(), UploadError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => Ok(()),
+        _ => Err(UploadError::config(
+            "ingester",
+            format!("{url:?} must be an http:// or https:// URL, like {DEFAULT_INGESTER}"),
+        )),
+    }
+}
+
+fn validate_region(region: &str) -> Result<String, UploadError> {
+    if region
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Ok(region.to_string())
+    } else {
+        Err(UploadError::config(
+            "region",
+            format!("{region:?} may only hold a-z 0-9 -"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        let mut argv = vec!["tdmq-backup-uploader"];
+        argv.extend_from_slice(flags);
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn build(flags: &[&str], file: Option<&str>) -> Result<UploaderConfig, UploadError> {
+        UploaderConfig::build(args(flags), file, Credentials::DefaultChain)
+    }
+
+    fn field_of(result: Result<UploaderConfig, UploadError>) -> &'static str {
+        match result {
+            Err(UploadError::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = build(&[], None).expect("defaults are valid");
+        assert_eq!(c.ingester, "http://127.0.0.1:7601");
+        assert_eq!(c.listen, "127.0.0.1:7602".parse().expect("literal"));
+        assert_eq!(c.state_dir, PathBuf::from("./uploader-state"));
+        assert_eq!(c.endpoint, None);
+        assert!(!c.path_style);
+        assert_eq!(c.region, None);
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.part_size, 8 << 20);
+        assert_eq!(c.multipart_threshold, 8 << 20);
+        assert_eq!(c.max_backoff, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn file_values_and_flags_win() {
+        let file = r#"
+            ingester = "http://ingester:7601"
+            listen = "0.0.0.0:9000"
+            state_dir = "/var/lib/up"
+            endpoint = "http://127.0.0.1:9000"
+            path_style = true
+            region = "us-east-1"
+            concurrency = 2
+            part_size = "16MB"
+            multipart_threshold = 6000000
+            max_backoff = "2m"
+            log_format = "json"
+        "#;
+        let c = build(&[], Some(file)).expect("valid file");
+        assert_eq!(c.ingester, "http://ingester:7601");
+        assert_eq!(
+            c.endpoint,
+            Some(StoreEndpoint::S3 {
+                url: "http://127.0.0.1:9000".into()
+            })
+        );
+        assert!(c.path_style);
+        assert_eq!(c.concurrency, 2);
+        assert_eq!(c.part_size, 16_000_000);
+        assert_eq!(c.multipart_threshold, 6_000_000);
+        assert_eq!(c.max_backoff, Duration::from_secs(120));
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        let c = build(
+            &[
+                "--concurrency",
+                "8",
+                "--part-size",
+                "8MiB",
+                "--path-style=false",
+                "--endpoint",
+                "file:///tmp/s",
+            ],
+            Some(file),
+        )
+        .expect("flags override");
+        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.part_size, 8 << 20);
+        assert_eq!(c.multipart_threshold, 6_000_000);
+        assert!(!c.path_style);
+        assert_eq!(
+            c.endpoint,
+            Some(StoreEndpoint::File {
+                dir: "/tmp/s".into()
+            })
+        );
+    }
+
+    #[test]
+    fn example_file_is_valid_and_matches_the_defaults() {
+        let c = build(&[], Some(include_str!("../uploader.example.toml"))).expect("example parses");
+        let d = build(&[], None).expect("defaults");
+        assert_eq!(
+            (c.ingester, c.listen, c.state_dir, c.endpoint, c.path_style),
+            (d.ingester, d.listen, d.state_dir, d.endpoint, d.path_style)
+        );
+        assert_eq!(
+            (c.concurrency, c.part_size, c.multipart_threshold),
+            (4, 8 << 20, 8 << 20)
+        );
+        assert_eq!((c.max_backoff, c.log_format), (d.max_backoff, d.log_format));
+    }
+
+    #[test]
+    fn threshold_defaults_to_part_size() {
+        let c = build(&["--part-size", "16MiB"], None).expect("valid");
+        assert_eq!(c.multipart_threshold, 16 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = build(&[], Some("concurrencyy = 3\n")).expect_err("typo refused");
+        assert!(err.to_string().contains("concurrencyy"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(field_of(build(&["--part-size", "4MiB"], None)), "part_size");
+        assert_eq!(
+            field_of(build(&["--part-size", "8 parsecs"], None)),
+            "part_size"
+        );
+        assert_eq!(field_of(build(&["--part-size", "6GiB"], None)), "part_size");
+        assert_eq!(
+            field_of(build(&["--multipart-threshold", "9MiB"], None)),
+            "multipart_threshold"
+        );
+        assert_eq!(
+            field_of(build(&["--concurrency", "0"], None)),
+            "concurrency"
+        );
+        assert_eq!(
+            field_of(build(&["--max-backoff", "soon"], None)),
+            "max_backoff"
+        );
+        assert_eq!(
+            field_of(build(&["--ingester", "127.0.0.1:7601"], None)),
+            "ingester"
+        );
+        assert_eq!(field_of(build(&["--listen", "localhost"], None)), "listen");
+        assert_eq!(
+            field_of(build(&["--endpoint", "s3://bucket"], None)),
+            "endpoint"
+        );
+        assert_eq!(
+            field_of(build(&["--endpoint", "http://ak:sk@host:9000"], None)),
+            "endpoint"
+        );
+        assert_eq!(field_of(build(&["--region", "AP_GZ"], None)), "region");
+        assert_eq!(
+            field_of(build(&["--log-format", "xml"], None)),
+            "log_format"
+        );
+        assert_eq!(field_of(build(&[], Some("part_size = true"))), "config");
+    }
+
+    #[test]
+    fn credentials_prefer_cos_and_stay_secret() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = Credentials::from_env(env(&[
+            ("COS_SECRET_ID", "AKIDcos"),
+            ("COS_SECRET_KEY", "cos-secret-value"),
+            ("AWS_ACCESS_KEY_ID", "AKIAaws"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+        ]))
+        .expect("valid");
+        match &c {
+            Credentials::Static {
+                source,
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                assert_eq!(*source, "COS_SECRET_ID/COS_SECRET_KEY");
+                assert_eq!(access_key_id.expose(), "AKIDcos");
+                assert_eq!(secret_access_key.expose(), "cos-secret-value");
+                assert_eq!(*session_token, None);
+            }
+            Credentials::DefaultChain => panic!("static expected"),
+        }
+        assert!(!format!("{c:?}").contains("cos-secret-value"));
+
+        let c = Credentials::from_env(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIAaws"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+            ("AWS_SESSION_TOKEN", "tok"),
+        ]))
+        .expect("valid");
+        assert!(matches!(
+            c,
+            Credentials::Static {
+                source: "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+                session_token: Some(_),
+                ..
+            }
+        ));
+
+        let err =
+            Credentials::from_env(env(&[("COS_SECRET_ID", "AKIDcos")])).expect_err("half a pair");
+        assert!(matches!(
+            err,
+            UploadError::Config {
+                field: "COS_SECRET_KEY",
+                ..
+            }
+        ));
+        assert_eq!(
+            Credentials::from_env(env(&[])).expect("empty env"),
+            Credentials::DefaultChain
+        );
+    }
+}

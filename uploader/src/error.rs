@@ -1,0 +1,88 @@
+//! The library's error type. Every message is safe to log and to send over RPC: no variant ever
+//! holds a credential (keys live only in `proto::types::Secret`, which never prints).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// A configuration value is invalid; `field` is the config key (or env var) at fault.
+    #[error("invalid {field}: {message}")]
+    Config {
+        field: &'static str,
+        message: String,
+    },
+
+    /// An RPC to the ingester failed (unreachable, refused, timed out).
+    #[error("ingester: {0}")]
+    Ingester(String),
+
+    /// The ingester refused to stream the segment with DATA_LOSS: it quarantined it. Not retried.
+    #[error("segment {rule}/{segment_no} quarantined by the ingester: {message}")]
+    Quarantined {
+        rule: String,
+        segment_no: u64,
+        message: String,
+    },
+
+    /// The bytes received do not match the segment's announced length or checksum.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+
+    /// The segment description from the ingester cannot be uploaded as is.
+    #[error("invalid segment: {0}")]
+    Segment(String),
+
+    /// An object-store request failed; `message` is the SDK's display chain.
+    #[error("{op} failed: {message}")]
+    Store { op: &'static str, message: String },
+
+    /// An object key or bucket the embedded file store refuses (e.g. a `..` component).
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UploadError {
+    pub fn config(field: &'static str, message: impl Into<String>) -> UploadError {
+        UploadError::Config {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> UploadError {
+        UploadError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `outer: cause: root cause` — transport errors often say only "transport error" at the top.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some libraries repeat their cause in their own message; don't print it twice.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A tonic status as one line: code and message (tonic's Display also dumps metadata and details).
+pub fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}

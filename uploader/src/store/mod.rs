@@ -1,0 +1,447 @@
+//! Object stores: S3-compatible servers (COS, MinIO, ...) and the embedded `file://` store.
+//!
+//! A closed enum rather than a trait object: there are exactly two backends and the enum keeps
+//! the async methods free of boxing. [`StoreRouter`] picks (and caches) the backend for each
+//! segment from the uploader's override, the rule's endpoint or the rule's COS region.
+
+pub mod file;
+pub mod s3;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::config::{Credentials, UploaderConfig};
+use crate::error::UploadError;
+pub use file::FileStore;
+pub use s3::S3Store;
+
+/// An object's content as it arrives. The stream must be read to its end before the object is
+/// made visible: the last item is where a length or checksum mismatch is reported.
+pub type Body = BoxStream<'static, Result<Bytes, UploadError>>;
+
+/// What to write. `total_len` is the announced size (it picks single PUT or multipart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRequest {
+    pub bucket: String,
+    pub key: String,
+    /// User metadata (`x-amz-meta-<name>`), names without the prefix.
+    pub metadata: Vec<(String, String)>,
+    pub content_type: String,
+    pub total_len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    pub etag: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Content type for a segment's content encoding. Deliberately never a `Content-Encoding: gzip`
+/// header: HTTP clients would then decompress on download and users would get `.gz` files that
+/// are not gzip.
+pub fn content_type_for(content_encoding: &str) -> &'static str {
+    if content_encoding == "gzip" {
+        "application/gzip"
+    } else {
+        "application/x-ndjson"
+    }
+}
+
+/// An endpoint as configured: the uploader's `endpoint` key or a rule's `endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoreEndpoint {
+    /// `http(s)://host[:port]`, without a trailing slash.
+    S3 {
+        url: String,
+    },
+    File {
+        dir: PathBuf,
+    },
+}
+
+impl StoreEndpoint {
+    pub fn parse(text: &str) -> Result<StoreEndpoint, String> {
+        if let Some(dir) = text.strip_prefix("file://") {
+            if dir.is_empty() {
+                return Err(format!(
+                    "{text:?} names no directory (use file:///path/to/dir)"
+                ));
+            }
+            return Ok(StoreEndpoint::File {
+                dir: PathBuf::from(dir),
+            });
+        }
+        let rest = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+            .ok_or_else(|| format!("{text:?} must start with http://, https:// or file://"))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() || authority.contains(char::is_whitespace) {
+            return Err(format!("{text:?} has no host"));
+        }
+        // Keys in a URL would end up in logs and in the status reply; they belong in the env.
+        if authority.contains('@') {
+            return Err(format!(
+                "{} must not hold credentials; use COS_SECRET_ID/COS_SECRET_KEY",
+                text.split('@').next_back().unwrap_or_default()
+            ));
+        }
+        if !path.is_empty() {
+            return Err(format!(
+                "{text:?} must be just scheme://host[:port], without a path"
+            ));
+        }
+        Ok(StoreEndpoint::S3 {
+            url: text.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            StoreEndpoint::S3 { url } => url.clone(),
+            StoreEndpoint::File { dir } => format!("file://{}", dir.display()),
+        }
+    }
+}
+
+/// One S3 client's identity: clients are cached per target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S3Target {
+    pub endpoint: String,
+    /// The SigV4 signing region.
+    pub region: String,
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    S3(S3Target),
+    File(PathBuf),
+}
+
+/// Region used for signing when neither the uploader nor the rule names one (S3's default).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// COS hosts refuse path-style requests for buckets created since 2024, so a `*.myqcloud.com`
+/// endpoint is always addressed virtual-hosted, whatever `path_style` says (that key exists for
+/// local S3 servers, which need path style).
+pub fn is_cos_endpoint(url: &str) -> bool {
+    let host = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = host.split(['/', ':']).next().unwrap_or_default();
+    host.ends_with(".myqcloud.com")
+}
+
+/// Where a segment goes: the uploader's override, else the rule's endpoint, else the COS
+/// endpoint of the rule's region.
+pub fn resolve_target(
+    override_endpoint: Option<&StoreEndpoint>,
+    region_override: Option<&str>,
+    path_style: bool,
+    segment_endpoint: &str,
+    segment_region: &str,
+) -> Result<Target, UploadError> {
+    let endpoint = match override_endpoint {
+        Some(e) => e.clone(),
+        None if !segment_endpoint.is_empty() => StoreEndpoint::parse(segment_endpoint)
+            .map_err(|m| UploadError::Segment(format!("rule endpoint: {m}")))?,
+        None => match proto::types::rule::cos_endpoint(segment_region) {
+            Some(url) => StoreEndpoint::S3 { url },
+            None => {
+                return Err(UploadError::Segment(format!(
+                    "region {segment_region:?} is not a known COS region and neither the rule nor \
+                     the uploader names an endpoint"
+                )))
+            }
+        },
+    };
+    Ok(match endpoint {
+        StoreEndpoint::File { dir } => Target::File(dir),
+        StoreEndpoint::S3 { url } => {
+            let region = region_override
+                .filter(|r| !r.is_empty())
+                .or(Some(segment_region).filter(|r| !r.is_empty()))
+                .unwrap_or(FALLBACK_REGION)
+                .to_string();
+            let path_style = path_style && !is_cos_endpoint(&url);
+            Target::S3(S3Target {
+                endpoint: url,
+                region,
+                path_style,
+            })
+        }
+    })
+}
+
+pub enum Store {
+    S3(S3Store),
+    File(FileStore),
+}
+
+impl Store {
+    /// Writes the object; returns only once the store has confirmed it (PutObject or
+    /// CompleteMultipartUpload succeeded, or the file is renamed into place).
+    pub async fn put_object(
+        &self,
+        req: &PutRequest,
+        body: Body,
+    ) -> Result<PutOutcome, UploadError> {
+        match self {
+            Store::S3(s) => s.put_object(req, body).await,
+            Store::File(f) => f.put_object(req, body).await,
+        }
+    }
+
+    pub async fn head_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<ObjectHead>, UploadError> {
+        match self {
+            Store::S3(s) => s.head_object(bucket, key).await,
+            Store::File(f) => f.head_object(bucket, key).await,
+        }
+    }
+}
+
+/// The settings every backend shares, taken from the config.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub endpoint: Option<StoreEndpoint>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub part_size: u64,
+    pub multipart_threshold: u64,
+    pub credentials: Credentials,
+}
+
+impl StoreSettings {
+    pub fn from_config(config: &UploaderConfig) -> StoreSettings {
+        StoreSettings {
+            endpoint: config.endpoint.clone(),
+            region: config.region.clone(),
+            path_style: config.path_style,
+            part_size: config.part_size,
+            multipart_threshold: config.multipart_threshold,
+            credentials: config.credentials.clone(),
+        }
+    }
+
+    /// For the status reply: where objects go, never how we authenticate beyond the source name.
+    pub fn describe(&self) -> String {
+        let target = match &self.endpoint {
+            Some(StoreEndpoint::File { dir }) => {
+                return format!("file://{} (embedded store)", dir.display())
+            }
+            Some(StoreEndpoint::S3 { url }) => format!(
+                "{url} ({}, region {})",
+                if self.path_style && !is_cos_endpoint(url) {
+                    "path-style"
+                } else {
+                    "virtual-hosted"
+                },
+                self.region.as_deref().unwrap_or("of each rule")
+            ),
+            None => {
+                "per rule: the rule's endpoint, else https://cos.<region>.myqcloud.com".to_string()
+            }
+        };
+        format!("{target}; credentials from {}", self.credentials.describe())
+    }
+}
+
+/// Picks the backend for a segment and caches S3 clients (building one loads credentials and
+/// sets up a connection pool; doing that per segment would waste both).
+pub struct StoreRouter {
+    settings: StoreSettings,
+    shared: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    clients: Mutex<HashMap<S3Target, S3Store>>,
+}
+
+impl StoreRouter {
+    pub fn new(settings: StoreSettings) -> StoreRouter {
+        StoreRouter {
+            settings,
+            shared: tokio::sync::OnceCell::new(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    pub async fn store_for(
+        &self,
+        segment_endpoint: &str,
+        segment_region: &str,
+    ) -> Result<Store, UploadError> {
+        let target = resolve_target(
+            self.settings.endpoint.as_ref(),
+            self.settings.region.as_deref(),
+            self.settings.path_style,
+            segment_endpoint,
+            segment_region,
+        )?;
+        let s3_target = match target {
+            Target::File(dir) => return Ok(Store::File(FileStore::new(dir))),
+            Target::S3(t) => t,
+        };
+        if let Some(store) = self.cached(&s3_target) {
+            return Ok(Store::S3(store));
+        }
+        let shared = self
+            .shared
+            .get_or_init(|| s3::load_shared_config(&self.settings.credentials))
+            .await;
+        let store = S3Store::new(
+            shared,
+            &s3_target,
+            self.settings.part_size,
+            self.settings.multipart_threshold,
+        );
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(s3_target, store.clone());
+        Ok(Store::S3(store))
+    }
+
+    fn cached(&self, target: &S3Target) -> Option<S3Store> {
+        // A poisoned cache only means another task panicked mid-insert; the map is still usable.
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(target)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(endpoint: &str, region: &str, path_style: bool) -> Target {
+        Target::S3(S3Target {
+            endpoint: endpoint.into(),
+            region: region.into(),
+            path_style,
+        })
+    }
+
+    #[test]
+    fn cos_region_resolves_to_virtual_hosted_cos() {
+        let t = resolve_target(None, None, true, "", "ap-guangzhou").expect("known region");
+        assert_eq!(
+            t,
+            s3(
+                "https://cos.ap-guangzhou.myqcloud.com",
+                "ap-guangzhou",
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn rule_endpoint_beats_region_and_uses_path_style_setting() {
+        let t = resolve_target(None, None, true, "http://minio:9000", "us-east-1").expect("ok");
+        assert_eq!(t, s3("http://minio:9000", "us-east-1", true));
+        let t = resolve_target(None, None, false, "http://minio:9000/", "").expect("ok");
+        assert_eq!(t, s3("http://minio:9000", FALLBACK_REGION, false));
+        // A COS endpoint given explicitly (a region outside the known seven) stays virtual-hosted.
+        let t = resolve_target(
+            None,
+            None,
+            true,
+            "https://cos.ap-nanjing.myqcloud.com",
+            "ap-nanjing",
+        )
+        .expect("ok");
+        assert_eq!(
+            t,
+            s3("https://cos.ap-nanjing.myqcloud.com", "ap-nanjing", false)
+        );
+        let t = resolve_target(None, None, false, "file:///data/store", "x").expect("ok");
+        assert_eq!(t, Target::File("/data/store".into()));
+    }
+
+    #[test]
+    fn override_beats_rule_and_region_override_beats_rule_region() {
+        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
+        let t = resolve_target(
+            Some(&o),
+            Some("us-west-2"),
+            true,
+            "https://other",
+            "ap-guangzhou",
+        )
+        .expect("ok");
+        assert_eq!(t, s3("http://127.0.0.1:9000", "us-west-2", true));
+        let t = resolve_target(Some(&o), None, false, "", "ap-guangzhou").expect("ok");
+        assert_eq!(t, s3("http://127.0.0.1:9000", "ap-guangzhou", false));
+        let f = StoreEndpoint::parse("file://./local").expect("valid");
+        let t = resolve_target(Some(&f), None, false, "", "ap-guangzhou").expect("ok");
+        assert_eq!(t, Target::File("./local".into()));
+    }
+
+    #[test]
+    fn unknown_region_without_endpoint_is_refused() {
+        let err = resolve_target(None, None, false, "", "mars-1").expect_err("no endpoint");
+        assert!(err.to_string().contains("mars-1"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_parsing() {
+        assert!(StoreEndpoint::parse("ftp://x").is_err());
+        assert!(StoreEndpoint::parse("http://").is_err());
+        assert!(StoreEndpoint::parse("file://").is_err());
+        assert!(StoreEndpoint::parse("http://host:9000/bucket").is_err());
+        let err = StoreEndpoint::parse("https://AKID:topsecret@cos.x.myqcloud.com")
+            .expect_err("userinfo");
+        assert!(!err.contains("topsecret"), "{err}");
+        assert_eq!(
+            StoreEndpoint::parse("https://s3.example.com/").expect("valid"),
+            StoreEndpoint::S3 {
+                url: "https://s3.example.com".into()
+            }
+        );
+    }
+
+    #[test]
+    fn content_type_never_implies_decompression() {
+        assert_eq!(content_type_for("gzip"), "application/gzip");
+        assert_eq!(content_type_for("identity"), "application/x-ndjson");
+    }
+
+    #[test]
+    fn describe_holds_no_secret() {
+        let settings = StoreSettings {
+            endpoint: Some(StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid")),
+            region: None,
+            path_style: true,
+            part_size: 8 << 20,
+            multipart_threshold: 8 << 20,
+            credentials: Credentials::Static {
+                source: "COS_SECRET_ID/COS_SECRET_KEY",
+                access_key_id: proto::types::Secret::new("AKIDxyz"),
+                secret_access_key: proto::types::Secret::new("s3cr3t"),
+                session_token: None,
+            },
+        };
+        let d = settings.describe();
+        assert!(
+            d.contains("http://127.0.0.1:9000") && d.contains("path-style"),
+            "{d}"
+        );
+        assert!(!d.contains("s3cr3t") && !d.contains("AKIDxyz"), "{d}");
+    }
+}

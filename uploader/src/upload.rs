@@ -1,0 +1,210 @@
+//! One attempt at one segment: stream it from the ingester into the store, verifying as it
+//! goes, and commit it once the store has confirmed the object.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::v1::SegmentInfo;
+
+use crate::committer::{self, Commit};
+use crate::error::UploadError;
+use crate::ingester::{self, Client};
+use crate::status::StatusState;
+use crate::store::{content_type_for, PutRequest, StoreRouter};
+use crate::verify::{self, Expected};
+
+pub struct UploadContext {
+    pub stores: StoreRouter,
+    pub status: Arc<StatusState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored and committed.
+    Committed,
+    /// To be retried after a backoff; the message is what was reported.
+    Failed(String),
+    /// The ingester quarantined the segment; nothing more to do here.
+    Quarantined(String),
+}
+
+/// The object's user metadata (`x-amz-meta-*`): enough to tell, from the object alone, which
+/// rule and messages it holds and whether its content is intact.
+pub fn object_metadata(seg: &SegmentInfo) -> Vec<(String, String)> {
+    vec![
+        ("rule".into(), seg.rule.clone()),
+        ("cluster".into(), seg.cluster.clone()),
+        ("message-count".into(), seg.messages.to_string()),
+        ("first-message-id".into(), seg.first_message_id.clone()),
+        ("last-message-id".into(), seg.last_message_id.clone()),
+        ("content-crc32c".into(), seg.content_crc32c.clone()),
+        ("window-start".into(), seg.window_start.clone()),
+        ("record-bytes".into(), seg.record_bytes.to_string()),
+    ]
+}
+
+pub async fn upload_segment(
+    ctx: &UploadContext,
+    client: &mut Client,
+    seg: &SegmentInfo,
+    attempt: u32,
+    progress: Arc<AtomicU64>,
+) -> Outcome {
+    let started = Instant::now();
+    let stored = store_segment(ctx, client, seg, progress).await;
+    let result = match stored {
+        Ok(etag) => {
+            let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let commit = Commit {
+                segment: seg,
+                etag: &etag,
+                upload_ms,
+                attempts: attempt,
+            };
+            committer::commit(client, commit)
+                .await
+                .map(|outcome| (outcome, upload_ms))
+        }
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok((outcome, upload_ms)) => {
+            ctx.status.record_stored(seg.file_bytes);
+            tracing::info!(
+                key = %seg.object_key,
+                bytes = seg.file_bytes,
+                messages = seg.messages,
+                upload_ms,
+                attempt,
+                outcome = %outcome,
+                "segment stored and committed"
+            );
+            Outcome::Committed
+        }
+        Err(UploadError::Quarantined { message, .. }) => {
+            tracing::warn!(error = %message, "segment quarantined by the ingester; skipping it");
+            Outcome::Quarantined(message)
+        }
+        Err(err) => {
+            let text = crate::error::error_chain(&err);
+            tracing::warn!(error = %text, attempt, "upload failed");
+            ctx.status
+                .record_failure(&format!("{}/{}: {text}", seg.rule, seg.segment_no));
+            committer::report_failure(client, seg, &text, attempt).await;
+            Outcome::Failed(text)
+        }
+    }
+}
+
+/// Returns the object's ETag once the store has it.
+async fn store_segment(
+    ctx: &UploadContext,
+    client: &mut Client,
+    seg: &SegmentInfo,
+    progress: Arc<AtomicU64>,
+) -> Result<String, UploadError> {
+    check_segment(seg)?;
+    let expected = Expected {
+        len: seg.file_bytes,
+        crc32c: verify::parse_crc32c(&seg.content_crc32c)?,
+    };
+    let store = ctx.stores.store_for(&seg.endpoint, &seg.region).await?;
+
+    // A crash (or a failed commit) after the store confirmed the object leaves it in place; the
+    // same key with the same size and checksum is this segment, so commit it without re-sending.
+    match store.head_object(&seg.bucket, &seg.object_key).await {
+        Ok(Some(head))
+            if head.size == seg.file_bytes
+                && head.metadata.get("content-crc32c") == Some(&seg.content_crc32c) =>
+        {
+            tracing::info!(key = %seg.object_key, "object already stored; committing it");
+            return Ok(head.etag);
+        }
+        Ok(_) => {}
+        // HEAD may be denied by a put-only policy; the upload itself is what matters.
+        Err(err) => tracing::debug!(error = %err, "HEAD before upload failed; uploading"),
+    }
+
+    let body = ingester::read_segment(client, seg).await?;
+    let body = verify::verifying(body, expected, progress);
+    let request = PutRequest {
+        bucket: seg.bucket.clone(),
+        key: seg.object_key.clone(),
+        metadata: object_metadata(seg),
+        content_type: content_type_for(&seg.content_encoding).to_string(),
+        total_len: seg.file_bytes,
+    };
+    Ok(store.put_object(&request, body).await?.etag)
+}
+
+fn check_segment(seg: &SegmentInfo) -> Result<(), UploadError> {
+    if seg.object_key.is_empty() || seg.object_key.starts_with('/') {
+        return Err(UploadError::Segment(format!(
+            "object key {:?} is not usable",
+            seg.object_key
+        )));
+    }
+    if seg.bucket.is_empty() {
+        return Err(UploadError::Segment("no bucket".into()));
+    }
+    // The contract promises never to write an empty object.
+    if seg.file_bytes == 0 {
+        return Err(UploadError::Segment(
+            "the segment is empty (0 bytes)".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_rule_messages_and_checksum() {
+        let seg = SegmentInfo {
+            rule: "orders".into(),
+            cluster: "pulsar-x".into(),
+            messages: 42,
+            first_message_id: "1:0:-1:-1".into(),
+            last_message_id: "1:41:-1:-1".into(),
+            content_crc32c: "0a0b0c0d".into(),
+            window_start: "2026-11-24T02:40:00.000Z".into(),
+            record_bytes: 1234,
+            ..SegmentInfo::default()
+        };
+        let m: std::collections::BTreeMap<_, _> = object_metadata(&seg).into_iter().collect();
+        assert_eq!(m["rule"], "orders");
+        assert_eq!(m["message-count"], "42");
+        assert_eq!(m["content-crc32c"], "0a0b0c0d");
+        assert_eq!(m["record-bytes"], "1234");
+        assert_eq!(m.len(), 8);
+    }
+
+    #[test]
+    fn refuses_empty_or_keyless_segments() {
+        let ok = SegmentInfo {
+            object_key: "a/b.jsonl.gz".into(),
+            bucket: "b-1".into(),
+            file_bytes: 1,
+            ..SegmentInfo::default()
+        };
+        assert!(check_segment(&ok).is_ok());
+        assert!(check_segment(&SegmentInfo {
+            file_bytes: 0,
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(check_segment(&SegmentInfo {
+            object_key: String::new(),
+            ..ok.clone()
+        })
+        .is_err());
+        assert!(check_segment(&SegmentInfo {
+            bucket: String::new(),
+            ..ok
+        })
+        .is_err());
+    }
+}

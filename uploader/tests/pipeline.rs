@@ -1,0 +1,428 @@
+//! The whole loop against an in-process fake ingester and the embedded file store: list →
+//! read → verify → store → commit, retry after a corrupt read, skip a quarantined segment,
+//! status over gRPC, graceful shutdown.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use proto::v1::*;
+use proto::{IngesterServer, UploaderClient};
+use rand::{Rng, SeedableRng};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use uploader::config::{Args, Credentials, UploaderConfig};
+
+const BUCKET: &str = "backup-1250000000";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Good,
+    /// The first read delivers one flipped byte; later reads are fine.
+    CorruptOnce,
+    /// ReadSegment fails with DATA_LOSS (the ingester quarantines it).
+    DataLoss,
+}
+
+struct Seg {
+    info: SegmentInfo,
+    data: Vec<u8>,
+    mode: Mode,
+    reads: u32,
+    done: bool,
+}
+
+#[derive(Default)]
+struct Fake {
+    segs: Mutex<Vec<Seg>>,
+    commits: Mutex<Vec<CommitSegmentRequest>>,
+    failures: Mutex<Vec<UploadFailure>>,
+}
+
+fn segment(no: u64, len: usize, mode: Mode) -> Seg {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(no);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    Seg {
+        info: SegmentInfo {
+            rule: "orders".into(),
+            segment_no: no,
+            state: "sealed".into(),
+            window_start: "2026-11-24T02:40:00.000Z".into(),
+            messages: 10,
+            record_bytes: 5000,
+            file_bytes: len as u64,
+            first_message_id: "1:0:-1:-1".into(),
+            last_message_id: "1:9:-1:-1".into(),
+            content_crc32c: format!("{:08x}", crc32c::crc32c(&data)),
+            object_key: format!("public/default/orders/2026/11/24/02/orders-{no:06}.jsonl.gz"),
+            bucket: BUCKET.into(),
+            region: "ap-guangzhou".into(),
+            content_encoding: "gzip".into(),
+            ..SegmentInfo::default()
+        },
+        data,
+        mode,
+        reads: 0,
+        done: false,
+    }
+}
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+#[tonic::async_trait]
+impl proto::Ingester for Fake {
+    async fn create_rule(
+        &self,
+        _: Request<CreateRuleRequest>,
+    ) -> Result<Response<RuleReply>, Status> {
+        unimplemented()
+    }
+    async fn edit_rule(&self, _: Request<EditRuleRequest>) -> Result<Response<RuleReply>, Status> {
+        unimplemented()
+    }
+    async fn get_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
+        unimplemented()
+    }
+    async fn list_rules(
+        &self,
+        _: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesReply>, Status> {
+        unimplemented()
+    }
+    async fn delete_rule(
+        &self,
+        _: Request<DeleteRuleRequest>,
+    ) -> Result<Response<DeleteRuleReply>, Status> {
+        unimplemented()
+    }
+    async fn pause_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
+        unimplemented()
+    }
+    async fn resume_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
+        unimplemented()
+    }
+    async fn flush_rule(&self, _: Request<RuleName>) -> Result<Response<FlushReply>, Status> {
+        unimplemented()
+    }
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        unimplemented()
+    }
+    async fn logs(&self, _: Request<LogsRequest>) -> Result<Response<LogsReply>, Status> {
+        unimplemented()
+    }
+    async fn list_segments(
+        &self,
+        _: Request<RuleName>,
+    ) -> Result<Response<ListSegmentsReply>, Status> {
+        unimplemented()
+    }
+
+    async fn list_sealed(
+        &self,
+        req: Request<ListSealedRequest>,
+    ) -> Result<Response<ListSealedReply>, Status> {
+        let req = req.into_inner();
+        let segments: Vec<SegmentInfo> = self
+            .segs
+            .lock()
+            .expect("fake")
+            .iter()
+            .filter(|s| !s.done)
+            .take(req.max as usize)
+            .map(|s| s.info.clone())
+            .collect();
+        if segments.is_empty() {
+            tokio::time::sleep(Duration::from_millis(u64::from(req.wait_ms).min(200))).await;
+        }
+        Ok(Response::new(ListSealedReply { segments }))
+    }
+
+    type ReadSegmentStream = Pin<Box<dyn Stream<Item = Result<SegmentChunk, Status>> + Send>>;
+
+    async fn read_segment(
+        &self,
+        req: Request<SegmentRef>,
+    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
+        let req = req.into_inner();
+        let mut segs = self.segs.lock().expect("fake");
+        let seg = segs
+            .iter_mut()
+            .find(|s| s.info.rule == req.rule && s.info.segment_no == req.segment_no)
+            .ok_or_else(|| Status::not_found("no such segment"))?;
+        seg.reads += 1;
+        let mut data = seg.data.clone();
+        match seg.mode {
+            Mode::DataLoss => {
+                seg.done = true;
+                return Err(Status::data_loss("segment checksum mismatch; quarantined"));
+            }
+            Mode::CorruptOnce if seg.reads == 1 => data[7] ^= 0x40,
+            _ => {}
+        }
+        let chunks: Vec<Result<SegmentChunk, Status>> = data
+            .chunks(64 * 1024)
+            .map(|c| Ok(SegmentChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn commit_segment(
+        &self,
+        req: Request<CommitSegmentRequest>,
+    ) -> Result<Response<CommitSegmentReply>, Status> {
+        let req = req.into_inner();
+        let mut segs = self.segs.lock().expect("fake");
+        let outcome = match segs
+            .iter_mut()
+            .find(|s| s.info.rule == req.rule && s.info.segment_no == req.segment_no)
+        {
+            Some(s) if !s.done => {
+                s.done = true;
+                "committed"
+            }
+            _ => "already_committed",
+        };
+        self.commits.lock().expect("fake").push(req);
+        Ok(Response::new(CommitSegmentReply {
+            outcome: outcome.into(),
+        }))
+    }
+
+    async fn report_upload_failure(
+        &self,
+        req: Request<UploadFailure>,
+    ) -> Result<Response<Empty>, Status> {
+        self.failures.lock().expect("fake").push(req.into_inner());
+        Ok(Response::new(Empty {}))
+    }
+}
+
+async fn serve_fake(fake: Arc<Fake>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IngesterServer::from_arc(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+fn config(ingester: &str, store_dir: &std::path::Path, state_dir: PathBuf) -> UploaderConfig {
+    let args = Args {
+        ingester: Some(ingester.into()),
+        endpoint: Some(format!("file://{}", store_dir.display())),
+        state_dir: Some(state_dir),
+        max_backoff: Some("200ms".into()),
+        concurrency: Some("2".into()),
+        ..Args::default()
+    };
+    UploaderConfig::build(args, None, Credentials::DefaultChain).expect("valid config")
+}
+
+struct Running {
+    status_url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(config: UploaderConfig) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let status_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(uploader::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        status_url,
+        stop,
+        handle,
+    }
+}
+
+async fn status(url: &str) -> UploaderStatusReply {
+    let mut client = UploaderClient::connect(url.to_string())
+        .await
+        .expect("status service");
+    client
+        .uploader_status(UploaderStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+async fn stop(running: Running) {
+    let _ = running.stop.send(());
+    tokio::time::timeout(Duration::from_secs(25), running.handle)
+        .await
+        .expect("stops within the grace period")
+        .expect("task")
+        .expect("clean exit");
+}
+
+#[tokio::test]
+async fn uploads_verifies_retries_and_commits() {
+    let fake = Arc::new(Fake::default());
+    fake.segs.lock().expect("fake").extend([
+        segment(1, 300_000, Mode::Good),
+        segment(2, 200_000, Mode::CorruptOnce),
+        segment(3, 1000, Mode::DataLoss),
+    ]);
+    let url = serve_fake(fake.clone()).await;
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = store_dir.path().join("state");
+    let running = start(config(&url, store_dir.path(), state_dir.clone())).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.commits.lock().expect("fake").len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "segments not committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(state_dir.is_dir(), "state_dir created");
+
+    let commits = fake.commits.lock().expect("fake").clone();
+    let mut committed: Vec<u64> = commits.iter().map(|c| c.segment_no).collect();
+    committed.sort_unstable();
+    assert_eq!(committed, vec![1, 2]);
+    let retried = commits
+        .iter()
+        .find(|c| c.segment_no == 2)
+        .expect("segment 2");
+    assert_eq!(retried.attempts, 2);
+    assert!(!retried.etag.is_empty());
+
+    let failures = fake.failures.lock().expect("fake").clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].segment_no, failures[0].attempt), (2, 1));
+    assert!(
+        failures[0].error.contains("crc32c"),
+        "{}",
+        failures[0].error
+    );
+
+    for s in fake
+        .segs
+        .lock()
+        .expect("fake")
+        .iter()
+        .filter(|s| s.mode != Mode::DataLoss)
+    {
+        let path = store_dir.path().join(BUCKET).join(&s.info.object_key);
+        assert_eq!(
+            std::fs::read(&path).expect("object"),
+            s.data,
+            "{}",
+            s.info.object_key
+        );
+        let meta = store_dir
+            .path()
+            .join(".meta")
+            .join(BUCKET)
+            .join(format!("{}.json", s.info.object_key));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(meta).expect("meta")).expect("json");
+        assert_eq!(
+            meta["metadata"]["content-crc32c"],
+            s.info.content_crc32c.as_str()
+        );
+        assert_eq!(meta["metadata"]["first-message-id"], "1:0:-1:-1");
+        assert_eq!(meta["content_type"], "application/gzip");
+    }
+    let quarantined = store_dir
+        .path()
+        .join(BUCKET)
+        .join("public/default/orders/2026/11/24/02/orders-000003.jsonl.gz");
+    assert!(!quarantined.exists());
+
+    // The fake records a commit before the uploader counts it; give the counter a moment.
+    let mut st = status(&running.status_url).await;
+    while st.segments_uploaded < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = status(&running.status_url).await;
+    }
+    assert!(st.ingester_reachable);
+    assert_eq!(st.segments_uploaded, 2);
+    assert_eq!(st.bytes_uploaded, 500_000);
+    assert_eq!(st.upload_failures, 1);
+    assert!(st.store.starts_with("file://"), "{}", st.store);
+    stop(running).await;
+
+    // A second uploader finds the objects already stored: it commits without re-reading.
+    let reads_before: u32 = fake
+        .segs
+        .lock()
+        .expect("fake")
+        .iter()
+        .map(|s| s.reads)
+        .sum();
+    for s in fake.segs.lock().expect("fake").iter_mut() {
+        if s.mode != Mode::DataLoss {
+            s.done = false;
+        }
+    }
+    let running = start(config(&url, store_dir.path(), state_dir)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.commits.lock().expect("fake").len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "re-commits not sent in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reads_after: u32 = fake
+        .segs
+        .lock()
+        .expect("fake")
+        .iter()
+        .map(|s| s.reads)
+        .sum();
+    assert_eq!(
+        reads_before, reads_after,
+        "stored objects are not uploaded again"
+    );
+    stop(running).await;
+}
+
+#[tokio::test]
+async fn unreachable_ingester_shows_in_status_and_shutdown_is_prompt() {
+    // Bind and drop to get a port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let running = start(config(
+        &format!("http://127.0.0.1:{port}"),
+        store_dir.path(),
+        store_dir.path().join("state"),
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(&running.status_url).await;
+        if !st.ingester_error.is_empty() {
+            assert!(!st.ingester_reachable);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unreachable ingester not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    stop(running).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
