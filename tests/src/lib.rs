@@ -1,1 +1,33 @@
-pub fn _x() {}
+//! Test harness for tdmq-backup: real services (pulsar-lite behind a relay, in-process s3s-fs),
+//! the project's daemons as processes, deterministic sample messages and an exactly-once oracle.
+//!
+//! Every test starts its own services on free ports in temporary directories; the guards kill
+//! or stop them on drop, so tests run in parallel and leave nothing behind (TEST-SERVICES.md).
+
+pub mod daemons;
+pub mod drain;
+pub mod oracle;
+pub mod producer;
+pub mod services;
+
+pub use services::{pulsar_lite, relay, s3};
+
+pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
+pub use drain::assert_subscription_drained;
+pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
+pub use producer::{produce, sample_messages, SampleMessage};
+pub use services::pulsar_lite::PulsarLite;
+pub use services::relay::Relay;
+pub use services::s3::S3Server;
+
+/// Routes `tracing` output to the test's captured output, filtered by `RUST_LOG` (default:
+/// warnings, minus pulsar-rs's noisy reconnect logs, STACK.md gotcha 5). Safe to call from
+/// every test; only the first call installs the subscriber.
+pub fn init_test_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pulsar=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

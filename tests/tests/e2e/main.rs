@@ -1,1 +1,7 @@
-fn main() {}
+//! One end-to-end test binary (ripgrep's layout): every test starts its own services on free
+//! ports and the real daemon binaries. Build the binaries first: `cargo build --workspace --bins`
+//! (scripts/test.sh does).
+
+mod backup;
+mod harness_selftest;
+mod util;

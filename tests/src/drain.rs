@@ -1,0 +1,52 @@
+//! Checks that a subscription has nothing left to deliver (guarantee 1's other half: once the
+//! backup says it acked, the broker must agree).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use pulsar::consumer::InitialPosition;
+use pulsar::{Consumer, ConsumerOptions, SubType, TokioExecutor};
+
+use crate::producer::client;
+
+/// Attaches to `subscription` on `topic` and counts the messages delivered within `wait`
+/// (callers assert the count is 0). Nothing is acked, so the subscription is left as found.
+///
+/// Failover is used so this works whether the backup's consumer used Exclusive or Failover — and
+/// the backup's consumer must be stopped first, or the broker routes messages to it instead.
+pub async fn assert_subscription_drained(
+    url: &str,
+    topic: &str,
+    subscription: &str,
+    wait: Duration,
+) -> anyhow::Result<usize> {
+    let pulsar = client(url).await?;
+    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
+        .consumer()
+        .with_topic(topic)
+        .with_subscription(subscription)
+        .with_subscription_type(SubType::Failover)
+        .with_consumer_name("drain-check")
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
+        .build()
+        .await
+        .with_context(|| format!("subscribing to {topic} as {subscription}"))?;
+
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut count = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_elapsed) => break,
+            Ok(None) => break,
+            Ok(Some(Ok(_message))) => count += 1,
+            Ok(Some(Err(error))) => {
+                return Err(error).with_context(|| format!("receiving from {topic}"));
+            }
+        }
+    }
+    // Dropped, not closed: close() can hang while messages sit unacked in the receive queue
+    // (STACK.md gotcha 4). The broker redelivers them to the next consumer.
+    drop(consumer);
+    Ok(count)
+}

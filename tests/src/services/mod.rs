@@ -1,0 +1,5 @@
+//! Real services the tests run against: pulsar-lite (behind the relay) and an in-process s3s-fs.
+
+pub mod pulsar_lite;
+pub mod relay;
+pub mod s3;

@@ -1,0 +1,254 @@
+//! A pulsar-lite broker in a temporary directory, with a [`Relay`] in front of it.
+//!
+//! Each test starts its own broker on a free port so tests run in parallel and leave nothing
+//! behind (TEST-SERVICES.md). Clients must use [`PulsarLite::url`], the relay's URL: pulsar-rs
+//! cannot read pulsar-lite's MESSAGE frames directly (see the relay's module doc).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+use super::relay::Relay;
+
+/// Environment variable naming the pulsar-lite binary; overrides the `.venv` lookup.
+pub const PULSAR_LITE_BIN_ENV: &str = "PULSAR_LITE_BIN";
+
+/// How long a broker may take to accept TCP connections (it usually takes ~0.2 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running pulsar-lite broker plus relay. Dropping it kills the broker and stops the relay.
+pub struct PulsarLite {
+    // Field order matters for Drop: the relay stops before the directory goes away.
+    relay: Relay,
+    child: Option<Child>,
+    binary: PathBuf,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl PulsarLite {
+    /// Starts a broker whose new topics are non-partitioned.
+    pub async fn start() -> anyhow::Result<PulsarLite> {
+        Self::start_with_partitions(0).await
+    }
+
+    /// Starts a broker whose new topics get `partitions` partitions (`0` = non-partitioned).
+    pub async fn start_with_partitions(partitions: u32) -> anyhow::Result<PulsarLite> {
+        let binary = find_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pulsar-lite-")
+            .tempdir()
+            .context("creating the broker's temp dir")?;
+        std::fs::write(
+            dir.path().join("broker.toml"),
+            format!("default_partitions = {partitions}\n[metrics]\nenabled = false\n"),
+        )
+        .context("writing broker.toml")?;
+
+        // The free port is found by binding and releasing it, so another process can grab it in
+        // between; retry a few times with fresh ports before giving up.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], crate::daemons::free_port()));
+            let mut child = spawn_broker(&binary, dir.path(), addr)?;
+            match wait_ready(&mut child, addr, &log_path(dir.path())).await {
+                Ok(()) => {
+                    let relay = Relay::start(addr).context("starting the relay")?;
+                    return Ok(PulsarLite {
+                        relay,
+                        child: Some(child),
+                        binary,
+                        addr,
+                        dir,
+                    });
+                }
+                Err(error) => {
+                    kill_and_wait(&mut child);
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("pulsar-lite did not start")))
+    }
+
+    /// The URL clients use: the relay's, not the broker's.
+    pub fn url(&self) -> String {
+        self.relay.url()
+    }
+
+    /// The relay's address (the host:port of [`PulsarLite::url`]).
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.relay.listen_addr()
+    }
+
+    /// The broker's own address (clients cannot consume from it directly with pulsar-rs).
+    pub fn broker_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The temporary directory holding `broker.toml`, `broker.log` and `data/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's log file (stdout and stderr, appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        log_path(self.dir.path())
+    }
+
+    /// Kills the broker with SIGKILL and waits for it to exit; the relay keeps running and
+    /// closes the clients' connections. A no-op if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_wait(&mut child);
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data, and waits until it accepts
+    /// connections. Kills it first if it is still running.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut child = spawn_broker(&self.binary, self.dir.path(), self.addr)?;
+        if let Err(error) = wait_ready(&mut child, self.addr, &self.log_path()).await {
+            kill_and_wait(&mut child);
+            return Err(error.context("restarting pulsar-lite"));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether the broker process is alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The last `max_bytes` of the broker's log, for failure messages.
+    pub fn log_tail(&self, max_bytes: u64) -> String {
+        log_tail(&self.log_path(), max_bytes)
+    }
+}
+
+impl Drop for PulsarLite {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Finds the pulsar-lite binary: `$PULSAR_LITE_BIN`, else the workspace's `.venv`.
+pub fn find_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(PULSAR_LITE_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{PULSAR_LITE_BIN_ENV}={} does not name a file; run `scripts/setup-test-services.sh` \
+                 or unset it",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let venv_lib = workspace_root().join(".venv").join("lib");
+    if let Ok(entries) = std::fs::read_dir(&venv_lib) {
+        let mut candidates: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            .map(|e| e.path().join("site-packages/pulsar_lite/bin/pulsar-lite"))
+            .filter(|p| p.is_file())
+            .collect();
+        candidates.sort();
+        if let Some(path) = candidates.pop() {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "pulsar-lite not found: set {PULSAR_LITE_BIN_ENV} or run `scripts/setup-test-services.sh` \
+         (it installs pulsar-lite into {}/.venv)",
+        workspace_root().display()
+    )
+}
+
+/// The workspace root, known at compile time from this crate's manifest directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("broker.log")
+}
+
+fn spawn_broker(binary: &Path, dir: &Path, addr: SocketAddr) -> anyhow::Result<Child> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir))
+        .context("opening broker.log")?;
+    let log_err = log.try_clone().context("cloning the broker.log handle")?;
+    Command::new(binary)
+        .arg("--config")
+        .arg(dir.join("broker.toml"))
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--db-path")
+        .arg(dir.join("data"))
+        .arg("--log-level")
+        .arg("warn")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .with_context(|| format!("spawning {}", binary.display()))
+}
+
+/// Polls until `addr` accepts TCP connections, failing early if the process exits.
+async fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().context("polling pulsar-lite")? {
+            bail!(
+                "pulsar-lite exited ({status}) before accepting connections on {addr}; log tail:\n{}",
+                log_tail(log, 4096)
+            );
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "pulsar-lite did not accept connections on {addr} within {READY_TIMEOUT:?}; \
+                 log tail:\n{}",
+                log_tail(log, 4096)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn kill_and_wait(child: &mut Child) {
+    // Errors mean it has already exited, which is what we want.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `max_bytes` of a file, lossily decoded; a note instead if it cannot be read.
+pub(crate) fn log_tail(path: &Path, max_bytes: u64) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(max_bytes)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_else(|error| format!("<cannot read {}: {error}>", path.display()))
+}

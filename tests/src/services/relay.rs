@@ -1,0 +1,506 @@
+//! A TCP relay between Pulsar clients and pulsar-lite that makes its frames readable by pulsar-rs.
+//!
+//! pulsar-lite omits the optional `0x0e01` + CRC32C block in MESSAGE frames; pulsar-rs 6.9.1
+//! always expects it and drops the connection (STACK.md gotcha 2). The product stays on the
+//! unmodified crate (real brokers keep the producer's checksum), so the tests put this relay in
+//! front of pulsar-lite instead. It changes frames from the broker to the client only:
+//!
+//! * a frame that carries a payload without the magic gets `0x0e01` + CRC32C (big endian) of the
+//!   payload inserted in front of it, and its `total` size grows by 6;
+//! * a `LookupTopicResponse` gets its broker URLs replaced by the relay's own URL, otherwise the
+//!   client would look the topic up and then connect to the broker directly, bypassing the relay.
+//!
+//! Frames from the client to the broker pass through byte for byte.
+//!
+//! When the broker goes away the relay closes the client's connection, so the client notices and
+//! reconnects; the relay keeps accepting and dials the broker afresh for every new connection, so a
+//! broker restarted on the same port is picked up without restarting the relay. While the broker
+//! is down, new client connections are held open rather than closed (see [`dial_broker`]: pulsar-rs
+//! gives up for good on a connection closed during its handshake).
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BytesMut};
+use pulsar::message::proto::BaseCommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+/// The magic number that starts the optional checksum block of a payload frame.
+const MAGIC_CRC32C: [u8; 2] = [0x0e, 0x01];
+
+/// Largest frame the relay accepts from the broker. The brief asks for 10 MiB; pulsar-lite's
+/// default `max_message_size_bytes` is 5 MiB, so this leaves room for batch overhead and
+/// larger configured limits while still refusing garbage sizes from a corrupt stream.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long one attempt to connect to the broker may take.
+const BROKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between attempts to reach a broker that is down (see [`dial_broker`]).
+const BROKER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long a client is held while the broker is down before the relay closes it; longer than
+/// any client connection timeout, so clients normally time out (and retry) first.
+const BROKER_HOLD_LIMIT: Duration = Duration::from_secs(120);
+
+/// A running relay. Dropping it stops the accept loop and closes every relayed connection.
+pub struct Relay {
+    listen_addr: SocketAddr,
+    broker_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts a relay on a free loopback port in front of `broker_addr`.
+    pub fn start(broker_addr: SocketAddr) -> anyhow::Result<Relay> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), broker_addr)
+    }
+
+    /// Starts a relay listening on `listen` in front of `broker_addr`.
+    ///
+    /// The relay runs on its own thread with its own single-threaded tokio runtime: it works from
+    /// synchronous code, it does not depend on the flavour of the caller's runtime, and dropping
+    /// that runtime is what tears down every connection task at once.
+    pub fn start_on(listen: SocketAddr, broker_addr: SocketAddr) -> anyhow::Result<Relay> {
+        let std_listener = std::net::TcpListener::bind(listen)
+            .with_context(|| format!("relay: binding {listen}"))?;
+        std_listener
+            .set_nonblocking(true)
+            .context("relay: making the listener non-blocking")?;
+        let listen_addr = std_listener
+            .local_addr()
+            .context("relay: reading the bound address")?;
+        let relay_url = format!("pulsar://{listen_addr}");
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("relay: building its tokio runtime")?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("relay-{}", listen_addr.port()))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "relay: registering the listener failed");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = accept_loop(listener, broker_addr, relay_url) => {}
+                        _ = shutdown_rx => {}
+                    }
+                });
+                // Dropping the runtime here cancels every connection task and closes its sockets.
+                drop(runtime);
+            })
+            .context("relay: spawning its thread")?;
+        tracing::debug!(%listen_addr, %broker_addr, "relay started");
+        Ok(Relay {
+            listen_addr,
+            broker_addr,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The URL clients should use: `pulsar://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("pulsar://{}", self.listen_addr)
+    }
+
+    /// The address the relay listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The broker the relay forwards to.
+    pub fn broker_addr(&self) -> SocketAddr {
+        self.broker_addr
+    }
+
+    /// Whether the relay's thread has stopped on its own (it only does if its listener could not
+    /// be registered); the `tdmq-backup-relay` binary polls this while waiting for a signal.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Accepts clients forever; every client gets its own task (owned by a `JoinSet`, so dropping the
+/// loop aborts them all).
+async fn accept_loop(listener: TcpListener, broker_addr: SocketAddr, relay_url: String) {
+    let mut connections = JoinSet::new();
+    loop {
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Transient (e.g. EMFILE); back off a little rather than spin.
+                tracing::warn!(%error, "relay: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let relay_url = relay_url.clone();
+        connections.spawn(async move {
+            if let Err(error) = relay_connection(client, broker_addr, &relay_url).await {
+                tracing::debug!(%peer, error = format!("{error:#}"), "relay: connection ended");
+            }
+        });
+    }
+}
+
+/// Relays one client connection until either side closes or fails, then closes both.
+async fn relay_connection(
+    mut client: TcpStream,
+    broker_addr: SocketAddr,
+    relay_url: &str,
+) -> anyhow::Result<()> {
+    let (mut broker, early_bytes) = dial_broker(&mut client, broker_addr).await?;
+    broker
+        .write_all(&early_bytes)
+        .await
+        .context("forwarding the client's first bytes")?;
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut broker_read, mut broker_write) = broker.into_split();
+
+    let upstream = async {
+        tokio::io::copy(&mut client_read, &mut broker_write)
+            .await
+            .context("client to broker")?;
+        anyhow::Ok(())
+    };
+    let downstream = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            while let Some(frame) = take_frame(&mut buf)? {
+                let out = rewrite_frame(&frame, relay_url)?;
+                client_write
+                    .write_all(&out)
+                    .await
+                    .context("writing to client")?;
+            }
+            let n = broker_read
+                .read_buf(&mut buf)
+                .await
+                .context("reading from broker")?;
+            if n == 0 {
+                if buf.is_empty() {
+                    return anyhow::Ok(());
+                }
+                bail!("broker closed the connection mid-frame");
+            }
+        }
+    };
+    // Whichever direction ends first ends the connection: returning drops all four halves, so the
+    // client sees its socket closed (and reconnects) when the broker dies, and vice versa.
+    tokio::select! {
+        result = upstream => result,
+        result = downstream => result,
+    }
+}
+
+/// Connects to the broker for a new client, holding the client while the broker is unreachable.
+///
+/// Closing the client straight away would be wrong: pulsar-rs treats a connection that closes
+/// during its handshake as fatal ("connection error, not retryable: [Disconnected]") and the
+/// consumer's stream ends, whereas a dead real broker refuses connections, which pulsar-rs
+/// retries. Holding the socket (without answering) makes the client hit its own connection
+/// timeout, which it also retries; and if the broker comes back first, the client's buffered
+/// CONNECT goes through late, just like a slow broker. Bytes the client sends meanwhile are
+/// returned so they can be forwarded once connected.
+async fn dial_broker(
+    client: &mut TcpStream,
+    broker_addr: SocketAddr,
+) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let give_up = tokio::time::Instant::now() + BROKER_HOLD_LIMIT;
+    let mut early_bytes = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(BROKER_CONNECT_TIMEOUT, TcpStream::connect(broker_addr)).await {
+            Ok(Ok(broker)) => return Ok((broker, early_bytes)),
+            Ok(Err(error)) => tracing::trace!(%error, "relay: broker unreachable, holding client"),
+            Err(_elapsed) => tracing::trace!("relay: broker connect timed out, holding client"),
+        }
+        if tokio::time::Instant::now() >= give_up {
+            bail!("broker {broker_addr} unreachable for {BROKER_HOLD_LIMIT:?}");
+        }
+        // Wait before the next attempt, but notice a client that gives up (read is cancel-safe).
+        match tokio::time::timeout(BROKER_RETRY_INTERVAL, client.read(&mut chunk)).await {
+            Err(_elapsed) => {}
+            Ok(Ok(0)) => bail!("client left while broker {broker_addr} was unreachable"),
+            Ok(Ok(n)) => {
+                early_bytes.extend_from_slice(&chunk[..n]);
+                if early_bytes.len() > MAX_FRAME_BYTES {
+                    bail!("client sent too much while broker {broker_addr} was unreachable");
+                }
+            }
+            Ok(Err(error)) => return Err(error).context("reading from the held client"),
+        }
+    }
+}
+
+/// Removes one complete frame (including its 4-byte `total` prefix) from the front of `buf`, or
+/// returns `None` if more bytes are needed.
+pub fn take_frame(buf: &mut BytesMut) -> anyhow::Result<Option<BytesMut>> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let total = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if total > MAX_FRAME_BYTES {
+        bail!("frame of {total} bytes exceeds the relay's limit of {MAX_FRAME_BYTES}");
+    }
+    if buf.len() < 4 + total {
+        buf.reserve(4 + total - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(4 + total)))
+}
+
+/// Rewrites one whole broker-to-client frame `[total][cmd_size][cmd][payload]` (see the module
+/// doc). Frames that need no change are returned as they came.
+pub fn rewrite_frame(frame: &[u8], relay_url: &str) -> anyhow::Result<Vec<u8>> {
+    if frame.len() < 8 {
+        bail!("frame of {} bytes is too short", frame.len());
+    }
+    let total = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    if total + 4 != frame.len() {
+        bail!(
+            "frame says total={total} but holds {} bytes after the size",
+            frame.len() - 4
+        );
+    }
+    let cmd_size = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    if 4 + cmd_size > total {
+        bail!("command size {cmd_size} exceeds frame total {total}");
+    }
+    let cmd = &frame[8..8 + cmd_size];
+    let payload = &frame[8 + cmd_size..];
+
+    // Only frames without a payload can be lookup responses; MESSAGE frames are left undecoded,
+    // which keeps the hot path cheap.
+    let new_cmd = if payload.is_empty() {
+        rewrite_lookup(cmd, relay_url)
+    } else {
+        None
+    };
+    let needs_checksum = !payload.is_empty() && !payload.starts_with(&MAGIC_CRC32C);
+    if new_cmd.is_none() && !needs_checksum {
+        return Ok(frame.to_vec());
+    }
+
+    let cmd = new_cmd.as_deref().unwrap_or(cmd);
+    let checksum_len = if needs_checksum { 6 } else { 0 };
+    let new_total = 4 + cmd.len() + checksum_len + payload.len();
+    let mut out = Vec::with_capacity(4 + new_total);
+    out.extend_from_slice(&u32_be(new_total)?);
+    out.extend_from_slice(&u32_be(cmd.len())?);
+    out.extend_from_slice(cmd);
+    if needs_checksum {
+        out.extend_from_slice(&MAGIC_CRC32C);
+        out.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Returns the re-encoded command if it is a lookup response naming a broker URL.
+fn rewrite_lookup(cmd: &[u8], relay_url: &str) -> Option<Vec<u8>> {
+    use prost013::Message as _;
+    let mut command = BaseCommand::decode(cmd).ok()?;
+    let lookup = command.lookup_topic_response.as_mut()?;
+    // No broker URL (e.g. a failed lookup): nothing to point at the relay.
+    lookup.broker_service_url.as_ref()?;
+    lookup.broker_service_url = Some(relay_url.to_owned());
+    if lookup.broker_service_url_tls.is_some() {
+        lookup.broker_service_url_tls = Some(relay_url.to_owned());
+    }
+    Some(command.encode_to_vec())
+}
+
+fn u32_be(n: usize) -> anyhow::Result<[u8; 4]> {
+    Ok(u32::try_from(n)
+        .with_context(|| format!("frame size {n} does not fit in u32"))?
+        .to_be_bytes())
+}
+
+/// Reads a frame's `total` field; for tests and diagnostics.
+pub fn frame_total(frame: &[u8]) -> Option<u32> {
+    let mut head = frame.get(..4)?;
+    Some(head.get_u32())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost013::Message as _;
+    use pulsar::message::proto::{
+        base_command::Type, command_lookup_topic_response::LookupType, CommandLookupTopicResponse,
+        CommandMessage, MessageIdData,
+    };
+
+    fn frame(cmd: &BaseCommand, payload: &[u8]) -> Vec<u8> {
+        let cmd = cmd.encode_to_vec();
+        let mut out = Vec::new();
+        out.extend_from_slice(&((4 + cmd.len() + payload.len()) as u32).to_be_bytes());
+        out.extend_from_slice(&(cmd.len() as u32).to_be_bytes());
+        out.extend_from_slice(&cmd);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn message_cmd() -> BaseCommand {
+        BaseCommand {
+            r#type: Type::Message as i32,
+            message: Some(CommandMessage {
+                consumer_id: 1,
+                message_id: MessageIdData {
+                    ledger_id: 3,
+                    entry_id: 4,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn lookup_cmd(url: Option<&str>, tls: Option<&str>) -> BaseCommand {
+        BaseCommand {
+            r#type: Type::LookupResponse as i32,
+            lookup_topic_response: Some(CommandLookupTopicResponse {
+                broker_service_url: url.map(str::to_owned),
+                broker_service_url_tls: tls.map(str::to_owned),
+                response: Some(LookupType::Connect as i32),
+                request_id: 7,
+                authoritative: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn split(frame: &[u8]) -> (u32, BaseCommand, Vec<u8>) {
+        let total = u32::from_be_bytes(frame[0..4].try_into().expect("4 bytes"));
+        let cmd_size = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes")) as usize;
+        let cmd = BaseCommand::decode(&frame[8..8 + cmd_size]).expect("command decodes");
+        (total, cmd, frame[8 + cmd_size..].to_vec())
+    }
+
+    #[test]
+    fn inserts_magic_and_crc_before_a_bare_payload() {
+        let payload = b"\x00\x00\x00\x05metadata-and-body".to_vec();
+        let input = frame(&message_cmd(), &payload);
+        let out = rewrite_frame(&input, "pulsar://127.0.0.1:1").expect("rewrites");
+        let (total, cmd, rest) = split(&out);
+        assert_eq!(total as usize, input.len() - 4 + 6);
+        assert_eq!(total as usize, out.len() - 4);
+        assert_eq!(cmd, message_cmd());
+        assert_eq!(&rest[..2], &[0x0e, 0x01]);
+        assert_eq!(
+            u32::from_be_bytes(rest[2..6].try_into().expect("4 bytes")),
+            crc32c::crc32c(&payload)
+        );
+        assert_eq!(&rest[6..], &payload[..]);
+    }
+
+    #[test]
+    fn leaves_a_checksummed_payload_alone() {
+        let mut payload = vec![0x0e, 0x01];
+        payload.extend_from_slice(&[1, 2, 3, 4, 0, 0, 0, 1, 9]);
+        let input = frame(&message_cmd(), &payload);
+        assert_eq!(rewrite_frame(&input, "pulsar://x:1").expect("ok"), input);
+    }
+
+    #[test]
+    fn rewrites_lookup_urls_to_the_relay() {
+        let input = frame(
+            &lookup_cmd(
+                Some("pulsar://127.0.0.1:6650"),
+                Some("pulsar+ssl://127.0.0.1:6651"),
+            ),
+            b"",
+        );
+        let out = rewrite_frame(&input, "pulsar://127.0.0.1:9999").expect("rewrites");
+        let (total, cmd, rest) = split(&out);
+        assert_eq!(total as usize, out.len() - 4);
+        assert!(rest.is_empty());
+        let lookup = cmd.lookup_topic_response.expect("still a lookup response");
+        assert_eq!(
+            lookup.broker_service_url.as_deref(),
+            Some("pulsar://127.0.0.1:9999")
+        );
+        assert_eq!(
+            lookup.broker_service_url_tls.as_deref(),
+            Some("pulsar://127.0.0.1:9999")
+        );
+        assert_eq!(lookup.request_id, 7);
+    }
+
+    #[test]
+    fn lookup_without_url_and_other_commands_pass_unchanged() {
+        let input = frame(&lookup_cmd(None, None), b"");
+        assert_eq!(rewrite_frame(&input, "pulsar://x:1").expect("ok"), input);
+        let ping = BaseCommand {
+            r#type: Type::Ping as i32,
+            ping: Some(Default::default()),
+            ..Default::default()
+        };
+        let input = frame(&ping, b"");
+        assert_eq!(rewrite_frame(&input, "pulsar://x:1").expect("ok"), input);
+    }
+
+    #[test]
+    fn take_frame_waits_for_a_whole_frame() {
+        let a = frame(&message_cmd(), &vec![7u8; 3 * 1024 * 1024]);
+        let b = frame(&lookup_cmd(Some("pulsar://b:1"), None), b"");
+        let stream: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        // Feed in awkward chunk sizes, as partial TCP reads would.
+        for chunk in stream.chunks(4093) {
+            buf.extend_from_slice(chunk);
+            while let Some(f) = take_frame(&mut buf).expect("valid sizes") {
+                frames.push(f.to_vec());
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(frames, vec![a, b]);
+        assert_eq!(frame_total(&frames[1]), Some(frames[1].len() as u32 - 4));
+    }
+
+    #[test]
+    fn take_frame_refuses_absurd_sizes() {
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(take_frame(&mut buf).is_err());
+    }
+
+    #[test]
+    fn rejects_inconsistent_sizes() {
+        let mut input = frame(&message_cmd(), b"abc");
+        input[7] = 0xff; // cmd_size now exceeds total
+        assert!(rewrite_frame(&input, "pulsar://x:1").is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! A whole backup stack for one test: pulsar-lite (+ relay), in-process s3s-fs, and the real
+//! ingester and uploader binaries, driven through the real CLI.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use harness::{bin_path, free_port, wait_for_port, Daemon, PulsarLite, S3Server};
+use serde_json::Value;
+
+pub const BUCKET: &str = "backup-bucket";
+
+pub struct Stack {
+    pub pulsar: PulsarLite,
+    pub s3: S3Server,
+    pub dir: tempfile::TempDir,
+    pub ingester: Option<Daemon>,
+    pub uploader: Option<Daemon>,
+    pub ingester_port: u16,
+    pub uploader_port: u16,
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(stem: &str) -> String {
+    format!("{stem}-{}", rand::random::<u32>())
+}
+
+impl Stack {
+    /// Broker, S3 server and bucket; daemons are started by the caller.
+    pub async fn services() -> anyhow::Result<Stack> {
+        let pulsar = PulsarLite::start().await?;
+        let s3 = S3Server::start().await?;
+        s3.create_bucket(BUCKET).await?;
+        Ok(Stack {
+            pulsar,
+            s3,
+            dir: tempfile::tempdir()?,
+            ingester: None,
+            uploader: None,
+            ingester_port: free_port(),
+            uploader_port: free_port(),
+        })
+    }
+
+    pub async fn start() -> anyhow::Result<Stack> {
+        let mut stack = Stack::services().await?;
+        stack.start_ingester().await?;
+        stack.start_uploader().await?;
+        Ok(stack)
+    }
+
+    pub fn ingester_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingester_port)
+    }
+
+    pub fn uploader_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.uploader_port)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn start_ingester(&mut self) -> anyhow::Result<()> {
+        let args = vec![
+            "--data-dir".to_string(),
+            self.path("ingester").to_string_lossy().into_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.ingester_port),
+        ];
+        let envs = vec![("RUST_LOG".to_string(), "info,pulsar=warn".to_string())];
+        self.ingester = Some(Daemon::spawn(
+            "tdmq-backup-ingester",
+            &args,
+            &envs,
+            self.path("ingester.log"),
+        )?);
+        wait_for_port(
+            ([127, 0, 0, 1], self.ingester_port).into(),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("the ingester did not start listening")?;
+        Ok(())
+    }
+
+    pub async fn start_uploader(&mut self) -> anyhow::Result<()> {
+        let args = vec![
+            "--ingester".to_string(),
+            self.ingester_url(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.uploader_port),
+            "--state-dir".into(),
+            self.path("uploader").to_string_lossy().into_owned(),
+            "--endpoint".into(),
+            self.s3.endpoint(),
+            "--path-style".into(),
+            "true".into(),
+        ];
+        let envs = vec![
+            (
+                "AWS_ACCESS_KEY_ID".to_string(),
+                self.s3.access_key().to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                self.s3.secret_key().to_string(),
+            ),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ];
+        self.uploader = Some(Daemon::spawn(
+            "tdmq-backup-uploader",
+            &args,
+            &envs,
+            self.path("uploader.log"),
+        )?);
+        wait_for_port(
+            ([127, 0, 0, 1], self.uploader_port).into(),
+            Duration::from_secs(20),
+        )
+        .await
+        .context("the uploader did not start listening")?;
+        Ok(())
+    }
+
+    /// Runs the CLI against this stack's daemons.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let ingester = self.ingester_url();
+        let uploader = self.uploader_url();
+        let mut full = vec![
+            "--ingester",
+            ingester.as_str(),
+            "--uploader",
+            uploader.as_str(),
+        ];
+        full.extend_from_slice(args);
+        let bin = bin_path("tdmq-backup");
+        std::process::Command::new(&bin)
+            .args(&full)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {} {full:?}: {e}", bin.display()))
+    }
+
+    /// Runs the CLI with `--output json`; fails unless it exits 0 with one JSON document.
+    pub fn ctl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full);
+        if !out.status.success() {
+            bail!(
+                "tdmq-backup {full:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "tdmq-backup {full:?} printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Creates a rule writing to this stack's S3 server.
+    pub fn create_rule(&self, name: &str, topic: &str, extra: &[&str]) -> anyhow::Result<Value> {
+        let url = self.pulsar.url();
+        let endpoint = self.s3.endpoint();
+        let mut args = vec![
+            "rule",
+            "create",
+            name,
+            "--service-url",
+            url.as_str(),
+            "--topic",
+            topic,
+            "--subscription",
+            "tdmq-backup",
+            "--bucket",
+            BUCKET,
+            "--region",
+            "us-east-1",
+            "--endpoint",
+            endpoint.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        self.ctl_json(&args)
+    }
+
+    pub fn rule_status(&self, name: &str) -> anyhow::Result<Value> {
+        let status = self.ctl_json(&["status", name])?;
+        status["rules"]
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["name"] == name))
+            .cloned()
+            .with_context(|| format!("status has no rule {name}: {status}"))
+    }
+
+    /// Flushes until `expected` messages are acknowledged and nothing is left in the spool.
+    pub async fn wait_until_backed_up(
+        &self,
+        rule: &str,
+        expected: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.rule_status(rule)?;
+            let acked = status["messages_acked"].as_u64().unwrap_or(0);
+            let spooled = status["spooled_messages"].as_u64().unwrap_or(u64::MAX);
+            if acked >= expected && spooled == 0 {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "rule {rule}: {acked}/{expected} acknowledged, {spooled} still spooled after {timeout:?}: {status}\n--- ingester log tail:\n{}\n--- uploader log tail:\n{}",
+                    self.log_tail("ingester.log"),
+                    self.log_tail("uploader.log")
+                );
+            }
+            // Seal the open segment instead of waiting for its window to end.
+            let _ = self.ctl(&["rule", "flush", rule]);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.path(name)).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        text.get(start..).unwrap_or("").to_string()
+    }
+}
+
+/// Polls `check` until it returns Some or the timeout passes.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
