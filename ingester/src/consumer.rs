@@ -187,7 +187,7 @@ impl RuleTask {
                         pending = self.spool_batch(batch, &mut consumer).await;
                     }
                     self.close_if_due(false).await;
-                    if ticks % CONNECTION_CHECK_EVERY == 0 {
+                    if ticks.is_multiple_of(CONNECTION_CHECK_EVERY) {
                         let check = tokio::time::timeout(Duration::from_secs(3), consumer.check_connection()).await;
                         let ok = matches!(check, Ok(Ok(())));
                         self.stats.connected.store(ok, Ordering::Relaxed);

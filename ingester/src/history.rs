@@ -93,7 +93,7 @@ impl History {
         let value =
             serde_json::to_vec(entry).map_err(|e| crate::IngesterError::Corrupt(e.to_string()))?;
         self.tree.insert(key, value)?;
-        if self.counter.load(Ordering::Relaxed) % 64 == 0 {
+        if self.counter.load(Ordering::Relaxed).is_multiple_of(64) {
             self.trim(rule)?;
         }
         Ok(())
