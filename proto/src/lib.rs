@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("tdmq_backup.v1");
 }
 
+pub mod failpoint;
 pub mod types;
 
 pub use v1::ingester_client::IngesterClient;
