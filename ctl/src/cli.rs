@@ -83,11 +83,31 @@ pub enum Command {
     #[command(subcommand)]
     Rule(RuleCommand),
     /// Health of both daemons and progress of every rule (or one).
+    #[command(
+        after_help = "With --watch the status is fetched again every INTERVAL (default 2s) \
+until Ctrl-C: on a terminal the screen is redrawn; otherwise successive tables are printed, \
+separated by a blank line. With --output json, one JSON document per refresh, one per line."
+    )]
     Status {
         /// Only this rule.
         name: Option<String>,
+        /// Refresh every INTERVAL (default 2s, like 500ms, 5s, 1m) until Ctrl-C. Give the rule
+        /// name before --watch, or the interval after it.
+        #[arg(
+            long,
+            value_name = "INTERVAL",
+            num_args = 0..=1,
+            default_missing_value = "2s",
+            value_parser = parse_interval
+        )]
+        watch: Option<Duration>,
     },
     /// A rule's run history: stored objects, failures, state changes.
+    #[command(
+        after_help = "Entries are printed newest first. With --follow they are printed \
+oldest first and new ones are appended as they happen (polled every second) until Ctrl-C; \
+--since and --limit then only choose the entries printed first, --failed applies throughout."
+    )]
     Logs(LogsArgs),
     /// A rule's segments (open, sealed, stored, quarantined).
     Segments {
@@ -235,4 +255,23 @@ pub struct LogsArgs {
     /// At most this many entries (default: the ingester's).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+    /// Keep running: print the entries (oldest first), then poll every second and print new
+    /// ones as they arrive, until Ctrl-C. With --output json, one JSON object per line.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// `--watch INTERVAL`: a duration of at least 100ms. The message says how to give a rule name,
+/// because `status --watch orders` reads `orders` as the interval.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "{text:?} is not an interval like 2s or 500ms ({e}); to watch one rule, give its name \
+             before --watch: `status NAME --watch`"
+        )
+    })?;
+    if every < Duration::from_millis(100) {
+        return Err(format!("{text:?} is too short: the least is 100ms"));
+    }
+    Ok(every)
 }

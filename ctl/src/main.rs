@@ -19,9 +19,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(commands::run(cli)));
+        .and_then(|rt| rt.block_on(commands::execute(cli)));
     match result {
-        Ok(report) => {
+        // `status --watch` and `logs --follow` printed as they went.
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(report)) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`| head`) is not worth a second error line.
             let _ = writeln!(stdout, "{}", report.render(format));

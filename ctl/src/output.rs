@@ -464,36 +464,63 @@ pub fn status_text(
     lines.join("\n")
 }
 
+const LOG_HEADERS: [&str; 5] = ["AT", "KIND", "MESSAGES", "BYTES", "KEY/ERROR"];
+
+fn log_row(e: &LogEntry) -> Vec<String> {
+    let detail = if e.failed || e.object_key.is_empty() {
+        clip(&e.message, 120)
+    } else {
+        e.object_key.clone()
+    };
+    vec![
+        e.at.clone(),
+        e.kind.clone(),
+        if e.messages == 0 {
+            String::new()
+        } else {
+            e.messages.to_string()
+        },
+        if e.bytes == 0 {
+            String::new()
+        } else {
+            size(e.bytes)
+        },
+        detail,
+    ]
+}
+
 pub fn logs_text(entries: &[LogEntry]) -> String {
     if entries.is_empty() {
         return "no log entries".into();
     }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            let detail = if e.failed || e.object_key.is_empty() {
-                clip(&e.message, 120)
-            } else {
-                e.object_key.clone()
-            };
-            vec![
-                e.at.clone(),
-                e.kind.clone(),
-                if e.messages == 0 {
-                    String::new()
-                } else {
-                    e.messages.to_string()
-                },
-                if e.bytes == 0 {
-                    String::new()
-                } else {
-                    size(e.bytes)
-                },
-                detail,
-            ]
-        })
-        .collect();
-    table(&["AT", "KIND", "MESSAGES", "BYTES", "KEY/ERROR"], &rows)
+    let rows: Vec<Vec<String>> = entries.iter().map(log_row).collect();
+    table(&LOG_HEADERS, &rows)
+}
+
+/// Column widths for `logs --follow`, which prints rows before it has seen them all: wide
+/// enough for the usual values (an RFC 3339 time, the history's kinds, sizes), never cut.
+const FOLLOW_WIDTHS: [usize; 4] = [24, 14, 8, 9];
+
+fn fixed_line(cells: &[String]) -> String {
+    let mut out = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        let c = if c.is_empty() { "-" } else { c.as_str() };
+        match FOLLOW_WIDTHS.get(i) {
+            Some(w) => out.push_str(&format!("{c:<w$}  ")),
+            None => out.push_str(c),
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// The header `logs --follow` prints once.
+pub fn log_follow_header() -> String {
+    fixed_line(&LOG_HEADERS.map(String::from))
+}
+
+/// One entry as a `logs --follow` line, aligned with [`log_follow_header`].
+pub fn log_follow_line(e: &LogEntry) -> String {
+    fixed_line(&log_row(e))
 }
 
 pub fn segments_text(segments: &[SegmentInfo]) -> String {

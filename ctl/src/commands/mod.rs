@@ -36,11 +36,33 @@ impl Ctx {
     }
 }
 
+/// Runs the command. `None`: it printed its own output as it went (`status --watch`,
+/// `logs --follow`) and there is nothing left to print.
+pub async fn execute(cli: Cli) -> anyhow::Result<Option<Report>> {
+    match &cli.command {
+        Command::Status {
+            name,
+            watch: Some(every),
+        } => {
+            let ctx = Ctx::new(&cli)?;
+            status::watch(&ctx, name.clone(), *every).await?;
+            Ok(None)
+        }
+        Command::Logs(args) if args.follow => {
+            let ctx = Ctx::new(&cli)?;
+            logs::follow(&ctx, args).await?;
+            Ok(None)
+        }
+        _ => run(cli).await.map(Some),
+    }
+}
+
+/// Runs a command that prints one result (a `--watch`/`--follow` command prints its first).
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let ctx = Ctx::new(&cli)?;
     match cli.command {
         Command::Rule(cmd) => rule::run(&ctx, cmd).await,
-        Command::Status { name } => status::run(&ctx, name).await,
+        Command::Status { name, .. } => status::run(&ctx, name).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Segments { name } => segments::run(&ctx, name).await,
     }

@@ -447,7 +447,13 @@ mod tests {
         let cli = Cli::try_parse_from(["tdmq-backup", "--token-file", "/etc/ctl.tok", "status"])
             .expect("parses");
         assert_eq!(cli.token_file, Some(PathBuf::from("/etc/ctl.tok")));
-        assert!(matches!(cli.command, Command::Status { name: None }));
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                name: None,
+                watch: None
+            }
+        ));
 
         // Both at once: each reaches its own.
         let mut args = vec!["tdmq-backup", "--token-file", "/etc/ctl.tok"];
@@ -736,11 +742,25 @@ token_file = "pulsar.jwt"
         let Command::Logs(args) = cli.command else {
             panic!("not logs");
         };
-        let req = crate::commands::logs::logs_request(args);
+        let req = crate::commands::logs::logs_request(&args);
         assert_eq!(req.name, "orders");
         assert!(req.failed_only);
         assert_eq!(req.since_secs, 600);
         assert_eq!(req.limit, 20);
         assert!(Cli::try_parse_from(["tdmq-backup", "logs", "orders", "--since", "soon"]).is_err());
+    }
+
+    #[test]
+    fn example_rule_file_parses_and_validates() {
+        let text = include_str!("../../../examples/rule.toml");
+        let path = Path::new("examples/rule.toml");
+        let (spec, token) = parse_rule_file(text, path).expect("examples/rule.toml parses");
+        let rule = spec.validate().expect("examples/rule.toml validates");
+        assert_eq!(rule.name, "orders-backup");
+        assert_eq!(rule.prefix, "pulsar/");
+        assert!(matches!(
+            token,
+            Some(TokenSource::File { path, .. }) if path == Path::new("examples/role-token.txt")
+        ));
     }
 }
