@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::error::UploadError;
 use crate::ingester::{self, Client};
+use crate::multipart;
 use crate::upload::{self, Outcome, UploadContext};
 
 /// How long ListSealed may hold the call open when nothing is sealed.
@@ -31,6 +32,8 @@ const MAX_LIST: usize = 1000;
 
 pub struct PullerSettings {
     pub ingester: String,
+    /// The control-plane token for every call to the ingester.
+    pub auth: proto::auth::SendToken,
     pub concurrency: usize,
     pub backoff: Backoff,
 }
@@ -49,6 +52,8 @@ struct Puller {
     tasks: JoinSet<(SegmentKey, u32, Outcome)>,
     in_flight: HashSet<SegmentKey>,
     retries: HashMap<SegmentKey, RetryState>,
+    /// When to look for abandoned multipart uploads next (`None`: after the first listing).
+    next_sweep: Option<Instant>,
 }
 
 /// Runs until `shutdown` turns true, then waits up to [`SHUTDOWN_GRACE`] for uploads in flight.
@@ -59,6 +64,7 @@ pub async fn run_pipeline(
 ) -> Result<(), UploadError> {
     let Some(client) = ingester::connect(
         &settings.ingester,
+        &settings.auth,
         settings.backoff,
         &ctx.status,
         &mut shutdown,
@@ -74,6 +80,7 @@ pub async fn run_pipeline(
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
         retries: HashMap::new(),
+        next_sweep: None,
     };
     puller.run(client, &mut shutdown).await;
     puller.drain().await;
@@ -109,6 +116,7 @@ impl Puller {
                 Ok(segments) => {
                     self.ctx.status.ingester_reachable();
                     list_failures = 0;
+                    self.sweep_if_due(&mut client).await;
                     segments
                 }
                 Err(err) => {
@@ -207,14 +215,42 @@ impl Puller {
                 );
             }
             Outcome::Quarantined(_) => {
-                // The ingester no longer lists it; should it still, look again only rarely.
+                // The ingester moves the damaged file aside and writes the segment again from its
+                // spool, so the same segment comes back sealed shortly: the usual backoff fits.
                 self.retries.insert(
                     key,
                     RetryState {
                         attempts: attempt,
-                        not_before: Instant::now() + self.settings.backoff.max,
+                        not_before: Instant::now() + self.settings.backoff.delay_now(attempt),
                     },
                 );
+            }
+        }
+    }
+
+    /// Aborts multipart uploads of segments the ingester no longer offers (see
+    /// [`multipart::sweep`]): after the first successful listing, then every
+    /// [`multipart::SWEEP_INTERVAL`]. Only on a complete list: one as long as the asked maximum
+    /// may have left segments out.
+    async fn sweep_if_due(&mut self, client: &mut Client) {
+        if self.next_sweep.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.next_sweep = Some(Instant::now() + multipart::SWEEP_INTERVAL);
+        match ingester::list_sealed(client, multipart::SWEEP_LIST_MAX, 0).await {
+            Ok(all) if all.len() < multipart::SWEEP_LIST_MAX as usize => {
+                let aborted =
+                    multipart::sweep(&self.ctx.stores, &self.ctx.journal, &all, &self.in_flight)
+                        .await;
+                if aborted > 0 {
+                    tracing::info!(aborted, "aborted abandoned multipart uploads");
+                }
+            }
+            Ok(_) => tracing::info!("too many sealed segments to look for abandoned uploads now"),
+            Err(err) => {
+                // Try again at the next listing.
+                self.next_sweep = None;
+                tracing::debug!(error = %err, "listing for the multipart sweep failed");
             }
         }
     }

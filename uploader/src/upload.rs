@@ -10,13 +10,16 @@ use proto::v1::SegmentInfo;
 use crate::committer::{self, Commit};
 use crate::error::UploadError;
 use crate::ingester::{self, Client};
+use crate::multipart::{self, Journal};
 use crate::status::StatusState;
-use crate::store::{content_type_for, PutRequest, StoreRouter};
+use crate::store::{content_type_for, FileStore, PutRequest, Store, StoreRouter, Target};
 use crate::verify::{self, Expected};
 
 pub struct UploadContext {
     pub stores: StoreRouter,
     pub status: Arc<StatusState>,
+    /// Resumable multipart state in `state_dir/multipart/`.
+    pub journal: Journal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,7 @@ pub async fn upload_segment(
     let result = match stored {
         Ok(etag) => {
             let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            proto::failpoint::hit("uploader:before_commit");
             let commit = Commit {
                 segment: seg,
                 etag: &etag,
@@ -71,6 +75,7 @@ pub async fn upload_segment(
     match result {
         Ok((outcome, upload_ms)) => {
             ctx.status.record_stored(seg.file_bytes);
+            ctx.status.observe_upload(started.elapsed());
             tracing::info!(
                 key = %seg.object_key,
                 bytes = seg.file_bytes,
@@ -109,7 +114,11 @@ async fn store_segment(
         len: seg.file_bytes,
         crc32c: verify::parse_crc32c(&seg.content_crc32c)?,
     };
-    let store = ctx.stores.store_for(&seg.endpoint, &seg.region).await?;
+    let target = ctx.stores.target_for(&seg.endpoint, &seg.region)?;
+    let store = match &target {
+        Target::File(dir) => Store::File(FileStore::new(dir.clone())),
+        Target::S3(t) => Store::S3(ctx.stores.s3_store(t).await),
+    };
 
     // A crash (or a failed commit) after the store confirmed the object leaves it in place; the
     // same key with the same size and checksum is this segment, so commit it without re-sending.
@@ -119,6 +128,8 @@ async fn store_segment(
                 && head.metadata.get("content-crc32c") == Some(&seg.content_crc32c) =>
         {
             tracing::info!(key = %seg.object_key, "object already stored; committing it");
+            // A crash between CompleteMultipartUpload and removing the state leaves a record.
+            multipart::forget(&ctx.stores, &ctx.journal, &seg.rule, seg.segment_no).await;
             return Ok(head.etag);
         }
         Ok(_) => {}
@@ -135,7 +146,15 @@ async fn store_segment(
         content_type: content_type_for(&seg.content_encoding).to_string(),
         total_len: seg.file_bytes,
     };
-    Ok(store.put_object(&request, body).await?.etag)
+    let outcome = match (&store, &target) {
+        (Store::S3(s3), Target::S3(t)) if s3.uses_multipart(request.total_len) => {
+            let identity = multipart::Identity::new(seg, t, s3.part_size());
+            multipart::upload(s3, &ctx.stores, &ctx.journal, identity, &request, body).await?
+        }
+        _ => store.put_object(&request, body).await?,
+    };
+    proto::failpoint::hit("uploader:after_put");
+    Ok(outcome.etag)
 }
 
 fn check_segment(seg: &SegmentInfo) -> Result<(), UploadError> {

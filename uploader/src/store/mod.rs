@@ -114,8 +114,9 @@ impl StoreEndpoint {
     }
 }
 
-/// One S3 client's identity: clients are cached per target.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One S3 client's identity: clients are cached per target. Serializable: a resumable upload's
+/// state records where its upload id lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct S3Target {
     pub endpoint: String,
     /// The SigV4 signing region.
@@ -280,24 +281,36 @@ impl StoreRouter {
         &self.settings
     }
 
-    pub async fn store_for(
+    /// Where a segment's object goes (see [`resolve_target`]).
+    pub fn target_for(
         &self,
         segment_endpoint: &str,
         segment_region: &str,
-    ) -> Result<Store, UploadError> {
-        let target = resolve_target(
+    ) -> Result<Target, UploadError> {
+        resolve_target(
             self.settings.endpoint.as_ref(),
             self.settings.region.as_deref(),
             self.settings.path_style,
             segment_endpoint,
             segment_region,
-        )?;
-        let s3_target = match target {
-            Target::File(dir) => return Ok(Store::File(FileStore::new(dir))),
-            Target::S3(t) => t,
-        };
-        if let Some(store) = self.cached(&s3_target) {
-            return Ok(Store::S3(store));
+        )
+    }
+
+    pub async fn store_for(
+        &self,
+        segment_endpoint: &str,
+        segment_region: &str,
+    ) -> Result<Store, UploadError> {
+        match self.target_for(segment_endpoint, segment_region)? {
+            Target::File(dir) => Ok(Store::File(FileStore::new(dir))),
+            Target::S3(t) => Ok(Store::S3(self.s3_store(&t).await)),
+        }
+    }
+
+    /// The (cached) client for an S3 target, e.g. one recorded in a resumable upload's state.
+    pub async fn s3_store(&self, s3_target: &S3Target) -> S3Store {
+        if let Some(store) = self.cached(s3_target) {
+            return store;
         }
         let shared = self
             .shared
@@ -305,15 +318,15 @@ impl StoreRouter {
             .await;
         let store = S3Store::new(
             shared,
-            &s3_target,
+            s3_target,
             self.settings.part_size,
             self.settings.multipart_threshold,
         );
         self.clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(s3_target, store.clone());
-        Ok(Store::S3(store))
+            .insert(s3_target.clone(), store.clone());
+        store
     }
 
     fn cached(&self, target: &S3Target) -> Option<S3Store> {

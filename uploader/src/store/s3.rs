@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -63,8 +63,8 @@ pub fn client_config(shared: &SdkConfig, target: &S3Target) -> aws_sdk_s3::confi
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
 }
 
-/// A multipart upload in progress. Serializable so that a later version can persist it in
-/// `state_dir` after every part and resume after a crash instead of starting over.
+/// A multipart upload in progress: what CompleteMultipartUpload needs. The resumable driver
+/// ([`crate::multipart`]) persists it in `state_dir` after every part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MultipartState {
     pub bucket: String,
@@ -85,6 +85,40 @@ impl MultipartState {
     pub fn bytes_done(&self) -> u64 {
         self.parts.iter().map(|p| p.size).sum()
     }
+}
+
+/// A part as ListParts reports it. Some stores (s3s-fs) list no ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPart {
+    pub part_number: i32,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// Starts the message of a [`UploadError::Store`] after which the multipart upload cannot go on
+/// (the store forgot the upload id, or refuses the part list): the next attempt starts over.
+const START_OVER: &str = "the multipart upload must start over: ";
+
+/// Whether `err` means the multipart upload cannot be resumed (see [`START_OVER`]).
+pub fn must_start_over(err: &UploadError) -> bool {
+    matches!(err, UploadError::Store { message, .. } if message.starts_with(START_OVER))
+}
+
+/// ETags come quoted (`"abc"`) from most calls; compare them without the quotes.
+pub fn normalize_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+/// Whether `etag` is a plain MD5 (32 hex digits), as S3 and COS return for parts uploaded
+/// without SSE-KMS: then a part's bytes can be checked against it.
+pub fn etag_is_md5(etag: &str) -> bool {
+    let e = normalize_etag(etag);
+    e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Hex MD5 of `data`, the plain ETag of a part holding it.
+pub fn md5_hex(data: &[u8]) -> String {
+    format!("{:x}", Md5::digest(data))
 }
 
 #[derive(Clone)]
@@ -121,12 +155,29 @@ impl S3Store {
         }
     }
 
+    pub fn part_size(&self) -> u64 {
+        self.part_size as u64
+    }
+
+    /// Whether an object of `total_len` bytes goes up as a multipart upload.
+    pub fn uses_multipart(&self, total_len: u64) -> bool {
+        total_len > self.multipart_threshold
+    }
+
+    /// The raw SDK client (tests use it to look at the bucket).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Writes the object in one go: a single PUT, or a multipart upload that is aborted on any
+    /// error. The uploader itself sends multipart objects through the resumable
+    /// [`crate::multipart::upload`] instead.
     pub async fn put_object(
         &self,
         req: &PutRequest,
         body: Body,
     ) -> Result<PutOutcome, UploadError> {
-        if req.total_len <= self.multipart_threshold {
+        if !self.uses_multipart(req.total_len) {
             self.put_single(req, body).await
         } else {
             self.put_multipart(req, body).await
@@ -157,24 +208,7 @@ impl S3Store {
     }
 
     async fn put_multipart(&self, req: &PutRequest, body: Body) -> Result<PutOutcome, UploadError> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&req.bucket)
-            .key(&req.key)
-            .set_metadata(Some(metadata_map(req)))
-            .content_type(&req.content_type)
-            .send()
-            .await
-            .map_err(|e| sdk_error("CreateMultipartUpload", e))?;
-        let upload_id = created
-            .upload_id()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| UploadError::Store {
-                op: "CreateMultipartUpload",
-                message: "the store returned no upload id".into(),
-            })?
-            .to_string();
+        let upload_id = self.create_multipart(req).await?;
         let mut state = MultipartState {
             bucket: req.bucket.clone(),
             key: req.key.clone(),
@@ -210,25 +244,131 @@ impl S3Store {
             }
             let part_number = i32::try_from(state.parts.len() + 1).unwrap_or(i32::MAX);
             let size = part.len() as u64;
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&state.bucket)
-                .key(&state.key)
-                .upload_id(&state.upload_id)
-                .part_number(part_number)
-                .content_md5(content_md5(&part))
-                .content_length(len_i64(part.len()))
-                .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|e| sdk_error("UploadPart", e))?;
+            let etag = self
+                .upload_part(
+                    &state.bucket,
+                    &state.key,
+                    &state.upload_id,
+                    part_number,
+                    part,
+                )
+                .await?;
             state.parts.push(UploadedPart {
                 part_number,
-                etag: out.e_tag().unwrap_or_default().to_string(),
+                etag,
                 size,
             });
         }
+        self.complete_multipart(state).await
+    }
+
+    /// CreateMultipartUpload with the object's metadata; returns the upload id.
+    pub async fn create_multipart(&self, req: &PutRequest) -> Result<String, UploadError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&req.bucket)
+            .key(&req.key)
+            .set_metadata(Some(metadata_map(req)))
+            .content_type(&req.content_type)
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateMultipartUpload", e))?;
+        Ok(created
+            .upload_id()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| UploadError::Store {
+                op: "CreateMultipartUpload",
+                message: "the store returned no upload id".into(),
+            })?
+            .to_string())
+    }
+
+    /// UploadPart with Content-MD5; returns the part's ETag.
+    pub async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        part: Bytes,
+    ) -> Result<String, UploadError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_md5(content_md5(&part))
+            .content_length(len_i64(part.len()))
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| {
+                if is_no_such_upload(&e) {
+                    start_over("UploadPart", e)
+                } else {
+                    sdk_error("UploadPart", e)
+                }
+            })?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// The parts the store holds for `upload_id`, in part-number order; `None` if the store no
+    /// longer knows the upload (completed, aborted, or removed by a lifecycle rule).
+    pub async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<ListedPart>>, UploadError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        // A page holds up to 1,000 parts; 10,000 parts at most means at most 10 pages. The
+        // bound keeps a store that never stops saying "truncated" from looping forever.
+        for _ in 0..=MAX_PARTS / 1000 {
+            let out = match self
+                .client
+                .list_parts()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(err) if is_no_such_upload(&err) => return Ok(None),
+                Err(err) => return Err(sdk_error("ListParts", err)),
+            };
+            for p in out.parts() {
+                let (Some(part_number), Some(size)) = (p.part_number(), p.size()) else {
+                    continue;
+                };
+                parts.push(ListedPart {
+                    part_number,
+                    size: u64::try_from(size).unwrap_or(0),
+                    etag: p.e_tag().filter(|e| !e.is_empty()).map(str::to_string),
+                });
+            }
+            match out.next_part_number_marker() {
+                Some(next) if out.is_truncated() == Some(true) && !next.is_empty() => {
+                    marker = Some(next.to_string());
+                }
+                _ => break,
+            }
+        }
+        parts.sort_by_key(|p| p.part_number);
+        parts.dedup_by_key(|p| p.part_number);
+        Ok(Some(parts))
+    }
+
+    /// CompleteMultipartUpload with `state.parts` (which must be 1..=n in order).
+    pub async fn complete_multipart(
+        &self,
+        state: &MultipartState,
+    ) -> Result<PutOutcome, UploadError> {
         let parts = state
             .parts
             .iter()
@@ -252,28 +392,53 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| sdk_error("CompleteMultipartUpload", e))?;
+            .map_err(|e| {
+                let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+                let refused = matches!(code, "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall");
+                if is_no_such_upload(&e) || refused {
+                    start_over("CompleteMultipartUpload", e)
+                } else {
+                    sdk_error("CompleteMultipartUpload", e)
+                }
+            })?;
         Ok(PutOutcome {
             etag: out.e_tag().unwrap_or_default().to_string(),
         })
     }
 
+    /// AbortMultipartUpload; an upload the store no longer knows counts as aborted.
+    pub async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), UploadError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if is_no_such_upload(&err) => Ok(()),
+            Err(err) => Err(sdk_error("AbortMultipartUpload", err)),
+        }
+    }
+
     /// Best effort: an upload left behind only costs storage until the bucket's lifecycle rule
     /// (or a later retry's abort) removes it; it is never visible as an object.
     async fn abort(&self, state: &MultipartState) {
-        let result = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&state.bucket)
-            .key(&state.key)
-            .upload_id(&state.upload_id)
-            .send()
-            .await;
-        if let Err(err) = result {
+        if let Err(err) = self
+            .abort_multipart(&state.bucket, &state.key, &state.upload_id)
+            .await
+        {
             tracing::warn!(
                 bucket = %state.bucket,
                 key = %state.key,
-                error = %DisplayErrorContext(&err),
+                error = %err,
                 "could not abort the multipart upload"
             );
         }
@@ -329,6 +494,23 @@ pub fn content_md5(data: &[u8]) -> String {
 
 fn len_i64(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+/// NoSuchUpload (S3, COS) or a plain 404 on an upload-id call: the upload is gone.
+fn is_no_such_upload<E: ProvideErrorMetadata>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload")
+        || err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 404)
+}
+
+fn start_over(op: &'static str, err: impl std::error::Error + 'static) -> UploadError {
+    UploadError::Store {
+        op,
+        message: format!("{START_OVER}{}", DisplayErrorContext(&err)),
+    }
 }
 
 /// The SDK error with its whole cause chain (the top level alone is often just "service error").

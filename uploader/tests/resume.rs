@@ -1,0 +1,410 @@
+//! Resumable multipart uploads against a real S3 implementation (s3s-fs in-process): an
+//! interrupted upload resumes without re-sending the parts the store has, a changed segment or
+//! a CRC mismatch aborts the old upload, and the sweep aborts uploads of segments the ingester
+//! no longer offers.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use bytes::Bytes;
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use proto::types::Secret;
+use proto::v1::SegmentInfo;
+use rand::{Rng, SeedableRng};
+use uploader::config::Credentials;
+use uploader::multipart::{self, Identity, Journal};
+use uploader::store::s3::{client_config, load_shared_config, S3Store};
+use uploader::store::{Body, PutRequest, S3Target, StoreRouter, StoreSettings};
+use uploader::verify::{self, Expected};
+use uploader::UploadError;
+
+const AK: &str = "AKIDTESTKEY";
+const SK: &str = "test-secret-key-value";
+const BUCKET: &str = "backup-1250000000";
+const MIB: usize = 1 << 20;
+const PART: u64 = 5 * MIB as u64;
+
+/// Method and URI of every request sent.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock().expect("test mutex"))
+    }
+}
+
+impl Intercept for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let req = context.request();
+        self.0
+            .lock()
+            .expect("test mutex")
+            .push((req.method().to_string(), req.uri().to_string()));
+        Ok(())
+    }
+}
+
+/// Part numbers of the UploadPart requests in `requests`.
+fn parts_sent(requests: &[(String, String)]) -> Vec<u32> {
+    requests
+        .iter()
+        .filter(|(m, _)| m == "PUT")
+        .filter_map(|(_, uri)| {
+            let n = uri.split("partNumber=").nth(1)?;
+            n.split('&').next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn count(requests: &[(String, String)], method: &str, needle: &str) -> usize {
+    requests
+        .iter()
+        .filter(|(m, uri)| m == method && uri.contains(needle))
+        .count()
+}
+
+struct Env {
+    root: tempfile::TempDir,
+    state: tempfile::TempDir,
+    target: S3Target,
+    store: S3Store,
+    router: StoreRouter,
+    journal: Journal,
+    recorder: Recorder,
+}
+
+async fn env() -> Env {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
+    let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        while let Ok((socket, _)) = listener.accept().await {
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    let credentials = Credentials::Static {
+        source: "test",
+        access_key_id: Secret::new(AK),
+        secret_access_key: Secret::new(SK),
+        session_token: None,
+    };
+    let target = S3Target {
+        endpoint: format!("http://{addr}"),
+        region: "us-east-1".into(),
+        path_style: true,
+    };
+    let recorder = Recorder::default();
+    let shared = load_shared_config(&credentials).await;
+    let config = client_config(&shared, &target)
+        .interceptor(recorder.clone())
+        .build();
+    let store = S3Store::from_client_config(config, PART, PART);
+    let router = StoreRouter::new(StoreSettings {
+        endpoint: None,
+        region: None,
+        path_style: true,
+        part_size: PART,
+        multipart_threshold: PART,
+        credentials,
+    });
+    let state = tempfile::tempdir().expect("state dir");
+    let journal = Journal::new(state.path());
+    Env {
+        root,
+        state,
+        target,
+        store,
+        router,
+        journal,
+        recorder,
+    }
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    data
+}
+
+fn segment(no: u64, data: &[u8]) -> SegmentInfo {
+    SegmentInfo {
+        rule: "orders".into(),
+        segment_no: no,
+        file_bytes: data.len() as u64,
+        content_crc32c: format!("{:08x}", crc32c::crc32c(data)),
+        object_key: format!("public/default/orders/2026/11/24/02/orders-{no}.jsonl.gz"),
+        bucket: BUCKET.into(),
+        ..SegmentInfo::default()
+    }
+}
+
+fn request(seg: &SegmentInfo) -> PutRequest {
+    PutRequest {
+        bucket: seg.bucket.clone(),
+        key: seg.object_key.clone(),
+        metadata: vec![("content-crc32c".into(), seg.content_crc32c.clone())],
+        content_type: "application/gzip".into(),
+        total_len: seg.file_bytes,
+    }
+}
+
+/// `data` in odd chunks, verified against `seg`; with `fail_after`, the stream breaks (as a
+/// dropped ReadSegment would) once that many bytes went through.
+fn body(data: &[u8], seg: &SegmentInfo, fail_after: Option<usize>) -> Body {
+    let upto = fail_after.unwrap_or(data.len());
+    let mut items: Vec<Result<Bytes, UploadError>> = data[..upto]
+        .chunks(262_147)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    if fail_after.is_some() {
+        items.push(Err(UploadError::Ingester(
+            "ReadSegment: stream broke".into(),
+        )));
+    }
+    let expected = Expected {
+        len: seg.file_bytes,
+        crc32c: verify::parse_crc32c(&seg.content_crc32c).expect("hex"),
+    };
+    verify::verifying(
+        futures::stream::iter(items).boxed(),
+        expected,
+        Arc::new(AtomicU64::new(0)),
+    )
+}
+
+impl Env {
+    fn identity(&self, seg: &SegmentInfo) -> Identity {
+        Identity::new(seg, &self.target, PART)
+    }
+
+    async fn upload(
+        &self,
+        seg: &SegmentInfo,
+        data: &[u8],
+        fail_after: Option<usize>,
+    ) -> Result<String, UploadError> {
+        multipart::upload(
+            &self.store,
+            &self.router,
+            &self.journal,
+            self.identity(seg),
+            &request(seg),
+            body(data, seg, fail_after),
+        )
+        .await
+        .map(|o| o.etag)
+    }
+
+    fn stored(&self, seg: &SegmentInfo) -> Option<Vec<u8>> {
+        std::fs::read(self.root.path().join(BUCKET).join(&seg.object_key)).ok()
+    }
+
+    /// Uploads s3s-fs still holds open (its `.upload-ID.json` files) and their part files.
+    fn open_uploads(&self) -> Vec<String> {
+        open_uploads(self.root.path())
+    }
+}
+
+fn open_uploads(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .expect("root")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn interrupted_upload_resumes_without_resending_stored_parts() {
+    let env = env().await;
+    let data = random_bytes(17 * MIB + 123, 1); // parts: 5 + 5 + 5 + 2 MiB
+    let seg = segment(1, &data);
+
+    // The stream breaks inside part 3: parts 1 and 2 are stored and recorded.
+    let err = env
+        .upload(&seg, &data, Some(12 * MIB))
+        .await
+        .expect_err("stream broke");
+    assert!(matches!(err, UploadError::Ingester(_)), "{err}");
+    let first = env.recorder.take();
+    assert_eq!(parts_sent(&first), vec![1, 2]);
+    assert_eq!(count(&first, "DELETE", "uploadId="), 0, "not aborted");
+    let rec = env
+        .journal
+        .load("orders", 1)
+        .await
+        .expect("state kept for resuming");
+    assert_eq!(rec.parts.len(), 2);
+    assert_eq!(rec.identity.file_bytes, data.len() as u64);
+    let state_file = env.journal.path_for("orders", 1);
+    assert!(state_file.starts_with(env.state.path().join("multipart")));
+
+    // The next attempt asks the store, sends parts 3 and 4 only, completes.
+    let etag = env.upload(&seg, &data, None).await.expect("resumed");
+    assert!(etag.contains("-4"), "4 parts: {etag}");
+    let second = env.recorder.take();
+    assert_eq!(parts_sent(&second), vec![3, 4], "{second:?}");
+    assert_eq!(count(&second, "GET", "uploadId="), 1, "one ListParts");
+    assert_eq!(count(&second, "POST", "uploads"), 0, "no new upload");
+    assert_eq!(
+        env.stored(&seg).as_deref(),
+        Some(&data[..]),
+        "byte-identical"
+    );
+    assert!(!state_file.exists(), "state removed after Complete");
+    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+}
+
+#[tokio::test]
+async fn crc_mismatch_on_resume_aborts_and_forgets() {
+    let env = env().await;
+    let data = random_bytes(11 * MIB, 2);
+    let seg = segment(2, &data);
+    env.upload(&seg, &data, Some(6 * MIB))
+        .await
+        .expect_err("stream broke");
+    assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
+
+    // Same announced identity, but the bytes now differ in part 3 (a damaged read that the
+    // ingester did not catch): the full-stream CRC check fails before Complete.
+    let mut damaged = data.clone();
+    damaged[10 * MIB + 5] ^= 0xff;
+    let err = multipart::upload(
+        &env.store,
+        &env.router,
+        &env.journal,
+        env.identity(&seg),
+        &request(&seg),
+        body(&damaged, &seg, None),
+    )
+    .await
+    .expect_err("crc mismatch");
+    assert!(matches!(err, UploadError::Integrity(_)), "{err}");
+    let requests = env.recorder.take();
+    assert_eq!(count(&requests, "DELETE", "uploadId="), 1, "aborted");
+    assert_eq!(count(&requests, "POST", "uploadId="), 0, "never completed");
+    assert!(env.journal.load("orders", 2).await.is_none());
+    assert!(env.stored(&seg).is_none());
+    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+
+    // A damaged part the store already has is caught by its MD5 ETag and sent again.
+    let mut early_damage = data.clone();
+    early_damage[100] ^= 0xff;
+    env.upload(&seg, &early_damage, Some(6 * MIB))
+        .await
+        .expect_err("stream broke");
+    assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
+    env.upload(&seg, &data, None).await.expect("stored");
+    assert_eq!(parts_sent(&env.recorder.take()), vec![1, 2, 3]);
+    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+}
+
+#[tokio::test]
+async fn changed_segment_aborts_the_old_upload_and_starts_over() {
+    let env = env().await;
+    let data = random_bytes(11 * MIB, 3);
+    let seg = segment(3, &data);
+    env.upload(&seg, &data, Some(6 * MIB))
+        .await
+        .expect_err("stream broke");
+    let old = env.journal.load("orders", 3).await.expect("state");
+    env.recorder.take();
+
+    // The segment was written again with other content (same rule and number).
+    let new_data = random_bytes(12 * MIB, 4);
+    let new_seg = segment(3, &new_data);
+    env.upload(&new_seg, &new_data, None).await.expect("stored");
+    let requests = env.recorder.take();
+    assert_eq!(
+        parts_sent(&requests),
+        vec![1, 2, 3],
+        "all parts of the new upload"
+    );
+    assert_eq!(env.stored(&new_seg).as_deref(), Some(&new_data[..]));
+    assert!(env.journal.load("orders", 3).await.is_none());
+    // The old upload id is gone from the store.
+    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert!(env
+        .store
+        .list_parts(BUCKET, &old.identity.key, &old.upload_id)
+        .await
+        .expect("list")
+        .is_none_or(|p| p.is_empty()));
+}
+
+#[tokio::test]
+async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
+    let env = env().await;
+    let data = random_bytes(11 * MIB, 5);
+    let (gone, offered, busy) = (segment(10, &data), segment(11, &data), segment(12, &data));
+    for seg in [&gone, &offered, &busy] {
+        env.upload(seg, &data, Some(6 * MIB))
+            .await
+            .expect_err("stream broke");
+    }
+    assert_eq!(env.journal.list().await.len(), 3);
+    let in_flight: HashSet<(String, u64)> = [("orders".to_string(), 12)].into();
+
+    let aborted = multipart::sweep(
+        &env.router,
+        &env.journal,
+        std::slice::from_ref(&offered),
+        &in_flight,
+    )
+    .await;
+    assert_eq!(aborted, 1);
+    assert!(env.journal.load("orders", 10).await.is_none(), "abandoned");
+    assert!(
+        env.journal.load("orders", 11).await.is_some(),
+        "still offered"
+    );
+    assert!(env.journal.load("orders", 12).await.is_some(), "in flight");
+    // Two uploads stay open in the store (one `.upload-ID.json` each, plus their parts).
+    let open = env.open_uploads();
+    assert_eq!(
+        open.iter().filter(|n| n.starts_with(".upload-")).count(),
+        2,
+        "{open:?}"
+    );
+
+    // A segment offered with other content is abandoned too.
+    let mut changed = offered.clone();
+    changed.content_crc32c = "00000000".into();
+    assert_eq!(
+        multipart::sweep(&env.router, &env.journal, &[changed], &HashSet::new()).await,
+        2
+    );
+    assert!(env.journal.list().await.is_empty());
+    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+}
