@@ -29,9 +29,26 @@ pub struct Args {
     /// Run-history entries kept per rule (older ones are dropped). [default: 1000]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_HISTORY_MAX_ENTRIES")]
     pub history_max_entries: Option<usize>,
+    /// Most record bytes the spool may hold (e.g. 20GB); at the limit the ingester stops pulling
+    /// from Pulsar until uploads free space. Nothing is acknowledged meanwhile. [default: no limit]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_MAX_SPOOL_BYTES")]
+    pub max_spool_bytes: Option<String>,
     /// How long a graceful shutdown (SIGTERM) may take before the process exits. [default: 10s]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// File holding the control-plane token. When set, every gRPC call (ctl, uploader) must
+    /// send `authorization: Bearer <token>` or is refused as unauthenticated; give ctl the same
+    /// file with `--token-file` and the uploader with its own auth_token_file. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_INGESTER_AUTH_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+    /// Address for the Prometheus endpoint `GET /metrics`, e.g. 127.0.0.1:7611; empty turns
+    /// it off. [default: off]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +59,9 @@ struct FileConfig {
     log_format: Option<String>,
     history_max_entries: Option<usize>,
     shutdown_grace: Option<String>,
+    max_spool_bytes: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +77,11 @@ pub struct IngesterConfig {
     pub log_format: LogFormat,
     pub history_max_entries: usize,
     pub shutdown_grace: std::time::Duration,
+    /// 0: no limit.
+    pub max_spool_bytes: u64,
+    /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
+    pub auth_token_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl IngesterConfig {
@@ -88,7 +113,27 @@ impl IngesterConfig {
         if history_max_entries == 0 {
             bail!("history_max_entries must be at least 1");
         }
+        let max_spool_bytes = match args.max_spool_bytes.or(file.max_spool_bytes) {
+            None => 0,
+            Some(text) => proto::types::rule::parse_size(&text)
+                .map_err(|e| anyhow::anyhow!("max_spool_bytes: {e}"))?,
+        };
+        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+            Some(text) if !text.trim().is_empty() => {
+                Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("metrics_listen {text:?} is not an address like 127.0.0.1:7611")
+                })?)
+            }
+            _ => None,
+        };
+        let auth_token_file = args
+            .auth_token_file
+            .or(file.auth_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
         Ok(IngesterConfig {
+            max_spool_bytes,
+            auth_token_file,
+            metrics_listen,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -139,6 +184,38 @@ mod tests {
         let p = path.to_string_lossy().to_string();
         let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err("typo refused");
         assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn example_configs_parse() -> anyhow::Result<()> {
+        for example in ["../examples/ingester.toml", "ingester.example.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+            let p = path.to_string_lossy().to_string();
+            let c = IngesterConfig::from_args(args(&["--config", &p]))
+                .with_context(|| format!("example {example}"))?;
+            assert_eq!(c.listen.to_string(), "127.0.0.1:7601", "{example}");
+        }
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ingester.toml");
+        let c = IngesterConfig::from_args(args(&["--config", &path.to_string_lossy()]))?;
+        assert_eq!(
+            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:7611")
+        );
+        assert!(c.auth_token_file.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn metrics_listen_empty_is_off_and_garbage_is_named() -> anyhow::Result<()> {
+        let c = IngesterConfig::from_args(args(&["--metrics-listen", ""]))?;
+        assert_eq!(c.metrics_listen, None);
+        let c = IngesterConfig::from_args(args(&["--metrics-listen", "127.0.0.1:0"]))?;
+        assert!(c.metrics_listen.is_some());
+        let err = IngesterConfig::from_args(args(&["--metrics-listen", "localhost"]))
+            .expect_err("not an address");
+        assert!(format!("{err:#}").contains("metrics_listen"), "{err:#}");
         Ok(())
     }
 }

@@ -6,12 +6,14 @@
 //! streams it, then commits) → `consumer` again (acknowledges in segment order) → `history`.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod cutter;
 pub mod error;
 pub mod grpc;
 pub mod history;
+pub mod metrics;
 pub mod rules;
 pub mod sealer;
 pub mod spool;
@@ -30,9 +32,22 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = app::IngesterApp::open(config.data_dir.clone(), config.history_max_entries)
-        .await
-        .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
+    let require_token = auth::require_token(config.auth_token_file.as_deref())?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen: binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let app = app::IngesterApp::open(
+        config.data_dir.clone(),
+        config.history_max_entries,
+        config.max_spool_bytes,
+    )
+    .await
+    .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
     let addr = listener.local_addr()?;
     info!(listen = %addr, data_dir = %config.data_dir.display(), version = proto::VERSION, "ingester ready");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -40,9 +55,17 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(());
     });
+    let metrics = metrics_listener.map(|listener| {
+        info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
+        tokio::spawn(metrics::serve(listener, app.clone()))
+    });
+    if require_token.is_enabled() {
+        info!("control-plane token required on every gRPC call");
+    }
     let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
     tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(require_token))
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -53,6 +76,9 @@ pub async fn run(
         )
         .await
         .context("serving gRPC")?;
+    if let Some(task) = metrics {
+        task.abort();
+    }
     let grace = config.shutdown_grace;
     if tokio::time::timeout(grace, app.shutdown()).await.is_err() {
         tracing::warn!(grace = ?grace, "shutdown took longer than the grace period; exiting");

@@ -12,6 +12,8 @@ pub struct RuleStats {
     pub segments_stored: AtomicU64,
     pub messages_acked: AtomicU64,
     pub quarantined: AtomicU64,
+    /// Failures the uploader reported (`ReportUploadFailure`); read by `/metrics`.
+    pub upload_failures: AtomicU64,
     text: Mutex<TextStats>,
 }
 

@@ -9,7 +9,9 @@ pub mod v1 {
     tonic::include_proto!("tdmq_backup.v1");
 }
 
+pub mod auth;
 pub mod failpoint;
+pub mod metrics_http;
 pub mod types;
 
 pub use v1::ingester_client::IngesterClient;

@@ -73,6 +73,19 @@ pub struct Args {
     /// text or json [default: text].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// File holding the control-plane token: sent on every call to the ingester, and required
+    /// (`authorization: Bearer <token>`) on every call to this uploader. Use the ingester's file.
+    /// [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_AUTH_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+    /// Address for the Prometheus endpoint `GET /metrics`, e.g. 127.0.0.1:7612; empty turns it
+    /// off [default: off].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The TOML file: the same keys, all optional. Unknown keys are refused (a typo must not be
@@ -91,6 +104,8 @@ struct FileConfig {
     multipart_threshold: Option<NumberOrText>,
     max_backoff: Option<String>,
     log_format: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 /// `part_size = 8388608` and `part_size = "8MiB"` both read naturally in TOML.
@@ -200,6 +215,9 @@ pub struct UploaderConfig {
     pub max_backoff: Duration,
     pub log_format: LogFormat,
     pub credentials: Credentials,
+    /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
+    pub auth_token_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl UploaderConfig {
@@ -349,7 +367,25 @@ impl UploaderConfig {
             }
         };
 
+        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+            Some(text) if !text.trim().is_empty() => {
+                Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+                    UploadError::config(
+                        "metrics_listen",
+                        format!("{text:?} is not an address like 127.0.0.1:7612"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let auth_token_file = args
+            .auth_token_file
+            .or(file.auth_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
+
         Ok(UploaderConfig {
+            auth_token_file,
+            metrics_listen,
             ingester,
             listen,
             state_dir,
@@ -559,6 +595,62 @@ mod tests {
             "log_format"
         );
         assert_eq!(field_of(build(&[], Some("part_size = true"))), "config");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        for (name, text) in [
+            (
+                "uploader.example.toml",
+                include_str!("../uploader.example.toml"),
+            ),
+            (
+                "examples/uploader.toml",
+                include_str!("../../examples/uploader.toml"),
+            ),
+            (
+                "examples/uploader-s3.toml",
+                include_str!("../../examples/uploader-s3.toml"),
+            ),
+        ] {
+            let c = build(&[], Some(text)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.listen.to_string(), DEFAULT_LISTEN, "{name}");
+        }
+        let c = build(&[], Some(include_str!("../../examples/uploader.toml"))).expect("valid");
+        assert_eq!(
+            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:7612")
+        );
+        assert!(c.auth_token_file.is_some());
+        assert!(
+            c.endpoint.is_none(),
+            "the COS example uses each rule's region"
+        );
+        let c = build(&[], Some(include_str!("../../examples/uploader-s3.toml"))).expect("valid");
+        assert!(c.path_style);
+        assert!(c.endpoint.is_some());
+    }
+
+    #[test]
+    fn metrics_listen_and_auth_token_file() {
+        let c = build(&[], None).expect("defaults");
+        assert_eq!((c.metrics_listen, c.auth_token_file), (None, None));
+        let c = build(
+            &[
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--auth-token-file",
+                "/etc/t",
+            ],
+            Some("metrics_listen = \"\"\n"),
+        )
+        .expect("valid");
+        assert!(c.metrics_listen.is_some());
+        assert_eq!(c.auth_token_file, Some(PathBuf::from("/etc/t")));
+        assert_eq!(
+            field_of(build(&["--metrics-listen", "localhost"], None)),
+            "metrics_listen"
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use proto::auth::SendToken;
 use proto::v1::{ListSealedRequest, SegmentInfo, SegmentRef};
 use proto::IngesterClient;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
@@ -15,7 +17,8 @@ use crate::error::{error_chain, status_text, UploadError};
 use crate::status::StatusState;
 use crate::store::Body;
 
-pub type Client = IngesterClient<Channel>;
+/// Every call carries the control-plane token when one is configured.
+pub type Client = IngesterClient<InterceptedService<Channel, SendToken>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to the long-poll wait: a ListSealed that takes longer than this is a hung ingester.
@@ -28,6 +31,7 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// Connects, retrying with backoff (shown in the status) until it works or shutdown is asked.
 pub async fn connect(
     url: &str,
+    auth: &SendToken,
     backoff: Backoff,
     status: &StatusState,
     shutdown: &mut watch::Receiver<bool>,
@@ -48,7 +52,8 @@ pub async fn connect(
                 status.ingester_reachable();
                 tracing::info!(ingester = url, "connected to the ingester");
                 return Ok(Some(
-                    IngesterClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
+                    IngesterClient::with_interceptor(channel, auth.clone())
+                        .max_decoding_message_size(MAX_MESSAGE),
                 ));
             }
             Err(err) => {

@@ -8,11 +8,14 @@
 //! - [`ingester`] / [`committer`]: the hand-off RPCs;
 //! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service.
 
+pub mod auth;
 pub mod backoff;
 pub mod committer;
 pub mod config;
 pub mod error;
 pub mod ingester;
+pub mod metrics;
+pub mod multipart;
 pub mod puller;
 pub mod status;
 pub mod store;
@@ -42,16 +45,26 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // Not used yet by this version; created now so that permissions problems show at start-up,
-    // not on the first resumable multipart upload.
+    // Holds the resumable multipart state (`multipart/`); created now so that permissions
+    // problems show at start-up, not on the first multipart upload.
     std::fs::create_dir_all(config.state_dir())
         .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
+    let token = auth::ControlToken::load(config.auth_token_file.as_deref())?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen: binding {addr}"))?,
+        ),
+        None => None,
+    };
 
     let settings = StoreSettings::from_config(&config);
     let status = Arc::new(StatusState::new(settings.describe()));
     let ctx = Arc::new(UploadContext {
         stores: StoreRouter::new(settings),
         status: status.clone(),
+        journal: multipart::Journal::new(config.state_dir()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -59,8 +72,16 @@ pub async fn run(
         .local_addr()
         .context("reading the listen address")?;
     let mut server_stop = stop_rx.clone();
+    let metrics = metrics_listener.map(|listener| {
+        tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
+        tokio::spawn(metrics::serve(listener, status.clone()))
+    });
+    if token.require.is_enabled() {
+        tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
+    }
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(token.require.clone()))
             .add_service(proto::UploaderServer::new(UploaderService::new(status)))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -74,6 +95,7 @@ pub async fn run(
     let pipeline = puller::run_pipeline(
         PullerSettings {
             ingester: config.ingester.clone(),
+            auth: token.send.clone(),
             concurrency: config.concurrency,
             backoff: Backoff::new(config.max_backoff),
         },
@@ -91,6 +113,9 @@ pub async fn run(
         result = &mut pipeline => result,
     };
     let _ = stop_tx.send(true);
+    if let Some(task) = metrics {
+        task.abort();
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %error::error_chain(&err), "status service failed"),

@@ -34,6 +34,8 @@ pub struct StatusState {
     started: Instant,
     store: String,
     inner: Mutex<Inner>,
+    /// Seconds from the first byte read to the commit, per stored segment; `/metrics` only.
+    upload_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl StatusState {
@@ -42,7 +44,18 @@ impl StatusState {
             started: Instant::now(),
             store,
             inner: Mutex::new(Inner::default()),
+            upload_seconds: crate::metrics::upload_seconds_histogram(),
         }
+    }
+
+    /// One stored and committed segment took this long (the histogram of `/metrics`).
+    pub fn observe_upload(&self, took: std::time::Duration) {
+        self.upload_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A handle on the live histogram (clones share the counts).
+    pub fn upload_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.upload_seconds.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
