@@ -40,6 +40,8 @@ pub struct IngesterApp {
     sealed_notify: Arc<Notify>,
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,
+    max_spool_bytes: u64,
+    spool_id: String,
 }
 
 pub fn spec_input(spec: &v1::RuleSpec) -> RuleSpecInput {
@@ -65,7 +67,11 @@ pub fn spec_input(spec: &v1::RuleSpec) -> RuleSpecInput {
 
 impl IngesterApp {
     /// Opens the spool under `data_dir` and starts every stored rule.
-    pub async fn open(data_dir: PathBuf, history_max_entries: usize) -> Result<Arc<IngesterApp>> {
+    pub async fn open(
+        data_dir: PathBuf,
+        history_max_entries: usize,
+        max_spool_bytes: u64,
+    ) -> Result<Arc<IngesterApp>> {
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
         })?;
@@ -74,6 +80,7 @@ impl IngesterApp {
             .path(data_dir.join("spool.sled"))
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
+        let spool_id = crate::spool::spool_id(&db)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::sealer::spawn(history.clone());
@@ -86,6 +93,8 @@ impl IngesterApp {
             sealed_notify: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            max_spool_bytes,
+            spool_id,
         });
         for stored in app.rules.list()? {
             let name = stored.config.name.clone();
@@ -97,8 +106,15 @@ impl IngesterApp {
     }
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
+        self.start_rule_with(stored, Arc::new(RuleStats::default()))
+    }
+
+    /// Starts the rule's task with `stats` (a restarted consumer keeps counting where the
+    /// previous one stopped: `rule edit` must not zero `status`).
+    fn start_rule_with(&self, stored: &StoredRule, stats: Arc<RuleStats>) -> Result<RuleHandle> {
         let (spool, to_seal) = RuleSpool::open(
             &self.db,
+            &self.spool_id,
             &self.data_dir,
             &stored.config,
             self.sealed_notify.clone(),
@@ -106,13 +122,13 @@ impl IngesterApp {
         for segment_no in to_seal {
             self.sealer.seal(spool.clone(), segment_no);
         }
-        let stats = Arc::new(RuleStats::default());
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = RuleTask {
             rule: stored.config.clone(),
             token: self.rules.token(&stored.config.name)?,
             paused: stored.paused,
+            max_spool_bytes: self.max_spool_bytes,
             start_applied: stored.start_applied,
             spool: spool.clone(),
             stats: stats.clone(),
@@ -132,13 +148,18 @@ impl IngesterApp {
         })
     }
 
-    async fn stop_rule(handle: RuleHandle) {
+    async fn stop_rule(mut handle: RuleHandle) {
         let _ = handle.stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(10), handle.task)
+        if tokio::time::timeout(Duration::from_secs(10), &mut handle.task)
             .await
             .is_err()
         {
-            warn!("a rule task did not stop within 10 s");
+            // Typically stuck connecting to an unreachable broker (the stop signal is only seen
+            // between attempts). Left running it would be a second consumer of the rule once
+            // its replacement starts (`rule edit` of the service URL): end it here.
+            warn!("a rule task did not stop within 10 s; aborting it");
+            handle.task.abort();
+            let _ = (&mut handle.task).await;
         }
     }
 
@@ -215,21 +236,17 @@ impl IngesterApp {
         self.db.flush_async().await?;
         handle.spool.reconfigure(&stored.config);
         if consumer_changed {
+            let mut stats = Arc::new(RuleStats::default());
             if let Some(old) = running.remove(&name) {
+                let spool = old.spool.clone();
+                stats = old.stats.clone();
                 Self::stop_rule(old).await;
-            }
-            if source_changed {
-                // Nothing is spooled (checked above): the new source's ids start afresh.
-                if let Ok((spool, _)) = RuleSpool::open(
-                    &self.db,
-                    &self.data_dir,
-                    &stored.config,
-                    self.sealed_notify.clone(),
-                ) {
+                if source_changed {
+                    // Nothing is spooled (checked above): the new source's ids start afresh.
                     spool.reset_positions()?;
                 }
             }
-            let handle = self.start_rule(&stored)?;
+            let handle = self.start_rule_with(&stored, stats)?;
             running.insert(name.clone(), handle);
         }
         self.record(
@@ -281,7 +298,11 @@ impl IngesterApp {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let unstored = spool.segments().len() as u64;
+        let unstored = spool
+            .segments()
+            .iter()
+            .filter(|m| m.state != crate::spool::SegmentState::Stored)
+            .count() as u64;
         if unstored > 0 && !req.discard {
             return Err(IngesterError::FailedPrecondition(format!(
                 "rule {name:?} has {unstored} segment(s) not yet stored; use --drain to upload them first or --discard to drop them"
@@ -341,7 +362,18 @@ impl IngesterApp {
             .send(Command::Flush(tx))
             .await
             .map_err(|_| IngesterError::ShuttingDown)?;
-        rx.await.map_err(|_| IngesterError::ShuttingDown)
+        let sealed = rx.await.map_err(|_| IngesterError::ShuttingDown)?;
+        let mut entry = HistoryEntry::event(
+            "flushed",
+            false,
+            match sealed {
+                Some(n) => format!("flushed: sealed segment {n}"),
+                None => "flushed: nothing open".to_string(),
+            },
+        );
+        entry.segment_no = sealed.unwrap_or(0);
+        self.record(name, entry);
+        Ok(sealed)
     }
 
     pub async fn status(&self, name: Option<&str>) -> Result<v1::StatusReply> {
@@ -423,6 +455,17 @@ impl IngesterApp {
             uptime_secs: self.started.elapsed().as_secs(),
             spool_disk_full: disk_full,
         })
+    }
+
+    /// Upload failures the uploader reported, per rule (not in the status reply; for `/metrics`).
+    pub async fn upload_failures(&self) -> Vec<(String, u64)> {
+        let running = self.running.lock().await;
+        let mut out: Vec<(String, u64)> = running
+            .iter()
+            .map(|(name, h)| (name.clone(), RuleStats::get(&h.stats.upload_failures)))
+            .collect();
+        out.sort();
+        out
     }
 
     pub fn logs(&self, req: &v1::LogsRequest) -> Result<Vec<v1::LogEntry>> {
@@ -599,6 +642,7 @@ impl IngesterApp {
         let outcome = spool
             .mark_stored(req.segment_no, &req.etag, req.upload_ms, req.attempts)
             .await?;
+        proto::failpoint::hit("ingester:after_commit");
         if outcome == CommitOutcome::Committed {
             if let Some(meta) = meta {
                 RuleStats::add(&stats.segments_stored, 1);
@@ -633,6 +677,7 @@ impl IngesterApp {
             req.segment_no, req.attempt, req.error
         );
         stats.set_error(&message);
+        RuleStats::add(&stats.upload_failures, 1);
         let mut entry = HistoryEntry::event("upload_failed", true, message);
         entry.segment_no = req.segment_no;
         entry.attempts = req.attempt;

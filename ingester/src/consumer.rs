@@ -40,6 +40,8 @@ pub struct RuleTask {
     pub rule: RuleConfig,
     pub token: Option<Secret>,
     pub paused: bool,
+    /// 0: no limit. At the limit, consumption pauses until acknowledgements free the spool.
+    pub max_spool_bytes: u64,
     pub start_applied: bool,
     pub spool: Arc<RuleSpool>,
     pub stats: Arc<RuleStats>,
@@ -62,7 +64,13 @@ impl RuleTask {
                 break;
             }
             // Acks that were pending when the last consumer went away (or from before a restart).
-            match self.connect().await {
+            // A connect can hang in pulsar-rs's retries: a stop must not wait for it.
+            let mut stop = self.stop.clone();
+            let connected = tokio::select! {
+                result = self.connect() => result,
+                _ = stop.changed() => break,
+            };
+            match connected {
                 Ok((consumer, pulsar)) => {
                     self.stats.connected.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(500);
@@ -150,11 +158,8 @@ impl RuleTask {
                 info!(rule = %self.rule.name, at_ms = ms, "subscription positioned by publish time");
             }
             self.start_applied = true;
-            if let Ok(mut stored) = self.rules.get(&self.rule.name) {
-                stored.start_applied = true;
-                if let Err(err) = self.rules.put(&stored) {
-                    warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
-                }
+            if let Err(err) = self.rules.mark_start_applied(&self.rule.name) {
+                warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
             }
         }
         Ok((consumer, pulsar))
@@ -196,7 +201,7 @@ impl RuleTask {
                         }
                     }
                 }
-                next = consumer.next(), if pending.is_none() && !self.paused => {
+                next = consumer.next(), if pending.is_none() && !self.paused && !self.spool_at_quota() => {
                     match next {
                         None => {
                             warn!(rule = %name, "consumer stream ended; reconnecting");
@@ -235,6 +240,7 @@ impl RuleTask {
         let now = proto::types::time::now_millis();
         match self.spool.append(&batch, now).await {
             Ok(outcome) => {
+                proto::failpoint::hit("ingester:after_spool");
                 if self.stats.disk_full.swap(false, Ordering::Relaxed) {
                     info!(rule = %self.rule.name, "spool writable again; consuming");
                     self.record(HistoryEntry::event(
@@ -275,6 +281,32 @@ impl RuleTask {
                 Some(batch)
             }
         }
+    }
+
+    /// Whether the spool holds `max_spool_bytes` already (checked before every read).
+    fn spool_at_quota(&self) -> bool {
+        if self.max_spool_bytes == 0 {
+            return false;
+        }
+        let full = self.spool.stats().spooled_bytes >= self.max_spool_bytes;
+        let was_full = self.stats.disk_full.swap(full, Ordering::Relaxed);
+        if full && !was_full {
+            let message = format!(
+                "spool full: it holds max_spool_bytes ({}) of records; consumption paused until uploads free space, nothing acknowledged",
+                self.max_spool_bytes
+            );
+            warn!(rule = %self.rule.name, "{message}");
+            self.stats.set_error(&message);
+            self.record(HistoryEntry::event("spool_full", true, message));
+        } else if was_full && !full {
+            info!(rule = %self.rule.name, "spool below max_spool_bytes again; consuming");
+            self.record(HistoryEntry::event(
+                "info",
+                false,
+                "spool has room again; consumption resumed",
+            ));
+        }
+        full
     }
 
     async fn close_if_due(&mut self, force: bool) -> Option<u64> {
@@ -319,12 +351,14 @@ impl RuleTask {
         let Some(plan) = self.spool.ack_plan() else {
             return;
         };
+        proto::failpoint::hit("ingester:before_ack");
         if let Err(err) = self.send_acks(consumer, &plan).await {
             warn!(rule = %self.rule.name, error = %err, "acknowledgement failed; will retry");
             self.stats
                 .set_error(format!("acknowledgement failed: {err}"));
             return;
         }
+        proto::failpoint::hit("ingester:after_ack");
         match self.spool.free(&plan).await {
             Ok(freed) => {
                 let messages: u64 = freed.iter().map(|m| m.messages).sum();

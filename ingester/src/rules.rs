@@ -98,6 +98,23 @@ impl RuleStore {
         self.set_token(&rule.config.name, token)
     }
 
+    /// Sets only `start_applied`, atomically, so a concurrent edit of other fields is kept.
+    pub fn mark_start_applied(&self, name: &str) -> Result<()> {
+        self.rules.update_and_fetch(name, |old| {
+            let old = old?;
+            match serde_json::from_slice::<StoredRule>(old) {
+                Ok(mut rule) => {
+                    rule.start_applied = true;
+                    serde_json::to_vec(&rule)
+                        .ok()
+                        .or_else(|| Some(old.to_vec()))
+                }
+                Err(_) => Some(old.to_vec()),
+            }
+        })?;
+        Ok(())
+    }
+
     pub fn remove(&self, name: &str) -> Result<()> {
         self.rules.remove(name)?;
         self.tokens.remove(name)?;

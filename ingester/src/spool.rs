@@ -292,6 +292,8 @@ struct State {
 
 pub struct RuleSpool {
     rule: String,
+    /// This data dir's id, part of every object name (see `proto::types::object_key`).
+    spool_id: String,
     db: sled::Db,
     tree: sled::Tree,
     segments_dir: PathBuf,
@@ -332,6 +334,7 @@ impl RuleSpool {
     /// need sealing.
     pub fn open(
         db: &sled::Db,
+        spool_id: &str,
         data_dir: &Path,
         rule: &RuleConfig,
         sealed_notify: Arc<Notify>,
@@ -388,6 +391,7 @@ impl RuleSpool {
         }
         let spool = RuleSpool {
             rule: name,
+            spool_id: spool_id.to_string(),
             db: db.clone(),
             tree,
             segments_dir,
@@ -609,6 +613,7 @@ impl RuleSpool {
             window_start,
             &self.rule,
             &first_id,
+            &self.spool_id,
             meta.target.compression(),
         );
         batch.insert(
@@ -727,6 +732,7 @@ impl RuleSpool {
         std::fs::rename(&tmp, &path)
             .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
         sync_dir(&self.segments_dir)?;
+        proto::failpoint::hit("ingester:after_seal_file");
         {
             let mut state = self.lock();
             let Some(meta) = state.segments.get_mut(&segment_no) else {
@@ -965,6 +971,26 @@ impl RuleSpool {
     }
 }
 
+/// The data dir's spool id, part of every object name: made once, kept in the database.
+pub fn spool_id(db: &sled::Db) -> Result<String> {
+    let meta = db.open_tree("meta")?;
+    if let Some(id) = meta.get("spool_id")? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Distinct across the few ingesters of one subscription: start time and pid, hashed.
+    let id = format!(
+        "{:08x}",
+        crc32c::crc32c(format!("{nanos}-{}", std::process::id()).as_bytes())
+    );
+    meta.insert("spool_id", id.as_bytes())?;
+    db.flush()?;
+    Ok(id)
+}
+
 fn policy_of(rule: &RuleConfig) -> CutPolicy {
     CutPolicy {
         window_ms: rule.window_secs.saturating_mul(1000),
@@ -1070,7 +1096,8 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
         let notify = Arc::new(Notify::new());
-        let (spool, to_seal) = RuleSpool::open(&db, dir.path(), &rule(3), notify.clone())?;
+        let (spool, to_seal) =
+            RuleSpool::open(&db, "test0001", dir.path(), &rule(3), notify.clone())?;
         assert!(to_seal.is_empty());
 
         // A batch of 2 entries: entry 1 batched ×3, entry 2 batched ×2; plus a redelivery.
@@ -1106,9 +1133,9 @@ mod tests {
             meta0.crc32c,
             crc32c::crc32c(&std::fs::read(&path0).expect("file"))
         );
-        assert!(meta0
-            .object_key
-            .starts_with("public/default/orders/1970/01/01/00/r1-19700101T000000Z-1_1_-1_0"));
+        assert!(meta0.object_key.starts_with(
+            "public/default/orders/1970/01/01/00/r1-19700101T000000Z-1_1_-1_0-test0001.jsonl.gz"
+        ));
 
         // Segment 1 stored first: nothing may be acknowledged while segment 0 waits.
         assert_eq!(
@@ -1155,7 +1182,13 @@ mod tests {
     async fn a_batch_split_across_segments_is_acked_only_when_complete() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
-        let (spool, _) = RuleSpool::open(&db, dir.path(), &rule(2), Arc::new(Notify::new()))?;
+        let (spool, _) = RuleSpool::open(
+            &db,
+            "test0001",
+            dir.path(),
+            &rule(2),
+            Arc::new(Notify::new()),
+        )?;
         let out = spool
             .append(&[msg(1, 0, 3), msg(1, 1, 3), msg(1, 2, 3)], 5)
             .await?;
@@ -1176,14 +1209,15 @@ mod tests {
         let notify = Arc::new(Notify::new());
         {
             let db = sled::open(dir.path().join("db"))?;
-            let (spool, _) = RuleSpool::open(&db, dir.path(), &rule(2), notify.clone())?;
+            let (spool, _) =
+                RuleSpool::open(&db, "test0001", dir.path(), &rule(2), notify.clone())?;
             spool
                 .append(&[msg(1, -1, 0), msg(2, -1, 0), msg(3, -1, 0)], 5)
                 .await?;
             // Segment 0 closed but never sealed: a crash here.
         }
         let db = sled::open(dir.path().join("db"))?;
-        let (spool, to_seal) = RuleSpool::open(&db, dir.path(), &rule(2), notify)?;
+        let (spool, to_seal) = RuleSpool::open(&db, "test0001", dir.path(), &rule(2), notify)?;
         assert_eq!(to_seal, vec![0]);
         assert_eq!(spool.open_segment().map(|o| o.messages), Some(1));
         let out = spool.append(&[msg(3, -1, 0), msg(4, -1, 0)], 6).await?;

@@ -18,7 +18,9 @@ struct Points {
 
 fn points() -> &'static Points {
     static POINTS: OnceLock<Points> = OnceLock::new();
-    POINTS.get_or_init(|| Points { armed: parse(&std::env::var(ENV).unwrap_or_default()) })
+    POINTS.get_or_init(|| Points {
+        armed: parse(&std::env::var(ENV).unwrap_or_default()),
+    })
 }
 
 fn parse(spec: &str) -> HashMap<String, (u64, AtomicU64)> {
@@ -26,7 +28,10 @@ fn parse(spec: &str) -> HashMap<String, (u64, AtomicU64)> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| match item.split_once('@') {
-            Some((name, n)) => (name.to_string(), (n.parse().unwrap_or(1).max(1), AtomicU64::new(0))),
+            Some((name, n)) => (
+                name.to_string(),
+                (n.parse().unwrap_or(1).max(1), AtomicU64::new(0)),
+            ),
             None => (item.to_string(), (1, AtomicU64::new(0))),
         })
         .collect()

@@ -1,8 +1,10 @@
 //! Object key layout: `{prefix}{tenant}/{namespace}/{topic}/{YYYY}/{MM}/{DD}/{HH}/{name}`.
 //!
-//! `{name}` is derived only from what a sealed segment already fixes (rule, window start, first
-//! message id, compression), so a retry or a restart writes the very same key: a replay
-//! overwrites its object instead of adding a second one.
+//! `{name}` is `{rule}-{window start}-{first message id}-{spool id}{.jsonl.gz|.jsonl}`: derived
+//! only from what a closed segment already fixes, so a retry or a restart writes the very same
+//! key and a replay overwrites its object instead of adding a second one. The spool id (fixed
+//! for an ingester's data dir) keeps two ingesters of one Failover subscription from ever
+//! writing the same key with different contents.
 
 use chrono::{DateTime, Utc};
 
@@ -88,10 +90,11 @@ pub fn object_key(
     window_start: DateTime<Utc>,
     rule: &str,
     first_message_id: &MessageId,
+    spool_id: &str,
     compression: Compression,
 ) -> String {
     format!(
-        "{prefix}{}/{}/{}/{}/{}-{}-{}{}",
+        "{prefix}{}/{}/{}/{}/{}-{}-{}-{}{}",
         topic.tenant,
         topic.namespace,
         topic.topic,
@@ -99,6 +102,7 @@ pub fn object_key(
         rule,
         window_start.format("%Y%m%dT%H%M%SZ"),
         first_message_id.file_stem(),
+        spool_id,
         compression.extension(),
     )
 }
@@ -134,12 +138,12 @@ mod tests {
             batch_index: 0,
         };
         assert_eq!(
-            object_key("backup/", &topic, start, "orders-bk", &id, Compression::Gzip),
-            "backup/public/default/orders/2026/11/24/02/orders-bk-20261124T024000Z-12_34_-1_0.jsonl.gz"
+            object_key("backup/", &topic, start, "orders-bk", &id, "5f3a9c01", Compression::Gzip),
+            "backup/public/default/orders/2026/11/24/02/orders-bk-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl.gz"
         );
         assert_eq!(
-            object_key("", &topic, start, "r1", &id, Compression::None),
-            "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0.jsonl"
+            object_key("", &topic, start, "r1", &id, "5f3a9c01", Compression::None),
+            "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl"
         );
     }
 }

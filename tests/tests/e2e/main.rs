@@ -3,5 +3,10 @@
 //! (scripts/test.sh does).
 
 mod backup;
+mod cli;
+mod crash;
+mod failover;
 mod harness_selftest;
+mod ops;
+mod resume;
 mod util;

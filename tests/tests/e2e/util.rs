@@ -19,6 +19,27 @@ pub struct Stack {
     pub uploader: Option<Daemon>,
     pub ingester_port: u16,
     pub uploader_port: u16,
+    /// Added to the next `start_ingester` / `start_uploader` (failpoints, quotas, ...).
+    pub ingester_extra: Extra,
+    pub uploader_extra: Extra,
+    /// Control-plane token file `ctl` passes (`--token-file`) when the daemons require one.
+    pub ctl_token_file: Option<PathBuf>,
+}
+
+/// Extra command-line arguments and environment for a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Extra {
+    pub fn failpoint(spec: &str) -> Extra {
+        Extra {
+            args: Vec::new(),
+            env: vec![(proto::failpoint::ENV.to_string(), spec.to_string())],
+        }
+    }
 }
 
 /// A topic name no other test uses.
@@ -40,6 +61,9 @@ impl Stack {
             uploader: None,
             ingester_port: free_port(),
             uploader_port: free_port(),
+            ingester_extra: Extra::default(),
+            uploader_extra: Extra::default(),
+            ctl_token_file: None,
         })
     }
 
@@ -69,7 +93,10 @@ impl Stack {
             "--listen".into(),
             format!("127.0.0.1:{}", self.ingester_port),
         ];
-        let envs = vec![("RUST_LOG".to_string(), "info,pulsar=warn".to_string())];
+        let mut args = args;
+        args.extend(self.ingester_extra.args.iter().cloned());
+        let mut envs = vec![("RUST_LOG".to_string(), "info,pulsar=warn".to_string())];
+        envs.extend(self.ingester_extra.env.iter().cloned());
         self.ingester = Some(Daemon::spawn(
             "tdmq-backup-ingester",
             &args,
@@ -109,6 +136,10 @@ impl Stack {
             ),
             ("RUST_LOG".to_string(), "info".to_string()),
         ];
+        let mut args = args;
+        args.extend(self.uploader_extra.args.iter().cloned());
+        let mut envs = envs;
+        envs.extend(self.uploader_extra.env.iter().cloned());
         self.uploader = Some(Daemon::spawn(
             "tdmq-backup-uploader",
             &args,
@@ -134,6 +165,13 @@ impl Stack {
             "--uploader",
             uploader.as_str(),
         ];
+        let token_file = self
+            .ctl_token_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        if let Some(file) = &token_file {
+            full.extend(["--token-file", file.as_str()]);
+        }
         full.extend_from_slice(args);
         let bin = bin_path("tdmq-backup");
         std::process::Command::new(&bin)
@@ -247,5 +285,53 @@ pub async fn eventually<T>(
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl Stack {
+    /// Waits until every expected message is in the store and the rule's spool is empty,
+    /// flushing meanwhile. Judged by the store's content, so it holds across daemon restarts
+    /// (whose counters start again from zero). Returns the objects.
+    pub async fn wait_until_stored(
+        &self,
+        rule: &str,
+        expected: &[harness::SampleMessage],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<harness::BackupObject>> {
+        use std::collections::HashSet;
+        let wanted: HashSet<&[u8]> = expected.iter().map(|m| m.payload.as_slice()).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let objects = harness::read_all(&self.s3.client(), BUCKET, "").await?;
+            let mut found = HashSet::new();
+            for object in &objects {
+                for record in &object.records {
+                    if let Ok(payload) = harness::oracle::decode_payload(record) {
+                        if wanted.contains(payload.as_slice()) {
+                            found.insert(payload);
+                        }
+                    }
+                }
+            }
+            let spooled = self
+                .rule_status(rule)
+                .ok()
+                .and_then(|s| s["spooled_messages"].as_u64())
+                .unwrap_or(u64::MAX);
+            if found.len() == wanted.len() && spooled == 0 {
+                return Ok(objects);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "rule {rule}: {}/{} messages in the store, {spooled} still spooled after {timeout:?}\n--- ingester log tail:\n{}\n--- uploader log tail:\n{}",
+                    found.len(),
+                    wanted.len(),
+                    self.log_tail("ingester.log"),
+                    self.log_tail("uploader.log")
+                );
+            }
+            let _ = self.ctl(&["rule", "flush", rule]);
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
     }
 }
