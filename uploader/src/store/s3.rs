@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -506,19 +507,63 @@ fn is_no_such_upload<E: ProvideErrorMetadata>(
             .is_some_and(|r| r.status().as_u16() == 404)
 }
 
-fn start_over(op: &'static str, err: impl std::error::Error + 'static) -> UploadError {
+fn start_over<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> UploadError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     UploadError::Store {
         op,
-        message: format!("{START_OVER}{}", DisplayErrorContext(&err)),
+        message: format!("{START_OVER}{}", describe_sdk_error(&err)),
     }
 }
 
-/// The SDK error with its whole cause chain (the top level alone is often just "service error").
-fn sdk_error(op: &'static str, err: impl std::error::Error + 'static) -> UploadError {
+fn sdk_error<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> UploadError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     UploadError::Store {
         op,
-        message: DisplayErrorContext(&err).to_string(),
+        message: describe_sdk_error(&err),
     }
+}
+
+/// One sentence an operator can act on: the store's HTTP status with its error code and message
+/// when it answered, else why it could not be reached. (The SDK's own Display says only
+/// "service error"; its Debug is a page of internals.)
+pub fn describe_sdk_error<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let mut text = format!("the store answered HTTP {}", ctx.raw().status().as_u16());
+            match (ctx.err().code(), ctx.err().message()) {
+                (Some(code), Some(message)) => text.push_str(&format!(" {code}: {message}")),
+                (Some(code), None) => text.push_str(&format!(" {code}")),
+                (None, Some(message)) => text.push_str(&format!(": {message}")),
+                (None, None) => {}
+            }
+            text
+        }
+        SdkError::TimeoutError(_) => "the store did not answer in time".to_string(),
+        SdkError::DispatchFailure(_) => format!("could not reach the store: {}", root_cause(err)),
+        SdkError::ResponseError(_) => {
+            format!("the store's answer could not be read: {}", root_cause(err))
+        }
+        SdkError::ConstructionFailure(_) => {
+            format!("could not build the request: {}", root_cause(err))
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// The innermost cause's message (e.g. "connection closed before message completed").
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Cuts a body stream into parts of a fixed size, holding at most one part (plus one chunk).
