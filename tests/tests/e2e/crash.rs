@@ -311,6 +311,73 @@ async fn store_outage_holds_acks_and_recovers() -> anyhow::Result<()> {
     finish(&mut stack, "store", &full_topic, &messages).await
 }
 
+/// Store answering errors (503, then 500, then connections cut mid-request) instead of being
+/// down: failures with the store's answer in status and logs, nothing acknowledged, then
+/// everything up exactly once when it heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_are_retried_and_reported_then_heal() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    let proxy = harness::FaultProxy::start(stack.s3.addr())?;
+    stack.store_endpoint = Some(proxy.endpoint());
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let topic = unique_topic("flaky");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule(
+        "flaky",
+        &topic,
+        &["--max-messages", "200", "--window", "1h"],
+    )?;
+    let messages = sample_messages(1_500, 29);
+    for (mode, part) in [
+        (harness::FaultMode::Http503, &messages[..500]),
+        (harness::FaultMode::Http500, &messages[500..1_000]),
+        (
+            harness::FaultMode::DropAfterBytes(2_000),
+            &messages[1_000..],
+        ),
+    ] {
+        proxy.set_mode(mode);
+        produce(&stack.pulsar.url(), &full_topic, part, true).await?;
+        let before = stack.ctl_json(&["logs", "flaky", "--failed", "--limit", "1000"])?["entries"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        let failures = crate::util::eventually(
+            "new upload failures reported",
+            Duration::from_secs(60),
+            || {
+                let _ = stack.ctl(&["rule", "flush", "flaky"]);
+                let logs = stack.ctl_json(&["logs", "flaky", "--failed", "--limit", "1000"])?;
+                let n = logs["entries"].as_array().map(Vec::len).unwrap_or(0);
+                Ok((n > before).then_some(logs))
+            },
+        )
+        .await?;
+        println!("{mode:?}: {}", failures["entries"][0]["message"]);
+        // Every request fails in these two modes; a cut connection lets small objects through.
+        if matches!(
+            mode,
+            harness::FaultMode::Http503 | harness::FaultMode::Http500
+        ) {
+            assert_eq!(
+                stack.rule_status("flaky")?["messages_acked"],
+                0,
+                "acknowledged while the store failed ({mode:?})"
+            );
+        }
+    }
+    let logs = stack
+        .ctl_json(&["logs", "flaky", "--failed", "--limit", "1000"])?
+        .to_string();
+    assert!(
+        logs.contains("the store answered HTTP 503"),
+        "the store's 503 is shown: {logs}"
+    );
+    proxy.set_mode(harness::FaultMode::Pass);
+    finish(&mut stack, "flaky", &full_topic, &messages).await
+}
+
 /// A full spool pauses consumption (nothing acknowledged, nothing lost) and resumes when uploads
 /// free space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,8 @@ pub struct Stack {
     pub uploader_extra: Extra,
     /// Control-plane token file `ctl` passes (`--token-file`) when the daemons require one.
     pub ctl_token_file: Option<PathBuf>,
+    /// Where the uploader sends objects, if not straight to `s3` (e.g. a fault proxy).
+    pub store_endpoint: Option<String>,
 }
 
 /// Extra command-line arguments and environment for a daemon.
@@ -64,6 +66,7 @@ impl Stack {
             ingester_extra: Extra::default(),
             uploader_extra: Extra::default(),
             ctl_token_file: None,
+            store_endpoint: None,
         })
     }
 
@@ -121,7 +124,9 @@ impl Stack {
             "--state-dir".into(),
             self.path("uploader").to_string_lossy().into_owned(),
             "--endpoint".into(),
-            self.s3.endpoint(),
+            self.store_endpoint
+                .clone()
+                .unwrap_or_else(|| self.s3.endpoint()),
             "--path-style".into(),
             "true".into(),
         ];
