@@ -8,4 +8,4 @@ PULSAR_LITE_BIN="$(scripts/setup-test-services.sh)"
 export PULSAR_LITE_BIN
 # The end-to-end tests drive the real binaries of the other packages: build them first.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -283,11 +283,11 @@ async fn pass(
                     .min(n),
                 None => n,
             };
-            server_write.write_all(&buf[..allowed]).await?;
-            sent += allowed as u64;
             counters
                 .to_upstream
                 .fetch_add(allowed as u64, Ordering::Relaxed);
+            server_write.write_all(&buf[..allowed]).await?;
+            sent += allowed as u64;
             if allowed < n || limit.is_some_and(|l| sent >= l) {
                 anyhow::bail!("dropped after {sent} bytes upstream");
             }
@@ -300,10 +300,11 @@ async fn pass(
             if n == 0 {
                 return anyhow::Ok(());
             }
-            client_write.write_all(&buf[..n]).await?;
+            // Counted before forwarding, so a client that has read the bytes sees them counted.
             counters
                 .from_upstream
                 .fetch_add(n as u64, Ordering::Relaxed);
+            client_write.write_all(&buf[..n]).await?;
         }
     };
     let cut = async {
