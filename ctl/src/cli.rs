@@ -55,6 +55,28 @@ pub struct Cli {
     )]
     pub token_file: Option<PathBuf>,
 
+    /// PEM CA certificate(s) to verify daemons reached by https:// URLs with
+    /// [default: the system's trust store].
+    #[arg(
+        long = "ca-file",
+        global = true,
+        env = "TDMQ_BACKUP_CA_FILE",
+        value_name = "F",
+        help_heading = "Global options"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Name to verify in the daemons' certificates (and send as SNI) instead of the URL's host,
+    /// e.g. when the URL holds an IP address.
+    #[arg(
+        long = "tls-domain",
+        global = true,
+        env = "TDMQ_BACKUP_TLS_DOMAIN",
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
+    pub tls_domain: Option<String>,
+
     /// How results are printed: aligned tables, or one JSON document.
     #[arg(
         long,

@@ -2,7 +2,7 @@
 //! one-line errors the contract asks for (naming the daemon and its URL when it can't be reached).
 
 use std::error::Error as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -44,6 +44,21 @@ impl Daemon {
     /// A failed call, as one line.
     pub fn call_error(&self, status: Status) -> anyhow::Error {
         let message = one_line(status.message());
+        // The connection broke under the call (e.g. a plain-HTTP/2 call to a TLS server, whose
+        // handshake only happens on the first request): say which daemon and why.
+        if let Some(source) = status.source() {
+            let transport = source.downcast_ref::<tonic::transport::Error>();
+            if transport.is_some() || message == "transport error" {
+                let why = transport.map_or_else(|| chain(source), reason);
+                let https = self.url.starts_with("https://");
+                return anyhow!(
+                    "cannot reach the {} at {}: {why}{}",
+                    self.name,
+                    self.url,
+                    tls_hint(https, &Tls::default(), &why)
+                );
+            }
+        }
         match status.code() {
             Code::Unavailable => anyhow!(
                 "cannot reach the {} at {}: {}",
@@ -144,37 +159,112 @@ pub fn read_token_file(what: &str, path: &Path) -> anyhow::Result<String> {
     Ok(token.to_string())
 }
 
-async fn channel(daemon: &Daemon) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(daemon.url.clone())
+/// `--ca-file` / `--tls-domain`: used for the daemons given as https:// URLs.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    pub domain: Option<String>,
+}
+
+async fn channel(daemon: &Daemon, tls: &Tls) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(daemon.url.clone())
         .map_err(|e| anyhow!("--{} {:?} is not a valid URL: {e}", daemon.name, daemon.url))?
         .connect_timeout(CONNECT_TIMEOUT);
+    let https = daemon.url.starts_with("https://");
+    if https {
+        let config = proto::tls::client_config(
+            tls.ca_file.as_deref().map(|p| ("--ca-file", p)),
+            tls.domain.as_deref(),
+        )
+        .map_err(|m| {
+            if tls.ca_file.is_some() {
+                anyhow!("{m}")
+            } else {
+                anyhow!(
+                    "cannot verify the {} at {}: {m} (pass --ca-file)",
+                    daemon.name,
+                    daemon.url
+                )
+            }
+        })?;
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            anyhow!(
+                "TLS for the {} at {}: {}",
+                daemon.name,
+                daemon.url,
+                reason(&e)
+            )
+        })?;
+    }
     // Connect eagerly so "cannot reach" is reported once, with the daemon's name and URL,
     // instead of surfacing as an anonymous status on the first call.
     endpoint.connect().await.map_err(|e| {
+        let why = reason(&e);
         anyhow!(
-            "cannot reach the {} at {}: {}",
+            "cannot reach the {} at {}: {why}{}",
             daemon.name,
             daemon.url,
-            reason(&e)
+            tls_hint(https, tls, &why)
         )
     })
 }
 
-pub async fn ingester(daemon: &Daemon, auth: Auth) -> anyhow::Result<Ingester> {
-    let channel = channel(daemon).await?;
+/// What to try when the connection failed the way a scheme or certificate mismatch does.
+fn tls_hint(https: bool, tls: &Tls, why: &str) -> &'static str {
+    let why = why.to_ascii_lowercase();
+    if !https && looks_like_tls_server(&why) {
+        " (does it serve TLS? then use an https:// URL, with --ca-file)"
+    } else if https && why.contains("certificate") && tls.ca_file.is_none() {
+        " (pass the issuing CA with --ca-file)"
+    } else if https && why.contains("certificate") {
+        " (check --ca-file and --tls-domain)"
+    } else if https && (why.contains("invalid content type") || why.contains("corrupt message")) {
+        " (does it serve plain HTTP? then use an http:// URL)"
+    } else {
+        ""
+    }
+}
+
+/// A plain-HTTP/2 client talking to a TLS server reads the server's TLS alert as a bogus frame
+/// or sees the connection closed mid-handshake.
+fn looks_like_tls_server(why: &str) -> bool {
+    [
+        "frame with invalid size",
+        "frame_size_error",
+        "connection reset",
+        "connection closed",
+        "broken pipe",
+        "protocol error",
+        "unexpected eof",
+        "early eof",
+    ]
+    .iter()
+    .any(|s| why.contains(s))
+}
+
+pub async fn ingester(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Ingester> {
+    let channel = channel(daemon, tls).await?;
     Ok(IngesterClient::with_interceptor(channel, auth))
 }
 
-pub async fn uploader(daemon: &Daemon, auth: Auth) -> anyhow::Result<Uploader> {
-    let channel = channel(daemon).await?;
+pub async fn uploader(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Uploader> {
+    let channel = channel(daemon, tls).await?;
     Ok(UploaderClient::with_interceptor(channel, auth))
 }
 
 /// A transport error's useful part: tonic's top level only says "transport error", the cause
 /// (connection refused, timed out, dns) is further down the source chain.
 fn reason(error: &tonic::transport::Error) -> String {
+    match error.source() {
+        Some(source) => chain(source),
+        None => one_line(&error.to_string()),
+    }
+}
+
+/// An error and its sources, each layer's new information once, joined with ": ".
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&dyn std::error::Error> = error.source();
+    let mut next: Option<&dyn std::error::Error> = Some(error);
     while let Some(e) = next {
         let text = one_line(&e.to_string());
         // Layers often repeat their cause in their own message; keep only new information.

@@ -49,6 +49,13 @@ pub struct Args {
     /// it off. [default: off]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// PEM certificate (chain) for the gRPC server; with tls_key, ctl and the uploader must
+    /// connect with `https://` URLs. Set both or neither. [default: plain HTTP/2]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of tls_cert. [default: none]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +69,8 @@ struct FileConfig {
     max_spool_bytes: Option<String>,
     auth_token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,8 @@ pub struct IngesterConfig {
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Read and checked at start-up; `None`: plain HTTP/2.
+    pub tls: Option<proto::tls::ServerTls>,
 }
 
 impl IngesterConfig {
@@ -130,7 +141,13 @@ impl IngesterConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let tls = proto::tls::server_from_keys(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(IngesterConfig {
+            tls,
             max_spool_bytes,
             auth_token_file,
             metrics_listen,
@@ -216,6 +233,35 @@ mod tests {
         let err = IngesterConfig::from_args(args(&["--metrics-listen", "localhost"]))
             .expect_err("not an address");
         assert!(format!("{err:#}").contains("metrics_listen"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn tls_cert_needs_tls_key_and_files_must_be_readable() -> anyhow::Result<()> {
+        assert!(IngesterConfig::from_args(args(&[]))?.tls.is_none());
+        let err = IngesterConfig::from_args(args(&["--tls-cert", "/etc/c.pem"]))
+            .expect_err("cert without key");
+        assert!(format!("{err:#}").contains("tls_key is missing"), "{err:#}");
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(&path, "tls_key = \"/etc/k.pem\"\n")?;
+        let err = IngesterConfig::from_args(args(&["--config", &path.to_string_lossy()]))
+            .expect_err("key without cert");
+        assert!(
+            format!("{err:#}").contains("tls_cert is missing"),
+            "{err:#}"
+        );
+        let missing = dir
+            .path()
+            .join("missing.pem")
+            .to_string_lossy()
+            .into_owned();
+        let err = IngesterConfig::from_args(args(&["--tls-cert", &missing, "--tls-key", &missing]))
+            .expect_err("unreadable");
+        assert!(
+            format!("{err:#}").starts_with(&format!("tls_cert {missing}: cannot read it")),
+            "{err:#}"
+        );
         Ok(())
     }
 }

@@ -64,7 +64,14 @@ pub async fn run(
     }
     let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        info!(cert = %tls.cert.display(), "serving gRPC over TLS");
+        server = server
+            .tls_config(tls.config.clone())
+            .with_context(|| format!("tls_cert {}", tls.cert.display()))?;
+    }
+    server
         .layer(tonic::service::InterceptorLayer::new(require_token))
         .add_service(service)
         .serve_with_incoming_shutdown(

@@ -86,6 +86,26 @@ pub struct Args {
     /// off [default: off].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// PEM CA certificate(s) to verify the ingester with when `ingester` is an https:// URL.
+    /// [default: the system's trust store]
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_INGESTER_CA", value_name = "FILE")]
+    pub ingester_ca: Option<PathBuf>,
+    /// Name to verify in the ingester's certificate (and send as SNI) instead of the URL's host,
+    /// e.g. when `ingester` is an IP address. [default: the URL's host]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_INGESTER_TLS_DOMAIN",
+        value_name = "NAME"
+    )]
+    pub ingester_tls_domain: Option<String>,
+    /// PEM certificate (chain) for this uploader's gRPC status service; with tls_key, ctl must
+    /// use an https:// --uploader URL. Set both or neither; /metrics stays plain HTTP.
+    /// [default: plain HTTP/2]
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of tls_cert. [default: none]
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The TOML file: the same keys, all optional. Unknown keys are refused (a typo must not be
@@ -106,6 +126,10 @@ struct FileConfig {
     log_format: Option<String>,
     auth_token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
+    ingester_ca: Option<PathBuf>,
+    ingester_tls_domain: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// `part_size = 8388608` and `part_size = "8MiB"` both read naturally in TOML.
@@ -218,6 +242,10 @@ pub struct UploaderConfig {
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS to the ingester (`ingester` is https://): its CA and name, read and checked at start-up.
+    pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS for this uploader's gRPC server; `None`: plain HTTP/2.
+    pub tls: Option<proto::tls::ServerTls>,
 }
 
 impl UploaderConfig {
@@ -383,7 +411,19 @@ impl UploaderConfig {
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
 
+        let ingester_tls = ingester_tls(
+            &ingester,
+            args.ingester_ca.or(file.ingester_ca),
+            args.ingester_tls_domain.or(file.ingester_tls_domain),
+        )?;
+        let tls = server_tls(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        )?;
+
         Ok(UploaderConfig {
+            ingester_tls,
+            tls,
             auth_token_file,
             metrics_listen,
             ingester,
@@ -421,6 +461,52 @@ fn validate_ingester(url: &str) -> Result<(), UploadError> {
             format!("{url:?} must be an http:// or https:// URL, like {DEFAULT_INGESTER}"),
         )),
     }
+}
+
+/// The client TLS settings for an https:// `ingester`; for an http:// one, `ingester_ca` and
+/// `ingester_tls_domain` are refused rather than silently ignored.
+fn ingester_tls(
+    ingester: &str,
+    ca: Option<PathBuf>,
+    domain: Option<String>,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, UploadError> {
+    let ca = ca.filter(|p| !p.as_os_str().is_empty());
+    let domain = domain.filter(|d| !d.trim().is_empty());
+    if !ingester.starts_with("https://") {
+        for (field, set) in [
+            ("ingester_ca", ca.is_some()),
+            ("ingester_tls_domain", domain.is_some()),
+        ] {
+            if set {
+                return Err(UploadError::config(
+                    field,
+                    format!("only used with TLS, but ingester {ingester:?} is not an https:// URL"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    proto::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
+        .map(Some)
+        .map_err(|m| tls_error(&["ingester_ca"], m))
+}
+
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<proto::tls::ServerTls>, UploadError> {
+    proto::tls::server_from_keys(cert, key).map_err(|m| tls_error(&["tls_cert", "tls_key"], m))
+}
+
+/// `proto::tls` messages start with the key they are about; that key becomes the error's field.
+fn tls_error(fields: &[&'static str], message: String) -> UploadError {
+    let field = fields
+        .iter()
+        .copied()
+        .find(|f| message.starts_with(f))
+        .unwrap_or(fields.first().copied().unwrap_or("tls"));
+    let rest = message.strip_prefix(field).unwrap_or(&message).trim_start();
+    UploadError::config(field, rest.to_string())
 }
 
 fn validate_region(region: &str) -> Result<String, UploadError> {
@@ -650,6 +736,57 @@ mod tests {
         assert_eq!(
             field_of(build(&["--metrics-listen", "localhost"], None)),
             "metrics_listen"
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_checked_and_named() {
+        let c = build(&[], None).expect("defaults");
+        assert!(c.ingester_tls.is_none() && c.tls.is_none());
+        assert_eq!(
+            field_of(build(&["--tls-cert", "/etc/c.pem"], None)),
+            "tls_key"
+        );
+        assert_eq!(
+            field_of(build(&[], Some("tls_key = \"/etc/k.pem\"\n"))),
+            "tls_cert"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir
+            .path()
+            .join("missing.pem")
+            .to_string_lossy()
+            .into_owned();
+        let err =
+            build(&["--tls-cert", &missing, "--tls-key", &missing], None).expect_err("unreadable");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid tls_cert: {missing}: cannot read it")),
+            "{err}"
+        );
+        let err = build(
+            &[
+                "--ingester",
+                "https://10.0.0.1:7601",
+                "--ingester-ca",
+                &missing,
+            ],
+            None,
+        )
+        .expect_err("unreadable CA");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid ingester_ca: {missing}: cannot read it")),
+            "{err}"
+        );
+        // A CA for a plain-HTTP ingester is a mistake, not something to ignore.
+        assert_eq!(
+            field_of(build(&["--ingester-ca", &missing], None)),
+            "ingester_ca"
+        );
+        assert_eq!(
+            field_of(build(&["--ingester-tls-domain", "ingester.internal"], None)),
+            "ingester_tls_domain"
         );
     }
 

@@ -10,7 +10,7 @@ use proto::v1::{ListSealedRequest, SegmentInfo, SegmentRef};
 use proto::IngesterClient;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::backoff::Backoff;
 use crate::error::{error_chain, status_text, UploadError};
@@ -31,6 +31,7 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// Connects, retrying with backoff (shown in the status) until it works or shutdown is asked.
 pub async fn connect(
     url: &str,
+    tls: Option<ClientTlsConfig>,
     auth: &SendToken,
     backoff: Backoff,
     status: &StatusState,
@@ -42,6 +43,12 @@ pub async fn connect(
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls)
+            .map_err(|e| UploadError::config("ingester_ca", error_chain(&e)))?,
+        None => endpoint,
+    };
     let mut attempt = 0u32;
     loop {
         if *shutdown.borrow() {

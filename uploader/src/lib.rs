@@ -79,8 +79,15 @@ pub async fn run(
     if token.require.is_enabled() {
         tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
     }
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        tracing::info!(cert = %tls.cert.display(), "serving gRPC over TLS");
+        server = server
+            .tls_config(tls.config.clone())
+            .with_context(|| format!("tls_cert {}", tls.cert.display()))?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        server
             .layer(tonic::service::InterceptorLayer::new(token.require.clone()))
             .add_service(proto::UploaderServer::new(UploaderService::new(status)))
             .serve_with_incoming_shutdown(
@@ -95,6 +102,7 @@ pub async fn run(
     let pipeline = puller::run_pipeline(
         PullerSettings {
             ingester: config.ingester.clone(),
+            ingester_tls: config.ingester_tls.clone(),
             auth: token.send.clone(),
             concurrency: config.concurrency,
             backoff: Backoff::new(config.max_backoff),

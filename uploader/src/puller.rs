@@ -32,6 +32,8 @@ const MAX_LIST: usize = 1000;
 
 pub struct PullerSettings {
     pub ingester: String,
+    /// TLS to the ingester when its URL is https://.
+    pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
     /// The control-plane token for every call to the ingester.
     pub auth: proto::auth::SendToken,
     pub concurrency: usize,
@@ -64,6 +66,7 @@ pub async fn run_pipeline(
 ) -> Result<(), UploadError> {
     let Some(client) = ingester::connect(
         &settings.ingester,
+        settings.ingester_tls.clone(),
         &settings.auth,
         settings.backoff,
         &ctx.status,

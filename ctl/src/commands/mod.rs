@@ -6,7 +6,7 @@ pub mod segments;
 pub mod status;
 
 use crate::cli::{Cli, Command, OutputFormat};
-use crate::client::{self, Auth, Daemon};
+use crate::client::{self, Auth, Daemon, Tls};
 use crate::output::Report;
 
 /// What every command needs from the global flags.
@@ -14,6 +14,7 @@ pub struct Ctx {
     pub ingester: Daemon,
     pub uploader: Daemon,
     pub auth: Auth,
+    pub tls: Tls,
     pub format: OutputFormat,
 }
 
@@ -23,16 +24,20 @@ impl Ctx {
             ingester: Daemon::ingester(&cli.ingester),
             uploader: Daemon::uploader(&cli.uploader),
             auth: Auth::from_token_file(cli.token_file.as_deref())?,
+            tls: Tls {
+                ca_file: cli.ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
+                domain: cli.tls_domain.clone().filter(|d| !d.trim().is_empty()),
+            },
             format: cli.output,
         })
     }
 
     pub async fn ingester(&self) -> anyhow::Result<client::Ingester> {
-        client::ingester(&self.ingester, self.auth.clone()).await
+        client::ingester(&self.ingester, &self.tls, self.auth.clone()).await
     }
 
     pub async fn uploader(&self) -> anyhow::Result<client::Uploader> {
-        client::uploader(&self.uploader, self.auth.clone()).await
+        client::uploader(&self.uploader, &self.tls, self.auth.clone()).await
     }
 }
 

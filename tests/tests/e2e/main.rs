@@ -9,4 +9,5 @@ mod failover;
 mod harness_selftest;
 mod ops;
 mod resume;
+mod tls;
 mod util;

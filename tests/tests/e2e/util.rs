@@ -26,6 +26,12 @@ pub struct Stack {
     pub ctl_token_file: Option<PathBuf>,
     /// Where the uploader sends objects, if not straight to `s3` (e.g. a fault proxy).
     pub store_endpoint: Option<String>,
+    /// How the daemons' URLs are written: `http://127.0.0.1:PORT` unless changed (TLS tests use
+    /// `https` and `localhost`, the certificate's name).
+    pub scheme: &'static str,
+    pub host: &'static str,
+    /// Global flags `ctl` passes before the command (e.g. `--ca-file`).
+    pub ctl_extra_args: Vec<String>,
 }
 
 /// Extra command-line arguments and environment for a daemon.
@@ -67,6 +73,9 @@ impl Stack {
             uploader_extra: Extra::default(),
             ctl_token_file: None,
             store_endpoint: None,
+            scheme: "http",
+            host: "127.0.0.1",
+            ctl_extra_args: Vec::new(),
         })
     }
 
@@ -78,11 +87,11 @@ impl Stack {
     }
 
     pub fn ingester_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ingester_port)
+        format!("{}://{}:{}", self.scheme, self.host, self.ingester_port)
     }
 
     pub fn uploader_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.uploader_port)
+        format!("{}://{}:{}", self.scheme, self.host, self.uploader_port)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -177,6 +186,7 @@ impl Stack {
         if let Some(file) = &token_file {
             full.extend(["--token-file", file.as_str()]);
         }
+        full.extend(self.ctl_extra_args.iter().map(String::as_str));
         full.extend_from_slice(args);
         let bin = bin_path("tdmq-backup");
         std::process::Command::new(&bin)

@@ -1,0 +1,298 @@
+//! TLS between hosts: both daemons serve gRPC over TLS (with the control-plane token, as in
+//! production), the uploader verifies the ingester against a CA file, and ctl reaches both with
+//! https:// URLs and `--ca-file`. A CA and a server certificate (for `localhost` and 127.0.0.1)
+//! are made at test time with rcgen.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::Context;
+use harness::{bin_path, free_port, produce, sample_messages};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+use crate::util::{unique_topic, Extra, Stack};
+
+const RULE: &str = "tls-bk";
+const MESSAGES: usize = 300;
+const CONTROL_TOKEN: &str = "tls-ctl-plane-token-5Hq8";
+
+/// PEM files written by [`make_certs`].
+struct Certs {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA, and a server certificate it signed for `localhost` and the IP 127.0.0.1.
+fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tdmq-backup test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tdmq-backup daemon");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&certs.ca, ca_cert.pem())?;
+    std::fs::write(&certs.cert, cert.pem())?;
+    std::fs::write(&certs.key, key.serialize_pem())?;
+    Ok(certs)
+}
+
+fn text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// ctl with exactly these arguments (no harness defaults).
+fn ctl_raw(args: &[&str]) -> Output {
+    let bin = bin_path("tdmq-backup");
+    std::process::Command::new(&bin)
+        .args(args)
+        .env_remove("TDMQ_BACKUP_CA_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", bin.display()))
+}
+
+/// A failure printed as exactly one `error: ...` line; that line.
+fn one_error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected a failure: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    println!("ctl: {}", lines[0]);
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_runs_over_tls_and_ctl_needs_the_ca_and_the_right_scheme() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    let certs = make_certs(stack.dir.path())?;
+    let token = stack.path("control.token");
+    std::fs::write(&token, format!("{CONTROL_TOKEN}\n"))?;
+    let serve_tls = vec![
+        "--tls-cert".to_string(),
+        text(&certs.cert),
+        "--tls-key".into(),
+        text(&certs.key),
+        "--auth-token-file".into(),
+        text(&token),
+    ];
+    stack.ingester_extra = Extra {
+        args: serve_tls.clone(),
+        env: Vec::new(),
+    };
+    let mut uploader_args = serve_tls;
+    uploader_args.extend(["--ingester-ca".to_string(), text(&certs.ca)]);
+    stack.uploader_extra = Extra {
+        args: uploader_args,
+        env: Vec::new(),
+    };
+    stack.scheme = "https";
+    stack.host = "localhost";
+    stack.ctl_token_file = Some(token.clone());
+    stack.ctl_extra_args = vec!["--ca-file".into(), text(&certs.ca)];
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    assert!(stack.ingester_url().starts_with("https://localhost:"));
+
+    // 1. ctl over TLS: a rule, and a backup end to end (the uploader pulls over TLS too).
+    let topic = unique_topic("tls");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let rule = stack.create_rule(RULE, &full_topic, &["--max-messages", "100"])?;
+    assert_eq!(rule["name"], RULE, "{rule}");
+    let messages = sample_messages(MESSAGES, 41);
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+    let status = stack
+        .wait_until_backed_up(RULE, MESSAGES as u64, Duration::from_secs(90))
+        .await?;
+    assert!(
+        status["messages_acked"].as_u64() >= Some(MESSAGES as u64),
+        "{status}"
+    );
+    let all = stack.ctl_json(&["status"])?;
+    assert_eq!(all["ingester"]["reachable"], true, "{all}");
+    assert_eq!(all["uploader"]["reachable"], true, "{all}");
+    assert_eq!(all["uploader"]["ingester_reachable"], true, "{all}");
+    let objects = harness::read_all(&stack.s3.client(), crate::util::BUCKET, "").await?;
+    let stored: usize = objects.iter().map(|o| o.records.len()).sum();
+    assert!(stored >= MESSAGES, "{stored} records stored");
+
+    // The IP SAN works too, and --tls-domain overrides the name checked.
+    let (ingester_port, token_s, ca_s) = (stack.ingester_port, text(&token), text(&certs.ca));
+    let by_ip = format!("https://127.0.0.1:{ingester_port}");
+    for extra in [&[][..], &["--tls-domain", "localhost"][..]] {
+        let mut args = vec![
+            "--ingester",
+            by_ip.as_str(),
+            "--token-file",
+            token_s.as_str(),
+            "--ca-file",
+            ca_s.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["rule", "list"]);
+        let out = ctl_raw(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A name the certificate does not hold is refused.
+    let out = ctl_raw(&[
+        "--ingester",
+        &by_ip,
+        "--token-file",
+        &token_s,
+        "--ca-file",
+        &ca_s,
+        "--tls-domain",
+        "elsewhere.example",
+        "rule",
+        "list",
+    ]);
+    let line = one_error_line(&out);
+    assert!(line.contains("the ingester at"), "{line}");
+
+    // 2. Without --ca-file: the test CA is in no trust store, so verification fails, in one line
+    // that names the daemon and says what to pass.
+    let https = stack.ingester_url();
+    let out = ctl_raw(&[
+        "--ingester",
+        &https,
+        "--token-file",
+        &token_s,
+        "rule",
+        "list",
+    ]);
+    let line = one_error_line(&out);
+    assert!(line.contains(&format!("the ingester at {https}")), "{line}");
+    assert!(line.contains("--ca-file"), "{line}");
+
+    // 3. http:// against the TLS server: one line naming the daemon, the URL and the fix.
+    let http = format!("http://127.0.0.1:{ingester_port}");
+    let out = ctl_raw(&[
+        "--ingester",
+        &http,
+        "--token-file",
+        &token_s,
+        "rule",
+        "list",
+    ]);
+    let line = one_error_line(&out);
+    assert!(line.contains(&format!("the ingester at {http}")), "{line}");
+    assert!(line.contains("https://"), "{line}");
+
+    // 4. A bad --ca-file is named with its path.
+    let missing = stack.path("missing-ca.pem");
+    let out = ctl_raw(&[
+        "--ingester",
+        &https,
+        "--ca-file",
+        &text(&missing),
+        "rule",
+        "list",
+    ]);
+    let line = one_error_line(&out);
+    assert!(
+        line.contains(&format!("--ca-file {}", missing.display())),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_files_stop_the_start_naming_key_and_path() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = make_certs(dir.path())?;
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n")?;
+    let missing = dir.path().join("missing.pem");
+    let cases: [(&str, Vec<String>, &str, &Path); 4] = [
+        (
+            "tdmq-backup-ingester",
+            vec![
+                "--tls-cert".into(),
+                text(&garbage),
+                "--tls-key".into(),
+                text(&certs.key),
+            ],
+            "tls_cert",
+            &garbage,
+        ),
+        (
+            "tdmq-backup-ingester",
+            vec!["--tls-cert".into(), text(&certs.cert)],
+            "tls_key",
+            &certs.cert,
+        ),
+        (
+            "tdmq-backup-uploader",
+            vec![
+                "--tls-cert".into(),
+                text(&certs.cert),
+                "--tls-key".into(),
+                text(&missing),
+            ],
+            "tls_key",
+            &missing,
+        ),
+        (
+            "tdmq-backup-uploader",
+            vec![
+                "--ingester".into(),
+                "https://localhost:7601".into(),
+                "--ingester-ca".into(),
+                text(&garbage),
+            ],
+            "ingester_ca",
+            &garbage,
+        ),
+    ];
+    for (bin, flags, key, path) in cases {
+        let state = dir.path().join(format!("{bin}-state"));
+        let dir_flag = if bin == "tdmq-backup-ingester" {
+            "--data-dir"
+        } else {
+            "--state-dir"
+        };
+        let out = std::process::Command::new(bin_path(bin))
+            .args([
+                dir_flag,
+                &state.to_string_lossy(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args(&flags)
+            .env("COS_SECRET_ID", "")
+            .output()
+            .with_context(|| format!("running {bin}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} {flags:?}: {stderr}");
+        assert!(stderr.contains(key), "{bin} {flags:?}: {stderr}");
+        assert!(
+            stderr.contains(&*path.to_string_lossy()),
+            "{bin} {flags:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{bin} {flags:?}: {stderr}");
+    }
+    Ok(())
+}
