@@ -862,6 +862,22 @@ impl RuleSpool {
 
     /// After the plan's acknowledgements were sent: drop records, metas and files.
     pub async fn free(&self, plan: &AckPlan) -> Result<Vec<SegmentMeta>> {
+        // The records of stored segments are never read again (their object holds them), so they
+        // go first, in chunks and without the lock: a large segment's tens of thousands of keys
+        // neither hold up `status` and appends nor pile up in one batch. A crash in between
+        // leaves `stored` metas with fewer records, which are acknowledged and freed again.
+        let ranges: Vec<(u64, u64)> = {
+            let state = self.lock();
+            plan.segments
+                .iter()
+                .filter_map(|no| state.segments.get(no))
+                .filter(|meta| meta.state == SegmentState::Stored)
+                .map(|meta| (meta.first_seq, meta.last_seq))
+                .collect()
+        };
+        for (first_seq, last_seq) in ranges {
+            self.remove_records(first_seq, last_seq)?;
+        }
         let (freed, files) = {
             let mut state = self.lock();
             let mut batch = sled::Batch::default();
@@ -871,11 +887,6 @@ impl RuleSpool {
                 let Some(meta) = state.segments.remove(segment_no) else {
                     continue;
                 };
-                let lo = key(RECORD, &self.rule, &meta.first_seq.to_be_bytes());
-                let hi = key(RECORD, &self.rule, &meta.last_seq.to_be_bytes());
-                for k in self.tree.range(lo..=hi).keys() {
-                    batch.remove(k?);
-                }
                 batch.remove(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()));
                 files.push(segment_path(&self.segments_dir, &meta));
                 freed.push(meta);
@@ -900,6 +911,30 @@ impl RuleSpool {
             }
         }
         Ok(freed)
+    }
+
+    /// Deletes the records `first_seq..=last_seq`, a few thousand keys per sled batch.
+    fn remove_records(&self, first_seq: u64, last_seq: u64) -> Result<()> {
+        const CHUNK: usize = 4096;
+        let lo = key(RECORD, &self.rule, &first_seq.to_be_bytes());
+        let hi = key(RECORD, &self.rule, &last_seq.to_be_bytes());
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .tree
+                .range(lo.as_slice()..=hi.as_slice())
+                .keys()
+                .take(CHUNK)
+                .collect::<std::result::Result<_, _>>()?;
+            let done = keys.len() < CHUNK;
+            let mut batch = sled::Batch::default();
+            for k in keys {
+                batch.remove(k);
+            }
+            self.tree.apply_batch(batch)?;
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     pub fn segments(&self) -> Vec<SegmentMeta> {
@@ -1167,6 +1202,11 @@ mod tests {
         assert_eq!(freed.len(), 2);
         assert!(spool.is_empty());
         assert!(!path0.exists());
+        assert_eq!(
+            spool.tree.scan_prefix(key(RECORD, "r1", &[])).count(),
+            0,
+            "acknowledged records are deleted"
+        );
         assert_eq!(
             spool.mark_stored(0, "e0", 5, 1).await?,
             CommitOutcome::AlreadyCommitted
