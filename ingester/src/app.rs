@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::consumer::{Command, RuleTask};
+use crate::consumer::{Command, ConsumerLimits, RuleTask};
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
@@ -40,7 +40,7 @@ pub struct IngesterApp {
     sealed_notify: Arc<Notify>,
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,
-    max_spool_bytes: u64,
+    limits: ConsumerLimits,
     spool_id: String,
 }
 
@@ -70,7 +70,7 @@ impl IngesterApp {
     pub async fn open(
         data_dir: PathBuf,
         history_max_entries: usize,
-        max_spool_bytes: u64,
+        limits: ConsumerLimits,
     ) -> Result<Arc<IngesterApp>> {
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
@@ -93,7 +93,7 @@ impl IngesterApp {
             sealed_notify: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             started: Instant::now(),
-            max_spool_bytes,
+            limits,
             spool_id,
         });
         for stored in app.rules.list()? {
@@ -128,7 +128,7 @@ impl IngesterApp {
             rule: stored.config.clone(),
             token: self.rules.token(&stored.config.name)?,
             paused: stored.paused,
-            max_spool_bytes: self.max_spool_bytes,
+            limits: self.limits,
             start_applied: stored.start_applied,
             spool: spool.clone(),
             stats: stats.clone(),

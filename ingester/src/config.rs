@@ -33,6 +33,11 @@ pub struct Args {
     /// from Pulsar until uploads free space. Nothing is acknowledged meanwhile. [default: no limit]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_MAX_SPOOL_BYTES")]
     pub max_spool_bytes: Option<String>,
+    /// Messages each rule's consumer lets the broker send ahead (Pulsar flow-control permits).
+    /// Memory held for them is up to this × the largest message: lower it for large messages
+    /// (e.g. 50 for 1 MiB ones). [default: 1000]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_RECEIVER_QUEUE")]
+    pub receiver_queue: Option<u32>,
     /// How long a graceful shutdown (SIGTERM) may take before the process exits. [default: 10s]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -67,6 +72,7 @@ struct FileConfig {
     history_max_entries: Option<usize>,
     shutdown_grace: Option<String>,
     max_spool_bytes: Option<String>,
+    receiver_queue: Option<u32>,
     auth_token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -88,6 +94,7 @@ pub struct IngesterConfig {
     pub shutdown_grace: std::time::Duration,
     /// 0: no limit.
     pub max_spool_bytes: u64,
+    pub receiver_queue: u32,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
@@ -129,6 +136,10 @@ impl IngesterConfig {
             Some(text) => proto::types::rule::parse_size(&text)
                 .map_err(|e| anyhow::anyhow!("max_spool_bytes: {e}"))?,
         };
+        let receiver_queue = args.receiver_queue.or(file.receiver_queue).unwrap_or(1000);
+        if receiver_queue == 0 {
+            bail!("receiver_queue must be at least 1");
+        }
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
             Some(text) if !text.trim().is_empty() => {
                 Some(text.trim().parse::<SocketAddr>().map_err(|_| {
@@ -149,6 +160,7 @@ impl IngesterConfig {
         Ok(IngesterConfig {
             tls,
             max_spool_bytes,
+            receiver_queue,
             auth_token_file,
             metrics_listen,
             data_dir: args
@@ -190,6 +202,18 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/x"));
         let c = IngesterConfig::from_args(args(&["--config", &p, "--listen", "127.0.0.1:9002"]))?;
         assert_eq!(c.listen.port(), 9002);
+        Ok(())
+    }
+
+    #[test]
+    fn receiver_queue_defaults_and_refuses_zero() -> anyhow::Result<()> {
+        assert_eq!(IngesterConfig::from_args(args(&[]))?.receiver_queue, 1000);
+        assert_eq!(
+            IngesterConfig::from_args(args(&["--receiver-queue", "50"]))?.receiver_queue,
+            50
+        );
+        let err = IngesterConfig::from_args(args(&["--receiver-queue", "0"])).expect_err("zero");
+        assert!(err.to_string().contains("receiver_queue"), "{err}");
         Ok(())
     }
 

@@ -27,6 +27,15 @@ const MAX_BATCH: usize = 2000;
 const TICK: Duration = Duration::from_millis(200);
 const CONNECTION_CHECK_EVERY: u32 = 25;
 
+/// Per-consumer bounds, from the ingester's config.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerLimits {
+    /// 0: no limit. At the limit, consumption pauses until acknowledgements free the spool.
+    pub max_spool_bytes: u64,
+    /// Flow-control permits: messages the broker may send ahead of the spool.
+    pub receiver_queue: u32,
+}
+
 pub enum Command {
     /// Some segment was stored: see what can be acknowledged.
     AckReady,
@@ -40,8 +49,7 @@ pub struct RuleTask {
     pub rule: RuleConfig,
     pub token: Option<Secret>,
     pub paused: bool,
-    /// 0: no limit. At the limit, consumption pauses until acknowledgements free the spool.
-    pub max_spool_bytes: u64,
+    pub limits: ConsumerLimits,
     pub start_applied: bool,
     pub spool: Arc<RuleSpool>,
     pub stats: Arc<RuleStats>,
@@ -144,7 +152,7 @@ impl RuleTask {
             .with_subscription(self.rule.subscription.clone())
             .with_subscription_type(sub_type)
             .with_consumer_name(format!("tdmq-backup-{}", self.rule.name))
-            .with_batch_size(1000)
+            .with_batch_size(self.limits.receiver_queue)
             .with_options(
                 ConsumerOptions::default()
                     .with_initial_position(initial)
@@ -285,15 +293,15 @@ impl RuleTask {
 
     /// Whether the spool holds `max_spool_bytes` already (checked before every read).
     fn spool_at_quota(&self) -> bool {
-        if self.max_spool_bytes == 0 {
+        if self.limits.max_spool_bytes == 0 {
             return false;
         }
-        let full = self.spool.stats().spooled_bytes >= self.max_spool_bytes;
+        let full = self.spool.stats().spooled_bytes >= self.limits.max_spool_bytes;
         let was_full = self.stats.disk_full.swap(full, Ordering::Relaxed);
         if full && !was_full {
             let message = format!(
                 "spool full: it holds max_spool_bytes ({}) of records; consumption paused until uploads free space, nothing acknowledged",
-                self.max_spool_bytes
+                self.limits.max_spool_bytes
             );
             warn!(rule = %self.rule.name, "{message}");
             self.stats.set_error(&message);

@@ -44,7 +44,10 @@ pub async fn run(
     let app = app::IngesterApp::open(
         config.data_dir.clone(),
         config.history_max_entries,
-        config.max_spool_bytes,
+        consumer::ConsumerLimits {
+            max_spool_bytes: config.max_spool_bytes,
+            receiver_queue: config.receiver_queue,
+        },
     )
     .await
     .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
