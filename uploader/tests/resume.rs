@@ -6,14 +6,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use bytes::Bytes;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use proto::types::Secret;
 use proto::v1::SegmentInfo;
 use rand::{Rng, SeedableRng};
@@ -24,58 +20,29 @@ use uploader::store::{Body, PutRequest, S3Target, StoreRouter, StoreSettings};
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-const AK: &str = "AKIDTESTKEY";
-const SK: &str = "test-secret-key-value";
-const BUCKET: &str = "backup-1250000000";
+mod common;
+
+use common::{Recorded, Recorder, AK, BUCKET, SK};
+
 const MIB: usize = 1 << 20;
 const PART: u64 = 5 * MIB as u64;
 
-/// Method and URI of every request sent.
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
-
-impl Recorder {
-    fn take(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.0.lock().expect("test mutex"))
-    }
-}
-
-impl Intercept for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let req = context.request();
-        self.0
-            .lock()
-            .expect("test mutex")
-            .push((req.method().to_string(), req.uri().to_string()));
-        Ok(())
-    }
-}
-
 /// Part numbers of the UploadPart requests in `requests`.
-fn parts_sent(requests: &[(String, String)]) -> Vec<u32> {
+fn parts_sent(requests: &[Recorded]) -> Vec<u32> {
     requests
         .iter()
-        .filter(|(m, _)| m == "PUT")
-        .filter_map(|(_, uri)| {
+        .filter(|(m, _, _)| m == "PUT")
+        .filter_map(|(_, uri, _)| {
             let n = uri.split("partNumber=").nth(1)?;
             n.split('&').next()?.parse().ok()
         })
         .collect()
 }
 
-fn count(requests: &[(String, String)], method: &str, needle: &str) -> usize {
+fn count(requests: &[Recorded], method: &str, needle: &str) -> usize {
     requests
         .iter()
-        .filter(|(m, uri)| m == method && uri.contains(needle))
+        .filter(|(m, uri, _)| m == method && uri.contains(needle))
         .count()
 }
 
@@ -90,27 +57,9 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let root = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
-    let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
-        while let Ok((socket, _)) = listener.accept().await {
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
+    let server = common::serve().await;
+    let addr = server.addr;
+    let root = server.root;
     let credentials = Credentials::Static {
         source: "test",
         access_key_id: Secret::new(AK),

@@ -2,14 +2,10 @@
 //! Content-MD5 checked on PutObject, real multipart).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use bytes::Bytes;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use proto::types::Secret;
 use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
@@ -18,82 +14,11 @@ use uploader::store::{Body, PutRequest, S3Target};
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-const AK: &str = "AKIDTESTKEY";
-const SK: &str = "test-secret-key-value";
-const BUCKET: &str = "backup-1250000000";
+mod common;
+
+use common::{serve, Recorder, Server, AK, BUCKET, SK};
+
 const MIB: usize = 1 << 20;
-
-/// Method, URI and header names of every request sent.
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Recorded>>>);
-
-/// Method, URI, lower-cased header names.
-type Recorded = (String, String, Vec<String>);
-
-impl Recorder {
-    fn requests(&self) -> Vec<Recorded> {
-        self.0.lock().expect("test mutex").clone()
-    }
-}
-
-impl Intercept for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let req = context.request();
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(k, _)| k.to_ascii_lowercase())
-            .collect();
-        self.0.lock().expect("test mutex").push((
-            req.method().to_string(),
-            req.uri().to_string(),
-            headers,
-        ));
-        Ok(())
-    }
-}
-
-struct Server {
-    root: tempfile::TempDir,
-    endpoint: String,
-}
-
-async fn serve() -> Server {
-    let root = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
-    let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let http = ConnBuilder::new(TokioExecutor::new());
-        while let Ok((socket, _)) = listener.accept().await {
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
-    Server {
-        root,
-        endpoint: format!("http://{addr}"),
-    }
-}
 
 async fn store(server: &Server, recorder: &Recorder) -> S3Store {
     let creds = Credentials::Static {
@@ -104,7 +29,7 @@ async fn store(server: &Server, recorder: &Recorder) -> S3Store {
     };
     let shared = load_shared_config(&creds).await;
     let target = S3Target {
-        endpoint: server.endpoint.clone(),
+        endpoint: server.endpoint(),
         region: "us-east-1".into(),
         path_style: true,
     };
@@ -333,7 +258,7 @@ async fn wrong_secret_is_refused_without_leaking_it() {
     };
     let shared = load_shared_config(&creds).await;
     let target = S3Target {
-        endpoint: server.endpoint.clone(),
+        endpoint: server.endpoint(),
         region: "us-east-1".into(),
         path_style: true,
     };

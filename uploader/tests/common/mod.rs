@@ -1,0 +1,97 @@
+//! What the uploader's store tests share: an in-process s3s-fs server (SigV4 checked, plain
+//! files under a temp dir) and an SDK interceptor that records every request sent.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+
+pub const AK: &str = "AKIDTESTKEY";
+pub const SK: &str = "test-secret-key-value";
+pub const BUCKET: &str = "backup-1250000000";
+
+pub struct Server {
+    pub root: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// s3s-fs with one key pair and the bucket `BUCKET`, on 127.0.0.1:0, for the test's lifetime.
+pub async fn serve() -> Server {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
+    let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        while let Ok((socket, _)) = listener.accept().await {
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    Server { root, addr }
+}
+
+/// Method, URI, lower-cased header names.
+pub type Recorded = (String, String, Vec<String>);
+
+/// Records every request the SDK is about to send.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+
+impl Recorder {
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.0.lock().expect("test mutex").clone()
+    }
+
+    /// The requests so far, forgetting them.
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.0.lock().expect("test mutex"))
+    }
+}
+
+impl Intercept for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let req = context.request();
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .collect();
+        self.0.lock().expect("test mutex").push((
+            req.method().to_string(),
+            req.uri().to_string(),
+            headers,
+        ));
+        Ok(())
+    }
+}
