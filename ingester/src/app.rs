@@ -577,14 +577,19 @@ impl IngesterApp {
                     "checksum mismatch: file has {len} bytes crc32c {crc:08x}, sealed as {} bytes crc32c {:08x}",
                     meta.file_bytes, meta.crc32c
                 );
-                let status = app.quarantine(&spool, segment_no, &reason);
+                let status = app.quarantine(&spool, segment_no, &reason).await;
                 let _ = tx.send(Err(status)).await;
             }
         });
         Ok(rx)
     }
 
-    fn quarantine(&self, spool: &Arc<RuleSpool>, segment_no: u64, reason: &str) -> tonic::Status {
+    async fn quarantine(
+        &self,
+        spool: &Arc<RuleSpool>,
+        segment_no: u64,
+        reason: &str,
+    ) -> tonic::Status {
         let rule = spool.rule().to_string();
         warn!(rule = %rule, segment = segment_no, reason = %reason, "damaged segment file quarantined");
         let moved = match spool.quarantine(segment_no) {
@@ -598,7 +603,8 @@ impl IngesterApp {
         );
         entry.segment_no = segment_no;
         self.record(&rule, entry);
-        if let Ok(running) = self.running.try_lock() {
+        {
+            let running = self.running.lock().await;
             if let Some(handle) = running.get(&rule) {
                 RuleStats::add(&handle.stats.quarantined, 1);
                 handle
@@ -711,29 +717,7 @@ fn describe_changes(
     new: &proto::types::RuleConfig,
     token: bool,
 ) -> String {
-    let a = old.to_input();
-    let b = new.to_input();
-    let mut changed = Vec::new();
-    macro_rules! cmp {
-        ($($f:ident),*) => { $( if a.$f != b.$f { changed.push(stringify!($f)); } )* };
-    }
-    cmp!(
-        service_url,
-        topic,
-        subscription,
-        subscription_type,
-        bucket,
-        region,
-        prefix,
-        window,
-        max_messages,
-        max_bytes,
-        start,
-        cluster,
-        role,
-        endpoint,
-        compression
-    );
+    let mut changed = old.to_input().changed_fields(&new.to_input());
     if token {
         changed.push("token");
     }

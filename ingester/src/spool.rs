@@ -46,7 +46,7 @@
 //!    delete leaves `stored` segments behind, which are acknowledged again after the restart
 //!    (cumulative acks are idempotent).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -283,8 +283,8 @@ struct State {
     counters: Counters,
     policy: CutPolicy,
     target: Target,
-    watermarks: HashMap<i32, Position>,
-    acked: HashMap<i32, Position>,
+    watermarks: BTreeMap<i32, Position>,
+    acked: BTreeMap<i32, Position>,
     open: Option<SegmentMeta>,
     /// Every segment that is not open, by number (= consumption order).
     segments: BTreeMap<u64, SegmentMeta>,
@@ -350,8 +350,8 @@ impl RuleSpool {
             Some(v) => from_json("counters", &v)?,
             None => Counters::default(),
         };
-        let load_positions = |tag: u8| -> Result<HashMap<i32, Position>> {
-            let mut map = HashMap::new();
+        let load_positions = |tag: u8| -> Result<BTreeMap<i32, Position>> {
+            let mut map = BTreeMap::new();
             let prefix = key(tag, &name, &[]);
             for item in tree.scan_prefix(&prefix) {
                 let (k, v) = item?;
@@ -539,23 +539,11 @@ impl RuleSpool {
                 open.last_id = Some(msg.id);
                 open.oldest_publish_ms = open.oldest_publish_ms.min(msg.publish_time_ms);
                 if msg.completes_entry() {
-                    open.ack_positions.insert(
-                        partition,
-                        Position {
-                            topic: msg.topic.clone(),
-                            id: msg.id,
-                        },
-                    );
+                    advance(&mut open.ack_positions, partition, msg);
                 }
                 policy.is_full(&open.stats())
             };
-            state.watermarks.insert(
-                partition,
-                Position {
-                    topic: msg.topic.clone(),
-                    id: msg.id,
-                },
-            );
+            advance(&mut state.watermarks, partition, msg);
             if !dirty_partitions.contains(&partition) {
                 dirty_partitions.push(partition);
             }
@@ -652,7 +640,7 @@ impl RuleSpool {
             Some(v) => from_json("counters", &v)?,
             None => Counters::default(),
         };
-        let mut watermarks = HashMap::new();
+        let mut watermarks = BTreeMap::new();
         let prefix = key(WATERMARK, &self.rule, &[]);
         for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item?;
@@ -1024,6 +1012,28 @@ pub fn spool_id(db: &sled::Db) -> Result<String> {
     meta.insert("spool_id", id.as_bytes())?;
     db.flush()?;
     Ok(id)
+}
+
+/// Moves a partition's position to `msg`. Per message on the append path: the topic string is
+/// copied only when the partition is new or its topic differs, not for every message.
+fn advance(positions: &mut BTreeMap<i32, Position>, partition: i32, msg: &Incoming) {
+    match positions.get_mut(&partition) {
+        Some(pos) => {
+            pos.id = msg.id;
+            if pos.topic != msg.topic {
+                pos.topic.clone_from(&msg.topic);
+            }
+        }
+        None => {
+            positions.insert(
+                partition,
+                Position {
+                    topic: msg.topic.clone(),
+                    id: msg.id,
+                },
+            );
+        }
+    }
 }
 
 fn policy_of(rule: &RuleConfig) -> CutPolicy {

@@ -30,6 +30,8 @@ pub struct BackupObject {
     pub records: Vec<Value>,
     /// Size as stored (compressed size for `.gz`).
     pub content_length: u64,
+    /// CRC32C of the object's bytes as stored, `{:08x}` (to compare with its metadata).
+    pub content_crc32c: String,
     /// Sum of the uncompressed JSON lines' lengths, newlines included: what `max_bytes` limits.
     pub record_bytes: u64,
 }
@@ -172,6 +174,7 @@ pub fn decode_object(
         metadata,
         records,
         content_length: body.len() as u64,
+        content_crc32c: format!("{:08x}", crc32c::crc32c(body)),
         record_bytes: text.len() as u64,
     })
 }

@@ -167,13 +167,10 @@ pub struct RuleConfig {
     pub compression: Compression,
 }
 
-impl RuleSpecInput {
-    /// Fields set in `patch` replace ours.
-    pub fn overlay(mut self, patch: RuleSpecInput) -> RuleSpecInput {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if patch.$f.is_some() { self.$f = patch.$f; } )* };
-        }
-        take!(
+/// Every field of [`RuleSpecInput`], once: `rule_fields!(m)` expands to `m!(name, ...)`.
+macro_rules! rule_fields {
+    ($m:ident) => {
+        $m!(
             name,
             service_url,
             topic,
@@ -190,8 +187,28 @@ impl RuleSpecInput {
             role,
             endpoint,
             compression
-        );
+        )
+    };
+}
+
+impl RuleSpecInput {
+    /// Fields set in `patch` replace ours.
+    pub fn overlay(mut self, patch: RuleSpecInput) -> RuleSpecInput {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if patch.$f.is_some() { self.$f = patch.$f; } )* };
+        }
+        rule_fields!(take);
         self
+    }
+
+    /// The names of the fields whose values differ from `other`'s (for the rule's history).
+    pub fn changed_fields(&self, other: &RuleSpecInput) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! compare {
+            ($($f:ident),*) => { $( if self.$f != other.$f { changed.push(stringify!($f)); } )* };
+        }
+        rule_fields!(compare);
+        changed
     }
 
     /// Validates every field; the first invalid one is named in the error.
@@ -792,6 +809,18 @@ mod tests {
             Ok(StartPosition::Timestamp(1_795_488_259_913))
         );
         assert_eq!(StartPosition::parse("latest"), Ok(StartPosition::Latest));
+    }
+
+    #[test]
+    fn changed_fields_names_what_differs() {
+        let a = valid_input();
+        let b = RuleSpecInput {
+            window: Some("10m".into()),
+            prefix: Some("p/".into()),
+            ..valid_input()
+        };
+        assert_eq!(a.changed_fields(&b), vec!["prefix", "window"]);
+        assert!(a.changed_fields(&a).is_empty());
     }
 
     #[test]
