@@ -17,27 +17,36 @@
 //! - **gone**: the consumer task acknowledged the segment's messages on Pulsar (cumulatively, in
 //!   segment order), then removed records, meta and file in one batch.
 //!
-//! # On-disk layout (one sled tree `spool`, keys `[tag][rule]\0[suffix]`)
+//! # On-disk layout
+//!
+//! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`: the
+//! JSON lines of the object to be, in consumption order (see [`crate::record_log`]). Sealing
+//! gzips that file into `<segment_no>.jsonl.gz`; freeing unlinks both. Everything else is in one
+//! sled tree `spool`, keys `[tag][rule]\0[suffix]`:
 //!
 //! | tag | suffix | value |
 //! | --- | --- | --- |
-//! | `r` | seq (u64 BE) | the record's JSON line, encoded once at consumption |
-//! | `s` | segment_no (u64 BE) | [`SegmentMeta`] as JSON |
+//! | `s` | segment_no (u64 BE) | [`SegmentMeta`] as JSON, with its log's length and CRC32C |
 //! | `w` | partition (flipped i32 BE) | highest message id spooled for the partition + topic |
 //! | `a` | partition | highest message id acknowledged for the partition + topic |
 //! | `n` | (none) | the rule's counters: next seq, next segment number |
+//! | `r` | seq (u64 BE) | only in spools written before record logs: moved into logs at open |
 //!
 //! # Invariants and crash behaviour
 //!
-//! 1. A message is spooled (record + watermark + open meta in one `apply_batch`, then one
-//!    `flush_async` per batch of received messages) before anything else happens to it. A crash
-//!    before the flush loses the whole batch from the spool, watermark included, and Pulsar
-//!    redelivers it because nothing was acknowledged.
+//! 1. A message is spooled before anything else happens to it: its line is appended to the
+//!    segment's log and the log synced (one `write` + one `fdatasync` per batch of received
+//!    messages), then watermark and open meta go to sled in one `apply_batch`. sled persists that
+//!    batch later (its own flush, or the next state change's), so sled never describes log bytes
+//!    that are not durable. A crash before sled persisted the batch cuts the log back to the
+//!    length sled knows at the next start; the watermark is the older one too, and Pulsar
+//!    redelivers the batch because nothing was acknowledged.
 //! 2. Redeliveries are recognised by message id: within a partition Pulsar delivers in id order to
 //!    the one active consumer of a Failover/Exclusive subscription, so an id at or below the
 //!    partition's watermark has been spooled before and is dropped.
 //! 3. Records stay in the spool until their segment is acknowledged, so a segment file that fails
-//!    its checksum is quarantined and rewritten from the records: nothing is lost.
+//!    its checksum is quarantined and rewritten from the log: nothing is lost. The log itself is
+//!    checked against its length, CRC32C and record count as it is sealed.
 //! 4. Acknowledgement follows segment order: the acknowledgeable prefix is the run of `stored`
 //!    segments from the oldest one; an older segment still waiting holds back every newer one.
 //!    Per partition the ack position is the last record that completes its Pulsar entry, so a
@@ -59,6 +68,7 @@ use tokio::sync::Notify;
 
 use crate::cutter::{CutPolicy, OpenStats, Placement};
 use crate::error::{IngesterError, Result};
+use crate::record_log::{sync_dir, LogWrite, RecordLogs};
 
 const RECORD: u8 = b'r';
 const SEGMENT: u8 = b's';
@@ -158,6 +168,13 @@ pub struct SegmentMeta {
     pub attempts: u32,
     #[serde(default)]
     pub times_quarantined: u32,
+    /// CRC32C of the record log's `record_bytes` bytes.
+    #[serde(default)]
+    pub log_crc32c: u32,
+    /// Whether the records are in a record log (false only in spools from before record logs,
+    /// whose records are sled keys until `open` moves them).
+    #[serde(default)]
+    pub records_in_log: bool,
 }
 
 impl SegmentMeta {
@@ -298,6 +315,7 @@ pub struct RuleSpool {
     tree: sled::Tree,
     segments_dir: PathBuf,
     quarantine_dir: PathBuf,
+    logs: RecordLogs,
     state: Mutex<State>,
     /// Woken when a segment becomes sealed (the uploader's long poll waits on it).
     sealed_notify: Arc<Notify>,
@@ -364,14 +382,24 @@ impl RuleSpool {
         let watermarks = load_positions(WATERMARK)?;
         let acked = load_positions(ACKED)?;
 
+        let logs = RecordLogs::new(segments_dir.clone());
+        let mut metas = Vec::new();
+        for item in tree.scan_prefix(key(SEGMENT, &name, &[])) {
+            let (_, v) = item?;
+            metas.push(from_json::<SegmentMeta>("segment meta", &v)?);
+        }
+        migrate_legacy_records(db, &tree, &name, &logs, &mut metas)?;
+        logs.sweep(|no| metas.iter().any(|m| m.segment_no == no))?;
+
         let mut open = None;
         let mut segments = BTreeMap::new();
         let mut to_seal = Vec::new();
-        for item in tree.scan_prefix(key(SEGMENT, &name, &[])) {
-            let (_, v) = item?;
-            let mut meta: SegmentMeta = from_json("segment meta", &v)?;
+        for mut meta in metas {
             match meta.state {
-                SegmentState::Open => open = Some(meta),
+                SegmentState::Open => {
+                    logs.truncate(meta.segment_no, meta.record_bytes)?;
+                    open = Some(meta);
+                }
                 SegmentState::Closed => {
                     to_seal.push(meta.segment_no);
                     segments.insert(meta.segment_no, meta);
@@ -396,6 +424,7 @@ impl RuleSpool {
             tree,
             segments_dir,
             quarantine_dir,
+            logs,
             state: Mutex::new(State {
                 counters,
                 policy: policy_of(rule),
@@ -443,31 +472,47 @@ impl RuleSpool {
         Ok(())
     }
 
-    /// Spools a batch of consumed messages durably: one sled batch, one flush.
+    /// Spools a batch of consumed messages durably: one write and one sync per segment's log,
+    /// then one sled batch.
     pub async fn append(&self, messages: &[Incoming], now_ms: u64) -> Result<AppendOutcome> {
-        let result = self.append_in_memory_and_apply(messages, now_ms);
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let (outcome, writes, batch) = match self.plan_append(messages, now_ms) {
+            Ok(planned) => planned,
             Err(err) => {
                 self.reload()?;
                 return Err(err);
             }
         };
-        if let Err(err) = self.db.flush_async().await {
-            // What is durable is unknown: go back to what the disk says, the caller retries.
+        if writes.is_empty() {
+            return Ok(outcome);
+        }
+        let logs = self.logs.clone();
+        let written = tokio::task::spawn_blocking(move || logs.append_durably(&writes))
+            .await
+            .unwrap_or_else(|join| {
+                Err(IngesterError::io(
+                    "writing a record log",
+                    std::io::Error::other(join.to_string()),
+                ))
+            });
+        // Only once the log is synced may sled hear of its bytes (invariant 1).
+        let applied = written.and_then(|()| Ok(self.tree.apply_batch(batch)?));
+        if let Err(err) = applied {
+            // What is durable is unknown: go back to what sled says, the caller retries.
             self.reload()?;
-            return Err(err.into());
+            return Err(err);
         }
         Ok(outcome)
     }
 
-    fn append_in_memory_and_apply(
+    /// Applies a batch to the in-memory state; returns what to write to the logs, then to sled.
+    fn plan_append(
         &self,
         messages: &[Incoming],
         now_ms: u64,
-    ) -> Result<AppendOutcome> {
+    ) -> Result<(AppendOutcome, Vec<LogWrite>, sled::Batch)> {
         let mut state = self.lock();
         let mut batch = sled::Batch::default();
+        let mut writes: Vec<LogWrite> = Vec::new();
         let mut outcome = AppendOutcome::default();
         let mut dirty_partitions = Vec::new();
         for msg in messages {
@@ -522,17 +567,26 @@ impl RuleSpool {
                     upload_ms: 0,
                     attempts: 0,
                     times_quarantined: 0,
+                    log_crc32c: 0,
+                    records_in_log: true,
                 });
             }
-            batch.insert(
-                key(RECORD, &self.rule, &seq.to_be_bytes()),
-                msg.line.as_slice(),
-            );
             let policy = state.policy;
             let full = {
                 let open = state.open.as_mut().ok_or_else(|| {
                     IngesterError::Corrupt("open segment vanished while appending".into())
                 })?;
+                match writes.last_mut() {
+                    Some(write) if write.segment_no == open.segment_no => {
+                        write.bytes.extend_from_slice(&msg.line)
+                    }
+                    _ => writes.push(LogWrite {
+                        segment_no: open.segment_no,
+                        fresh: open.messages == 0,
+                        bytes: msg.line.clone(),
+                    }),
+                }
+                open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &msg.line);
                 open.last_seq = seq;
                 open.messages += 1;
                 open.record_bytes += len;
@@ -555,7 +609,7 @@ impl RuleSpool {
             }
         }
         if outcome.accepted == 0 {
-            return Ok(outcome);
+            return Ok((outcome, writes, batch));
         }
         for partition in dirty_partitions {
             if let Some(mark) = state.watermarks.get(&partition) {
@@ -572,8 +626,7 @@ impl RuleSpool {
             );
         }
         batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
-        self.tree.apply_batch(batch)?;
-        Ok(outcome)
+        Ok((outcome, writes, batch))
     }
 
     /// open → closed, inside an append or a close: fixes the record range and the object key.
@@ -659,6 +712,9 @@ impl RuleSpool {
                 segments.insert(meta.segment_no, meta);
             }
         }
+        if let Some(open) = &open {
+            self.logs.truncate(open.segment_no, open.record_bytes)?;
+        }
         state.counters = counters;
         state.watermarks = watermarks;
         state.open = open;
@@ -685,33 +741,19 @@ impl RuleSpool {
         let file = File::create(&tmp)
             .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
         let mut out = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        let lo = key(RECORD, &self.rule, &meta.first_seq.to_be_bytes());
-        let hi = key(RECORD, &self.rule, &meta.last_seq.to_be_bytes());
-        let mut written = 0u64;
         let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
+        let (len, crc, lines) = (meta.record_bytes, meta.log_crc32c, meta.messages);
         match meta.target.compression() {
             Compression::Gzip => {
                 let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-                for item in self.tree.range(lo..=hi) {
-                    let (_, line) = item?;
-                    gz.write_all(&line).map_err(io)?;
-                    written += 1;
-                }
+                self.logs
+                    .stream(segment_no, len, crc, lines, |chunk| gz.write_all(chunk))?;
                 gz.finish().map_err(io)?;
             }
             Compression::None => {
-                for item in self.tree.range(lo..=hi) {
-                    let (_, line) = item?;
-                    out.write_all(&line).map_err(io)?;
-                    written += 1;
-                }
+                self.logs
+                    .stream(segment_no, len, crc, lines, |chunk| out.write_all(chunk))?;
             }
-        }
-        if written != meta.messages {
-            return Err(IngesterError::Corrupt(format!(
-                "segment {segment_no} of rule {:?}: spool holds {written} records, expected {}",
-                self.rule, meta.messages
-            )));
         }
         let (crc, len, writer) = out.finish();
         let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
@@ -850,22 +892,6 @@ impl RuleSpool {
 
     /// After the plan's acknowledgements were sent: drop records, metas and files.
     pub async fn free(&self, plan: &AckPlan) -> Result<Vec<SegmentMeta>> {
-        // The records of stored segments are never read again (their object holds them), so they
-        // go first, in chunks and without the lock: a large segment's tens of thousands of keys
-        // neither hold up `status` and appends nor pile up in one batch. A crash in between
-        // leaves `stored` metas with fewer records, which are acknowledged and freed again.
-        let ranges: Vec<(u64, u64)> = {
-            let state = self.lock();
-            plan.segments
-                .iter()
-                .filter_map(|no| state.segments.get(no))
-                .filter(|meta| meta.state == SegmentState::Stored)
-                .map(|meta| (meta.first_seq, meta.last_seq))
-                .collect()
-        };
-        for (first_seq, last_seq) in ranges {
-            self.remove_records(first_seq, last_seq)?;
-        }
         let (freed, files) = {
             let mut state = self.lock();
             let mut batch = sled::Batch::default();
@@ -891,6 +917,7 @@ impl RuleSpool {
             (freed, files)
         };
         self.db.flush_async().await?;
+        // A crash before these unlinks leaves files no meta owns: swept at the next start.
         for file in files {
             if let Err(err) = std::fs::remove_file(&file) {
                 if err.kind() != std::io::ErrorKind::NotFound {
@@ -898,31 +925,10 @@ impl RuleSpool {
                 }
             }
         }
-        Ok(freed)
-    }
-
-    /// Deletes the records `first_seq..=last_seq`, a few thousand keys per sled batch.
-    fn remove_records(&self, first_seq: u64, last_seq: u64) -> Result<()> {
-        const CHUNK: usize = 4096;
-        let lo = key(RECORD, &self.rule, &first_seq.to_be_bytes());
-        let hi = key(RECORD, &self.rule, &last_seq.to_be_bytes());
-        loop {
-            let keys: Vec<sled::IVec> = self
-                .tree
-                .range(lo.as_slice()..=hi.as_slice())
-                .keys()
-                .take(CHUNK)
-                .collect::<std::result::Result<_, _>>()?;
-            let done = keys.len() < CHUNK;
-            let mut batch = sled::Batch::default();
-            for k in keys {
-                batch.remove(k);
-            }
-            self.tree.apply_batch(batch)?;
-            if done {
-                return Ok(());
-            }
+        for meta in &freed {
+            self.logs.remove(meta.segment_no);
         }
+        Ok(freed)
     }
 
     pub fn segments(&self) -> Vec<SegmentMeta> {
@@ -1014,6 +1020,85 @@ pub fn spool_id(db: &sled::Db) -> Result<String> {
     Ok(id)
 }
 
+/// Moves the records of a spool written before record logs (sled keys `r`) into record logs.
+/// Each log is synced before its meta says `records_in_log`; the keys go last, so a crash at any
+/// point leaves either the keys or a complete log (a log without the flag is written again).
+fn migrate_legacy_records(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    rule: &str,
+    logs: &RecordLogs,
+    metas: &mut [SegmentMeta],
+) -> Result<()> {
+    const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+    let mut moved = 0usize;
+    for meta in metas.iter_mut().filter(|m| !m.records_in_log) {
+        let lo = key(RECORD, rule, &meta.first_seq.to_be_bytes());
+        let hi = key(RECORD, rule, &meta.last_seq.to_be_bytes());
+        let (mut crc, mut count, mut bytes) = (0u32, 0u64, 0u64);
+        // A stored segment's records are in its object already: only its keys go.
+        if meta.state != SegmentState::Stored {
+            let mut pending = LogWrite {
+                segment_no: meta.segment_no,
+                fresh: true,
+                bytes: Vec::new(),
+            };
+            for item in tree.range(lo.as_slice()..=hi.as_slice()) {
+                let (_, line) = item?;
+                crc = crc32c::crc32c_append(crc, &line);
+                count += 1;
+                bytes += line.len() as u64;
+                pending.bytes.extend_from_slice(&line);
+                if pending.bytes.len() >= CHUNK_BYTES {
+                    logs.append_durably(std::slice::from_ref(&pending))?;
+                    pending.fresh = false;
+                    pending.bytes.clear();
+                }
+            }
+            logs.append_durably(std::slice::from_ref(&pending))?;
+            if count != meta.messages || bytes != meta.record_bytes {
+                return Err(IngesterError::Corrupt(format!(
+                    "segment {} of rule {rule:?}: the spool holds {count} records of {bytes} bytes, expected {} of {}",
+                    meta.segment_no, meta.messages, meta.record_bytes
+                )));
+            }
+        }
+        meta.log_crc32c = crc;
+        meta.records_in_log = true;
+        tree.insert(
+            key(SEGMENT, rule, &meta.segment_no.to_be_bytes()),
+            to_json(&*meta)?,
+        )?;
+        moved += 1;
+    }
+    if moved > 0 {
+        db.flush()?;
+        tracing::info!(
+            rule,
+            segments = moved,
+            "moved spooled records into record logs"
+        );
+    }
+    // Keys of records whose segments are in logs (or gone): a few thousand per batch.
+    let prefix = key(RECORD, rule, &[]);
+    loop {
+        let keys: Vec<sled::IVec> = tree
+            .scan_prefix(&prefix)
+            .keys()
+            .take(4096)
+            .collect::<std::result::Result<_, _>>()?;
+        if keys.is_empty() {
+            break;
+        }
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
 /// Moves a partition's position to `msg`. Per message on the append path: the topic string is
 /// copied only when the partition is new or its topic differs, not for every message.
 fn advance(positions: &mut BTreeMap<i32, Position>, partition: i32, msg: &Incoming) {
@@ -1050,12 +1135,6 @@ fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
         meta.segment_no,
         meta.target.compression().extension()
     ))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| IngesterError::io(format!("syncing {}", dir.display()), e))
 }
 
 /// Counts and checksums what goes through it: the segment's size and CRC32C come for free.
@@ -1212,9 +1291,8 @@ mod tests {
         assert_eq!(freed.len(), 2);
         assert!(spool.is_empty());
         assert!(!path0.exists());
-        assert_eq!(
-            spool.tree.scan_prefix(key(RECORD, "r1", &[])).count(),
-            0,
+        assert!(
+            !spool.logs.path(0).exists() && !spool.logs.path(1).exists(),
             "acknowledged records are deleted"
         );
         assert_eq!(
@@ -1285,6 +1363,154 @@ mod tests {
         let (meta, path) = spool.sealed_file(0)?;
         assert_eq!(read_file(&path).lines().count(), 2);
         assert_eq!(meta.times_quarantined, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_log_longer_than_the_spool_knows_is_cut_back_at_open() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let notify = Arc::new(Notify::new());
+        let log_path;
+        {
+            let db = sled::open(dir.path().join("db"))?;
+            let (spool, _) =
+                RuleSpool::open(&db, "test0001", dir.path(), &rule(10), notify.clone())?;
+            spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
+            db.flush()?;
+            log_path = spool.logs.path(0);
+            // A batch whose log write was synced but whose sled batch never became durable,
+            // and a log of a segment sled never heard of.
+            spool.logs.append_durably(&[
+                LogWrite {
+                    segment_no: 0,
+                    fresh: false,
+                    bytes: b"{\"torn\":1}\n".to_vec(),
+                },
+                LogWrite {
+                    segment_no: 1,
+                    fresh: true,
+                    bytes: b"{\"orphan\":1}\n".to_vec(),
+                },
+            ])?;
+        }
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, _) = RuleSpool::open(&db, "test0001", dir.path(), &rule(10), notify)?;
+        assert!(!spool.logs.path(1).exists(), "orphan log swept");
+        let out = spool.append(&[msg(2, -1, 0), msg(3, -1, 0)], 6).await?;
+        assert_eq!((out.accepted, out.duplicates), (1, 1));
+        spool.close_open(7, true).await?;
+        spool.seal_blocking(0)?;
+        let (meta, path) = spool.sealed_file(0)?;
+        assert_eq!(
+            read_file(&path),
+            "{\"e\":1,\"b\":-1}\n{\"e\":2,\"b\":-1}\n{\"e\":3,\"b\":-1}\n"
+        );
+        assert_eq!(meta.messages, 3);
+        assert!(
+            log_path.exists(),
+            "the log stays until the segment is acknowledged"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_damaged_log_is_refused_at_sealing() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, _) = RuleSpool::open(
+            &db,
+            "test0001",
+            dir.path(),
+            &rule(2),
+            Arc::new(Notify::new()),
+        )?;
+        spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
+        let path = spool.logs.path(0);
+        let mut bytes = std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?;
+        bytes[3] ^= 0x20;
+        std::fs::write(&path, &bytes).map_err(|e| IngesterError::io("writing", e))?;
+        let err = spool.seal_blocking(0).expect_err("damaged log");
+        assert!(err.to_string().contains("CRC32C"), "{err}");
+        assert!(
+            spool.sealed().is_empty(),
+            "nothing damaged is offered for upload"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn records_of_a_spool_from_before_record_logs_move_into_logs() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let lines = ["{\"e\":1}\n", "{\"e\":2}\n", "{\"e\":3}\n"];
+        {
+            // The layout an older ingester left: records as sled keys, metas without the flag.
+            let db = sled::open(dir.path().join("db"))?;
+            let tree = db.open_tree("spool")?;
+            let config = rule(2);
+            let mut closed = SegmentMeta {
+                segment_no: 0,
+                state: SegmentState::Closed,
+                window_start_ms: 0,
+                opened_at_ms: 1,
+                first_seq: 0,
+                last_seq: 1,
+                messages: 2,
+                record_bytes: (lines[0].len() + lines[1].len()) as u64,
+                first_id: Some(msg(1, -1, 0).id),
+                last_id: Some(msg(2, -1, 0).id),
+                oldest_publish_ms: 1,
+                ack_positions: BTreeMap::new(),
+                target: Target::of(&config),
+                object_key: "k".into(),
+                file_bytes: 0,
+                crc32c: 0,
+                sealed_at_ms: 0,
+                stored_at_ms: 0,
+                etag: String::new(),
+                upload_ms: 0,
+                attempts: 0,
+                times_quarantined: 0,
+                log_crc32c: 0,
+                records_in_log: false,
+            };
+            tree.insert(key(SEGMENT, "r1", &0u64.to_be_bytes()), to_json(&closed)?)?;
+            closed.segment_no = 1;
+            closed.state = SegmentState::Open;
+            closed.first_seq = 2;
+            closed.last_seq = 2;
+            closed.messages = 1;
+            closed.record_bytes = lines[2].len() as u64;
+            tree.insert(key(SEGMENT, "r1", &1u64.to_be_bytes()), to_json(&closed)?)?;
+            for (seq, line) in lines.iter().enumerate() {
+                tree.insert(
+                    key(RECORD, "r1", &(seq as u64).to_be_bytes()),
+                    line.as_bytes(),
+                )?;
+            }
+            let counters = Counters {
+                next_seq: 3,
+                next_segment: 2,
+            };
+            tree.insert(key(COUNTERS, "r1", &[]), to_json(&counters)?)?;
+            db.flush()?;
+        }
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, to_seal) = RuleSpool::open(
+            &db,
+            "test0001",
+            dir.path(),
+            &rule(2),
+            Arc::new(Notify::new()),
+        )?;
+        assert_eq!(to_seal, vec![0]);
+        assert_eq!(spool.tree.scan_prefix(key(RECORD, "r1", &[])).count(), 0);
+        spool.seal_blocking(0)?;
+        let (_, path) = spool.sealed_file(0)?;
+        assert_eq!(read_file(&path), format!("{}{}", lines[0], lines[1]));
+        spool.close_open(10, true).await?;
+        spool.seal_blocking(1)?;
+        let (_, path) = spool.sealed_file(1)?;
+        assert_eq!(read_file(&path), lines[2]);
         Ok(())
     }
 }

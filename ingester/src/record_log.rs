@@ -1,0 +1,280 @@
+//! Record logs: each segment's records, as the JSON lines of the object to be, appended in
+//! consumption order to one plain file per segment (`segments/<rule>/<segment_no>.log`).
+//!
+//! Why files and not sled keys: records are written once, read once (when the segment is
+//! sealed) and dropped together, which is exactly what an append-only file does well. In sled
+//! every record was a key whose pages were rewritten as the tree grew, then deleted key by key:
+//! nine bytes written per payload byte and hundreds of megabytes of page cache. A log costs one
+//! `write` + one `fdatasync` per batch of received messages, and `unlink` to free.
+//!
+//! The spool's sled entries describe each log: its length (the segment's `record_bytes`) and its
+//! CRC32C. A log is synced before sled hears of the bytes, so every length sled may hold is
+//! durable in the log; after a crash the open segment's log is cut back to the length sled knows
+//! (the messages past it were never acknowledged, so Pulsar redelivers them).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{IngesterError, Result};
+
+const EXTENSION: &str = "log";
+
+/// Bytes to append to one segment's log.
+#[derive(Debug)]
+pub struct LogWrite {
+    pub segment_no: u64,
+    /// The segment was opened by this batch: start its log empty (a log left by a batch that
+    /// never became durable may hold the same number).
+    pub fresh: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// The record logs of one rule.
+#[derive(Debug, Clone)]
+pub struct RecordLogs {
+    dir: PathBuf,
+}
+
+impl RecordLogs {
+    pub fn new(dir: PathBuf) -> RecordLogs {
+        RecordLogs { dir }
+    }
+
+    pub fn path(&self, segment_no: u64) -> PathBuf {
+        self.dir.join(format!("{segment_no:020}.{EXTENSION}"))
+    }
+
+    /// Appends every write and syncs each file (blocking IO; run it on a blocking thread). A new
+    /// log's directory entry is synced too, so a synced log cannot vanish in a power loss.
+    pub fn append_durably(&self, writes: &[LogWrite]) -> Result<()> {
+        let mut created = false;
+        for write in writes {
+            let path = self.path(write.segment_no);
+            let context = |what: &str| format!("{what} {}", path.display());
+            let mut options = OpenOptions::new();
+            if write.fresh {
+                options.write(true).create(true).truncate(true);
+                created = true;
+            } else {
+                options.append(true);
+            }
+            let mut file = options
+                .open(&path)
+                .map_err(|e| IngesterError::io(context("opening"), e))?;
+            file.write_all(&write.bytes)
+                .map_err(|e| IngesterError::io(context("writing"), e))?;
+            file.sync_data()
+                .map_err(|e| IngesterError::io(context("syncing"), e))?;
+        }
+        if created {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts a log back to `len` bytes: what the spool knows to be durable. A log shorter than
+    /// that lost synced data, which no crash of ours can cause: the disk is at fault.
+    pub fn truncate(&self, segment_no: u64, len: u64) -> Result<()> {
+        let path = self.path(segment_no);
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && len == 0 => return Ok(()),
+            Err(e) => return Err(IngesterError::io(format!("opening {}", path.display()), e)),
+        };
+        let actual = file
+            .metadata()
+            .map_err(|e| IngesterError::io(format!("reading {}", path.display()), e))?
+            .len();
+        if actual < len {
+            return Err(IngesterError::Corrupt(format!(
+                "record log {} holds {actual} bytes but the spool wrote {len} there",
+                path.display()
+            )));
+        }
+        if actual > len {
+            file.set_len(len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| IngesterError::io(format!("truncating {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the first `len` bytes of a log, checked against the spool's length, CRC32C and
+    /// line count as they stream through `sink` (blocking IO).
+    pub fn stream(
+        &self,
+        segment_no: u64,
+        len: u64,
+        expected_crc: u32,
+        expected_lines: u64,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let path = self.path(segment_no);
+        let io = |what: &str, e| IngesterError::io(format!("{what} {}", path.display()), e);
+        let file = File::open(&path).map_err(|e| io("opening", e))?;
+        let mut reader = file.take(len);
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut crc, mut read, mut lines) = (0u32, 0u64, 0u64);
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io("reading", e)),
+            };
+            let chunk = &buf[..n];
+            crc = crc32c::crc32c_append(crc, chunk);
+            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            read += n as u64;
+            sink(chunk).map_err(|e| io("streaming", e))?;
+        }
+        let damaged = |what: String| {
+            Err(IngesterError::Corrupt(format!(
+                "record log {} is damaged: {what}",
+                path.display()
+            )))
+        };
+        if read != len {
+            return damaged(format!("it holds {read} bytes, the spool wrote {len}"));
+        }
+        if crc != expected_crc {
+            return damaged(format!(
+                "CRC32C {crc:08x}, the spool wrote {expected_crc:08x}"
+            ));
+        }
+        if lines != expected_lines {
+            return damaged(format!("{lines} records, the spool wrote {expected_lines}"));
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, segment_no: u64) {
+        remove_if_present(&self.path(segment_no));
+    }
+
+    /// Removes logs no segment owns: left by a batch that never became durable, or by a crash
+    /// between freeing a segment and unlinking its log.
+    pub fn sweep(&self, owned: impl Fn(u64) -> bool) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(IngesterError::io(
+                    format!("listing {}", self.dir.display()),
+                    e,
+                ))
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(EXTENSION) {
+                continue;
+            }
+            let number = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok());
+            if let Some(segment_no) = number {
+                if !owned(segment_no) {
+                    tracing::debug!(file = %path.display(), "removing a record log no segment owns");
+                    remove_if_present(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IngesterError::io(format!("syncing {}", dir.display()), e))
+}
+
+fn remove_if_present(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = %path.display(), error = %err, "could not remove a spool file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs() -> (tempfile::TempDir, RecordLogs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        (dir, logs)
+    }
+
+    fn write(segment_no: u64, fresh: bool, bytes: &[u8]) -> LogWrite {
+        LogWrite {
+            segment_no,
+            fresh,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn collect(logs: &RecordLogs, no: u64, len: u64, crc: u32, lines: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        logs.stream(no, len, crc, lines, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn appends_truncates_and_streams_with_checks() -> Result<()> {
+        let (_dir, logs) = logs();
+        logs.append_durably(&[write(7, true, b"a\nb\n")])?;
+        logs.append_durably(&[write(7, false, b"c\n"), write(8, true, b"d\n")])?;
+        let all = b"a\nb\nc\n";
+        let crc = crc32c::crc32c(all);
+        assert_eq!(collect(&logs, 7, 6, crc, 3)?, all);
+
+        // A batch that never reached sled: cut back to what the spool knows.
+        logs.append_durably(&[write(7, false, b"lost\n")])?;
+        logs.truncate(7, 6)?;
+        assert_eq!(collect(&logs, 7, 6, crc, 3)?, all);
+
+        // A fresh segment reusing a number starts empty.
+        logs.append_durably(&[write(8, true, b"e\n")])?;
+        assert_eq!(collect(&logs, 8, 2, crc32c::crc32c(b"e\n"), 1)?, b"e\n");
+        Ok(())
+    }
+
+    #[test]
+    fn damage_is_named() -> Result<()> {
+        let (_dir, logs) = logs();
+        logs.append_durably(&[write(1, true, b"a\nb\n")])?;
+        let crc = crc32c::crc32c(b"a\nb\n");
+        let err = collect(&logs, 1, 4, crc ^ 1, 2).expect_err("crc mismatch");
+        assert!(err.to_string().contains("CRC32C"), "{err}");
+        let err = collect(&logs, 1, 4, crc, 3).expect_err("line count");
+        assert!(err.to_string().contains("2 records"), "{err}");
+        let err = collect(&logs, 1, 9, crc, 2).expect_err("short log");
+        assert!(err.to_string().contains("holds 4 bytes"), "{err}");
+        let err = logs
+            .truncate(1, 9)
+            .expect_err("shorter than the spool says");
+        assert!(err.to_string().contains("holds 4 bytes"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn sweep_keeps_only_owned_logs() -> Result<()> {
+        let (dir, logs) = logs();
+        logs.append_durably(&[write(1, true, b"a\n"), write(2, true, b"b\n")])?;
+        std::fs::write(dir.path().join("00000000000000000001.jsonl.gz"), b"x")
+            .map_err(|e| IngesterError::io("writing", e))?;
+        logs.sweep(|no| no == 1)?;
+        assert!(logs.path(1).exists());
+        assert!(!logs.path(2).exists());
+        assert!(dir.path().join("00000000000000000001.jsonl.gz").exists());
+        Ok(())
+    }
+}
