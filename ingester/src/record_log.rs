@@ -125,7 +125,7 @@ impl RecordLogs {
             };
             let chunk = &buf[..n];
             crc = crc32c::crc32c_append(crc, chunk);
-            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
             read += n as u64;
             sink(chunk).map_err(|e| io("streaming", e))?;
         }

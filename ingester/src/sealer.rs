@@ -1,15 +1,21 @@
-//! Turns closed segments into sealed segment files, one at a time, off the consumer's path.
+//! Turns closed segments into sealed segment files off the consumer's path: as many at once as
+//! there are cores (gzip is most of the ingester's CPU), never the same segment twice at once.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::warn;
 
 use crate::history::{History, HistoryEntry};
 use crate::spool::RuleSpool;
 
 type Job = (Arc<RuleSpool>, u64);
+
+/// A segment being sealed: its spool (by address, since a rule deleted and created again is a
+/// new spool) and its number.
+type InFlight = (usize, u64);
 
 #[derive(Clone)]
 pub struct SealerHandle {
@@ -25,33 +31,128 @@ impl SealerHandle {
 }
 
 pub fn spawn(history: Arc<History>) -> SealerHandle {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    spawn_with(history, workers)
+}
+
+fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let retry_tx = tx.clone();
+    let permits = Arc::new(Semaphore::new(workers));
+    let in_flight: Arc<Mutex<HashSet<InFlight>>> = Arc::default();
     tokio::spawn(async move {
         while let Some((spool, segment_no)) = rx.recv().await {
-            let job = spool.clone();
-            let result = tokio::task::spawn_blocking(move || job.seal_blocking(segment_no)).await;
-            let error = match result {
-                Ok(Ok(())) => continue,
-                Ok(Err(err)) => err.to_string(),
-                Err(join) => format!("sealing task failed: {join}"),
-            };
-            warn!(rule = %spool.rule(), segment = segment_no, error = %error, "sealing failed; will retry");
-            let mut entry = HistoryEntry::event(
-                "seal_failed",
-                true,
-                format!("sealing segment {segment_no} failed: {error}"),
-            );
-            entry.segment_no = segment_no;
-            if let Err(err) = history.record(spool.rule(), &entry) {
-                warn!(error = %err, "could not write history");
+            let id = (Arc::as_ptr(&spool) as usize, segment_no);
+            // A segment asked for again while it is being sealed (a retry racing a restart's
+            // request): the running seal finishes it, or fails and retries.
+            if !lock(&in_flight).insert(id) {
+                continue;
             }
-            let tx = retry_tx.clone();
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let history = history.clone();
+            let retry_tx = retry_tx.clone();
+            let in_flight = in_flight.clone();
             tokio::spawn(async move {
+                let job = spool.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || job.seal_blocking(segment_no)).await;
+                drop(permit);
+                lock(&in_flight).remove(&id);
+                let error = match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(err)) => err.to_string(),
+                    Err(join) => format!("sealing task failed: {join}"),
+                };
+                warn!(rule = %spool.rule(), segment = segment_no, error = %error, "sealing failed; will retry");
+                let mut entry = HistoryEntry::event(
+                    "seal_failed",
+                    true,
+                    format!("sealing segment {segment_no} failed: {error}"),
+                );
+                entry.segment_no = segment_no;
+                if let Err(err) = history.record(spool.rule(), &entry) {
+                    warn!(error = %err, "could not write history");
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = tx.send((spool, segment_no));
+                let _ = retry_tx.send((spool, segment_no));
             });
         }
     });
     SealerHandle { tx }
+}
+
+fn lock(set: &Mutex<HashSet<InFlight>>) -> std::sync::MutexGuard<'_, HashSet<InFlight>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{IngesterError, Result};
+    use crate::spool::Incoming;
+    use proto::types::{MessageId, RuleSpecInput};
+    use tokio::sync::Notify;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seals_every_segment_once_even_when_asked_twice() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let rule = RuleSpecInput {
+            name: Some("r1".into()),
+            service_url: Some("pulsar://127.0.0.1:6650".into()),
+            topic: Some("orders".into()),
+            subscription: Some("s".into()),
+            bucket: Some("bucket-1".into()),
+            region: Some("ap-guangzhou".into()),
+            max_messages: Some(2),
+            ..RuleSpecInput::default()
+        }
+        .validate()
+        .map_err(IngesterError::InvalidRule)?;
+        let (spool, _) =
+            RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;
+        let messages: Vec<Incoming> = (0..40)
+            .map(|entry| Incoming {
+                id: MessageId {
+                    ledger: 1,
+                    entry,
+                    partition: -1,
+                    batch_index: -1,
+                },
+                topic: "persistent://public/default/orders".into(),
+                batch_size: 0,
+                publish_time_ms: 1,
+                line: format!("{{\"e\":{entry}}}\n").into_bytes(),
+            })
+            .collect();
+        let closed = spool.append(&messages, 5).await?.closed;
+        assert_eq!(closed.len(), 20);
+
+        let sealer = spawn_with(Arc::new(History::open(&db, 100)?), 2);
+        for &no in closed.iter().chain(&closed) {
+            sealer.seal(spool.clone(), no);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while spool.sealed().len() < closed.len() {
+            assert!(tokio::time::Instant::now() < deadline, "not all sealed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for no in closed {
+            let (_, path) = spool.sealed_file(no)?;
+            let bytes = std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+                .map_err(|e| IngesterError::io("gunzip", e))?;
+            assert_eq!(
+                text,
+                format!("{{\"e\":{}}}\n{{\"e\":{}}}\n", 2 * no, 2 * no + 1)
+            );
+        }
+        Ok(())
+    }
 }
