@@ -38,6 +38,11 @@ pub struct Args {
     /// (e.g. 50 for 1 MiB ones). [default: 1000]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_RECEIVER_QUEUE")]
     pub receiver_queue: Option<u32>,
+    /// Bytes each rule's consumer may hold received but not yet spooled (e.g. 32MB; 0: no byte
+    /// bound). When messages are large, the consumer lowers its permits below receiver_queue
+    /// so that permits × message size stays near this. [default: 8MB]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_RECEIVER_QUEUE_BYTES")]
+    pub receiver_queue_bytes: Option<String>,
     /// How long a graceful shutdown (SIGTERM) may take before the process exits. [default: 10s]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -73,6 +78,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     max_spool_bytes: Option<String>,
     receiver_queue: Option<u32>,
+    receiver_queue_bytes: Option<String>,
     auth_token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -95,6 +101,8 @@ pub struct IngesterConfig {
     /// 0: no limit.
     pub max_spool_bytes: u64,
     pub receiver_queue: u32,
+    /// 0: no byte bound.
+    pub receiver_queue_bytes: u64,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
@@ -140,6 +148,13 @@ impl IngesterConfig {
         if receiver_queue == 0 {
             bail!("receiver_queue must be at least 1");
         }
+        let receiver_queue_bytes = proto::types::rule::parse_size(
+            args.receiver_queue_bytes
+                .or(file.receiver_queue_bytes)
+                .as_deref()
+                .unwrap_or("8MB"),
+        )
+        .map_err(|e| anyhow::anyhow!("receiver_queue_bytes: {e}"))?;
         let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
             Some(text) if !text.trim().is_empty() => {
                 Some(text.trim().parse::<SocketAddr>().map_err(|_| {
@@ -161,6 +176,7 @@ impl IngesterConfig {
             tls,
             max_spool_bytes,
             receiver_queue,
+            receiver_queue_bytes,
             auth_token_file,
             metrics_listen,
             data_dir: args
@@ -214,6 +230,18 @@ mod tests {
         );
         let err = IngesterConfig::from_args(args(&["--receiver-queue", "0"])).expect_err("zero");
         assert!(err.to_string().contains("receiver_queue"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn receiver_queue_bytes_defaults_to_8mb_and_names_a_bad_size() -> anyhow::Result<()> {
+        let config = IngesterConfig::from_args(args(&[]))?;
+        assert_eq!(config.receiver_queue_bytes, 8_000_000);
+        let off = IngesterConfig::from_args(args(&["--receiver-queue-bytes", "0"]))?;
+        assert_eq!(off.receiver_queue_bytes, 0);
+        let err = IngesterConfig::from_args(args(&["--receiver-queue-bytes", "lots"]))
+            .expect_err("not a size");
+        assert!(err.to_string().contains("receiver_queue_bytes"), "{err}");
         Ok(())
     }
 

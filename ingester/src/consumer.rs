@@ -24,6 +24,8 @@ use crate::stats::RuleStats;
 
 /// Most messages taken from the consumer's buffer for one durable spool write.
 const MAX_BATCH: usize = 2000;
+/// Most record bytes in one durable spool write: a batch is held twice while it is written.
+const MAX_BATCH_BYTES: u64 = 4 << 20;
 const TICK: Duration = Duration::from_millis(200);
 const CONNECTION_CHECK_EVERY: u32 = 25;
 
@@ -34,6 +36,39 @@ pub struct ConsumerLimits {
     pub max_spool_bytes: u64,
     /// Flow-control permits: messages the broker may send ahead of the spool.
     pub receiver_queue: u32,
+    /// 0: no bound. Bytes the consumer may hold ahead of the spool: permits are lowered below
+    /// `receiver_queue` when messages are large (see [`permits_for`]).
+    pub receiver_queue_bytes: u64,
+}
+
+impl ConsumerLimits {
+    /// The permits for messages of `record_bytes` each on average: `receiver_queue`, lowered so
+    /// that permits × size stays within `receiver_queue_bytes`. `Some` only when that is off from
+    /// `current` by more than a factor of two: a change costs a reconnect (and redeliveries, which
+    /// the spool drops), so a mix of sizes must not flap.
+    pub fn permits_for(&self, current: u32, record_bytes: u64) -> Option<u32> {
+        let wanted = if self.receiver_queue_bytes == 0 || record_bytes == 0 {
+            self.receiver_queue
+        } else {
+            let fit = self.receiver_queue_bytes / record_bytes;
+            u32::try_from(fit)
+                .unwrap_or(u32::MAX)
+                .clamp(1, self.receiver_queue)
+        };
+        let off = u64::from(wanted) * 2 <= u64::from(current)
+            || u64::from(wanted) >= u64::from(current) * 2;
+        off.then_some(wanted)
+    }
+}
+
+/// Why a consumer went away.
+enum ConsumeEnd {
+    /// The rule stops.
+    Stopped,
+    /// The connection or the consumer failed: reconnect after a backoff.
+    Lost,
+    /// Messages are larger (or smaller) than the permits were sized for: reconnect now with these.
+    Resize(u32),
 }
 
 pub enum Command {
@@ -67,6 +102,7 @@ impl RuleTask {
         let name = self.rule.name.clone();
         let mut backoff = Duration::from_millis(500);
         let mut last_recorded_error = String::new();
+        let mut permits = self.limits.receiver_queue;
         loop {
             if *self.stop.borrow() {
                 break;
@@ -75,7 +111,7 @@ impl RuleTask {
             // A connect can hang in pulsar-rs's retries: a stop must not wait for it.
             let mut stop = self.stop.clone();
             let connected = tokio::select! {
-                result = self.connect() => result,
+                result = self.connect(permits) => result,
                 _ = stop.changed() => break,
             };
             match connected {
@@ -84,10 +120,15 @@ impl RuleTask {
                     backoff = Duration::from_millis(500);
                     last_recorded_error.clear();
                     info!(rule = %name, "consumer connected");
-                    let stopped = self.consume(consumer, pulsar).await;
+                    let end = self.consume(consumer, pulsar, permits).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
-                    if stopped {
-                        break;
+                    match end {
+                        ConsumeEnd::Stopped => break,
+                        ConsumeEnd::Lost => {}
+                        ConsumeEnd::Resize(resized) => {
+                            permits = resized;
+                            continue;
+                        }
                     }
                 }
                 Err(err) => {
@@ -121,7 +162,10 @@ impl RuleTask {
         debug!(rule = %name, "rule task stopped");
     }
 
-    async fn connect(&mut self) -> Result<(PulsarConsumer, Pulsar<TokioExecutor>), pulsar::Error> {
+    async fn connect(
+        &mut self,
+        permits: u32,
+    ) -> Result<(PulsarConsumer, Pulsar<TokioExecutor>), pulsar::Error> {
         let mut builder = Pulsar::builder(self.rule.service_url.clone(), TokioExecutor)
             .with_connection_retry_options(ConnectionRetryOptions {
                 min_backoff: Duration::from_millis(100),
@@ -152,10 +196,12 @@ impl RuleTask {
             .with_subscription(self.rule.subscription.clone())
             .with_subscription_type(sub_type)
             .with_consumer_name(format!("tdmq-backup-{}", self.rule.name))
-            .with_batch_size(self.limits.receiver_queue)
+            .with_batch_size(permits)
             .with_options(
                 ConsumerOptions::default()
                     .with_initial_position(initial)
+                    // pulsar-rs queues this many received messages besides the permits in flight.
+                    .with_receiver_queue_size(permits)
                     .durable(true),
             )
             .build()
@@ -173,12 +219,13 @@ impl RuleTask {
         Ok((consumer, pulsar))
     }
 
-    /// Runs until the consumer fails (returns false: reconnect) or the rule stops (true).
+    /// Runs until the consumer fails, its permits need resizing, or the rule stops.
     async fn consume(
         &mut self,
         mut consumer: PulsarConsumer,
         _pulsar: Pulsar<TokioExecutor>,
-    ) -> bool {
+        permits: u32,
+    ) -> ConsumeEnd {
         let name = self.rule.name.clone();
         self.acknowledge(&mut consumer).await;
         let mut tick = tokio::time::interval(TICK);
@@ -189,10 +236,10 @@ impl RuleTask {
         loop {
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => return true,
+                _ = self.stop.changed() => return ConsumeEnd::Stopped,
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd, Some(&mut consumer)).await,
-                    None => return true,
+                    None => return ConsumeEnd::Stopped,
                 },
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
@@ -213,29 +260,61 @@ impl RuleTask {
                     match next {
                         None => {
                             warn!(rule = %name, "consumer stream ended; reconnecting");
-                            return false;
+                            return ConsumeEnd::Lost;
                         }
                         Some(Err(err)) => {
                             warn!(rule = %name, error = %err, "consumer error; reconnecting");
                             self.stats.set_error(format!("consumer error: {err}"));
-                            return false;
+                            return ConsumeEnd::Lost;
                         }
                         Some(Ok(first)) => {
                             let mut batch = Vec::with_capacity(64);
                             batch.push(to_incoming(&first));
+                            let mut bytes = batch[0].line.len() as u64;
                             // Take whatever else is already buffered: one durable write for all.
-                            while batch.len() < MAX_BATCH {
+                            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                                 match consumer.next().now_or_never() {
-                                    Some(Some(Ok(msg))) => batch.push(to_incoming(&msg)),
+                                    Some(Some(Ok(msg))) => {
+                                        let incoming = to_incoming(&msg);
+                                        bytes += incoming.line.len() as u64;
+                                        batch.push(incoming);
+                                    }
                                     _ => break,
                                 }
                             }
+                            let count = batch.len() as u64;
                             pending = self.spool_batch(batch, &mut consumer).await;
+                            if pending.is_none() {
+                                if let Some(resized) = self.limits.permits_for(permits, bytes / count) {
+                                    self.resize_permits(permits, resized, bytes / count, consumer).await;
+                                    return ConsumeEnd::Resize(resized);
+                                }
+                            }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Closes the consumer so that the next one gets `resized` permits, and says why.
+    async fn resize_permits(
+        &self,
+        permits: u32,
+        resized: u32,
+        record_bytes: u64,
+        consumer: PulsarConsumer,
+    ) {
+        let message = format!(
+            "messages average {} as records: receive window {permits} → {resized} messages to stay near receiver_queue_bytes ({})",
+            bytesize::ByteSize(record_bytes),
+            bytesize::ByteSize(self.limits.receiver_queue_bytes),
+        );
+        info!(rule = %self.rule.name, "{message}; reconnecting");
+        self.record(HistoryEntry::event("info", false, message));
+        // pulsar-rs's close can hang while messages are still queued (STACK.md): bounded wait.
+        let mut consumer = consumer;
+        let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
     }
 
     /// Writes a batch to the spool. Returns it back if it could not be written (retried later;
@@ -445,5 +524,40 @@ fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>) -> Incoming {
         batch_size,
         publish_time_ms: meta.publish_time,
         line: encode_record(&fields),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsumerLimits;
+
+    fn limits(receiver_queue_bytes: u64) -> ConsumerLimits {
+        ConsumerLimits {
+            max_spool_bytes: 0,
+            receiver_queue: 1000,
+            receiver_queue_bytes,
+        }
+    }
+
+    #[test]
+    fn permits_shrink_for_large_messages_and_grow_back_without_flapping() {
+        let l = limits(32_000_000);
+        // 1 KB records: 1000 permits are 1 MB, well within 32 MB.
+        assert_eq!(l.permits_for(1000, 1_100), None);
+        // 1 MiB records: 30 permits.
+        assert_eq!(l.permits_for(1000, 1_050_000), Some(30));
+        // Sizes within a factor of two of what the permits were sized for: no reconnect.
+        assert_eq!(l.permits_for(30, 700_000), None);
+        assert_eq!(l.permits_for(30, 1_900_000), None);
+        // Small messages again: back to receiver_queue.
+        assert_eq!(l.permits_for(30, 1_000), Some(1000));
+        // Larger than the whole budget: one message at a time.
+        assert_eq!(l.permits_for(1000, 100_000_000), Some(1));
+    }
+
+    #[test]
+    fn no_byte_bound_keeps_receiver_queue() {
+        assert_eq!(limits(0).permits_for(1000, 5_000_000), None);
+        assert_eq!(limits(0).permits_for(30, 5_000_000), Some(1000));
     }
 }

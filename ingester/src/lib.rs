@@ -48,6 +48,7 @@ pub async fn run(
         consumer::ConsumerLimits {
             max_spool_bytes: config.max_spool_bytes,
             receiver_queue: config.receiver_queue,
+            receiver_queue_bytes: config.receiver_queue_bytes,
         },
     )
     .await

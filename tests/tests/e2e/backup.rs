@@ -298,3 +298,55 @@ async fn an_invalid_rule_is_refused_naming_the_field() -> anyhow::Result<()> {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     Ok(())
 }
+
+/// Large messages: the consumer lowers its flow-control permits to stay near
+/// `receiver_queue_bytes` (memory bounded whatever the message size), says so in the rule's
+/// history, and the reconnect that costs loses and duplicates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_shrink_the_receive_window_and_lose_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.ingester_extra = crate::util::Extra {
+        args: vec!["--receiver-queue-bytes".into(), "500KB".into()],
+        env: Vec::new(),
+    };
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let topic = unique_topic("large");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let mut messages = sample_messages(40, 23);
+    for m in &mut messages {
+        // ASCII padding keeps text payloads text and binary ones binary.
+        m.payload.resize(m.payload.len() + 100_000, b'p');
+    }
+    produce(&stack.pulsar.url(), &full_topic, &messages, false).await?;
+    stack.create_rule("large", &topic, &["--max-bytes", "1MB", "--window", "1h"])?;
+    let objects = stack
+        .wait_until_stored("large", &messages, Duration::from_secs(120))
+        .await?;
+    let report = check_exactly_once(&objects, &messages)?;
+    assert_eq!(report.records, messages.len());
+
+    let history = stack
+        .ctl_json(&["logs", "large", "--limit", "1000"])?
+        .to_string();
+    let window: u32 = history
+        .split("receive window 1000 → ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no receive window resize in the history: {history}"))?;
+    // 500 KB over records of 100–140 KB each.
+    assert!((3..=5).contains(&window), "window {window}: {history}");
+    if let Some(mut ingester) = stack.ingester.take() {
+        ingester.kill9()?;
+    }
+    let left = assert_subscription_drained(
+        &stack.pulsar.url(),
+        &full_topic,
+        "tdmq-backup",
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(left, 0, "messages left unacknowledged on the subscription");
+    Ok(())
+}
