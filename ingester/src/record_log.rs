@@ -153,8 +153,9 @@ impl RecordLogs {
         remove_if_present(&self.path(segment_no));
     }
 
-    /// Removes logs no segment owns: left by a batch that never became durable, or by a crash
-    /// between freeing a segment and unlinking its log.
+    /// Removes the spool files (logs, segment files, half-written `.tmp` files) of segments no
+    /// meta owns: left by a batch that never became durable, or by a crash between freeing a
+    /// segment and unlinking its files.
     pub fn sweep(&self, owned: impl Fn(u64) -> bool) -> Result<()> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -168,16 +169,17 @@ impl RecordLogs {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(EXTENSION) {
-                continue;
-            }
+            // `{segment_no:020}.log`, `{segment_no:020}.jsonl.gz`, `….tmp`: the number is the
+            // part before the first dot.
             let number = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok());
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').next())
+                .filter(|digits| digits.len() == 20)
+                .and_then(|digits| digits.parse::<u64>().ok());
             if let Some(segment_no) = number {
                 if !owned(segment_no) {
-                    tracing::debug!(file = %path.display(), "removing a record log no segment owns");
+                    tracing::debug!(file = %path.display(), "removing a spool file no segment owns");
                     remove_if_present(&path);
                 }
             }
@@ -266,15 +268,26 @@ mod tests {
     }
 
     #[test]
-    fn sweep_keeps_only_owned_logs() -> Result<()> {
+    fn sweep_keeps_only_files_of_owned_segments() -> Result<()> {
         let (dir, logs) = logs();
         logs.append_durably(&[write(1, true, b"a\n"), write(2, true, b"b\n")])?;
-        std::fs::write(dir.path().join("00000000000000000001.jsonl.gz"), b"x")
-            .map_err(|e| IngesterError::io("writing", e))?;
+        let touch = |name: &str| {
+            std::fs::write(dir.path().join(name), b"x").map_err(|e| IngesterError::io("writing", e))
+        };
+        touch("00000000000000000001.jsonl.gz")?;
+        touch("00000000000000000002.jsonl.gz")?;
+        touch("00000000000000000002.jsonl.tmp")?;
+        touch("notes.txt")?;
         logs.sweep(|no| no == 1)?;
         assert!(logs.path(1).exists());
-        assert!(!logs.path(2).exists());
         assert!(dir.path().join("00000000000000000001.jsonl.gz").exists());
+        assert!(!logs.path(2).exists());
+        assert!(!dir.path().join("00000000000000000002.jsonl.gz").exists());
+        assert!(!dir.path().join("00000000000000000002.jsonl.tmp").exists());
+        assert!(
+            dir.path().join("notes.txt").exists(),
+            "not ours: left alone"
+        );
         Ok(())
     }
 }
