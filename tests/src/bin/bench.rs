@@ -180,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 baseline_1k = Some(row.msg_per_s());
                 vec![row]
             }),
-            "e2e" => bench.e2e(KB, bench.n, baseline_1k).await,
+            "e2e" => bench.e2e_with_and_without_gzip(baseline_1k).await,
             "uploader" => bench.uploader().await,
             "latency" => bench.latency().await.map(|r| vec![r]),
             "sizes" => bench.sizes().await,
@@ -775,12 +775,40 @@ impl Bench {
         })
     }
 
+    /// The 1 KB end-to-end run, then the same uncompressed: how much of the gap to the baseline
+    /// is gzip's CPU.
+    async fn e2e_with_and_without_gzip(&self, baseline: Option<f64>) -> anyhow::Result<Vec<Row>> {
+        let mut rows = self.e2e(KB, self.n, baseline).await?;
+        rows.extend(
+            self.e2e_rule(
+                KB,
+                self.n,
+                baseline,
+                &["--compression", "none"],
+                ", uncompressed",
+            )
+            .await?,
+        );
+        Ok(rows)
+    }
+
     /// Rule creation → every message stored and acknowledged, on a preloaded topic.
     async fn e2e(
         &self,
         size: usize,
         count: usize,
         baseline: Option<f64>,
+    ) -> anyhow::Result<Vec<Row>> {
+        self.e2e_rule(size, count, baseline, &[], "").await
+    }
+
+    async fn e2e_rule(
+        &self,
+        size: usize,
+        count: usize,
+        baseline: Option<f64>,
+        rule_args: &[&str],
+        label: &str,
     ) -> anyhow::Result<Vec<Row>> {
         let mut stack = self.stack(&format!("e2e-{size}")).await?;
         let topic = topic_name("e2e");
@@ -789,14 +817,14 @@ impl Bench {
         stack.start_uploader().await?;
         let io_before = stack.ingester.as_ref().and_then(Proc::write_bytes);
         let started = Instant::now();
-        stack.create_rule("bench", &topic, &[]).await?;
+        stack.create_rule("bench", &topic, rule_args).await?;
         let expected = [("bench".to_string(), count as u64)].into();
         let statuses = stack
             .wait_backed_up(&expected, timeout_for(count * size))
             .await?;
         let seconds = started.elapsed().as_secs_f64();
         let mut row = Row {
-            scenario: format!("e2e {}", size_label(size)),
+            scenario: format!("e2e {}{label}", size_label(size)),
             messages: count as u64,
             bytes: (count * size) as u64,
             seconds,
@@ -1197,7 +1225,7 @@ async fn finish_row(
     stack.uploader = None;
     let drained = stack.drained(topics).await?;
     row.notes = format!(
-        "all spooled at {spooled_s:.1} s (slowest status poll {:.2} s; ingester peak RSS by then {}); {objects} objects, {:.1} MB stored (gzip); {dups} dups dropped; {drained}",
+        "all spooled at {spooled_s:.1} s (slowest status poll {:.2} s; ingester peak RSS by then {}); {objects} objects, {:.1} MB stored; {dups} dups dropped; {drained}",
         backed.slowest_poll.as_secs_f64(),
         backed
             .rss_spooled
