@@ -338,6 +338,57 @@ impl Drop for Proc {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far; `self` for the bench itself.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds of each process of a stack, to see where a scenario's time goes.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSnapshot {
+    ingester: f64,
+    uploader: f64,
+    broker: f64,
+    /// The bench process: relay, in-process S3 server, status polls.
+    bench: f64,
+}
+
+impl CpuSnapshot {
+    fn take(stack: &Stack) -> CpuSnapshot {
+        let of = |p: &Option<Proc>| {
+            p.as_ref()
+                .and_then(|p| cpu_seconds(&p.pid().to_string()))
+                .unwrap_or(0.0)
+        };
+        CpuSnapshot {
+            ingester: of(&stack.ingester),
+            uploader: of(&stack.uploader),
+            broker: stack
+                .pulsar
+                .pid()
+                .and_then(|pid| cpu_seconds(&pid.to_string()))
+                .unwrap_or(0.0),
+            bench: cpu_seconds("self").unwrap_or(0.0),
+        }
+    }
+
+    fn since(self, before: CpuSnapshot) -> String {
+        format!(
+            "CPU s: ingester {:.1}, uploader {:.1}, broker {:.1}, bench (relay + S3 server) {:.1}",
+            self.ingester - before.ingester,
+            self.uploader - before.uploader,
+            self.broker - before.broker,
+            self.bench - before.bench,
+        )
+    }
+}
+
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
@@ -815,7 +866,10 @@ impl Bench {
         let produce_s = preload(&stack.pulsar.url(), &topic, count, size).await?;
         stack.start_ingester().await?;
         stack.start_uploader().await?;
-        let io_before = stack.ingester.as_ref().and_then(Proc::write_bytes);
+        let io_before = (
+            stack.ingester.as_ref().and_then(Proc::write_bytes),
+            CpuSnapshot::take(&stack),
+        );
         let started = Instant::now();
         stack.create_rule("bench", &topic, rule_args).await?;
         let expected = [("bench".to_string(), count as u64)].into();
@@ -1123,7 +1177,10 @@ impl Bench {
             .await?;
             stack.start_ingester().await?;
             stack.start_uploader().await?;
-            let io_before = stack.ingester.as_ref().and_then(Proc::write_bytes);
+            let io_before = (
+                stack.ingester.as_ref().and_then(Proc::write_bytes),
+                CpuSnapshot::take(&stack),
+            );
             let started = Instant::now();
             let mut expected = BTreeMap::new();
             for (i, topic) in topics.iter().enumerate() {
@@ -1160,7 +1217,10 @@ impl Bench {
         let produce_s = preload(&stack.pulsar.url(), &topic, count, MIB).await?;
         stack.start_ingester().await?;
         stack.start_uploader().await?;
-        let io_before = stack.ingester.as_ref().and_then(Proc::write_bytes);
+        let io_before = (
+            stack.ingester.as_ref().and_then(Proc::write_bytes),
+            CpuSnapshot::take(&stack),
+        );
         let started = Instant::now();
         stack
             .create_rule(
@@ -1201,11 +1261,13 @@ impl Bench {
 async fn finish_row(
     stack: &mut Stack,
     row: &mut Row,
-    io_before: Option<u64>,
+    before: (Option<u64>, CpuSnapshot),
     topics: &[String],
     started: Instant,
     backed: &BackedUp,
 ) -> anyhow::Result<()> {
+    let (io_before, cpu_before) = before;
+    let cpu = CpuSnapshot::take(stack).since(cpu_before);
     let spooled_s = backed
         .all_spooled
         .saturating_duration_since(started)
@@ -1225,7 +1287,7 @@ async fn finish_row(
     stack.uploader = None;
     let drained = stack.drained(topics).await?;
     row.notes = format!(
-        "all spooled at {spooled_s:.1} s (slowest status poll {:.2} s; ingester peak RSS by then {}); {objects} objects, {:.1} MB stored; {dups} dups dropped; {drained}",
+        "all spooled at {spooled_s:.1} s (slowest status poll {:.2} s; ingester peak RSS by then {}); {objects} objects, {:.1} MB stored; {dups} dups dropped; {drained}; {cpu}",
         backed.slowest_poll.as_secs_f64(),
         backed
             .rss_spooled

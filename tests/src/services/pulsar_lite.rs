@@ -93,6 +93,11 @@ impl PulsarLite {
     }
 
     /// The temporary directory holding `broker.toml`, `broker.log` and `data/`.
+    /// The broker process's id, while it runs (for /proc readings such as CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
