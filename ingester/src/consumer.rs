@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::history::{History, HistoryEntry};
 use crate::rules::RuleStore;
 use crate::sealer::SealerHandle;
-use crate::spool::{AckPlan, Incoming, RuleSpool};
+use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool};
 use crate::stats::RuleStats;
 
 /// Most messages taken from the consumer's buffer for one durable spool write.
@@ -268,19 +268,45 @@ impl RuleTask {
                             return ConsumeEnd::Lost;
                         }
                         Some(Ok(first)) => {
+                            let seen = self.spool.seen();
                             let mut batch = Vec::with_capacity(64);
-                            batch.push(to_incoming(&first));
-                            let mut bytes = batch[0].line.len() as u64;
+                            let mut redelivered = Redelivered::default();
+                            let mut bytes = 0u64;
+                            // Returns the record bytes it added to the batch.
+                            let mut take = |msg: &pulsar::consumer::Message<Vec<u8>>| -> u64 {
+                                let id = message_id(msg);
+                                match seen.check(&id) {
+                                    Redelivery::New => {
+                                        let incoming = to_incoming(msg, id);
+                                        let len = incoming.line.len() as u64;
+                                        batch.push(incoming);
+                                        return len;
+                                    }
+                                    Redelivery::Spooled => redelivered.duplicates += 1,
+                                    Redelivery::Acknowledged(acked) => {
+                                        redelivered.duplicates += 1;
+                                        if !redelivered.reack.contains(acked) {
+                                            redelivered.reack.push(acked.clone());
+                                        }
+                                    }
+                                }
+                                0
+                            };
+                            bytes += take(&first);
                             // Take whatever else is already buffered: one durable write for all.
-                            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                            let mut received = 1;
+                            while received < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                                 match consumer.next().now_or_never() {
                                     Some(Some(Ok(msg))) => {
-                                        let incoming = to_incoming(&msg);
-                                        bytes += incoming.line.len() as u64;
-                                        batch.push(incoming);
+                                        bytes += take(&msg);
+                                        received += 1;
                                     }
                                     _ => break,
                                 }
+                            }
+                            self.drop_redelivered(redelivered, &mut consumer).await;
+                            if batch.is_empty() {
+                                continue;
                             }
                             let count = batch.len() as u64;
                             pending = self.spool_batch(batch, &mut consumer).await;
@@ -293,6 +319,20 @@ impl RuleTask {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Counts redeliveries dropped before encoding, and acknowledges again the positions of
+    /// those already acknowledged.
+    async fn drop_redelivered(&self, redelivered: Redelivered, consumer: &mut PulsarConsumer) {
+        RuleStats::add(&self.stats.duplicates_dropped, redelivered.duplicates);
+        for pos in redelivered.reack {
+            if let Err(err) = consumer
+                .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
+                .await
+            {
+                warn!(rule = %self.rule.name, error = %err, "re-acknowledging a redelivered message failed");
             }
         }
     }
@@ -488,16 +528,26 @@ fn id_data(id: &MessageId) -> MessageIdData {
     }
 }
 
-/// Encodes a consumed message once, into the bytes the object will hold.
-fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>) -> Incoming {
-    let meta = msg.metadata();
+/// Redeliveries dropped from one batch before encoding.
+#[derive(Debug, Default)]
+struct Redelivered {
+    duplicates: u64,
+    reack: Vec<Position>,
+}
+
+fn message_id(msg: &pulsar::consumer::Message<Vec<u8>>) -> MessageId {
     let raw = msg.message_id();
-    let id = MessageId {
+    MessageId {
         ledger: raw.ledger_id,
         entry: raw.entry_id,
         partition: raw.partition.unwrap_or(-1),
         batch_index: raw.batch_index.unwrap_or(-1),
-    };
+    }
+}
+
+/// Encodes a consumed message once, into the bytes the object will hold.
+fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incoming {
+    let meta = msg.metadata();
     let batch_size = meta.num_messages_in_batch.unwrap_or(0);
     // Producers number the messages of a batch consecutively from the batch's sequence id.
     let sequence_id = meta.sequence_id

@@ -261,6 +261,52 @@ impl Incoming {
     }
 }
 
+/// Whether a received message was spooled before (redeliveries are recognised by id: see
+/// invariant 2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redelivery<'a> {
+    New,
+    /// Spooled already: drop it.
+    Spooled,
+    /// Spooled and acknowledged already: drop it and acknowledge this position again, so the
+    /// broker stops redelivering.
+    Acknowledged(&'a Position),
+}
+
+fn redelivery<'a>(
+    id: &MessageId,
+    watermark: Option<&MessageId>,
+    acked: Option<&'a Position>,
+) -> Redelivery<'a> {
+    match watermark {
+        Some(mark) if !id.is_after(mark) => match acked {
+            Some(acked) if !id.is_after(&acked.id) => Redelivery::Acknowledged(acked),
+            _ => Redelivery::Spooled,
+        },
+        _ => Redelivery::New,
+    }
+}
+
+/// A snapshot of what a spool has seen, so the consumer drops redeliveries before it spends
+/// any work encoding them (after a reconnect the broker sends every unacknowledged message
+/// again). Watermarks only move forward while a consumer runs, so what the snapshot has seen
+/// the spool has seen; `append` checks again anyway.
+#[derive(Debug, Default)]
+pub struct Seen {
+    watermarks: BTreeMap<i32, MessageId>,
+    acked: BTreeMap<i32, Position>,
+}
+
+impl Seen {
+    pub fn check(&self, id: &MessageId) -> Redelivery<'_> {
+        redelivery(
+            id,
+            self.watermarks.get(&id.partition),
+            self.acked.get(&id.partition),
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct AppendOutcome {
     pub accepted: usize,
@@ -450,6 +496,19 @@ impl RuleSpool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// What the spool has seen so far: see [`Seen`].
+    pub fn seen(&self) -> Seen {
+        let state = self.lock();
+        Seen {
+            watermarks: state
+                .watermarks
+                .iter()
+                .map(|(partition, pos)| (*partition, pos.id))
+                .collect(),
+            acked: state.acked.clone(),
+        }
+    }
+
     /// A rule edit: caps, window and destination apply from the next segment on.
     pub fn reconfigure(&self, rule: &RuleConfig) {
         let mut state = self.lock();
@@ -517,13 +576,20 @@ impl RuleSpool {
         let mut dirty_partitions = Vec::new();
         for msg in messages {
             let partition = msg.id.partition;
-            if let Some(mark) = state.watermarks.get(&partition) {
-                if !msg.id.is_after(&mark.id) {
+            match redelivery(
+                &msg.id,
+                state.watermarks.get(&partition).map(|mark| &mark.id),
+                state.acked.get(&partition),
+            ) {
+                Redelivery::New => {}
+                Redelivery::Spooled => {
                     outcome.duplicates += 1;
-                    if let Some(acked) = state.acked.get(&partition) {
-                        if !msg.id.is_after(&acked.id) && !outcome.reack.contains(acked) {
-                            outcome.reack.push(acked.clone());
-                        }
+                    continue;
+                }
+                Redelivery::Acknowledged(acked) => {
+                    outcome.duplicates += 1;
+                    if !outcome.reack.contains(acked) {
+                        outcome.reack.push(acked.clone());
                     }
                     continue;
                 }
@@ -1303,6 +1369,21 @@ mod tests {
         // A redelivery of an acknowledged message asks for a re-ack, and is not spooled.
         let out = spool.append(&[msg(2, 0, 2)], 10_002).await?;
         assert_eq!((out.accepted, out.duplicates, out.reack.len()), (0, 1, 1));
+
+        // The consumer's snapshot says the same before anything is encoded.
+        spool.append(&[msg(4, -1, 0)], 10_003).await?;
+        let seen = spool.seen();
+        assert!(matches!(
+            seen.check(&msg(2, 0, 2).id),
+            Redelivery::Acknowledged(p) if p.id == plan.positions[0].id
+        ));
+        assert_eq!(seen.check(&msg(4, -1, 0).id), Redelivery::Spooled);
+        assert_eq!(seen.check(&msg(5, -1, 0).id), Redelivery::New);
+        let other_partition = MessageId {
+            partition: 3,
+            ..msg(1, -1, 0).id
+        };
+        assert_eq!(seen.check(&other_partition), Redelivery::New);
         Ok(())
     }
 
