@@ -813,14 +813,18 @@ impl Bench {
         let stack = self.stack(&format!("baseline-{size}")).await?;
         let topic = topic_name("baseline");
         let produce_s = preload(&stack.pulsar.url(), &topic, count, size).await?;
+        let cpu_before = CpuSnapshot::take(&stack);
         let (seconds, deliveries) = consume_all(&stack.pulsar.url(), &topic, count).await?;
+        let cpu = CpuSnapshot::take(&stack);
         Ok(Row {
             scenario: format!("baseline {}", size_label(size)),
             messages: count as u64,
             bytes: (count * size) as u64,
             seconds,
             notes: format!(
-                "pulsar-rs Exclusive, cumulative ack /1000; {deliveries} deliveries; preload {produce_s:.1} s"
+                "pulsar-rs Exclusive, cumulative ack /1000; {deliveries} deliveries; CPU s: broker {:.1}, bench (relay + consumer) {:.1}; preload {produce_s:.1} s",
+                cpu.broker - cpu_before.broker,
+                cpu.bench - cpu_before.bench,
             ),
             ..Default::default()
         })
