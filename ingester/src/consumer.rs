@@ -381,6 +381,9 @@ impl RuleTask {
                 for segment_no in outcome.closed {
                     self.sealer.seal(self.spool.clone(), segment_no);
                 }
+                if outcome.accepted > 0 {
+                    self.sealer.feed(self.spool.clone());
+                }
                 for pos in outcome.reack {
                     if let Err(err) = consumer
                         .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod record_log;
 pub mod rules;
 pub mod sealer;
+pub mod segment_writer;
 pub mod spool;
 pub mod stats;
 

@@ -1,17 +1,22 @@
 //! Turns closed segments into sealed segment files off the consumer's path: as many at once as
 //! there are cores (gzip is most of the ingester's CPU), never the same segment twice at once.
+//! Between seals it feeds large open segments to their presealing writers, so a segment's
+//! compression runs while it is still being filled.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::history::{History, HistoryEntry};
 use crate::spool::RuleSpool;
 
-type Job = (Arc<RuleSpool>, u64);
+enum Job {
+    Seal(Arc<RuleSpool>, u64),
+    Feed(Arc<RuleSpool>),
+}
 
 /// A segment being sealed: its spool (by address, since a rule deleted and created again is a
 /// new spool) and its number.
@@ -26,7 +31,14 @@ impl SealerHandle {
     pub fn seal(&self, spool: Arc<RuleSpool>, segment_no: u64) {
         // The receiver lives as long as the daemon; after shutdown the segment stays closed in
         // the spool and is sealed at the next start.
-        let _ = self.tx.send((spool, segment_no));
+        let _ = self.tx.send(Job::Seal(spool, segment_no));
+    }
+
+    /// Asks for the open segment's log to be compressed ahead (once queued per spool).
+    pub fn feed(&self, spool: Arc<RuleSpool>) {
+        if spool.request_feed() {
+            let _ = self.tx.send(Job::Feed(spool));
+        }
     }
 }
 
@@ -44,7 +56,25 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
     let permits = Arc::new(Semaphore::new(workers));
     let in_flight: Arc<Mutex<HashSet<InFlight>>> = Arc::default();
     tokio::spawn(async move {
-        while let Some((spool, segment_no)) = rx.recv().await {
+        while let Some(job) = rx.recv().await {
+            let (spool, segment_no) = match job {
+                Job::Seal(spool, segment_no) => (spool, segment_no),
+                Job::Feed(spool) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        let job = spool.clone();
+                        let fed = tokio::task::spawn_blocking(move || job.feed_blocking()).await;
+                        drop(permit);
+                        if let Ok(Err(err)) = fed {
+                            // The seal starts over from the log: nothing is lost, only time.
+                            debug!(rule = %spool.rule(), error = %err, "presealing stopped");
+                        }
+                    });
+                    continue;
+                }
+            };
             let id = (Arc::as_ptr(&spool) as usize, segment_no);
             // A segment asked for again while it is being sealed (a retry racing a restart's
             // request): the running seal finishes it, or fails and retries.
@@ -79,7 +109,7 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
                     warn!(error = %err, "could not write history");
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = retry_tx.send((spool, segment_no));
+                let _ = retry_tx.send(Job::Seal(spool, segment_no));
             });
         }
     });

@@ -56,19 +56,29 @@
 //!    (cumulative acks are idempotent).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
 use proto::types::{object_key, Compression, MessageId, RuleConfig, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tracing::debug;
 
 use crate::cutter::{CutPolicy, OpenStats, Placement};
 use crate::error::{IngesterError, Result};
 use crate::record_log::{sync_dir, LogWrite, RecordLogs};
+use crate::segment_writer::{SegmentWriter, Written};
+
+/// An open segment's log is compressed while it grows once it holds this much: below it,
+/// sealing after the close takes a few milliseconds anyway.
+const PRESEAL_MIN_BYTES: u64 = 4 << 20;
+/// Most segments being presealed at once per rule (each holds an open file and a compressor).
+const MAX_PRESEALS: usize = 4;
+
+/// A presealing writer, taken out (`None`) by the seal that finishes it.
+type Preseal = Arc<Mutex<Option<SegmentWriter>>>;
 
 const RECORD: u8 = b'r';
 const SEGMENT: u8 = b's';
@@ -363,6 +373,14 @@ pub struct RuleSpool {
     quarantine_dir: PathBuf,
     logs: RecordLogs,
     state: Mutex<State>,
+    /// Writers compressing segments ahead of their seal, by segment number, with the
+    /// generation they started in. Lock order: this before `state`.
+    presealing: Mutex<BTreeMap<u64, (u64, Preseal)>>,
+    /// Bumped whenever the in-memory state is re-read from disk after a failed write (the open
+    /// segment's log may have been cut back): writers of an older generation are thrown away.
+    generation: AtomicU64,
+    /// A feed job is queued (see `SealerHandle::feed`).
+    feed_queued: AtomicBool,
     /// Woken when a segment becomes sealed (the uploader's long poll waits on it).
     sealed_notify: Arc<Notify>,
 }
@@ -471,6 +489,9 @@ impl RuleSpool {
             segments_dir,
             quarantine_dir,
             logs,
+            presealing: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            feed_queued: AtomicBool::new(false),
             state: Mutex::new(State {
                 counters,
                 policy: policy_of(rule),
@@ -754,6 +775,7 @@ impl RuleSpool {
 
     /// Re-reads the whole state from disk (after a failed write).
     fn reload(&self) -> Result<()> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let mut state = self.lock();
         let counters = match self.tree.get(key(COUNTERS, &self.rule, &[]))? {
             Some(v) => from_json("counters", &v)?,
@@ -792,8 +814,76 @@ impl RuleSpool {
         segment_path(&self.segments_dir, meta)
     }
 
-    /// closed → sealed: writes the segment file from the records (blocking IO; run it on a
-    /// blocking thread). The file is fsynced and renamed into place before the meta says sealed.
+    /// Whether a feed job should be queued now (none is queued yet).
+    pub fn request_feed(&self) -> bool {
+        !self.feed_queued.swap(true, Ordering::SeqCst)
+    }
+
+    /// Compresses what the open segment's log holds so far into its future segment file, once
+    /// the segment is large enough to be worth it (blocking IO; run it on a blocking thread).
+    /// Nothing here is durable or trusted: `seal_blocking` checks what the writer read.
+    pub fn feed_blocking(&self) -> Result<()> {
+        self.feed_queued.store(false, Ordering::SeqCst);
+        let (writer, upto, compression) = {
+            let mut presealing = lock_presealing(&self.presealing);
+            let generation = self.generation.load(Ordering::SeqCst);
+            presealing.retain(|_, (started, _)| *started == generation);
+            // Under the presealing lock: a segment seen open here cannot be sealed before the
+            // writer is in the map, so its seal finds the writer.
+            let (segment_no, upto, compression) = {
+                let state = self.lock();
+                match &state.open {
+                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => (
+                        open.segment_no,
+                        open.record_bytes,
+                        state.target.compression(),
+                    ),
+                    _ => return Ok(()),
+                }
+            };
+            let writer = match presealing.get(&segment_no) {
+                Some((_, writer)) => writer.clone(),
+                None => {
+                    if presealing.len() >= MAX_PRESEALS {
+                        return Ok(());
+                    }
+                    let writer = SegmentWriter::create(
+                        self.segments_dir
+                            .join(format!("{segment_no:020}.preseal.tmp")),
+                        segment_no,
+                        compression,
+                        generation,
+                    )?;
+                    let writer: Preseal = Arc::new(Mutex::new(Some(writer)));
+                    presealing.insert(segment_no, (generation, writer.clone()));
+                    writer
+                }
+            };
+            (writer, upto, compression)
+        };
+        let mut guard = lock_preseal(&writer);
+        let Some(current) = guard.as_mut() else {
+            return Ok(()); // its seal took it meanwhile
+        };
+        let fed = if current.compression() == compression {
+            current.feed(&self.logs, upto)
+        } else {
+            Err(IngesterError::FailedPrecondition(
+                "the rule's compression changed".into(),
+            ))
+        };
+        if fed.is_err() {
+            if let Some(dropped) = guard.take() {
+                discard(dropped);
+            }
+        }
+        fed
+    }
+
+    /// closed → sealed: writes the segment file from the record log (blocking IO; run it on a
+    /// blocking thread), going on from its preseal when there is a usable one. What was read is
+    /// checked against the meta, then the file is fsynced and renamed into place before the
+    /// meta says sealed.
     pub fn seal_blocking(&self, segment_no: u64) -> Result<()> {
         let meta = {
             let state = self.lock();
@@ -802,29 +892,42 @@ impl RuleSpool {
                 _ => return Ok(()),
             }
         };
-        let path = self.segment_file(&meta);
-        let tmp = path.with_extension("tmp");
-        let file = File::create(&tmp)
-            .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
-        let mut out = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
-        let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
-        let (len, crc, lines) = (meta.record_bytes, meta.log_crc32c, meta.messages);
-        match meta.target.compression() {
-            Compression::Gzip => {
-                let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
-                self.logs
-                    .stream(segment_no, len, crc, lines, |chunk| gz.write_all(chunk))?;
-                gz.finish().map_err(io)?;
-            }
-            Compression::None => {
-                self.logs
-                    .stream(segment_no, len, crc, lines, |chunk| out.write_all(chunk))?;
+        let compression = meta.target.compression();
+        let generation = self.generation.load(Ordering::SeqCst);
+        let preseal = lock_presealing(&self.presealing).remove(&segment_no);
+        let mut writer = None;
+        if let Some((_, preseal)) = preseal {
+            // Waits for a feed still running on it.
+            if let Some(pre) = lock_preseal(&preseal).take() {
+                if pre.generation == generation && pre.compression() == compression {
+                    writer = Some(pre);
+                } else {
+                    discard(pre);
+                }
             }
         }
-        let (crc, len, writer) = out.finish();
-        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
+        let fresh = || {
+            SegmentWriter::create(
+                self.segments_dir.join(format!("{segment_no:020}.seal.tmp")),
+                segment_no,
+                compression,
+                generation,
+            )
+        };
+        let written = match writer {
+            Some(presealed) => match self.complete(&meta, presealed) {
+                Ok(written) => written,
+                Err(err) => {
+                    // Not the log's fault yet: the preseal may have read a write in progress.
+                    debug!(rule = %self.rule, segment = segment_no, error = %err, "preseal unusable; sealing from the start of the log");
+                    self.complete(&meta, fresh()?)?
+                }
+            },
+            None => self.complete(&meta, fresh()?)?,
+        };
+        let tmp = written.1;
+        let written = written.0;
+        let path = self.segment_file(&meta);
         std::fs::rename(&tmp, &path)
             .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
         sync_dir(&self.segments_dir)?;
@@ -835,8 +938,8 @@ impl RuleSpool {
                 return Ok(());
             };
             meta.state = SegmentState::Sealed;
-            meta.crc32c = crc;
-            meta.file_bytes = len;
+            meta.crc32c = written.file_crc32c;
+            meta.file_bytes = written.file_bytes;
             meta.sealed_at_ms = proto::types::time::now_millis();
             let value = to_json(&*meta)?;
             self.tree
@@ -845,6 +948,56 @@ impl RuleSpool {
         self.db.flush()?;
         self.sealed_notify.notify_waiters();
         Ok(())
+    }
+
+    /// Feeds a writer the rest of the segment's log, finishes it and checks what it read.
+    /// Returns what was written and where; on error the temporary file is gone.
+    fn complete(
+        &self,
+        meta: &SegmentMeta,
+        mut writer: SegmentWriter,
+    ) -> Result<(Written, PathBuf)> {
+        let tmp = writer.tmp_path().to_path_buf();
+        let written = writer
+            .feed(&self.logs, meta.record_bytes)
+            .and_then(|()| writer.finish())
+            .and_then(|written| self.check_written(meta, written));
+        match written {
+            Ok(written) => Ok((written, tmp)),
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(err)
+            }
+        }
+    }
+
+    /// The log bytes a segment file was made of must be exactly the segment's records.
+    fn check_written(&self, meta: &SegmentMeta, written: Written) -> Result<Written> {
+        let damaged = |what: String| {
+            Err(IngesterError::Corrupt(format!(
+                "record log {} is damaged: {what}",
+                self.logs.path(meta.segment_no).display()
+            )))
+        };
+        if written.log_bytes != meta.record_bytes {
+            return damaged(format!(
+                "it holds {} bytes, the spool wrote {}",
+                written.log_bytes, meta.record_bytes
+            ));
+        }
+        if written.log_crc32c != meta.log_crc32c {
+            return damaged(format!(
+                "CRC32C {:08x}, the spool wrote {:08x}",
+                written.log_crc32c, meta.log_crc32c
+            ));
+        }
+        if written.lines != meta.messages {
+            return damaged(format!(
+                "{} records, the spool wrote {}",
+                written.lines, meta.messages
+            ));
+        }
+        Ok(written)
     }
 
     /// The segment's meta and file path, if it is sealed (ready to read).
@@ -1046,6 +1199,11 @@ impl RuleSpool {
 
     /// Removes everything of this rule: keys, files. For `rule delete`.
     pub fn destroy(&self) -> Result<()> {
+        for (_, (_, preseal)) in std::mem::take(&mut *lock_presealing(&self.presealing)) {
+            if let Some(writer) = lock_preseal(&preseal).take() {
+                discard(writer);
+            }
+        }
         let mut state = self.lock();
         let mut batch = sled::Batch::default();
         for tag in [RECORD, SEGMENT, WATERMARK, ACKED, COUNTERS] {
@@ -1203,37 +1361,28 @@ fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
     ))
 }
 
-/// Counts and checksums what goes through it: the segment's size and CRC32C come for free.
-struct HashingWriter<W: Write> {
-    inner: W,
-    crc: u32,
-    len: u64,
+fn lock_presealing(
+    presealing: &Mutex<BTreeMap<u64, (u64, Preseal)>>,
+) -> MutexGuard<'_, BTreeMap<u64, (u64, Preseal)>> {
+    presealing
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            crc: 0,
-            len: 0,
+fn lock_preseal(preseal: &Preseal) -> MutexGuard<'_, Option<SegmentWriter>> {
+    preseal
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Drops a writer whose output will not be used, and its temporary file.
+fn discard(writer: SegmentWriter) {
+    let tmp = writer.tmp_path().to_path_buf();
+    drop(writer);
+    if let Err(err) = std::fs::remove_file(&tmp) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::debug!(file = %tmp.display(), error = %err, "could not remove a discarded preseal");
         }
-    }
-
-    fn finish(self) -> (u32, u64, W) {
-        (self.crc, self.len, self.inner)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -1592,6 +1741,99 @@ mod tests {
         spool.seal_blocking(1)?;
         let (_, path) = spool.sealed_file(1)?;
         assert_eq!(read_file(&path), lines[2]);
+        Ok(())
+    }
+
+    fn big_msg(entry: u64) -> Incoming {
+        let mut m = msg(entry, -1, 0);
+        m.line = format!("{{\"e\":{entry},\"pad\":\"{}\"}}\n", "x".repeat(1000)).into_bytes();
+        m
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("segments").join("r1"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_large_open_segment_is_compressed_while_it_grows() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let (spool, _) = RuleSpool::open(
+            &db,
+            "test0001",
+            dir.path(),
+            &rule(1_000_000),
+            Arc::new(Notify::new()),
+        )?;
+        let mut expected = String::new();
+        for batch in 0..12u64 {
+            let messages: Vec<Incoming> = (batch * 500..(batch + 1) * 500).map(big_msg).collect();
+            for m in &messages {
+                expected.push_str(
+                    std::str::from_utf8(&m.line)
+                        .map_err(|e| IngesterError::Corrupt(e.to_string()))?,
+                );
+            }
+            spool.append(&messages, 5).await?;
+            spool.feed_blocking()?;
+        }
+        assert!(
+            lock_presealing(&spool.presealing).contains_key(&0),
+            "a 6 MB open segment is presealing"
+        );
+        assert!(segment_files(dir.path()).contains(&"00000000000000000000.preseal.tmp".to_string()));
+        spool.close_open(6, true).await?;
+        spool.seal_blocking(0)?;
+        let (meta, path) = spool.sealed_file(0)?;
+        assert_eq!(read_file(&path), expected);
+        assert_eq!(
+            meta.crc32c,
+            crc32c::crc32c(&std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?)
+        );
+        assert!(lock_presealing(&spool.presealing).is_empty());
+        assert_eq!(
+            segment_files(dir.path()),
+            vec!["00000000000000000000.jsonl.gz", "00000000000000000000.log"],
+            "no temporary file left behind"
+        );
+
+        // A reload (after a failed write) makes a running preseal unusable: the seal starts over.
+        let mut expected = String::new();
+        for batch in 0..10u64 {
+            let messages: Vec<Incoming> = (10_000 + batch * 500..10_000 + (batch + 1) * 500)
+                .map(big_msg)
+                .collect();
+            for m in &messages {
+                expected.push_str(
+                    std::str::from_utf8(&m.line)
+                        .map_err(|e| IngesterError::Corrupt(e.to_string()))?,
+                );
+            }
+            spool.append(&messages, 7).await?;
+            spool.feed_blocking()?;
+        }
+        assert!(lock_presealing(&spool.presealing).contains_key(&1));
+        spool.reload()?;
+        spool.close_open(8, true).await?;
+        spool.seal_blocking(1)?;
+        let (_, path) = spool.sealed_file(1)?;
+        assert_eq!(read_file(&path), expected);
+        assert!(
+            !segment_files(dir.path())
+                .iter()
+                .any(|name| name.ends_with(".tmp")),
+            "the stale preseal's file is gone: {:?}",
+            segment_files(dir.path())
+        );
         Ok(())
     }
 }

@@ -378,6 +378,57 @@ async fn store_errors_are_retried_and_reported_then_heal() -> anyhow::Result<()>
     finish(&mut stack, "flaky", &full_topic, &messages).await
 }
 
+/// kill -9 of the ingester while a large open segment is being compressed ahead of its seal
+/// (presealing): the half-written file is thrown away and the seal starts over from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_presealing_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let topic = unique_topic("preseal");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule(
+        "preseal",
+        &topic,
+        &[
+            "--max-bytes",
+            "12MB",
+            "--max-messages",
+            "100000",
+            "--window",
+            "1h",
+        ],
+    )?;
+    let mut messages = sample_messages(6_000, 29);
+    for m in &mut messages {
+        // ~2 KB records: past 4 MiB (where presealing starts) after ~2,000 messages.
+        m.payload.resize(m.payload.len() + 2_000, b'q');
+    }
+    let producer = produce_steadily(
+        stack.pulsar.url(),
+        full_topic.clone(),
+        messages.clone(),
+        500,
+        Duration::from_millis(200),
+    );
+    let segments = stack.path("ingester").join("segments").join("preseal");
+    for round in 0..2 {
+        crate::util::eventually("a preseal file", Duration::from_secs(60), || {
+            let presealing = std::fs::read_dir(&segments)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".preseal.tmp"))
+                })
+                .unwrap_or(false);
+            Ok(presealing.then_some(()))
+        })
+        .await?;
+        println!("round {round}: killing the ingester while it preseals");
+        restart_ingester(&mut stack).await?;
+    }
+    producer.await??;
+    finish(&mut stack, "preseal", &full_topic, &messages).await
+}
+
 /// A full spool pauses consumption (nothing acknowledged, nothing lost) and resumes when uploads
 /// free space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,242 @@
+//! Writes a segment file (the object's exact bytes) from a record log, in as many steps as it
+//! takes: the open segment's log is compressed while records are still being appended
+//! (presealing), so closing a large segment leaves only its tail to compress.
+//!
+//! A writer tracks what it read: offset, CRC32C and line count of the log bytes. Sealing checks
+//! them against the spool's meta before the file is renamed into place, so a writer that read
+//! anything other than the segment's exact records is caught and its output thrown away.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use proto::types::Compression;
+
+use crate::error::{IngesterError, Result};
+use crate::record_log::RecordLogs;
+
+const BUFFER: usize = 256 * 1024;
+
+/// What the writer read from the log and wrote to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub log_bytes: u64,
+    pub log_crc32c: u32,
+    pub lines: u64,
+    pub file_bytes: u64,
+    pub file_crc32c: u32,
+}
+
+enum Output {
+    Gzip(flate2::write::GzEncoder<HashingWriter<BufWriter<File>>>),
+    Plain(HashingWriter<BufWriter<File>>),
+}
+
+pub struct SegmentWriter {
+    segment_no: u64,
+    compression: Compression,
+    tmp: PathBuf,
+    out: Output,
+    log: Option<File>,
+    log_bytes: u64,
+    log_crc32c: u32,
+    lines: u64,
+    /// The spool's generation when this writer started (see `RuleSpool::reload`).
+    pub generation: u64,
+}
+
+impl SegmentWriter {
+    pub fn create(
+        tmp: PathBuf,
+        segment_no: u64,
+        compression: Compression,
+        generation: u64,
+    ) -> Result<SegmentWriter> {
+        let file = File::create(&tmp)
+            .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
+        let sink = HashingWriter::new(BufWriter::with_capacity(BUFFER, file));
+        let out = match compression {
+            Compression::Gzip => Output::Gzip(flate2::write::GzEncoder::new(
+                sink,
+                flate2::Compression::fast(),
+            )),
+            Compression::None => Output::Plain(sink),
+        };
+        Ok(SegmentWriter {
+            segment_no,
+            compression,
+            tmp,
+            out,
+            log: None,
+            log_bytes: 0,
+            log_crc32c: 0,
+            lines: 0,
+            generation,
+        })
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Reads the log from where the last call stopped up to `upto` bytes, or to its current end
+    /// if it is shorter (an open segment's log may still be growing), and writes it out.
+    pub fn feed(&mut self, logs: &RecordLogs, upto: u64) -> Result<()> {
+        if self.log_bytes >= upto {
+            return Ok(());
+        }
+        let path = logs.path(self.segment_no);
+        let io = |what: &str, e| IngesterError::io(format!("{what} {}", path.display()), e);
+        if self.log.is_none() {
+            let mut file = File::open(&path).map_err(|e| io("opening", e))?;
+            file.seek(SeekFrom::Start(self.log_bytes))
+                .map_err(|e| io("seeking in", e))?;
+            self.log = Some(file);
+        }
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; BUFFER];
+        while self.log_bytes < upto {
+            let want = usize::try_from(upto - self.log_bytes)
+                .unwrap_or(BUFFER)
+                .min(BUFFER);
+            let n = match log.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io("reading", e)),
+            };
+            let chunk = &buf[..n];
+            self.log_crc32c = crc32c::crc32c_append(self.log_crc32c, chunk);
+            self.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            self.log_bytes += n as u64;
+            let written = match &mut self.out {
+                Output::Gzip(gz) => gz.write_all(chunk),
+                Output::Plain(out) => out.write_all(chunk),
+            };
+            written.map_err(|e| IngesterError::io(format!("writing {}", self.tmp.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and syncs the file; it stays at the temporary path.
+    pub fn finish(self) -> Result<Written> {
+        let tmp = self.tmp;
+        let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
+        let sink = match self.out {
+            Output::Gzip(gz) => gz.finish().map_err(io)?,
+            Output::Plain(out) => out,
+        };
+        let (file_crc32c, file_bytes, writer) = sink.finish();
+        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(Written {
+            log_bytes: self.log_bytes,
+            log_crc32c: self.log_crc32c,
+            lines: self.lines,
+            file_bytes,
+            file_crc32c,
+        })
+    }
+}
+
+/// Counts and checksums what goes through it: the segment's size and CRC32C come for free.
+struct HashingWriter<W: Write> {
+    inner: W,
+    crc: u32,
+    len: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            crc: 0,
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> (u32, u64, W) {
+        (self.crc, self.len, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record_log::LogWrite;
+
+    #[test]
+    fn fed_in_steps_while_the_log_grows_it_writes_the_same_gzip_content() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        let lines: Vec<String> = (0..5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let all: String = lines.concat();
+        let tmp = dir.path().join("00000000000000000003.preseal.tmp");
+        let mut writer = SegmentWriter::create(tmp.clone(), 3, Compression::Gzip, 7)?;
+        let mut written = 0u64;
+        for (i, part) in lines.chunks(1000).enumerate() {
+            let bytes = part.concat().into_bytes();
+            written += bytes.len() as u64;
+            logs.append_durably(&[LogWrite {
+                segment_no: 3,
+                fresh: i == 0,
+                bytes,
+            }])?;
+            // Asked for more than the log holds yet: takes what is there.
+            writer.feed(&logs, written + 1000)?;
+        }
+        let done = writer.finish()?;
+        assert_eq!(done.log_bytes, all.len() as u64);
+        assert_eq!(done.log_crc32c, crc32c::crc32c(all.as_bytes()));
+        assert_eq!(done.lines, 5000);
+        let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
+        assert_eq!(done.file_bytes, file.len() as u64);
+        assert_eq!(done.file_crc32c, crc32c::crc32c(&file));
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&file[..])
+            .read_to_string(&mut text)
+            .map_err(|e| IngesterError::io("gunzip", e))?;
+        assert_eq!(text, all);
+        Ok(())
+    }
+
+    #[test]
+    fn stops_at_upto_even_when_the_log_holds_more() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        logs.append_durably(&[LogWrite {
+            segment_no: 1,
+            fresh: true,
+            bytes: b"a\nb\nc\n".to_vec(),
+        }])?;
+        let tmp = dir.path().join("x.tmp");
+        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0)?;
+        writer.feed(&logs, 4)?;
+        let done = writer.finish()?;
+        assert_eq!((done.log_bytes, done.lines), (4, 2));
+        assert_eq!(
+            std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?,
+            b"a\nb\n"
+        );
+        Ok(())
+    }
+}
