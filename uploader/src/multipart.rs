@@ -1,7 +1,8 @@
 //! Resumable multipart uploads: a segment larger than `multipart_threshold` goes up in parts of
-//! `part_size`, streamed from the ingester's ReadSegment (one part in memory per upload, so the
-//! uploader holds at most `part_size × concurrency` segment bytes), and a crash — `kill -9`
-//! included — resumes the same multipart upload instead of starting over.
+//! `part_size`, streamed from the ingester's ReadSegment (two parts in memory per upload — one
+//! being sent while the next is read — so the uploader holds at most `2 × part_size ×
+//! concurrency` segment bytes), and a crash — `kill -9` included — resumes the same multipart
+//! upload instead of starting over.
 //!
 //! # The state
 //!
@@ -468,9 +469,32 @@ async fn send_parts(
     let mut reader = PartReader::new(body);
     let mut part_number: i32 = 0;
     let mut sent_bytes = 0u64;
-    // `next_part` returns None only once the body has ended and passed its length and CRC32C
-    // checks, so Complete is never reached with a short or corrupt body.
-    while let Some(part) = reader.next_part(part_size).await? {
+    // One part uploads while the next is read from the ingester: the two overlap, and at most
+    // one part per upload is unconfirmed (so a crash re-sends at most that one).
+    let mut uploading: Option<InFlightPart> = None;
+    loop {
+        // `next_part` returns None only once the body has ended and passed its length and
+        // CRC32C checks, so Complete is never reached with a short or corrupt body.
+        let next = reader.next_part(part_size).await;
+        // The part in flight is confirmed and recorded even when reading the next one failed:
+        // it is stored, and a resume should not send it again.
+        if let Some(in_flight) = uploading.take() {
+            let (number, size, etag) = in_flight.finish().await?;
+            sent_bytes += size;
+            rec.parts.retain(|p| p.part_number != number);
+            rec.parts.push(UploadedPart {
+                part_number: number,
+                etag,
+                size,
+            });
+            rec.parts.sort_by_key(|p| p.part_number);
+            rec.updated_at_ms = now_ms();
+            journal.save(rec).await?;
+            proto::failpoint::hit("uploader:after_part");
+        }
+        let Some(part) = next? else {
+            break;
+        };
         part_number = part_number.saturating_add(1);
         if usize::try_from(part_number).unwrap_or(usize::MAX) > MAX_PARTS {
             return Err(UploadError::Integrity(format!(
@@ -486,27 +510,13 @@ async fn send_parts(
                 "a stored part does not match the segment's bytes; sending it again"
             );
         }
-        let size = part.len() as u64;
-        let etag = store
-            .upload_part(
-                &rec.identity.bucket,
-                &rec.identity.key,
-                &rec.upload_id,
-                part_number,
-                part,
-            )
-            .await?;
-        sent_bytes += size;
-        rec.parts.retain(|p| p.part_number != part_number);
-        rec.parts.push(UploadedPart {
+        uploading = Some(InFlightPart::start(
+            store,
+            &rec.identity,
+            &rec.upload_id,
             part_number,
-            etag,
-            size,
-        });
-        rec.parts.sort_by_key(|p| p.part_number);
-        rec.updated_at_ms = now_ms();
-        journal.save(rec).await?;
-        proto::failpoint::hit("uploader:after_part");
+            part,
+        ));
     }
 
     // Every part 1..=n exactly once, adding up to the object: anything else is a bug or a
@@ -534,6 +544,58 @@ async fn send_parts(
         "completing the multipart upload"
     );
     store.complete_multipart(&rec.multipart_state()).await
+}
+
+/// An UploadPart running on its own task while the next part is read; aborted if dropped
+/// (an error elsewhere ends the upload).
+struct InFlightPart {
+    part_number: i32,
+    size: u64,
+    task: tokio::task::JoinHandle<Result<String, UploadError>>,
+}
+
+impl InFlightPart {
+    fn start(
+        store: &S3Store,
+        identity: &Identity,
+        upload_id: &str,
+        part_number: i32,
+        part: Bytes,
+    ) -> InFlightPart {
+        let size = part.len() as u64;
+        let (store, bucket, key, upload_id) = (
+            store.clone(),
+            identity.bucket.clone(),
+            identity.key.clone(),
+            upload_id.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            store
+                .upload_part(&bucket, &key, &upload_id, part_number, part)
+                .await
+        });
+        InFlightPart {
+            part_number,
+            size,
+            task,
+        }
+    }
+
+    /// The part's number, size and ETag once the store confirmed it.
+    async fn finish(mut self) -> Result<(i32, u64, String), UploadError> {
+        let joined = (&mut self.task).await;
+        let etag = joined.map_err(|e| UploadError::Store {
+            op: "UploadPart",
+            message: format!("the upload task failed: {e}"),
+        })??;
+        Ok((self.part_number, self.size, etag))
+    }
+}
+
+impl Drop for InFlightPart {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A listed part is reused if its size matches and, when its ETag is a plain MD5, the bytes do.

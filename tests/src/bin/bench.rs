@@ -948,7 +948,12 @@ impl Bench {
             std::fs::read_dir(&seg_dir).with_context(|| format!("reading {}", seg_dir.display()))?
         {
             let path = entry?.path();
-            if path.is_file() && path.extension().is_none_or(|e| e != "tmp") {
+            // Sealed segment files only: the record logs (`.log`) sit in the same folder.
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if path.is_file() && (name.ends_with(".jsonl.gz") || name.ends_with(".jsonl")) {
                 files.push(std::fs::read(&path)?);
             }
         }
