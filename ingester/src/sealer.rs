@@ -125,25 +125,14 @@ mod tests {
     use super::*;
     use crate::error::{IngesterError, Result};
     use crate::spool::Incoming;
-    use proto::types::{MessageId, RuleSpecInput};
+    use proto::types::MessageId;
     use tokio::sync::Notify;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn seals_every_segment_once_even_when_asked_twice() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
-        let rule = RuleSpecInput {
-            name: Some("r1".into()),
-            service_url: Some("pulsar://127.0.0.1:6650".into()),
-            topic: Some("orders".into()),
-            subscription: Some("s".into()),
-            bucket: Some("bucket-1".into()),
-            region: Some("ap-guangzhou".into()),
-            max_messages: Some(2),
-            ..RuleSpecInput::default()
-        }
-        .validate()
-        .map_err(IngesterError::InvalidRule)?;
+        let rule = crate::spool::tests::rule(2);
         let (spool, _) =
             RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;
         let messages: Vec<Incoming> = (0..40)

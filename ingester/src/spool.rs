@@ -1387,11 +1387,11 @@ fn discard(writer: SegmentWriter) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proto::types::RuleSpecInput;
 
-    fn rule(max_messages: u64) -> RuleConfig {
+    pub(crate) fn rule(max_messages: u64) -> RuleConfig {
         RuleSpecInput {
             name: Some("r1".into()),
             service_url: Some("pulsar://127.0.0.1:6650".into()),
@@ -1405,6 +1405,17 @@ mod tests {
         }
         .validate()
         .expect("valid rule")
+    }
+
+    fn open_spool(db: &sled::Db, dir: &Path, max_messages: u64) -> Result<Arc<RuleSpool>> {
+        let (spool, _) = RuleSpool::open(
+            db,
+            "test0001",
+            dir,
+            &rule(max_messages),
+            Arc::new(Notify::new()),
+        )?;
+        Ok(spool)
     }
 
     fn msg(entry: u64, batch_index: i32, batch_size: i32) -> Incoming {
@@ -1540,13 +1551,7 @@ mod tests {
     async fn a_batch_split_across_segments_is_acked_only_when_complete() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
-        let (spool, _) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir.path(),
-            &rule(2),
-            Arc::new(Notify::new()),
-        )?;
+        let spool = open_spool(&db, dir.path(), 2)?;
         let out = spool
             .append(&[msg(1, 0, 3), msg(1, 1, 3), msg(1, 2, 3)], 5)
             .await?;
@@ -1647,13 +1652,7 @@ mod tests {
     async fn a_damaged_log_is_refused_at_sealing() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
-        let (spool, _) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir.path(),
-            &rule(2),
-            Arc::new(Notify::new()),
-        )?;
+        let spool = open_spool(&db, dir.path(), 2)?;
         spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
         let path = spool.logs.path(0);
         let mut bytes = std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?;
@@ -1750,6 +1749,20 @@ mod tests {
         m
     }
 
+    /// Appends `batches` batches of 500 ~1 KB records from entry `first`, feeding the presealer
+    /// after each; returns the records' lines.
+    async fn append_and_feed(spool: &RuleSpool, first: u64, batches: u64) -> Result<String> {
+        let mut lines = Vec::new();
+        for batch in 0..batches {
+            let start = first + batch * 500;
+            let messages: Vec<Incoming> = (start..start + 500).map(big_msg).collect();
+            lines.extend(messages.iter().flat_map(|m| m.line.clone()));
+            spool.append(&messages, 5).await?;
+            spool.feed_blocking()?;
+        }
+        String::from_utf8(lines).map_err(|e| IngesterError::Corrupt(e.to_string()))
+    }
+
     fn segment_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir.join("segments").join("r1"))
             .map(|entries| {
@@ -1767,25 +1780,8 @@ mod tests {
     async fn a_large_open_segment_is_compressed_while_it_grows() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let db = sled::open(dir.path().join("db"))?;
-        let (spool, _) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir.path(),
-            &rule(1_000_000),
-            Arc::new(Notify::new()),
-        )?;
-        let mut expected = String::new();
-        for batch in 0..12u64 {
-            let messages: Vec<Incoming> = (batch * 500..(batch + 1) * 500).map(big_msg).collect();
-            for m in &messages {
-                expected.push_str(
-                    std::str::from_utf8(&m.line)
-                        .map_err(|e| IngesterError::Corrupt(e.to_string()))?,
-                );
-            }
-            spool.append(&messages, 5).await?;
-            spool.feed_blocking()?;
-        }
+        let spool = open_spool(&db, dir.path(), 1_000_000)?;
+        let expected = append_and_feed(&spool, 0, 12).await?;
         assert!(
             lock_presealing(&spool.presealing).contains_key(&0),
             "a 6 MB open segment is presealing"
@@ -1807,20 +1803,7 @@ mod tests {
         );
 
         // A reload (after a failed write) makes a running preseal unusable: the seal starts over.
-        let mut expected = String::new();
-        for batch in 0..10u64 {
-            let messages: Vec<Incoming> = (10_000 + batch * 500..10_000 + (batch + 1) * 500)
-                .map(big_msg)
-                .collect();
-            for m in &messages {
-                expected.push_str(
-                    std::str::from_utf8(&m.line)
-                        .map_err(|e| IngesterError::Corrupt(e.to_string()))?,
-                );
-            }
-            spool.append(&messages, 7).await?;
-            spool.feed_blocking()?;
-        }
+        let expected = append_and_feed(&spool, 10_000, 10).await?;
         assert!(lock_presealing(&spool.presealing).contains_key(&1));
         spool.reload()?;
         spool.close_open(8, true).await?;
