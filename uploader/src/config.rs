@@ -11,7 +11,7 @@ use proto::types::Secret;
 use serde::Deserialize;
 
 use crate::error::UploadError;
-use crate::store::StoreEndpoint;
+use crate::store::{ChecksumChoice, StoreEndpoint};
 
 pub const DEFAULT_INGESTER: &str = "http://127.0.0.1:7601";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7602";
@@ -55,6 +55,14 @@ pub struct Args {
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PATH_STYLE", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
     pub path_style: Option<bool>,
+    /// Integrity header the store checks on every upload request: auto (Content-MD5 for COS,
+    /// CRC32C for other S3 endpoints), md5 or crc32c [default: auto].
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_REQUEST_CHECKSUM",
+        value_name = "auto|md5|crc32c"
+    )]
+    pub request_checksum: Option<String>,
     /// Signing region override [default: the rule's region].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_REGION")]
     pub region: Option<String>,
@@ -118,6 +126,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     endpoint: Option<String>,
     path_style: Option<bool>,
+    request_checksum: Option<String>,
     region: Option<String>,
     concurrency: Option<NumberOrText>,
     part_size: Option<NumberOrText>,
@@ -232,6 +241,7 @@ pub struct UploaderConfig {
     /// Overrides every rule's store when set.
     pub endpoint: Option<StoreEndpoint>,
     pub path_style: bool,
+    pub request_checksum: ChecksumChoice,
     pub region: Option<String>,
     pub concurrency: usize,
     pub part_size: u64,
@@ -309,6 +319,11 @@ impl UploaderConfig {
             _ => None,
         };
         let path_style = args.path_style.or(file.path_style).unwrap_or(false);
+        let request_checksum = match args.request_checksum.or(file.request_checksum) {
+            Some(text) if !text.trim().is_empty() => ChecksumChoice::parse(&text)
+                .map_err(|m| UploadError::config("request_checksum", m))?,
+            _ => ChecksumChoice::Auto,
+        };
 
         let region = match args.region.or(file.region) {
             Some(r) if !r.trim().is_empty() => Some(validate_region(r.trim())?),
@@ -431,6 +446,7 @@ impl UploaderConfig {
             state_dir,
             endpoint,
             path_style,
+            request_checksum,
             region,
             concurrency,
             part_size,
@@ -558,6 +574,7 @@ mod tests {
         assert_eq!(c.multipart_threshold, 8 << 20);
         assert_eq!(c.max_backoff, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.request_checksum, ChecksumChoice::Auto);
     }
 
     #[test]
@@ -568,6 +585,7 @@ mod tests {
             state_dir = "/var/lib/up"
             endpoint = "http://127.0.0.1:9000"
             path_style = true
+            request_checksum = "md5"
             region = "us-east-1"
             concurrency = 2
             part_size = "16MB"
@@ -584,6 +602,10 @@ mod tests {
             })
         );
         assert!(c.path_style);
+        assert_eq!(
+            c.request_checksum,
+            ChecksumChoice::Fixed(crate::store::RequestChecksum::Md5)
+        );
         assert_eq!(c.concurrency, 2);
         assert_eq!(c.part_size, 16_000_000);
         assert_eq!(c.multipart_threshold, 6_000_000);
@@ -599,6 +621,8 @@ mod tests {
                 "--path-style=false",
                 "--endpoint",
                 "file:///tmp/s",
+                "--request-checksum",
+                "crc32c",
             ],
             Some(file),
         )
@@ -607,6 +631,10 @@ mod tests {
         assert_eq!(c.part_size, 8 << 20);
         assert_eq!(c.multipart_threshold, 6_000_000);
         assert!(!c.path_style);
+        assert_eq!(
+            c.request_checksum,
+            ChecksumChoice::Fixed(crate::store::RequestChecksum::Crc32c)
+        );
         assert_eq!(
             c.endpoint,
             Some(StoreEndpoint::File {
@@ -679,6 +707,10 @@ mod tests {
         assert_eq!(
             field_of(build(&["--log-format", "xml"], None)),
             "log_format"
+        );
+        assert_eq!(
+            field_of(build(&["--request-checksum", "sha1"], None)),
+            "request_checksum"
         );
         assert_eq!(field_of(build(&[], Some("part_size = true"))), "config");
     }

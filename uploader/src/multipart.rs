@@ -78,10 +78,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::UploadError;
 use crate::store::s3::{
-    etag_is_md5, md5_hex, must_start_over, normalize_etag, ListedPart, MultipartState, PartReader,
-    S3Store, UploadedPart, MAX_PARTS,
+    checksum_crc32c, etag_is_md5, md5_hex, must_start_over, normalize_etag, ListedPart,
+    MultipartState, PartReader, S3Store, UploadedPart, MAX_PARTS,
 };
-use crate::store::{Body, PutOutcome, PutRequest, S3Target, StoreRouter};
+use crate::store::{Body, PutOutcome, PutRequest, RequestChecksum, S3Target, StoreRouter};
 
 /// Subdirectory of `state_dir` holding one record per multipart upload in progress.
 pub const DIR: &str = "multipart";
@@ -432,7 +432,7 @@ pub fn reconcile(rec: &ResumeRecord, listed: &[ListedPart]) -> BTreeMap<i32, Upl
             continue;
         }
         let recorded = rec.parts.iter().find(|p| p.part_number == lp.part_number);
-        let part = match (recorded, &lp.etag) {
+        let mut part = match (recorded, &lp.etag) {
             (Some(r), Some(etag)) => {
                 if normalize_etag(&r.etag) != normalize_etag(etag) || r.size != lp.size {
                     tracing::warn!(
@@ -449,10 +449,21 @@ pub fn reconcile(rec: &ResumeRecord, listed: &[ListedPart]) -> BTreeMap<i32, Upl
                 part_number: lp.part_number,
                 etag: etag.clone(),
                 size: lp.size,
+                checksum_crc32c: None,
             },
             // Without an ETag the part cannot be named in CompleteMultipartUpload.
             (None, None) => continue,
         };
+        if rec.identity.target.checksum == RequestChecksum::Crc32c {
+            // Complete must repeat each part's CRC32C; a part whose CRC32C is known neither to
+            // the record nor to the store cannot be named, so it is sent again.
+            if part.checksum_crc32c.is_none() {
+                part.checksum_crc32c = lp.checksum_crc32c.clone();
+            }
+            if part.checksum_crc32c.is_none() {
+                continue;
+            }
+        }
         reusable.insert(lp.part_number, part);
     }
     reusable
@@ -479,14 +490,10 @@ async fn send_parts(
         // The part in flight is confirmed and recorded even when reading the next one failed:
         // it is stored, and a resume should not send it again.
         if let Some(in_flight) = uploading.take() {
-            let (number, size, etag) = in_flight.finish().await?;
-            sent_bytes += size;
-            rec.parts.retain(|p| p.part_number != number);
-            rec.parts.push(UploadedPart {
-                part_number: number,
-                etag,
-                size,
-            });
+            let uploaded = in_flight.finish().await?;
+            sent_bytes += uploaded.size;
+            rec.parts.retain(|p| p.part_number != uploaded.part_number);
+            rec.parts.push(uploaded);
             rec.parts.sort_by_key(|p| p.part_number);
             rec.updated_at_ms = now_ms();
             journal.save(rec).await?;
@@ -549,9 +556,7 @@ async fn send_parts(
 /// An UploadPart running on its own task while the next part is read; aborted if dropped
 /// (an error elsewhere ends the upload).
 struct InFlightPart {
-    part_number: i32,
-    size: u64,
-    task: tokio::task::JoinHandle<Result<String, UploadError>>,
+    task: tokio::task::JoinHandle<Result<UploadedPart, UploadError>>,
 }
 
 impl InFlightPart {
@@ -562,7 +567,6 @@ impl InFlightPart {
         part_number: i32,
         part: Bytes,
     ) -> InFlightPart {
-        let size = part.len() as u64;
         let (store, bucket, key, upload_id) = (
             store.clone(),
             identity.bucket.clone(),
@@ -574,21 +578,16 @@ impl InFlightPart {
                 .upload_part(&bucket, &key, &upload_id, part_number, part)
                 .await
         });
-        InFlightPart {
-            part_number,
-            size,
-            task,
-        }
+        InFlightPart { task }
     }
 
-    /// The part's number, size and ETag once the store confirmed it.
-    async fn finish(mut self) -> Result<(i32, u64, String), UploadError> {
+    /// The part as the store confirmed it.
+    async fn finish(mut self) -> Result<UploadedPart, UploadError> {
         let joined = (&mut self.task).await;
-        let etag = joined.map_err(|e| UploadError::Store {
+        joined.map_err(|e| UploadError::Store {
             op: "UploadPart",
             message: format!("the upload task failed: {e}"),
-        })??;
-        Ok((self.part_number, self.size, etag))
+        })?
     }
 }
 
@@ -598,9 +597,14 @@ impl Drop for InFlightPart {
     }
 }
 
-/// A listed part is reused if its size matches and, when its ETag is a plain MD5, the bytes do.
+/// A listed part is reused if its size matches and the bytes match what is known of it: its
+/// CRC32C when the upload has one, its ETag when that is a plain MD5.
 fn reuse_ok(reused: &UploadedPart, part: &Bytes) -> bool {
     reused.size == part.len() as u64
+        && reused
+            .checksum_crc32c
+            .as_ref()
+            .is_none_or(|crc| *crc == checksum_crc32c(part))
         && (!etag_is_md5(&reused.etag)
             || normalize_etag(&reused.etag).eq_ignore_ascii_case(&md5_hex(part)))
 }
@@ -691,6 +695,7 @@ mod tests {
                 endpoint: "http://127.0.0.1:9".into(),
                 region: "us-east-1".into(),
                 path_style: true,
+                checksum: RequestChecksum::Md5,
             },
         }
     }
@@ -706,6 +711,7 @@ mod tests {
                     part_number: *n,
                     etag: (*e).into(),
                     size: *s,
+                    checksum_crc32c: None,
                 })
                 .collect(),
             created_at_ms: 1,
@@ -718,6 +724,7 @@ mod tests {
             part_number: n,
             size,
             etag: etag.map(str::to_string),
+            checksum_crc32c: None,
         }
     }
 
@@ -772,6 +779,7 @@ mod tests {
             part_number: 1,
             etag: format!("\"{}\"", md5_hex(&data)),
             size: 10,
+            checksum_crc32c: None,
         };
         assert!(reuse_ok(&good, &data));
         assert!(!reuse_ok(&good, &Bytes::from_static(b"0123456780")));
@@ -781,6 +789,43 @@ mod tests {
         };
         assert!(reuse_ok(&opaque, &data));
         assert!(!reuse_ok(&opaque, &Bytes::from_static(b"012345678")));
+        // A CRC32C upload's part is checked against its CRC32C too, even behind an opaque ETag.
+        let crc = UploadedPart {
+            checksum_crc32c: Some(checksum_crc32c(&data)),
+            ..opaque.clone()
+        };
+        assert!(reuse_ok(&crc, &data));
+        assert!(!reuse_ok(&crc, &Bytes::from_static(b"0123456780")));
+    }
+
+    #[test]
+    fn crc32c_uploads_reuse_only_parts_whose_crc32c_is_known() {
+        let mut rec = record(&[(1, "\"aa\"", 10)]);
+        rec.identity.target.checksum = RequestChecksum::Crc32c;
+        rec.parts[0].checksum_crc32c = Some("AAAAAQ==".into());
+        let with_crc = |n, crc: Option<&str>| ListedPart {
+            checksum_crc32c: crc.map(str::to_string),
+            ..listed(n, 10, Some(if n == 1 { "\"aa\"" } else { "\"bb\"" }))
+        };
+        let out = reconcile(
+            &rec,
+            &[
+                with_crc(1, None),
+                with_crc(2, Some("AAAAAg==")),
+                with_crc(3, None),
+            ],
+        );
+        assert_eq!(out.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            out[&1].checksum_crc32c.as_deref(),
+            Some("AAAAAQ=="),
+            "from the record"
+        );
+        assert_eq!(
+            out[&2].checksum_crc32c.as_deref(),
+            Some("AAAAAg=="),
+            "from the store"
+        );
     }
 
     #[tokio::test]

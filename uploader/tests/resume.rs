@@ -15,8 +15,10 @@ use proto::v1::SegmentInfo;
 use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
-use uploader::store::s3::{client_config, load_shared_config, S3Store};
-use uploader::store::{Body, PutRequest, S3Target, StoreRouter, StoreSettings};
+use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
+use uploader::store::{
+    Body, ChecksumChoice, PutRequest, RequestChecksum, S3Target, StoreRouter, StoreSettings,
+};
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
@@ -57,6 +59,10 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(RequestChecksum::Md5).await
+}
+
+async fn env_with(checksum: RequestChecksum) -> Env {
     let server = common::serve().await;
     let addr = server.addr;
     let root = server.root;
@@ -70,17 +76,19 @@ async fn env() -> Env {
         endpoint: format!("http://{addr}"),
         region: "us-east-1".into(),
         path_style: true,
+        checksum,
     };
     let recorder = Recorder::default();
     let shared = load_shared_config(&credentials).await;
     let config = client_config(&shared, &target)
         .interceptor(recorder.clone())
         .build();
-    let store = S3Store::from_client_config(config, PART, PART);
+    let store = S3Store::from_client_config(config, &target, PART, PART);
     let router = StoreRouter::new(StoreSettings {
         endpoint: None,
         region: None,
         path_style: true,
+        request_checksum: ChecksumChoice::Fixed(checksum),
         part_size: PART,
         multipart_threshold: PART,
         credentials,
@@ -195,7 +203,18 @@ fn open_uploads(root: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn interrupted_upload_resumes_without_resending_stored_parts() {
-    let env = env().await;
+    interrupted_upload_resumes(RequestChecksum::Md5).await;
+}
+
+/// The CRC32C flavour: the upload is created with that algorithm, every part carries its
+/// CRC32C, the record keeps them, and Complete (after the resume) names them all.
+#[tokio::test]
+async fn interrupted_crc32c_upload_resumes_without_resending_stored_parts() {
+    interrupted_upload_resumes(RequestChecksum::Crc32c).await;
+}
+
+async fn interrupted_upload_resumes(checksum: RequestChecksum) {
+    let env = env_with(checksum).await;
     let data = random_bytes(17 * MIB + 123, 1); // parts: 5 + 5 + 5 + 2 MiB
     let seg = segment(1, &data);
 
@@ -215,6 +234,33 @@ async fn interrupted_upload_resumes_without_resending_stored_parts() {
         .expect("state kept for resuming");
     assert_eq!(rec.parts.len(), 2);
     assert_eq!(rec.identity.file_bytes, data.len() as u64);
+    assert_eq!(rec.identity.target.checksum, checksum);
+    let crcs: Vec<_> = rec
+        .parts
+        .iter()
+        .map(|p| p.checksum_crc32c.clone())
+        .collect();
+    match checksum {
+        RequestChecksum::Md5 => assert_eq!(crcs, vec![None, None]),
+        RequestChecksum::Crc32c => assert_eq!(
+            crcs,
+            vec![
+                Some(checksum_crc32c(&data[..PART as usize])),
+                Some(checksum_crc32c(&data[PART as usize..2 * PART as usize])),
+            ]
+        ),
+    }
+    let header = match checksum {
+        RequestChecksum::Md5 => "content-md5",
+        RequestChecksum::Crc32c => "x-amz-checksum-crc32c",
+    };
+    assert!(
+        first
+            .iter()
+            .filter(|(m, uri, _)| m == "PUT" && uri.contains("partNumber="))
+            .all(|(_, _, h)| h.iter().any(|h| h == header)),
+        "every part carries {header}: {first:?}"
+    );
     let state_file = env.journal.path_for("orders", 1);
     assert!(state_file.starts_with(env.state.path().join("multipart")));
 

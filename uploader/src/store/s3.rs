@@ -3,8 +3,11 @@
 //!
 //! - `WhenRequired` request checksums and response validation: COS rejects or ignores the SDK's
 //!   default flexible checksums (`x-amz-checksum-*`, aws-chunked trailers);
-//! - `Content-MD5` on PutObject and UploadPart instead, computed here over the buffered bytes —
-//!   the one integrity header COS honours;
+//! - an integrity header on PutObject and UploadPart instead, computed here over the buffered
+//!   bytes ([`RequestChecksum`]): `Content-MD5`, the one COS honours, or — for other S3
+//!   servers under `request_checksum = "auto"` — `x-amz-checksum-crc32c`, which they check just
+//!   as strictly at a twentieth of the CPU. A CRC32C multipart upload is created with that
+//!   algorithm, and CompleteMultipartUpload names every part's CRC32C;
 //! - virtual-hosted addressing unless path style is asked for (local test servers need it).
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +17,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -22,7 +25,7 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::{Body, ObjectHead, PutOutcome, PutRequest, S3Target, FALLBACK_REGION};
+use super::{Body, ObjectHead, PutOutcome, PutRequest, RequestChecksum, S3Target, FALLBACK_REGION};
 use crate::config::Credentials;
 use crate::error::UploadError;
 
@@ -80,6 +83,10 @@ pub struct UploadedPart {
     pub part_number: i32,
     pub etag: String,
     pub size: u64,
+    /// Base64 CRC32C of the part, as sent in `x-amz-checksum-crc32c`: CompleteMultipartUpload
+    /// must repeat it for an upload created with that algorithm. None for Content-MD5 uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32c: Option<String>,
 }
 
 impl MultipartState {
@@ -94,6 +101,8 @@ pub struct ListedPart {
     pub part_number: i32,
     pub size: u64,
     pub etag: Option<String>,
+    /// The part's CRC32C (base64) when the upload was created with that algorithm.
+    pub checksum_crc32c: Option<String>,
 }
 
 /// Starts the message of a [`UploadError::Store`] after which the multipart upload cannot go on
@@ -122,11 +131,23 @@ pub fn md5_hex(data: &[u8]) -> String {
     format!("{:x}", Md5::digest(data))
 }
 
+/// Base64 of the big-endian CRC32C, as `x-amz-checksum-crc32c` wants it.
+pub fn checksum_crc32c(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(data).to_be_bytes())
+}
+
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
     part_size: usize,
     multipart_threshold: u64,
+    checksum: RequestChecksum,
+    /// SigV4 over a SHA-256 of the body, or `UNSIGNED-PAYLOAD`. Over HTTPS, TLS already keeps
+    /// the body intact against tampering and the signed checksum header against bugs, so the
+    /// SHA-256 (the uploader's largest CPU cost after MD5) buys nothing; boto3 and the AWS CLI
+    /// skip it there too. Over plain HTTP a CRC32C could be forged by whoever rewrites the body,
+    /// so the payload stays signed.
+    sign_payload: bool,
 }
 
 impl S3Store {
@@ -138,13 +159,16 @@ impl S3Store {
     ) -> S3Store {
         S3Store::from_client_config(
             client_config(shared, target).build(),
+            target,
             part_size,
             multipart_threshold,
         )
     }
 
+    /// `config` must be [`client_config`] for `target` (tests add interceptors to it).
     pub fn from_client_config(
         config: aws_sdk_s3::Config,
+        target: &S3Target,
         part_size: u64,
         multipart_threshold: u64,
     ) -> S3Store {
@@ -153,7 +177,13 @@ impl S3Store {
             // Config validation caps part_size at 5 GiB, which fits usize on 64-bit targets.
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             multipart_threshold,
+            checksum: target.checksum,
+            sign_payload: !target.endpoint.starts_with("https://"),
         }
+    }
+
+    pub fn checksum(&self) -> RequestChecksum {
+        self.checksum
     }
 
     pub fn part_size(&self) -> u64 {
@@ -187,19 +217,32 @@ impl S3Store {
 
     async fn put_single(&self, req: &PutRequest, body: Body) -> Result<PutOutcome, UploadError> {
         let limit = usize::try_from(self.multipart_threshold).unwrap_or(usize::MAX);
-        // Buffered whole: Content-MD5 must be known before the first byte is sent, and the body
-        // is verified (read to its end) before the object can exist.
+        // Buffered whole: the checksum must be known before the first byte is sent, and the
+        // body is verified (read to its end) before the object can exist.
         let data = PartReader::new(body).read_to_end(limit).await?;
-        let out = self
+        let request = self
             .client
             .put_object()
             .bucket(&req.bucket)
             .key(&req.key)
             .set_metadata(Some(metadata_map(req)))
-            .content_type(&req.content_type)
-            .content_md5(content_md5(&data))
+            .content_type(&req.content_type);
+        let request = match self.checksum {
+            RequestChecksum::Md5 => request.content_md5(content_md5(&data)),
+            RequestChecksum::Crc32c => request
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .checksum_crc32_c(checksum_crc32c(&data)),
+        };
+        let request = request
             .content_length(len_i64(data.len()))
             .body(ByteStream::from(data))
+            .customize();
+        let request = if self.sign_payload {
+            request
+        } else {
+            request.disable_payload_signing()
+        };
+        let out = request
             .send()
             .await
             .map_err(|e| sdk_error("PutObject", e))?;
@@ -244,8 +287,7 @@ impl S3Store {
                 )));
             }
             let part_number = i32::try_from(state.parts.len() + 1).unwrap_or(i32::MAX);
-            let size = part.len() as u64;
-            let etag = self
+            let uploaded = self
                 .upload_part(
                     &state.bucket,
                     &state.key,
@@ -254,17 +296,18 @@ impl S3Store {
                     part,
                 )
                 .await?;
-            state.parts.push(UploadedPart {
-                part_number,
-                etag,
-                size,
-            });
+            state.parts.push(uploaded);
         }
         self.complete_multipart(state).await
     }
 
-    /// CreateMultipartUpload with the object's metadata; returns the upload id.
+    /// CreateMultipartUpload with the object's metadata (and the CRC32C algorithm when the parts
+    /// carry one); returns the upload id.
     pub async fn create_multipart(&self, req: &PutRequest) -> Result<String, UploadError> {
+        let algorithm = match self.checksum {
+            RequestChecksum::Md5 => None,
+            RequestChecksum::Crc32c => Some(ChecksumAlgorithm::Crc32C),
+        };
         let created = self
             .client
             .create_multipart_upload()
@@ -272,6 +315,7 @@ impl S3Store {
             .key(&req.key)
             .set_metadata(Some(metadata_map(req)))
             .content_type(&req.content_type)
+            .set_checksum_algorithm(algorithm)
             .send()
             .await
             .map_err(|e| sdk_error("CreateMultipartUpload", e))?;
@@ -285,7 +329,7 @@ impl S3Store {
             .to_string())
     }
 
-    /// UploadPart with Content-MD5; returns the part's ETag.
+    /// UploadPart with the store's integrity header; returns the part as Complete must name it.
     pub async fn upload_part(
         &self,
         bucket: &str,
@@ -293,27 +337,47 @@ impl S3Store {
         upload_id: &str,
         part_number: i32,
         part: Bytes,
-    ) -> Result<String, UploadError> {
-        let out = self
+    ) -> Result<UploadedPart, UploadError> {
+        let size = part.len() as u64;
+        let request = self
             .client
             .upload_part()
             .bucket(bucket)
             .key(key)
             .upload_id(upload_id)
-            .part_number(part_number)
-            .content_md5(content_md5(&part))
+            .part_number(part_number);
+        let (request, checksum) = match self.checksum {
+            RequestChecksum::Md5 => (request.content_md5(content_md5(&part)), None),
+            RequestChecksum::Crc32c => {
+                let crc = checksum_crc32c(&part);
+                let request = request
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_crc32_c(crc.clone());
+                (request, Some(crc))
+            }
+        };
+        let request = request
             .content_length(len_i64(part.len()))
             .body(ByteStream::from(part))
-            .send()
-            .await
-            .map_err(|e| {
-                if is_no_such_upload(&e) {
-                    start_over("UploadPart", e)
-                } else {
-                    sdk_error("UploadPart", e)
-                }
-            })?;
-        Ok(out.e_tag().unwrap_or_default().to_string())
+            .customize();
+        let request = if self.sign_payload {
+            request
+        } else {
+            request.disable_payload_signing()
+        };
+        let out = request.send().await.map_err(|e| {
+            if is_no_such_upload(&e) {
+                start_over("UploadPart", e)
+            } else {
+                sdk_error("UploadPart", e)
+            }
+        })?;
+        Ok(UploadedPart {
+            part_number,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            size,
+            checksum_crc32c: checksum,
+        })
     }
 
     /// The parts the store holds for `upload_id`, in part-number order; `None` if the store no
@@ -351,6 +415,10 @@ impl S3Store {
                     part_number,
                     size: u64::try_from(size).unwrap_or(0),
                     etag: p.e_tag().filter(|e| !e.is_empty()).map(str::to_string),
+                    checksum_crc32c: p
+                        .checksum_crc32_c()
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string),
                 });
             }
             match out.next_part_number_marker() {
@@ -377,6 +445,7 @@ impl S3Store {
                 CompletedPart::builder()
                     .part_number(p.part_number)
                     .e_tag(&p.etag)
+                    .set_checksum_crc32_c(p.checksum_crc32c.clone())
                     .build()
             })
             .collect::<Vec<_>>();
@@ -634,7 +703,7 @@ mod tests {
     use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents, SharedCredentialsProvider};
 
     use super::*;
-    use crate::store::{resolve_target, StoreEndpoint, Target};
+    use crate::store::{resolve_target, ChecksumChoice, StoreEndpoint, Target};
 
     /// Records the signed request and stops it before it reaches the network.
     #[derive(Debug, Clone, Default)]
@@ -703,7 +772,7 @@ mod tests {
             config.response_checksum_validation(),
             Some(&ResponseChecksumValidation::WhenRequired)
         );
-        let store = S3Store::from_client_config(config, 8 << 20, 8 << 20);
+        let store = S3Store::from_client_config(config, &target, 8 << 20, 8 << 20);
         let req = PutRequest {
             bucket: "examplebucket-1250000000".into(),
             key: "orders/2026/11/24/02/seg.jsonl.gz".into(),
@@ -733,7 +802,8 @@ mod tests {
 
     #[tokio::test]
     async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
-        let target = resolve_target(None, None, false, "", "ap-guangzhou").expect("COS region");
+        let target = resolve_target(None, None, false, ChecksumChoice::Auto, "", "ap-guangzhou")
+            .expect("COS region");
         let (uri, headers, err) = capture_put(target).await;
         assert!(
             uri.starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/orders/2026/11/24/02/seg.jsonl.gz"),
@@ -755,21 +825,80 @@ mod tests {
         );
         let auth = header(&headers, "authorization").expect("signed");
         assert!(auth.contains("/ap-guangzhou/s3/aws4_request"), "{auth}");
+        // HTTPS: TLS guards the body, so no SHA-256 of it is computed.
+        assert_eq!(
+            header(&headers, "x-amz-content-sha256"),
+            Some("UNSIGNED-PAYLOAD")
+        );
         assert!(!err.to_string().contains("very-secret-key"));
         assert!(!auth.contains("very-secret-key"));
     }
 
     #[tokio::test]
+    async fn other_s3_put_carries_crc32c_and_no_md5_nor_chunked_body() {
+        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
+        let target = resolve_target(
+            Some(&o),
+            None,
+            true,
+            ChecksumChoice::Auto,
+            "",
+            "ap-guangzhou",
+        )
+        .expect("ok");
+        let (_, headers, _) = capture_put(target).await;
+        assert_eq!(
+            header(&headers, "x-amz-checksum-crc32c"),
+            Some(checksum_crc32c(b"hello world").as_str())
+        );
+        // The well-known CRC32C of "hello world" is 0xc99465aa.
+        assert_eq!(checksum_crc32c(b"hello world"), "yZRlqg==");
+        assert_eq!(header(&headers, "content-md5"), None);
+        assert_eq!(header(&headers, "content-length"), Some("11"));
+        assert_eq!(header(&headers, "content-encoding"), None);
+        assert_eq!(header(&headers, "x-amz-trailer"), None);
+        // Plain HTTP: the payload stays signed (a CRC32C alone could be forged in transit).
+        assert_eq!(
+            header(&headers, "x-amz-content-sha256"),
+            Some("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
+        );
+
+        let md5 = ChecksumChoice::parse("md5").expect("valid");
+        let target = resolve_target(Some(&o), None, true, md5, "", "").expect("ok");
+        let (_, headers, _) = capture_put(target).await;
+        assert_eq!(
+            header(&headers, "content-md5"),
+            Some(content_md5(b"hello world").as_str())
+        );
+        assert_eq!(header(&headers, "x-amz-checksum-crc32c"), None);
+    }
+
+    #[tokio::test]
     async fn override_endpoint_uses_path_style_when_configured() {
         let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
-        let target = resolve_target(Some(&o), None, true, "", "ap-guangzhou").expect("ok");
+        let target = resolve_target(
+            Some(&o),
+            None,
+            true,
+            ChecksumChoice::Auto,
+            "",
+            "ap-guangzhou",
+        )
+        .expect("ok");
         let (uri, _, _) = capture_put(target).await;
         assert!(
             uri.starts_with("http://127.0.0.1:9000/examplebucket-1250000000/orders/2026/"),
             "{uri}"
         );
-        let target =
-            resolve_target(None, None, false, "http://minio.local:9000", "us-east-1").expect("ok");
+        let target = resolve_target(
+            None,
+            None,
+            false,
+            ChecksumChoice::Auto,
+            "http://minio.local:9000",
+            "us-east-1",
+        )
+        .expect("ok");
         let (uri, _, _) = capture_put(target).await;
         assert!(
             uri.starts_with("http://examplebucket-1250000000.minio.local:9000/orders/"),
