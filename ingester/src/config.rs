@@ -34,7 +34,8 @@ pub struct Args {
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_MAX_SPOOL_BYTES")]
     pub max_spool_bytes: Option<String>,
     /// Messages each rule's consumer lets the broker send ahead (Pulsar flow-control permits).
-    /// Memory held for them is up to this × the largest message: lower it for large messages
+    /// Memory held for them is up to this × the largest message — or × the largest producer
+    /// batch, since the client queues whole batches: lower it for large messages or batches
     /// (e.g. 50 for 1 MiB ones). [default: 1000]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_RECEIVER_QUEUE")]
     pub receiver_queue: Option<u32>,
