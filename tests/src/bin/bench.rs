@@ -748,6 +748,36 @@ impl Stack {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
+/// The largest `upload_ms=N` in a daemon log (text format, colours or not).
+fn max_upload_ms(log: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|line| {
+            let plain = strip_ansi(line);
+            let rest = plain.split("upload_ms=").nth(1)?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Fixed-size, text (JSON-ish hex) payloads: realistic for gzip, valid UTF-8 (no base64), unique.
 struct Payloads {
     noise: Vec<u8>,
@@ -1003,6 +1033,14 @@ impl Bench {
         let seconds = started.elapsed().as_secs_f64();
         let rss_u = stack.uploader.as_ref().and_then(Proc::peak_rss_kb);
         let rss_i = stack.ingester.as_ref().and_then(Proc::peak_rss_kb);
+        // The segments upload side by side: the slowest one's ReadSegment → stored time is the
+        // uploader's own share, without its process start and first ListSealed.
+        let upload_s = stack
+            .uploader
+            .as_ref()
+            .and_then(|u| std::fs::read_to_string(&u.log).ok())
+            .and_then(|log| max_upload_ms(&log))
+            .map(|ms| ms as f64 / 1000.0);
         stack.uploader = None;
         stack.ingester = None;
 
@@ -1043,7 +1081,15 @@ impl Bench {
             scenario: "uploader alone, to stored".into(),
             seconds: stored_s,
             ratio: Some(bare_s / stored_s),
-            notes: "uploader start → every object listed in the store (ListObjects every 20 ms; commit, ack and free not included)".into(),
+            notes: format!(
+                "uploader start → every object listed in the store (ListObjects every 20 ms; commit, ack and free not included){}",
+                upload_s
+                    .map(|u| format!(
+                        "; the uploads themselves (slowest segment's upload_ms in the uploader's log) took {u:.2} s = {:.2} × the bare loop's speed, the rest is process start and first ListSealed",
+                        bare_s / u
+                    ))
+                    .unwrap_or_default()
+            ),
             ..upl.clone()
         };
         Ok(vec![upl, committed, bare])
@@ -1493,6 +1539,15 @@ mod tests {
         // 2026-11-24T02:40:02Z
         assert_eq!(window_start_from_key(key, "bench"), Some(1_795_488_002_000));
         assert_eq!(window_start_from_key(key, "other"), None);
+    }
+
+    #[test]
+    fn upload_ms_is_read_from_coloured_and_plain_logs() {
+        let log =
+            "x \u{1b}[3mupload_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m508 \u{1b}[3mattempt\u{1b}[0m=1\n\
+                   y upload_ms=546 attempt=1\nz no timing here\n";
+        assert_eq!(max_upload_ms(log), Some(546));
+        assert_eq!(max_upload_ms("nothing"), None);
     }
 
     #[test]
