@@ -1,4 +1,5 @@
-//! An in-process S3 server (s3s-fs) on a temporary directory.
+//! An in-process S3 server (s3s-fs) on a temporary directory, over plain HTTP or (with
+//! [`S3Server::start_tls`]) HTTPS with a throwaway CA.
 //!
 //! s3s-fs checks SigV4, flexible checksums and bucket names like S3 does, so configuration bugs in
 //! the uploader show up in tests (STACK.md, "S3 test server"). The server runs as a task on the
@@ -6,7 +7,8 @@
 //! serving while a test awaits other work.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -17,6 +19,8 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 /// Access key every test server accepts.
 pub const ACCESS_KEY: &str = "test-access-key";
@@ -29,33 +33,72 @@ pub const REGION: &str = "us-east-1";
 pub struct S3Server {
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
-    dir: TempDir,
+    /// Removed on drop; holds `data/` and, over HTTPS, `ca.pem`.
+    _dir: TempDir,
+    /// `dir/data`: the buckets.
+    data: PathBuf,
+    tls: Option<ServerTls>,
+}
+
+/// HTTPS: the acceptor, and the CA that signed the server's certificate.
+struct ServerTls {
+    acceptor: TlsAcceptor,
+    ca_pem: String,
+    ca_file: PathBuf,
 }
 
 impl S3Server {
     /// Starts a server on a free loopback port with an empty data directory.
     pub async fn start() -> anyhow::Result<S3Server> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`S3Server::start`], over HTTPS: the certificate (for 127.0.0.1 and localhost) is
+    /// signed by a CA made for this server, whose PEM is at [`S3Server::ca_file`]. Processes
+    /// trust it with `SSL_CERT_FILE` (the SDK's default client reads it through
+    /// rustls-native-certs); [`S3Server::client`] trusts it directly.
+    pub async fn start_tls() -> anyhow::Result<S3Server> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> anyhow::Result<S3Server> {
         let dir = tempfile::Builder::new()
             .prefix("s3s-fs-")
             .tempdir()
             .context("creating the S3 data dir")?;
+        // Objects live in `data/`, so the CA file next to it is not a bucket.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).context("creating the S3 data dir")?;
+        let tls = if tls {
+            Some(server_tls(dir.path()).context("making the S3 server's certificate")?)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("binding the S3 server")?;
         let addr = listener
             .local_addr()
             .context("reading the S3 server address")?;
-        let task = serve(listener, dir.path())?;
+        let task = serve(listener, &data, tls.as_ref().map(|t| t.acceptor.clone()))?;
         Ok(S3Server {
             addr,
             task: Some(task),
-            dir,
+            _dir: dir,
+            data,
+            tls,
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for a server started with `start_tls`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM file of the CA that signed an HTTPS server's certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_file.as_path())
     }
 
     /// The address the server listens on (also while stopped: `restart` reuses it).
@@ -73,7 +116,7 @@ impl S3Server {
 
     /// The directory holding the objects: object `K` of bucket `B` is the file `data_dir/B/K`.
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.data
     }
 
     /// Whether the server is currently serving.
@@ -98,7 +141,8 @@ impl S3Server {
         let listener = TcpListener::bind(self.addr)
             .await
             .with_context(|| format!("re-binding the S3 server on {}", self.addr))?;
-        self.task = Some(serve(listener, self.dir.path())?);
+        let acceptor = self.tls.as_ref().map(|t| t.acceptor.clone());
+        self.task = Some(serve(listener, &self.data, acceptor)?);
         Ok(())
     }
 
@@ -107,9 +151,18 @@ impl S3Server {
         self.restart().await
     }
 
-    /// An S3 client for this server: path style, static credentials, region us-east-1.
+    /// An S3 client for this server: path style, static credentials, region us-east-1 (and,
+    /// over HTTPS, trusting the server's CA only).
     pub fn client(&self) -> aws_sdk_s3::Client {
-        client_for(&self.endpoint(), ACCESS_KEY, SECRET_KEY)
+        match &self.tls {
+            None => client_for(&self.endpoint(), ACCESS_KEY, SECRET_KEY),
+            Some(tls) => {
+                let config = config_for(&self.endpoint(), ACCESS_KEY, SECRET_KEY)
+                    .http_client(https_client(&tls.ca_pem))
+                    .build();
+                aws_sdk_s3::Client::from_conf(config)
+            }
+        }
     }
 
     /// Creates a bucket (names follow S3 rules: at least 3 characters, no `_`).
@@ -135,7 +188,11 @@ impl Drop for S3Server {
 /// An S3 client for a local test server. Built without `aws_config::load`, so nothing from the
 /// environment or `~/.aws` can leak into the tests.
 pub fn client_for(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
+    aws_sdk_s3::Client::from_conf(config_for(endpoint, access_key, secret_key).build())
+}
+
+fn config_for(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(
@@ -143,8 +200,55 @@ pub fn client_for(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk
         ))
         .endpoint_url(endpoint)
         .force_path_style(true)
+}
+
+/// The SDK's rustls client, trusting only `ca_pem`.
+fn https_client(ca_pem: &str) -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::empty().with_pem_certificate(ca_pem.as_bytes()))
         .build();
-    aws_sdk_s3::Client::from_conf(config)
+    let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::AwsLc,
+    ));
+    match context {
+        Ok(context) => builder.tls_context(context).build_https(),
+        // Building the context only collects the PEM; nothing here can fail today.
+        Err(_) => builder.build_https(),
+    }
+}
+
+/// A CA (written to `dir/ca.pem`) and a certificate it signed for 127.0.0.1 and localhost.
+fn server_tls(dir: &Path) -> anyhow::Result<ServerTls> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tdmq-backup test S3 CA");
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+    let ca_pem = ca_cert.pem();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).with_context(|| format!("writing {}", ca_file.display()))?;
+    Ok(ServerTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        ca_pem,
+        ca_file,
+    })
 }
 
 fn build_service(root: &Path) -> anyhow::Result<S3Service> {
@@ -158,7 +262,11 @@ fn build_service(root: &Path) -> anyhow::Result<S3Service> {
 
 /// Spawns the accept loop (as in s3s-fs's own `main.rs`). Connections live in a `JoinSet` owned by
 /// the loop, so aborting the loop also closes them.
-fn serve(listener: TcpListener, root: &Path) -> anyhow::Result<JoinHandle<()>> {
+fn serve(
+    listener: TcpListener,
+    root: &Path,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<JoinHandle<()>> {
     let service = build_service(root)?;
     Ok(tokio::spawn(async move {
         let http = ConnBuilder::new(TokioExecutor::new());
@@ -173,12 +281,29 @@ fn serve(listener: TcpListener, root: &Path) -> anyhow::Result<JoinHandle<()>> {
                     continue;
                 }
             };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            connections.spawn(async move {
-                let _ = conn.await;
-            });
+            let _ = socket.set_nodelay(true);
+            let (http, service) = (http.clone(), service.clone());
+            match tls.clone() {
+                None => {
+                    let conn = http
+                        .serve_connection(TokioIo::new(socket), service)
+                        .into_owned();
+                    connections.spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                Some(acceptor) => {
+                    connections.spawn(async move {
+                        let Ok(stream) = acceptor.accept(socket).await else {
+                            return;
+                        };
+                        let _ = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned()
+                            .await;
+                    });
+                }
+            }
         }
     }))
 }

@@ -58,8 +58,17 @@ pub fn unique_topic(stem: &str) -> String {
 impl Stack {
     /// Broker, S3 server and bucket; daemons are started by the caller.
     pub async fn services() -> anyhow::Result<Stack> {
+        Self::services_on(S3Server::start().await?).await
+    }
+
+    /// Like [`Stack::services`] with the S3 server on HTTPS (its own CA; the uploader is told to
+    /// trust it with `SSL_CERT_FILE`).
+    pub async fn services_with_https_s3() -> anyhow::Result<Stack> {
+        Self::services_on(S3Server::start_tls().await?).await
+    }
+
+    async fn services_on(s3: S3Server) -> anyhow::Result<Stack> {
         let pulsar = PulsarLite::start().await?;
-        let s3 = S3Server::start().await?;
         s3.create_bucket(BUCKET).await?;
         Ok(Stack {
             pulsar,
@@ -150,9 +159,15 @@ impl Stack {
             ),
             ("RUST_LOG".to_string(), "info".to_string()),
         ];
+        let mut envs = envs;
+        if let Some(ca) = self.s3.ca_file() {
+            envs.push((
+                "SSL_CERT_FILE".to_string(),
+                ca.to_string_lossy().into_owned(),
+            ));
+        }
         let mut args = args;
         args.extend(self.uploader_extra.args.iter().cloned());
-        let mut envs = envs;
         envs.extend(self.uploader_extra.env.iter().cloned());
         self.uploader = Some(Daemon::spawn(
             "tdmq-backup-uploader",
