@@ -68,8 +68,15 @@ struct Args {
     keep: bool,
 }
 
-const ALL: [&str; 7] = [
-    "baseline", "e2e", "uploader", "latency", "sizes", "rules", "big",
+const ALL: [&str; 8] = [
+    "baseline",
+    "e2e",
+    "uploader",
+    "uploader-https",
+    "latency",
+    "sizes",
+    "rules",
+    "big",
 ];
 
 /// One row of the final table.
@@ -181,7 +188,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 vec![row]
             }),
             "e2e" => bench.e2e_with_and_without_gzip(baseline_1k).await,
-            "uploader" => bench.uploader().await,
+            "uploader" => bench.uploader(false).await,
+            "uploader-https" => bench.uploader(true).await,
             "latency" => bench.latency().await.map(|r| vec![r]),
             "sizes" => bench.sizes().await,
             "rules" => bench.rules().await,
@@ -432,6 +440,12 @@ struct Stack {
 
 impl Bench {
     async fn stack(&self, name: &str) -> anyhow::Result<Stack> {
+        self.stack_with(name, false).await
+    }
+
+    /// `https`: the S3 server on HTTPS with its own CA, which the uploader trusts through
+    /// `SSL_CERT_FILE` and the bench's clients directly.
+    async fn stack_with(&self, name: &str, https: bool) -> anyhow::Result<Stack> {
         // Numbered: a scenario may run twice (e2e at 1 KB in `e2e` and in `sizes`).
         let seq = self
             .stacks
@@ -452,7 +466,11 @@ impl Bench {
             std::fs::write(&path, config)?;
             pulsar.restart().await?;
         }
-        let s3 = S3Server::start().await?;
+        let s3 = if https {
+            S3Server::start_tls().await?
+        } else {
+            S3Server::start().await?
+        };
         s3.create_bucket(BUCKET).await?;
         s3.create_bucket(BARE_BUCKET).await?;
         Ok(Stack {
@@ -523,11 +541,14 @@ impl Stack {
             "--path-style".into(),
             "true".into(),
         ];
-        let envs = [
+        let mut envs = vec![
             ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
             ("RUST_LOG", "info".to_string()),
         ];
+        if let Some(ca) = self.s3.ca_file() {
+            envs.push(("SSL_CERT_FILE", ca.to_string_lossy().into_owned()));
+        }
         let proc = self.spawn("tdmq-backup-uploader", &args, &envs)?;
         self.uploader = Some(proc);
         wait_for_port(
@@ -932,9 +953,13 @@ impl Bench {
         Ok(vec![row])
     }
 
-    /// The uploader alone (segments sealed beforehand) vs a bare aws-sdk-s3 loop.
-    async fn uploader(&self) -> anyhow::Result<Vec<Row>> {
-        let mut stack = self.stack("uploader").await?;
+    /// The uploader alone (segments sealed beforehand) vs a bare aws-sdk-s3 loop, to an S3
+    /// server on plain HTTP or (`https`) on HTTPS.
+    async fn uploader(&self, https: bool) -> anyhow::Result<Vec<Row>> {
+        let label = if https { ", https" } else { "" };
+        let mut stack = self
+            .stack_with(if https { "uploader-https" } else { "uploader" }, https)
+            .await?;
         let topic = topic_name("upl");
         let count = self.n;
         preload(&stack.pulsar.url(), &topic, count, KB).await?;
@@ -1050,7 +1075,7 @@ impl Bench {
             .map(|f| format!("{:.1}", f.len() as f64 / 1e6))
             .collect();
         let bare = Row {
-            scenario: "bare SDK PUT/multipart".into(),
+            scenario: format!("bare SDK PUT/multipart{label}"),
             messages: count as u64,
             bytes: file_bytes,
             seconds: bare_s,
@@ -1063,7 +1088,7 @@ impl Bench {
         };
         let stored_s = stored_s.unwrap_or(seconds);
         let upl = Row {
-            scenario: "uploader alone".into(),
+            scenario: format!("uploader alone{label}"),
             messages: count as u64,
             bytes: file_bytes,
             seconds,
@@ -1078,7 +1103,7 @@ impl Bench {
             ..Default::default()
         };
         let committed = Row {
-            scenario: "uploader alone, to stored".into(),
+            scenario: format!("uploader alone, to stored{label}"),
             seconds: stored_s,
             ratio: Some(bare_s / stored_s),
             notes: format!(
