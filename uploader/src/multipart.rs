@@ -30,7 +30,9 @@
 //!    knows the upload id (NoSuchUpload: completed, aborted, expired) means starting over;
 //! 3. the whole segment is streamed from the ingester again. Bytes of reused parts are read and
 //!    dropped (after checking their MD5 against the part's ETag when the ETag is a plain MD5,
-//!    as on S3 and COS; a part that fails this check is sent again), missing parts are sent,
+//!    as on S3 and COS, and their CRC32C when the upload was created with `request_checksum`
+//!    CRC32C — Complete names every part's CRC32C then, so a part whose CRC32C is unknown is
+//!    sent again; a part that fails a check is sent again), missing parts are sent,
 //!    and the full-stream length and CRC32C check ([`crate::verify`]) still runs over every
 //!    byte before CompleteMultipartUpload is sent. So the object is complete only if the bytes
 //!    of this attempt match the segment's checksum and every reused part matches those bytes.
@@ -457,11 +459,17 @@ pub fn reconcile(rec: &ResumeRecord, listed: &[ListedPart]) -> BTreeMap<i32, Upl
         if rec.identity.target.checksum == RequestChecksum::Crc32c {
             // Complete must repeat each part's CRC32C; a part whose CRC32C is known neither to
             // the record nor to the store cannot be named, so it is sent again.
-            if part.checksum_crc32c.is_none() {
-                part.checksum_crc32c = lp.checksum_crc32c.clone();
-            }
-            if part.checksum_crc32c.is_none() {
-                continue;
+            match (&part.checksum_crc32c, &lp.checksum_crc32c) {
+                (Some(recorded), Some(listed)) if recorded != listed => {
+                    tracing::warn!(
+                        part_number = lp.part_number,
+                        "the store's part has another CRC32C than the recorded one; sending it again"
+                    );
+                    continue;
+                }
+                (None, None) => continue,
+                (None, Some(listed)) => part.checksum_crc32c = Some(listed.clone()),
+                (Some(_), _) => {}
             }
         }
         reusable.insert(lp.part_number, part);
@@ -801,6 +809,7 @@ mod tests {
     #[test]
     fn crc32c_uploads_reuse_only_parts_whose_crc32c_is_known() {
         let mut rec = record(&[(1, "\"aa\"", 10)]);
+        rec.identity.file_bytes = 30; // three parts of 10
         rec.identity.target.checksum = RequestChecksum::Crc32c;
         rec.parts[0].checksum_crc32c = Some("AAAAAQ==".into());
         let with_crc = |n, crc: Option<&str>| ListedPart {
@@ -815,7 +824,13 @@ mod tests {
                 with_crc(3, None),
             ],
         );
-        assert_eq!(out.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            out.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2],
+            "part 3: no CRC32C known"
+        );
+        // The store's CRC32C contradicts the record: sent again.
+        assert!(reconcile(&rec, &[with_crc(1, Some("AAAAAw=="))]).is_empty());
         assert_eq!(
             out[&1].checksum_crc32c.as_deref(),
             Some("AAAAAQ=="),

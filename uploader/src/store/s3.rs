@@ -8,6 +8,8 @@
 //!   servers under `request_checksum = "auto"` — `x-amz-checksum-crc32c`, which they check just
 //!   as strictly at a twentieth of the CPU. A CRC32C multipart upload is created with that
 //!   algorithm, and CompleteMultipartUpload names every part's CRC32C;
+//! - over HTTPS, `UNSIGNED-PAYLOAD` instead of a SHA-256 of the body in the signature (see
+//!   [`S3Store`]'s `sign_payload`);
 //! - virtual-hosted addressing unless path style is asked for (local test servers need it).
 
 use std::collections::{BTreeMap, HashMap};
@@ -180,10 +182,6 @@ impl S3Store {
             checksum: target.checksum,
             sign_payload: !target.endpoint.starts_with("https://"),
         }
-    }
-
-    pub fn checksum(&self) -> RequestChecksum {
-        self.checksum
     }
 
     pub fn part_size(&self) -> u64 {
