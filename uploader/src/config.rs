@@ -11,7 +11,7 @@ use proto::types::Secret;
 use serde::Deserialize;
 
 use crate::error::UploadError;
-use crate::store::{ChecksumChoice, StoreEndpoint};
+use crate::store::{ChecksumChoice, PayloadSigning, StoreEndpoint};
 
 pub const DEFAULT_INGESTER: &str = "http://127.0.0.1:7601";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7602";
@@ -63,6 +63,15 @@ pub struct Args {
         value_name = "auto|md5|crc32c"
     )]
     pub request_checksum: Option<String>,
+    /// Whether SigV4 signs a SHA-256 of each body: auto (not over HTTPS, where TLS protects the
+    /// body; always over plain HTTP) or always (for stores that refuse UNSIGNED-PAYLOAD)
+    /// [default: auto].
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_PAYLOAD_SIGNING",
+        value_name = "auto|always"
+    )]
+    pub payload_signing: Option<String>,
     /// Signing region override [default: the rule's region].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_REGION")]
     pub region: Option<String>,
@@ -127,6 +136,7 @@ struct FileConfig {
     endpoint: Option<String>,
     path_style: Option<bool>,
     request_checksum: Option<String>,
+    payload_signing: Option<String>,
     region: Option<String>,
     concurrency: Option<NumberOrText>,
     part_size: Option<NumberOrText>,
@@ -242,6 +252,7 @@ pub struct UploaderConfig {
     pub endpoint: Option<StoreEndpoint>,
     pub path_style: bool,
     pub request_checksum: ChecksumChoice,
+    pub payload_signing: PayloadSigning,
     pub region: Option<String>,
     pub concurrency: usize,
     pub part_size: u64,
@@ -323,6 +334,11 @@ impl UploaderConfig {
             Some(text) if !text.trim().is_empty() => ChecksumChoice::parse(&text)
                 .map_err(|m| UploadError::config("request_checksum", m))?,
             _ => ChecksumChoice::Auto,
+        };
+        let payload_signing = match args.payload_signing.or(file.payload_signing) {
+            Some(text) if !text.trim().is_empty() => PayloadSigning::parse(&text)
+                .map_err(|m| UploadError::config("payload_signing", m))?,
+            _ => PayloadSigning::Auto,
         };
 
         let region = match args.region.or(file.region) {
@@ -447,6 +463,7 @@ impl UploaderConfig {
             endpoint,
             path_style,
             request_checksum,
+            payload_signing,
             region,
             concurrency,
             part_size,
@@ -575,6 +592,7 @@ mod tests {
         assert_eq!(c.max_backoff, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.request_checksum, ChecksumChoice::Auto);
+        assert_eq!(c.payload_signing, PayloadSigning::Auto);
     }
 
     #[test]
@@ -586,6 +604,7 @@ mod tests {
             endpoint = "http://127.0.0.1:9000"
             path_style = true
             request_checksum = "md5"
+            payload_signing = "always"
             region = "us-east-1"
             concurrency = 2
             part_size = "16MB"
@@ -606,6 +625,7 @@ mod tests {
             c.request_checksum,
             ChecksumChoice::Fixed(crate::store::RequestChecksum::Md5)
         );
+        assert_eq!(c.payload_signing, PayloadSigning::Always);
         assert_eq!(c.concurrency, 2);
         assert_eq!(c.part_size, 16_000_000);
         assert_eq!(c.multipart_threshold, 6_000_000);
@@ -711,6 +731,10 @@ mod tests {
         assert_eq!(
             field_of(build(&["--request-checksum", "sha1"], None)),
             "request_checksum"
+        );
+        assert_eq!(
+            field_of(build(&["--payload-signing", "never"], None)),
+            "payload_signing"
         );
         assert_eq!(field_of(build(&[], Some("part_size = true"))), "config");
     }

@@ -17,7 +17,8 @@ use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
 use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
 use uploader::store::{
-    Body, ChecksumChoice, PutRequest, RequestChecksum, S3Target, StoreRouter, StoreSettings,
+    Body, ChecksumChoice, PayloadSigning, PutRequest, RequestChecksum, S3Target, StoreRouter,
+    StoreSettings,
 };
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
@@ -89,6 +90,7 @@ async fn env_with(checksum: RequestChecksum) -> Env {
         region: None,
         path_style: true,
         request_checksum: ChecksumChoice::Fixed(checksum),
+        payload_signing: PayloadSigning::Auto,
         part_size: PART,
         multipart_threshold: PART,
         credentials,

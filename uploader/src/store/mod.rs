@@ -144,6 +144,32 @@ pub enum RequestChecksum {
     Crc32c,
 }
 
+/// The `payload_signing` setting: whether SigV4 covers a SHA-256 of each request body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PayloadSigning {
+    /// `UNSIGNED-PAYLOAD` over HTTPS (TLS protects the body; boto3 and the AWS CLI do the same),
+    /// a signed SHA-256 over plain HTTP.
+    #[default]
+    Auto,
+    /// Always a signed SHA-256, for S3-compatible stores that refuse `UNSIGNED-PAYLOAD`.
+    Always,
+}
+
+impl PayloadSigning {
+    pub fn parse(text: &str) -> Result<PayloadSigning, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(PayloadSigning::Auto),
+            "always" => Ok(PayloadSigning::Always),
+            _ => Err(format!("{text:?} must be auto or always")),
+        }
+    }
+
+    /// Whether requests to `endpoint_url` sign their payload.
+    pub fn signs(self, endpoint_url: &str) -> bool {
+        self == PayloadSigning::Always || !endpoint_url.starts_with("https://")
+    }
+}
+
 /// The `request_checksum` setting: a fixed [`RequestChecksum`], or `auto` — MD5 for COS hosts,
 /// CRC32C for every other S3 endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -280,6 +306,7 @@ pub struct StoreSettings {
     pub region: Option<String>,
     pub path_style: bool,
     pub request_checksum: ChecksumChoice,
+    pub payload_signing: PayloadSigning,
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub credentials: Credentials,
@@ -292,6 +319,7 @@ impl StoreSettings {
             region: config.region.clone(),
             path_style: config.path_style,
             request_checksum: config.request_checksum,
+            payload_signing: config.payload_signing,
             part_size: config.part_size,
             multipart_threshold: config.multipart_threshold,
             credentials: config.credentials.clone(),
@@ -389,7 +417,8 @@ impl StoreRouter {
             s3_target,
             self.settings.part_size,
             self.settings.multipart_threshold,
-        );
+        )
+        .with_payload_signing(self.settings.payload_signing);
         self.clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -509,6 +538,16 @@ mod tests {
     }
 
     #[test]
+    fn payloads_are_signed_over_http_or_when_asked() {
+        assert!(!PayloadSigning::Auto.signs("https://cos.ap-beijing.myqcloud.com"));
+        assert!(PayloadSigning::Auto.signs("http://minio:9000"));
+        let always = PayloadSigning::parse(" Always ").expect("valid");
+        assert!(always.signs("https://s3.example.com"));
+        let err = PayloadSigning::parse("never").expect_err("not offered");
+        assert!(err.contains("never") && err.contains("always"), "{err}");
+    }
+
+    #[test]
     fn resume_records_without_a_checksum_were_md5_uploads() {
         let old = r#"{"endpoint":"http://s3:9000","region":"us-east-1","path_style":true}"#;
         let target: S3Target = serde_json::from_str(old).expect("old record");
@@ -551,6 +590,7 @@ mod tests {
             region: None,
             path_style: true,
             request_checksum: ChecksumChoice::Auto,
+            payload_signing: PayloadSigning::Auto,
             part_size: 8 << 20,
             multipart_threshold: 8 << 20,
             credentials: Credentials::Static {

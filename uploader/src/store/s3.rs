@@ -27,7 +27,10 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-use super::{Body, ObjectHead, PutOutcome, PutRequest, RequestChecksum, S3Target, FALLBACK_REGION};
+use super::{
+    Body, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
+    FALLBACK_REGION,
+};
 use crate::config::Credentials;
 use crate::error::UploadError;
 
@@ -146,10 +149,12 @@ pub struct S3Store {
     checksum: RequestChecksum,
     /// SigV4 over a SHA-256 of the body, or `UNSIGNED-PAYLOAD`. Over HTTPS, TLS already keeps
     /// the body intact against tampering and the signed checksum header against bugs, so the
-    /// SHA-256 (the uploader's largest CPU cost after MD5) buys nothing; boto3 and the AWS CLI
-    /// skip it there too. Over plain HTTP a CRC32C could be forged by whoever rewrites the body,
-    /// so the payload stays signed.
+    /// SHA-256 (the uploader's largest CPU cost after MD5) buys nothing; the AWS SDK for Java v1
+    /// and the AWS CLI skip it there too. Over plain HTTP a CRC32C could be forged by whoever
+    /// rewrites the body, so the payload stays signed; `payload_signing = "always"` signs it
+    /// everywhere, for stores that refuse `UNSIGNED-PAYLOAD`.
     sign_payload: bool,
+    endpoint: String,
 }
 
 impl S3Store {
@@ -180,8 +185,15 @@ impl S3Store {
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             multipart_threshold,
             checksum: target.checksum,
-            sign_payload: !target.endpoint.starts_with("https://"),
+            sign_payload: PayloadSigning::Auto.signs(&target.endpoint),
+            endpoint: target.endpoint.clone(),
         }
+    }
+
+    /// The uploader's `payload_signing` setting (the default is [`PayloadSigning::Auto`]).
+    pub fn with_payload_signing(mut self, signing: PayloadSigning) -> S3Store {
+        self.sign_payload = signing.signs(&self.endpoint);
+        self
     }
 
     pub fn part_size(&self) -> u64 {
@@ -755,6 +767,13 @@ mod tests {
     }
 
     async fn capture_put(target: Target) -> (String, Vec<(String, String)>, UploadError) {
+        capture_put_with(target, PayloadSigning::Auto).await
+    }
+
+    async fn capture_put_with(
+        target: Target,
+        signing: PayloadSigning,
+    ) -> (String, Vec<(String, String)>, UploadError) {
         let Target::S3(target) = target else {
             panic!("S3 target expected")
         };
@@ -770,7 +789,8 @@ mod tests {
             config.response_checksum_validation(),
             Some(&ResponseChecksumValidation::WhenRequired)
         );
-        let store = S3Store::from_client_config(config, &target, 8 << 20, 8 << 20);
+        let store = S3Store::from_client_config(config, &target, 8 << 20, 8 << 20)
+            .with_payload_signing(signing);
         let req = PutRequest {
             bucket: "examplebucket-1250000000".into(),
             key: "orders/2026/11/24/02/seg.jsonl.gz".into(),
@@ -827,6 +847,14 @@ mod tests {
         assert_eq!(
             header(&headers, "x-amz-content-sha256"),
             Some("UNSIGNED-PAYLOAD")
+        );
+        // Unless payload_signing = "always".
+        let target = resolve_target(None, None, false, ChecksumChoice::Auto, "", "ap-guangzhou")
+            .expect("COS region");
+        let (_, headers, _) = capture_put_with(target, PayloadSigning::Always).await;
+        assert_eq!(
+            header(&headers, "x-amz-content-sha256"),
+            Some("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
         );
         assert!(!err.to_string().contains("very-secret-key"));
         assert!(!auth.contains("very-secret-key"));
