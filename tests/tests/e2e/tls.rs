@@ -11,7 +11,7 @@ use anyhow::Context;
 use harness::{bin_path, check_exactly_once, free_port, produce, sample_messages};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use crate::util::{unique_topic, Extra, Stack};
+use crate::util::{eventually, unique_topic, Extra, Stack};
 
 const RULE: &str = "tls-bk";
 const MESSAGES: usize = 300;
@@ -318,14 +318,11 @@ async fn backs_up_to_an_https_store_with_a_private_ca() -> anyhow::Result<()> {
     .await?;
     // Small segments and 5 MiB parts are not needed: single PUTs and the window flush suffice.
     stack.create_rule(rule, &topic, &["--max-messages", "150", "--window", "1h"])?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while stack.rule_status(rule)?["messages_consumed"].as_u64() < Some(messages.len() as u64) {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "not all consumed in time"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("every message consumed", Duration::from_secs(60), || {
+        let consumed = stack.rule_status(rule)?["messages_consumed"].as_u64();
+        Ok((consumed >= Some(messages.len() as u64)).then_some(()))
+    })
+    .await?;
     stack.ctl_json(&["rule", "flush", rule])?;
     let objects = stack
         .wait_until_stored(rule, &messages, Duration::from_secs(60))

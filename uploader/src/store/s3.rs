@@ -860,18 +860,23 @@ mod tests {
         assert!(!auth.contains("very-secret-key"));
     }
 
-    #[tokio::test]
-    async fn other_s3_put_carries_crc32c_and_no_md5_nor_chunked_body() {
-        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
-        let target = resolve_target(
-            Some(&o),
+    /// `o` for every rule, path style, the default checksum choice.
+    fn override_target(o: &StoreEndpoint) -> Target {
+        resolve_target(
+            Some(o),
             None,
             true,
             ChecksumChoice::Auto,
             "",
             "ap-guangzhou",
         )
-        .expect("ok");
+        .expect("ok")
+    }
+
+    #[tokio::test]
+    async fn other_s3_put_carries_crc32c_and_no_md5_nor_chunked_body() {
+        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
+        let target = override_target(&o);
         let (_, headers, _) = capture_put(target).await;
         assert_eq!(
             header(&headers, "x-amz-checksum-crc32c"),
@@ -902,15 +907,7 @@ mod tests {
     #[tokio::test]
     async fn override_endpoint_uses_path_style_when_configured() {
         let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
-        let target = resolve_target(
-            Some(&o),
-            None,
-            true,
-            ChecksumChoice::Auto,
-            "",
-            "ap-guangzhou",
-        )
-        .expect("ok");
+        let target = override_target(&o);
         let (uri, _, _) = capture_put(target).await;
         assert!(
             uri.starts_with("http://127.0.0.1:9000/examplebucket-1250000000/orders/2026/"),
