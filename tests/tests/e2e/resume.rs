@@ -211,6 +211,12 @@ async fn killed_after_three_parts_resumes_without_resending_them() -> anyhow::Re
         Some(3),
         "{record}"
     );
+    // An S3 endpoint that is not COS: the parts went up with x-amz-checksum-crc32c, and the
+    // record keeps each part's CRC32C for CompleteMultipartUpload.
+    assert!(
+        record["parts"][2]["checksum_crc32c"].is_string(),
+        "{record}"
+    );
     let sent_before = proxy.bytes_to_upstream();
     assert!(sent_before >= 3 * PART, "{sent_before}");
 
@@ -241,7 +247,9 @@ async fn kill9_at_a_random_moment_of_a_big_upload_still_stores_one_object() -> a
     let rule = "big-kill";
     let (mut stack, proxy, messages) = big_segment_stack(rule, 12).await?;
     let endpoint = proxy.endpoint();
-    start_uploader(&mut stack, &endpoint, &[]).await?;
+    // Content-MD5, as against COS (the failpoint test above covers the CRC32C parts).
+    let md5 = [("TDMQ_BACKUP_UPLOADER_REQUEST_CHECKSUM", "md5")];
+    start_uploader(&mut stack, &endpoint, &md5).await?;
     stack.ctl_json(&["rule", "flush", rule])?;
 
     // Somewhere between the first part and the end of the last one (~30 MB in all).
@@ -265,8 +273,14 @@ async fn kill9_at_a_random_moment_of_a_big_upload_still_stores_one_object() -> a
         state_files(&stack)
     );
 
-    start_uploader(&mut stack, &endpoint, &[]).await?;
+    start_uploader(&mut stack, &endpoint, &md5).await?;
     check_one_complete_object(&stack, rule, &messages).await?;
+    assert!(
+        std::fs::read_to_string(stack.path("uploader.log"))?
+            .contains("Content-MD5 request checksums"),
+        "{}",
+        stack.log_tail("uploader.log")
+    );
     Ok(())
 }
 
