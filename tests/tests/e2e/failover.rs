@@ -130,6 +130,22 @@ async fn a_standby_ingester_takes_over_and_nothing_is_lost() -> anyhow::Result<(
         0,
         "the standby consumed while A was active"
     );
+    // Kill A once it has sealed a segment: a seal flushes its spool's index, so that segment
+    // survives the kill -9 and A has something of its own to ship when it comes back. (Records
+    // spooled in the last half second before a kill -9 may be cut from the spool at restart;
+    // they were never acknowledged, so Pulsar delivers them again — to the standby here.)
+    crate::util::eventually(
+        "ingester A sealing a segment",
+        Duration::from_secs(30),
+        || {
+            let s = stack.ctl_json(&["--ingester", &stack.ingester_url(), "status", "fo"])?;
+            let rule = &s["rules"][0];
+            let sealed = rule["sealed_segments"].as_u64().unwrap_or(0);
+            let acked = rule["messages_acked"].as_u64().unwrap_or(0);
+            Ok((sealed > 0 || acked > 0).then_some(()))
+        },
+    )
+    .await?;
     if let Some(mut a) = stack.ingester.take() {
         a.kill9()?;
     }
