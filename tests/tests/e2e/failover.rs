@@ -263,7 +263,10 @@ async fn a_standby_ingester_takes_over_and_nothing_is_lost() -> anyhow::Result<(
     assert_eq!(
         spool_ids.len(),
         2,
-        "objects from both ingesters, told apart by spool id: {spool_ids:?}"
+        "objects from both ingesters, told apart by spool id: {spool_ids:?}\nkeys: {:?}\n\
+         ingester A's log:\n{}",
+        after.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+        stack.log_tail("ingester.log")
     );
     Ok(())
 }
