@@ -4,6 +4,7 @@
 //! Every test starts its own services on free ports in temporary directories; the guards kill
 //! or stop them on drop, so tests run in parallel and leave nothing behind (TEST-SERVICES.md).
 
+pub mod certs;
 pub mod daemons;
 pub mod drain;
 pub mod oracle;
@@ -12,6 +13,7 @@ pub mod services;
 
 pub use services::{pulsar_lite, relay, s3};
 
+pub use certs::{CertFiles, TestCerts};
 pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
 pub use drain::assert_subscription_drained;
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};

@@ -220,33 +220,19 @@ fn https_client(ca_pem: &str) -> aws_sdk_s3::config::SharedHttpClient {
 
 /// A CA (written to `dir/ca.pem`) and a certificate it signed for 127.0.0.1 and localhost.
 fn server_tls(dir: &Path) -> anyhow::Result<ServerTls> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tdmq-backup test S3 CA");
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-
+    let certs = crate::certs::TestCerts::generate("tdmq-backup test S3 CA", "s3s-fs")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            vec![certs.cert_der.clone().into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certs.key_der.clone().into()),
         )?;
-    let ca_pem = ca_cert.pem();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca_pem).with_context(|| format!("writing {}", ca_file.display()))?;
+    let ca_file = certs.write(dir)?.ca;
     Ok(ServerTls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
-        ca_pem,
+        ca_pem: certs.ca_pem,
         ca_file,
     })
 }

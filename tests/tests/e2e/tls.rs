@@ -3,13 +3,14 @@
 //! https:// URLs and `--ca-file`. A CA and a server certificate (for `localhost` and 127.0.0.1)
 //! are made at test time with rcgen.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
-use harness::{bin_path, check_exactly_once, free_port, produce, sample_messages};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use harness::{
+    bin_path, check_exactly_once, free_port, produce, sample_messages, CertFiles, TestCerts,
+};
 
 use crate::util::{eventually, unique_topic, Extra, Stack};
 
@@ -17,42 +18,9 @@ const RULE: &str = "tls-bk";
 const MESSAGES: usize = 300;
 const CONTROL_TOKEN: &str = "tls-ctl-plane-token-5Hq8";
 
-/// PEM files written by [`make_certs`].
-struct Certs {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A CA, and a server certificate it signed for `localhost` and the IP 127.0.0.1.
-fn make_certs(dir: &Path) -> anyhow::Result<Certs> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tdmq-backup test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "tdmq-backup daemon");
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-
-    let certs = Certs {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-    };
-    std::fs::write(&certs.ca, ca_cert.pem())?;
-    std::fs::write(&certs.cert, cert.pem())?;
-    std::fs::write(&certs.key, key.serialize_pem())?;
-    Ok(certs)
+/// A CA, and a server certificate it signed for `localhost` and the IP 127.0.0.1, as PEM files.
+fn make_certs(dir: &Path) -> anyhow::Result<CertFiles> {
+    TestCerts::generate("tdmq-backup test CA", "tdmq-backup daemon")?.write(dir)
 }
 
 fn text(path: &Path) -> String {
