@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use proto::types::{
-    encode_record, MessageId, RecordFields, RuleConfig, Secret, StartPosition, SubscriptionKind,
+    log_record, record::record_json_len, MessageId, RecordFields, RuleConfig, Secret,
+    StartPosition, SubscriptionKind,
 };
 use pulsar::consumer::{ConsumerOptions, InitialPosition};
 use pulsar::message::proto::command_subscribe::SubType;
@@ -278,7 +279,7 @@ impl RuleTask {
                                 match seen.check(&id) {
                                     Redelivery::New => {
                                         let incoming = to_incoming(msg, id);
-                                        let len = incoming.line.len() as u64;
+                                        let len = incoming.json_len;
                                         batch.push(incoming);
                                         return len;
                                     }
@@ -548,7 +549,8 @@ fn message_id(msg: &pulsar::consumer::Message<Vec<u8>>) -> MessageId {
     }
 }
 
-/// Encodes a consumed message once, into the bytes the object will hold.
+/// Encodes a consumed message once, into the record log's compact form (its JSON line is made
+/// when the segment is sealed; only its length is needed now).
 fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incoming {
     let meta = msg.metadata();
     let batch_size = meta.num_messages_in_batch.unwrap_or(0);
@@ -571,12 +573,16 @@ fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incom
         sequence_id,
         payload: &msg.payload.data,
     };
+    let mut body = Vec::with_capacity(msg.payload.data.len() + 32);
+    log_record::encode_body(&fields, &mut body);
     Incoming {
         id,
         topic: msg.topic.clone(),
         batch_size,
         publish_time_ms: meta.publish_time,
-        line: encode_record(&fields),
+        producer_name: meta.producer_name.clone(),
+        body,
+        json_len: record_json_len(&fields),
     }
 }
 

@@ -136,17 +136,22 @@ mod tests {
         let (spool, _) =
             RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;
         let messages: Vec<Incoming> = (0..40)
-            .map(|entry| Incoming {
-                id: MessageId {
-                    ledger: 1,
-                    entry,
-                    partition: -1,
-                    batch_index: -1,
-                },
-                topic: "persistent://public/default/orders".into(),
-                batch_size: 0,
-                publish_time_ms: 1,
-                line: format!("{{\"e\":{entry}}}\n").into_bytes(),
+            .map(|entry| {
+                Incoming {
+                    id: MessageId {
+                        ledger: 1,
+                        entry,
+                        partition: -1,
+                        batch_index: -1,
+                    },
+                    topic: "persistent://public/default/orders".into(),
+                    batch_size: 0,
+                    publish_time_ms: 1,
+                    producer_name: "p".into(),
+                    body: Vec::new(),
+                    json_len: 0,
+                }
+                .with_payload(format!("{{\"e\":{entry}}}"))
             })
             .collect();
         let closed = spool.append(&messages, 5).await?.closed;
@@ -167,9 +172,19 @@ mod tests {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
                 .map_err(|e| IngesterError::io("gunzip", e))?;
+            let payloads: Vec<String> = text
+                .lines()
+                .map(|line| {
+                    let record: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                    record["payload"].as_str().expect("text").to_string()
+                })
+                .collect();
             assert_eq!(
-                text,
-                format!("{{\"e\":{}}}\n{{\"e\":{}}}\n", 2 * no, 2 * no + 1)
+                payloads,
+                vec![
+                    format!("{{\"e\":{}}}", 2 * no),
+                    format!("{{\"e\":{}}}", 2 * no + 1)
+                ]
             );
         }
         Ok(())

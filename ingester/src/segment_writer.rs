@@ -2,7 +2,10 @@
 //! takes: the open segment's log is compressed while records are still being appended
 //! (presealing), so closing a large segment leaves only its tail to compress.
 //!
-//! A writer tracks what it read: offset, CRC32C and line count of the log bytes. Sealing checks
+//! A compact log (`proto::types::log_record`) is turned into the object's JSON lines on the way;
+//! a log from before the compact form already holds them and is copied.
+//!
+//! A writer tracks what it read: offset, CRC32C and record count of the log bytes. Sealing checks
 //! them against the spool's meta before the file is renamed into place, so a writer that read
 //! anything other than the segment's exact records is caught and its output thrown away.
 
@@ -10,10 +13,12 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use proto::types::log_record::LogDecoder;
 use proto::types::Compression;
 
 use crate::error::{IngesterError, Result};
 use crate::record_log::RecordLogs;
+use crate::spool::LogFormat;
 
 const BUFFER: usize = 256 * 1024;
 
@@ -23,6 +28,8 @@ pub struct Written {
     pub log_bytes: u64,
     pub log_crc32c: u32,
     pub lines: u64,
+    /// The JSON lines' bytes: the object's uncompressed size.
+    pub json_bytes: u64,
     pub file_bytes: u64,
     pub file_crc32c: u32,
 }
@@ -41,6 +48,11 @@ pub struct SegmentWriter {
     log_bytes: u64,
     log_crc32c: u32,
     lines: u64,
+    json_bytes: u64,
+    /// Set for a compact log: turns its frames into JSON lines.
+    decoder: Option<LogDecoder>,
+    /// The JSON lines of one piece of a compact log, handed to the compressor at once.
+    json: Vec<u8>,
     /// The spool's generation when this writer started (see `RuleSpool::reload`).
     pub generation: u64,
 }
@@ -49,6 +61,7 @@ impl SegmentWriter {
     pub fn create(
         tmp: PathBuf,
         segment_no: u64,
+        log_format: LogFormat,
         compression: Compression,
         generation: u64,
     ) -> Result<SegmentWriter> {
@@ -71,12 +84,23 @@ impl SegmentWriter {
             log_bytes: 0,
             log_crc32c: 0,
             lines: 0,
+            json_bytes: 0,
+            decoder: (log_format == LogFormat::Compact).then(LogDecoder::default),
+            json: Vec::new(),
             generation,
         })
     }
 
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        if self.decoder.is_some() {
+            LogFormat::Compact
+        } else {
+            LogFormat::JsonLines
+        }
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -113,11 +137,25 @@ impl SegmentWriter {
             };
             let chunk = &buf[..n];
             self.log_crc32c = crc32c::crc32c_append(self.log_crc32c, chunk);
-            self.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
             self.log_bytes += n as u64;
+            let lines = match &mut self.decoder {
+                Some(decoder) => {
+                    self.json.clear();
+                    let records = decoder.decode(chunk, &mut self.json).map_err(|e| {
+                        IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
+                    })?;
+                    self.lines += records;
+                    &self.json[..]
+                }
+                None => {
+                    self.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+                    chunk
+                }
+            };
+            self.json_bytes += lines.len() as u64;
             let written = match &mut self.out {
-                Output::Gzip(gz) => gz.write_all(chunk),
-                Output::Plain(out) => out.write_all(chunk),
+                Output::Gzip(gz) => gz.write_all(lines),
+                Output::Plain(out) => out.write_all(lines),
             };
             written.map_err(|e| IngesterError::io(format!("writing {}", self.tmp.display()), e))?;
         }
@@ -126,6 +164,17 @@ impl SegmentWriter {
 
     /// Ends the stream and syncs the file; it stays at the temporary path.
     pub fn finish(self) -> Result<Written> {
+        if self
+            .decoder
+            .as_ref()
+            .is_some_and(|d| !d.is_at_frame_boundary())
+        {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(IngesterError::Corrupt(format!(
+                "record log of segment {} ends inside a record after {} bytes",
+                self.segment_no, self.log_bytes
+            )));
+        }
         let tmp = self.tmp;
         let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
         let sink = match self.out {
@@ -139,6 +188,7 @@ impl SegmentWriter {
             log_bytes: self.log_bytes,
             log_crc32c: self.log_crc32c,
             lines: self.lines,
+            json_bytes: self.json_bytes,
             file_bytes,
             file_crc32c,
         })
@@ -191,7 +241,8 @@ mod tests {
         let lines: Vec<String> = (0..5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         let all: String = lines.concat();
         let tmp = dir.path().join("00000000000000000003.preseal.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 3, Compression::Gzip, 7)?;
+        let mut writer =
+            SegmentWriter::create(tmp.clone(), 3, LogFormat::JsonLines, Compression::Gzip, 7)?;
         let mut written = 0u64;
         for (i, part) in lines.chunks(1000).enumerate() {
             let bytes = part.concat().into_bytes();
@@ -229,7 +280,8 @@ mod tests {
             bytes: b"a\nb\nc\n".to_vec(),
         }])?;
         let tmp = dir.path().join("x.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0)?;
+        let mut writer =
+            SegmentWriter::create(tmp.clone(), 1, LogFormat::JsonLines, Compression::None, 0)?;
         writer.feed(&logs, 4)?;
         let done = writer.finish()?;
         assert_eq!((done.log_bytes, done.lines), (4, 2));
@@ -237,6 +289,105 @@ mod tests {
             std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?,
             b"a\nb\n"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
+        use proto::types::log_record::{encode_body, LogEncoder};
+        use proto::types::{encode_record, MessageId, RecordFields};
+
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        let payloads: Vec<String> = (0..3000).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let fields = |i: usize| RecordFields {
+            message_id: MessageId {
+                ledger: 1,
+                entry: i as u64,
+                partition: -1,
+                batch_index: -1,
+            },
+            topic: if i % 1000 < 500 {
+                "persistent://t/n/a"
+            } else {
+                "persistent://t/n/b"
+            },
+            publish_time_ms: 1_764_000_000_000 + i as u64,
+            event_time_ms: None,
+            key: Some("k"),
+            properties: &[("p", "v")],
+            producer_name: "producer-1",
+            sequence_id: i as u64,
+            payload: payloads[i].as_bytes(),
+        };
+        let expected: Vec<u8> = (0..payloads.len())
+            .flat_map(|i| encode_record(&fields(i)))
+            .collect();
+        let tmp = dir.path().join("00000000000000000004.preseal.tmp");
+        let mut writer =
+            SegmentWriter::create(tmp.clone(), 4, LogFormat::Compact, Compression::Gzip, 0)?;
+        let mut encoder = LogEncoder::default();
+        let (mut log_len, mut crc) = (0u64, 0u32);
+        for (batch, range) in [0..700, 700..701, 701..2999, 2999..3000]
+            .into_iter()
+            .enumerate()
+        {
+            let mut bytes = Vec::new();
+            for i in range {
+                let mut body = Vec::new();
+                encode_body(&fields(i), &mut body);
+                encoder.append(fields(i).topic, "producer-1", &body, &mut bytes);
+            }
+            log_len += bytes.len() as u64;
+            crc = crc32c::crc32c_append(crc, &bytes);
+            logs.append_durably(&[LogWrite {
+                segment_no: 4,
+                fresh: batch == 0,
+                bytes,
+            }])?;
+            // An odd stopping point: pieces end inside frames, the decoder carries them over.
+            writer.feed(&logs, log_len.saturating_sub(3))?;
+        }
+        writer.feed(&logs, log_len)?;
+        let done = writer.finish()?;
+        assert_eq!(
+            (done.log_bytes, done.log_crc32c, done.lines),
+            (log_len, crc, 3000)
+        );
+        assert_eq!(done.json_bytes, expected.len() as u64);
+        assert!(
+            log_len * 2 < expected.len() as u64,
+            "the compact log is much smaller"
+        );
+        let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&file[..]), &mut json)
+            .map_err(|e| IngesterError::io("gunzip", e))?;
+        assert_eq!(
+            String::from_utf8_lossy(&json),
+            String::from_utf8_lossy(&expected)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_compact_log_cut_inside_a_record_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        let mut bytes = Vec::new();
+        proto::types::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
+        logs.append_durably(&[LogWrite {
+            segment_no: 2,
+            fresh: true,
+            bytes: bytes[..bytes.len() - 1].to_vec(),
+        }])?;
+        let tmp = dir.path().join("y.tmp");
+        let mut writer =
+            SegmentWriter::create(tmp.clone(), 2, LogFormat::Compact, Compression::None, 0)?;
+        writer.feed(&logs, 100)?;
+        let err = writer.finish().expect_err("cut inside a record");
+        assert!(err.to_string().contains("ends inside a record"), "{err}");
+        assert!(!tmp.exists(), "no temporary file left");
         Ok(())
     }
 }

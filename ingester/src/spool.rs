@@ -19,9 +19,10 @@
 //!
 //! # On-disk layout
 //!
-//! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`: the
-//! JSON lines of the object to be, in consumption order (see [`crate::record_log`]). Sealing
-//! gzips that file into `<segment_no>.jsonl.gz`; freeing unlinks both. Everything else is in one
+//! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`, in
+//! consumption order and in a compact binary form (`proto::types::log_record`; segments from
+//! before it hold the JSON lines themselves, see [`LogFormat`]). Sealing turns the log into the
+//! object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both. Everything else is in one
 //! sled tree `spool`, keys `[tag][rule]\0[suffix]`:
 //!
 //! | tag | suffix | value |
@@ -34,7 +35,7 @@
 //!
 //! # Invariants and crash behaviour
 //!
-//! 1. A message is spooled before anything else happens to it: its line is appended to the
+//! 1. A message is spooled before anything else happens to it: its record is appended to the
 //!    segment's log and the log synced (one `write` + one `fdatasync` per batch of received
 //!    messages), then watermark and open meta go to sled in one `apply_batch`. sled persists that
 //!    batch later (its own flush, or the next state change's), so sled never describes log bytes
@@ -61,6 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
+use proto::types::log_record::LogEncoder;
 use proto::types::{object_key, Compression, MessageId, RuleConfig, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -178,16 +180,42 @@ pub struct SegmentMeta {
     pub attempts: u32,
     #[serde(default)]
     pub times_quarantined: u32,
-    /// CRC32C of the record log's `record_bytes` bytes.
+    /// CRC32C of the record log's first `log_len()` bytes.
     #[serde(default)]
     pub log_crc32c: u32,
     /// Whether the records are in a record log (false only in spools from before record logs,
     /// whose records are sled keys until `open` moves them).
     #[serde(default)]
     pub records_in_log: bool,
+    /// How the record log holds the records (segments from before the compact form: JSON lines).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The record log's length in bytes, for compact logs (a JSON-lines log is `record_bytes`
+    /// long).
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+/// What a segment's record log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// The object's JSON lines, as versions before the compact log wrote them.
+    #[default]
+    JsonLines,
+    /// `proto::types::log_record` frames, turned into JSON lines when the segment is sealed.
+    Compact,
 }
 
 impl SegmentMeta {
+    /// The length of the segment's record log that the spool knows to be durable.
+    pub fn log_len(&self) -> u64 {
+        match self.log_format {
+            LogFormat::JsonLines => self.record_bytes,
+            LogFormat::Compact => self.log_bytes,
+        }
+    }
+
     fn stats(&self) -> OpenStats {
         OpenStats {
             window_start_ms: self.window_start_ms,
@@ -259,7 +287,12 @@ pub struct Incoming {
     /// `num_messages_in_batch` of its entry; 0 when not batched.
     pub batch_size: i32,
     pub publish_time_ms: u64,
-    pub line: Vec<u8>,
+    pub producer_name: String,
+    /// The record in the log's compact form, without topic and producer name
+    /// (`proto::types::log_record::encode_body`).
+    pub body: Vec<u8>,
+    /// The length of the record's JSON line: what it adds to the object (and to `max_bytes`).
+    pub json_len: u64,
 }
 
 impl Incoming {
@@ -268,6 +301,41 @@ impl Incoming {
         self.batch_size <= 0
             || self.id.batch_index < 0
             || self.id.batch_index + 1 >= self.batch_size
+    }
+}
+
+#[cfg(test)]
+impl Incoming {
+    /// The message with `payload` (text), its body and JSON length made as the consumer does.
+    pub(crate) fn with_payload(mut self, payload: String) -> Incoming {
+        let fields = proto::types::RecordFields {
+            message_id: self.id,
+            topic: &self.topic,
+            publish_time_ms: self.publish_time_ms,
+            event_time_ms: None,
+            key: None,
+            properties: &[],
+            producer_name: &self.producer_name,
+            sequence_id: self.id.entry,
+            payload: payload.as_bytes(),
+        };
+        let mut body = Vec::new();
+        proto::types::log_record::encode_body(&fields, &mut body);
+        self.json_len = proto::types::record::record_json_len(&fields);
+        self.body = body;
+        self
+    }
+
+    /// The payload (text) back from the body.
+    pub(crate) fn payload_for_tests(&self) -> String {
+        let line =
+            proto::types::log_record::json_line(&self.topic, &self.producer_name, &self.body)
+                .expect("a valid body");
+        let record: serde_json::Value = serde_json::from_slice(&line).expect("a JSON record");
+        record["payload"]
+            .as_str()
+            .expect("a text payload")
+            .to_string()
     }
 }
 
@@ -361,6 +429,9 @@ struct State {
     open: Option<SegmentMeta>,
     /// Every segment that is not open, by number (= consumption order).
     segments: BTreeMap<u64, SegmentMeta>,
+    /// The open segment's number and what its log last wrote of topic and producer name. Reset
+    /// whenever the log may have been cut back: a fresh encoder writes both again.
+    encoder: Option<(u64, LogEncoder)>,
 }
 
 pub struct RuleSpool {
@@ -461,7 +532,7 @@ impl RuleSpool {
         for mut meta in metas {
             match meta.state {
                 SegmentState::Open => {
-                    logs.truncate(meta.segment_no, meta.record_bytes)?;
+                    logs.truncate(meta.segment_no, meta.log_len())?;
                     open = Some(meta);
                 }
                 SegmentState::Closed => {
@@ -500,6 +571,7 @@ impl RuleSpool {
                 acked,
                 open,
                 segments,
+                encoder: None,
             }),
             sealed_notify,
         };
@@ -615,12 +687,18 @@ impl RuleSpool {
                     continue;
                 }
             }
-            let len = msg.line.len() as u64;
+            let len = msg.json_len;
             let placement =
                 state
                     .policy
                     .place(state.open.as_ref().map(|o| o.stats()).as_ref(), now_ms, len);
-            if placement == Placement::CloseThenAppend {
+            // A segment left open by a version that logged JSON lines is closed as it is; the
+            // next one is compact.
+            let legacy_open = state
+                .open
+                .as_ref()
+                .is_some_and(|o| o.log_format == LogFormat::JsonLines);
+            if placement == Placement::CloseThenAppend || legacy_open {
                 if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
                     outcome.closed.push(closed);
                 }
@@ -656,24 +734,50 @@ impl RuleSpool {
                     times_quarantined: 0,
                     log_crc32c: 0,
                     records_in_log: true,
+                    log_format: LogFormat::Compact,
+                    log_bytes: 0,
                 });
             }
             let policy = state.policy;
             let full = {
-                let open = state.open.as_mut().ok_or_else(|| {
+                let State { open, encoder, .. } = &mut *state;
+                let open = open.as_mut().ok_or_else(|| {
                     IngesterError::Corrupt("open segment vanished while appending".into())
                 })?;
-                match writes.last_mut() {
-                    Some(write) if write.segment_no == open.segment_no => {
-                        write.bytes.extend_from_slice(&msg.line)
+                let write = match writes.last_mut() {
+                    Some(write) if write.segment_no == open.segment_no => write,
+                    _ => {
+                        writes.push(LogWrite {
+                            segment_no: open.segment_no,
+                            fresh: open.messages == 0,
+                            bytes: Vec::with_capacity(msg.body.len() + 64),
+                        });
+                        writes.last_mut().ok_or_else(|| {
+                            IngesterError::Corrupt("log write vanished while appending".into())
+                        })?
                     }
-                    _ => writes.push(LogWrite {
-                        segment_no: open.segment_no,
-                        fresh: open.messages == 0,
-                        bytes: msg.line.clone(),
-                    }),
+                };
+                let start = write.bytes.len();
+                match open.log_format {
+                    LogFormat::Compact => {
+                        let encoder = match encoder {
+                            Some((no, encoder)) if *no == open.segment_no => encoder,
+                            _ => &mut encoder.insert((open.segment_no, LogEncoder::default())).1,
+                        };
+                        open.log_bytes += encoder.append(
+                            &msg.topic,
+                            &msg.producer_name,
+                            &msg.body,
+                            &mut write.bytes,
+                        );
+                    }
+                    LogFormat::JsonLines => {
+                        return Err(IngesterError::Corrupt(
+                            "appending to a JSON-lines record log".into(),
+                        ));
+                    }
                 }
-                open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &msg.line);
+                open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &write.bytes[start..]);
                 open.last_seq = seq;
                 open.messages += 1;
                 open.record_bytes += len;
@@ -801,8 +905,9 @@ impl RuleSpool {
             }
         }
         if let Some(open) = &open {
-            self.logs.truncate(open.segment_no, open.record_bytes)?;
+            self.logs.truncate(open.segment_no, open.log_len())?;
         }
+        state.encoder = None;
         state.counters = counters;
         state.watermarks = watermarks;
         state.open = open;
@@ -830,12 +935,13 @@ impl RuleSpool {
             presealing.retain(|_, (started, _)| *started == generation);
             // Under the presealing lock: a segment seen open here cannot be sealed before the
             // writer is in the map, so its seal finds the writer.
-            let (segment_no, upto, compression) = {
+            let (segment_no, upto, format, compression) = {
                 let state = self.lock();
                 match &state.open {
                     Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => (
                         open.segment_no,
-                        open.record_bytes,
+                        open.log_len(),
+                        open.log_format,
                         state.target.compression(),
                     ),
                     _ => return Ok(()),
@@ -851,6 +957,7 @@ impl RuleSpool {
                         self.segments_dir
                             .join(format!("{segment_no:020}.preseal.tmp")),
                         segment_no,
+                        format,
                         compression,
                         generation,
                     )?;
@@ -899,7 +1006,10 @@ impl RuleSpool {
         if let Some((_, preseal)) = preseal {
             // Waits for a feed still running on it.
             if let Some(pre) = lock_preseal(&preseal).take() {
-                if pre.generation == generation && pre.compression() == compression {
+                if pre.generation == generation
+                    && pre.compression() == compression
+                    && pre.log_format() == meta.log_format
+                {
                     writer = Some(pre);
                 } else {
                     discard(pre);
@@ -910,6 +1020,7 @@ impl RuleSpool {
             SegmentWriter::create(
                 self.segments_dir.join(format!("{segment_no:020}.seal.tmp")),
                 segment_no,
+                meta.log_format,
                 compression,
                 generation,
             )
@@ -938,6 +1049,11 @@ impl RuleSpool {
                 return Ok(());
             };
             meta.state = SegmentState::Sealed;
+            // What the object really holds; `json_len` predicted it record by record.
+            if meta.record_bytes != written.json_bytes {
+                tracing::warn!(rule = %self.rule, segment = segment_no, predicted = meta.record_bytes, written = written.json_bytes, "record bytes differ from the prediction");
+                meta.record_bytes = written.json_bytes;
+            }
             meta.crc32c = written.file_crc32c;
             meta.file_bytes = written.file_bytes;
             meta.sealed_at_ms = proto::types::time::now_millis();
@@ -959,7 +1075,7 @@ impl RuleSpool {
     ) -> Result<(Written, PathBuf)> {
         let tmp = writer.tmp_path().to_path_buf();
         let written = writer
-            .feed(&self.logs, meta.record_bytes)
+            .feed(&self.logs, meta.log_len())
             .and_then(|()| writer.finish())
             .and_then(|written| self.check_written(meta, written));
         match written {
@@ -979,10 +1095,11 @@ impl RuleSpool {
                 self.logs.path(meta.segment_no).display()
             )))
         };
-        if written.log_bytes != meta.record_bytes {
+        if written.log_bytes != meta.log_len() {
             return damaged(format!(
                 "it holds {} bytes, the spool wrote {}",
-                written.log_bytes, meta.record_bytes
+                written.log_bytes,
+                meta.log_len()
             ));
         }
         if written.log_crc32c != meta.log_crc32c {
@@ -1429,8 +1546,22 @@ pub(crate) mod tests {
             topic: "persistent://public/default/orders".into(),
             batch_size,
             publish_time_ms: 1000 + entry,
-            line: format!("{{\"e\":{entry},\"b\":{batch_index}}}\n").into_bytes(),
+            producer_name: String::new(),
+            body: Vec::new(),
+            json_len: 0,
         }
+        .with_payload(format!("{{\"e\":{entry},\"b\":{batch_index}}}"))
+    }
+
+    /// The payloads of a segment file's records, a line each.
+    fn read_payloads(path: &Path) -> String {
+        read_file(path)
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).expect("a JSON record");
+                format!("{}\n", record["payload"].as_str().expect("a text payload"))
+            })
+            .collect()
     }
 
     fn read_file(path: &Path) -> String {
@@ -1476,7 +1607,7 @@ pub(crate) mod tests {
         assert_eq!(sealed.len(), 2);
         let (meta0, path0) = spool.sealed_file(0)?;
         assert_eq!(
-            read_file(&path0),
+            read_payloads(&path0),
             "{\"e\":1,\"b\":0}\n{\"e\":1,\"b\":1}\n{\"e\":1,\"b\":2}\n"
         );
         assert_eq!(
@@ -1596,7 +1727,7 @@ pub(crate) mod tests {
         assert!(moved.exists());
         spool.seal_blocking(0)?;
         let (meta, path) = spool.sealed_file(0)?;
-        assert_eq!(read_file(&path).lines().count(), 2);
+        assert_eq!(read_payloads(&path).lines().count(), 2);
         assert_eq!(meta.times_quarantined, 1);
         Ok(())
     }
@@ -1637,7 +1768,7 @@ pub(crate) mod tests {
         spool.seal_blocking(0)?;
         let (meta, path) = spool.sealed_file(0)?;
         assert_eq!(
-            read_file(&path),
+            read_payloads(&path),
             "{\"e\":1,\"b\":-1}\n{\"e\":2,\"b\":-1}\n{\"e\":3,\"b\":-1}\n"
         );
         assert_eq!(meta.messages, 3);
@@ -1664,6 +1795,60 @@ pub(crate) mod tests {
             spool.sealed().is_empty(),
             "nothing damaged is offered for upload"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_segment_left_open_with_a_json_lines_log_is_closed_and_sealed_as_it_is() -> Result<()>
+    {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        {
+            let db = sled::open(dir.path().join("db"))?;
+            let spool = open_spool(&db, dir.path(), 100)?;
+            let first = [msg(1, -1, 0), msg(2, -1, 0)];
+            spool.append(&first, 5).await?;
+            // Make it what an older version left: the open segment's log holds JSON lines.
+            let mut open = spool.open_segment().expect("open segment");
+            let json: Vec<u8> = first
+                .iter()
+                .flat_map(|m| {
+                    proto::types::log_record::json_line(&m.topic, &m.producer_name, &m.body)
+                        .expect("valid body")
+                })
+                .collect();
+            std::fs::write(spool.logs.path(open.segment_no), &json)
+                .map_err(|e| IngesterError::io("writing", e))?;
+            open.log_format = LogFormat::JsonLines;
+            open.log_bytes = 0;
+            open.record_bytes = json.len() as u64;
+            open.log_crc32c = crc32c::crc32c(&json);
+            spool.tree.insert(
+                key(SEGMENT, &spool.rule, &open.segment_no.to_be_bytes()),
+                to_json(&open)?,
+            )?;
+            db.flush()?;
+        }
+        let db = sled::open(dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 100)?;
+        let out = spool.append(&[msg(3, -1, 0)], 6).await?;
+        assert_eq!(
+            out.closed,
+            vec![0],
+            "the JSON-lines segment is closed first"
+        );
+        spool.seal_blocking(0)?;
+        let (_, path) = spool.sealed_file(0)?;
+        assert_eq!(
+            read_payloads(&path),
+            "{\"e\":1,\"b\":-1}\n{\"e\":2,\"b\":-1}\n"
+        );
+        let open = spool.open_segment().expect("a new open segment");
+        assert_eq!(open.log_format, LogFormat::Compact);
+        spool.close_open(7, true).await?;
+        spool.seal_blocking(1)?;
+        let (meta, path) = spool.sealed_file(1)?;
+        assert_eq!(read_payloads(&path), "{\"e\":3,\"b\":-1}\n");
+        assert_eq!(meta.record_bytes, read_file(&path).len() as u64);
         Ok(())
     }
 
@@ -1701,6 +1886,8 @@ pub(crate) mod tests {
                 times_quarantined: 0,
                 log_crc32c: 0,
                 records_in_log: false,
+                log_format: LogFormat::JsonLines,
+                log_bytes: 0,
             };
             tree.insert(key(SEGMENT, "r1", &0u64.to_be_bytes()), to_json(&closed)?)?;
             closed.segment_no = 1;
@@ -1744,9 +1931,10 @@ pub(crate) mod tests {
     }
 
     fn big_msg(entry: u64) -> Incoming {
-        let mut m = msg(entry, -1, 0);
-        m.line = format!("{{\"e\":{entry},\"pad\":\"{}\"}}\n", "x".repeat(1000)).into_bytes();
-        m
+        msg(entry, -1, 0).with_payload(format!(
+            "{{\"e\":{entry},\"pad\":\"{}\"}}",
+            "x".repeat(1000)
+        ))
     }
 
     /// Appends `batches` batches of 500 ~1 KB records from entry `first`, feeding the presealer
@@ -1756,7 +1944,11 @@ pub(crate) mod tests {
         for batch in 0..batches {
             let start = first + batch * 500;
             let messages: Vec<Incoming> = (start..start + 500).map(big_msg).collect();
-            lines.extend(messages.iter().flat_map(|m| m.line.clone()));
+            lines.extend(messages.iter().flat_map(|m| {
+                let mut payload = m.payload_for_tests().into_bytes();
+                payload.push(b'\n');
+                payload
+            }));
             spool.append(&messages, 5).await?;
             spool.feed_blocking()?;
         }
@@ -1790,7 +1982,7 @@ pub(crate) mod tests {
         spool.close_open(6, true).await?;
         spool.seal_blocking(0)?;
         let (meta, path) = spool.sealed_file(0)?;
-        assert_eq!(read_file(&path), expected);
+        assert_eq!(read_payloads(&path), expected);
         assert_eq!(
             meta.crc32c,
             crc32c::crc32c(&std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?)
@@ -1809,7 +2001,7 @@ pub(crate) mod tests {
         spool.close_open(8, true).await?;
         spool.seal_blocking(1)?;
         let (_, path) = spool.sealed_file(1)?;
-        assert_eq!(read_file(&path), expected);
+        assert_eq!(read_payloads(&path), expected);
         assert!(
             !segment_files(dir.path())
                 .iter()

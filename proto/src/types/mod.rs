@@ -1,3 +1,4 @@
+pub mod log_record;
 pub mod message_id;
 pub mod object_key;
 pub mod record;

@@ -1,7 +1,8 @@
 //! The JSON Lines record: one consumed message, one line, field order as in CONTRACT.md.
 //!
-//! A record is encoded exactly once, when the message is spooled; the bytes stored in the spool
-//! are the bytes that end up in the object.
+//! The spool keeps records in a compact form (`super::log_record`) and makes their lines here
+//! when a segment is sealed; [`record_json_len`] gives a line's length at consumption time, for
+//! the `max_bytes` cut, without making it.
 
 use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
@@ -55,6 +56,14 @@ struct Line<'a> {
 
 /// Encodes one record as a JSON line, newline included.
 pub fn encode_record(fields: &RecordFields<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.payload.len() + 256);
+    encode_record_into(fields, &mut out);
+    out
+}
+
+/// Appends the line [`encode_record`] returns to `out`, so a caller can batch records in one
+/// buffer; bytes already in `out` are left as they are.
+pub fn encode_record_into(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
     let (payload, payload_encoding) = match std::str::from_utf8(fields.payload) {
         Ok(text) => (std::borrow::Cow::Borrowed(text), "utf8"),
         Err(_) => (
@@ -79,13 +88,132 @@ pub fn encode_record(fields: &RecordFields<'_>) -> Vec<u8> {
         payload,
         payload_encoding,
     };
-    let mut out = Vec::with_capacity(fields.payload.len() + 256);
-    // Serialising plain strings and integers into a Vec cannot fail.
-    if serde_json::to_writer(&mut out, &line).is_err() {
-        out.clear();
+    let start = out.len();
+    // Serialising plain strings and integers into a Vec cannot fail; should it anyway, a partial
+    // object must not be left behind the caller's earlier records.
+    if serde_json::to_writer(&mut *out, &line).is_err() {
+        out.truncate(start);
     }
     out.push(b'\n');
-    out
+}
+
+/// Keys of [`Line`] in serialisation order; they need no escaping.
+const KEYS: [&str; 10] = [
+    "message_id",
+    "topic",
+    "publish_time",
+    "event_time",
+    "key",
+    "properties",
+    "producer_name",
+    "sequence_id",
+    "payload",
+    "payload_encoding",
+];
+
+/// Everything in a line that does not depend on the values: braces, quoted keys, colons,
+/// commas and the trailing newline.
+const FIXED_LEN: u64 = {
+    let mut n = 2 + (KEYS.len() as u64 - 1) + 1;
+    let mut i = 0;
+    while i < KEYS.len() {
+        n += KEYS[i].len() as u64 + 3;
+        i += 1;
+    }
+    n
+};
+
+/// Bytes serde_json's compact formatter adds when it escapes a byte inside a string: `\"`,
+/// `\\` and the short control escapes take two bytes, other control bytes `\u00XX` six.
+const JSON_ESCAPE_EXTRA: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = 5;
+        b += 1;
+    }
+    t[0x08] = 1;
+    t[0x09] = 1;
+    t[0x0a] = 1;
+    t[0x0c] = 1;
+    t[0x0d] = 1;
+    t[b'"' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t
+};
+
+/// Last millisecond whose year chrono writes with four digits; later years get a sign and more
+/// digits, so their length is not constant.
+const LAST_FOUR_DIGIT_YEAR_MS: u64 = 253_402_300_799_999;
+/// `"2026-11-24T02:44:19.913Z"`, quotes included.
+const QUOTED_TIMESTAMP_LEN: u64 = 26;
+
+/// Length of `s` as a JSON string, quotes included.
+fn json_str_len(s: &[u8]) -> u64 {
+    let extra: u64 = s
+        .iter()
+        .map(|&b| u64::from(JSON_ESCAPE_EXTRA[usize::from(b)]))
+        .sum();
+    2 + s.len() as u64 + extra
+}
+
+fn u64_digits(n: u64) -> u64 {
+    n.checked_ilog10().map_or(1, |d| u64::from(d) + 1)
+}
+
+fn i32_digits(n: i32) -> u64 {
+    u64::from(n < 0) + u64_digits(u64::from(n.unsigned_abs()))
+}
+
+fn timestamp_len(ms: u64) -> u64 {
+    if ms <= LAST_FOUR_DIGIT_YEAR_MS {
+        QUOTED_TIMESTAMP_LEN
+    } else {
+        json_str_len(rfc3339_from_millis(ms).as_bytes())
+    }
+}
+
+/// Exactly `encode_record(fields).len()`, computed without building the line: it runs for every
+/// consumed message, where serialising twice would double the cost of spooling.
+pub fn record_json_len(fields: &RecordFields<'_>) -> u64 {
+    const NULL_LEN: u64 = 4;
+    let id = &fields.message_id;
+    let message_id = 2
+        + u64_digits(id.ledger)
+        + 1
+        + u64_digits(id.entry)
+        + 1
+        + i32_digits(id.partition)
+        + 1
+        + i32_digits(id.batch_index);
+    let event_time = fields
+        .event_time_ms
+        .filter(|&t| t > 0)
+        .map_or(NULL_LEN, timestamp_len);
+    let key = fields.key.map_or(NULL_LEN, |k| json_str_len(k.as_bytes()));
+    let properties = 2
+        + fields
+            .properties
+            .iter()
+            .map(|(k, v)| json_str_len(k.as_bytes()) + 1 + json_str_len(v.as_bytes()))
+            .sum::<u64>()
+        + (fields.properties.len() as u64).saturating_sub(1);
+    let (payload, payload_encoding) = match std::str::from_utf8(fields.payload) {
+        Ok(_) => (json_str_len(fields.payload), "utf8"),
+        Err(_) => (2 + (fields.payload.len() as u64).div_ceil(3) * 4, "base64"),
+    };
+    FIXED_LEN
+        + message_id
+        + json_str_len(fields.topic.as_bytes())
+        + timestamp_len(fields.publish_time_ms)
+        + event_time
+        + key
+        + properties
+        + json_str_len(fields.producer_name.as_bytes())
+        + u64_digits(fields.sequence_id)
+        + payload
+        + 2
+        + payload_encoding.len() as u64
 }
 
 #[cfg(test)]
@@ -150,5 +278,171 @@ mod tests {
         let line = encode_record(&fields("multi\nline\u{2028}".as_bytes(), &[("k\n", "v\n")]));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         assert_eq!(line.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn encode_record_into_appends_after_existing_bytes() {
+        let f = fields(b"hello", &[("a", "b")]);
+        let mut out = b"previous line\n".to_vec();
+        encode_record_into(&f, &mut out);
+        let (head, tail) = out.split_at(14);
+        assert_eq!(head, b"previous line\n");
+        assert_eq!(tail, encode_record(&f).as_slice());
+        encode_record_into(&f, &mut out);
+        assert_eq!(out.len(), 14 + 2 * encode_record(&f).len());
+    }
+
+    #[test]
+    fn timestamp_length_is_constant_up_to_year_9999_only() {
+        for ms in [0, 1, 1_795_488_259_913, LAST_FOUR_DIGIT_YEAR_MS] {
+            assert_eq!(
+                rfc3339_from_millis(ms).len() as u64 + 2,
+                QUOTED_TIMESTAMP_LEN
+            );
+        }
+        assert_eq!(
+            rfc3339_from_millis(LAST_FOUR_DIGIT_YEAR_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_from_millis(LAST_FOUR_DIGIT_YEAR_MS + 1),
+            "+10000-01-01T00:00:00.000Z"
+        );
+        for ms in [
+            LAST_FOUR_DIGIT_YEAR_MS,
+            LAST_FOUR_DIGIT_YEAR_MS + 1,
+            u64::MAX,
+        ] {
+            assert_eq!(timestamp_len(ms), rfc3339_from_millis(ms).len() as u64 + 2);
+        }
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces without a new dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len() as u64) as usize]
+        }
+
+        fn string(&mut self, alphabet: &[char]) -> String {
+            let len = self.pick(&[0, 1, 2, 5, 17, 64]);
+            (0..len).map(|_| self.pick(alphabet)).collect()
+        }
+
+        fn bytes(&mut self, alphabet: &[char]) -> Vec<u8> {
+            match self.below(4) {
+                0 => Vec::new(),
+                1 => self.string(alphabet).into_bytes(),
+                2 => {
+                    let len = self.below(40);
+                    (0..len).map(|_| self.next() as u8).collect()
+                }
+                _ => {
+                    // Valid text cut at a random byte, often in the middle of a multi-byte char.
+                    let mut b = self.string(alphabet).into_bytes();
+                    let cut = self.below(b.len() as u64 + 1) as usize;
+                    b.truncate(cut);
+                    b
+                }
+            }
+        }
+
+        fn u64_value(&mut self) -> u64 {
+            match self.below(5) {
+                0 => 0,
+                1 => u64::MAX,
+                2 => self.below(1000),
+                _ => self.next() >> self.below(64),
+            }
+        }
+
+        fn i32_value(&mut self) -> i32 {
+            match self.below(5) {
+                0 => -1,
+                1 => i32::MIN,
+                2 => i32::MAX,
+                3 => 0,
+                _ => self.next() as i32,
+            }
+        }
+
+        fn millis(&mut self) -> u64 {
+            match self.below(9) {
+                0 => 0,
+                8 => LAST_FOUR_DIGIT_YEAR_MS + 1,
+                1 => 1_795_488_259_913,
+                2 => LAST_FOUR_DIGIT_YEAR_MS,
+                3 => LAST_FOUR_DIGIT_YEAR_MS + 1 + self.below(1 << 50),
+                4 => u64::MAX,
+                5 => i64::MAX as u64,
+                _ => self.below(LAST_FOUR_DIGIT_YEAR_MS + 1),
+            }
+        }
+    }
+
+    #[test]
+    fn record_json_len_matches_encode_record_on_random_records() {
+        let mut alphabet: Vec<char> = (0u8..0x20).map(char::from).collect();
+        alphabet.extend([
+            '"', '\\', '\u{7f}', 'é', '中', '😀', 'a', 'Z', '0', ' ', '/', ':',
+        ]);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..20_000 {
+            let topic = rng.string(&alphabet);
+            let producer = rng.string(&alphabet);
+            let key = match rng.below(3) {
+                0 => None,
+                1 => Some(String::new()),
+                _ => Some(rng.string(&alphabet)),
+            };
+            let owned_props: Vec<(String, String)> = (0..rng.below(4))
+                .map(|_| (rng.string(&alphabet), rng.string(&alphabet)))
+                .collect();
+            let props: Vec<(&str, &str)> = owned_props
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let payload = rng.bytes(&alphabet);
+            let event_time_ms = match rng.below(4) {
+                0 => None,
+                1 => Some(0),
+                _ => Some(rng.millis()),
+            };
+            let f = RecordFields {
+                message_id: MessageId {
+                    ledger: rng.u64_value(),
+                    entry: rng.u64_value(),
+                    partition: rng.i32_value(),
+                    batch_index: rng.i32_value(),
+                },
+                topic: &topic,
+                publish_time_ms: rng.millis(),
+                event_time_ms,
+                key: key.as_deref(),
+                properties: &props,
+                producer_name: &producer,
+                sequence_id: rng.u64_value(),
+                payload: &payload,
+            };
+            let line = encode_record(&f);
+            assert_eq!(
+                record_json_len(&f),
+                line.len() as u64,
+                "case {case}: {f:?}\nline: {}",
+                String::from_utf8_lossy(&line)
+            );
+        }
     }
 }

@@ -1,0 +1,543 @@
+//! The spool's compact record form: what a record log holds for each consumed message, turned
+//! into the object's JSON line only when its segment is sealed.
+//!
+//! Why not the JSON line itself: the line's envelope (field names, the topic, an RFC 3339
+//! time, a producer name, the message id as text) is ≈300 bytes, so at 100-byte messages the log
+//! alone was 4× the payload on disk. Here numbers are varints and the topic and producer name are
+//! written only when they differ from the previous record of the same log, so a record costs its
+//! payload plus a few dozen bytes.
+//!
+//! A log is a sequence of frames, read strictly from its start:
+//!
+//! ```text
+//! frame    = varint(len(rest)) rest
+//! rest     = flags:u8 [string topic] [string producer_name] body
+//! body     = varint ledger, varint entry, zigzag partition, zigzag batch_index,
+//!            varint publish_time_ms, varint event_time_ms (0 = none),
+//!            varint(len(key) + 1) key (0 = no key),
+//!            varint property_count, (string key, string value) × count,
+//!            varint sequence_id, payload (the rest of the frame)
+//! string   = varint(len) UTF-8 bytes
+//! ```
+//!
+//! `flags` bit 0: the topic follows (else it is the previous record's); bit 1: the producer name
+//! follows. The first record of a log (and the first after a restart) carries both.
+
+use super::message_id::MessageId;
+use super::record::{encode_record_into, RecordFields};
+
+const NEW_TOPIC: u8 = 1;
+const NEW_PRODUCER: u8 = 2;
+const KNOWN_FLAGS: u8 = NEW_TOPIC | NEW_PRODUCER;
+/// Far above any Pulsar message (5 MB by default): a larger length is damage, and waiting for
+/// the rest of such a frame would hold the whole log in memory.
+const MAX_FRAME: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("damaged record at log offset {offset}: {what}")]
+pub struct LogRecordError {
+    pub offset: u64,
+    pub what: String,
+}
+
+/// Appends the body of a record (everything but topic and producer name) to `out`.
+pub fn encode_body(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
+    let id = fields.message_id;
+    put_varint(out, id.ledger);
+    put_varint(out, id.entry);
+    put_varint(out, zigzag(id.partition));
+    put_varint(out, zigzag(id.batch_index));
+    put_varint(out, fields.publish_time_ms);
+    put_varint(out, fields.event_time_ms.unwrap_or(0));
+    match fields.key {
+        Some(key) => {
+            put_varint(out, key.len() as u64 + 1);
+            out.extend_from_slice(key.as_bytes());
+        }
+        None => put_varint(out, 0),
+    }
+    put_varint(out, fields.properties.len() as u64);
+    for (k, v) in fields.properties {
+        put_str(out, k);
+        put_str(out, v);
+    }
+    put_varint(out, fields.sequence_id);
+    out.extend_from_slice(fields.payload);
+}
+
+/// Writes frames into one log, remembering the last topic and producer name it wrote. A fresh
+/// encoder (a new log, or a log reopened after a restart) writes both with its first frame.
+#[derive(Debug, Default, Clone)]
+pub struct LogEncoder {
+    topic: Option<String>,
+    producer_name: Option<String>,
+}
+
+impl LogEncoder {
+    /// Appends one frame to `out`; returns its length in bytes.
+    pub fn append(
+        &mut self,
+        topic: &str,
+        producer_name: &str,
+        body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> u64 {
+        let start = out.len();
+        let mut flags = 0u8;
+        let mut len = 1 + body.len();
+        if self.topic.as_deref() != Some(topic) {
+            flags |= NEW_TOPIC;
+            len += varint_len(topic.len() as u64) + topic.len();
+        }
+        if self.producer_name.as_deref() != Some(producer_name) {
+            flags |= NEW_PRODUCER;
+            len += varint_len(producer_name.len() as u64) + producer_name.len();
+        }
+        put_varint(out, len as u64);
+        out.push(flags);
+        if flags & NEW_TOPIC != 0 {
+            put_str(out, topic);
+            self.topic = Some(topic.to_string());
+        }
+        if flags & NEW_PRODUCER != 0 {
+            put_str(out, producer_name);
+            self.producer_name = Some(producer_name.to_string());
+        }
+        out.extend_from_slice(body);
+        (out.len() - start) as u64
+    }
+}
+
+/// Turns a log's frames into JSON lines, in as many pieces of the log as it takes (a frame may
+/// span two pieces: its start is kept until the rest arrives).
+#[derive(Debug, Default)]
+pub struct LogDecoder {
+    topic: Option<String>,
+    producer_name: Option<String>,
+    /// Bytes of an incomplete frame from the previous piece.
+    partial: Vec<u8>,
+    /// Log offset of the first byte not yet consumed (for error messages).
+    offset: u64,
+}
+
+impl LogDecoder {
+    /// Decodes every complete frame of `piece` (after what an earlier piece left over), appending
+    /// each record's JSON line to `json`; returns how many records it decoded.
+    pub fn decode(&mut self, piece: &[u8], json: &mut Vec<u8>) -> Result<u64, LogRecordError> {
+        if self.partial.is_empty() {
+            let (records, used) = self.decode_frames(piece, json)?;
+            self.partial.extend_from_slice(&piece[used..]);
+            Ok(records)
+        } else {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(piece);
+            let (records, used) = self.decode_frames(&joined, json)?;
+            joined.drain(..used);
+            self.partial = joined;
+            Ok(records)
+        }
+    }
+
+    /// Whether the log read so far ended on a frame boundary.
+    pub fn is_at_frame_boundary(&self) -> bool {
+        self.partial.is_empty()
+    }
+
+    fn decode_frames(
+        &mut self,
+        buf: &[u8],
+        json: &mut Vec<u8>,
+    ) -> Result<(u64, usize), LogRecordError> {
+        let mut pos = 0usize;
+        let mut records = 0u64;
+        // Reused for every record of the piece: no allocation per record.
+        let mut properties: Vec<(&str, &str)> = Vec::new();
+        while pos < buf.len() {
+            let mut reader = Reader {
+                buf: &buf[pos..],
+                pos: 0,
+            };
+            let Some(len) = reader.try_varint() else {
+                break; // the length itself is cut: wait for more
+            };
+            let frame_len = usize::try_from(len)
+                .ok()
+                .filter(|&n| n <= MAX_FRAME)
+                .ok_or_else(|| self.error(pos, &format!("a frame of {len} bytes")))?;
+            let header = reader.pos;
+            if buf.len() - pos - header < frame_len {
+                break;
+            }
+            let frame = &buf[pos + header..pos + header + frame_len];
+            self.decode_frame(frame, pos, &mut properties, json)?;
+            properties.clear();
+            pos += header + frame_len;
+            records += 1;
+        }
+        self.offset += pos as u64;
+        Ok((records, pos))
+    }
+
+    fn decode_frame<'a>(
+        &mut self,
+        frame: &'a [u8],
+        at: usize,
+        properties: &mut Vec<(&'a str, &'a str)>,
+        json: &mut Vec<u8>,
+    ) -> Result<(), LogRecordError> {
+        let offset = self.offset + at as u64;
+        let err = |what: &str| LogRecordError {
+            offset,
+            what: what.to_string(),
+        };
+        let mut r = Reader { buf: frame, pos: 0 };
+        let flags = r.byte().ok_or_else(|| err("empty frame"))?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(err(&format!("unknown flags {flags:#04x}")));
+        }
+        if flags & NEW_TOPIC != 0 {
+            let topic = r.str().ok_or_else(|| err("topic"))?;
+            self.topic = Some(topic.to_string());
+        }
+        if flags & NEW_PRODUCER != 0 {
+            let producer = r.str().ok_or_else(|| err("producer name"))?;
+            self.producer_name = Some(producer.to_string());
+        }
+        let message_id = MessageId {
+            ledger: r.varint().ok_or_else(|| err("ledger id"))?,
+            entry: r.varint().ok_or_else(|| err("entry id"))?,
+            partition: r.zigzag().ok_or_else(|| err("partition"))?,
+            batch_index: r.zigzag().ok_or_else(|| err("batch index"))?,
+        };
+        let publish_time_ms = r.varint().ok_or_else(|| err("publish time"))?;
+        let event_time_ms = r.varint().ok_or_else(|| err("event time"))?;
+        let key = match r.varint().ok_or_else(|| err("key"))? {
+            0 => None,
+            n => {
+                let len = usize::try_from(n - 1).map_err(|_| err("key length"))?;
+                Some(r.str_of(len).ok_or_else(|| err("key"))?)
+            }
+        };
+        let count = r.varint().ok_or_else(|| err("property count"))?;
+        for _ in 0..count {
+            let k = r.str().ok_or_else(|| err("property key"))?;
+            let v = r.str().ok_or_else(|| err("property value"))?;
+            properties.push((k, v));
+        }
+        let sequence_id = r.varint().ok_or_else(|| err("sequence id"))?;
+        let payload = &frame[r.pos..];
+        let (Some(topic), Some(producer_name)) = (&self.topic, &self.producer_name) else {
+            return Err(err(
+                "refers to a previous topic or producer, but is the log's first record",
+            ));
+        };
+        let fields = RecordFields {
+            message_id,
+            topic,
+            publish_time_ms,
+            event_time_ms: Some(event_time_ms).filter(|&t| t > 0),
+            key,
+            properties,
+            producer_name,
+            sequence_id,
+            payload,
+        };
+        encode_record_into(&fields, json);
+        Ok(())
+    }
+
+    fn error(&self, at: usize, what: &str) -> LogRecordError {
+        LogRecordError {
+            offset: self.offset + at as u64,
+            what: what.to_string(),
+        }
+    }
+}
+
+/// The JSON line of one record given in parts (topic, producer name, body), as the segment file
+/// will hold it.
+pub fn json_line(topic: &str, producer_name: &str, body: &[u8]) -> Result<Vec<u8>, LogRecordError> {
+    let mut frame = Vec::with_capacity(body.len() + topic.len() + producer_name.len() + 8);
+    LogEncoder::default().append(topic, producer_name, body, &mut frame);
+    let mut json = Vec::new();
+    LogDecoder::default().decode(&frame, &mut json)?;
+    Ok(json)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    /// A LEB128 varint of at most 10 bytes; None if it is cut short or too long.
+    fn try_varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        self.try_varint()
+    }
+
+    fn zigzag(&mut self) -> Option<i32> {
+        let v = self.varint()?;
+        let v = u32::try_from(v).ok()?;
+        Some(((v >> 1) as i32) ^ -((v & 1) as i32))
+    }
+
+    fn str_of(&mut self, len: usize) -> Option<&'a str> {
+        let end = self.pos.checked_add(len)?;
+        let bytes = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        std::str::from_utf8(bytes).ok()
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        self.str_of(len)
+    }
+}
+
+fn zigzag(v: i32) -> u64 {
+    u64::from(((v << 1) ^ (v >> 31)) as u32)
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::record::encode_record;
+
+    fn fields<'a>(
+        topic: &'a str,
+        producer: &'a str,
+        key: Option<&'a str>,
+        props: &'a [(&'a str, &'a str)],
+        payload: &'a [u8],
+        n: u64,
+    ) -> RecordFields<'a> {
+        RecordFields {
+            message_id: MessageId {
+                ledger: 7 + n,
+                entry: n.wrapping_mul(1_000_003),
+                partition: if n.is_multiple_of(2) { -1 } else { 3 },
+                batch_index: (n % 5) as i32 - 1,
+            },
+            topic,
+            publish_time_ms: 1_764_000_000_000 + n,
+            event_time_ms: [None, Some(0), Some(1_764_000_000_123)][(n % 3) as usize],
+            key,
+            properties: props,
+            producer_name: producer,
+            sequence_id: n.wrapping_mul(977),
+            payload,
+        }
+    }
+
+    fn sample() -> Vec<RecordFields<'static>> {
+        const PROPS: &[(&str, &str)] = &[("seq", "1"), ("é\"x", "\n中")];
+        vec![
+            fields(
+                "persistent://public/default/a",
+                "p-1",
+                None,
+                &[],
+                b"{\"i\":1}",
+                0,
+            ),
+            fields(
+                "persistent://public/default/a",
+                "p-1",
+                Some("k"),
+                PROPS,
+                b"plain",
+                1,
+            ),
+            fields(
+                "persistent://public/default/a-partition-3",
+                "p-1",
+                Some(""),
+                &[],
+                &[0xff, 0, 1],
+                2,
+            ),
+            fields("persistent://public/default/a", "p-2", None, PROPS, b"", 3),
+            fields(
+                "persistent://public/default/a",
+                "p-2",
+                None,
+                &[],
+                &[b'x'; 300],
+                u64::MAX / 977,
+            ),
+        ]
+    }
+
+    fn encode_log(records: &[RecordFields<'_>]) -> Vec<u8> {
+        let mut encoder = LogEncoder::default();
+        let mut log = Vec::new();
+        for f in records {
+            let mut body = Vec::new();
+            encode_body(f, &mut body);
+            encoder.append(f.topic, f.producer_name, &body, &mut log);
+        }
+        log
+    }
+
+    fn json_of(records: &[RecordFields<'_>]) -> Vec<u8> {
+        records.iter().flat_map(|f| encode_record(f)).collect()
+    }
+
+    #[test]
+    fn decodes_to_the_json_lines_of_the_records() {
+        let records = sample();
+        let log = encode_log(&records);
+        let mut decoder = LogDecoder::default();
+        let mut json = Vec::new();
+        assert_eq!(decoder.decode(&log, &mut json), Ok(records.len() as u64));
+        assert!(decoder.is_at_frame_boundary());
+        assert_eq!(
+            String::from_utf8_lossy(&json),
+            String::from_utf8_lossy(&json_of(&records))
+        );
+    }
+
+    #[test]
+    fn pieces_may_cut_frames_anywhere() {
+        let records = sample();
+        let log = encode_log(&records);
+        let expected = json_of(&records);
+        for step in [1, 2, 3, 7, 64] {
+            let mut decoder = LogDecoder::default();
+            let mut json = Vec::new();
+            let mut count = 0;
+            for piece in log.chunks(step) {
+                count += decoder.decode(piece, &mut json).expect("decodes");
+            }
+            assert_eq!(count, records.len() as u64, "step {step}");
+            assert!(decoder.is_at_frame_boundary());
+            assert_eq!(json, expected, "step {step}");
+        }
+    }
+
+    #[test]
+    fn topic_and_producer_are_written_once_per_run() {
+        let records = sample();
+        let log = encode_log(&records);
+        let topic = b"persistent://public/default/a";
+        let count = log.windows(topic.len()).filter(|w| w == topic).count();
+        // a, then a-partition-3 (which starts with a), then a again.
+        assert_eq!(count, 3);
+        // A 100-byte payload costs well under 100 bytes of envelope once the topic is known.
+        let payload = [b'x'; 100];
+        let f = fields(
+            "persistent://public/default/a",
+            "p-2",
+            Some("k10"),
+            &[("seq", "157290")],
+            &payload,
+            9,
+        );
+        let mut body = Vec::new();
+        encode_body(&f, &mut body);
+        let mut encoder = LogEncoder::default();
+        let mut log = Vec::new();
+        encoder.append(f.topic, f.producer_name, &body, &mut log);
+        let second = encoder.append(f.topic, f.producer_name, &body, &mut log);
+        assert!(second < 150, "{second} bytes");
+        assert!(encode_record(&f).len() > 350);
+    }
+
+    #[test]
+    fn damage_is_named_not_panicked_on() {
+        let records = sample();
+        let log = encode_log(&records);
+        // Unknown flags.
+        let mut bad = log.clone();
+        bad[1] = 0x80;
+        let err = LogDecoder::default()
+            .decode(&bad, &mut Vec::new())
+            .expect_err("flags");
+        assert!(err.to_string().contains("offset 0"), "{err}");
+        // A first record that refers to a previous topic.
+        let mut bad = log.clone();
+        bad[1] = 0;
+        assert!(LogDecoder::default().decode(&bad, &mut Vec::new()).is_err());
+        // Every truncation either waits for more or decodes a prefix; never panics.
+        for cut in 0..log.len() {
+            let mut decoder = LogDecoder::default();
+            let _ = decoder.decode(&log[..cut], &mut Vec::new());
+        }
+        // Random bytes: errors or partial frames, never a panic.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let mut junk = Vec::new();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                junk.push(x as u8);
+            }
+            let _ = LogDecoder::default().decode(&junk, &mut Vec::new());
+        }
+    }
+
+    #[test]
+    fn varints_and_zigzag_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v));
+            assert_eq!(Reader { buf: &out, pos: 0 }.varint(), Some(v));
+        }
+        for v in [0i32, -1, 1, i32::MIN, i32::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, zigzag(v));
+            assert_eq!(Reader { buf: &out, pos: 0 }.zigzag(), Some(v));
+        }
+        // Eleven continuation bytes: too long, not an overflow panic.
+        assert_eq!(
+            Reader {
+                buf: &[0xff; 11],
+                pos: 0
+            }
+            .varint(),
+            None
+        );
+    }
+}
