@@ -1027,6 +1027,9 @@ impl Bench {
         }
 
         let rss_spooled = stack.ingester.as_ref().and_then(Proc::peak_rss_kb);
+        // Both timed phases (the uploader's and the bare loop's) start with no dirty page cache
+        // left by what came before them, so neither pays the other's writeback.
+        flush_page_cache().await;
         let started = Instant::now();
         stack.start_uploader().await?;
         // The objects' arrival is watched in the store itself (a cheap in-process ListObjects),
@@ -1069,6 +1072,7 @@ impl Bench {
         stack.uploader = None;
         stack.ingester = None;
 
+        flush_page_cache().await;
         let bare_s = bare_sdk_loop(&stack.s3.client(), &files).await?;
         let sizes: Vec<String> = files
             .iter()
@@ -1480,6 +1484,14 @@ async fn steady_produce(
 }
 
 /// PUTs `objects` (multipart above 8 MiB, 8 MiB parts), `UPLOAD_CONCURRENCY` at a time.
+/// Writes every dirty page to disk (`sync`): a timed phase should not pay for the writeback of
+/// the one before it. Best effort: without `sync` the phase just starts.
+async fn flush_page_cache() {
+    if let Err(err) = tokio::process::Command::new("sync").status().await {
+        eprintln!("   note: sync failed: {err}");
+    }
+}
+
 async fn bare_sdk_loop(client: &aws_sdk_s3::Client, objects: &[Vec<u8>]) -> anyhow::Result<f64> {
     let objects: Vec<Arc<Vec<u8>>> = objects.iter().cloned().map(Arc::new).collect();
     let started = Instant::now();
