@@ -29,8 +29,9 @@ pub struct Args {
     /// Run-history entries kept per rule (older ones are dropped). [default: 1000]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_HISTORY_MAX_ENTRIES")]
     pub history_max_entries: Option<usize>,
-    /// Most record bytes the spool may hold (e.g. 20GB); at the limit the ingester stops pulling
-    /// from Pulsar until uploads free space. Nothing is acknowledged meanwhile. [default: no limit]
+    /// Most record bytes the spool may hold (e.g. 20GB), counted as the records' JSON lines (the
+    /// spool's own files are smaller); at the limit the ingester stops pulling from Pulsar until
+    /// uploads free space. Nothing is acknowledged meanwhile. [default: no limit]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_MAX_SPOOL_BYTES")]
     pub max_spool_bytes: Option<String>,
     /// Messages each rule's consumer lets the broker send ahead (Pulsar flow-control permits).
