@@ -22,8 +22,8 @@
 //! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`, in
 //! consumption order and in a compact binary form (`proto::types::log_record`; segments from
 //! before it hold the JSON lines themselves, see [`LogFormat`]). Sealing turns the log into the
-//! object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both. Everything else is in one
-//! sled tree `spool`, keys `[tag][rule]\0[suffix]`:
+//! object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both.
+//! Everything else is in one sled tree `spool`, keys `[tag][rule]\0[suffix]`:
 //!
 //! | tag | suffix | value |
 //! | --- | --- | --- |
