@@ -1799,6 +1799,48 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_failed_log_write_the_next_record_names_its_topic_again() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 100)?;
+        let on_topic = |entry: u64, topic: &str| {
+            let mut m = msg(entry, -1, 0);
+            m.topic = topic.to_string();
+            m.with_payload(format!("{{\"e\":{entry}}}"))
+        };
+        let (a, b) = (
+            "persistent://public/default/orders-partition-0",
+            "persistent://public/default/orders-partition-1",
+        );
+        spool.append(&[on_topic(1, a)], 5).await?;
+        // The log cannot be written (a directory stands where it should be): the batch on
+        // topic b fails after the encoder saw b, and nothing of it reaches the log.
+        let log = spool.logs.path(0);
+        let aside = dir.path().join("aside.log");
+        let io = |e| IngesterError::io("moving the log", e);
+        std::fs::rename(&log, &aside).map_err(io)?;
+        std::fs::create_dir(&log).map_err(io)?;
+        assert!(spool.append(&[on_topic(2, b)], 5).await.is_err());
+        std::fs::remove_dir(&log).map_err(io)?;
+        std::fs::rename(&aside, &log).map_err(io)?;
+        spool.reload()?;
+        // Retried: the log's last topic is still a, so b must be written out again.
+        spool.append(&[on_topic(2, b), on_topic(3, b)], 6).await?;
+        spool.close_open(7, true).await?;
+        spool.seal_blocking(0)?;
+        let (_, path) = spool.sealed_file(0)?;
+        let topics: Vec<String> = read_file(&path)
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                record["topic"].as_str().expect("topic").to_string()
+            })
+            .collect();
+        assert_eq!(topics, vec![a, b, b]);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_segment_left_open_with_a_json_lines_log_is_closed_and_sealed_as_it_is() -> Result<()>
     {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
