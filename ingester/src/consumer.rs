@@ -261,6 +261,12 @@ impl RuleTask {
                     match next {
                         None => {
                             warn!(rule = %name, "consumer stream ended; reconnecting");
+                            // Said before `connected` turns false, so `status` never shows the
+                            // outage without its cause.
+                            self.stats.set_error(format!(
+                                "lost the connection to Pulsar at {}: the consumer stream ended",
+                                self.rule.service_url
+                            ));
                             return ConsumeEnd::Lost;
                         }
                         Some(Err(err)) => {
