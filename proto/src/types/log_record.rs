@@ -157,7 +157,7 @@ impl LogDecoder {
                 buf: &buf[pos..],
                 pos: 0,
             };
-            let Some(len) = reader.try_varint() else {
+            let Some(len) = reader.varint() else {
                 break; // the length itself is cut: wait for more
             };
             let frame_len = usize::try_from(len)
@@ -277,7 +277,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A LEB128 varint of at most 10 bytes; None if it is cut short or too long.
-    fn try_varint(&mut self) -> Option<u64> {
+    fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..70).step_by(7) {
             let b = self.byte()?;
@@ -287,10 +287,6 @@ impl<'a> Reader<'a> {
             }
         }
         None
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        self.try_varint()
     }
 
     fn zigzag(&mut self) -> Option<i32> {
