@@ -168,19 +168,8 @@ mod tests {
         }
         for no in closed {
             let (_, path) = spool.sealed_file(no)?;
-            let bytes = std::fs::read(&path).map_err(|e| IngesterError::io("reading", e))?;
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
-                .map_err(|e| IngesterError::io("gunzip", e))?;
-            let payloads: Vec<String> = text
-                .lines()
-                .map(|line| {
-                    let record: serde_json::Value = serde_json::from_str(line).expect("JSON");
-                    record["payload"].as_str().expect("text").to_string()
-                })
-                .collect();
             assert_eq!(
-                payloads,
+                crate::spool::tests::record_fields(&path, "payload"),
                 vec![
                     format!("{{\"e\":{}}}", 2 * no),
                     format!("{{\"e\":{}}}", 2 * no + 1)

@@ -1555,11 +1555,19 @@ pub(crate) mod tests {
 
     /// The payloads of a segment file's records, a line each.
     fn read_payloads(path: &Path) -> String {
+        record_fields(path, "payload")
+            .iter()
+            .map(|payload| format!("{payload}\n"))
+            .collect()
+    }
+
+    /// One text field of every record of a segment file, in order.
+    pub(crate) fn record_fields(path: &Path, field: &str) -> Vec<String> {
         read_file(path)
             .lines()
             .map(|line| {
                 let record: serde_json::Value = serde_json::from_str(line).expect("a JSON record");
-                format!("{}\n", record["payload"].as_str().expect("a text payload"))
+                record[field].as_str().expect("a text field").to_string()
             })
             .collect()
     }
@@ -1829,14 +1837,7 @@ pub(crate) mod tests {
         spool.close_open(7, true).await?;
         spool.seal_blocking(0)?;
         let (_, path) = spool.sealed_file(0)?;
-        let topics: Vec<String> = read_file(&path)
-            .lines()
-            .map(|line| {
-                let record: serde_json::Value = serde_json::from_str(line).expect("JSON");
-                record["topic"].as_str().expect("topic").to_string()
-            })
-            .collect();
-        assert_eq!(topics, vec![a, b, b]);
+        assert_eq!(record_fields(&path, "topic"), vec![a, b, b]);
         Ok(())
     }
 
