@@ -280,8 +280,8 @@ impl RuleTask {
                             let mut redelivered = Redelivered::default();
                             let mut bytes = 0u64;
                             // Returns the record bytes it added to the batch.
-                            let mut take = |msg: &pulsar::consumer::Message<Vec<u8>>| -> u64 {
-                                let id = message_id(msg);
+                            let mut take = |msg: pulsar::consumer::Message<Vec<u8>>| -> u64 {
+                                let id = message_id(&msg);
                                 match seen.check(&id) {
                                     Redelivery::New => {
                                         let incoming = to_incoming(msg, id);
@@ -299,13 +299,13 @@ impl RuleTask {
                                 }
                                 0
                             };
-                            bytes += take(&first);
+                            bytes += take(first);
                             // Take whatever else is already buffered: one durable write for all.
                             let mut received = 1;
                             while received < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                                 match consumer.next().now_or_never() {
                                     Some(Some(Ok(msg))) => {
-                                        bytes += take(&msg);
+                                        bytes += take(msg);
                                         received += 1;
                                     }
                                     _ => break,
@@ -556,8 +556,9 @@ fn message_id(msg: &pulsar::consumer::Message<Vec<u8>>) -> MessageId {
 }
 
 /// Encodes a consumed message once, into the record log's compact form (its JSON line is made
-/// when the segment is sealed; only its length is needed now).
-fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incoming {
+/// when the segment is sealed; only its length is needed now). Takes the message so that its
+/// topic and producer name move into the record instead of being copied, message by message.
+fn to_incoming(mut msg: pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incoming {
     let meta = msg.metadata();
     let batch_size = meta.num_messages_in_batch.unwrap_or(0);
     // Producers number the messages of a batch consecutively from the batch's sequence id.
@@ -581,14 +582,16 @@ fn to_incoming(msg: &pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incom
     };
     let mut body = Vec::with_capacity(msg.payload.data.len() + 32);
     log_record::encode_body(&fields, &mut body);
+    let json_len = record_json_len(&fields);
+    let publish_time_ms = meta.publish_time;
     Incoming {
         id,
-        topic: msg.topic.clone(),
+        topic: std::mem::take(&mut msg.topic),
         batch_size,
-        publish_time_ms: meta.publish_time,
-        producer_name: meta.producer_name.clone(),
+        publish_time_ms,
+        producer_name: std::mem::take(&mut msg.payload.metadata.producer_name),
         body,
-        json_len: record_json_len(&fields),
+        json_len,
     }
 }
 
