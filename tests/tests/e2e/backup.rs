@@ -113,6 +113,14 @@ async fn every_message_lands_in_exactly_one_object_then_is_acknowledged() -> any
             "the metadata checksum is the stored content's: {}",
             object.key
         );
+        // The JSON lines are made at seal from the compact spool log; their size, which
+        // max_bytes caps, is predicted per message and must be the object's real one.
+        assert_eq!(
+            md.get("record-bytes"),
+            Some(&object.record_bytes.to_string()),
+            "{}",
+            object.key
+        );
         for record in &object.records {
             assert_eq!(record["topic"], full_topic.as_str());
             assert_eq!(record["producer_name"], "sample-producer");
@@ -120,6 +128,12 @@ async fn every_message_lands_in_exactly_one_object_then_is_acknowledged() -> any
             assert!(publish.ends_with('Z') && publish.len() == 24, "{publish}");
         }
     }
+    let ingester_log = stack.ingester.as_ref().map(|d| d.log()).unwrap_or_default();
+    assert!(
+        !ingester_log.contains("record bytes differ from the prediction"),
+        "every record's JSON length was predicted exactly (keys, properties, event times, \
+         non-UTF-8 payloads):\n{ingester_log}"
+    );
 
     // The CLI sees the same history.
     let logs = stack.ctl_json(&["logs", "orders-bk", "--limit", "500"])?;
