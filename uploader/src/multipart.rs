@@ -79,6 +79,7 @@ use proto::v1::SegmentInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UploadError;
+use crate::store::part_buffers::PartBuffers;
 use crate::store::s3::{
     checksum_crc32c, etag_is_md5, md5_hex, must_start_over, normalize_etag, ListedPart,
     MultipartState, PartReader, S3Store, UploadedPart, MAX_PARTS,
@@ -485,7 +486,7 @@ async fn send_parts(
     body: Body,
 ) -> Result<PutOutcome, UploadError> {
     let part_size = usize::try_from(rec.identity.part_size).unwrap_or(usize::MAX);
-    let mut reader = PartReader::new(body);
+    let mut reader = PartReader::new(body, store.part_buffers().clone());
     let mut part_number: i32 = 0;
     let mut sent_bytes = 0u64;
     // One part uploads while the next is read from the ingester: the two overlap, and at most
@@ -518,6 +519,7 @@ async fn send_parts(
         }
         if let Some(reused) = reusable.get(&part_number) {
             if reuse_ok(reused, &part) {
+                store.part_buffers().give_back(part);
                 continue;
             }
             tracing::warn!(
@@ -565,6 +567,9 @@ async fn send_parts(
 /// (an error elsewhere ends the upload).
 struct InFlightPart {
     task: tokio::task::JoinHandle<Result<UploadedPart, UploadError>>,
+    /// The part's bytes, handed back to the pool once the upload is over.
+    part: Bytes,
+    buffers: PartBuffers,
 }
 
 impl InFlightPart {
@@ -575,23 +580,30 @@ impl InFlightPart {
         part_number: i32,
         part: Bytes,
     ) -> InFlightPart {
-        let (store, bucket, key, upload_id) = (
+        let buffers = store.part_buffers().clone();
+        let (store, bucket, key, upload_id, sending) = (
             store.clone(),
             identity.bucket.clone(),
             identity.key.clone(),
             upload_id.to_string(),
+            part.clone(),
         );
         let task = tokio::spawn(async move {
             store
-                .upload_part(&bucket, &key, &upload_id, part_number, part)
+                .upload_part(&bucket, &key, &upload_id, part_number, sending)
                 .await
         });
-        InFlightPart { task }
+        InFlightPart {
+            task,
+            part,
+            buffers,
+        }
     }
 
     /// The part as the store confirmed it.
     async fn finish(mut self) -> Result<UploadedPart, UploadError> {
         let joined = (&mut self.task).await;
+        self.buffers.give_back(std::mem::take(&mut self.part));
         joined.map_err(|e| UploadError::Store {
             op: "UploadPart",
             message: format!("the upload task failed: {e}"),

@@ -94,6 +94,7 @@ async fn env_with(checksum: RequestChecksum) -> Env {
         part_size: PART,
         multipart_threshold: PART,
         credentials,
+        concurrency: 1,
     });
     let state = tempfile::tempdir().expect("state dir");
     let journal = Journal::new(state.path());

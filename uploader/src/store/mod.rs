@@ -5,6 +5,7 @@
 //! segment from the uploader's override, the rule's endpoint or the rule's COS region.
 
 pub mod file;
+pub mod part_buffers;
 pub mod s3;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use futures::stream::BoxStream;
 use crate::config::{Credentials, UploaderConfig};
 use crate::error::UploadError;
 pub use file::FileStore;
+use part_buffers::PartBuffers;
 pub use s3::S3Store;
 
 /// An object's content as it arrives. The stream must be read to its end before the object is
@@ -310,6 +312,8 @@ pub struct StoreSettings {
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub credentials: Credentials,
+    /// Segments uploaded at once: as many idle part buffers are kept for reuse.
+    pub concurrency: usize,
 }
 
 impl StoreSettings {
@@ -323,6 +327,7 @@ impl StoreSettings {
             part_size: config.part_size,
             multipart_threshold: config.multipart_threshold,
             credentials: config.credentials.clone(),
+            concurrency: config.concurrency,
         }
     }
 
@@ -361,11 +366,18 @@ pub struct StoreRouter {
     settings: StoreSettings,
     shared: tokio::sync::OnceCell<aws_config::SdkConfig>,
     clients: Mutex<HashMap<S3Target, S3Store>>,
+    /// One pool for every client, so the memory parts are gathered in is bounded per uploader.
+    buffers: PartBuffers,
 }
 
 impl StoreRouter {
     pub fn new(settings: StoreSettings) -> StoreRouter {
+        let buffers = PartBuffers::new(
+            usize::try_from(settings.part_size).unwrap_or(usize::MAX),
+            settings.concurrency.max(1),
+        );
         StoreRouter {
+            buffers,
             settings,
             shared: tokio::sync::OnceCell::new(),
             clients: Mutex::new(HashMap::new()),
@@ -418,7 +430,8 @@ impl StoreRouter {
             self.settings.part_size,
             self.settings.multipart_threshold,
         )
-        .with_payload_signing(self.settings.payload_signing);
+        .with_payload_signing(self.settings.payload_signing)
+        .with_part_buffers(self.buffers.clone());
         self.clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -593,6 +606,7 @@ mod tests {
             payload_signing: PayloadSigning::Auto,
             part_size: 8 << 20,
             multipart_threshold: 8 << 20,
+            concurrency: 4,
             credentials: Credentials::Static {
                 source: "COS_SECRET_ID/COS_SECRET_KEY",
                 access_key_id: proto::types::Secret::new("AKIDxyz"),

@@ -22,11 +22,12 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use super::part_buffers::PartBuffers;
 use super::{
     Body, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
     FALLBACK_REGION,
@@ -36,6 +37,9 @@ use crate::error::UploadError;
 
 /// S3 and COS both stop at 10,000 parts.
 pub const MAX_PARTS: usize = 10_000;
+
+/// Idle part buffers a store keeps when no router shares its pool (the default concurrency).
+const DEFAULT_IDLE_BUFFERS: usize = 4;
 
 /// The shared part of every client: credentials (static from the environment, or the standard
 /// chain), retry and timeout defaults. Endpoint and region are set per client.
@@ -155,6 +159,8 @@ pub struct S3Store {
     /// everywhere, for stores that refuse `UNSIGNED-PAYLOAD`.
     sign_payload: bool,
     endpoint: String,
+    /// Where parts are gathered; shared by every client of one uploader.
+    buffers: PartBuffers,
 }
 
 impl S3Store {
@@ -187,7 +193,22 @@ impl S3Store {
             checksum: target.checksum,
             sign_payload: PayloadSigning::Auto.signs(&target.endpoint),
             endpoint: target.endpoint.clone(),
+            buffers: PartBuffers::new(
+                usize::try_from(part_size).unwrap_or(usize::MAX),
+                DEFAULT_IDLE_BUFFERS,
+            ),
         }
+    }
+
+    /// Gathers parts in `buffers` (the router shares one pool among all its clients).
+    pub fn with_part_buffers(mut self, buffers: PartBuffers) -> S3Store {
+        self.buffers = buffers;
+        self
+    }
+
+    /// The pool parts are gathered in; a part handed back here after its upload is reused.
+    pub fn part_buffers(&self) -> &PartBuffers {
+        &self.buffers
     }
 
     /// The uploader's `payload_signing` setting (the default is [`PayloadSigning::Auto`]).
@@ -226,10 +247,15 @@ impl S3Store {
     }
 
     async fn put_single(&self, req: &PutRequest, body: Body) -> Result<PutOutcome, UploadError> {
-        let limit = usize::try_from(self.multipart_threshold).unwrap_or(usize::MAX);
+        // The announced length bounds the buffer too: a longer body is refused either way.
+        let limit =
+            usize::try_from(self.multipart_threshold.min(req.total_len)).unwrap_or(usize::MAX);
         // Buffered whole: the checksum must be known before the first byte is sent, and the
         // body is verified (read to its end) before the object can exist.
-        let data = PartReader::new(body).read_to_end(limit).await?;
+        let data = PartReader::new(body, self.buffers.clone())
+            .read_to_end(limit)
+            .await?;
+        let sent = data.clone();
         let request = self
             .client
             .put_object()
@@ -252,10 +278,9 @@ impl S3Store {
         } else {
             request.disable_payload_signing()
         };
-        let out = request
-            .send()
-            .await
-            .map_err(|e| sdk_error("PutObject", e))?;
+        let out = request.send().await;
+        self.buffers.give_back(sent);
+        let out = out.map_err(|e| sdk_error("PutObject", e))?;
         Ok(PutOutcome {
             etag: out.e_tag().unwrap_or_default().to_string(),
         })
@@ -286,7 +311,7 @@ impl S3Store {
         state: &mut MultipartState,
         body: Body,
     ) -> Result<PutOutcome, UploadError> {
-        let mut reader = PartReader::new(body);
+        let mut reader = PartReader::new(body, self.buffers.clone());
         // `next_part` returns None only once the body has ended and passed its checks, so
         // Complete is never reached with a short or corrupt body.
         while let Some(part) = reader.next_part(self.part_size).await? {
@@ -303,10 +328,11 @@ impl S3Store {
                     &state.key,
                     &state.upload_id,
                     part_number,
-                    part,
+                    part.clone(),
                 )
-                .await?;
-            state.parts.push(uploaded);
+                .await;
+            self.buffers.give_back(part);
+            state.parts.push(uploaded?);
         }
         self.complete_multipart(state).await
     }
@@ -648,55 +674,61 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// Cuts a body stream into parts of a fixed size, holding at most one part (plus one chunk).
 pub struct PartReader {
     body: Body,
-    pending: BytesMut,
+    /// What is left of the last chunk read from the body, for the next part.
+    carry: Bytes,
     ended: bool,
+    buffers: PartBuffers,
 }
 
 impl PartReader {
-    pub fn new(body: Body) -> PartReader {
+    pub fn new(body: Body, buffers: PartBuffers) -> PartReader {
         PartReader {
             body,
-            pending: BytesMut::new(),
+            carry: Bytes::new(),
             ended: false,
+            buffers,
         }
     }
 
     /// The next part of `size` bytes (the last may be shorter); None once the body has ended.
     /// A body error (including a failed length/checksum check at the end) is returned as is.
     pub async fn next_part(&mut self, size: usize) -> Result<Option<Bytes>, UploadError> {
-        while self.pending.len() < size && !self.ended {
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
-                Some(Err(err)) => return Err(err),
-                None => self.ended = true,
-            }
-        }
-        if self.pending.is_empty() {
-            // Make sure the end was really seen (and its checks passed), not just an empty part.
-            while !self.ended {
+        let mut part = self.buffers.take(size);
+        while part.len() < size {
+            if self.carry.is_empty() {
+                if self.ended {
+                    break;
+                }
                 match self.body.next().await {
-                    Some(Ok(chunk)) if chunk.is_empty() => {}
-                    Some(Ok(chunk)) => {
-                        self.pending.extend_from_slice(&chunk);
-                        return Ok(Some(self.pending.split().freeze()));
-                    }
+                    Some(Ok(chunk)) => self.carry = chunk,
                     Some(Err(err)) => return Err(err),
                     None => self.ended = true,
                 }
+                continue;
             }
+            let n = (size - part.len()).min(self.carry.len());
+            part.extend_from_slice(&self.carry.split_to(n));
+        }
+        if part.is_empty() {
+            // Only reached once the end was really seen (and its checks passed).
+            self.buffers.give_back(part.freeze());
             return Ok(None);
         }
-        let take = size.min(self.pending.len());
-        Ok(Some(self.pending.split_to(take).freeze()))
+        Ok(Some(part.freeze()))
     }
 
     /// The whole body, which must end within `limit` bytes.
     pub async fn read_to_end(mut self, limit: usize) -> Result<Bytes, UploadError> {
-        let data = self
-            .next_part(limit.saturating_add(1))
-            .await?
-            .unwrap_or_default();
-        if data.len() > limit || !self.ended {
+        let data = self.next_part(limit).await?.unwrap_or_default();
+        // The body must end here: anything more is larger than announced.
+        while self.carry.is_empty() && !self.ended {
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.carry = chunk,
+                Some(Err(err)) => return Err(err),
+                None => self.ended = true,
+            }
+        }
+        if !self.carry.is_empty() {
             return Err(UploadError::Integrity(format!(
                 "body is larger than the announced {limit} bytes"
             )));
@@ -760,6 +792,10 @@ mod tests {
                 ),
             ))
             .build()
+    }
+
+    fn pool() -> PartBuffers {
+        PartBuffers::new(3, 2)
     }
 
     fn body(chunks: Vec<&'static [u8]>) -> Body {
@@ -930,8 +966,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn part_reader_fills_each_part_into_a_returned_buffer() {
+        let buffers = PartBuffers::new(4, 2);
+        let mut r = PartReader::new(body(vec![b"ab", b"cdef", b"ghij"]), buffers.clone());
+        let first = r.next_part(4).await.expect("ok").expect("a part");
+        assert_eq!(first, Bytes::from_static(b"abcd"));
+        let memory = first.as_ptr();
+        buffers.give_back(first);
+        let second = r.next_part(4).await.expect("ok").expect("a part");
+        assert_eq!(second, Bytes::from_static(b"efgh"));
+        assert_eq!(
+            second.as_ptr(),
+            memory,
+            "the first part's buffer is filled again"
+        );
+        assert_eq!(
+            r.next_part(4).await.expect("ok"),
+            Some(Bytes::from_static(b"ij"))
+        );
+        assert_eq!(r.next_part(4).await.expect("ok"), None);
+    }
+
+    #[tokio::test]
     async fn part_reader_cuts_exact_parts_and_reports_body_errors() {
-        let mut r = PartReader::new(body(vec![b"abc", b"defg", b"h"]));
+        let mut r = PartReader::new(body(vec![b"abc", b"defg", b"h"]), pool());
         assert_eq!(
             r.next_part(3).await.expect("ok"),
             Some(Bytes::from_static(b"abc"))
@@ -951,7 +1009,7 @@ mod tests {
             Err(UploadError::Integrity("bad crc".into())),
         ])
         .boxed();
-        let mut r = PartReader::new(failing);
+        let mut r = PartReader::new(failing, pool());
         assert_eq!(
             r.next_part(3).await.expect("ok"),
             Some(Bytes::from_static(b"abc"))
@@ -961,12 +1019,12 @@ mod tests {
             Err(UploadError::Integrity(_))
         ));
 
-        assert!(PartReader::new(body(vec![b"abcd"]))
+        assert!(PartReader::new(body(vec![b"abcd"]), pool())
             .read_to_end(3)
             .await
             .is_err());
         assert_eq!(
-            PartReader::new(body(vec![b"ab", b"c"]))
+            PartReader::new(body(vec![b"ab", b"c"]), pool())
                 .read_to_end(3)
                 .await
                 .expect("fits"),
