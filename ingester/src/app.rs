@@ -568,7 +568,13 @@ impl IngesterApp {
                 if len > meta.file_bytes {
                     break;
                 }
-                if tx.send(Ok(v1::SegmentChunk { data: buf })).await.is_err() {
+                if tx
+                    .send(Ok(v1::SegmentChunk {
+                        data: bytes::Bytes::from(buf),
+                    }))
+                    .await
+                    .is_err()
+                {
                     return; // the uploader went away; nothing to clean up
                 }
             }

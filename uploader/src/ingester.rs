@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use proto::auth::SendToken;
 use proto::v1::{ListSealedRequest, SegmentInfo, SegmentRef};
@@ -124,7 +123,7 @@ pub async fn read_segment(client: &mut Client, seg: &SegmentInfo) -> Result<Body
         async move {
             let mut stream = state?;
             match tokio::time::timeout(STALL_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(chunk))) => Some((Ok(Bytes::from(chunk.data)), Some(stream))),
+                Ok(Ok(Some(chunk))) => Some((Ok(chunk.data), Some(stream))),
                 Ok(Ok(None)) => None,
                 Ok(Err(status)) => {
                     let seg = SegmentInfo {

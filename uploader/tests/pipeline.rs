@@ -166,7 +166,11 @@ impl proto::Ingester for Fake {
         }
         let chunks: Vec<Result<SegmentChunk, Status>> = data
             .chunks(64 * 1024)
-            .map(|c| Ok(SegmentChunk { data: c.to_vec() }))
+            .map(|c| {
+                Ok(SegmentChunk {
+                    data: bytes::Bytes::copy_from_slice(c),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
