@@ -406,3 +406,22 @@ async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
     assert!(env.journal.list().await.is_empty());
     assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
 }
+
+/// Once the SDK is done with a part, its buffer goes back to the pool and the next part is
+/// gathered in it (a fresh part-sized buffer would be faulted in and zeroed by the kernel).
+#[tokio::test]
+async fn part_buffers_come_back_after_their_upload() {
+    let env = env().await;
+    let data = random_bytes(12 * MIB, 7); // parts: 5 + 5 + 2 MiB
+    let seg = segment(7, &data);
+    let etag = env.upload(&seg, &data, None).await.expect("uploaded");
+    assert!(etag.contains("-3"), "3 parts: {etag}");
+    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    // Three parts went up; each buffer was handed back after its UploadPart, and the reads
+    // took them again. Only the end-of-body read's empty buffer would come back otherwise.
+    assert_eq!(
+        env.store.part_buffers().idle(),
+        2,
+        "the parts' buffers did not come back after their uploads"
+    );
+}
