@@ -5,12 +5,18 @@
 //! memory: the kernel maps and zeroes each of its 2,048 pages on first touch, and glibc hands
 //! buffers this large back to the kernel when they are freed. perf over the uploader bench put
 //! that (`clear_page_erms` and the page-fault path) at about a third of the uploader's CPU, more
-//! than the SHA-256 of the payload. Reusing a handful of buffers removes it; at most
-//! `max_buffers` are kept, so the memory they hold stays bounded.
+//! than the SHA-256 of the payload. Reusing a handful of buffers removes it; at most one per
+//! concurrent upload and 64 MiB in all are kept idle, so the memory they hold stays bounded.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
+
+/// Idle buffers are memory the uploader holds while it has nothing to send; this bounds it.
+pub const MAX_IDLE_BYTES: usize = 64 << 20;
+
+/// Up to this part size, a buffer for a shorter body is still reserved at the full part size.
+const MAX_SPECULATIVE_RESERVE: usize = 64 << 20;
 
 #[derive(Clone, Debug)]
 pub struct PartBuffers {
@@ -21,12 +27,13 @@ pub struct PartBuffers {
 }
 
 impl PartBuffers {
-    /// A pool of buffers of `buffer_size` bytes that keeps at most `max_buffers` idle ones.
+    /// A pool of buffers of `buffer_size` bytes that keeps at most `max_buffers` idle ones, and
+    /// never more than [`MAX_IDLE_BYTES`] in all (none at all for parts larger than that).
     pub fn new(buffer_size: usize, max_buffers: usize) -> PartBuffers {
         PartBuffers {
             free: Arc::new(Mutex::new(Vec::new())),
             buffer_size,
-            max_buffers,
+            max_buffers: max_buffers.min(MAX_IDLE_BYTES / buffer_size.max(1)),
         }
     }
 
@@ -36,10 +43,14 @@ impl PartBuffers {
             if let Some(buf) = self.lock().pop() {
                 return buf;
             }
-            return BytesMut::with_capacity(self.buffer_size);
+            // Part-sized, so that it can be pooled afterwards: reserving costs address space
+            // only (pages are touched as the buffer fills). Not for huge parts, though: a small
+            // single PUT must not reserve gigabytes.
+            if self.buffer_size <= MAX_SPECULATIVE_RESERVE {
+                return BytesMut::with_capacity(self.buffer_size);
+            }
         }
-        // Larger than a part (a single PUT under a multipart threshold above the part size):
-        // sized to fit, and kept afterwards only if it is not much larger than a part.
+        // Sized to fit; kept afterwards only if it is part-sized (or not much larger).
         BytesMut::with_capacity(len)
     }
 
@@ -123,5 +134,33 @@ mod tests {
         assert_eq!(pool.idle(), 0, "too small or far too large to keep");
         let big = pool.take(1000);
         assert!(big.capacity() >= 1000);
+    }
+
+    #[test]
+    fn idle_buffers_never_hold_more_than_max_idle_bytes() {
+        let part = 16 << 20;
+        let pool = PartBuffers::new(part, 16);
+        for _ in 0..16 {
+            let mut buf = BytesMut::with_capacity(part);
+            buf.extend_from_slice(b"x");
+            pool.give_back(buf.freeze());
+        }
+        assert_eq!(pool.idle() * part, MAX_IDLE_BYTES);
+        // Parts larger than the cap are never kept.
+        let pool = PartBuffers::new(MAX_IDLE_BYTES * 2, 4);
+        pool.give_back(BytesMut::with_capacity(MAX_IDLE_BYTES * 2).freeze());
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn a_small_body_does_not_reserve_a_huge_part() {
+        // part_size may be configured up to 5 GiB; a 10 KB object must not reserve that much.
+        let pool = PartBuffers::new(1 << 30, 4);
+        let buf = pool.take(10_000);
+        assert!(buf.capacity() >= 10_000);
+        assert!(buf.capacity() < 1 << 20, "{}", buf.capacity());
+        // With the default part size a short body gets a whole part, so it can be pooled.
+        let pool = PartBuffers::new(8 << 20, 4);
+        assert!(pool.take(10_000).capacity() >= 8 << 20);
     }
 }
