@@ -1572,6 +1572,24 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Opens the test database. A test that drops its handle and opens the same path again may
+    /// find the file lock still held for a moment: sled finishes in-flight writes on its own
+    /// threads after the last handle is dropped (a real restart is a new process).
+    fn open_db(path: &Path) -> Result<sled::Db> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(path) {
+                Err(sled::Error::Io(err))
+                    if err.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return Ok(opened?),
+            }
+        }
+    }
+
     fn read_file(path: &Path) -> String {
         let bytes = std::fs::read(path).expect("segment file");
         let mut out = String::new();
@@ -1583,7 +1601,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn dedups_cuts_seals_and_acks_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let notify = Arc::new(Notify::new());
         let (spool, to_seal) =
             RuleSpool::open(&db, "test0001", dir.path(), &rule(3), notify.clone())?;
@@ -1689,7 +1707,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_batch_split_across_segments_is_acked_only_when_complete() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let spool = open_spool(&db, dir.path(), 2)?;
         let out = spool
             .append(&[msg(1, 0, 3), msg(1, 1, 3), msg(1, 2, 3)], 5)
@@ -1710,7 +1728,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let notify = Arc::new(Notify::new());
         {
-            let db = sled::open(dir.path().join("db"))?;
+            let db = open_db(&dir.path().join("db"))?;
             let (spool, _) =
                 RuleSpool::open(&db, "test0001", dir.path(), &rule(2), notify.clone())?;
             spool
@@ -1718,7 +1736,7 @@ pub(crate) mod tests {
                 .await?;
             // Segment 0 closed but never sealed: a crash here.
         }
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let (spool, to_seal) = RuleSpool::open(&db, "test0001", dir.path(), &rule(2), notify)?;
         assert_eq!(to_seal, vec![0]);
         assert_eq!(spool.open_segment().map(|o| o.messages), Some(1));
@@ -1746,7 +1764,7 @@ pub(crate) mod tests {
         let notify = Arc::new(Notify::new());
         let log_path;
         {
-            let db = sled::open(dir.path().join("db"))?;
+            let db = open_db(&dir.path().join("db"))?;
             let (spool, _) =
                 RuleSpool::open(&db, "test0001", dir.path(), &rule(10), notify.clone())?;
             spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
@@ -1767,7 +1785,7 @@ pub(crate) mod tests {
                 },
             ])?;
         }
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let (spool, _) = RuleSpool::open(&db, "test0001", dir.path(), &rule(10), notify)?;
         assert!(!spool.logs.path(1).exists(), "orphan log swept");
         let out = spool.append(&[msg(2, -1, 0), msg(3, -1, 0)], 6).await?;
@@ -1790,7 +1808,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_damaged_log_is_refused_at_sealing() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let spool = open_spool(&db, dir.path(), 2)?;
         spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
         let path = spool.logs.path(0);
@@ -1809,7 +1827,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn after_a_failed_log_write_the_next_record_names_its_topic_again() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let spool = open_spool(&db, dir.path(), 100)?;
         let on_topic = |entry: u64, topic: &str| {
             let mut m = msg(entry, -1, 0);
@@ -1846,7 +1864,7 @@ pub(crate) mod tests {
     {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         {
-            let db = sled::open(dir.path().join("db"))?;
+            let db = open_db(&dir.path().join("db"))?;
             let spool = open_spool(&db, dir.path(), 100)?;
             let first = [msg(1, -1, 0), msg(2, -1, 0)];
             spool.append(&first, 5).await?;
@@ -1871,7 +1889,7 @@ pub(crate) mod tests {
             )?;
             db.flush()?;
         }
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let spool = open_spool(&db, dir.path(), 100)?;
         let out = spool.append(&[msg(3, -1, 0)], 6).await?;
         assert_eq!(
@@ -1901,7 +1919,7 @@ pub(crate) mod tests {
         let lines = ["{\"e\":1}\n", "{\"e\":2}\n", "{\"e\":3}\n"];
         {
             // The layout an older ingester left: records as sled keys, metas without the flag.
-            let db = sled::open(dir.path().join("db"))?;
+            let db = open_db(&dir.path().join("db"))?;
             let tree = db.open_tree("spool")?;
             let config = rule(2);
             let mut closed = SegmentMeta {
@@ -1953,7 +1971,7 @@ pub(crate) mod tests {
             tree.insert(key(COUNTERS, "r1", &[]), to_json(&counters)?)?;
             db.flush()?;
         }
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let (spool, to_seal) = RuleSpool::open(
             &db,
             "test0001",
@@ -2014,7 +2032,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_large_open_segment_is_compressed_while_it_grows() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = open_db(&dir.path().join("db"))?;
         let spool = open_spool(&db, dir.path(), 1_000_000)?;
         let expected = append_and_feed(&spool, 0, 12).await?;
         assert!(
