@@ -68,7 +68,10 @@ impl PartBuffers {
         }
         buf.clear();
         let mut free = self.lock();
-        if free.len() < self.max_buffers {
+        let idle_bytes: usize = free.iter().map(BytesMut::capacity).sum();
+        if free.len() < self.max_buffers
+            && idle_bytes.saturating_add(buf.capacity()) <= MAX_IDLE_BYTES
+        {
             free.push(buf);
         }
     }
@@ -146,6 +149,13 @@ mod tests {
             pool.give_back(buf.freeze());
         }
         assert_eq!(pool.idle() * part, MAX_IDLE_BYTES);
+        // Buffers somewhat larger than a part (a single PUT under a larger multipart threshold)
+        // count with their real size.
+        let pool = PartBuffers::new(part, 16);
+        for _ in 0..16 {
+            pool.give_back(BytesMut::with_capacity(part + part / 2).freeze());
+        }
+        assert_eq!(pool.idle(), 2, "3 × 24 MiB would pass 64 MiB");
         // Parts larger than the cap are never kept.
         let pool = PartBuffers::new(MAX_IDLE_BYTES * 2, 4);
         pool.give_back(BytesMut::with_capacity(MAX_IDLE_BYTES * 2).freeze());
