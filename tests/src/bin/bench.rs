@@ -227,6 +227,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!();
     print!("{}", table(&rows));
+    println!();
+    println!("Targets (docs/benchmarks.md says why the missed ones are missed on this machine):");
+    println!();
+    print!("{}", targets(&rows));
     for failure in &failures {
         println!("\nFAILED {failure}");
     }
@@ -265,6 +269,95 @@ fn row_line(r: &Row) -> String {
             .unwrap_or_default(),
         r.notes
     )
+}
+
+/// The targets, judged from the rows that ran ("not run" for the others).
+fn targets(rows: &[Row]) -> String {
+    let mb = |kb: u64| kb as f64 * 1024.0 / 1e6;
+    let list = |items: &[(String, f64)], digits: usize| {
+        items
+            .iter()
+            .map(|(name, x)| format!("{x:.digits$} ({name})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let verdict = |ran: bool, met: bool| match (ran, met) {
+        (false, _) => "not run",
+        (true, true) => "met",
+        (true, false) => "missed",
+    };
+    let ratios = |prefix: &str| -> Vec<(String, f64)> {
+        rows.iter()
+            .filter(|r| r.scenario.starts_with(prefix) && !r.scenario.contains("uncompressed"))
+            .filter_map(|r| r.ratio.map(|x| (r.scenario.clone(), x)))
+            .collect()
+    };
+    let e2e = ratios("e2e 1 KB");
+    let uploader = ratios("uploader alone, to stored");
+    let rss: Vec<(String, f64)> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                r.peak_rss_ingester_kb
+                    .map(|k| (format!("ingester, {}", r.scenario), mb(k))),
+                r.peak_rss_uploader_kb
+                    .map(|k| (format!("uploader, {}", r.scenario), mb(k))),
+            ]
+        })
+        .flatten()
+        .collect();
+    let worst_rss = rss.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1));
+    let disk: Vec<(String, f64)> = rows
+        .iter()
+        .filter_map(|r| r.disk_written_per_payload.map(|x| (r.scenario.clone(), x)))
+        .collect();
+    let worst_disk = disk.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1));
+    let latency: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("latency"))
+        .map(|r| ("median".to_string(), r.seconds))
+        .collect();
+    let lines = [
+        (
+            "end to end ≥ 0.8 × baseline (1 KB)",
+            list(&e2e, 2),
+            verdict(!e2e.is_empty(), e2e.iter().all(|(_, x)| *x >= 0.8)),
+        ),
+        (
+            "uploader ≥ 0.8 × bare SDK loop (to stored)",
+            list(&uploader, 2),
+            verdict(
+                !uploader.is_empty(),
+                uploader.iter().all(|(_, x)| *x >= 0.8),
+            ),
+        ),
+        (
+            "peak RSS ≤ 150 MB per daemon",
+            worst_rss
+                .as_ref()
+                .map(|(name, x)| format!("largest {x:.0} MB ({name})"))
+                .unwrap_or_default(),
+            verdict(worst_rss.is_some(), rss.iter().all(|(_, x)| *x <= 150.0)),
+        ),
+        (
+            "disk written ≤ 2.5 × payload",
+            worst_disk
+                .as_ref()
+                .map(|(name, x)| format!("largest {x:.2} ({name})"))
+                .unwrap_or_default(),
+            verdict(worst_disk.is_some(), disk.iter().all(|(_, x)| *x <= 2.5)),
+        ),
+        (
+            "window end → object visible ≤ 1 s + upload",
+            list(&latency, 2),
+            verdict(!latency.is_empty(), latency.iter().all(|(_, x)| *x <= 1.0)),
+        ),
+    ];
+    let mut out = String::from("| target | result | verdict |\n|---|---|---|\n");
+    for (target, result, verdict) in lines {
+        out.push_str(&format!("| {target} | {result} | {verdict} |\n"));
+    }
+    out
 }
 
 fn table(rows: &[Row]) -> String {
@@ -1623,6 +1716,59 @@ async fn put_one(client: &aws_sdk_s3::Client, key: &str, body: Arc<Vec<u8>>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_judged_from_the_rows_that_ran() {
+        let rows = vec![
+            Row {
+                scenario: "e2e 1 KB".into(),
+                ratio: Some(0.39),
+                peak_rss_ingester_kb: Some(170_000),
+                peak_rss_uploader_kb: Some(30_000),
+                disk_written_per_payload: Some(1.62),
+                ..Row::default()
+            },
+            Row {
+                scenario: "e2e 1 KB, uncompressed".into(),
+                ratio: Some(0.2),
+                ..Row::default()
+            },
+            Row {
+                scenario: "e2e 100 B".into(),
+                ratio: Some(0.9),
+                disk_written_per_payload: Some(2.3),
+                ..Row::default()
+            },
+        ];
+        let text = targets(&rows);
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("| {start}")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let e2e = line("end to end");
+        assert!(
+            e2e.contains("0.39 (e2e 1 KB)") && e2e.ends_with("| missed |"),
+            "{e2e}"
+        );
+        assert!(
+            !e2e.contains("0.20"),
+            "the uncompressed variant is not the target: {e2e}"
+        );
+        assert!(line("uploader").ends_with("| not run |"));
+        let rss = line("peak RSS");
+        assert!(
+            rss.contains("largest 174 MB (ingester, e2e 1 KB)") && rss.ends_with("| missed |"),
+            "{rss}"
+        );
+        let disk = line("disk");
+        assert!(
+            disk.contains("largest 2.30 (e2e 100 B)") && disk.ends_with("| met |"),
+            "{disk}"
+        );
+        assert!(line("window end").ends_with("| not run |"));
+    }
 
     #[test]
     fn median_run_picks_the_middle_ratio_and_lists_them_all() {
