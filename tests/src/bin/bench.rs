@@ -271,91 +271,125 @@ fn row_line(r: &Row) -> String {
     )
 }
 
-/// The issue's targets, judged from the rows that ran ("not run" for the others).
+/// One target of the performance issue and the (row, figure) pairs it is judged on.
+struct Target {
+    name: &'static str,
+    figures: Vec<(String, f64)>,
+    /// Show only the largest figure (RSS, disk), not every one.
+    only_largest: bool,
+    unit: &'static str,
+    passes: fn(f64) -> bool,
+}
+
+impl Target {
+    fn each(name: &'static str, figures: Vec<(String, f64)>, passes: fn(f64) -> bool) -> Target {
+        Target {
+            name,
+            figures,
+            only_largest: false,
+            unit: "",
+            passes,
+        }
+    }
+
+    fn largest(
+        name: &'static str,
+        figures: Vec<(String, f64)>,
+        unit: &'static str,
+        passes: fn(f64) -> bool,
+    ) -> Target {
+        Target {
+            name,
+            figures,
+            only_largest: true,
+            unit,
+            passes,
+        }
+    }
+}
+
+/// Peak RSS as the table shows it: kB from /proc, MB of 10^6 bytes.
+fn mb_of_kb(kb: u64) -> f64 {
+    kb as f64 * 1024.0 / 1e6
+}
+
+/// The issue's targets, judged from the rows that ran ("not run" for the others). Each target
+/// is judged on a list of (row, figure); `worst` shows only the largest figure.
 fn targets(rows: &[Row]) -> String {
-    let mb = |kb: u64| kb as f64 * 1024.0 / 1e6;
-    let list = |items: &[(String, f64)], digits: usize| {
-        items
-            .iter()
-            .map(|(name, x)| format!("{x:.digits$} ({name})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let verdict = |ran: bool, met: bool| match (ran, met) {
-        (false, _) => "not run",
-        (true, true) => "met",
-        (true, false) => "missed",
-    };
     let ratios = |prefix: &str| -> Vec<(String, f64)> {
         rows.iter()
             .filter(|r| r.scenario.starts_with(prefix) && !r.scenario.contains("uncompressed"))
             .filter_map(|r| r.ratio.map(|x| (r.scenario.clone(), x)))
             .collect()
     };
-    let e2e = ratios("e2e 1 KB");
-    let uploader = ratios("uploader alone, to stored");
     let rss: Vec<(String, f64)> = rows
         .iter()
         .flat_map(|r| {
             [
-                r.peak_rss_ingester_kb
-                    .map(|k| (format!("ingester, {}", r.scenario), mb(k))),
-                r.peak_rss_uploader_kb
-                    .map(|k| (format!("uploader, {}", r.scenario), mb(k))),
+                (r.peak_rss_ingester_kb, "ingester"),
+                (r.peak_rss_uploader_kb, "uploader"),
             ]
+            .into_iter()
+            .filter_map(|(kb, daemon)| {
+                kb.map(|kb| (format!("{daemon}, {}", r.scenario), mb_of_kb(kb)))
+            })
         })
-        .flatten()
         .collect();
-    let worst_rss = rss.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1));
     let disk: Vec<(String, f64)> = rows
         .iter()
         .filter_map(|r| r.disk_written_per_payload.map(|x| (r.scenario.clone(), x)))
         .collect();
-    let worst_disk = disk.iter().cloned().max_by(|a, b| a.1.total_cmp(&b.1));
     let latency: Vec<(String, f64)> = rows
         .iter()
         .filter(|r| r.scenario.starts_with("latency"))
         .map(|r| ("median".to_string(), r.seconds))
         .collect();
-    let lines = [
-        (
+    let judged = [
+        Target::each(
             "end to end ≥ 0.8 × baseline (1 KB)",
-            list(&e2e, 2),
-            verdict(!e2e.is_empty(), e2e.iter().all(|(_, x)| *x >= 0.8)),
+            ratios("e2e 1 KB"),
+            |x| x >= 0.8,
         ),
-        (
+        Target::each(
             "uploader ≥ 0.8 × bare SDK loop (to stored)",
-            list(&uploader, 2),
-            verdict(
-                !uploader.is_empty(),
-                uploader.iter().all(|(_, x)| *x >= 0.8),
-            ),
+            ratios("uploader alone, to stored"),
+            |x| x >= 0.8,
         ),
-        (
-            "peak RSS ≤ 150 MB per daemon",
-            worst_rss
-                .as_ref()
-                .map(|(name, x)| format!("largest {x:.0} MB ({name})"))
-                .unwrap_or_default(),
-            verdict(worst_rss.is_some(), rss.iter().all(|(_, x)| *x <= 150.0)),
-        ),
-        (
-            "disk written ≤ 2.5 × payload",
-            worst_disk
-                .as_ref()
-                .map(|(name, x)| format!("largest {x:.2} ({name})"))
-                .unwrap_or_default(),
-            verdict(worst_disk.is_some(), disk.iter().all(|(_, x)| *x <= 2.5)),
-        ),
-        (
+        Target::largest("peak RSS ≤ 150 MB per daemon", rss, " MB", |x| x <= 150.0),
+        Target::largest("disk written ≤ 2.5 × payload", disk, "", |x| x <= 2.5),
+        Target::each(
             "window end → object visible ≤ 1 s + upload",
-            list(&latency, 2),
-            verdict(!latency.is_empty(), latency.iter().all(|(_, x)| *x <= 1.0)),
+            latency,
+            |x| x <= 1.0,
         ),
     ];
     let mut out = String::from("| target | result | verdict |\n|---|---|---|\n");
-    for (target, result, verdict) in lines {
-        out.push_str(&format!("| {target} | {result} | {verdict} |\n"));
+    for t in judged {
+        let digits = if t.unit.is_empty() { 2 } else { 0 };
+        let unit = t.unit;
+        let show = |(name, x): &(String, f64)| format!("{x:.digits$}{unit} ({name})");
+        let shown: Vec<String> = if t.only_largest {
+            t.figures
+                .iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|worst| format!("largest {}", show(worst)))
+                .into_iter()
+                .collect()
+        } else {
+            t.figures.iter().map(show).collect()
+        };
+        let verdict = if t.figures.is_empty() {
+            "not run"
+        } else if t.figures.iter().all(|(_, x)| (t.passes)(*x)) {
+            "met"
+        } else {
+            "missed"
+        };
+        out.push_str(&format!(
+            "| {} | {} | {verdict} |\n",
+            t.name,
+            shown.join(", ")
+        ));
     }
     out
 }
@@ -375,7 +409,7 @@ fn table(rows: &[Row]) -> String {
         "notes",
     ];
     let mb = |kb: Option<u64>| {
-        kb.map(|k| format!("{:.0} MB", k as f64 * 1024.0 / 1e6))
+        kb.map(|k| format!("{:.0} MB", mb_of_kb(k)))
             .unwrap_or_else(|| "-".into())
     };
     let mut lines = vec![
@@ -1215,7 +1249,7 @@ impl Bench {
             notes: format!(
                 "{} sealed segments; uploader start → all committed, acked and freed (spool empty); MB = object bytes; ingester peak RSS before the uploader started: {}",
                 segments.len(),
-                rss_spooled.map(|k| format!("{:.0} MB", k as f64 * 1024.0 / 1e6)).unwrap_or_default()
+                rss_spooled.map(|k| format!("{:.0} MB", mb_of_kb(k))).unwrap_or_default()
             ),
             ..Default::default()
         };
@@ -1488,7 +1522,7 @@ async fn finish_row(
         backed.slowest_poll.as_secs_f64(),
         backed
             .rss_spooled
-            .map(|k| format!("{:.0} MB", k as f64 * 1024.0 / 1e6))
+            .map(|k| format!("{:.0} MB", mb_of_kb(k)))
             .unwrap_or_default(),
         object_bytes as f64 / 1e6
     );
