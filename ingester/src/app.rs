@@ -76,6 +76,10 @@ impl IngesterApp {
             IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
         })?;
         restrict_permissions(&data_dir);
+        // Absolute, because ListSealed hands sealed files' paths to uploaders on this host.
+        let data_dir = std::path::absolute(&data_dir).map_err(|e| {
+            IngesterError::io(format!("resolving data_dir {}", data_dir.display()), e)
+        })?;
         let db = sled::Config::new()
             .path(data_dir.join("spool.sled"))
             .cache_capacity(64 * 1024 * 1024)
@@ -511,7 +515,9 @@ impl IngesterApp {
             let mut all: Vec<(u64, v1::SegmentInfo)> = Vec::new();
             for (name, handle) in running.iter() {
                 for meta in handle.spool.sealed() {
-                    all.push((meta.sealed_at_ms, meta.to_proto(name)));
+                    let mut info = meta.to_proto(name);
+                    info.file_path = handle.spool.segment_file(&meta).display().to_string();
+                    all.push((meta.sealed_at_ms, info));
                 }
             }
             all.sort_by_key(|(at, _)| *at);

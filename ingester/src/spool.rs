@@ -256,6 +256,8 @@ impl SegmentMeta {
             } else {
                 String::new()
             },
+            // Only ListSealed names it (for an uploader on this host).
+            file_path: String::new(),
         }
     }
 }
@@ -915,7 +917,8 @@ impl RuleSpool {
         Ok(())
     }
 
-    fn segment_file(&self, meta: &SegmentMeta) -> PathBuf {
+    /// Where `meta`'s segment file is (sealed or not).
+    pub fn segment_file(&self, meta: &SegmentMeta) -> PathBuf {
         segment_path(&self.segments_dir, meta)
     }
 
