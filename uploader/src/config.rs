@@ -78,6 +78,13 @@ pub struct Args {
     /// Segments uploaded at once [default: 4].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_CONCURRENCY")]
     pub concurrency: Option<String>,
+    /// Read a sealed segment straight from the ingester's disk when this host can open the file
+    /// the ingester names (uploader and ingester on one host), instead of streaming it over
+    /// ReadSegment. Length and CRC32C are checked either way; on any mismatch or read error the
+    /// segment is read over gRPC on its next attempt [default: true].
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_READ_LOCAL", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub read_local: Option<bool>,
     /// Multipart part size, e.g. 8MiB or 16MB; at least 5MiB [default: 8MiB].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PART_SIZE")]
     pub part_size: Option<String>,
@@ -139,6 +146,7 @@ struct FileConfig {
     payload_signing: Option<String>,
     region: Option<String>,
     concurrency: Option<NumberOrText>,
+    read_local: Option<bool>,
     part_size: Option<NumberOrText>,
     multipart_threshold: Option<NumberOrText>,
     max_backoff: Option<String>,
@@ -255,6 +263,8 @@ pub struct UploaderConfig {
     pub payload_signing: PayloadSigning,
     pub region: Option<String>,
     pub concurrency: usize,
+    /// Sealed files the ingester names are read from this host's disk when they open.
+    pub read_local: bool,
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub max_backoff: Duration,
@@ -330,6 +340,7 @@ impl UploaderConfig {
             _ => None,
         };
         let path_style = args.path_style.or(file.path_style).unwrap_or(false);
+        let read_local = args.read_local.or(file.read_local).unwrap_or(true);
         let request_checksum = match args.request_checksum.or(file.request_checksum) {
             Some(text) if !text.trim().is_empty() => ChecksumChoice::parse(&text)
                 .map_err(|m| UploadError::config("request_checksum", m))?,
@@ -466,6 +477,7 @@ impl UploaderConfig {
             payload_signing,
             region,
             concurrency,
+            read_local,
             part_size,
             multipart_threshold,
             max_backoff,
@@ -587,6 +599,7 @@ mod tests {
         assert!(!c.path_style);
         assert_eq!(c.region, None);
         assert_eq!(c.concurrency, 4);
+        assert!(c.read_local);
         assert_eq!(c.part_size, 8 << 20);
         assert_eq!(c.multipart_threshold, 8 << 20);
         assert_eq!(c.max_backoff, Duration::from_secs(30));
@@ -607,12 +620,19 @@ mod tests {
             payload_signing = "always"
             region = "us-east-1"
             concurrency = 2
+            read_local = false
             part_size = "16MB"
             multipart_threshold = 6000000
             max_backoff = "2m"
             log_format = "json"
         "#;
         let c = build(&[], Some(file)).expect("valid file");
+        assert!(!c.read_local);
+        assert!(
+            build(&["--read-local"], Some(file))
+                .expect("valid")
+                .read_local
+        );
         assert_eq!(c.ingester, "http://ingester:7601");
         assert_eq!(
             c.endpoint,

@@ -14,6 +14,7 @@ pub mod committer;
 pub mod config;
 pub mod error;
 pub mod ingester;
+pub mod local_read;
 pub mod metrics;
 pub mod multipart;
 pub mod puller;
@@ -32,6 +33,7 @@ pub use config::UploaderConfig;
 pub use error::UploadError;
 
 use crate::backoff::Backoff;
+use crate::local_read::LocalReads;
 use crate::puller::PullerSettings;
 use crate::status::{StatusState, UploaderService};
 use crate::store::{StoreRouter, StoreSettings};
@@ -65,6 +67,7 @@ pub async fn run(
         stores: StoreRouter::new(settings),
         status: status.clone(),
         journal: multipart::Journal::new(config.state_dir()),
+        local_reads: LocalReads::new(config.read_local),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 

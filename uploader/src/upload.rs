@@ -10,6 +10,7 @@ use proto::v1::SegmentInfo;
 use crate::committer::{self, Commit};
 use crate::error::UploadError;
 use crate::ingester::{self, Client};
+use crate::local_read::LocalReads;
 use crate::multipart::{self, Journal};
 use crate::status::StatusState;
 use crate::store::{content_type_for, FileStore, PutRequest, Store, StoreRouter, Target};
@@ -20,6 +21,8 @@ pub struct UploadContext {
     pub status: Arc<StatusState>,
     /// Resumable multipart state in `state_dir/multipart/`.
     pub journal: Journal,
+    /// Sealed files read from this host's disk instead of over ReadSegment.
+    pub local_reads: LocalReads,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +60,7 @@ pub async fn upload_segment(
     let started = Instant::now();
     let stored = store_segment(ctx, client, seg, progress).await;
     let result = match stored {
-        Ok(etag) => {
+        Ok((etag, source)) => {
             let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             proto::failpoint::hit("uploader:before_commit");
             let commit = Commit {
@@ -68,12 +71,13 @@ pub async fn upload_segment(
             };
             committer::commit(client, commit)
                 .await
-                .map(|outcome| (outcome, upload_ms))
+                .map(|outcome| (outcome, upload_ms, source))
         }
         Err(err) => Err(err),
     };
     match result {
-        Ok((outcome, upload_ms)) => {
+        Ok((outcome, upload_ms, source)) => {
+            ctx.local_reads.forget(seg);
             ctx.status.record_stored(seg.file_bytes);
             ctx.status.observe_upload(started.elapsed());
             tracing::info!(
@@ -81,6 +85,7 @@ pub async fn upload_segment(
                 bytes = seg.file_bytes,
                 messages = seg.messages,
                 upload_ms,
+                source = %source.as_str(),
                 attempt,
                 outcome = %outcome,
                 "segment stored and committed"
@@ -88,6 +93,7 @@ pub async fn upload_segment(
             Outcome::Committed
         }
         Err(UploadError::Quarantined { message, .. }) => {
+            ctx.local_reads.forget(seg);
             tracing::warn!(error = %message, "segment quarantined by the ingester; skipping it");
             Outcome::Quarantined(message)
         }
@@ -102,13 +108,34 @@ pub async fn upload_segment(
     }
 }
 
-/// Returns the object's ETag once the store has it.
+/// Where a stored segment's bytes came from (logged with the commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// ReadSegment.
+    Ingester,
+    /// The sealed file on this host ([`crate::local_read`]).
+    LocalFile,
+    /// Nothing was read: HEAD found the object already stored.
+    AlreadyStored,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Ingester => "ingester",
+            Source::LocalFile => "local_file",
+            Source::AlreadyStored => "already_stored",
+        }
+    }
+}
+
+/// Returns the object's ETag once the store has it, and where its bytes were read from.
 async fn store_segment(
     ctx: &UploadContext,
     client: &mut Client,
     seg: &SegmentInfo,
     progress: Arc<AtomicU64>,
-) -> Result<String, UploadError> {
+) -> Result<(String, Source), UploadError> {
     check_segment(seg)?;
     let expected = Expected {
         len: seg.file_bytes,
@@ -130,14 +157,17 @@ async fn store_segment(
             tracing::info!(key = %seg.object_key, "object already stored; committing it");
             // A crash between CompleteMultipartUpload and removing the state leaves a record.
             multipart::forget(&ctx.stores, &ctx.journal, &seg.rule, seg.segment_no).await;
-            return Ok(head.etag);
+            return Ok((head.etag, Source::AlreadyStored));
         }
         Ok(_) => {}
         // HEAD may be denied by a put-only policy; the upload itself is what matters.
         Err(err) => tracing::debug!(error = %err, "HEAD before upload failed; uploading"),
     }
 
-    let body = ingester::read_segment(client, seg).await?;
+    let (body, source) = match ctx.local_reads.open(seg).await {
+        Some(body) => (body, Source::LocalFile),
+        None => (ingester::read_segment(client, seg).await?, Source::Ingester),
+    };
     let body = verify::verifying(body, expected, progress);
     let request = PutRequest {
         bucket: seg.bucket.clone(),
@@ -149,12 +179,21 @@ async fn store_segment(
     let outcome = match (&store, &target) {
         (Store::S3(s3), Target::S3(t)) if s3.uses_multipart(request.total_len) => {
             let identity = multipart::Identity::new(seg, t, s3.part_size());
-            multipart::upload(s3, &ctx.stores, &ctx.journal, identity, &request, body).await?
+            multipart::upload(s3, &ctx.stores, &ctx.journal, identity, &request, body).await
         }
-        _ => store.put_object(&request, body).await?,
+        _ => store.put_object(&request, body).await,
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            if source == Source::LocalFile {
+                ctx.local_reads.refuse(seg);
+            }
+            return Err(err);
+        }
     };
     proto::failpoint::hit("uploader:after_put");
-    Ok(outcome.etag)
+    Ok((outcome.etag, source))
 }
 
 fn check_segment(seg: &SegmentInfo) -> Result<(), UploadError> {

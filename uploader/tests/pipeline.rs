@@ -430,3 +430,100 @@ async fn unreachable_ingester_shows_in_status_and_shutdown_is_prompt() {
     stop(running).await;
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A sealed file the uploader can open is read from disk (no ReadSegment call); one whose bytes
+/// do not match the announced checksum fails that attempt and is then read over ReadSegment; a
+/// path that does not open here goes straight to ReadSegment; `read_local = false` never reads
+/// the disk.
+#[tokio::test]
+async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segment() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let mut local = segment(1, 300_000, Mode::Good);
+    let mut damaged = segment(2, 200_000, Mode::Good);
+    let mut elsewhere = segment(3, 50_000, Mode::Good);
+    let local_path = files.path().join("1.jsonl.gz");
+    std::fs::write(&local_path, &local.data).expect("write");
+    local.info.file_path = local_path.display().to_string();
+    let damaged_path = files.path().join("2.jsonl.gz");
+    let mut bad = damaged.data.clone();
+    bad[100_000] ^= 0x01;
+    std::fs::write(&damaged_path, &bad).expect("write");
+    damaged.info.file_path = damaged_path.display().to_string();
+    elsewhere.info.file_path = files.path().join("not-here.jsonl.gz").display().to_string();
+
+    let fake = Arc::new(Fake::default());
+    fake.segs
+        .lock()
+        .expect("fake")
+        .extend([local, damaged, elsewhere]);
+    let url = serve_fake(fake.clone()).await;
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = store_dir.path().join("state");
+    let running = start(config(&url, store_dir.path(), state_dir.clone())).await;
+    wait_for_commits(&fake, 3).await;
+    stop(running).await;
+
+    let reads = |no: u64| -> u32 {
+        let segs = fake.segs.lock().expect("fake");
+        segs.iter()
+            .find(|s| s.info.segment_no == no)
+            .map_or(u32::MAX, |s| s.reads)
+    };
+    assert_eq!(reads(1), 0, "segment 1 was read from its file");
+    assert_eq!(reads(2), 1, "segment 2 fell back to ReadSegment once");
+    assert_eq!(reads(3), 1, "segment 3's path does not open here");
+    let commits = fake.commits.lock().expect("fake").clone();
+    let attempts = |no: u64| {
+        commits
+            .iter()
+            .find(|c| c.segment_no == no)
+            .map(|c| c.attempts)
+    };
+    assert_eq!(
+        (attempts(1), attempts(2), attempts(3)),
+        (Some(1), Some(2), Some(1))
+    );
+    let failures = fake.failures.lock().expect("fake").clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].segment_no, 2);
+    assert!(
+        failures[0].error.contains("crc32c"),
+        "{}",
+        failures[0].error
+    );
+    for s in fake.segs.lock().expect("fake").iter() {
+        let path = store_dir.path().join(BUCKET).join(&s.info.object_key);
+        assert_eq!(
+            std::fs::read(&path).expect("object"),
+            s.data,
+            "{}",
+            s.info.object_key
+        );
+    }
+
+    // Turned off: the same readable file is streamed from the ingester instead.
+    let fake = Arc::new(Fake::default());
+    let mut again = segment(4, 100_000, Mode::Good);
+    let again_path = files.path().join("4.jsonl.gz");
+    std::fs::write(&again_path, &again.data).expect("write");
+    again.info.file_path = again_path.display().to_string();
+    fake.segs.lock().expect("fake").push(again);
+    let url = serve_fake(fake.clone()).await;
+    let mut off = config(&url, store_dir.path(), state_dir);
+    off.read_local = false;
+    let running = start(off).await;
+    wait_for_commits(&fake, 1).await;
+    stop(running).await;
+    assert_eq!(fake.segs.lock().expect("fake")[0].reads, 1);
+}
+
+async fn wait_for_commits(fake: &Fake, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.commits.lock().expect("fake").len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} segments not committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -525,6 +525,23 @@ async fn a_damaged_segment_is_quarantined_and_rewritten() -> anyhow::Result<()> 
     assert_eq!(check_exactly_once(&objects, &messages)?.records, 600);
     let logs = stack.ctl_json(&["logs", "damage", "--failed"])?;
     assert!(logs.to_string().contains("quarantined"), "{logs}");
+    // The uploader shares the ingester's disk: its first attempt read the damaged file itself,
+    // failed the checksum, and the retry went through ReadSegment, where the ingester checks
+    // the file and quarantines it.
+    assert!(
+        logs.to_string().contains("integrity check failed"),
+        "{logs}"
+    );
+    assert!(
+        stack
+            .uploader
+            .as_ref()
+            .map(|d| d.log())
+            .unwrap_or_default()
+            .contains("reading the segment over gRPC from now on"),
+        "{}",
+        stack.log_tail("uploader.log")
+    );
     let status = stack.rule_status("damage")?;
     assert!(
         status["quarantined_segments"].as_u64().unwrap_or(0) >= 1,

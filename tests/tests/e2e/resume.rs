@@ -12,7 +12,7 @@ use harness::{check_exactly_once, read_all, wait_for_port, Daemon, FaultMode, Fa
 use harness::{produce, S3Server, SampleMessage};
 use rand::{Rng, SeedableRng};
 
-use crate::util::{unique_topic, Stack, BUCKET};
+use crate::util::{stored_segment_sources, unique_topic, Stack, BUCKET};
 
 const PART: u64 = 5 << 20;
 /// ~40 MB in all. (100 KB messages would match the example better, but pulsar-lite
@@ -247,8 +247,13 @@ async fn kill9_at_a_random_moment_of_a_big_upload_still_stores_one_object() -> a
     let rule = "big-kill";
     let (mut stack, proxy, messages) = big_segment_stack(rule, 12).await?;
     let endpoint = proxy.endpoint();
-    // Content-MD5, as against COS (the failpoint test above covers the CRC32C parts).
-    let md5 = [("TDMQ_BACKUP_UPLOADER_REQUEST_CHECKSUM", "md5")];
+    // Content-MD5, as against COS (the failpoint test above covers the CRC32C parts), and the
+    // segment streamed over ReadSegment, as between two hosts (the test above reads it from
+    // the ingester's disk): the kill can then also cut the ingester's stream mid-part.
+    let md5 = [
+        ("TDMQ_BACKUP_UPLOADER_REQUEST_CHECKSUM", "md5"),
+        ("TDMQ_BACKUP_UPLOADER_READ_LOCAL", "false"),
+    ];
     start_uploader(&mut stack, &endpoint, &md5).await?;
     stack.ctl_json(&["rule", "flush", rule])?;
 
@@ -281,6 +286,8 @@ async fn kill9_at_a_random_moment_of_a_big_upload_still_stores_one_object() -> a
         "{}",
         stack.log_tail("uploader.log")
     );
+    let sources = stored_segment_sources(&std::fs::read_to_string(stack.path("uploader.log"))?);
+    assert_eq!(sources, ["ingester"], "read over ReadSegment");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use harness::{
     bin_path, check_exactly_once, free_port, produce, sample_messages, CertFiles, TestCerts,
 };
 
-use crate::util::{eventually, unique_topic, Extra, Stack};
+use crate::util::{eventually, stored_segment_sources, unique_topic, Extra, Stack};
 
 const RULE: &str = "tls-bk";
 const MESSAGES: usize = 300;
@@ -68,7 +68,14 @@ async fn a_backup_runs_over_tls_and_ctl_needs_the_ca_and_the_right_scheme() -> a
         env: Vec::new(),
     };
     let mut uploader_args = serve_tls;
-    uploader_args.extend(["--ingester-ca".to_string(), text(&certs.ca)]);
+    // Segments are streamed over the TLS channel too, as between two hosts (on one host the
+    // uploader would read the sealed files from disk).
+    uploader_args.extend([
+        "--ingester-ca".to_string(),
+        text(&certs.ca),
+        "--read-local".into(),
+        "false".into(),
+    ]);
     stack.uploader_extra = Extra {
         args: uploader_args,
         env: Vec::new(),
@@ -102,6 +109,12 @@ async fn a_backup_runs_over_tls_and_ctl_needs_the_ca_and_the_right_scheme() -> a
     let objects = harness::read_all(&stack.s3.client(), crate::util::BUCKET, "").await?;
     let stored: usize = objects.iter().map(|o| o.records.len()).sum();
     assert!(stored >= MESSAGES, "{stored} records stored");
+    let uploader_log = stack.uploader.as_ref().map(|d| d.log()).unwrap_or_default();
+    let sources = stored_segment_sources(&uploader_log);
+    assert!(
+        !sources.is_empty() && sources.iter().all(|s| s == "ingester"),
+        "every segment came over ReadSegment: {sources:?}"
+    );
 
     // The IP SAN works too, and --tls-domain overrides the name checked.
     let (ingester_port, token_s, ca_s) = (stack.ingester_port, text(&token), text(&certs.ca));

@@ -1,0 +1,213 @@
+//! Reading a sealed segment from the ingester's own disk, for an uploader on the same host.
+//!
+//! ListSealed names each sealed file's absolute path. When `read_local` is on and that path opens
+//! here with the announced length, the segment's bytes come from the file instead of the
+//! ingester's ReadSegment stream: the same bytes without the ingester reading them for us and
+//! the HTTP/2 hop in between. Nothing else changes: the body still passes through
+//! [`crate::verify`] (length and CRC32C against what the ingester sealed), and listing and
+//! committing stay RPCs.
+//!
+//! A path that does not open (another host, another user, the file moved into quarantine) just
+//! means ReadSegment. A local attempt that fails for any reason is remembered, and that segment's
+//! next attempts use ReadSegment: the ingester checks the file itself there and quarantines it if
+//! it is damaged, which a reader on the side cannot do.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use proto::v1::SegmentInfo;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::UploadError;
+use crate::store::Body;
+
+/// Bytes per read; chunks are copied into part buffers right away, so this only sets the number
+/// of read calls.
+const CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the upload.
+const AHEAD: usize = 2;
+
+type SegmentId = (String, u64);
+
+pub struct LocalReads {
+    enabled: bool,
+    /// Segments whose local read failed once; they are read over gRPC from then on.
+    refused: Mutex<HashSet<SegmentId>>,
+    /// Whether the first file that opened, and the first that did not, were logged (once per
+    /// process at info: per segment it would flood the log of a split deployment).
+    told_local: AtomicBool,
+    told_remote: AtomicBool,
+}
+
+impl LocalReads {
+    pub fn new(enabled: bool) -> LocalReads {
+        LocalReads {
+            enabled,
+            refused: Mutex::new(HashSet::new()),
+            told_local: AtomicBool::new(false),
+            told_remote: AtomicBool::new(false),
+        }
+    }
+
+    /// The segment's bytes from the file the ingester named, or `None` when they are to come
+    /// over ReadSegment (turned off, no path, refused before, or the file is not the one
+    /// announced here).
+    pub async fn open(&self, seg: &SegmentInfo) -> Option<Body> {
+        if !self.enabled || seg.file_path.is_empty() || self.lock().contains(&id_of(seg)) {
+            return None;
+        }
+        let path = PathBuf::from(&seg.file_path);
+        let expected_len = seg.file_bytes;
+        let opened = tokio::task::spawn_blocking(move || open_checked(&path, expected_len)).await;
+        match opened {
+            Ok(Ok(file)) => {
+                if !self.told_local.swap(true, Ordering::Relaxed) {
+                    tracing::info!(path = %seg.file_path, "reading sealed segments from the ingester's disk on this host");
+                }
+                Some(stream_file(file, PathBuf::from(&seg.file_path)))
+            }
+            Ok(Err(reason)) => {
+                if self.told_remote.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(path = %seg.file_path, %reason, "sealed file not readable here; using ReadSegment");
+                } else {
+                    tracing::info!(path = %seg.file_path, %reason, "sealed file not readable on this host (fine when the ingester runs elsewhere); streaming segments over ReadSegment");
+                }
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "opening the sealed file failed; using ReadSegment");
+                None
+            }
+        }
+    }
+
+    /// A local attempt of `seg` failed: its next attempts use ReadSegment.
+    pub fn refuse(&self, seg: &SegmentInfo) {
+        if self.enabled && self.lock().insert(id_of(seg)) {
+            tracing::info!(rule = %seg.rule, segment = seg.segment_no, "reading the segment over gRPC from now on");
+        }
+    }
+
+    /// `seg` is done with (committed or quarantined).
+    pub fn forget(&self, seg: &SegmentInfo) {
+        self.lock().remove(&id_of(seg));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<SegmentId>> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn id_of(seg: &SegmentInfo) -> SegmentId {
+    (seg.rule.clone(), seg.segment_no)
+}
+
+/// Opens `path` if it is a regular file of `expected_len` bytes; otherwise says why not.
+fn open_checked(path: &Path, expected_len: u64) -> Result<File, String> {
+    if !path.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() != expected_len {
+        return Err(format!(
+            "{} bytes, the segment announced {expected_len}",
+            meta.len()
+        ));
+    }
+    Ok(file)
+}
+
+/// The file's bytes in [`CHUNK`]s, read on a blocking thread a little ahead of the consumer.
+fn stream_file(mut file: File, path: PathBuf) -> Body {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, UploadError>>(AHEAD);
+    tokio::task::spawn_blocking(move || loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        // `take` + `read_to_end` fills the spare capacity without zeroing it first.
+        let item = match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => Ok(Bytes::from(chunk)),
+            Err(err) => Err(UploadError::io("reading sealed file", path.clone(), err)),
+        };
+        let failed = item.is_err();
+        // A closed channel means the upload stopped reading: nothing left to do.
+        if tx.blocking_send(item).is_err() || failed {
+            return;
+        }
+    });
+    ReceiverStream::new(rx).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(path: &Path, len: u64) -> SegmentInfo {
+        SegmentInfo {
+            rule: "r1".into(),
+            segment_no: 7,
+            file_bytes: len,
+            file_path: path.display().to_string(),
+            ..SegmentInfo::default()
+        }
+    }
+
+    async fn read_all(body: Body) -> Vec<u8> {
+        let chunks: Vec<Bytes> = body.map(|c| c.expect("chunk")).collect::<Vec<_>>().await;
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn reads_the_named_file_in_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("seg.jsonl.gz");
+        let data: Vec<u8> = (0..(CHUNK * 2 + 123)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let reads = LocalReads::new(true);
+        let body = reads
+            .open(&segment(&path, data.len() as u64))
+            .await
+            .expect("opens");
+        assert_eq!(read_all(body).await, data);
+    }
+
+    #[tokio::test]
+    async fn falls_back_when_off_missing_wrong_size_or_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("seg.jsonl");
+        std::fs::write(&path, b"hello\n").expect("write");
+        let seg = segment(&path, 6);
+        assert!(LocalReads::new(false).open(&seg).await.is_none());
+        let reads = LocalReads::new(true);
+        assert!(reads.open(&segment(&path, 7)).await.is_none());
+        assert!(reads
+            .open(&segment(&dir.path().join("gone"), 6))
+            .await
+            .is_none());
+        assert!(reads
+            .open(&SegmentInfo {
+                file_path: "seg.jsonl".into(),
+                ..seg.clone()
+            })
+            .await
+            .is_none());
+        assert!(reads.open(&segment(dir.path(), 6)).await.is_none());
+        assert!(reads.open(&seg).await.is_some());
+        reads.refuse(&seg);
+        assert!(reads.open(&seg).await.is_none());
+        reads.forget(&seg);
+        assert!(reads.open(&seg).await.is_some());
+    }
+}
