@@ -47,7 +47,8 @@ const UPLOAD_CONCURRENCY: usize = 4;
     about = "Benchmarks the real tdmq-backup daemons against pulsar-lite and in-process s3s-fs"
 )]
 struct Args {
-    /// `all`, or a comma list of baseline,e2e,uploader,latency,sizes,rules,big.
+    /// `all`, or a comma list of
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Messages (1 KB each) for the baseline and end-to-end runs; other scenarios scale from it.
@@ -73,16 +74,52 @@ struct Args {
     repeat: u32,
 }
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "baseline",
     "e2e",
     "uploader",
     "uploader-https",
+    "uploader-grpc",
     "latency",
     "sizes",
     "rules",
     "big",
 ];
+
+/// How the `uploader*` scenarios run the uploader.
+#[derive(Debug, Clone, Copy)]
+struct UploaderCase {
+    /// Scenario (and stack directory) name.
+    name: &'static str,
+    /// Appended to the rows' names.
+    label: &'static str,
+    /// The S3 server on HTTPS.
+    https: bool,
+    /// The uploader's `read_local` (the default, true: it reads the sealed files from the
+    /// ingester's disk, as on one host; false: over ReadSegment, as in a split deployment).
+    read_local: bool,
+}
+
+impl UploaderCase {
+    const LOCAL: UploaderCase = UploaderCase {
+        name: "uploader",
+        label: "",
+        https: false,
+        read_local: true,
+    };
+    const LOCAL_HTTPS: UploaderCase = UploaderCase {
+        name: "uploader-https",
+        label: ", https",
+        https: true,
+        read_local: true,
+    };
+    const GRPC: UploaderCase = UploaderCase {
+        name: "uploader-grpc",
+        label: ", over gRPC",
+        https: false,
+        read_local: false,
+    };
+}
 
 /// One row of the final table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -193,8 +230,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 vec![row]
             }),
             "e2e" => bench.e2e_with_and_without_gzip(baseline_1k).await,
-            "uploader" => bench.uploader_repeated(false, args.repeat).await,
-            "uploader-https" => bench.uploader_repeated(true, args.repeat).await,
+            "uploader" => {
+                bench
+                    .uploader_repeated(UploaderCase::LOCAL, args.repeat)
+                    .await
+            }
+            "uploader-https" => {
+                bench
+                    .uploader_repeated(UploaderCase::LOCAL_HTTPS, args.repeat)
+                    .await
+            }
+            "uploader-grpc" => {
+                bench
+                    .uploader_repeated(UploaderCase::GRPC, args.repeat)
+                    .await
+            }
             "latency" => bench.latency().await.map(|r| vec![r]),
             "sizes" => bench.sizes().await,
             "rules" => bench.rules().await,
@@ -318,7 +368,9 @@ fn mb_of_kb(kb: u64) -> f64 {
 fn targets(rows: &[Row]) -> String {
     let ratios = |prefix: &str| -> Vec<(String, f64)> {
         rows.iter()
+            // The variants that are not the default configuration are shown, not judged.
             .filter(|r| r.scenario.starts_with(prefix) && !r.scenario.contains("uncompressed"))
+            .filter(|r| !r.scenario.contains(UploaderCase::GRPC.label))
             .filter_map(|r| r.ratio.map(|x| (r.scenario.clone(), x)))
             .collect()
     };
@@ -661,7 +713,12 @@ impl Stack {
     }
 
     async fn start_uploader(&mut self) -> anyhow::Result<()> {
-        let args = vec![
+        self.start_uploader_with(&[]).await
+    }
+
+    /// With `extra` flags after the bench's own.
+    async fn start_uploader_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec![
             "--ingester".to_string(),
             self.ingester_url(),
             "--listen".into(),
@@ -673,6 +730,7 @@ impl Stack {
             "--path-style".into(),
             "true".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut envs = vec![
             ("AWS_ACCESS_KEY_ID", self.s3.access_key().to_string()),
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key().to_string()),
@@ -901,6 +959,24 @@ impl Stack {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
+/// How many segments the uploader read from each source (`source=X` in its log), e.g.
+/// "4 local_file".
+fn read_sources(log: &str) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log.lines() {
+        let plain = strip_ansi(line);
+        if let Some(rest) = plain.split(" source=").nth(1) {
+            let source: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            *counts.entry(source).or_default() += 1;
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    parts.join(", ")
+}
+
 /// The largest `upload_ms=N` in a daemon log (text format, colours or not).
 fn max_upload_ms(log: &str) -> Option<u64> {
     log.lines()
@@ -1086,10 +1162,10 @@ impl Bench {
     }
 
     /// [`Bench::uploader`] `runs` times, each on a fresh stack; see [`median_run`].
-    async fn uploader_repeated(&self, https: bool, runs: u32) -> anyhow::Result<Vec<Row>> {
+    async fn uploader_repeated(&self, case: UploaderCase, runs: u32) -> anyhow::Result<Vec<Row>> {
         let mut all = Vec::new();
         for run in 1..=runs {
-            let rows = self.uploader(https).await?;
+            let rows = self.uploader(case).await?;
             if runs > 1 {
                 for row in &rows {
                     eprintln!("   run {run}/{runs}: {}", row_line(row));
@@ -1101,12 +1177,10 @@ impl Bench {
     }
 
     /// The uploader alone (segments sealed beforehand) vs a bare aws-sdk-s3 loop, to an S3
-    /// server on plain HTTP or (`https`) on HTTPS.
-    async fn uploader(&self, https: bool) -> anyhow::Result<Vec<Row>> {
-        let label = if https { ", https" } else { "" };
-        let mut stack = self
-            .stack_with(if https { "uploader-https" } else { "uploader" }, https)
-            .await?;
+    /// server on plain HTTP or HTTPS, reading the sealed files locally or over ReadSegment.
+    async fn uploader(&self, case: UploaderCase) -> anyhow::Result<Vec<Row>> {
+        let label = case.label;
+        let mut stack = self.stack_with(case.name, case.https).await?;
         let topic = topic_name("upl");
         let count = self.n;
         preload(&stack.pulsar.url(), &topic, count, KB).await?;
@@ -1178,7 +1252,10 @@ impl Bench {
         // left by what came before them, so neither pays the other's writeback.
         flush_page_cache().await;
         let started = Instant::now();
-        stack.start_uploader().await?;
+        let read_local = if case.read_local { "true" } else { "false" };
+        stack
+            .start_uploader_with(&["--read-local", read_local])
+            .await?;
         // The objects' arrival is watched in the store itself (a cheap in-process ListObjects),
         // as `status` answers slowly while the ingester acknowledges and frees the spool.
         let mut stored_s: Option<f64> = None;
@@ -1210,12 +1287,13 @@ impl Bench {
         let rss_i = stack.ingester.as_ref().and_then(Proc::peak_rss_kb);
         // The segments upload side by side: the slowest one's ReadSegment → stored time is the
         // uploader's own share, without its process start and first ListSealed.
-        let upload_s = stack
+        let uploader_log = stack
             .uploader
             .as_ref()
             .and_then(|u| std::fs::read_to_string(&u.log).ok())
-            .and_then(|log| max_upload_ms(&log))
-            .map(|ms| ms as f64 / 1000.0);
+            .unwrap_or_default();
+        let upload_s = max_upload_ms(&uploader_log).map(|ms| ms as f64 / 1000.0);
+        let sources = read_sources(&uploader_log);
         stack.uploader = None;
         stack.ingester = None;
 
@@ -1258,7 +1336,7 @@ impl Bench {
             seconds: stored_s,
             ratio: Some(bare_s / stored_s),
             notes: format!(
-                "uploader start → every object listed in the store (ListObjects every 20 ms; commit, ack and free not included){}",
+                "uploader start → every object listed in the store (ListObjects every 20 ms; commit, ack and free not included); segments read from: {sources}{}",
                 upload_s
                     .map(|u| format!(
                         "; the uploads themselves (slowest segment's upload_ms in the uploader's log) took {u:.2} s = {:.2} × the bare loop's speed, the rest is process start and first ListSealed",
@@ -1791,6 +1869,30 @@ mod tests {
             "the uncompressed variant is not the target: {e2e}"
         );
         assert!(line("uploader").ends_with("| not run |"));
+        let mut with_uploads = rows.clone();
+        with_uploads.extend([
+            Row {
+                scenario: "uploader alone, to stored".into(),
+                ratio: Some(0.86),
+                ..Row::default()
+            },
+            Row {
+                scenario: "uploader alone, to stored, over gRPC".into(),
+                ratio: Some(0.7),
+                ..Row::default()
+            },
+        ]);
+        let text = targets(&with_uploads);
+        let uploader = text
+            .lines()
+            .find(|l| l.starts_with("| uploader"))
+            .unwrap_or_default();
+        assert!(
+            uploader.contains("0.86")
+                && !uploader.contains("0.70")
+                && uploader.ends_with("| met |"),
+            "the gRPC variant is shown in the table, not judged: {uploader}"
+        );
         let rss = line("peak RSS");
         assert!(
             rss.contains("largest 174 MB (ingester, e2e 1 KB)") && rss.ends_with("| missed |"),
@@ -1854,6 +1956,10 @@ mod tests {
                    y upload_ms=546 attempt=1\nz no timing here\n";
         assert_eq!(max_upload_ms(log), Some(546));
         assert_eq!(max_upload_ms("nothing"), None);
+        let log = "a upload_ms=5 source=local_file attempt=1\n\
+                   b upload_ms=6 \u{1b}[3msource\u{1b}[0m\u{1b}[2m=\u{1b}[0mlocal_file x\n\
+                   c upload_ms=7 source=ingester attempt=2\n";
+        assert_eq!(read_sources(log), "1 ingester, 2 local_file");
     }
 
     #[test]
