@@ -1,8 +1,11 @@
 //! Resumable multipart uploads: a segment larger than `multipart_threshold` goes up in parts of
-//! `part_size`, streamed from the ingester's ReadSegment (two parts in memory per upload — one
-//! being sent while the next is read — so the uploader holds at most `2 × part_size ×
-//! concurrency` segment bytes), and a crash — `kill -9` included — resumes the same multipart
-//! upload instead of starting over.
+//! `part_size`, streamed from the sealed file or the ingester's ReadSegment, and a crash —
+//! `kill -9` included — resumes the same multipart upload instead of starting over.
+//!
+//! Parts are sent while the next one is read. The uploader holds at most `2 × concurrency`
+//! parts (`2 × part_size × concurrency` segment bytes): with every upload slot busy that is one
+//! part sending and one being read per upload, and an upload running alone may keep up to seven
+//! parts in flight ([`crate::store::part_budget`]).
 //!
 //! # The state
 //!
@@ -70,7 +73,7 @@
 //! - `uploader:before_commit` — just before CommitSegment is sent (also on the path where HEAD
 //!   found the object already stored).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +82,7 @@ use proto::v1::SegmentInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UploadError;
+use crate::store::part_budget::RunningUpload;
 use crate::store::part_buffers::PartBuffers;
 use crate::store::s3::{
     checksum_crc32c, etag_is_md5, md5_hex, must_start_over, normalize_etag, ListedPart,
@@ -329,8 +333,9 @@ pub async fn upload(
     req: &PutRequest,
     body: Body,
 ) -> Result<PutOutcome, UploadError> {
+    let running = router.part_budget().begin();
     let (mut rec, reusable) = prepare(store, router, journal, identity, req).await?;
-    match send_parts(store, journal, &mut rec, &reusable, body).await {
+    match send_parts(store, journal, &mut rec, &reusable, body, &running).await {
         Ok(outcome) => {
             if let Err(err) = journal
                 .remove(&rec.identity.rule, rec.identity.segment_no)
@@ -484,21 +489,27 @@ async fn send_parts(
     rec: &mut ResumeRecord,
     reusable: &BTreeMap<i32, UploadedPart>,
     body: Body,
+    running: &RunningUpload,
 ) -> Result<PutOutcome, UploadError> {
     let part_size = usize::try_from(rec.identity.part_size).unwrap_or(usize::MAX);
     let mut reader = PartReader::new(body, store.part_buffers().clone());
     let mut part_number: i32 = 0;
     let mut sent_bytes = 0u64;
-    // One part uploads while the next is read from the ingester: the two overlap, and at most
-    // one part per upload is unconfirmed (so a crash re-sends at most that one).
-    let mut uploading: Option<InFlightPart> = None;
+    // Parts upload while the next is read from the segment: up to this upload's share of the
+    // part budget at once (one while every upload slot is busy). They are confirmed and
+    // recorded in order, so a crash re-sends at most the parts in flight at that moment.
+    let mut uploading: VecDeque<InFlightPart> = VecDeque::new();
     loop {
         // `next_part` returns None only once the body has ended and passed its length and
         // CRC32C checks, so Complete is never reached with a short or corrupt body.
         let next = reader.next_part(part_size).await;
-        // The part in flight is confirmed and recorded even when reading the next one failed:
-        // it is stored, and a resume should not send it again.
-        if let Some(in_flight) = uploading.take() {
+        // Parts in flight are confirmed and recorded even when reading the next one failed:
+        // they are stored, and a resume should not send them again.
+        let ending = !matches!(next, Ok(Some(_)));
+        while !uploading.is_empty() && (ending || uploading.len() >= running.parts_in_flight()) {
+            let Some(in_flight) = uploading.pop_front() else {
+                break;
+            };
             let uploaded = in_flight.finish().await?;
             sent_bytes += uploaded.size;
             rec.parts.retain(|p| p.part_number != uploaded.part_number);
@@ -527,7 +538,7 @@ async fn send_parts(
                 "a stored part does not match the segment's bytes; sending it again"
             );
         }
-        uploading = Some(InFlightPart::start(
+        uploading.push_back(InFlightPart::start(
             store,
             &rec.identity,
             &rec.upload_id,

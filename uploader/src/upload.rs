@@ -181,7 +181,11 @@ async fn store_segment(
             let identity = multipart::Identity::new(seg, t, s3.part_size());
             multipart::upload(s3, &ctx.stores, &ctx.journal, identity, &request, body).await
         }
-        _ => store.put_object(&request, body).await,
+        _ => {
+            // One buffer, but it counts against the other uploads' share of the part budget.
+            let _running = ctx.stores.part_budget().begin();
+            store.put_object(&request, body).await
+        }
     };
     let outcome = match outcome {
         Ok(outcome) => outcome,

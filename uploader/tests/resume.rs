@@ -25,7 +25,7 @@ use uploader::UploadError;
 
 mod common;
 
-use common::{Recorded, Recorder, AK, BUCKET, SK};
+use common::{OpenRequests, Recorded, Recorder, AK, BUCKET, SK};
 
 const MIB: usize = 1 << 20;
 const PART: u64 = 5 * MIB as u64;
@@ -57,13 +57,20 @@ struct Env {
     router: StoreRouter,
     journal: Journal,
     recorder: Recorder,
+    open_requests: OpenRequests,
 }
 
 async fn env() -> Env {
     env_with(RequestChecksum::Md5).await
 }
 
+/// With an uploader `concurrency` of 1 (2 parts held: one sending, one being read), so the tests
+/// here know which parts were sent when a stream breaks.
 async fn env_with(checksum: RequestChecksum) -> Env {
+    env_with_concurrency(checksum, 1).await
+}
+
+async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> Env {
     let server = common::serve().await;
     let addr = server.addr;
     let root = server.root;
@@ -80,9 +87,11 @@ async fn env_with(checksum: RequestChecksum) -> Env {
         checksum,
     };
     let recorder = Recorder::default();
+    let open_requests = OpenRequests::default();
     let shared = load_shared_config(&credentials).await;
     let config = client_config(&shared, &target)
         .interceptor(recorder.clone())
+        .interceptor(open_requests.clone())
         .build();
     let store = S3Store::from_client_config(config, &target, PART, PART);
     let router = StoreRouter::new(StoreSettings {
@@ -94,7 +103,7 @@ async fn env_with(checksum: RequestChecksum) -> Env {
         part_size: PART,
         multipart_threshold: PART,
         credentials,
-        concurrency: 1,
+        concurrency,
     });
     let state = tempfile::tempdir().expect("state dir");
     let journal = Journal::new(state.path());
@@ -106,6 +115,7 @@ async fn env_with(checksum: RequestChecksum) -> Env {
         router,
         journal,
         recorder,
+        open_requests,
     }
 }
 
@@ -424,4 +434,29 @@ async fn part_buffers_come_back_after_their_upload() {
         2,
         "the parts' buffers did not come back after their uploads"
     );
+}
+
+/// An upload running alone takes the idle share of the part budget: several UploadParts at once
+/// (one TCP stream carries less than the link), and the object is still byte for byte the
+/// segment. With every upload slot in use (concurrency 1 here) it is one at a time.
+#[tokio::test]
+async fn a_lone_upload_sends_several_parts_at_once() {
+    let data = random_bytes(6 * PART as usize - 1234, 11); // 6 parts
+    let env = env_with_concurrency(RequestChecksum::Crc32c, 4).await;
+    let seg = segment(11, &data);
+    let etag = env.upload(&seg, &data, None).await.expect("uploaded");
+    assert!(etag.contains("-6"), "6 parts: {etag}");
+    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    let most = env.open_requests.most();
+    assert!(
+        (2..=7).contains(&most),
+        "a lone upload may keep 7 parts in flight (8 held, one being read); most at once: {most}"
+    );
+    assert_eq!(parts_sent(&env.recorder.requests()).len(), 6);
+
+    let env = env_with_concurrency(RequestChecksum::Crc32c, 1).await;
+    let seg = segment(12, &data);
+    env.upload(&seg, &data, None).await.expect("uploaded");
+    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.open_requests.most(), 1, "one part at a time");
 }

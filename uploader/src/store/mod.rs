@@ -5,6 +5,7 @@
 //! segment from the uploader's override, the rule's endpoint or the rule's COS region.
 
 pub mod file;
+pub mod part_budget;
 pub mod part_buffers;
 pub mod s3;
 
@@ -18,6 +19,7 @@ use futures::stream::BoxStream;
 use crate::config::{Credentials, UploaderConfig};
 use crate::error::UploadError;
 pub use file::FileStore;
+use part_budget::PartBudget;
 use part_buffers::PartBuffers;
 pub use s3::S3Store;
 
@@ -368,6 +370,8 @@ pub struct StoreRouter {
     clients: Mutex<HashMap<S3Target, S3Store>>,
     /// One pool for every client, so the memory parts are gathered in is bounded per uploader.
     buffers: PartBuffers,
+    /// `2 × concurrency` parts held at once, shared by the uploads running.
+    budget: PartBudget,
 }
 
 impl StoreRouter {
@@ -378,6 +382,7 @@ impl StoreRouter {
         );
         StoreRouter {
             buffers,
+            budget: PartBudget::new(settings.concurrency.max(1).saturating_mul(2)),
             settings,
             shared: tokio::sync::OnceCell::new(),
             clients: Mutex::new(HashMap::new()),
@@ -386,6 +391,11 @@ impl StoreRouter {
 
     pub fn settings(&self) -> &StoreSettings {
         &self.settings
+    }
+
+    /// How many parts each upload may keep in flight ([`part_budget`]).
+    pub fn part_budget(&self) -> &PartBudget {
+        &self.budget
     }
 
     /// Where a segment's object goes (see [`resolve_target`]).

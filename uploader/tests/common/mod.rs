@@ -4,9 +4,12 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -121,6 +124,47 @@ impl Intercept for TamperChecksums {
         if headers.contains_key("x-amz-checksum-crc32c") {
             headers.insert("x-amz-checksum-crc32c", "AAAAAA==");
         }
+        Ok(())
+    }
+}
+
+/// Requests between being sent and their response arriving: the most ever open at once. (A
+/// request whose transmission fails stays counted; use it where none fail.)
+#[derive(Debug, Clone, Default)]
+pub struct OpenRequests {
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+impl OpenRequests {
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+impl Intercept for OpenRequests {
+    fn name(&self) -> &'static str {
+        "open-requests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let open = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(open, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        _context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.now.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 }
