@@ -14,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod history;
 pub mod metrics;
+pub mod parallel_gzip;
 pub mod record_log;
 pub mod rules;
 pub mod sealer;

@@ -1,6 +1,7 @@
 //! Writes a segment file (the object's exact bytes) from a record log, in as many steps as it
 //! takes: the open segment's log is compressed while records are still being appended
-//! (presealing), so closing a large segment leaves only its tail to compress.
+//! (presealing), so closing a large segment leaves only its tail to compress, and that is done
+//! on every core (`parallel_gzip`).
 //!
 //! A compact log (`proto::types::log_record`) is turned into the object's JSON lines on the way;
 //! a log from before the compact form already holds them and is copied.
@@ -17,10 +18,20 @@ use proto::types::log_record::LogDecoder;
 use proto::types::Compression;
 
 use crate::error::{IngesterError, Result};
+use crate::parallel_gzip::ParallelGzip;
 use crate::record_log::RecordLogs;
 use crate::spool::LogFormat;
 
 const BUFFER: usize = 256 * 1024;
+
+/// Blocks compressed at once by one writer: the cores, up to 4. Several seals at once (one per
+/// core, `sealer`) may oversubscribe the cores briefly; the work is the same.
+fn gzip_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
 
 /// What the writer read from the log and wrote to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +46,7 @@ pub struct Written {
 }
 
 enum Output {
-    Gzip(flate2::write::GzEncoder<HashingWriter<BufWriter<File>>>),
+    Gzip(ParallelGzip<HashingWriter<BufWriter<File>>>),
     Plain(HashingWriter<BufWriter<File>>),
 }
 
@@ -69,10 +80,7 @@ impl SegmentWriter {
             .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
         let sink = HashingWriter::new(BufWriter::with_capacity(BUFFER, file));
         let out = match compression {
-            Compression::Gzip => Output::Gzip(flate2::write::GzEncoder::new(
-                sink,
-                flate2::Compression::fast(),
-            )),
+            Compression::Gzip => Output::Gzip(ParallelGzip::new(sink, gzip_workers())),
             Compression::None => Output::Plain(sink),
         };
         Ok(SegmentWriter {
