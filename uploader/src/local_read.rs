@@ -7,6 +7,10 @@
 //! [`crate::verify`] (length and CRC32C against what the ingester sealed), and listing and
 //! committing stay RPCs.
 //!
+//! Only a path shaped like the ingester's own sealed files is opened
+//! (`…/segments/{rule}/{segment_no:020}.jsonl[.gz]`, no `..`): the uploader trusts its ingester
+//! with object content, not with choosing which of this host's files to read.
+//!
 //! A path that does not open (another host, another user, the file moved into quarantine) just
 //! means ReadSegment. A local attempt that fails for any reason is remembered, and that segment's
 //! next attempts use ReadSegment: the ingester checks the file itself there and quarantines it if
@@ -64,6 +68,10 @@ impl LocalReads {
             return None;
         }
         let path = PathBuf::from(&seg.file_path);
+        if let Err(reason) = check_shape(&path, seg) {
+            tracing::warn!(path = %seg.file_path, %reason, "the ingester named a file that is not a sealed segment; using ReadSegment");
+            return None;
+        }
         let expected_len = seg.file_bytes;
         let opened = tokio::task::spawn_blocking(move || open_checked(&path, expected_len)).await;
         match opened {
@@ -111,11 +119,42 @@ fn id_of(seg: &SegmentInfo) -> SegmentId {
     (seg.rule.clone(), seg.segment_no)
 }
 
-/// Opens `path` if it is a regular file of `expected_len` bytes; otherwise says why not.
-fn open_checked(path: &Path, expected_len: u64) -> Result<File, String> {
+/// `path` must be where the ingester keeps `seg`'s sealed file:
+/// `/…/segments/{rule}/{segment_no:020}{.jsonl.gz|.jsonl}`, absolute, without `..`.
+fn check_shape(path: &Path, seg: &SegmentInfo) -> Result<(), String> {
     if !path.is_absolute() {
         return Err("not an absolute path".into());
     }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err("the path has a `..` component".into());
+    }
+    let extension = if seg.content_encoding == "gzip" {
+        ".jsonl.gz"
+    } else {
+        ".jsonl"
+    };
+    let file_name = format!("{:020}{extension}", seg.segment_no);
+    let rule_dir = path.parent();
+    let segments_dir = rule_dir.and_then(Path::parent);
+    if name_of(Some(path)) != Some(file_name.as_str())
+        || name_of(rule_dir) != Some(seg.rule.as_str())
+        || name_of(segments_dir) != Some("segments")
+    {
+        return Err(format!("expected …/segments/{}/{file_name}", seg.rule));
+    }
+    Ok(())
+}
+
+/// The last component of `path`, if it is UTF-8.
+fn name_of(path: Option<&Path>) -> Option<&str> {
+    path.and_then(Path::file_name).and_then(|n| n.to_str())
+}
+
+/// Opens `path` if it is a regular file of `expected_len` bytes; otherwise says why not.
+fn open_checked(path: &Path, expected_len: u64) -> Result<File, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
@@ -160,8 +199,18 @@ mod tests {
             segment_no: 7,
             file_bytes: len,
             file_path: path.display().to_string(),
+            content_encoding: "gzip".into(),
             ..SegmentInfo::default()
         }
+    }
+
+    /// `dir/segments/r1/00000000000000000007.jsonl.gz`, holding `data`.
+    fn sealed_file(dir: &Path, data: &[u8]) -> PathBuf {
+        let rule_dir = dir.join("segments").join("r1");
+        std::fs::create_dir_all(&rule_dir).expect("mkdir");
+        let path = rule_dir.join("00000000000000000007.jsonl.gz");
+        std::fs::write(&path, data).expect("write");
+        path
     }
 
     async fn read_all(body: Body) -> Vec<u8> {
@@ -172,9 +221,8 @@ mod tests {
     #[tokio::test]
     async fn reads_the_named_file_in_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("seg.jsonl.gz");
         let data: Vec<u8> = (0..(CHUNK * 2 + 123)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
+        let path = sealed_file(dir.path(), &data);
         let reads = LocalReads::new(true);
         let body = reads
             .open(&segment(&path, data.len() as u64))
@@ -186,28 +234,70 @@ mod tests {
     #[tokio::test]
     async fn falls_back_when_off_missing_wrong_size_or_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("seg.jsonl");
-        std::fs::write(&path, b"hello\n").expect("write");
+        let path = sealed_file(dir.path(), b"hello\n");
         let seg = segment(&path, 6);
         assert!(LocalReads::new(false).open(&seg).await.is_none());
         let reads = LocalReads::new(true);
         assert!(reads.open(&segment(&path, 7)).await.is_none());
-        assert!(reads
-            .open(&segment(&dir.path().join("gone"), 6))
-            .await
-            .is_none());
+        std::fs::remove_file(&path).expect("rm");
+        assert!(reads.open(&seg).await.is_none(), "gone");
+        let path = sealed_file(dir.path(), b"hello\n");
         assert!(reads
             .open(&SegmentInfo {
-                file_path: "seg.jsonl".into(),
+                file_path: "segments/r1/00000000000000000007.jsonl.gz".into(),
                 ..seg.clone()
             })
             .await
             .is_none());
-        assert!(reads.open(&segment(dir.path(), 6)).await.is_none());
+        // A directory where the file should be.
+        let odd = tempfile::tempdir().expect("tempdir");
+        let as_dir = odd.path().join("segments/r1/00000000000000000007.jsonl.gz");
+        std::fs::create_dir_all(&as_dir).expect("mkdir");
+        assert!(reads.open(&segment(&as_dir, 6)).await.is_none());
+        assert_eq!(path.display().to_string(), seg.file_path);
         assert!(reads.open(&seg).await.is_some());
         reads.refuse(&seg);
         assert!(reads.open(&seg).await.is_none());
         reads.forget(&seg);
         assert!(reads.open(&seg).await.is_some());
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    fn seg(rule: &str, no: u64, encoding: &str) -> SegmentInfo {
+        SegmentInfo {
+            rule: rule.into(),
+            segment_no: no,
+            content_encoding: encoding.into(),
+            ..SegmentInfo::default()
+        }
+    }
+
+    #[test]
+    fn only_paths_shaped_like_the_ingesters_sealed_files_are_read() {
+        let ok = |p: &str, s: &SegmentInfo| check_shape(Path::new(p), s).is_ok();
+        let gz = seg("orders", 42, "gzip");
+        assert!(ok(
+            "/var/lib/i/segments/orders/00000000000000000042.jsonl.gz",
+            &gz
+        ));
+        let plain = seg("orders", 42, "identity");
+        assert!(ok("/d/segments/orders/00000000000000000042.jsonl", &plain));
+        for bad in [
+            "/etc/shadow",
+            "/root/.ssh/id_ed25519",
+            "segments/orders/00000000000000000042.jsonl.gz",
+            "/d/segments/orders/00000000000000000043.jsonl.gz",
+            "/d/segments/orders/00000000000000000042.jsonl",
+            "/d/segments/other/00000000000000000042.jsonl.gz",
+            "/d/spool/orders/00000000000000000042.jsonl.gz",
+            "/d/segments/orders/../orders/00000000000000000042.jsonl.gz",
+            "/d/segments/x/../orders/00000000000000000042.jsonl.gz",
+        ] {
+            assert!(!ok(bad, &gz), "{bad}");
+        }
     }
 }

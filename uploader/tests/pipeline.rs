@@ -438,18 +438,21 @@ async fn unreachable_ingester_shows_in_status_and_shutdown_is_prompt() {
 #[tokio::test]
 async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segment() {
     let files = tempfile::tempdir().expect("tempdir");
+    // Where the ingester keeps sealed files: data_dir/segments/{rule}/{segment_no:020}.jsonl.gz.
+    let rule_dir = files.path().join("segments").join("orders");
+    std::fs::create_dir_all(&rule_dir).expect("mkdir");
+    let sealed_path = |no: u64| rule_dir.join(format!("{no:020}.jsonl.gz"));
     let mut local = segment(1, 300_000, Mode::Good);
     let mut damaged = segment(2, 200_000, Mode::Good);
     let mut elsewhere = segment(3, 50_000, Mode::Good);
-    let local_path = files.path().join("1.jsonl.gz");
-    std::fs::write(&local_path, &local.data).expect("write");
-    local.info.file_path = local_path.display().to_string();
-    let damaged_path = files.path().join("2.jsonl.gz");
+    std::fs::write(sealed_path(1), &local.data).expect("write");
+    local.info.file_path = sealed_path(1).display().to_string();
     let mut bad = damaged.data.clone();
     bad[100_000] ^= 0x01;
-    std::fs::write(&damaged_path, &bad).expect("write");
-    damaged.info.file_path = damaged_path.display().to_string();
-    elsewhere.info.file_path = files.path().join("not-here.jsonl.gz").display().to_string();
+    std::fs::write(sealed_path(2), &bad).expect("write");
+    damaged.info.file_path = sealed_path(2).display().to_string();
+    // Shaped right, but no such file on this host.
+    elsewhere.info.file_path = sealed_path(3).display().to_string();
 
     let fake = Arc::new(Fake::default());
     fake.segs
@@ -504,9 +507,8 @@ async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segmen
     // Turned off: the same readable file is streamed from the ingester instead.
     let fake = Arc::new(Fake::default());
     let mut again = segment(4, 100_000, Mode::Good);
-    let again_path = files.path().join("4.jsonl.gz");
-    std::fs::write(&again_path, &again.data).expect("write");
-    again.info.file_path = again_path.display().to_string();
+    std::fs::write(sealed_path(4), &again.data).expect("write");
+    again.info.file_path = sealed_path(4).display().to_string();
     fake.segs.lock().expect("fake").push(again);
     let url = serve_fake(fake.clone()).await;
     let mut off = config(&url, store_dir.path(), state_dir);
