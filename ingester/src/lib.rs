@@ -107,8 +107,10 @@ pub async fn run(
 pub fn init_tracing(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pulsar=warn,sled=warn"));
+    // Colour codes only on a terminal: in journald or a log file they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().init(),

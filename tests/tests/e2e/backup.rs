@@ -138,6 +138,10 @@ async fn every_message_lands_in_exactly_one_object_then_is_acknowledged() -> any
     );
     let ingester_log = stack.ingester.as_ref().map(|d| d.log()).unwrap_or_default();
     assert!(
+        !uploader_log.contains('\x1b') && !ingester_log.contains('\x1b'),
+        "no colour codes in logs written to a file"
+    );
+    assert!(
         !ingester_log.contains("record bytes differ from the prediction"),
         "every record's JSON length was predicted exactly (keys, properties, event times, \
          non-UTF-8 payloads):\n{ingester_log}"

@@ -371,7 +371,6 @@ impl Stack {
 pub fn stored_segment_sources(uploader_log: &str) -> Vec<String> {
     uploader_log
         .lines()
-        .map(strip_ansi)
         .filter(|line| line.contains("segment stored and committed"))
         .filter_map(|line| {
             let rest = line.split(" source=").nth(1)?;
@@ -382,22 +381,4 @@ pub fn stored_segment_sources(uploader_log: &str) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// `text` without ANSI colour sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
