@@ -323,13 +323,7 @@ async fn uploads_verifies_retries_and_commits() {
         .iter()
         .filter(|s| s.mode != Mode::DataLoss)
     {
-        let path = store_dir.path().join(BUCKET).join(&s.info.object_key);
-        assert_eq!(
-            std::fs::read(&path).expect("object"),
-            s.data,
-            "{}",
-            s.info.object_key
-        );
+        assert_stored(store_dir.path(), s);
         let meta = store_dir
             .path()
             .join(".meta")
@@ -495,13 +489,7 @@ async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segmen
         failures[0].error
     );
     for s in fake.segs.lock().expect("fake").iter() {
-        let path = store_dir.path().join(BUCKET).join(&s.info.object_key);
-        assert_eq!(
-            std::fs::read(&path).expect("object"),
-            s.data,
-            "{}",
-            s.info.object_key
-        );
+        assert_stored(store_dir.path(), s);
     }
 
     // Turned off: the same readable file is streamed from the ingester instead.
@@ -517,6 +505,17 @@ async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segmen
     wait_for_commits(&fake, 1).await;
     stop(running).await;
     assert_eq!(fake.segs.lock().expect("fake")[0].reads, 1);
+}
+
+/// The file store holds `seg`'s object with exactly its bytes.
+fn assert_stored(store_dir: &std::path::Path, seg: &Seg) {
+    let path = store_dir.join(BUCKET).join(&seg.info.object_key);
+    assert_eq!(
+        std::fs::read(&path).expect("object"),
+        seg.data,
+        "{}",
+        seg.info.object_key
+    );
 }
 
 async fn wait_for_commits(fake: &Fake, count: usize) {

@@ -1829,6 +1829,14 @@ async fn put_one(client: &aws_sdk_s3::Client, key: &str, body: Arc<Vec<u8>>) -> 
 mod tests {
     use super::*;
 
+    /// The table line of `text` whose first cell starts with `start`.
+    fn line_starting(text: &str, start: &str) -> String {
+        text.lines()
+            .find(|l| l.starts_with(&format!("| {start}")))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     #[test]
     fn targets_are_judged_from_the_rows_that_ran() {
         let rows = vec![
@@ -1853,12 +1861,7 @@ mod tests {
             },
         ];
         let text = targets(&rows);
-        let line = |start: &str| {
-            text.lines()
-                .find(|l| l.starts_with(&format!("| {start}")))
-                .unwrap_or_default()
-                .to_string()
-        };
+        let line = |start: &str| line_starting(&text, start);
         let e2e = line("end to end");
         assert!(
             e2e.contains("0.39 (e2e 1 KB)") && e2e.ends_with("| missed |"),
@@ -1882,11 +1885,7 @@ mod tests {
                 ..Row::default()
             },
         ]);
-        let text = targets(&with_uploads);
-        let uploader = text
-            .lines()
-            .find(|l| l.starts_with("| uploader"))
-            .unwrap_or_default();
+        let uploader = line_starting(&targets(&with_uploads), "uploader");
         assert!(
             uploader.contains("0.86")
                 && !uploader.contains("0.70")
