@@ -1285,7 +1285,7 @@ impl Bench {
         let seconds = started.elapsed().as_secs_f64();
         let rss_u = stack.uploader.as_ref().and_then(Proc::peak_rss_kb);
         let rss_i = stack.ingester.as_ref().and_then(Proc::peak_rss_kb);
-        // The segments upload side by side: the slowest one's ReadSegment → stored time is the
+        // The segments upload side by side: the slowest one's read → stored time is the
         // uploader's own share, without its process start and first ListSealed.
         let uploader_log = stack
             .uploader
