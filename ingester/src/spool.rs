@@ -247,10 +247,7 @@ impl SegmentMeta {
             region: self.target.region.clone(),
             endpoint: self.target.endpoint.clone(),
             cluster: self.target.cluster.clone(),
-            content_encoding: match compression {
-                Compression::Gzip => "gzip".into(),
-                Compression::None => "identity".into(),
-            },
+            content_encoding: compression.content_encoding().into(),
             sealed_at: if self.sealed_at_ms > 0 {
                 rfc3339_from_millis(self.sealed_at_ms)
             } else {
@@ -1474,11 +1471,7 @@ fn policy_of(rule: &RuleConfig) -> CutPolicy {
 }
 
 fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
-    dir.join(format!(
-        "{:020}{}",
-        meta.segment_no,
-        meta.target.compression().extension()
-    ))
+    dir.join(meta.target.compression().segment_file_name(meta.segment_no))
 }
 
 fn lock_presealing(

@@ -25,6 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use proto::types::Compression;
 use proto::v1::SegmentInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,13 +74,16 @@ impl LocalReads {
             return None;
         }
         let expected_len = seg.file_bytes;
-        let opened = tokio::task::spawn_blocking(move || open_checked(&path, expected_len)).await;
+        let opened = tokio::task::spawn_blocking(move || {
+            open_checked(&path, expected_len).map(|file| (file, path))
+        })
+        .await;
         match opened {
-            Ok(Ok(file)) => {
+            Ok(Ok((file, path))) => {
                 if !self.told_local.swap(true, Ordering::Relaxed) {
                     tracing::info!(path = %seg.file_path, "reading sealed segments from the ingester's disk on this host");
                 }
-                Some(stream_file(file, PathBuf::from(&seg.file_path)))
+                Some(stream_file(file, path))
             }
             Ok(Err(reason)) => {
                 if self.told_remote.swap(true, Ordering::Relaxed) {
@@ -131,12 +135,8 @@ fn check_shape(path: &Path, seg: &SegmentInfo) -> Result<(), String> {
     {
         return Err("the path has a `..` component".into());
     }
-    let extension = if seg.content_encoding == "gzip" {
-        ".jsonl.gz"
-    } else {
-        ".jsonl"
-    };
-    let file_name = format!("{:020}{extension}", seg.segment_no);
+    let file_name =
+        Compression::from_content_encoding(&seg.content_encoding).segment_file_name(seg.segment_no);
     let rule_dir = path.parent();
     let segments_dir = rule_dir.and_then(Path::parent);
     if name_of(Some(path)) != Some(file_name.as_str())

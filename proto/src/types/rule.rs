@@ -67,6 +67,29 @@ impl Compression {
             Compression::None => "none",
         }
     }
+
+    /// `SegmentInfo.content_encoding`: `gzip` or `identity`.
+    pub fn content_encoding(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::None => "identity",
+        }
+    }
+
+    /// The inverse of [`Compression::content_encoding`]; anything but `gzip` is uncompressed.
+    pub fn from_content_encoding(encoding: &str) -> Compression {
+        if encoding == "gzip" {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+
+    /// A sealed segment's file name in the ingester's `segments/{rule}/` folder. The uploader
+    /// checks a path it is asked to read locally against it.
+    pub fn segment_file_name(self, segment_no: u64) -> String {
+        format!("{segment_no:020}{}", self.extension())
+    }
 }
 
 /// Failover: one active consumer, a standby takes over. Exclusive: a second ingester is refused.
@@ -539,6 +562,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_encoding_and_file_names_round_trip() {
+        use super::Compression;
+        for c in [Compression::Gzip, Compression::None] {
+            assert_eq!(Compression::from_content_encoding(c.content_encoding()), c);
+        }
+        assert_eq!(
+            Compression::Gzip.segment_file_name(42),
+            "00000000000000000042.jsonl.gz"
+        );
+        assert_eq!(
+            Compression::None.segment_file_name(7),
+            "00000000000000000007.jsonl"
+        );
+    }
+
     use super::*;
 
     fn valid_input() -> RuleSpecInput {
