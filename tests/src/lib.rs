@@ -5,6 +5,7 @@
 //! or stop them on drop, so tests run in parallel and leave nothing behind (TEST-SERVICES.md).
 
 pub mod certs;
+pub mod daemon_log;
 pub mod daemons;
 pub mod drain;
 pub mod oracle;
@@ -14,6 +15,7 @@ pub mod services;
 pub use services::{pulsar_lite, relay, s3};
 
 pub use certs::{CertFiles, TestCerts};
+pub use daemon_log::stored_segment_sources;
 pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
 pub use drain::assert_subscription_drained;
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};

@@ -963,15 +963,8 @@ impl Stack {
 /// "4 local_file".
 fn read_sources(log: &str) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in log.lines() {
-        let plain = strip_ansi(line);
-        if let Some(rest) = plain.split(" source=").nth(1) {
-            let source: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            *counts.entry(source).or_default() += 1;
-        }
+    for source in harness::stored_segment_sources(log) {
+        *counts.entry(source).or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     parts.join(", ")
@@ -981,30 +974,12 @@ fn read_sources(log: &str) -> String {
 fn max_upload_ms(log: &str) -> Option<u64> {
     log.lines()
         .filter_map(|line| {
-            let plain = strip_ansi(line);
+            let plain = harness::daemon_log::strip_ansi(line);
             let rest = plain.split("upload_ms=").nth(1)?;
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             digits.parse().ok()
         })
         .max()
-}
-
-/// `text` without ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Fixed-size, text (JSON-ish hex) payloads: realistic for gzip, valid UTF-8 (no base64), unique.
@@ -1955,9 +1930,10 @@ mod tests {
                    y upload_ms=546 attempt=1\nz no timing here\n";
         assert_eq!(max_upload_ms(log), Some(546));
         assert_eq!(max_upload_ms("nothing"), None);
-        let log = "a upload_ms=5 source=local_file attempt=1\n\
-                   b upload_ms=6 \u{1b}[3msource\u{1b}[0m\u{1b}[2m=\u{1b}[0mlocal_file x\n\
-                   c upload_ms=7 source=ingester attempt=2\n";
+        let log = "a segment stored and committed upload_ms=5 source=local_file attempt=1\n\
+                   b segment stored and committed upload_ms=6 \u{1b}[3msource\u{1b}[0m\u{1b}[2m=\u{1b}[0mlocal_file x\n\
+                   c segment stored and committed upload_ms=7 source=ingester attempt=2\n\
+                   d retrying source=ingester\n";
         assert_eq!(read_sources(log), "1 ingester, 2 local_file");
     }
 

@@ -7,7 +7,7 @@ use harness::{
     assert_subscription_drained, check_exactly_once, produce, read_all, sample_messages,
 };
 
-use crate::util::{eventually, stored_segment_sources, unique_topic, Stack, BUCKET};
+use crate::util::{eventually, unique_topic, Stack, BUCKET};
 
 const MAX_MESSAGES: u64 = 1000;
 const MAX_BYTES: u64 = 300_000;
@@ -131,7 +131,7 @@ async fn every_message_lands_in_exactly_one_object_then_is_acknowledged() -> any
     // Uploader and ingester share this host, so the uploader read the sealed files from disk
     // (read_local's default) rather than over ReadSegment.
     let uploader_log = stack.uploader.as_ref().map(|d| d.log()).unwrap_or_default();
-    let sources = stored_segment_sources(&uploader_log);
+    let sources = harness::stored_segment_sources(&uploader_log);
     assert!(
         sources.len() >= objects.len() && sources.iter().all(|s| s == "local_file"),
         "{sources:?}\n{uploader_log}"

@@ -12,7 +12,7 @@ use harness::{check_exactly_once, read_all, wait_for_port, Daemon, FaultMode, Fa
 use harness::{produce, S3Server, SampleMessage};
 use rand::{Rng, SeedableRng};
 
-use crate::util::{stored_segment_sources, unique_topic, Stack, BUCKET};
+use crate::util::{unique_topic, Stack, BUCKET};
 
 const PART: u64 = 5 << 20;
 /// ~40 MB in all. (100 KB messages would match the example better, but pulsar-lite
@@ -286,7 +286,8 @@ async fn kill9_at_a_random_moment_of_a_big_upload_still_stores_one_object() -> a
         "{}",
         stack.log_tail("uploader.log")
     );
-    let sources = stored_segment_sources(&std::fs::read_to_string(stack.path("uploader.log"))?);
+    let sources =
+        harness::stored_segment_sources(&std::fs::read_to_string(stack.path("uploader.log"))?);
     assert_eq!(sources, ["ingester"], "read over ReadSegment");
     Ok(())
 }

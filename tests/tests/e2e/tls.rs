@@ -12,7 +12,7 @@ use harness::{
     bin_path, check_exactly_once, free_port, produce, sample_messages, CertFiles, TestCerts,
 };
 
-use crate::util::{eventually, stored_segment_sources, unique_topic, Extra, Stack};
+use crate::util::{eventually, unique_topic, Extra, Stack};
 
 const RULE: &str = "tls-bk";
 const MESSAGES: usize = 300;
@@ -110,7 +110,7 @@ async fn a_backup_runs_over_tls_and_ctl_needs_the_ca_and_the_right_scheme() -> a
     let stored: usize = objects.iter().map(|o| o.records.len()).sum();
     assert!(stored >= MESSAGES, "{stored} records stored");
     let uploader_log = stack.uploader.as_ref().map(|d| d.log()).unwrap_or_default();
-    let sources = stored_segment_sources(&uploader_log);
+    let sources = harness::stored_segment_sources(&uploader_log);
     assert!(
         !sources.is_empty() && sources.iter().all(|s| s == "ingester"),
         "every segment came over ReadSegment: {sources:?}"

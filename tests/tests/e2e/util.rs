@@ -365,20 +365,3 @@ impl Stack {
         }
     }
 }
-
-/// Where each committed segment's bytes came from, from the uploader's log (`source=` of every
-/// "segment stored and committed" line): `local_file`, `ingester` or `already_stored`.
-pub fn stored_segment_sources(uploader_log: &str) -> Vec<String> {
-    uploader_log
-        .lines()
-        .filter(|line| line.contains("segment stored and committed"))
-        .filter_map(|line| {
-            let rest = line.split(" source=").nth(1)?;
-            Some(
-                rest.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect(),
-            )
-        })
-        .collect()
-}
