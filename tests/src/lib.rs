@@ -19,10 +19,10 @@ pub use daemon_log::stored_segment_sources;
 pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
 pub use drain::assert_subscription_drained;
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
-pub use producer::{produce, sample_messages, SampleMessage};
+pub use producer::{produce, produce_zlib, sample_messages, SampleMessage};
 pub use services::fault_proxy::{FaultProxy, Mode as FaultMode};
 pub use services::pulsar_lite::PulsarLite;
-pub use services::relay::Relay;
+pub use services::relay::{DamagedEntry, FaultPlan, Faults, Relay};
 pub use services::s3::S3Server;
 
 /// Routes `tracing` output to the test's captured output, filtered by `RUST_LOG` (default:

@@ -153,8 +153,32 @@ pub async fn produce(
     messages: &[SampleMessage],
     batching: bool,
 ) -> anyhow::Result<()> {
+    produce_with(url, topic, messages, batching, None).await
+}
+
+/// Like [`produce`], each entry compressed with zlib (the relay's fault mode damages only
+/// compressed entries, whose damage the client is sure to notice).
+pub async fn produce_zlib(
+    url: &str,
+    topic: &str,
+    messages: &[SampleMessage],
+    batching: bool,
+) -> anyhow::Result<()> {
+    let zlib =
+        pulsar::compression::Compression::Zlib(pulsar::compression::CompressionZlib::default());
+    produce_with(url, topic, messages, batching, Some(zlib)).await
+}
+
+async fn produce_with(
+    url: &str,
+    topic: &str,
+    messages: &[SampleMessage],
+    batching: bool,
+    compression: Option<pulsar::compression::Compression>,
+) -> anyhow::Result<()> {
     let pulsar = client(url).await?;
     let options = ProducerOptions {
+        compression,
         // send_non_blocking fails with SlowDown once ~100 sends are queued unless this is set
         // (STACK.md gotcha 3).
         block_queue_if_full: true,

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
-use super::relay::Relay;
+use std::sync::Arc;
+
+use super::relay::{Faults, Relay};
 
 /// Environment variable naming the pulsar-lite binary; overrides the `.venv` lookup.
 pub const PULSAR_LITE_BIN_ENV: &str = "PULSAR_LITE_BIN";
@@ -40,6 +42,21 @@ impl PulsarLite {
 
     /// Starts a broker whose new topics get `partitions` partitions (`0` = non-partitioned).
     pub async fn start_with_partitions(partitions: u32) -> anyhow::Result<PulsarLite> {
+        Self::start_with(partitions, None).await
+    }
+
+    /// Starts a broker whose relay damages entries as `faults` says.
+    pub async fn start_with_faults(
+        partitions: u32,
+        faults: Arc<Faults>,
+    ) -> anyhow::Result<PulsarLite> {
+        Self::start_with(partitions, Some(faults)).await
+    }
+
+    async fn start_with(
+        partitions: u32,
+        faults: Option<Arc<Faults>>,
+    ) -> anyhow::Result<PulsarLite> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("pulsar-lite-")
@@ -59,7 +76,11 @@ impl PulsarLite {
             let mut child = spawn_broker(&binary, dir.path(), addr)?;
             match wait_ready(&mut child, addr, &log_path(dir.path())).await {
                 Ok(()) => {
-                    let relay = Relay::start(addr).context("starting the relay")?;
+                    let relay = match &faults {
+                        Some(faults) => Relay::start_with_faults(addr, faults.clone()),
+                        None => Relay::start(addr),
+                    }
+                    .context("starting the relay")?;
                     return Ok(PulsarLite {
                         relay,
                         child: Some(child),

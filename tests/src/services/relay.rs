@@ -12,19 +12,25 @@
 //!
 //! Frames from the client to the broker pass through byte for byte.
 //!
+//! For tests of entries a client cannot decode, a relay started with [`Faults`] also damages the
+//! compressed payload of chosen MESSAGE frames (metadata kept, checksum computed over the damaged
+//! bytes, as a corrupt entry in a real ledger would arrive).
+//!
 //! When the broker goes away the relay closes the client's connection, so the client notices and
 //! reconnects; the relay keeps accepting and dials the broker afresh for every new connection, so a
 //! broker restarted on the same port is picked up without restarting the relay. While the broker
 //! is down, new client connections are held open rather than closed (see [`dial_broker`]: pulsar-rs
 //! gives up for good on a connection closed during its handshake).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use pulsar::message::proto::BaseCommand;
+use pulsar::message::proto::{BaseCommand, MessageMetadata};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -68,6 +74,26 @@ impl Relay {
     /// synchronous code, it does not depend on the flavour of the caller's runtime, and dropping
     /// that runtime is what tears down every connection task at once.
     pub fn start_on(listen: SocketAddr, broker_addr: SocketAddr) -> anyhow::Result<Relay> {
+        Self::start_with(listen, broker_addr, None)
+    }
+
+    /// Starts a relay on a free loopback port that also damages entries as `faults` says.
+    pub fn start_with_faults(
+        broker_addr: SocketAddr,
+        faults: Arc<Faults>,
+    ) -> anyhow::Result<Relay> {
+        Self::start_with(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker_addr,
+            Some(faults),
+        )
+    }
+
+    fn start_with(
+        listen: SocketAddr,
+        broker_addr: SocketAddr,
+        faults: Option<Arc<Faults>>,
+    ) -> anyhow::Result<Relay> {
         let std_listener = std::net::TcpListener::bind(listen)
             .with_context(|| format!("relay: binding {listen}"))?;
         std_listener
@@ -95,7 +121,7 @@ impl Relay {
                         }
                     };
                     tokio::select! {
-                        () = accept_loop(listener, broker_addr, relay_url) => {}
+                        () = accept_loop(listener, broker_addr, relay_url, faults) => {}
                         _ = shutdown_rx => {}
                     }
                 });
@@ -147,7 +173,12 @@ impl Drop for Relay {
 
 /// Accepts clients forever; every client gets its own task (owned by a `JoinSet`, so dropping the
 /// loop aborts them all).
-async fn accept_loop(listener: TcpListener, broker_addr: SocketAddr, relay_url: String) {
+async fn accept_loop(
+    listener: TcpListener,
+    broker_addr: SocketAddr,
+    relay_url: String,
+    faults: Option<Arc<Faults>>,
+) {
     let mut connections = JoinSet::new();
     loop {
         // Reap finished connections so the set does not grow without bound.
@@ -162,8 +193,11 @@ async fn accept_loop(listener: TcpListener, broker_addr: SocketAddr, relay_url: 
             }
         };
         let relay_url = relay_url.clone();
+        let faults = faults.clone();
         connections.spawn(async move {
-            if let Err(error) = relay_connection(client, broker_addr, &relay_url).await {
+            if let Err(error) =
+                relay_connection(client, broker_addr, &relay_url, faults.as_deref()).await
+            {
                 tracing::debug!(%peer, error = format!("{error:#}"), "relay: connection ended");
             }
         });
@@ -175,6 +209,7 @@ async fn relay_connection(
     mut client: TcpStream,
     broker_addr: SocketAddr,
     relay_url: &str,
+    faults: Option<&Faults>,
 ) -> anyhow::Result<()> {
     let (mut broker, early_bytes) = dial_broker(&mut client, broker_addr).await?;
     broker
@@ -196,7 +231,8 @@ async fn relay_connection(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             while let Some(frame) = take_frame(&mut buf)? {
-                let out = rewrite_frame(&frame, relay_url)?;
+                let damaged = faults.and_then(|f| f.damage(&frame));
+                let out = rewrite_frame(damaged.as_deref().unwrap_or(&frame), relay_url)?;
                 client_write
                     .write_all(&out)
                     .await
@@ -260,6 +296,134 @@ async fn dial_broker(
             Ok(Err(error)) => return Err(error).context("reading from the held client"),
         }
     }
+}
+
+/// Which MESSAGE frames a relay damages, by the order in which their entries first pass it
+/// (0 = the first entry the relay relays, counted across connections and redeliveries).
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    /// Entries damaged at their first delivery only: a redelivery decodes.
+    pub damage_once: Vec<usize>,
+    /// An entry damaged at every delivery: it can never be decoded.
+    pub damage_always: Option<usize>,
+}
+
+/// An entry as the relay saw it: ledger, entry and the partition the broker named (-1: none).
+pub type EntryKey = (u64, u64, i32);
+
+/// An entry the relay damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DamagedEntry {
+    pub key: EntryKey,
+    /// Deliveries of it that were damaged.
+    pub times: u32,
+    /// Messages in it (a batch entry holds several).
+    pub messages: u32,
+}
+
+/// A [`FaultPlan`] and what the relay did under it; shared by the relay's connections.
+#[derive(Debug, Default)]
+pub struct Faults {
+    plan: FaultPlan,
+    state: Mutex<FaultState>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Distinct entries in order of first delivery.
+    order: HashMap<EntryKey, usize>,
+    /// Damaged entries.
+    damaged: HashMap<EntryKey, DamagedEntry>,
+    /// Deliveries per entry (all entries).
+    deliveries: HashMap<EntryKey, u32>,
+}
+
+impl Faults {
+    pub fn new(plan: FaultPlan) -> Arc<Faults> {
+        Arc::new(Faults {
+            plan,
+            state: Mutex::new(FaultState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries damaged so far.
+    pub fn damaged(&self) -> Vec<DamagedEntry> {
+        let mut out: Vec<_> = self.state().damaged.values().copied().collect();
+        out.sort();
+        out
+    }
+
+    /// How many times the relay delivered `entry`.
+    pub fn deliveries(&self, entry: EntryKey) -> u32 {
+        self.state().deliveries.get(&entry).copied().unwrap_or(0)
+    }
+
+    /// The damaged copy of `frame` if it is a MESSAGE frame the plan damages now.
+    fn damage(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        use prost013::Message as _;
+        let cmd_size = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?) as usize;
+        let payload_at = 8 + cmd_size;
+        if frame.len() <= payload_at {
+            return None;
+        }
+        let command = BaseCommand::decode(frame.get(8..payload_at)?).ok()?;
+        let id = command.message?.message_id;
+        let key = (id.ledger_id, id.entry_id, id.partition.unwrap_or(-1));
+        let mut state = self.state();
+        *state.deliveries.entry(key).or_insert(0) += 1;
+        let next = state.order.len();
+        let ordinal = *state.order.entry(key).or_insert(next);
+        let first = !state.damaged.contains_key(&key);
+        let wanted = self.plan.damage_always == Some(ordinal)
+            || (first && self.plan.damage_once.contains(&ordinal));
+        if !wanted {
+            return None;
+        }
+        let (damaged, messages) = damage_compressed_payload(frame, payload_at)?;
+        state
+            .damaged
+            .entry(key)
+            .or_insert(DamagedEntry {
+                key,
+                times: 0,
+                messages,
+            })
+            .times += 1;
+        Some(damaged)
+    }
+}
+
+/// Inverts every byte of a compressed entry's data after its metadata, so that decompression
+/// fails; also returns how many messages the entry holds. `None` for a frame whose payload is
+/// not compressed (it is relayed as it came).
+fn damage_compressed_payload(frame: &[u8], payload_at: usize) -> Option<(Vec<u8>, u32)> {
+    use prost013::Message as _;
+    let mut at = payload_at;
+    // A payload may already carry the checksum block (real brokers): skip it.
+    if frame.get(at..at + 2) == Some(&MAGIC_CRC32C[..]) {
+        at += 6;
+    }
+    let meta_size = u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?) as usize;
+    let meta = MessageMetadata::decode(frame.get(at + 4..at + 4 + meta_size)?).ok()?;
+    if meta.compression.unwrap_or(0) == 0 {
+        return None;
+    }
+    let messages = u32::try_from(meta.num_messages_in_batch.unwrap_or(1)).unwrap_or(1);
+    let data_at = at + 4 + meta_size;
+    let mut out = frame.to_vec();
+    for byte in out.get_mut(data_at..)? {
+        *byte = !*byte;
+    }
+    if at != payload_at {
+        // Keep a real broker's checksum block truthful about the damaged bytes.
+        let crc = crc32c::crc32c(&out[payload_at + 6..]);
+        out[payload_at + 2..payload_at + 6].copy_from_slice(&crc.to_be_bytes());
+    }
+    Some((out, messages))
 }
 
 /// Removes one complete frame (including its 4-byte `total` prefix) from the front of `buf`, or
