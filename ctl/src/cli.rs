@@ -156,6 +156,20 @@ pub enum RuleCommand {
     Resume { name: String },
     /// Seal the open segment now instead of waiting for its window to end.
     Flush { name: String },
+    /// Pass one entry the rule cannot decode: acknowledge it on Pulsar without storing it.
+    ///
+    /// A rule stops before an entry that the Pulsar client cannot decode (status shows it as
+    /// `blocked`, naming the entry). Its messages are then in no object: use this only when the
+    /// entry can never be read (corrupt, or encrypted with a key you do not have).
+    #[command(after_help = "Example:\n  tdmq-backup rule skip orders-backup --entry 1234:56:2")]
+    Skip {
+        /// The rule.
+        name: String,
+        /// The entry, as `status` names it: LEDGER:ENTRY, or LEDGER:ENTRY:PARTITION for a
+        /// partitioned topic.
+        #[arg(long, value_name = "LEDGER:ENTRY[:PARTITION]")]
+        entry: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -84,6 +84,7 @@ pub fn rule_status_json(s: &RuleStatus) -> Value {
         "segments_stored": s.segments_stored,
         "messages_acked": s.messages_acked,
         "quarantined_segments": s.quarantined_segments,
+        "blocked_entries": s.blocked_entries,
     })
 }
 
@@ -272,6 +273,21 @@ pub fn millis(ms: u64) -> String {
     secs(ms / 1000)
 }
 
+/// The LAST-ERROR cell: how long ago, then the error, so an old error next to `running` reads
+/// as old.
+fn last_error_cell(error: &str, at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    if error.is_empty() {
+        return String::new();
+    }
+    match chrono::DateTime::parse_from_rfc3339(at) {
+        Ok(at) => {
+            let ago = (now - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
+            format!("{} ago: {}", secs(ago.unsigned_abs()), clip(error, 50))
+        }
+        Err(_) => clip(error, 60),
+    }
+}
+
 /// Shortens long free text (errors, keys) for a table cell; JSON always has it whole.
 pub fn clip(text: &str, max: usize) -> String {
     let text = crate::client::one_line(text);
@@ -425,7 +441,7 @@ pub fn status_text(
                 format!("{} ({})", s.spooled_messages, size(s.spooled_bytes)),
                 s.sealed_segments.to_string(),
                 clip(&s.last_object_key, 80),
-                clip(&s.last_error, 60),
+                last_error_cell(&s.last_error, &s.last_error_at, chrono::Utc::now()),
                 millis(s.backlog_age_ms),
             ]
         })
@@ -451,7 +467,11 @@ pub fn status_text(
                 "{}: {}: {}",
                 s.name,
                 s.state,
-                clip(&s.state_reason, 200)
+                // A blocked rule's reason ends with the command that passes the entry.
+                clip(
+                    &s.state_reason,
+                    if s.state == "blocked" { 600 } else { 200 }
+                )
             ));
         }
         if s.quarantined_segments > 0 {
@@ -553,6 +573,19 @@ pub fn segments_text(segments: &[SegmentInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_error_says_how_old_it_is() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+            .expect("a time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            last_error_cell("broker down", "2026-12-02T09:57:00.000Z", now),
+            "3m ago: broker down"
+        );
+        assert_eq!(last_error_cell("", "2026-12-02T09:57:00.000Z", now), "");
+        assert_eq!(last_error_cell("no time", "", now), "no time");
+    }
 
     fn sample_rule() -> Rule {
         Rule {

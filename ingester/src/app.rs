@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
+use crate::decode_fault::EntryRef;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
@@ -133,6 +134,7 @@ impl IngesterApp {
             token: self.rules.token(&stored.config.name)?,
             paused: stored.paused,
             limits: self.limits,
+            consumer_name: format!("tdmq-backup-{}", stored.config.name),
             start_applied: stored.start_applied,
             spool: spool.clone(),
             stats: stats.clone(),
@@ -380,6 +382,31 @@ impl IngesterApp {
         Ok(sealed)
     }
 
+    /// `rule skip`: the rule's task acknowledges the entry if it is the one it is stopped on.
+    pub async fn skip_entry(&self, name: &str, entry: &str) -> Result<String> {
+        let entry: EntryRef =
+            entry
+                .parse()
+                .map_err(|e: crate::decode_fault::ParseEntryError| {
+                    IngesterError::InvalidRequest(e.to_string())
+                })?;
+        let commands = {
+            let running = self.running.lock().await;
+            let handle = running
+                .get(name)
+                .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
+            handle.commands.clone()
+        };
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Skip(entry, tx))
+            .await
+            .map_err(|_| IngesterError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| IngesterError::ShuttingDown)?
+            .map_err(IngesterError::FailedPrecondition)
+    }
+
     pub async fn status(&self, name: Option<&str>) -> Result<v1::StatusReply> {
         let running = self.running.lock().await;
         let mut rules = Vec::new();
@@ -408,6 +435,15 @@ impl IngesterApp {
             disk_full |= full;
             let (state, reason) = if stored.paused {
                 ("paused".to_string(), "paused by the operator".to_string())
+            } else if !text.blocked.is_empty() {
+                (
+                    "blocked".to_string(),
+                    text.blocked
+                        .iter()
+                        .map(|b| b.reason.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
             } else if full {
                 ("error".into(), "spool disk full: consumption paused".into())
             } else if !connected {
@@ -451,6 +487,7 @@ impl IngesterApp {
                 segments_stored: RuleStats::get(&stats.segments_stored),
                 messages_acked: RuleStats::get(&stats.messages_acked),
                 quarantined_segments: quarantined,
+                blocked_entries: text.blocked.iter().map(|b| b.entry.clone()).collect(),
             });
         }
         Ok(v1::StatusReply {

@@ -1,27 +1,31 @@
 //! One task per rule: owns the Pulsar consumer, spools what it receives, and is the only place
 //! that acknowledges — after the spool says the segments are stored, in segment order.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use proto::types::{
     log_record, record::record_json_len, MessageId, RecordFields, RuleConfig, Secret,
     StartPosition, SubscriptionKind,
 };
-use pulsar::consumer::{ConsumerOptions, InitialPosition};
+use pulsar::consumer::InitialPosition;
 use pulsar::message::proto::command_subscribe::SubType;
 use pulsar::message::proto::MessageIdData;
-use pulsar::{Authentication, ConnectionRetryOptions, Consumer, Pulsar, TokioExecutor};
+use pulsar::{Authentication, ConnectionRetryOptions, Pulsar, TokioExecutor};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
 use crate::history::{History, HistoryEntry};
+use crate::partition_consumers::{
+    message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
+};
 use crate::rules::RuleStore;
 use crate::sealer::SealerHandle;
-use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool};
-use crate::stats::RuleStats;
+use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool, Seen};
+use crate::stats::{BlockedEntry, RuleStats};
 
 /// Most messages taken from the consumer's buffer for one durable spool write.
 const MAX_BATCH: usize = 2000;
@@ -29,6 +33,10 @@ const MAX_BATCH: usize = 2000;
 const MAX_BATCH_BYTES: u64 = 4 << 20;
 const TICK: Duration = Duration::from_millis(200);
 const CONNECTION_CHECK_EVERY: u32 = 25;
+/// Ticks between looks at the topic's partition count (partitions added later are consumed).
+const PARTITION_CHECK_EVERY: u32 = 150;
+/// How long the rest of a failed delivery is read (to name the failed entry by what follows it).
+const DISCARD_WINDOW: Duration = Duration::from_secs(1);
 
 /// Per-consumer bounds, from the ingester's config.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +86,9 @@ pub enum Command {
     /// Close the open segment now.
     Flush(oneshot::Sender<Option<u64>>),
     SetPaused(bool),
+    /// `rule skip`: acknowledge this undecodable entry without storing it. Replies with what was
+    /// done, or why it was refused.
+    Skip(EntryRef, oneshot::Sender<Result<String, String>>),
 }
 
 /// What a rule task needs.
@@ -86,6 +97,8 @@ pub struct RuleTask {
     pub token: Option<Secret>,
     pub paused: bool,
     pub limits: ConsumerLimits,
+    /// Pulsar's consumer name for this ingester's consumers (distinct per ingester).
+    pub consumer_name: String,
     pub start_applied: bool,
     pub spool: Arc<RuleSpool>,
     pub stats: Arc<RuleStats>,
@@ -96,7 +109,27 @@ pub struct RuleTask {
     pub stop: watch::Receiver<bool>,
 }
 
-type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+/// Per-task state that outlives one connection.
+#[derive(Default)]
+struct Continuity {
+    /// Undecodable entries by partition, carried over a reconnect so that the count of failed
+    /// deliveries (and a skip the operator asked for) is not forgotten.
+    faults: BTreeMap<i32, DecodeFault>,
+    /// Since when Pulsar is unreachable (for the history's outage entries).
+    outage_since_ms: Option<u64>,
+}
+
+/// What one read from the consumers gathers before the durable write.
+#[derive(Default)]
+struct Intake {
+    batch: Vec<Incoming>,
+    redelivered: Redelivered,
+    /// Record bytes in `batch`.
+    bytes: u64,
+    received: usize,
+    /// Messages published before the rule's start time (dropped, see [`RuleTask::take`]).
+    before_start: u64,
+}
 
 impl RuleTask {
     pub async fn run(mut self) {
@@ -104,29 +137,65 @@ impl RuleTask {
         let mut backoff = Duration::from_millis(500);
         let mut last_recorded_error = String::new();
         let mut permits = self.limits.receiver_queue;
+        let mut continuity = Continuity::default();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *self.stop.borrow() {
                 break;
             }
-            // Acks that were pending when the last consumer went away (or from before a restart).
-            // A connect can hang in pulsar-rs's retries: a stop must not wait for it.
-            let mut stop = self.stop.clone();
-            let connected = tokio::select! {
-                result = self.connect(permits) => result,
-                _ = stop.changed() => break,
+            // Connecting can take long (pulsar-rs retries inside): windows keep closing and
+            // commands (flush, pause, delete --drain) keep being answered meanwhile.
+            let connect = connect(
+                self.rule.service_url.clone(),
+                self.token.clone(),
+                self.settings(permits),
+                self.seek_to_ms(),
+            );
+            tokio::pin!(connect);
+            let connected = loop {
+                tokio::select! {
+                    result = &mut connect => break Some(result),
+                    _ = self.stop.changed() => break None,
+                    _ = tick.tick() => { self.close_if_due(false).await; }
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => self.handle_command(cmd, None).await,
+                        None => return,
+                    },
+                }
             };
+            let Some(connected) = connected else { break };
             match connected {
-                Ok((consumer, pulsar)) => {
+                Ok(mut consumers) => {
+                    self.start_applied_now();
+                    for part in &mut consumers.parts {
+                        part.fault = continuity.faults.remove(&part.partition);
+                    }
+                    continuity.faults.clear();
                     self.stats.connected.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(500);
                     last_recorded_error.clear();
-                    info!(rule = %name, "consumer connected");
-                    let end = self.consume(consumer, pulsar, permits).await;
+                    self.outage_ended(&mut continuity);
+                    info!(rule = %name, partitions = consumers.parts.len(), "consumer connected");
+                    let end = self.consume(&mut consumers, permits, &mut continuity).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
+                    for part in &mut consumers.parts {
+                        if let Some(fault) = part.fault.take() {
+                            continuity.faults.insert(part.partition, fault);
+                        }
+                    }
                     match end {
-                        ConsumeEnd::Stopped => break,
-                        ConsumeEnd::Lost => {}
+                        ConsumeEnd::Stopped => {
+                            consumers.close().await;
+                            break;
+                        }
+                        ConsumeEnd::Lost => {
+                            let cause = self.stats.text().last_error;
+                            self.outage_began(&mut continuity, &cause);
+                            consumers.close().await;
+                        }
                         ConsumeEnd::Resize(resized) => {
+                            consumers.close().await;
                             permits = resized;
                             continue;
                         }
@@ -140,18 +209,22 @@ impl RuleTask {
                     );
                     warn!(rule = %name, error = %err, "consumer connection failed");
                     self.stats.set_error(&message);
+                    if continuity.outage_since_ms.is_none() {
+                        continuity.outage_since_ms = Some(proto::types::time::now_millis());
+                    }
                     if message != last_recorded_error {
                         self.record(HistoryEntry::event("consumer_error", true, &message));
                         last_recorded_error = message;
                     }
                 }
             }
-            // Wait before reconnecting, still answering commands (flush, pause) meanwhile.
+            // Wait before reconnecting, still closing windows and answering commands.
             let deadline = tokio::time::Instant::now() + backoff;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = self.stop.changed() => break,
+                    _ = tick.tick() => { self.close_if_due(false).await; }
                     cmd = self.commands.recv() => match cmd {
                         Some(cmd) => { self.handle_command(cmd, None).await; }
                         None => return,
@@ -163,166 +236,144 @@ impl RuleTask {
         debug!(rule = %name, "rule task stopped");
     }
 
-    async fn connect(
-        &mut self,
-        permits: u32,
-    ) -> Result<(PulsarConsumer, Pulsar<TokioExecutor>), pulsar::Error> {
-        let mut builder = Pulsar::builder(self.rule.service_url.clone(), TokioExecutor)
-            .with_connection_retry_options(ConnectionRetryOptions {
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                max_retries: 10,
-                connection_timeout: Duration::from_secs(5),
-                keep_alive: Duration::from_secs(10),
-                ..ConnectionRetryOptions::default()
-            });
-        if let Some(token) = &self.token {
-            builder = builder.with_auth(Authentication {
-                name: "token".to_string(),
-                data: token.expose().as_bytes().to_vec(),
-            });
+    fn settings(&self, permits: u32) -> ConsumerSettings {
+        ConsumerSettings {
+            topic: self.rule.topic.clone(),
+            subscription: self.rule.subscription.clone(),
+            sub_type: match self.rule.subscription_type {
+                SubscriptionKind::Failover => SubType::Failover,
+                SubscriptionKind::Exclusive => SubType::Exclusive,
+            },
+            consumer_name: self.consumer_name.clone(),
+            permits,
+            // A timestamp start subscribes at the earliest message and then seeks: a
+            // subscription created at `latest` cannot move back on every broker.
+            initial: match self.rule.start {
+                StartPosition::Latest => InitialPosition::Latest,
+                StartPosition::Earliest | StartPosition::Timestamp(_) => InitialPosition::Earliest,
+            },
         }
-        let pulsar = builder.build().await?;
-        let initial = match self.rule.start {
-            StartPosition::Earliest => InitialPosition::Earliest,
-            StartPosition::Latest | StartPosition::Timestamp(_) => InitialPosition::Latest,
-        };
-        let sub_type = match self.rule.subscription_type {
-            SubscriptionKind::Failover => SubType::Failover,
-            SubscriptionKind::Exclusive => SubType::Exclusive,
-        };
-        let mut consumer: PulsarConsumer = pulsar
-            .consumer()
-            .with_topic(self.rule.topic.clone())
-            .with_subscription(self.rule.subscription.clone())
-            .with_subscription_type(sub_type)
-            .with_consumer_name(format!("tdmq-backup-{}", self.rule.name))
-            .with_batch_size(permits)
-            .with_options(
-                ConsumerOptions::default()
-                    .with_initial_position(initial)
-                    // pulsar-rs queues this many received messages besides the permits in flight.
-                    .with_receiver_queue_size(permits)
-                    .durable(true),
-            )
-            .build()
-            .await?;
-        if !self.start_applied {
-            if let StartPosition::Timestamp(ms) = self.rule.start {
-                consumer.seek(None, None, Some(ms), pulsar.clone()).await?;
-                info!(rule = %self.rule.name, at_ms = ms, "subscription positioned by publish time");
-            }
-            self.start_applied = true;
-            if let Err(err) = self.rules.mark_start_applied(&self.rule.name) {
-                warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
-            }
-        }
-        Ok((consumer, pulsar))
     }
 
-    /// Runs until the consumer fails, its permits need resizing, or the rule stops.
+    /// The publish time to seek to, while the rule's start position is not applied yet.
+    fn seek_to_ms(&self) -> Option<u64> {
+        match self.rule.start {
+            StartPosition::Timestamp(ms) if !self.start_applied => Some(ms),
+            _ => None,
+        }
+    }
+
+    fn start_applied_now(&mut self) {
+        if self.start_applied {
+            return;
+        }
+        self.start_applied = true;
+        if let Err(err) = self.rules.mark_start_applied(&self.rule.name) {
+            warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
+        }
+    }
+
+    fn outage_began(&self, continuity: &mut Continuity, cause: &str) {
+        if continuity.outage_since_ms.is_some() {
+            return;
+        }
+        continuity.outage_since_ms = Some(proto::types::time::now_millis());
+        let message = if cause.is_empty() {
+            format!("lost the connection to Pulsar at {}", self.rule.service_url)
+        } else {
+            cause.to_string()
+        };
+        self.record(HistoryEntry::event("disconnected", true, message));
+    }
+
+    fn outage_ended(&self, continuity: &mut Continuity) {
+        let Some(since) = continuity.outage_since_ms.take() else {
+            return;
+        };
+        let lasted = proto::types::time::now_millis().saturating_sub(since);
+        let lasted = humantime::format_duration(Duration::from_secs(lasted.div_ceil(1000)));
+        let message = format!(
+            "connected to Pulsar at {} again after {lasted}",
+            self.rule.service_url
+        );
+        info!(rule = %self.rule.name, "{message}");
+        self.record(HistoryEntry::event("reconnected", false, message));
+    }
+
+    /// Runs until the consumers fail, their permits need resizing, or the rule stops.
     async fn consume(
         &mut self,
-        mut consumer: PulsarConsumer,
-        _pulsar: Pulsar<TokioExecutor>,
+        consumers: &mut RuleConsumers,
         permits: u32,
+        continuity: &mut Continuity,
     ) -> ConsumeEnd {
         let name = self.rule.name.clone();
-        self.acknowledge(&mut consumer).await;
+        self.acknowledge(consumers).await;
+        self.publish_faults(consumers);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u32 = 0;
         // A batch that could not be spooled yet (disk full, IO error): retried before reading more.
         let mut pending: Option<Vec<Incoming>> = None;
         loop {
+            let can_read = pending.is_none() && !self.paused && !self.spool_at_quota();
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return ConsumeEnd::Stopped,
                 cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.handle_command(cmd, Some(&mut consumer)).await,
+                    Some(cmd) => self.handle_command(cmd, Some(consumers)).await,
                     None => return ConsumeEnd::Stopped,
                 },
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     if let Some(batch) = pending.take() {
-                        pending = self.spool_batch(batch, &mut consumer).await;
+                        pending = self.spool_batch(batch, consumers).await;
                     }
                     self.close_if_due(false).await;
+                    self.redeliver_due(consumers).await;
                     if ticks.is_multiple_of(CONNECTION_CHECK_EVERY) {
-                        let check = tokio::time::timeout(Duration::from_secs(3), consumer.check_connection()).await;
-                        let ok = matches!(check, Ok(Ok(())));
+                        let ok = consumers.check_connections().await;
                         self.stats.connected.store(ok, Ordering::Relaxed);
-                        if !ok {
-                            self.stats.set_error(format!("lost the connection to Pulsar at {}", self.rule.service_url));
+                        if ok {
+                            self.outage_ended(continuity);
+                        } else {
+                            let message = format!("lost the connection to Pulsar at {}", self.rule.service_url);
+                            self.stats.set_error(&message);
+                            self.outage_began(continuity, &message);
                         }
                     }
+                    if ticks.is_multiple_of(PARTITION_CHECK_EVERY) {
+                        self.add_new_partitions(consumers).await;
+                    }
                 }
-                next = consumer.next(), if pending.is_none() && !self.paused && !self.spool_at_quota() => {
-                    match next {
-                        None => {
-                            warn!(rule = %name, "consumer stream ended; reconnecting");
-                            // Said before `connected` turns false, so `status` never shows the
-                            // outage without its cause.
-                            self.stats.set_error(format!(
-                                "lost the connection to Pulsar at {}: the consumer stream ended",
-                                self.rule.service_url
-                            ));
-                            return ConsumeEnd::Lost;
+                item = consumers.next(), if can_read => {
+                    let seen = self.spool.seen();
+                    let mut intake = Intake::default();
+                    if let Some(end) = self.take(consumers, item, &seen, &mut intake) {
+                        return end;
+                    }
+                    // Take whatever else is already buffered: one durable write for all.
+                    while intake.received < MAX_BATCH && intake.bytes < MAX_BATCH_BYTES {
+                        let Some(item) = consumers.try_next() else { break };
+                        if let Some(end) = self.take(consumers, item, &seen, &mut intake) {
+                            return end;
                         }
-                        Some(Err(err)) => {
-                            warn!(rule = %name, error = %err, "consumer error; reconnecting");
-                            self.stats.set_error(format!("consumer error: {err}"));
-                            return ConsumeEnd::Lost;
-                        }
-                        Some(Ok(first)) => {
-                            let seen = self.spool.seen();
-                            let mut batch = Vec::with_capacity(64);
-                            let mut redelivered = Redelivered::default();
-                            let mut bytes = 0u64;
-                            // Returns the record bytes it added to the batch.
-                            let mut take = |msg: pulsar::consumer::Message<Vec<u8>>| -> u64 {
-                                let id = message_id(&msg);
-                                match seen.check(&id) {
-                                    Redelivery::New => {
-                                        let incoming = to_incoming(msg, id);
-                                        let len = incoming.json_len;
-                                        batch.push(incoming);
-                                        return len;
-                                    }
-                                    Redelivery::Spooled => redelivered.duplicates += 1,
-                                    Redelivery::Acknowledged(acked) => {
-                                        redelivered.duplicates += 1;
-                                        if !redelivered.reack.contains(acked) {
-                                            redelivered.reack.push(acked.clone());
-                                        }
-                                    }
-                                }
-                                0
-                            };
-                            bytes += take(first);
-                            // Take whatever else is already buffered: one durable write for all.
-                            let mut received = 1;
-                            while received < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                                match consumer.next().now_or_never() {
-                                    Some(Some(Ok(msg))) => {
-                                        bytes += take(msg);
-                                        received += 1;
-                                    }
-                                    _ => break,
-                                }
-                            }
-                            self.drop_redelivered(redelivered, &mut consumer).await;
-                            if batch.is_empty() {
-                                continue;
-                            }
-                            let count = batch.len() as u64;
-                            pending = self.spool_batch(batch, &mut consumer).await;
-                            if pending.is_none() {
-                                if let Some(resized) = self.limits.permits_for(permits, bytes / count) {
-                                    self.resize_permits(permits, resized, bytes / count, consumer).await;
-                                    return ConsumeEnd::Resize(resized);
-                                }
-                            }
+                    }
+                    if intake.before_start > 0 {
+                        RuleStats::add(&self.stats.before_start_dropped, intake.before_start);
+                    }
+                    let Intake { batch, redelivered, bytes, .. } = intake;
+                    self.drop_redelivered(redelivered, consumers).await;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let count = batch.len() as u64;
+                    pending = self.spool_batch(batch, consumers).await;
+                    if pending.is_none() {
+                        if let Some(resized) = self.limits.permits_for(permits, bytes / count) {
+                            self.announce_resize(permits, resized, bytes / count);
+                            debug!(rule = %name, "reconnecting to resize the receive window");
+                            return ConsumeEnd::Resize(resized);
                         }
                     }
                 }
@@ -330,28 +381,328 @@ impl RuleTask {
         }
     }
 
+    /// Handles one item of a partition's stream. `Some` ends the connection.
+    fn take(
+        &mut self,
+        consumers: &mut RuleConsumers,
+        (index, item): PartitionItem,
+        seen: &Seen,
+        intake: &mut Intake,
+    ) -> Option<ConsumeEnd> {
+        intake.received += 1;
+        match item {
+            None => {
+                warn!(rule = %self.rule.name, topic = %consumers.parts[index].topic, "consumer stream ended; reconnecting");
+                // Said before `connected` turns false, so `status` never shows the outage
+                // without its cause.
+                self.stats.set_error(format!(
+                    "lost the connection to Pulsar at {}: the consumer stream ended",
+                    self.rule.service_url
+                ));
+                Some(ConsumeEnd::Lost)
+            }
+            Some(Err(err)) => {
+                self.on_stream_error(consumers, index, err.to_string(), seen);
+                None
+            }
+            Some(Ok(msg)) => {
+                self.on_message(consumers, index, msg, seen, intake);
+                None
+            }
+        }
+    }
+
+    /// An error in a partition's stream: an entry that could not be decoded (or received).
+    /// Nothing after it is spooled; the entry is asked for again (see [`crate::decode_fault`]).
+    fn on_stream_error(
+        &mut self,
+        consumers: &mut RuleConsumers,
+        index: usize,
+        error: String,
+        seen: &Seen,
+    ) {
+        let part = &mut consumers.parts[index];
+        if part.discarding {
+            return; // the rest of a delivery that failed already
+        }
+        part.errors_since_created += 1;
+        if part.fault.as_ref().is_some_and(|f| f.skip.is_some()) && part.errors_since_created == 1 {
+            // Presumably the skipped entry, redelivered: the next message that decodes tells
+            // (see `on_message`).
+            return;
+        }
+        self.fail_partition(consumers, index, error, seen);
+    }
+
+    fn fail_partition(
+        &mut self,
+        consumers: &mut RuleConsumers,
+        index: usize,
+        error: String,
+        seen: &Seen,
+    ) {
+        let part = &mut consumers.parts[index];
+        let (fault, first) = match part.fault.take() {
+            Some(mut fault) if fault.is_same_entry(part.last_decoded.as_ref()) => {
+                fault.failures += 1;
+                fault.error = error;
+                fault.skip = None;
+                (fault, false)
+            }
+            _ => {
+                let after = part.last_decoded.or_else(|| seen.last(part.partition));
+                (DecodeFault::new(part.partition, after, error), true)
+            }
+        };
+        let now = tokio::time::Instant::now();
+        part.discarding = true;
+        part.discard_until = Some(now + DISCARD_WINDOW);
+        part.hold_until = Some(now + redelivery_delay(fault.failures));
+        let topic = part.topic.clone();
+        let text = fault.describe();
+        let failures = fault.failures;
+        let blocked_now = failures == BLOCK_AFTER_FAILURES;
+        let suspect = fault.suspect();
+        part.fault = Some(fault);
+        warn!(rule = %self.rule.name, topic = %topic, failures, "{text}");
+        self.stats.set_error(&text);
+        if first {
+            self.record(HistoryEntry::event(
+                "decode_failed",
+                true,
+                format!("{text}; nothing after it is spooled; asking the broker for it again"),
+            ));
+        }
+        if blocked_now {
+            let skip = match suspect {
+                Some(entry) => format!(
+                    "; to pass it without storing it: tdmq-backup rule skip {} --entry {entry}",
+                    self.rule.name
+                ),
+                None => String::new(),
+            };
+            self.record(HistoryEntry::event(
+                "blocked",
+                true,
+                format!(
+                    "{text}; it failed {failures} deliveries: the rule is stopped before it on {topic} (everything before it is stored and acknowledged as usual; it is tried again every few minutes){skip}"
+                ),
+            ));
+        }
+        self.publish_faults(consumers);
+    }
+
+    /// A message that decoded. Returns after adding it to the intake, or dropping it.
+    fn on_message(
+        &mut self,
+        consumers: &mut RuleConsumers,
+        index: usize,
+        msg: PulsarMessage,
+        seen: &Seen,
+        intake: &mut Intake,
+    ) {
+        let part = &mut consumers.parts[index];
+        let id = message_id(&msg, part.partition);
+        if part.discarding {
+            if let Some(fault) = part.fault.as_mut() {
+                let past = fault.after.as_ref().is_none_or(|a| entry_after(&id, a));
+                if fault.before.is_none() && past {
+                    fault.before = Some(id);
+                }
+            }
+            return;
+        }
+        if let Some(fault) = &part.fault {
+            match fault.on_decoded(&id) {
+                AfterFault::Before => {}
+                AfterFault::Healed => {
+                    let message = format!(
+                        "{} decoded on redelivery after {} failed deliveries; consuming",
+                        fault
+                            .suspect()
+                            .map_or_else(|| "the entry".to_string(), |e| format!("entry {e}")),
+                        fault.failures
+                    );
+                    info!(rule = %self.rule.name, "{message}");
+                    part.fault = None;
+                    self.record(HistoryEntry::event("info", false, message));
+                    self.publish_faults(consumers);
+                }
+                AfterFault::Skipped(entry) => {
+                    let within = fault.before.as_ref().is_none_or(|b| !entry_after(&id, b));
+                    if part.errors_since_created <= 1 && within {
+                        let message = format!(
+                            "passed the skipped entry {entry} on {}; consuming",
+                            part.topic
+                        );
+                        info!(rule = %self.rule.name, "{message}");
+                        part.fault = None;
+                        self.record(HistoryEntry::event("info", false, message));
+                        self.publish_faults(consumers);
+                    } else {
+                        // The error of this delivery was not (only) the skipped entry.
+                        self.fail_partition(
+                            consumers,
+                            index,
+                            format!(
+                                "an entry before {id} failed besides the skipped entry {entry}"
+                            ),
+                            seen,
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        let part = &mut consumers.parts[index];
+        part.last_decoded = Some(id);
+        if let StartPosition::Timestamp(start_ms) = self.rule.start {
+            // The seek by publish time is not honoured by every broker: until a partition's
+            // first message from the start on is spooled, earlier ones are left out here too.
+            if seen.last(id.partition).is_none() && msg.metadata().publish_time < start_ms {
+                intake.before_start += 1;
+                return;
+            }
+        }
+        match seen.check(&id) {
+            Redelivery::New => {
+                let incoming = to_incoming(msg, id);
+                intake.bytes += incoming.json_len;
+                intake.batch.push(incoming);
+            }
+            Redelivery::Spooled => intake.redelivered.duplicates += 1,
+            Redelivery::Acknowledged(acked) => {
+                intake.redelivered.duplicates += 1;
+                if !intake.redelivered.reack.contains(acked) {
+                    intake.redelivered.reack.push(acked.clone());
+                }
+            }
+        }
+    }
+
+    /// Recreates the consumers of partitions whose failed entry is due for redelivery.
+    async fn redeliver_due(&mut self, consumers: &mut RuleConsumers) {
+        let now = tokio::time::Instant::now();
+        for index in 0..consumers.parts.len() {
+            if !consumers.parts[index].due_for_redelivery(now) {
+                continue;
+            }
+            if let Err(err) = consumers.recreate(index).await {
+                let part = &mut consumers.parts[index];
+                warn!(rule = %self.rule.name, topic = %part.topic, error = %err, "recreating the consumer failed; will retry");
+                part.hold_until = Some(now + Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Subscribes to partitions added to the topic since the rule connected.
+    async fn add_new_partitions(&mut self, consumers: &mut RuleConsumers) {
+        match tokio::time::timeout(Duration::from_secs(10), consumers.add_new_partitions()).await {
+            Ok(Ok(added)) if !added.is_empty() => {
+                let message = format!(
+                    "the topic has {} partitions now; consuming the new ones ({}) from their earliest message",
+                    consumers.parts.len(),
+                    added.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                info!(rule = %self.rule.name, "{message}");
+                self.record(HistoryEntry::event("info", false, message));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                debug!(rule = %self.rule.name, error = %err, "looking up the partition count failed");
+            }
+            Err(_) => debug!(rule = %self.rule.name, "looking up the partition count timed out"),
+        }
+    }
+
+    /// Shows the partitions stopped on an undecodable entry in `status`.
+    fn publish_faults(&self, consumers: &RuleConsumers) {
+        let mut blocked = Vec::new();
+        for part in &consumers.parts {
+            if let Some(fault) = part.fault.as_ref().filter(|f| f.blocked()) {
+                blocked.push(BlockedEntry {
+                    entry: fault.suspect().map(|e| e.to_string()).unwrap_or_default(),
+                    reason: format!(
+                        "stopped before an entry that cannot be decoded: {}; `tdmq-backup rule skip {} --entry {}` passes it without storing it",
+                        fault.describe(),
+                        self.rule.name,
+                        fault.suspect().map_or_else(|| "LEDGER:ENTRY".to_string(), |e| e.to_string()),
+                    ),
+                });
+            }
+        }
+        self.stats.set_blocked(blocked);
+    }
+
+    /// `rule skip`: acknowledges one undecodable entry alone and lets its partition go past it.
+    async fn skip_entry(
+        &mut self,
+        consumers: &mut RuleConsumers,
+        entry: EntryRef,
+    ) -> Result<String, String> {
+        let name = &self.rule.name;
+        if consumers.is_partitioned() && entry.partition < 0 {
+            return Err(format!(
+                "the topic of rule {name:?} is partitioned: give the partition too, as --entry LEDGER:ENTRY:PARTITION (status shows it)"
+            ));
+        }
+        let Some(index) = consumers
+            .parts
+            .iter()
+            .position(|p| p.partition == entry.partition && p.fault.is_some())
+        else {
+            return Err(format!(
+                "rule {name:?} is not stopped on an undecodable entry{}; nothing to skip",
+                if entry.partition >= 0 {
+                    format!(" of partition {}", entry.partition)
+                } else {
+                    String::new()
+                }
+            ));
+        };
+        let part = &consumers.parts[index];
+        let topic = part.topic.clone();
+        if let Some(fault) = &part.fault {
+            if !fault.may_be(&entry) {
+                return Err(format!(
+                    "entry {entry} is not the one rule {name:?} is stopped on: {}",
+                    fault.describe()
+                ));
+            }
+        }
+        consumers
+            .ack_one(&topic, id_data(&entry.to_message_id()))
+            .await
+            .map_err(|err| format!("acknowledging entry {entry} on {topic} failed: {err}"))?;
+        let part = &mut consumers.parts[index];
+        if let Some(fault) = part.fault.as_mut() {
+            fault.skip = Some(entry);
+        }
+        if part.discarding {
+            // Ask for the partition again now rather than at the next scheduled redelivery.
+            part.hold_until = Some(tokio::time::Instant::now());
+        }
+        let message = format!(
+            "entry {entry} on {topic} skipped by the operator: acknowledged on Pulsar without being stored, so its messages are in no object"
+        );
+        warn!(rule = %name, "{message}");
+        self.record(HistoryEntry::event("skipped", false, message.clone()));
+        Ok(message)
+    }
+
     /// Counts redeliveries dropped before encoding, and acknowledges again the positions of
     /// those already acknowledged.
-    async fn drop_redelivered(&self, redelivered: Redelivered, consumer: &mut PulsarConsumer) {
+    async fn drop_redelivered(&self, redelivered: Redelivered, consumers: &mut RuleConsumers) {
         RuleStats::add(&self.stats.duplicates_dropped, redelivered.duplicates);
         for pos in redelivered.reack {
-            if let Err(err) = consumer
-                .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
-                .await
-            {
+            if let Err(err) = consumers.cumulative_ack(&pos.topic, id_data(&pos.id)).await {
                 warn!(rule = %self.rule.name, error = %err, "re-acknowledging a redelivered message failed");
             }
         }
     }
 
-    /// Closes the consumer so that the next one gets `resized` permits, and says why.
-    async fn resize_permits(
-        &self,
-        permits: u32,
-        resized: u32,
-        record_bytes: u64,
-        consumer: PulsarConsumer,
-    ) {
+    /// Says why the consumers are recreated with `resized` permits.
+    fn announce_resize(&self, permits: u32, resized: u32, record_bytes: u64) {
         let message = format!(
             "messages average {} as records: receive window {permits} → {resized} messages to stay near receiver_queue_bytes ({})",
             bytesize::ByteSize(record_bytes),
@@ -359,9 +710,6 @@ impl RuleTask {
         );
         info!(rule = %self.rule.name, "{message}; reconnecting");
         self.record(HistoryEntry::event("info", false, message));
-        // pulsar-rs's close can hang while messages are still queued (STACK.md): bounded wait.
-        let mut consumer = consumer;
-        let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
     }
 
     /// Writes a batch to the spool. Returns it back if it could not be written (retried later;
@@ -369,7 +717,7 @@ impl RuleTask {
     async fn spool_batch(
         &mut self,
         batch: Vec<Incoming>,
-        consumer: &mut PulsarConsumer,
+        consumers: &mut RuleConsumers,
     ) -> Option<Vec<Incoming>> {
         let now = proto::types::time::now_millis();
         match self.spool.append(&batch, now).await {
@@ -392,10 +740,7 @@ impl RuleTask {
                     self.sealer.feed(self.spool.clone());
                 }
                 for pos in outcome.reack {
-                    if let Err(err) = consumer
-                        .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
-                        .await
-                    {
+                    if let Err(err) = consumers.cumulative_ack(&pos.topic, id_data(&pos.id)).await {
                         warn!(rule = %self.rule.name, error = %err, "re-acknowledging a redelivered message failed");
                     }
                 }
@@ -466,11 +811,11 @@ impl RuleTask {
         }
     }
 
-    async fn handle_command(&mut self, cmd: Command, consumer: Option<&mut PulsarConsumer>) {
+    async fn handle_command(&mut self, cmd: Command, consumers: Option<&mut RuleConsumers>) {
         match cmd {
             Command::AckReady => {
-                if let Some(consumer) = consumer {
-                    self.acknowledge(consumer).await;
+                if let Some(consumers) = consumers {
+                    self.acknowledge(consumers).await;
                 }
             }
             Command::Flush(reply) => {
@@ -480,16 +825,26 @@ impl RuleTask {
             Command::SetPaused(paused) => {
                 self.paused = paused;
             }
+            Command::Skip(entry, reply) => {
+                let result = match consumers {
+                    Some(consumers) => self.skip_entry(consumers, entry).await,
+                    None => Err(format!(
+                        "rule {:?} is not connected to Pulsar at the moment; try again when `status` shows it connected",
+                        self.rule.name
+                    )),
+                };
+                let _ = reply.send(result);
+            }
         }
     }
 
     /// Acknowledges the stored prefix of segments, then frees it. The ack is the last step.
-    async fn acknowledge(&mut self, consumer: &mut PulsarConsumer) {
+    async fn acknowledge(&mut self, consumers: &mut RuleConsumers) {
         let Some(plan) = self.spool.ack_plan() else {
             return;
         };
         proto::failpoint::hit("ingester:before_ack");
-        if let Err(err) = self.send_acks(consumer, &plan).await {
+        if let Err(err) = send_acks(consumers, &plan).await {
             warn!(rule = %self.rule.name, error = %err, "acknowledgement failed; will retry");
             self.stats
                 .set_error(format!("acknowledgement failed: {err}"));
@@ -508,24 +863,63 @@ impl RuleTask {
         }
     }
 
-    async fn send_acks(
-        &self,
-        consumer: &mut PulsarConsumer,
-        plan: &AckPlan,
-    ) -> Result<(), pulsar::error::ConsumerError> {
-        for pos in &plan.positions {
-            consumer
-                .cumulative_ack_with_id(&pos.topic, id_data(&pos.id))
-                .await?;
-        }
-        Ok(())
-    }
-
     fn record(&self, entry: HistoryEntry) {
         if let Err(err) = self.history.record(&self.rule.name, &entry) {
             warn!(rule = %self.rule.name, error = %err, "could not write the rule's history");
         }
     }
+}
+
+async fn send_acks(
+    consumers: &mut RuleConsumers,
+    plan: &AckPlan,
+) -> Result<(), pulsar::error::ConsumerError> {
+    for pos in &plan.positions {
+        consumers
+            .cumulative_ack(&pos.topic, id_data(&pos.id))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Builds the client and subscribes to every partition. Owns what it needs, so the rule task
+/// can go on closing windows and answering commands while this runs.
+async fn connect(
+    service_url: String,
+    token: Option<Secret>,
+    settings: ConsumerSettings,
+    seek_to_ms: Option<u64>,
+) -> Result<RuleConsumers, pulsar::Error> {
+    let mut builder = Pulsar::builder(service_url, TokioExecutor).with_connection_retry_options(
+        ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_retries: 10,
+            connection_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(10),
+            ..ConnectionRetryOptions::default()
+        },
+    );
+    if let Some(token) = &token {
+        builder = builder.with_auth(Authentication {
+            name: "token".to_string(),
+            data: token.expose().as_bytes().to_vec(),
+        });
+    }
+    let pulsar = builder.build().await?;
+    RuleConsumers::connect(pulsar, settings, seek_to_ms).await
+}
+
+/// How long a partition waits before its failed entry is asked for again: quick at first (a
+/// transient failure heals by itself), then every few minutes while it is blocked.
+fn redelivery_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(8);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}
+
+/// Whether `id` is in a later entry than `other`.
+fn entry_after(id: &MessageId, other: &MessageId) -> bool {
+    (id.ledger, id.entry) > (other.ledger, other.entry)
 }
 
 fn id_data(id: &MessageId) -> MessageIdData {
@@ -545,20 +939,10 @@ struct Redelivered {
     reack: Vec<Position>,
 }
 
-fn message_id(msg: &pulsar::consumer::Message<Vec<u8>>) -> MessageId {
-    let raw = msg.message_id();
-    MessageId {
-        ledger: raw.ledger_id,
-        entry: raw.entry_id,
-        partition: raw.partition.unwrap_or(-1),
-        batch_index: raw.batch_index.unwrap_or(-1),
-    }
-}
-
 /// Encodes a consumed message once, into the record log's compact form (its JSON line is made
 /// when the segment is sealed; only its length is needed now). Takes the message so that its
 /// topic and producer name move into the record instead of being copied, message by message.
-fn to_incoming(mut msg: pulsar::consumer::Message<Vec<u8>>, id: MessageId) -> Incoming {
+fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
     let meta = msg.metadata();
     let batch_size = meta.num_messages_in_batch.unwrap_or(0);
     // Producers number the messages of a batch consecutively from the batch's sequence id.

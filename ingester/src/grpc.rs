@@ -77,6 +77,12 @@ impl proto::Ingester for IngesterService {
         }))
     }
 
+    async fn skip_entry(&self, req: Request<SkipEntryRequest>) -> Reply<SkipEntryReply> {
+        let req = req.into_inner();
+        let message = self.app.skip_entry(&req.name, &req.entry).await?;
+        Ok(Response::new(SkipEntryReply { message }))
+    }
+
     async fn status(&self, req: Request<StatusRequest>) -> Reply<StatusReply> {
         let req = req.into_inner();
         Ok(Response::new(

@@ -375,6 +375,11 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The highest message id of `partition` ever spooled.
+    pub fn last(&self, partition: i32) -> Option<MessageId> {
+        self.watermarks.get(&partition).copied()
+    }
+
     pub fn check(&self, id: &MessageId) -> Redelivery<'_> {
         redelivery(
             id,

@@ -14,7 +14,17 @@ pub struct RuleStats {
     pub quarantined: AtomicU64,
     /// Failures the uploader reported (`ReportUploadFailure`); read by `/metrics`.
     pub upload_failures: AtomicU64,
+    /// Messages published before a timestamp start, left out (see `consumer.rs`).
+    pub before_start_dropped: AtomicU64,
     text: Mutex<TextStats>,
+}
+
+/// A partition stopped before an entry that cannot be decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockedEntry {
+    /// `ledger:entry[:partition]`, or empty when the entry cannot be named.
+    pub entry: String,
+    pub reason: String,
 }
 
 #[derive(Default, Clone)]
@@ -23,6 +33,8 @@ pub struct TextStats {
     pub last_error_at_ms: u64,
     pub last_object_key: String,
     pub last_stored_at_ms: u64,
+    /// Partitions stopped before an undecodable entry (empty: none).
+    pub blocked: Vec<BlockedEntry>,
 }
 
 impl RuleStats {
@@ -48,6 +60,10 @@ impl RuleStats {
         let mut t = self.text_mut();
         t.last_object_key = key.to_string();
         t.last_stored_at_ms = proto::types::time::now_millis();
+    }
+
+    pub fn set_blocked(&self, blocked: Vec<BlockedEntry>) {
+        self.text_mut().blocked = blocked;
     }
 
     pub fn text(&self) -> TextStats {

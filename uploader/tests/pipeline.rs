@@ -109,6 +109,12 @@ impl proto::Ingester for Fake {
     async fn flush_rule(&self, _: Request<RuleName>) -> Result<Response<FlushReply>, Status> {
         unimplemented()
     }
+    async fn skip_entry(
+        &self,
+        _: Request<SkipEntryRequest>,
+    ) -> Result<Response<SkipEntryReply>, Status> {
+        unimplemented()
+    }
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         unimplemented()
     }

@@ -137,6 +137,13 @@ impl Ingester for Fake {
             segment_no: 7,
         }))
     }
+    async fn skip_entry(&self, req: Request<SkipEntryRequest>) -> Reply<SkipEntryReply> {
+        self.check(&req)?;
+        let req = req.into_inner();
+        Ok(Response::new(SkipEntryReply {
+            message: format!("entry {} skipped", req.entry),
+        }))
+    }
     async fn status(&self, req: Request<StatusRequest>) -> Reply<StatusReply> {
         self.check(&req)?;
         Ok(Response::new(StatusReply {

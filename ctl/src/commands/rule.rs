@@ -1,4 +1,4 @@
-//! `rule create|list|show|edit|delete|pause|resume|flush`.
+//! `rule create|list|show|edit|delete|pause|resume|flush|skip`.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 use proto::types::RuleSpecInput;
 use proto::v1::{
     CreateRuleRequest, DeleteRuleRequest, EditRuleRequest, ListRulesRequest, Rule, RuleName,
-    RuleSpec, StatusRequest,
+    RuleSpec, SkipEntryRequest, StatusRequest,
 };
 use serde::Deserialize as _;
 use serde_json::json;
@@ -61,6 +61,20 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
             Ok(Report {
                 json: json!({ "sealed": reply.sealed, "segment_no": reply.segment_no }),
                 text,
+            })
+        }
+        RuleCommand::Skip { name, entry } => {
+            let mut ingester = ctx.ingester().await?;
+            let reply = ingester
+                .skip_entry(SkipEntryRequest {
+                    name: name.clone(),
+                    entry: entry.clone(),
+                })
+                .await
+                .on(&ctx.ingester)?;
+            Ok(Report {
+                json: json!({ "rule": name, "entry": entry, "skipped": true, "message": reply.message }),
+                text: reply.message,
             })
         }
     }

@@ -5,6 +5,7 @@
 mod backup;
 mod cli;
 mod crash;
+mod decode_faults;
 mod failover;
 mod harness_selftest;
 mod ops;

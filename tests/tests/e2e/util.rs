@@ -67,8 +67,16 @@ impl Stack {
         Self::services_on(S3Server::start_tls().await?).await
     }
 
+    /// Like [`Stack::services`] with a broker the caller started (partitions, relay faults).
+    pub async fn services_with_pulsar(pulsar: PulsarLite) -> anyhow::Result<Stack> {
+        Self::services_on_with(S3Server::start().await?, pulsar).await
+    }
+
     async fn services_on(s3: S3Server) -> anyhow::Result<Stack> {
-        let pulsar = PulsarLite::start().await?;
+        Self::services_on_with(s3, PulsarLite::start().await?).await
+    }
+
+    async fn services_on_with(s3: S3Server, pulsar: PulsarLite) -> anyhow::Result<Stack> {
         s3.create_bucket(BUCKET).await?;
         Ok(Stack {
             pulsar,

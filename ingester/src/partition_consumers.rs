@@ -1,0 +1,340 @@
+//! A rule's Pulsar consumers: one per partition of a partitioned topic (one for a plain topic),
+//! each under our control.
+//!
+//! pulsar-rs's multi-topic consumer hides which partition an error came from, drops a failing
+//! partition's consumer and re-adds it 30 s later, and cannot seek. Holding one single-topic
+//! consumer per partition lets the rule stop exactly the partition whose entry cannot be decoded
+//! (see [`crate::decode_fault`]), recreate just that consumer to have the entry redelivered,
+//! seek each partition by publish time, and pick up partitions added to the topic later.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use proto::types::MessageId;
+use pulsar::consumer::{ConsumerOptions, InitialPosition};
+use pulsar::message::proto::command_subscribe::SubType;
+use pulsar::message::proto::MessageIdData;
+use pulsar::{Consumer, Pulsar, TokioExecutor};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::decode_fault::DecodeFault;
+
+pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+pub type PulsarMessage = pulsar::consumer::Message<Vec<u8>>;
+
+/// How long a consumer may take to close before it is dropped (pulsar-rs's close can hang
+/// while messages are still queued).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every consumer of the rule is created with.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub topic: String,
+    pub subscription: String,
+    pub sub_type: SubType,
+    pub consumer_name: String,
+    /// Flow-control permits (and pulsar-rs's receive queue) per consumer.
+    pub permits: u32,
+    /// Where a new subscription starts.
+    pub initial: InitialPosition,
+}
+
+/// One partition's consumer and what the rule knows of its progress.
+pub struct PartitionConsumer {
+    /// The name the consumer subscribed with (`…-partition-N` for a partition).
+    pub topic: String,
+    /// -1 for a non-partitioned topic.
+    pub partition: i32,
+    consumer: PulsarConsumer,
+    /// The last message that decoded since this consumer was created.
+    pub last_decoded: Option<MessageId>,
+    /// Stream errors since this consumer was created.
+    pub errors_since_created: u32,
+    /// Spooling nothing from here on: the rest of a delivery that failed. The stream is read
+    /// on only until `discard_until` (or the first message after the failure is seen, which
+    /// names the entry), then left alone until `hold_until`, when the consumer is recreated
+    /// and the broker redelivers the entry.
+    pub discarding: bool,
+    pub discard_until: Option<Instant>,
+    pub hold_until: Option<Instant>,
+    pub fault: Option<DecodeFault>,
+}
+
+impl PartitionConsumer {
+    fn readable(&self, now: Instant) -> bool {
+        if !self.discarding {
+            return true;
+        }
+        let named = self.fault.as_ref().is_some_and(|f| f.before.is_some());
+        !named && self.discard_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the consumer is due to be recreated for a redelivery.
+    pub fn due_for_redelivery(&self, now: Instant) -> bool {
+        self.discarding && self.hold_until.is_some_and(|at| at <= now)
+    }
+}
+
+/// An item of one partition's stream: `None` when the stream ended.
+pub type PartitionItem = (usize, Option<Result<PulsarMessage, pulsar::Error>>);
+
+pub struct RuleConsumers {
+    pulsar: Pulsar<TokioExecutor>,
+    settings: ConsumerSettings,
+    pub parts: Vec<PartitionConsumer>,
+    /// Where the next poll starts, so one busy partition cannot starve the others.
+    next_poll: usize,
+}
+
+impl RuleConsumers {
+    /// Subscribes to every partition of the topic (or to the topic itself when it is not
+    /// partitioned); `seek_to_ms` positions each subscription by publish time first.
+    pub async fn connect(
+        pulsar: Pulsar<TokioExecutor>,
+        settings: ConsumerSettings,
+        seek_to_ms: Option<u64>,
+    ) -> Result<RuleConsumers, pulsar::Error> {
+        let partitions = pulsar
+            .lookup_partitioned_topic_number(settings.topic.clone())
+            .await?;
+        let mut consumers = RuleConsumers {
+            pulsar,
+            settings,
+            parts: Vec::new(),
+            next_poll: 0,
+        };
+        if partitions == 0 {
+            let topic = consumers.settings.topic.clone();
+            consumers
+                .add(topic, -1, consumers.settings.initial.clone(), seek_to_ms)
+                .await?;
+        } else {
+            for partition in 0..partitions {
+                let initial = consumers.settings.initial.clone();
+                consumers
+                    .add_partition(partition, initial, seek_to_ms)
+                    .await?;
+            }
+        }
+        Ok(consumers)
+    }
+
+    fn partition_topic(&self, partition: u32) -> String {
+        format!("{}-partition-{partition}", self.settings.topic)
+    }
+
+    async fn add_partition(
+        &mut self,
+        partition: u32,
+        initial: InitialPosition,
+        seek_to_ms: Option<u64>,
+    ) -> Result<(), pulsar::Error> {
+        let topic = self.partition_topic(partition);
+        let index = i32::try_from(partition).unwrap_or(i32::MAX);
+        self.add(topic, index, initial, seek_to_ms).await
+    }
+
+    async fn add(
+        &mut self,
+        topic: String,
+        partition: i32,
+        initial: InitialPosition,
+        seek_to_ms: Option<u64>,
+    ) -> Result<(), pulsar::Error> {
+        let mut consumer = self.subscribe(&topic, initial).await?;
+        if let Some(ms) = seek_to_ms {
+            consumer
+                .seek(None, None, Some(ms), self.pulsar.clone())
+                .await?;
+            info!(topic = %topic, at_ms = ms, "subscription positioned by publish time");
+        }
+        self.parts.push(PartitionConsumer {
+            topic,
+            partition,
+            consumer,
+            last_decoded: None,
+            errors_since_created: 0,
+            discarding: false,
+            discard_until: None,
+            hold_until: None,
+            fault: None,
+        });
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        initial: InitialPosition,
+    ) -> Result<PulsarConsumer, pulsar::Error> {
+        let s = &self.settings;
+        self.pulsar
+            .consumer()
+            .with_topic(topic)
+            .with_subscription(s.subscription.clone())
+            .with_subscription_type(s.sub_type)
+            .with_consumer_name(s.consumer_name.clone())
+            .with_batch_size(s.permits)
+            .with_options(
+                ConsumerOptions::default()
+                    .with_initial_position(initial)
+                    // pulsar-rs queues this many received messages besides the permits in flight.
+                    .with_receiver_queue_size(s.permits)
+                    .durable(true),
+            )
+            .build()
+            .await
+    }
+
+    /// Looks the partition count up again and subscribes to partitions added since; they start
+    /// at the earliest message, since everything in them was published after the rule began.
+    /// Returns the partitions added.
+    pub async fn add_new_partitions(&mut self) -> Result<Vec<i32>, pulsar::Error> {
+        if self.parts.first().is_some_and(|p| p.partition < 0) {
+            return Ok(Vec::new());
+        }
+        let count = self
+            .pulsar
+            .lookup_partitioned_topic_number(self.settings.topic.clone())
+            .await?;
+        let known = u32::try_from(self.parts.len()).unwrap_or(u32::MAX);
+        let mut added = Vec::new();
+        for partition in known..count {
+            self.add_partition(partition, InitialPosition::Earliest, None)
+                .await?;
+            added.push(i32::try_from(partition).unwrap_or(i32::MAX));
+        }
+        Ok(added)
+    }
+
+    /// Closes a partition's consumer and subscribes again: the broker then redelivers everything
+    /// after the partition's acknowledged position.
+    pub async fn recreate(&mut self, index: usize) -> Result<(), pulsar::Error> {
+        let Some(part) = self.parts.get(index) else {
+            return Ok(());
+        };
+        let topic = part.topic.clone();
+        // An existing subscription keeps its position; the initial position only matters for a
+        // subscription the broker lost meanwhile, where the earliest message loses nothing.
+        let fresh = self.subscribe(&topic, InitialPosition::Earliest).await?;
+        let part = &mut self.parts[index];
+        let mut old = std::mem::replace(&mut part.consumer, fresh);
+        part.last_decoded = None;
+        part.errors_since_created = 0;
+        part.discarding = false;
+        part.discard_until = None;
+        part.hold_until = None;
+        debug!(topic = %topic, "partition consumer recreated");
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.close()).await;
+        Ok(())
+    }
+
+    /// The next item from any partition that is being read.
+    pub async fn next(&mut self) -> PartitionItem {
+        poll_fn(|cx| {
+            let now = Instant::now();
+            let n = self.parts.len();
+            for i in 0..n {
+                let index = (self.next_poll + i) % n;
+                let part = &mut self.parts[index];
+                if !part.readable(now) {
+                    continue;
+                }
+                if let Poll::Ready(item) = part.consumer.poll_next_unpin(cx) {
+                    self.next_poll = (index + 1) % n;
+                    return Poll::Ready((index, item));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// An item that is already buffered, if any.
+    pub fn try_next(&mut self) -> Option<PartitionItem> {
+        self.next().now_or_never()
+    }
+
+    fn consumer_for(&mut self, topic: &str) -> Option<&mut PulsarConsumer> {
+        self.parts
+            .iter_mut()
+            .find(|p| p.topic == topic)
+            .map(|p| &mut p.consumer)
+    }
+
+    pub async fn cumulative_ack(
+        &mut self,
+        topic: &str,
+        id: MessageIdData,
+    ) -> Result<(), pulsar::error::ConsumerError> {
+        match self.consumer_for(topic) {
+            Some(consumer) => consumer.cumulative_ack_with_id(topic, id).await,
+            None => Err(unknown_topic(topic)),
+        }
+    }
+
+    /// Acknowledges one entry alone (`rule skip`).
+    pub async fn ack_one(
+        &mut self,
+        topic: &str,
+        id: MessageIdData,
+    ) -> Result<(), pulsar::error::ConsumerError> {
+        match self.consumer_for(topic) {
+            Some(consumer) => consumer.ack_with_id(topic, id).await,
+            None => Err(unknown_topic(topic)),
+        }
+    }
+
+    /// Whether every partition's connection answers.
+    pub async fn check_connections(&mut self) -> bool {
+        for part in &mut self.parts {
+            let check =
+                tokio::time::timeout(Duration::from_secs(3), part.consumer.check_connection())
+                    .await;
+            if !matches!(check, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Closes every consumer (bounded: see [`CLOSE_TIMEOUT`]).
+    pub async fn close(mut self) {
+        for part in &mut self.parts {
+            if tokio::time::timeout(CLOSE_TIMEOUT, part.consumer.close())
+                .await
+                .is_err()
+            {
+                warn!(topic = %part.topic, "closing a consumer timed out; dropping it");
+            }
+        }
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.parts.first().is_some_and(|p| p.partition >= 0)
+    }
+}
+
+fn unknown_topic(topic: &str) -> pulsar::error::ConsumerError {
+    pulsar::error::ConsumerError::Io(std::io::Error::other(format!(
+        "no consumer of this rule reads {topic}"
+    )))
+}
+
+/// A received message's id, with the partition known from the topic when the broker left it out.
+pub fn message_id(msg: &PulsarMessage, partition: i32) -> MessageId {
+    let raw = msg.message_id();
+    MessageId {
+        ledger: raw.ledger_id,
+        entry: raw.entry_id,
+        partition: if partition >= 0 {
+            partition
+        } else {
+            raw.partition.unwrap_or(-1)
+        },
+        batch_index: raw.batch_index.unwrap_or(-1),
+    }
+}
