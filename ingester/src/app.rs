@@ -43,6 +43,8 @@ pub struct IngesterApp {
     started: Instant,
     limits: ConsumerLimits,
     spool_id: String,
+    /// This ingester's name in its consumers' names (`node_id`).
+    node_id: String,
 }
 
 pub fn spec_input(spec: &v1::RuleSpec) -> RuleSpecInput {
@@ -72,6 +74,7 @@ impl IngesterApp {
         data_dir: PathBuf,
         history_max_entries: usize,
         limits: ConsumerLimits,
+        node_id: String,
     ) -> Result<Arc<IngesterApp>> {
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
@@ -100,6 +103,7 @@ impl IngesterApp {
             started: Instant::now(),
             limits,
             spool_id,
+            node_id,
         });
         for stored in app.rules.list()? {
             let name = stored.config.name.clone();
@@ -134,7 +138,7 @@ impl IngesterApp {
             token: self.rules.token(&stored.config.name)?,
             paused: stored.paused,
             limits: self.limits,
-            consumer_name: format!("tdmq-backup-{}", stored.config.name),
+            consumer_name: format!("tdmq-backup-{}-{}", stored.config.name, self.node_id),
             start_applied: stored.start_applied,
             spool: spool.clone(),
             stats: stats.clone(),

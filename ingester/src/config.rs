@@ -68,6 +68,11 @@ pub struct Args {
     /// PEM private key of tls_cert. [default: none]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// This ingester's name towards Pulsar: its consumers are named `tdmq-backup-RULE-NODE_ID`,
+    /// so two ingesters on one subscription are told apart (letters, digits, `.`, `_`, `-`).
+    /// [default: the host name]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +90,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    node_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +116,7 @@ pub struct IngesterConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Read and checked at start-up; `None`: plain HTTP/2.
     pub tls: Option<proto::tls::ServerTls>,
+    pub node_id: String,
 }
 
 impl IngesterConfig {
@@ -174,7 +181,13 @@ impl IngesterConfig {
             args.tls_key.or(file.tls_key),
         )
         .map_err(anyhow::Error::msg)?;
+        let node_id = match args.node_id.or(file.node_id) {
+            Some(id) => id.trim().to_string(),
+            None => default_node_id(),
+        };
+        validate_node_id(&node_id)?;
         Ok(IngesterConfig {
+            node_id,
             tls,
             max_spool_bytes,
             receiver_queue,
@@ -194,6 +207,32 @@ impl IngesterConfig {
             shutdown_grace,
         })
     }
+}
+
+/// The host name, made safe for a consumer name.
+fn default_node_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let safe: String = host
+        .chars()
+        .map(|c| if node_id_char(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    if safe.is_empty() {
+        "ingester".to_string()
+    } else {
+        safe
+    }
+}
+
+fn node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn validate_node_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(node_id_char) {
+        bail!("node_id {id:?} must be 1-64 letters, digits, '.', '_' or '-'");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -256,6 +295,17 @@ mod tests {
         let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err("typo refused");
         assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
         Ok(())
+    }
+
+    #[test]
+    fn node_id_defaults_to_a_safe_host_name_and_refuses_odd_names() {
+        let default = default_node_id();
+        assert!(validate_node_id(&default).is_ok(), "{default:?}");
+        assert!(validate_node_id("backup-a.vpc_1").is_ok());
+        for bad in ["", "a b", "x/y", &"n".repeat(65)] {
+            let err = validate_node_id(bad).expect_err(bad).to_string();
+            assert!(err.contains("node_id"), "{err}");
+        }
     }
 
     #[test]

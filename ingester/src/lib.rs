@@ -54,6 +54,7 @@ pub async fn run(
             receiver_queue: config.receiver_queue,
             receiver_queue_bytes: config.receiver_queue_bytes,
         },
+        config.node_id.clone(),
     )
     .await
     .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
