@@ -35,6 +35,8 @@ const TICK: Duration = Duration::from_millis(200);
 const CONNECTION_CHECK_EVERY: u32 = 25;
 /// Ticks between looks at the topic's partition count (partitions added later are consumed).
 const PARTITION_CHECK_EVERY: u32 = 150;
+/// A connect attempt taking longer than this is recorded as an outage.
+const SLOW_CONNECT: Duration = Duration::from_secs(5);
 /// How long the rest of a failed delivery is read (to name the failed entry by what follows it).
 const DISCARD_WINDOW: Duration = Duration::from_secs(1);
 
@@ -153,11 +155,24 @@ impl RuleTask {
                 self.seek_to_ms(),
             );
             tokio::pin!(connect);
+            let connecting_since = tokio::time::Instant::now();
             let connected = loop {
                 tokio::select! {
                     result = &mut connect => break Some(result),
                     _ = self.stop.changed() => break None,
-                    _ = tick.tick() => { self.close_if_due(false).await; }
+                    _ = tick.tick() => {
+                        self.close_if_due(false).await;
+                        if connecting_since.elapsed() > SLOW_CONNECT && continuity.outage_since_ms.is_none() {
+                            // A broker that holds the connection without answering is an outage too.
+                            let message = format!(
+                                "cannot reach Pulsar at {}: still connecting after {}s",
+                                self.rule.service_url,
+                                SLOW_CONNECT.as_secs()
+                            );
+                            self.stats.set_error(&message);
+                            self.outage_began(&mut continuity, &message);
+                        }
+                    }
                     cmd = self.commands.recv() => match cmd {
                         Some(cmd) => self.handle_command(cmd, None).await,
                         None => return,
