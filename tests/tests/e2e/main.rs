@@ -4,6 +4,7 @@
 
 mod backup;
 mod cli;
+mod consumer;
 mod crash;
 mod decode_faults;
 mod failover;

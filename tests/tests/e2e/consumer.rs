@@ -1,0 +1,164 @@
+//! How a rule's consumer behaves around the broker: outages, timestamp starts, partitions.
+
+use std::time::{Duration, Instant};
+
+use harness::{check_exactly_once, produce, read_all, sample_messages, PulsarLite};
+
+use crate::util::{eventually, unique_topic, Stack, BUCKET};
+
+fn log_entries(stack: &Stack, rule: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let logs = stack.ctl_json(&["logs", rule, "--limit", "1000"])?;
+    Ok(logs["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or_default().to_string(),
+                        e["message"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// While the broker is down, what is spooled is still sealed and stored, `rule flush` answers at
+/// once (also while the rule is connecting, as after an ingester restart), and the history
+/// records the outage with its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_keeps_windows_closing_and_commands_answering() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let rule = "outage";
+    let topic = unique_topic("outage");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let messages = sample_messages(500, 3);
+    stack.create_rule(rule, &topic, &["--window", "1h"])?;
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+    eventually(
+        "every message to be spooled",
+        Duration::from_secs(60),
+        || {
+            let status = stack.rule_status(rule)?;
+            Ok((status["open_segment_messages"] == messages.len() as u64).then_some(()))
+        },
+    )
+    .await?;
+
+    stack.pulsar.kill();
+    eventually(
+        "the rule to see the outage",
+        Duration::from_secs(60),
+        || {
+            let status = stack.rule_status(rule)?;
+            Ok((status["consumer_connected"] == false).then_some(()))
+        },
+    )
+    .await?;
+    // A restarted ingester connects while the broker is down: the relay holds new connections,
+    // so the connect hangs for its whole timeout. The open segment is durable in the spool.
+    if let Some(mut old) = stack.ingester.take() {
+        old.kill9()?;
+    }
+    stack.start_ingester().await?;
+
+    let started = Instant::now();
+    let out = stack.ctl(&["rule", "flush", rule]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "flush failed during the outage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "flush took {took:?} while the broker was down"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sealed segment"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The sealed segment is stored while the broker is still down. (Its acknowledgement may be
+    // sent into the dead connection and lost; the broker then redelivers the messages, which the
+    // spool recognises as acknowledged and acknowledges again.)
+    eventually("the segment to be stored", Duration::from_secs(60), || {
+        let status = stack.rule_status(rule)?;
+        Ok((status["segments_stored"] == 1).then_some(()))
+    })
+    .await?;
+
+    // The restarted ingester records the outage it started in.
+    eventually("the outage in the history", Duration::from_secs(60), || {
+        let entries = log_entries(&stack, rule)?;
+        Ok(entries
+            .iter()
+            .any(|(k, m)| k == "disconnected" && m.contains("still connecting"))
+            .then_some(()))
+    })
+    .await?;
+    stack.pulsar.restart().await?;
+    eventually("the rule to run again", Duration::from_secs(120), || {
+        let status = stack.rule_status(rule)?;
+        Ok((status["state"] == "running" && status["spooled_messages"] == 0).then_some(()))
+    })
+    .await?;
+    let objects = read_all(&stack.s3.client(), BUCKET, "").await?;
+    check_exactly_once(&objects, &messages)?;
+
+    let entries = eventually(
+        "the outage's end in the history",
+        Duration::from_secs(60),
+        || {
+            let entries = log_entries(&stack, rule)?;
+            let ended = entries
+                .iter()
+                .any(|(k, m)| k == "reconnected" && m.contains("again after"));
+            Ok(ended.then_some(entries))
+        },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {:?}\n--- ingester log tail:\n{}",
+            log_entries(&stack, rule),
+            stack.log_tail("ingester.log")
+        )
+    })?;
+    assert!(
+        entries.iter().any(|(k, _)| k == "disconnected"),
+        "the outage's start is in the history: {entries:?}"
+    );
+    Ok(())
+}
+
+/// A rule that starts at a time backs up what was published from then on, on a partitioned topic
+/// too (pulsar-rs's multi-topic consumer could not seek at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timestamp_start_on_a_partitioned_topic_backs_up_from_then_on() -> anyhow::Result<()> {
+    let pulsar = PulsarLite::start_with_partitions(3).await?;
+    let mut stack = Stack::services_with_pulsar(pulsar).await?;
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let rule = "from-time";
+    let topic = unique_topic("from-time");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let old = sample_messages(600, 8);
+    produce(&stack.pulsar.url(), &full_topic, &old, true).await?;
+    // Publish times are in milliseconds: leave a clear gap on both sides of the start.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let new = sample_messages(900, 9);
+    produce(&stack.pulsar.url(), &full_topic, &new, true).await?;
+    stack.create_rule(rule, &topic, &["--window", "2s", "--start", &start])?;
+
+    let objects = stack
+        .wait_until_stored(rule, &new, Duration::from_secs(120))
+        .await?;
+    // Exactly the messages from the start on: none before it, each after it once.
+    let report = check_exactly_once(&objects, &new)?;
+    assert_eq!(report.records, new.len(), "{report:?}");
+    Ok(())
+}
