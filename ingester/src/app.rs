@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::types::{RuleSpecInput, Secret};
+use proto::types::{RuleConfig, RuleSpecInput, Secret};
 use proto::v1;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
@@ -210,45 +210,57 @@ impl IngesterApp {
         let mut patch = spec_input(spec);
         patch.name = None;
         let config = stored.config.to_input().overlay(patch).validate()?;
-        let consumer_changed = config.service_url != stored.config.service_url
-            || config.topic != stored.config.topic
-            || config.subscription != stored.config.subscription
+        let source_changed = is_source_change(&stored.config, &config);
+        let consumer_changed = source_changed
             || config.subscription_type != stored.config.subscription_type
             || spec.token.is_some();
-        let source_changed = config.topic != stored.config.topic
-            || config.subscription != stored.config.subscription;
         let handle = running
             .get(&name)
             .ok_or_else(|| IngesterError::RuleNotFound(name.clone()))?;
         if source_changed && !handle.spool.is_empty() {
-            return Err(IngesterError::FailedPrecondition(format!(
-                "rule {name:?} still has unacknowledged messages from {}; run `rule flush` and wait until `segments` is empty before changing topic or subscription",
-                stored.config.topic
-            )));
+            return Err(spool_not_empty(&stored.config));
         }
         let changes = describe_changes(&stored.config, &config, spec.token.is_some());
-        stored.config = config;
-        stored.updated_at_ms = proto::types::time::now_millis();
+        let mut stats = handle.stats.clone();
         if source_changed {
+            // Stopped before the spool is checked again: a consumer still running could spool
+            // a message of the old source between the check and the reset.
+            let Some(old) = running.remove(&name) else {
+                return Err(IngesterError::RuleNotFound(name));
+            };
+            let spool = old.spool.clone();
+            stats = old.stats.clone();
+            Self::stop_rule(old).await;
+            if !spool.is_empty() {
+                let handle = self.start_rule_with(&stored, stats)?;
+                running.insert(name.clone(), handle);
+                return Err(spool_not_empty(&stored.config));
+            }
+            // Before the new source is stored: a crash in between leaves the old source with no
+            // watermarks (redeliveries stored twice), never the new one with the old watermarks
+            // (its messages dropped as seen).
+            if let Err(err) = spool.reset_positions() {
+                let handle = self.start_rule_with(&stored, stats)?;
+                running.insert(name.clone(), handle);
+                return Err(err);
+            }
             stored.start_applied = false;
         }
+        stored.config = config;
+        stored.updated_at_ms = proto::types::time::now_millis();
         self.rules.put(&stored)?;
         if let Some(token) = &spec.token {
             self.rules
                 .set_token(&name, Some(&Secret::new(token.clone())))?;
         }
         self.db.flush_async().await?;
-        handle.spool.reconfigure(&stored.config);
+        if let Some(handle) = running.get(&name) {
+            handle.spool.reconfigure(&stored.config);
+        }
         if consumer_changed {
-            let mut stats = Arc::new(RuleStats::default());
             if let Some(old) = running.remove(&name) {
-                let spool = old.spool.clone();
                 stats = old.stats.clone();
                 Self::stop_rule(old).await;
-                if source_changed {
-                    // Nothing is spooled (checked above): the new source's ids start afresh.
-                    spool.reset_positions()?;
-                }
             }
             let handle = self.start_rule_with(&stored, stats)?;
             running.insert(name.clone(), handle);
@@ -714,6 +726,21 @@ impl IngesterApp {
             warn!(error = %err, "final spool flush failed");
         }
     }
+}
+
+/// Whether the edit makes the rule read other messages: another cluster, topic or
+/// subscription. Their message ids mean nothing next to the old ones.
+fn is_source_change(old: &RuleConfig, new: &RuleConfig) -> bool {
+    old.service_url != new.service_url
+        || old.topic != new.topic
+        || old.subscription != new.subscription
+}
+
+fn spool_not_empty(old: &RuleConfig) -> IngesterError {
+    IngesterError::FailedPrecondition(format!(
+        "rule {:?} still has unacknowledged messages from {} at {}; run `rule flush` and wait until `segments` is empty before changing service_url, topic or subscription",
+        old.name, old.topic, old.service_url
+    ))
 }
 
 fn fmt_ms(ms: u64) -> String {
