@@ -224,7 +224,8 @@ pub struct SpecFlags {
     /// Most record bytes in one object, like 500MB or 64MiB (default 500MB).
     #[arg(long, value_name = "SIZE")]
     pub max_bytes: Option<String>,
-    /// earliest (default), latest, or an RFC 3339 timestamp.
+    /// earliest (default), latest, or an RFC 3339 timestamp. Applies when the subscription is
+    /// created: `rule edit` takes it only with a new --service-url, --topic or --subscription.
     #[arg(long, value_name = "earliest|latest|RFC3339")]
     pub start: Option<String>,
     /// Cluster label, written into object metadata.

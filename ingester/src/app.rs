@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::types::{RuleConfig, RuleSpecInput, Secret};
+use proto::types::{RuleConfig, RuleError, RuleSpecInput, Secret};
 use proto::v1;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
@@ -211,6 +211,9 @@ impl IngesterApp {
         patch.name = None;
         let config = stored.config.to_input().overlay(patch).validate()?;
         let source_changed = is_source_change(&stored.config, &config);
+        if config.start != stored.config.start && !source_changed {
+            return Err(start_needs_a_new_subscription(&stored.config, &config).into());
+        }
         let consumer_changed = source_changed
             || config.subscription_type != stored.config.subscription_type
             || spec.token.is_some();
@@ -734,6 +737,21 @@ fn is_source_change(old: &RuleConfig, new: &RuleConfig) -> bool {
     old.service_url != new.service_url
         || old.topic != new.topic
         || old.subscription != new.subscription
+}
+
+/// Why `rule edit --start` alone is refused: nothing could honour it. The broker keeps the
+/// subscription's position (a start applies only when a subscription is created), and even a
+/// seek back would not help: the spool drops every re-read message as already acknowledged.
+fn start_needs_a_new_subscription(old: &RuleConfig, new: &RuleConfig) -> RuleError {
+    RuleError {
+        field: "start",
+        message: format!(
+            "start {} is refused: a start position applies when the subscription is created, and subscription {:?} on {} exists already and reads on from its own position (messages read again would be dropped as already backed up); to back up from another position, give --start together with a new --subscription (or --topic or --service-url)",
+            new.start.display(),
+            old.subscription,
+            old.topic
+        ),
+    }
 }
 
 fn spool_not_empty(old: &RuleConfig) -> IngesterError {

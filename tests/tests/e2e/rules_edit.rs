@@ -5,9 +5,11 @@
 use std::process::Output;
 use std::time::Duration;
 
+use anyhow::Context;
 use harness::{check_exactly_once, produce, sample_messages, PulsarLite};
+use serde_json::Value;
 
-use crate::util::{unique_topic, Stack};
+use crate::util::{eventually, unique_topic, Stack};
 
 const SUBSCRIPTION: &str = "tdmq-backup";
 
@@ -17,6 +19,28 @@ fn full(topic: &str) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The rule's history, newest first.
+fn log_entries(stack: &Stack, name: &str) -> anyhow::Result<Vec<Value>> {
+    let logs = stack.ctl_json(&["logs", name, "--limit", "1000"])?;
+    logs["entries"]
+        .as_array()
+        .cloned()
+        .with_context(|| format!("no entries array: {logs}"))
+}
+
+/// Waits until the rule's consumer is connected, i.e. its subscription exists on the broker.
+async fn wait_connected(stack: &Stack, name: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("rule {name} to connect"),
+        Duration::from_secs(60),
+        || {
+            let s = stack.rule_status(name)?;
+            Ok((s["consumer_connected"] == true).then_some(()))
+        },
+    )
+    .await
 }
 
 /// A rule moved to a fresh broker (migration, disaster recovery) sees message ids the old one
@@ -154,5 +178,64 @@ async fn non_persistent_topics_and_dot_path_parts_are_refused_naming_the_field(
     let rule = stack.ctl_json(&["rule", "show", "dots"])?;
     assert_eq!(rule["prefix"], "backup/", "{rule}");
     assert_eq!(rule["topic"], full(&topic).as_str(), "{rule}");
+    Ok(())
+}
+
+/// A start position applies when the subscription is created. On an existing rule `--start`
+/// would change nothing (the subscription reads on from its own position, and the spool drops
+/// re-read messages as already acknowledged), so it is refused, saying why and what to do; given
+/// with a new subscription it applies to that subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_edit_start_is_refused_unless_the_source_changes() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let topic = unique_topic("start");
+    let messages = sample_messages(200, 43);
+    let (first, second) = messages.split_at(100);
+    stack.create_rule("started", &topic, &["--window", "1h"])?;
+    produce(&stack.pulsar.url(), &full(&topic), first, true).await?;
+    stack
+        .wait_until_backed_up("started", 100, Duration::from_secs(60))
+        .await?;
+
+    let refused = stack.ctl(&["rule", "edit", "started", "--start", "latest"]);
+    assert_refused_naming(&refused, "start");
+    let err = stderr(&refused);
+    assert!(
+        err.contains("when the subscription is created") && err.contains("--subscription"),
+        "does not say why and what to do: {err}"
+    );
+    // Nothing changed, and the history does not claim otherwise.
+    assert_eq!(
+        stack.ctl_json(&["rule", "show", "started"])?["start"],
+        "earliest"
+    );
+    let entries = log_entries(&stack, "started")?;
+    assert!(
+        entries.iter().all(|e| e["kind"] != "rule_edited"),
+        "{entries:?}"
+    );
+    // The value it has already is no change (a rule file can be applied again).
+    stack.ctl_json(&[
+        "rule", "edit", "started", "--start", "earliest", "--window", "2h",
+    ])?;
+
+    // With a new subscription the start applies to it: at `latest`, what the topic holds
+    // already (the first 100, stored once by the old subscription) is not read again.
+    let edited = stack.ctl_json(&[
+        "rule",
+        "edit",
+        "started",
+        "--subscription",
+        "second-sub",
+        "--start",
+        "latest",
+    ])?;
+    assert_eq!(edited["start"], "latest", "{edited}");
+    wait_connected(&stack, "started").await?;
+    produce(&stack.pulsar.url(), &full(&topic), second, true).await?;
+    let objects = stack
+        .wait_until_stored("started", &messages, Duration::from_secs(60))
+        .await?;
+    check_exactly_once(&objects, &messages)?;
     Ok(())
 }
