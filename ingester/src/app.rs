@@ -185,6 +185,7 @@ impl IngesterApp {
         };
         let token = spec.token.as_ref().map(Secret::new);
         let mut running = self.running.lock().await;
+        self.refuse_shared_subscription(&stored.config)?;
         self.rules.create(&stored, token.as_ref())?;
         self.db.flush_async().await?;
         let handle = match self.start_rule(&stored) {
@@ -203,6 +204,13 @@ impl IngesterApp {
         Ok(stored.to_proto(token.is_some_and(|t| !t.is_empty())))
     }
 
+    /// Called with `running` locked, so two creates cannot both pass.
+    fn refuse_shared_subscription(&self, config: &RuleConfig) -> Result<()> {
+        let others: Vec<StoredRule> = self.rules.list()?;
+        config.check_no_shared_subscription(others.iter().map(|r| &r.config))?;
+        Ok(())
+    }
+
     pub async fn edit_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
         let name = spec.name.clone();
         let mut running = self.running.lock().await;
@@ -213,6 +221,9 @@ impl IngesterApp {
         let source_changed = is_source_change(&stored.config, &config);
         if config.start != stored.config.start && !source_changed {
             return Err(start_needs_a_new_subscription(&stored.config, &config).into());
+        }
+        if source_changed {
+            self.refuse_shared_subscription(&config)?;
         }
         let consumer_changed = source_changed
             || config.subscription_type != stored.config.subscription_type

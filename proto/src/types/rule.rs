@@ -345,6 +345,35 @@ impl RuleConfig {
         }
     }
 
+    /// Whether both rules read one subscription: the same subscription name on the same topic
+    /// (names are full after validation) of the same cluster. Two such rules split the messages
+    /// between them, so only one may exist.
+    pub fn reads_subscription_of(&self, other: &RuleConfig) -> bool {
+        self.subscription == other.subscription
+            && self.topic == other.topic
+            && same_service_url(&self.service_url, &other.service_url)
+    }
+
+    /// Refuses `self` when one of `others` (not itself, by name) reads the same subscription.
+    pub fn check_no_shared_subscription<'a>(
+        &self,
+        others: impl IntoIterator<Item = &'a RuleConfig>,
+    ) -> Result<(), RuleError> {
+        let Some(other) = others
+            .into_iter()
+            .find(|o| o.name != self.name && o.reads_subscription_of(self))
+        else {
+            return Ok(());
+        };
+        Err(invalid(
+            "subscription",
+            format!(
+                "subscription {:?} on {} at {} is read by rule {:?} already: two rules on one subscription split its messages between them; give this rule its own --subscription",
+                self.subscription, self.topic, self.service_url, other.name
+            ),
+        ))
+    }
+
     pub fn topic_name(&self) -> TopicName {
         // Stored rules were validated, so the name parses; fall back to a literal split otherwise.
         TopicName::parse(&self.topic).unwrap_or_else(|_| TopicName {
@@ -354,6 +383,13 @@ impl RuleConfig {
             topic: self.topic.clone(),
         })
     }
+}
+
+/// Service URLs written differently for the same cluster: scheme and host are not case
+/// sensitive, a trailing `/` means nothing.
+fn same_service_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, RuleError> {
@@ -897,6 +933,52 @@ mod tests {
             ..valid_input()
         };
         assert!(input.validate().is_ok());
+    }
+
+    #[test]
+    fn a_shared_subscription_is_refused_naming_it() {
+        let first = valid_input().validate().expect("valid");
+        let second = RuleSpecInput {
+            name: Some("orders-again".into()),
+            // The short name `orders` of the first, written in full.
+            topic: Some("persistent://public/default/orders".into()),
+            service_url: Some("pulsar://10.0.0.5:6650/".into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect("valid");
+        let err = second
+            .check_no_shared_subscription([&first])
+            .expect_err("same subscription");
+        assert_eq!(err.field, "subscription");
+        assert!(err.message.contains("\"orders-backup\""), "{err}");
+        // A rule does not clash with itself (an edit checks against every stored rule).
+        assert!(first.check_no_shared_subscription([&first]).is_ok());
+        for other in [
+            RuleSpecInput {
+                subscription: Some("other".into()),
+                ..valid_input()
+            },
+            RuleSpecInput {
+                topic: Some("payments".into()),
+                ..valid_input()
+            },
+            RuleSpecInput {
+                service_url: Some("pulsar://10.0.0.6:6650".into()),
+                ..valid_input()
+            },
+        ] {
+            let other = RuleSpecInput {
+                name: Some("other-rule".into()),
+                ..other
+            }
+            .validate()
+            .expect("valid");
+            assert!(
+                other.check_no_shared_subscription([&first]).is_ok(),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

@@ -239,3 +239,44 @@ async fn rule_edit_start_is_refused_unless_the_source_changes() -> anyhow::Resul
     check_exactly_once(&objects, &messages)?;
     Ok(())
 }
+
+/// Two rules on one subscription split its messages (Failover sends them all to one rule while
+/// the other shows `running`): the second is refused naming `subscription`, whether its topic is
+/// written short or in full, and so is an edit that would make two rules share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rule_on_the_same_subscription_is_refused() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.start_ingester().await?;
+    let topic = unique_topic("twice");
+    stack.create_rule("first", &topic, &[])?;
+
+    let clash = try_create(&stack, "second", &full(&topic), &[]);
+    assert_refused_naming(&clash, "subscription");
+    assert!(stderr(&clash).contains("\"first\""), "{}", stderr(&clash));
+
+    // Another subscription, another topic or another cluster: no clash.
+    stack.create_rule("other-sub", &topic, &["--subscription", "other"])?;
+    stack.create_rule("other-topic", &unique_topic("else"), &[])?;
+    let elsewhere = format!("pulsar://127.0.0.1:{}", harness::free_port());
+    stack.create_rule("other-cluster", &topic, &["--service-url", &elsewhere])?;
+
+    let clash = stack.ctl(&["rule", "edit", "other-sub", "--subscription", SUBSCRIPTION]);
+    assert_refused_naming(&clash, "subscription");
+    let rule = stack.ctl_json(&["rule", "show", "other-sub"])?;
+    assert_eq!(rule["subscription"], "other", "{rule}");
+    let clash = stack.ctl(&[
+        "rule",
+        "edit",
+        "other-cluster",
+        "--service-url",
+        &stack.pulsar.url(),
+    ]);
+    assert_refused_naming(&clash, "subscription");
+    assert_eq!(
+        stack.ctl_json(&["rule", "list"])?["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    Ok(())
+}
