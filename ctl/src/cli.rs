@@ -187,6 +187,12 @@ pub struct EditArgs {
 
     #[command(flatten)]
     pub spec: SpecFlags,
+
+    /// With a new --service-url, --topic or --subscription: remove the old Pulsar subscription
+    /// (after the rule's consumer stopped). Without it the old subscription is left behind and
+    /// keeps every new message against the backlog quota.
+    #[arg(long)]
+    pub unsubscribe: bool,
 }
 
 /// Every rule field as a flag. All optional here: create checks the required ones client-side
@@ -260,6 +266,10 @@ pub struct DeleteArgs {
     /// Do not ask before discarding.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also remove the rule's Pulsar subscription (after its consumer stopped), so it does not
+    /// keep every new message against the backlog quota. If that fails the rule is kept.
+    #[arg(long)]
+    pub unsubscribe: bool,
     /// With --drain: how long the ingester may take (default: the ingester's).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "drain")]
     pub drain_timeout: Option<Duration>,

@@ -20,6 +20,7 @@ use crate::rules::{RuleStore, StoredRule};
 use crate::sealer::SealerHandle;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
+use crate::unsubscribe::SubscriptionRef;
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -211,7 +212,13 @@ impl IngesterApp {
         Ok(())
     }
 
-    pub async fn edit_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
+    /// Applies an edit. With `unsubscribe`, an edit that changes the source also removes the
+    /// old subscription; otherwise the reply's notice says it was left behind.
+    pub async fn edit_rule(
+        &self,
+        spec: &v1::RuleSpec,
+        unsubscribe: bool,
+    ) -> Result<(v1::Rule, String)> {
         let name = spec.name.clone();
         let mut running = self.running.lock().await;
         let mut stored = self.rules.get(&name)?;
@@ -221,6 +228,16 @@ impl IngesterApp {
         let source_changed = is_source_change(&stored.config, &config);
         if config.start != stored.config.start && !source_changed {
             return Err(start_needs_a_new_subscription(&stored.config, &config).into());
+        }
+        if unsubscribe && !source_changed {
+            return Err(RuleError {
+                field: "unsubscribe",
+                message: format!(
+                    "--unsubscribe applies only to an edit that changes service_url, topic or subscription; this one keeps the {}",
+                    crate::unsubscribe::describe(&stored.config)
+                ),
+            }
+            .into());
         }
         if source_changed {
             self.refuse_shared_subscription(&config)?;
@@ -234,8 +251,9 @@ impl IngesterApp {
         if source_changed && !handle.spool.is_empty() {
             return Err(spool_not_empty(&stored.config));
         }
-        let changes = describe_changes(&stored.config, &config, spec.token.is_some());
+        let mut changes = describe_changes(&stored.config, &config, spec.token.is_some());
         let mut stats = handle.stats.clone();
+        let mut notice = String::new();
         if source_changed {
             // Stopped before the spool is checked again: a consumer still running could spool
             // a message of the old source between the check and the reset.
@@ -246,19 +264,37 @@ impl IngesterApp {
             stats = old.stats.clone();
             Self::stop_rule(old).await;
             if !spool.is_empty() {
-                let handle = self.start_rule_with(&stored, stats)?;
-                running.insert(name.clone(), handle);
-                return Err(spool_not_empty(&stored.config));
+                return Err(self.restart_unchanged(
+                    &mut running,
+                    &stored,
+                    stats,
+                    spool_not_empty(&stored.config),
+                ));
             }
+            notice = if unsubscribe {
+                let token = self.rules.token(&name)?;
+                let old_subscription = SubscriptionRef {
+                    rule: &stored.config,
+                    token: token.as_ref(),
+                };
+                if let Err(err) = old_subscription.remove().await {
+                    let refused = IngesterError::FailedPrecondition(format!(
+                        "rule {name:?} was not changed: {err}; retry, or edit without --unsubscribe and remove it yourself"
+                    ));
+                    return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+                }
+                format!("removed {}", old_subscription.describe())
+            } else {
+                crate::unsubscribe::left_behind_notice(&stored.config)
+            };
             // Before the new source is stored: a crash in between leaves the old source with no
             // watermarks (redeliveries stored twice), never the new one with the old watermarks
             // (its messages dropped as seen).
             if let Err(err) = spool.reset_positions() {
-                let handle = self.start_rule_with(&stored, stats)?;
-                running.insert(name.clone(), handle);
-                return Err(err);
+                return Err(self.restart_unchanged(&mut running, &stored, stats, err));
             }
             stored.start_applied = false;
+            changes = format!("{changes}; {notice}");
         }
         stored.config = config;
         stored.updated_at_ms = proto::types::time::now_millis();
@@ -283,7 +319,28 @@ impl IngesterApp {
             &name,
             HistoryEntry::event("rule_edited", false, format!("rule edited: {changes}")),
         );
-        Ok(stored.to_proto(self.rules.token(&name)?.is_some()))
+        Ok((stored.to_proto(self.rules.token(&name)?.is_some()), notice))
+    }
+
+    /// Starts a stopped rule again as it was, after a change that could not be made; returns
+    /// why it could not. A rule that cannot even restart says both.
+    fn restart_unchanged(
+        &self,
+        running: &mut HashMap<String, RuleHandle>,
+        stored: &StoredRule,
+        stats: Arc<RuleStats>,
+        why: IngesterError,
+    ) -> IngesterError {
+        match self.start_rule_with(stored, stats) {
+            Ok(handle) => {
+                running.insert(stored.config.name.clone(), handle);
+                why
+            }
+            Err(err) => IngesterError::FailedPrecondition(format!(
+                "{why}; and rule {:?} could not start again: {err} (restart the ingester)",
+                stored.config.name
+            )),
+        }
     }
 
     pub async fn get_rule(&self, name: &str) -> Result<v1::Rule> {
@@ -300,7 +357,7 @@ impl IngesterApp {
         Ok(out)
     }
 
-    pub async fn delete_rule(&self, req: &v1::DeleteRuleRequest) -> Result<u64> {
+    pub async fn delete_rule(&self, req: &v1::DeleteRuleRequest) -> Result<v1::DeleteRuleReply> {
         let name = req.name.clone();
         let spool = {
             let running = self.running.lock().await;
@@ -339,15 +396,47 @@ impl IngesterApp {
             )));
         }
         let mut running = self.running.lock().await;
-        if let Some(handle) = running.remove(&name) {
-            Self::stop_rule(handle).await;
-        }
+        let stored = self.rules.get(&name)?;
+        let Some(handle) = running.remove(&name) else {
+            return Err(IngesterError::RuleNotFound(name));
+        };
+        let stats = handle.stats.clone();
+        Self::stop_rule(handle).await;
+        // Only now: the rule's own consumer is gone, and the broker removes a subscription only
+        // when nobody consumes from it.
+        let notice = if req.unsubscribe {
+            let token = self.rules.token(&name)?;
+            let subscription = SubscriptionRef {
+                rule: &stored.config,
+                token: token.as_ref(),
+            };
+            if let Err(err) = subscription.remove().await {
+                let paused = if stored.paused {
+                    " (it stays paused)"
+                } else {
+                    ""
+                };
+                let refused = IngesterError::FailedPrecondition(format!(
+                    "rule {name:?} was not deleted{paused}: {err}; retry, or delete without --unsubscribe and remove it yourself"
+                ));
+                return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+            }
+            format!("removed {}", subscription.describe())
+        } else {
+            let notice = crate::unsubscribe::left_behind_notice(&stored.config);
+            warn!(rule = %name, "{notice}");
+            notice
+        };
         spool.destroy()?;
         self.rules.remove(&name)?;
         self.history.remove_rule(&name)?;
         self.db.flush_async().await?;
         info!(rule = %name, discarded = unstored, "rule deleted");
-        Ok(unstored)
+        Ok(v1::DeleteRuleReply {
+            segments_discarded: unstored,
+            unsubscribed: req.unsubscribe,
+            notice,
+        })
     }
 
     async fn set_paused_inner(&self, name: &str, paused: bool, record: bool) -> Result<v1::Rule> {

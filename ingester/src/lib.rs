@@ -21,6 +21,7 @@ pub mod sealer;
 pub mod segment_writer;
 pub mod spool;
 pub mod stats;
+pub mod unsubscribe;
 
 use std::future::Future;
 

@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
-use harness::{check_exactly_once, produce, sample_messages, PulsarLite};
+use harness::{backlog_before_marker, check_exactly_once, produce, sample_messages, PulsarLite};
 use serde_json::Value;
 
 use crate::util::{eventually, unique_topic, Stack};
@@ -278,5 +278,102 @@ async fn a_second_rule_on_the_same_subscription_is_refused() -> anyhow::Result<(
             .map(Vec::len),
         Some(4)
     );
+    Ok(())
+}
+
+/// A subscription outlives the rule that read it and keeps every new message (against TDMQ's
+/// backlog quota). `--unsubscribe` removes it when the rule is deleted or moved to another
+/// source; without it the reply and the history say it was left behind and how to remove it.
+/// Told apart on the broker: a kept subscription delivers what was produced since; a removed one
+/// is created anew at `latest` and delivers nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_source_edits_remove_the_subscription_only_with_unsubscribe(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.start_ingester().await?;
+    let url = stack.pulsar.url();
+    let topics: Vec<String> = (0..4).map(|i| unique_topic(&format!("left{i}"))).collect();
+    let rules = ["deleted-kept", "deleted-gone", "moved-gone", "moved-kept"];
+    for (rule, topic) in rules.iter().zip(&topics) {
+        stack.create_rule(rule, topic, &[])?;
+    }
+    for rule in rules {
+        wait_connected(&stack, rule).await?;
+    }
+
+    let kept = stack.ctl_json(&["rule", "delete", "deleted-kept"])?;
+    assert_eq!(kept["unsubscribed"], false, "{kept}");
+    let notice = kept["notice"].as_str().unwrap_or_default();
+    assert!(
+        notice.contains("left behind")
+            && notice.contains(&full(&topics[0]))
+            && notice.contains(SUBSCRIPTION)
+            && notice.contains("--unsubscribe"),
+        "{kept}"
+    );
+    let gone = stack.ctl(&["rule", "delete", "deleted-gone", "--unsubscribe"]);
+    assert!(gone.status.success(), "{}", stderr(&gone));
+    let text = String::from_utf8_lossy(&gone.stdout);
+    assert!(text.contains("removed subscription"), "{text}");
+
+    // An edit that keeps the source has no subscription to remove.
+    let refused = stack.ctl(&[
+        "rule",
+        "edit",
+        "moved-kept",
+        "--window",
+        "2h",
+        "--unsubscribe",
+    ]);
+    assert_refused_naming(&refused, "--unsubscribe");
+    let moved = stack.ctl_json(&[
+        "rule",
+        "edit",
+        "moved-gone",
+        "--topic",
+        &unique_topic("moved"),
+        "--unsubscribe",
+    ])?;
+    assert!(
+        moved["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("removed")),
+        "{moved}"
+    );
+    let moved = stack.ctl_json(&[
+        "rule",
+        "edit",
+        "moved-kept",
+        "--topic",
+        &unique_topic("moved"),
+    ])?;
+    assert!(
+        moved["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("left behind")),
+        "{moved}"
+    );
+    let entries = log_entries(&stack, "moved-kept")?;
+    assert!(
+        entries.iter().any(|e| e["kind"] == "rule_edited"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("left behind") && m.contains(&full(&topics[3])))),
+        "{entries:?}"
+    );
+
+    let since = sample_messages(20, 47);
+    for topic in &topics {
+        produce(&url, &full(topic), &since, true).await?;
+    }
+    let mut backlogs = Vec::new();
+    for topic in &topics {
+        backlogs.push(
+            backlog_before_marker(&url, &full(topic), SUBSCRIPTION, Duration::from_secs(30))
+                .await?,
+        );
+    }
+    println!("backlogs: {backlogs:?}");
+    assert_eq!(backlogs, vec![20, 0, 0, 20], "kept, removed, removed, kept");
     Ok(())
 }
