@@ -201,6 +201,12 @@ pub struct EditArgs {
 
     #[command(flatten)]
     pub spec: SpecFlags,
+
+    /// With a new --service-url, --topic or --subscription: remove the old Pulsar subscription
+    /// (after the rule's consumer stopped). Without it the old subscription is left behind and
+    /// keeps every new message against the backlog quota.
+    #[arg(long)]
+    pub unsubscribe: bool,
 }
 
 /// Every rule field as a flag. All optional here: create checks the required ones client-side
@@ -238,7 +244,8 @@ pub struct SpecFlags {
     /// Most record bytes in one object, like 500MB or 64MiB (default 500MB).
     #[arg(long, value_name = "SIZE")]
     pub max_bytes: Option<String>,
-    /// earliest (default), latest, or an RFC 3339 timestamp.
+    /// earliest (default), latest, or an RFC 3339 timestamp. Applies when the subscription is
+    /// created: `rule edit` takes it only with a new --service-url, --topic or --subscription.
     #[arg(long, value_name = "earliest|latest|RFC3339")]
     pub start: Option<String>,
     /// Cluster label, written into object metadata.
@@ -273,6 +280,10 @@ pub struct DeleteArgs {
     /// Do not ask before discarding.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also remove the rule's Pulsar subscription (after its consumer stopped), so it does not
+    /// keep every new message against the backlog quota. If that fails the rule is kept.
+    #[arg(long)]
+    pub unsubscribe: bool,
     /// With --drain: how long the ingester may take (default: the ingester's).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "drain")]
     pub drain_timeout: Option<Duration>,

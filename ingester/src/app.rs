@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::types::{RuleSpecInput, Secret};
+use proto::types::{RuleConfig, RuleError, RuleSpecInput, Secret};
 use proto::v1;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch, Mutex, Notify};
@@ -21,6 +21,7 @@ use crate::rules::{RuleStore, StoredRule};
 use crate::sealer::SealerHandle;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
+use crate::unsubscribe::SubscriptionRef;
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -191,6 +192,7 @@ impl IngesterApp {
         };
         let token = spec.token.as_ref().map(Secret::new);
         let mut running = self.running.lock().await;
+        self.refuse_shared_subscription(&stored.config)?;
         self.rules.create(&stored, token.as_ref())?;
         self.db.flush_async().await?;
         let handle = match self.start_rule(&stored) {
@@ -209,52 +211,112 @@ impl IngesterApp {
         Ok(stored.to_proto(token.is_some_and(|t| !t.is_empty())))
     }
 
-    pub async fn edit_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
+    /// Called with `running` locked, so two creates cannot both pass.
+    fn refuse_shared_subscription(&self, config: &RuleConfig) -> Result<()> {
+        let others: Vec<StoredRule> = self.rules.list()?;
+        config.check_no_shared_subscription(others.iter().map(|r| &r.config))?;
+        Ok(())
+    }
+
+    /// Applies an edit. With `unsubscribe`, an edit that changes the source also removes the
+    /// old subscription; otherwise the reply's notice says it was left behind.
+    pub async fn edit_rule(
+        &self,
+        spec: &v1::RuleSpec,
+        unsubscribe: bool,
+    ) -> Result<(v1::Rule, String)> {
         let name = spec.name.clone();
         let mut running = self.running.lock().await;
         let mut stored = self.rules.get(&name)?;
         let mut patch = spec_input(spec);
         patch.name = None;
         let config = stored.config.to_input().overlay(patch).validate()?;
-        let consumer_changed = config.service_url != stored.config.service_url
-            || config.topic != stored.config.topic
-            || config.subscription != stored.config.subscription
+        let source_changed = is_source_change(&stored.config, &config);
+        if config.start != stored.config.start && !source_changed {
+            return Err(start_needs_a_new_subscription(&stored.config, &config).into());
+        }
+        if unsubscribe && !source_changed {
+            return Err(RuleError {
+                field: "unsubscribe",
+                message: format!(
+                    "--unsubscribe applies only to an edit that changes service_url, topic or subscription; this one keeps the {}",
+                    crate::unsubscribe::describe(&stored.config)
+                ),
+            }
+            .into());
+        }
+        if source_changed {
+            self.refuse_shared_subscription(&config)?;
+        }
+        let consumer_changed = source_changed
             || config.subscription_type != stored.config.subscription_type
             || spec.token.is_some();
-        let source_changed = config.topic != stored.config.topic
-            || config.subscription != stored.config.subscription;
         let handle = running
             .get(&name)
             .ok_or_else(|| IngesterError::RuleNotFound(name.clone()))?;
         if source_changed && !handle.spool.is_empty() {
-            return Err(IngesterError::FailedPrecondition(format!(
-                "rule {name:?} still has unacknowledged messages from {}; run `rule flush` and wait until `segments` is empty before changing topic or subscription",
-                stored.config.topic
-            )));
+            return Err(spool_not_empty(&stored.config));
         }
-        let changes = describe_changes(&stored.config, &config, spec.token.is_some());
+        let mut changes = describe_changes(&stored.config, &config, spec.token.is_some());
+        let mut stats = handle.stats.clone();
+        let mut notice = String::new();
+        if source_changed {
+            // Stopped before the spool is checked again: a consumer still running could spool
+            // a message of the old source between the check and the reset.
+            let Some(old) = running.remove(&name) else {
+                return Err(IngesterError::RuleNotFound(name));
+            };
+            let spool = old.spool.clone();
+            stats = old.stats.clone();
+            Self::stop_rule(old).await;
+            if !spool.is_empty() {
+                return Err(self.restart_unchanged(
+                    &mut running,
+                    &stored,
+                    stats,
+                    spool_not_empty(&stored.config),
+                ));
+            }
+            notice = if unsubscribe {
+                let token = self.rules.token(&name)?;
+                let old_subscription = SubscriptionRef {
+                    rule: &stored.config,
+                    token: token.as_ref(),
+                };
+                if let Err(err) = old_subscription.remove().await {
+                    let refused = IngesterError::FailedPrecondition(format!(
+                        "rule {name:?} was not changed: {err}; retry, or edit without --unsubscribe and remove it yourself"
+                    ));
+                    return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+                }
+                format!("removed {}", old_subscription.describe())
+            } else {
+                crate::unsubscribe::left_behind_notice(&stored.config)
+            };
+            // Before the new source is stored: a crash in between leaves the old source with no
+            // watermarks (redeliveries stored twice), never the new one with the old watermarks
+            // (its messages dropped as seen).
+            if let Err(err) = spool.reset_positions() {
+                return Err(self.restart_unchanged(&mut running, &stored, stats, err));
+            }
+            stored.start_applied = false;
+            changes = format!("{changes}; {notice}");
+        }
         stored.config = config;
         stored.updated_at_ms = proto::types::time::now_millis();
-        if source_changed {
-            stored.start_applied = false;
-        }
         self.rules.put(&stored)?;
         if let Some(token) = &spec.token {
             self.rules
                 .set_token(&name, Some(&Secret::new(token.clone())))?;
         }
         self.db.flush_async().await?;
-        handle.spool.reconfigure(&stored.config);
+        if let Some(handle) = running.get(&name) {
+            handle.spool.reconfigure(&stored.config);
+        }
         if consumer_changed {
-            let mut stats = Arc::new(RuleStats::default());
             if let Some(old) = running.remove(&name) {
-                let spool = old.spool.clone();
                 stats = old.stats.clone();
                 Self::stop_rule(old).await;
-                if source_changed {
-                    // Nothing is spooled (checked above): the new source's ids start afresh.
-                    spool.reset_positions()?;
-                }
             }
             let handle = self.start_rule_with(&stored, stats)?;
             running.insert(name.clone(), handle);
@@ -263,7 +325,28 @@ impl IngesterApp {
             &name,
             HistoryEntry::event("rule_edited", false, format!("rule edited: {changes}")),
         );
-        Ok(stored.to_proto(self.rules.token(&name)?.is_some()))
+        Ok((stored.to_proto(self.rules.token(&name)?.is_some()), notice))
+    }
+
+    /// Starts a stopped rule again as it was, after a change that could not be made; returns
+    /// why it could not. A rule that cannot even restart says both.
+    fn restart_unchanged(
+        &self,
+        running: &mut HashMap<String, RuleHandle>,
+        stored: &StoredRule,
+        stats: Arc<RuleStats>,
+        why: IngesterError,
+    ) -> IngesterError {
+        match self.start_rule_with(stored, stats) {
+            Ok(handle) => {
+                running.insert(stored.config.name.clone(), handle);
+                why
+            }
+            Err(err) => IngesterError::FailedPrecondition(format!(
+                "{why}; and rule {:?} could not start again: {err} (restart the ingester)",
+                stored.config.name
+            )),
+        }
     }
 
     pub async fn get_rule(&self, name: &str) -> Result<v1::Rule> {
@@ -280,7 +363,7 @@ impl IngesterApp {
         Ok(out)
     }
 
-    pub async fn delete_rule(&self, req: &v1::DeleteRuleRequest) -> Result<u64> {
+    pub async fn delete_rule(&self, req: &v1::DeleteRuleRequest) -> Result<v1::DeleteRuleReply> {
         let name = req.name.clone();
         let spool = {
             let running = self.running.lock().await;
@@ -319,15 +402,47 @@ impl IngesterApp {
             )));
         }
         let mut running = self.running.lock().await;
-        if let Some(handle) = running.remove(&name) {
-            Self::stop_rule(handle).await;
-        }
+        let stored = self.rules.get(&name)?;
+        let Some(handle) = running.remove(&name) else {
+            return Err(IngesterError::RuleNotFound(name));
+        };
+        let stats = handle.stats.clone();
+        Self::stop_rule(handle).await;
+        // Only now: the rule's own consumer is gone, and the broker removes a subscription only
+        // when nobody consumes from it.
+        let notice = if req.unsubscribe {
+            let token = self.rules.token(&name)?;
+            let subscription = SubscriptionRef {
+                rule: &stored.config,
+                token: token.as_ref(),
+            };
+            if let Err(err) = subscription.remove().await {
+                let paused = if stored.paused {
+                    " (it stays paused)"
+                } else {
+                    ""
+                };
+                let refused = IngesterError::FailedPrecondition(format!(
+                    "rule {name:?} was not deleted{paused}: {err}; retry, or delete without --unsubscribe and remove it yourself"
+                ));
+                return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+            }
+            format!("removed {}", subscription.describe())
+        } else {
+            let notice = crate::unsubscribe::left_behind_notice(&stored.config);
+            warn!(rule = %name, "{notice}");
+            notice
+        };
         spool.destroy()?;
         self.rules.remove(&name)?;
         self.history.remove_rule(&name)?;
         self.db.flush_async().await?;
         info!(rule = %name, discarded = unstored, "rule deleted");
-        Ok(unstored)
+        Ok(v1::DeleteRuleReply {
+            segments_discarded: unstored,
+            unsubscribed: req.unsubscribe,
+            notice,
+        })
     }
 
     async fn set_paused_inner(&self, name: &str, paused: bool, record: bool) -> Result<v1::Rule> {
@@ -755,6 +870,36 @@ impl IngesterApp {
             warn!(error = %err, "final spool flush failed");
         }
     }
+}
+
+/// Whether the edit makes the rule read other messages: another cluster, topic or
+/// subscription. Their message ids mean nothing next to the old ones.
+fn is_source_change(old: &RuleConfig, new: &RuleConfig) -> bool {
+    old.service_url != new.service_url
+        || old.topic != new.topic
+        || old.subscription != new.subscription
+}
+
+/// Why `rule edit --start` alone is refused: nothing could honour it. The broker keeps the
+/// subscription's position (a start applies only when a subscription is created), and even a
+/// seek back would not help: the spool drops every re-read message as already acknowledged.
+fn start_needs_a_new_subscription(old: &RuleConfig, new: &RuleConfig) -> RuleError {
+    RuleError {
+        field: "start",
+        message: format!(
+            "start {} is refused: a start position applies when the subscription is created, and subscription {:?} on {} exists already and reads on from its own position (messages read again would be dropped as already backed up); to back up from another position, give --start together with a new --subscription (or --topic or --service-url)",
+            new.start.display(),
+            old.subscription,
+            old.topic
+        ),
+    }
+}
+
+fn spool_not_empty(old: &RuleConfig) -> IngesterError {
+    IngesterError::FailedPrecondition(format!(
+        "rule {:?} still has unacknowledged messages from {} at {}; run `rule flush` and wait until `segments` is empty before changing service_url, topic or subscription",
+        old.name, old.topic, old.service_url
+    ))
 }
 
 fn fmt_ms(ms: u64) -> String {

@@ -32,18 +32,29 @@ impl proto::Ingester for IngesterService {
     async fn create_rule(&self, req: Request<CreateRuleRequest>) -> Reply<RuleReply> {
         let spec = spec_of(req.into_inner().spec)?;
         let rule = self.app.create_rule(&spec).await?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            notice: String::new(),
+        }))
     }
 
     async fn edit_rule(&self, req: Request<EditRuleRequest>) -> Reply<RuleReply> {
-        let spec = spec_of(req.into_inner().spec)?;
-        let rule = self.app.edit_rule(&spec).await?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        let req = req.into_inner();
+        let unsubscribe = req.unsubscribe;
+        let spec = spec_of(req.spec)?;
+        let (rule, notice) = self.app.edit_rule(&spec, unsubscribe).await?;
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            notice,
+        }))
     }
 
     async fn get_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
         let rule = self.app.get_rule(&req.into_inner().name).await?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            notice: String::new(),
+        }))
     }
 
     async fn list_rules(&self, _req: Request<ListRulesRequest>) -> Reply<ListRulesReply> {
@@ -53,20 +64,25 @@ impl proto::Ingester for IngesterService {
     }
 
     async fn delete_rule(&self, req: Request<DeleteRuleRequest>) -> Reply<DeleteRuleReply> {
-        let discarded = self.app.delete_rule(&req.into_inner()).await?;
-        Ok(Response::new(DeleteRuleReply {
-            segments_discarded: discarded,
-        }))
+        Ok(Response::new(
+            self.app.delete_rule(&req.into_inner()).await?,
+        ))
     }
 
     async fn pause_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
         let rule = self.app.set_paused(&req.into_inner().name, true).await?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            notice: String::new(),
+        }))
     }
 
     async fn resume_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
         let rule = self.app.set_paused(&req.into_inner().name, false).await?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            notice: String::new(),
+        }))
     }
 
     async fn flush_rule(&self, req: Request<RuleName>) -> Reply<FlushReply> {

@@ -23,6 +23,7 @@ pub mod sealer;
 pub mod segment_writer;
 pub mod spool;
 pub mod stats;
+pub mod unsubscribe;
 
 use std::future::Future;
 

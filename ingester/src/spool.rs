@@ -63,7 +63,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
 use proto::types::log_record::LogEncoder;
-use proto::types::{object_key, Compression, MessageId, RuleConfig, TopicName};
+use proto::types::{object_key, Compression, MessageId, RuleConfig, SegmentName, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::debug;
@@ -275,6 +275,10 @@ impl Ord for SegmentState {
 struct Counters {
     next_seq: u64,
     next_segment: u64,
+    /// How many times the rule's source changed (see [`RuleSpool::reset_positions`]); part of
+    /// the object names from then on.
+    #[serde(default)]
+    source_changes: u32,
 }
 
 /// One consumed message, already encoded.
@@ -613,18 +617,24 @@ impl RuleSpool {
         state.target = Target::of(rule);
     }
 
-    /// A change of topic or subscription: ids from the old one mean nothing for the new one.
+    /// A change of source (service URL, topic or subscription), with the rule stopped and
+    /// nothing spooled: ids from the old source mean nothing for the new one (a fresh cluster
+    /// numbers from ledger 0 again), so the dedup watermarks go, and the source count in the
+    /// object names goes up so the new source's segments never take an old object's key.
     pub fn reset_positions(&self) -> Result<()> {
         let mut state = self.lock();
         state.watermarks.clear();
         state.acked.clear();
+        state.counters.source_changes = state.counters.source_changes.saturating_add(1);
         let mut batch = sled::Batch::default();
         for tag in [WATERMARK, ACKED] {
             for k in self.tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
                 batch.remove(k?);
             }
         }
+        batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
         self.tree.apply_batch(batch)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -846,11 +856,14 @@ impl RuleSpool {
         meta.object_key = object_key(
             &meta.target.prefix,
             &topic,
-            window_start,
-            &self.rule,
-            &first_id,
-            &self.spool_id,
-            meta.target.compression(),
+            &SegmentName {
+                rule: &self.rule,
+                window_start,
+                first_message_id: &first_id,
+                spool_id: &self.spool_id,
+                source_changes: state.counters.source_changes,
+                compression: meta.target.compression(),
+            },
         );
         batch.insert(
             key(SEGMENT, &self.rule, &meta.segment_no.to_be_bytes()),
@@ -1599,6 +1612,42 @@ pub(crate) mod tests {
         out
     }
 
+    /// After a move to another cluster the same ids come again, for other messages: they are
+    /// spooled, and their segments get keys the old source's objects do not have.
+    #[tokio::test]
+    async fn a_source_change_takes_ids_afresh_under_new_object_names() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 2)?;
+        let out = spool
+            .append(&[msg(1, -1, 0), msg(2, -1, 0)], 10_000)
+            .await?;
+        assert_eq!(out.closed, vec![0]);
+        let old_key = spool.segments()[0].object_key.clone();
+
+        spool.reset_positions()?;
+        let out = spool
+            .append(&[msg(1, -1, 0), msg(2, -1, 0)], 10_000)
+            .await?;
+        assert_eq!((out.accepted, out.duplicates), (2, 0), "{out:?}");
+        assert_eq!(out.closed, vec![1]);
+        let new_key = spool.segments()[1].object_key.clone();
+        assert_ne!(new_key, old_key);
+        assert!(new_key.ends_with("-test0001-s1.jsonl.gz"), "{new_key}");
+
+        // The count survives a restart: the next source change is s2, not s1 again.
+        drop(spool);
+        let spool = open_spool(&db, dir.path(), 2)?;
+        spool.reset_positions()?;
+        let out = spool
+            .append(&[msg(1, -1, 0), msg(2, -1, 0)], 10_000)
+            .await?;
+        assert_eq!(out.closed, vec![2]);
+        let key = spool.segments()[2].object_key.clone();
+        assert!(key.ends_with("-test0001-s2.jsonl.gz"), "{key}");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn dedups_cuts_seals_and_acks_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -1968,6 +2017,7 @@ pub(crate) mod tests {
             let counters = Counters {
                 next_seq: 3,
                 next_segment: 2,
+                source_changes: 0,
             };
             tree.insert(key(COUNTERS, "r1", &[]), to_json(&counters)?)?;
             db.flush()?;

@@ -50,3 +50,53 @@ pub async fn assert_subscription_drained(
     drop(consumer);
     Ok(count)
 }
+
+/// How many messages `subscription` on `topic` still holds for its next consumer, told apart
+/// from a subscription that no longer exists: attaches at `latest` (which only applies when the
+/// subscription has to be created), produces one marker message and counts what is delivered
+/// before the marker. A kept subscription delivers its backlog first; a removed one is created
+/// anew at the end of the topic and delivers the marker alone (0). Waits for the marker, not for
+/// a time.
+pub async fn backlog_before_marker(
+    url: &str,
+    topic: &str,
+    subscription: &str,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let pulsar = client(url).await?;
+    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
+        .consumer()
+        .with_topic(topic)
+        .with_subscription(subscription)
+        .with_subscription_type(SubType::Failover)
+        .with_consumer_name("backlog-check")
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Latest))
+        .build()
+        .await
+        .with_context(|| format!("subscribing to {topic} as {subscription}"))?;
+    let marker = format!("backlog-marker-{}", rand::random::<u64>()).into_bytes();
+    let message = crate::producer::SampleMessage {
+        payload: marker.clone(),
+        key: None,
+        properties: Default::default(),
+        event_time: None,
+    };
+    crate::producer::produce(url, topic, &[message], false).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut before = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_elapsed) => anyhow::bail!(
+                "the marker sent to {topic} did not arrive within {timeout:?} ({before} other messages did)"
+            ),
+            Ok(None) => anyhow::bail!("the consumer of {topic} ended before the marker arrived"),
+            Ok(Some(Ok(msg))) if msg.payload.data == marker => break,
+            Ok(Some(Ok(_))) => before += 1,
+            Ok(Some(Err(error))) => {
+                return Err(error).with_context(|| format!("receiving from {topic}"));
+            }
+        }
+    }
+    drop(consumer);
+    Ok(before)
+}

@@ -17,7 +17,7 @@ pub use services::{pulsar_lite, relay, s3};
 pub use certs::{CertFiles, TestCerts};
 pub use daemon_log::stored_segment_sources;
 pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
-pub use drain::assert_subscription_drained;
+pub use drain::{assert_subscription_drained, backlog_before_marker};
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
 pub use producer::{produce, produce_zlib, sample_messages, SampleMessage};
 pub use services::fault_proxy::{FaultProxy, Mode as FaultMode};

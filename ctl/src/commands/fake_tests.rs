@@ -71,7 +71,10 @@ impl Ingester for Fake {
         let spec = req.into_inner().spec.unwrap_or_default();
         let rule = rule_from(&spec);
         self.record(|s| s.specs.push(spec))?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            ..RuleReply::default()
+        }))
     }
     async fn edit_rule(&self, req: Request<EditRuleRequest>) -> Reply<RuleReply> {
         self.check(&req)?;
@@ -83,7 +86,10 @@ impl Ingester for Fake {
         }
         let rule = rule_from(&spec);
         self.record(|s| s.specs.push(spec))?;
-        Ok(Response::new(RuleReply { rule: Some(rule) }))
+        Ok(Response::new(RuleReply {
+            rule: Some(rule),
+            ..RuleReply::default()
+        }))
     }
     async fn get_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
         self.check(&req)?;
@@ -109,6 +115,7 @@ impl Ingester for Fake {
         self.record(|s| s.deletes.push(req))?;
         Ok(Response::new(DeleteRuleReply {
             segments_discarded: discarded,
+            ..DeleteRuleReply::default()
         }))
     }
     async fn pause_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
@@ -119,6 +126,7 @@ impl Ingester for Fake {
                 paused: true,
                 ..Rule::default()
             }),
+            ..RuleReply::default()
         }))
     }
     async fn resume_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
@@ -128,6 +136,7 @@ impl Ingester for Fake {
                 name: req.into_inner().name,
                 ..Rule::default()
             }),
+            ..RuleReply::default()
         }))
     }
     async fn flush_rule(&self, req: Request<RuleName>) -> Reply<FlushReply> {
@@ -369,7 +378,12 @@ async fn other_commands_shapes_and_errors() {
     .expect("delete");
     assert_eq!(
         r.json,
-        serde_json::json!({"deleted": "orders", "segments_discarded": 2})
+        serde_json::json!({
+            "deleted": "orders",
+            "segments_discarded": 2,
+            "unsubscribed": false,
+            "notice": "",
+        })
     );
 
     let r = run(

@@ -124,15 +124,25 @@ pub fn create_spec(args: CreateArgs) -> anyhow::Result<(RuleSpecInput, Option<St
 }
 
 async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
+    let unsubscribe = args.unsubscribe;
     let (spec, token) = edit_spec(args)?;
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .edit_rule(EditRuleRequest {
             spec: Some(to_proto(spec, token)),
+            unsubscribe,
         })
         .await
         .on(&ctx.ingester)?;
-    rule_report(reply.rule, Some("updated"))
+    let mut report = rule_report(reply.rule, Some("updated"))?;
+    // Said only when there is something to say (a subscription left behind or removed).
+    if !reply.notice.is_empty() {
+        report.text = format!("{}\nnote: {}", report.text, reply.notice);
+        if let Some(object) = report.json.as_object_mut() {
+            object.insert("notice".into(), json!(reply.notice));
+        }
+    }
+    Ok(report)
 }
 
 /// The change `rule edit` sends. Only fields given are set; the ingester validates the merged
@@ -365,6 +375,7 @@ async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<Report> {
             drain: args.drain,
             discard: args.discard,
             drain_timeout_secs: args.drain_timeout.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            unsubscribe: args.unsubscribe,
         })
         .await
         .on(&ctx.ingester)?;
@@ -375,8 +386,17 @@ async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<Report> {
             reply.segments_discarded
         ));
     }
+    if !reply.notice.is_empty() {
+        let label = if reply.unsubscribed { "" } else { "note: " };
+        text.push_str(&format!("\n{label}{}", reply.notice));
+    }
     Ok(Report {
-        json: json!({ "deleted": args.name, "segments_discarded": reply.segments_discarded }),
+        json: json!({
+            "deleted": args.name,
+            "segments_discarded": reply.segments_discarded,
+            "unsubscribed": reply.unsubscribed,
+            "notice": reply.notice,
+        }),
         text,
     })
 }
@@ -737,6 +757,9 @@ token_file = "pulsar.jwt"
         let d = parse_delete(&["orders", "--drain", "--drain-timeout", "2m"]).expect("parses");
         assert_eq!(d.drain_timeout, Some(std::time::Duration::from_secs(120)));
         assert!(parse_delete(&["orders", "--drain", "--discard"]).is_err());
+        let d = parse_delete(&["orders", "--drain", "--unsubscribe"]).expect("parses");
+        assert!(d.unsubscribe && d.drain);
+        assert!(!parse_delete(&["orders"]).expect("parses").unsubscribe);
         assert!(parse_delete(&["orders", "--drain-timeout", "2m"]).is_err());
     }
 

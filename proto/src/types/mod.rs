@@ -7,7 +7,7 @@ pub mod secret;
 pub mod time;
 
 pub use message_id::MessageId;
-pub use object_key::{object_key, TopicName};
+pub use object_key::{object_key, SegmentName, TopicName};
 pub use record::{encode_record, RecordFields};
 pub use rule::{
     Compression, RuleConfig, RuleError, RuleSpecInput, StartPosition, SubscriptionKind,

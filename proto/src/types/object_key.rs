@@ -4,7 +4,10 @@
 //! only from what a closed segment already fixes, so a retry or a restart writes the very same
 //! key and a replay overwrites its object instead of adding a second one. The spool id (fixed
 //! for an ingester's data dir) keeps two ingesters of one Failover subscription from ever
-//! writing the same key with different contents.
+//! writing the same key with different contents. After the rule's `n`-th change of source
+//! (service URL, topic or subscription) the name ends `-s{n}` before the extension: the new
+//! source numbers its messages afresh (a fresh cluster starts again at ledger 0), so its first
+//! segment could otherwise get the very key of an object the old source filled.
 
 use chrono::{DateTime, Utc};
 
@@ -83,27 +86,36 @@ impl TopicName {
     }
 }
 
+/// Which of a segment's facts its object key is made of (besides the topic and the prefix).
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentName<'a> {
+    pub rule: &'a str,
+    pub window_start: DateTime<Utc>,
+    pub first_message_id: &'a MessageId,
+    pub spool_id: &'a str,
+    /// How many times the rule's source changed before the segment's messages were read.
+    pub source_changes: u32,
+    pub compression: Compression,
+}
+
 /// The object key of a sealed segment.
-pub fn object_key(
-    prefix: &str,
-    topic: &TopicName,
-    window_start: DateTime<Utc>,
-    rule: &str,
-    first_message_id: &MessageId,
-    spool_id: &str,
-    compression: Compression,
-) -> String {
+pub fn object_key(prefix: &str, topic: &TopicName, name: &SegmentName<'_>) -> String {
+    let source = if name.source_changes > 0 {
+        format!("-s{}", name.source_changes)
+    } else {
+        String::new()
+    };
     format!(
-        "{prefix}{}/{}/{}/{}/{}-{}-{}-{}{}",
+        "{prefix}{}/{}/{}/{}/{}-{}-{}-{}{source}{}",
         topic.tenant,
         topic.namespace,
         topic.topic,
-        window_start.format("%Y/%m/%d/%H"),
-        rule,
-        window_start.format("%Y%m%dT%H%M%SZ"),
-        first_message_id.file_stem(),
-        spool_id,
-        compression.extension(),
+        name.window_start.format("%Y/%m/%d/%H"),
+        name.rule,
+        name.window_start.format("%Y%m%dT%H%M%SZ"),
+        name.first_message_id.file_stem(),
+        name.spool_id,
+        name.compression.extension(),
     )
 }
 
@@ -137,13 +149,35 @@ mod tests {
             partition: -1,
             batch_index: 0,
         };
+        let name = SegmentName {
+            rule: "orders-bk",
+            window_start: start,
+            first_message_id: &id,
+            spool_id: "5f3a9c01",
+            source_changes: 0,
+            compression: Compression::Gzip,
+        };
         assert_eq!(
-            object_key("backup/", &topic, start, "orders-bk", &id, "5f3a9c01", Compression::Gzip),
+            object_key("backup/", &topic, &name),
             "backup/public/default/orders/2026/11/24/02/orders-bk-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl.gz"
         );
+        let name = SegmentName {
+            rule: "r1",
+            compression: Compression::None,
+            ..name
+        };
         assert_eq!(
-            object_key("", &topic, start, "r1", &id, "5f3a9c01", Compression::None),
+            object_key("", &topic, &name),
             "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl"
+        );
+        // A moved rule's first segment starts at the same id as its first one did: another key.
+        let moved = SegmentName {
+            source_changes: 2,
+            ..name
+        };
+        assert_eq!(
+            object_key("", &topic, &moved),
+            "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01-s2.jsonl"
         );
     }
 }

@@ -240,8 +240,7 @@ impl RuleSpecInput {
         validate_name(name)?;
         let service_url = required("service_url", &self.service_url)?;
         validate_service_url(service_url)?;
-        let topic =
-            TopicName::parse(required("topic", &self.topic)?).map_err(|m| invalid("topic", m))?;
+        let topic = validate_topic(required("topic", &self.topic)?)?;
         let subscription = required("subscription", &self.subscription)?;
         validate_subscription(subscription)?;
         let subscription_type = match self.subscription_type.as_deref() {
@@ -346,6 +345,35 @@ impl RuleConfig {
         }
     }
 
+    /// Whether both rules read one subscription: the same subscription name on the same topic
+    /// (names are full after validation) of the same cluster. Two such rules split the messages
+    /// between them, so only one may exist.
+    pub fn reads_subscription_of(&self, other: &RuleConfig) -> bool {
+        self.subscription == other.subscription
+            && self.topic == other.topic
+            && same_service_url(&self.service_url, &other.service_url)
+    }
+
+    /// Refuses `self` when one of `others` (not itself, by name) reads the same subscription.
+    pub fn check_no_shared_subscription<'a>(
+        &self,
+        others: impl IntoIterator<Item = &'a RuleConfig>,
+    ) -> Result<(), RuleError> {
+        let Some(other) = others
+            .into_iter()
+            .find(|o| o.name != self.name && o.reads_subscription_of(self))
+        else {
+            return Ok(());
+        };
+        Err(invalid(
+            "subscription",
+            format!(
+                "subscription {:?} on {} at {} is read by rule {:?} already: two rules on one subscription split its messages between them; give this rule its own --subscription",
+                self.subscription, self.topic, self.service_url, other.name
+            ),
+        ))
+    }
+
     pub fn topic_name(&self) -> TopicName {
         // Stored rules were validated, so the name parses; fall back to a literal split otherwise.
         TopicName::parse(&self.topic).unwrap_or_else(|_| TopicName {
@@ -355,6 +383,13 @@ impl RuleConfig {
             topic: self.topic.clone(),
         })
     }
+}
+
+/// Service URLs written differently for the same cluster: scheme and host are not case
+/// sensitive, a trailing `/` means nothing.
+fn same_service_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, RuleError> {
@@ -402,6 +437,45 @@ fn validate_service_url(url: &str) -> Result<(), RuleError> {
         ));
     }
     Ok(())
+}
+
+/// A persistent topic whose parts can be path parts of an object key.
+fn validate_topic(input: &str) -> Result<TopicName, RuleError> {
+    let topic = TopicName::parse(input).map_err(|m| invalid("topic", m))?;
+    if !topic.persistent {
+        // Without a cursor there is no redelivery and no acknowledgement to hold back: what the
+        // ingester has not spooled when it stops is gone, which a backup must never allow.
+        return Err(invalid(
+            "topic",
+            format!(
+                "topic {input:?} is non-persistent: the broker keeps no messages for it, so a \
+                 backup could neither resume nor prove it missed nothing; back up a \
+                 persistent:// topic"
+            ),
+        ));
+    }
+    for (what, part) in [
+        ("tenant", &topic.tenant),
+        ("namespace", &topic.namespace),
+        ("topic", &topic.topic),
+    ] {
+        if is_dot_part(part) {
+            return Err(invalid(
+                "topic",
+                format!(
+                    "topic {input:?} has the {what} {part:?}: \".\" and \"..\" cannot be path \
+                     parts of the object keys"
+                ),
+            ));
+        }
+    }
+    Ok(topic)
+}
+
+/// `.` and `..` mean "this" and "the parent" directory in a path: a key holding them names a
+/// different file in a `file://` store, and S3 clients and consoles normalise them differently.
+fn is_dot_part(part: &str) -> bool {
+    part == "." || part == ".."
 }
 
 fn validate_subscription(sub: &str) -> Result<(), RuleError> {
@@ -491,6 +565,12 @@ fn validate_prefix(prefix: &str) -> Result<(), RuleError> {
         return Err(invalid(
             "prefix",
             format!("prefix {prefix:?} must not start with \"/\" or hold empty path parts"),
+        ));
+    }
+    if prefix.split('/').any(is_dot_part) {
+        return Err(invalid(
+            "prefix",
+            format!("prefix {prefix:?} must not hold \".\" or \"..\" path parts"),
         ));
     }
     if prefix.len() > 512 || prefix.chars().any(char::is_control) {
@@ -797,6 +877,107 @@ mod tests {
         ];
         for (field, input) in cases {
             assert_eq!(field_of(input.clone()), field, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn non_persistent_topics_are_refused_naming_topic() {
+        let err = RuleSpecInput {
+            topic: Some("non-persistent://public/default/ticks".into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect_err("refused");
+        assert_eq!(err.field, "topic");
+        assert!(err.message.contains("non-persistent"), "{err}");
+        assert!(err.message.contains("persistent://"), "{err}");
+    }
+
+    #[test]
+    fn dot_path_parts_are_refused_in_prefix_and_topic() {
+        for prefix in ["./", "../", "a/./", "a/../b/", "backup/../"] {
+            let err = RuleSpecInput {
+                prefix: Some(prefix.into()),
+                ..valid_input()
+            }
+            .validate()
+            .expect_err(prefix);
+            assert_eq!(err.field, "prefix", "{prefix}: {err}");
+        }
+        // Dots inside a part are ordinary characters.
+        for prefix in ["a.b/", "..a/", "v1.2/x../"] {
+            let input = RuleSpecInput {
+                prefix: Some(prefix.into()),
+                ..valid_input()
+            };
+            assert!(input.validate().is_ok(), "{prefix}");
+        }
+        for topic in [
+            "persistent://./default/orders",
+            "persistent://public/../orders",
+            "persistent://public/default/..",
+            ".",
+            "..",
+        ] {
+            let err = RuleSpecInput {
+                topic: Some(topic.into()),
+                ..valid_input()
+            }
+            .validate()
+            .expect_err(topic);
+            assert_eq!(err.field, "topic", "{topic}: {err}");
+            assert!(err.message.contains("path part"), "{topic}: {err}");
+        }
+        let input = RuleSpecInput {
+            topic: Some("persistent://public/default/orders.v2".into()),
+            ..valid_input()
+        };
+        assert!(input.validate().is_ok());
+    }
+
+    #[test]
+    fn a_shared_subscription_is_refused_naming_it() {
+        let first = valid_input().validate().expect("valid");
+        let second = RuleSpecInput {
+            name: Some("orders-again".into()),
+            // The short name `orders` of the first, written in full.
+            topic: Some("persistent://public/default/orders".into()),
+            service_url: Some("pulsar://10.0.0.5:6650/".into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect("valid");
+        let err = second
+            .check_no_shared_subscription([&first])
+            .expect_err("same subscription");
+        assert_eq!(err.field, "subscription");
+        assert!(err.message.contains("\"orders-backup\""), "{err}");
+        // A rule does not clash with itself (an edit checks against every stored rule).
+        assert!(first.check_no_shared_subscription([&first]).is_ok());
+        for other in [
+            RuleSpecInput {
+                subscription: Some("other".into()),
+                ..valid_input()
+            },
+            RuleSpecInput {
+                topic: Some("payments".into()),
+                ..valid_input()
+            },
+            RuleSpecInput {
+                service_url: Some("pulsar://10.0.0.6:6650".into()),
+                ..valid_input()
+            },
+        ] {
+            let other = RuleSpecInput {
+                name: Some("other-rule".into()),
+                ..other
+            }
+            .validate()
+            .expect("valid");
+            assert!(
+                other.check_no_shared_subscription([&first]).is_ok(),
+                "{other:?}"
+            );
         }
     }
 

@@ -11,5 +11,6 @@ mod failover;
 mod harness_selftest;
 mod ops;
 mod resume;
+mod rules_edit;
 mod tls;
 mod util;
