@@ -85,6 +85,7 @@ pub fn rule_status_json(s: &RuleStatus) -> Value {
         "messages_acked": s.messages_acked,
         "quarantined_segments": s.quarantined_segments,
         "blocked_entries": s.blocked_entries,
+        "broker_backlog_messages": s.broker_backlog_known.then_some(s.broker_backlog_messages),
     })
 }
 

@@ -598,15 +598,19 @@ impl IngesterApp {
                 last_stored_at: fmt_ms(text.last_stored_at_ms),
                 last_error: text.last_error.clone(),
                 last_error_at: fmt_ms(text.last_error_at_ms),
-                backlog_age_ms: if spool.oldest_publish_ms > 0 {
-                    now.saturating_sub(spool.oldest_publish_ms)
-                } else {
-                    0
-                },
+                backlog_age_ms: backlog_age_ms(
+                    now,
+                    spool.oldest_publish_ms,
+                    RuleStats::get(&stats.reading_stopped_since_ms),
+                ),
                 segments_stored: RuleStats::get(&stats.segments_stored),
                 messages_acked: RuleStats::get(&stats.messages_acked),
                 quarantined_segments: quarantined,
                 blocked_entries: text.blocked.iter().map(|b| b.entry.clone()).collect(),
+                broker_backlog_messages: RuleStats::get(&stats.broker_backlog),
+                broker_backlog_known: stats
+                    .broker_backlog_known
+                    .load(std::sync::atomic::Ordering::Relaxed),
             });
         }
         Ok(v1::StatusReply {
@@ -902,6 +906,22 @@ fn spool_not_empty(old: &RuleConfig) -> IngesterError {
     ))
 }
 
+/// How far behind the backup is: the oldest spooled message's age, or, while the rule reads
+/// nothing from Pulsar, at least the time since it stopped (what waits there is older still).
+fn backlog_age_ms(now: u64, oldest_spooled_publish_ms: u64, reading_stopped_since_ms: u64) -> u64 {
+    let spooled = if oldest_spooled_publish_ms > 0 {
+        now.saturating_sub(oldest_spooled_publish_ms)
+    } else {
+        0
+    };
+    let waiting = if reading_stopped_since_ms > 0 {
+        now.saturating_sub(reading_stopped_since_ms)
+    } else {
+        0
+    };
+    spooled.max(waiting)
+}
+
 fn fmt_ms(ms: u64) -> String {
     if ms == 0 {
         String::new()
@@ -937,3 +957,28 @@ fn restrict_permissions(dir: &std::path::Path) {
 
 #[cfg(not(unix))]
 fn restrict_permissions(_dir: &std::path::Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::backlog_age_ms;
+
+    #[test]
+    fn the_lag_counts_what_waits_in_pulsar_while_nothing_is_read() {
+        let now = 1_000_000;
+        assert_eq!(backlog_age_ms(now, 0, 0), 0, "caught up");
+        assert_eq!(
+            backlog_age_ms(now, now - 4_000, 0),
+            4_000,
+            "the oldest spooled message"
+        );
+        // Paused (or disconnected, or blocked) a minute ago with an empty spool: a minute.
+        assert_eq!(backlog_age_ms(now, 0, now - 60_000), 60_000);
+        // Whichever is older.
+        assert_eq!(backlog_age_ms(now, now - 90_000, now - 60_000), 90_000);
+        assert_eq!(
+            backlog_age_ms(now, now + 5, now + 5),
+            0,
+            "clocks a little apart"
+        );
+    }
+}

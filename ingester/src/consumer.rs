@@ -162,6 +162,7 @@ impl RuleTask {
                     _ = self.stop.changed() => break None,
                     _ = tick.tick() => {
                         self.close_if_due(false).await;
+                        self.note_reading(false);
                         if connecting_since.elapsed() > SLOW_CONNECT && continuity.outage_since_ms.is_none() {
                             // A broker that holds the connection without answering is an outage too.
                             let message = format!(
@@ -239,7 +240,10 @@ impl RuleTask {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = self.stop.changed() => break,
-                    _ = tick.tick() => { self.close_if_due(false).await; }
+                    _ = tick.tick() => {
+                        self.close_if_due(false).await;
+                        self.note_reading(false);
+                    }
                     cmd = self.commands.recv() => match cmd {
                         Some(cmd) => { self.handle_command(cmd, None).await; }
                         None => return,
@@ -285,6 +289,16 @@ impl RuleTask {
         self.start_applied = true;
         if let Err(err) = self.rules.mark_start_applied(&self.rule.name) {
             warn!(rule = %self.rule.name, error = %err, "could not record that the start position was applied");
+        }
+    }
+
+    /// Keeps `reading_stopped_since_ms` (the lag's lower bound while nothing is read).
+    fn note_reading(&self, reading: bool) {
+        let since = &self.stats.reading_stopped_since_ms;
+        if reading {
+            since.store(0, Ordering::Relaxed);
+        } else if since.load(Ordering::Relaxed) == 0 {
+            since.store(proto::types::time::now_millis(), Ordering::Relaxed);
         }
     }
 
@@ -346,11 +360,20 @@ impl RuleTask {
                     }
                     self.close_if_due(false).await;
                     self.redeliver_due(consumers).await;
+                    let blocked = consumers.parts.iter().any(|p| p.fault.as_ref().is_some_and(DecodeFault::blocked));
+                    self.note_reading(!self.paused && !blocked && self.stats.connected.load(Ordering::Relaxed));
                     if ticks.is_multiple_of(CONNECTION_CHECK_EVERY) {
                         let ok = consumers.check_connections().await;
                         self.stats.connected.store(ok, Ordering::Relaxed);
                         if ok {
                             self.outage_ended(continuity);
+                            match consumers.broker_backlog().await {
+                                Some(backlog) => {
+                                    self.stats.broker_backlog.store(backlog, Ordering::Relaxed);
+                                    self.stats.broker_backlog_known.store(true, Ordering::Relaxed);
+                                }
+                                None => self.stats.broker_backlog_known.store(false, Ordering::Relaxed),
+                            }
                         } else {
                             let message = format!("lost the connection to Pulsar at {}", self.rule.service_url);
                             self.stats.set_error(&message);

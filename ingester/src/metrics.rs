@@ -126,8 +126,19 @@ pub fn render(status: &v1::StatusReply, upload_failures: &[(String, u64)]) -> St
     }
     registry.register(
         "backlog_age_seconds",
-        "Age of the oldest message not yet acknowledged (publish time)",
+        "How far behind the backup is: age of the oldest message not yet stored, counting what waits in Pulsar (at least the time since the rule stopped reading while it is paused, disconnected or blocked)",
         backlog,
+    );
+    let broker_backlog = Family::<Labels, Gauge>::default();
+    for r in status.rules.iter().filter(|r| r.broker_backlog_known) {
+        broker_backlog
+            .get_or_create(&rule(&r.name))
+            .set(clamp(r.broker_backlog_messages));
+    }
+    registry.register(
+        "broker_backlog_messages",
+        "Messages the rule's subscription holds on the broker, as it last said (spooled but unacknowledged ones included)",
+        broker_backlog,
     );
 
     let state = Family::<Labels, Gauge>::default();

@@ -301,6 +301,22 @@ impl RuleConsumers {
         true
     }
 
+    /// The messages the broker holds for this subscription over every partition (its backlog,
+    /// which includes what is spooled but not yet acknowledged); `None` if a broker does not say.
+    pub async fn broker_backlog(&mut self) -> Option<u64> {
+        let mut total = 0u64;
+        for part in &mut self.parts {
+            let stats = tokio::time::timeout(Duration::from_secs(3), part.consumer.get_stats())
+                .await
+                .ok()?
+                .ok()?;
+            for s in stats {
+                total = total.saturating_add(s.msg_backlog?);
+            }
+        }
+        Some(total)
+    }
+
     /// Closes every consumer (bounded: see [`CLOSE_TIMEOUT`]).
     pub async fn close(mut self) {
         for part in &mut self.parts {

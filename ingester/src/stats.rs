@@ -16,6 +16,13 @@ pub struct RuleStats {
     pub upload_failures: AtomicU64,
     /// Messages published before a timestamp start, left out (see `consumer.rs`).
     pub before_start_dropped: AtomicU64,
+    /// Since when the rule reads nothing from Pulsar (paused, disconnected, or a partition
+    /// blocked); 0 while it reads. What waits in Pulsar is at least this old.
+    pub reading_stopped_since_ms: AtomicU64,
+    /// The subscription's backlog on the broker as last reported (messages), and whether one
+    /// was reported at all.
+    pub broker_backlog: AtomicU64,
+    pub broker_backlog_known: AtomicBool,
     text: Mutex<TextStats>,
 }
 

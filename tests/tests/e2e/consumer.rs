@@ -162,3 +162,74 @@ async fn a_timestamp_start_on_a_partitioned_topic_backs_up_from_then_on() -> any
     assert_eq!(report.records, new.len(), "{report:?}");
     Ok(())
 }
+
+/// The lag counts what waits in Pulsar: it grows while the rule is paused and while the broker is
+/// down (it read 0 in both cases before), and the broker's own backlog count is shown where the
+/// broker reports one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_counts_what_waits_in_pulsar_while_paused_or_disconnected() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let rule = "lagging";
+    let topic = unique_topic("lagging");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule(rule, &topic, &["--window", "1s"])?;
+    eventually("the rule to connect", Duration::from_secs(60), || {
+        let status = stack.rule_status(rule)?;
+        Ok((status["consumer_connected"] == true).then_some(()))
+    })
+    .await?;
+    stack.ctl_json(&["rule", "pause", rule])?;
+    let messages = sample_messages(700, 12);
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+
+    let status = eventually(
+        "the lag to show the paused backlog",
+        Duration::from_secs(60),
+        || {
+            let status = stack.rule_status(rule)?;
+            let age = status["backlog_age_ms"].as_u64().unwrap_or(0);
+            Ok((age >= 3_000).then_some(status))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", stack.rule_status(rule)))?;
+    assert_eq!(
+        status["spooled_messages"], 0,
+        "nothing read while paused: {status}"
+    );
+    // The broker's own count, where it answers consumer stats (pulsar-lite does not: null).
+    let waiting = &status["broker_backlog_messages"];
+    assert!(
+        waiting.is_null() || waiting.as_u64().is_some_and(|n| n >= 700),
+        "{status}"
+    );
+
+    stack.pulsar.kill();
+    let before = stack.rule_status(rule)?["backlog_age_ms"]
+        .as_u64()
+        .unwrap_or(0);
+    eventually(
+        "the lag to keep growing with the broker down",
+        Duration::from_secs(30),
+        || {
+            let age = stack.rule_status(rule)?["backlog_age_ms"]
+                .as_u64()
+                .unwrap_or(0);
+            Ok((age >= before + 2_000).then_some(()))
+        },
+    )
+    .await?;
+
+    stack.pulsar.restart().await?;
+    stack.ctl_json(&["rule", "resume", rule])?;
+    stack
+        .wait_until_stored(rule, &messages, Duration::from_secs(120))
+        .await?;
+    eventually("the lag to fall back", Duration::from_secs(60), || {
+        let status = stack.rule_status(rule)?;
+        let age = status["backlog_age_ms"].as_u64().unwrap_or(u64::MAX);
+        Ok((age < 3_000).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
