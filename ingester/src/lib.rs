@@ -68,6 +68,9 @@ pub async fn run(
     });
     if require_token.is_enabled() {
         info!("control-plane token required on every gRPC call");
+    } else if !proto::auth::is_loopback(addr) {
+        // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
+        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can change rules and commit segments");
     }
     let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);

@@ -71,6 +71,30 @@ pub fn load_token_file(path: &std::path::Path) -> Result<Secret, String> {
     Ok(Secret::new(token))
 }
 
+/// Whether `addr` can only be reached from this host (127.0.0.0/8, ::1, or ::ffff:127.x).
+pub fn is_loopback(addr: std::net::SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Guarantee 7: a control plane reachable beyond loopback needs a token, unless the config
+/// says `allow_unauthenticated = true` (something else, e.g. a firewall, guards the port).
+/// The error names the address and both keys that would let the daemon start.
+pub fn check_listen_exposure(
+    listen: std::net::SocketAddr,
+    token_configured: bool,
+    allow_unauthenticated: bool,
+) -> Result<(), String> {
+    if token_configured || allow_unauthenticated || is_loopback(listen) {
+        return Ok(());
+    }
+    Err(format!(
+        "listen {listen} is reachable beyond loopback but no auth_token_file is set, so anyone \
+         who reaches the port could use the control plane; set auth_token_file (and give ctl \
+         the same file with --token-file), listen on 127.0.0.1, or set \
+         allow_unauthenticated = true if something else guards the port"
+    ))
+}
+
 /// Server side: refuses calls without the right `authorization` header. Without a token
 /// configured every call passes (single-host setups on loopback).
 #[derive(Clone, Default)]
@@ -194,6 +218,32 @@ mod tests {
         assert_eq!(validate_token("a b"), Err(TokenError::NotHeaderSafe));
         assert_eq!(validate_token("tök"), Err(TokenError::NotHeaderSafe));
         assert_eq!(validate_token("eyJ.abc-_=+/"), Ok(()));
+    }
+
+    #[test]
+    fn a_control_plane_beyond_loopback_needs_a_token_or_an_opt_out() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().expect("literal");
+        for open in [
+            "127.0.0.1:7601",
+            "127.3.4.5:0",
+            "[::1]:7601",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(
+                check_listen_exposure(addr(open), false, false).is_ok(),
+                "{open}"
+            );
+        }
+        for exposed in ["0.0.0.0:7601", "10.0.0.21:7601", "[::]:7601", "[fe80::1]:1"] {
+            let err = check_listen_exposure(addr(exposed), false, false).expect_err(exposed);
+            assert!(
+                err.contains("auth_token_file") && err.contains("allow_unauthenticated"),
+                "{err}"
+            );
+            assert!(err.contains(exposed), "{err}");
+            assert!(check_listen_exposure(addr(exposed), true, false).is_ok());
+            assert!(check_listen_exposure(addr(exposed), false, true).is_ok());
+        }
     }
 
     fn call(server: &mut RequireToken, client: &mut SendToken) -> Result<(), Status> {

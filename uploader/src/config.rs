@@ -106,6 +106,11 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
+    /// Start without auth_token_file although `listen` is not a loopback address. Only for a
+    /// port that something else guards (a firewall, a private network). [default: false]
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ALLOW_UNAUTHENTICATED", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub allow_unauthenticated: Option<bool>,
     /// Address for the Prometheus endpoint `GET /metrics`, e.g. 127.0.0.1:7612; empty turns it
     /// off [default: off].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_METRICS_LISTEN", value_name = "ADDR")]
@@ -152,6 +157,7 @@ struct FileConfig {
     max_backoff: Option<String>,
     log_format: Option<String>,
     auth_token_file: Option<PathBuf>,
+    allow_unauthenticated: Option<bool>,
     metrics_listen: Option<String>,
     ingester_ca: Option<PathBuf>,
     ingester_tls_domain: Option<String>,
@@ -272,6 +278,8 @@ pub struct UploaderConfig {
     pub credentials: Credentials,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
+    /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
+    pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
     /// TLS to the ingester (`ingester` is https://): its CA and name, read and checked at start-up.
     pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
@@ -452,6 +460,21 @@ impl UploaderConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let allow_unauthenticated = args
+            .allow_unauthenticated
+            .or(file.allow_unauthenticated)
+            .unwrap_or(false);
+        proto::auth::check_listen_exposure(
+            listen,
+            auth_token_file.is_some(),
+            allow_unauthenticated,
+        )
+        .map_err(|m| {
+            UploadError::config(
+                "listen",
+                m.strip_prefix("listen ").unwrap_or(&m).to_string(),
+            )
+        })?;
 
         let ingester_tls = ingester_tls(
             &ingester,
@@ -467,6 +490,7 @@ impl UploaderConfig {
             ingester_tls,
             tls,
             auth_token_file,
+            allow_unauthenticated,
             metrics_listen,
             ingester,
             listen,
@@ -613,6 +637,7 @@ mod tests {
         let file = r#"
             ingester = "http://ingester:7601"
             listen = "0.0.0.0:9000"
+            allow_unauthenticated = true
             state_dir = "/var/lib/up"
             endpoint = "http://127.0.0.1:9000"
             path_style = true
@@ -791,6 +816,47 @@ mod tests {
         let c = build(&[], Some(include_str!("../../examples/uploader-s3.toml"))).expect("valid");
         assert!(c.path_style);
         assert!(c.endpoint.is_some());
+    }
+
+    #[test]
+    fn listen_beyond_loopback_needs_a_token_file_or_allow_unauthenticated() {
+        let err = build(&["--listen", "0.0.0.0:7602"], None).expect_err("open control plane");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                UploadError::Config {
+                    field: "listen",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.0.0.0:7602")
+                && text.contains("auth_token_file")
+                && text.contains("allow_unauthenticated"),
+            "{text}"
+        );
+        let c = build(
+            &["--listen", "0.0.0.0:7602", "--auth-token-file", "/etc/t"],
+            None,
+        )
+        .expect("a token file");
+        assert!(!c.allow_unauthenticated);
+        let c =
+            build(&["--listen", "[::]:7602", "--allow-unauthenticated"], None).expect("opt-out");
+        assert!(c.allow_unauthenticated);
+        let file = "listen = \"10.0.0.22:7602\"\nallow_unauthenticated = true\n";
+        assert!(
+            build(&[], Some(file))
+                .expect("opt-out in the file")
+                .allow_unauthenticated
+        );
+        assert_eq!(
+            field_of(build(&["--allow-unauthenticated=false"], Some(file))),
+            "listen"
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub async fn run(
     });
     if token.require.is_enabled() {
         tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
+    } else if !proto::auth::is_loopback(addr) {
+        // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
+        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can read the uploader's status");
     }
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

@@ -9,5 +9,6 @@ mod failover;
 mod harness_selftest;
 mod ops;
 mod resume;
+mod security;
 mod tls;
 mod util;
