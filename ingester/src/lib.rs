@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod commit_check;
 pub mod config;
 pub mod consumer;
 pub mod cutter;

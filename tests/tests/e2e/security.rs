@@ -166,3 +166,123 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
     );
     Ok(())
 }
+
+/// The first sealed segment of `rule`, flushing until there is one.
+async fn first_sealed(
+    stack: &Stack,
+    client: &mut proto::IngesterClient<tonic::transport::Channel>,
+    rule: &str,
+) -> anyhow::Result<v1::SegmentInfo> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sealed = client
+            .list_sealed(v1::ListSealedRequest {
+                max: 10,
+                wait_ms: 500,
+            })
+            .await?
+            .into_inner()
+            .segments;
+        if let Some(seg) = sealed.into_iter().find(|s| s.rule == rule) {
+            return Ok(seg);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "no sealed segment of {rule}:\n{}",
+                stack.log_tail("ingester.log")
+            );
+        }
+        let _ = stack.ctl(&["rule", "flush", rule]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_must_name_the_sealed_object_key_size_and_checksum() -> anyhow::Result<()> {
+    // No uploader: this test is the uploader, over the real gRPC API.
+    let mut stack = Stack::services().await?;
+    stack.start_ingester().await?;
+    let topic = unique_topic("commit-check");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule("commit-bk", &topic, &["--window", "1h"])?;
+    let messages = sample_messages(40, 3);
+    produce(&stack.pulsar.url(), &full_topic, &messages, false).await?;
+    let channel = Endpoint::from_shared(stack.ingester_url())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut client = proto::IngesterClient::new(channel);
+    let seg = first_sealed(&stack, &mut client, "commit-bk").await?;
+
+    let commit = |object_key: &str| v1::CommitSegmentRequest {
+        rule: seg.rule.clone(),
+        segment_no: seg.segment_no,
+        object_key: object_key.to_string(),
+        etag: "\"etag\"".into(),
+        upload_ms: 1,
+        attempts: 1,
+        file_bytes: seg.file_bytes,
+        content_crc32c: seg.content_crc32c.clone(),
+    };
+    // Nothing was stored: a commit that names no object must not free the segment.
+    let status = client
+        .commit_segment(commit(""))
+        .await
+        .expect_err("a commit without an object key is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("object_key"), "{status:?}");
+    let status = client
+        .commit_segment(commit("elsewhere/x.jsonl.gz"))
+        .await
+        .expect_err("another key is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("object_key"), "{status:?}");
+    let status = client
+        .commit_segment(v1::CommitSegmentRequest {
+            file_bytes: seg.file_bytes + 1,
+            ..commit(&seg.object_key)
+        })
+        .await
+        .expect_err("another size is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("file_bytes"), "{status:?}");
+    let status = client
+        .commit_segment(v1::CommitSegmentRequest {
+            content_crc32c: String::new(),
+            ..commit(&seg.object_key)
+        })
+        .await
+        .expect_err("a commit without a checksum is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("content_crc32c"), "{status:?}");
+    let status = client
+        .commit_segment(v1::CommitSegmentRequest {
+            content_crc32c: "00000000".into(),
+            ..commit(&seg.object_key)
+        })
+        .await
+        .expect_err("another checksum is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("content_crc32c"), "{status:?}");
+
+    // Still sealed, nothing acknowledged.
+    let rule = stack.rule_status("commit-bk")?;
+    assert_eq!(rule["messages_acked"], 0, "{rule}");
+    assert_eq!(rule["sealed_segments"], 1, "{rule}");
+
+    let outcome = client
+        .commit_segment(commit(&seg.object_key))
+        .await?
+        .into_inner()
+        .outcome;
+    assert_eq!(outcome, "committed");
+    eventually(
+        "the committed segment to be acknowledged",
+        Duration::from_secs(60),
+        || {
+            let rule = stack.rule_status("commit-bk")?;
+            Ok((rule["messages_acked"].as_u64() == Some(seg.messages)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
