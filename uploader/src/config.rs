@@ -51,6 +51,16 @@ pub struct Args {
     /// Store for every rule: http(s)://host:port (S3-compatible) or file://DIR (embedded).
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// S3 endpoints a rule's own `endpoint` may name, comma-separated (e.g.
+    /// https://minio.internal:9000). Only used without `endpoint`; a rule naming any other
+    /// endpoint fails to upload and says so. The COS endpoint of a rule's own region needs no
+    /// listing; a file:// endpoint never comes from a rule. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_ALLOWED_ENDPOINTS",
+        value_name = "URL,..."
+    )]
+    pub allowed_endpoints: Option<String>,
     /// Path-style addressing for non-COS endpoints [default: false].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PATH_STYLE", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
@@ -146,6 +156,7 @@ struct FileConfig {
     listen: Option<String>,
     state_dir: Option<PathBuf>,
     endpoint: Option<String>,
+    allowed_endpoints: Option<ListOrText>,
     path_style: Option<bool>,
     request_checksum: Option<String>,
     payload_signing: Option<String>,
@@ -180,6 +191,27 @@ impl NumberOrText {
             NumberOrText::Text(t) => t,
         }
     }
+}
+
+/// `allowed_endpoints = ["https://a", "https://b"]` or `"https://a,https://b"` (like the flag).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListOrText {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl ListOrText {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            ListOrText::List(list) => list,
+            ListOrText::Text(text) => split_list(&text),
+        }
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(|s| s.trim().to_string()).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +296,8 @@ pub struct UploaderConfig {
     pub state_dir: PathBuf,
     /// Overrides every rule's store when set.
     pub endpoint: Option<StoreEndpoint>,
+    /// Without `endpoint`: the S3 endpoints a rule may name (normalized URLs).
+    pub allowed_endpoints: Vec<String>,
     pub path_style: bool,
     pub request_checksum: ChecksumChoice,
     pub payload_signing: PayloadSigning,
@@ -347,6 +381,15 @@ impl UploaderConfig {
             ),
             _ => None,
         };
+        let allowed_endpoints = match args.allowed_endpoints {
+            Some(text) => split_list(&text),
+            None => file
+                .allowed_endpoints
+                .map(ListOrText::into_list)
+                .unwrap_or_default(),
+        };
+        let allowed_endpoints = crate::store::parse_allowed_endpoints(&allowed_endpoints)
+            .map_err(|m| UploadError::config("allowed_endpoints", m))?;
         let path_style = args.path_style.or(file.path_style).unwrap_or(false);
         let read_local = args.read_local.or(file.read_local).unwrap_or(true);
         let request_checksum = match args.request_checksum.or(file.request_checksum) {
@@ -496,6 +539,7 @@ impl UploaderConfig {
             listen,
             state_dir,
             endpoint,
+            allowed_endpoints,
             path_style,
             request_checksum,
             payload_signing,
@@ -856,6 +900,42 @@ mod tests {
         assert_eq!(
             field_of(build(&["--allow-unauthenticated=false"], Some(file))),
             "listen"
+        );
+    }
+
+    #[test]
+    fn allowed_endpoints_from_flag_env_or_file_and_never_file_urls() {
+        assert!(build(&[], None)
+            .expect("defaults")
+            .allowed_endpoints
+            .is_empty());
+        let c = build(
+            &[
+                "--allowed-endpoints",
+                "https://a.example:9000/, http://b:9000",
+            ],
+            None,
+        )
+        .expect("a list");
+        assert_eq!(
+            c.allowed_endpoints,
+            vec!["https://a.example:9000".to_string(), "http://b:9000".into()]
+        );
+        let c = build(
+            &[],
+            Some("allowed_endpoints = [\"https://a\", \"https://b\"]\n"),
+        )
+        .expect("a TOML array");
+        assert_eq!(c.allowed_endpoints.len(), 2);
+        let c = build(&[], Some("allowed_endpoints = \"https://a\"\n")).expect("a string");
+        assert_eq!(c.allowed_endpoints, vec!["https://a".to_string()]);
+        assert_eq!(
+            field_of(build(&["--allowed-endpoints", "file:///tmp/x"], None)),
+            "allowed_endpoints"
+        );
+        assert_eq!(
+            field_of(build(&[], Some("allowed_endpoints = [\"s3.example\"]\n"))),
+            "allowed_endpoints"
         );
     }
 

@@ -286,3 +286,125 @@ async fn a_commit_must_name_the_sealed_object_key_size_and_checksum() -> anyhow:
     .await?;
     Ok(())
 }
+
+/// The `upload_failed` entries of `rule`'s history.
+fn upload_failures(stack: &Stack, rule: &str) -> anyhow::Result<Vec<String>> {
+    let logs = stack.ctl_json(&["logs", rule, "--failed", "--limit", "100"])?;
+    Ok(logs["entries"]
+        .as_array()
+        .with_context(|| format!("no entries: {logs}"))?
+        .iter()
+        .filter(|e| e["kind"] == "upload_failed")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_endpoint_is_used_only_when_the_uploader_allows_it_and_never_file(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.uploader_without_endpoint = true;
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let s3_endpoint = stack.s3.endpoint();
+    let elsewhere = stack.path("somewhere-on-the-uploader-host");
+    let file_endpoint = format!("file://{}", elsewhere.display());
+
+    let topic = unique_topic("endpoints");
+    let full_topic = format!("persistent://public/default/{topic}");
+    // create_rule names the S3 server as the rule's endpoint.
+    stack.create_rule("s3-rule", &topic, &["--subscription", "s3-sub"])?;
+    stack.create_rule(
+        "file-rule",
+        &topic,
+        &["--subscription", "file-sub", "--endpoint", &file_endpoint],
+    )?;
+    let messages = sample_messages(30, 5);
+    produce(&stack.pulsar.url(), &full_topic, &messages, false).await?;
+
+    // Neither endpoint is the uploader's to use: both rules report why, naming the key.
+    for (rule, says) in [("s3-rule", "allowed_endpoints"), ("file-rule", "file://")] {
+        let failures = eventually(
+            &format!("{rule}'s refused endpoint in its history"),
+            Duration::from_secs(90),
+            || {
+                let _ = stack.ctl(&["rule", "flush", rule]);
+                let failures = upload_failures(&stack, rule)?;
+                Ok((!failures.is_empty()).then_some(failures))
+            },
+        )
+        .await
+        .with_context(|| stack.log_tail("uploader.log"))?;
+        assert!(
+            failures.iter().all(|f| f.contains(says)),
+            "{rule}: {failures:?}"
+        );
+        let status = stack.rule_status(rule)?;
+        assert_eq!(status["messages_acked"], 0, "{status}");
+        assert!(
+            status["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(says),
+            "{status}"
+        );
+    }
+    assert!(
+        harness::read_all(&stack.s3.client(), crate::util::BUCKET, "")
+            .await?
+            .is_empty(),
+        "nothing may be written to a rule endpoint the uploader does not allow"
+    );
+    assert!(
+        !elsewhere.exists(),
+        "a rule made the uploader write to {file_endpoint}"
+    );
+
+    // Listed in allowed_endpoints, the S3 rule's endpoint is used; file:// still never is.
+    stack.uploader.take();
+    stack.uploader_extra.args = vec!["--allowed-endpoints".into(), s3_endpoint.clone()];
+    stack.start_uploader().await?;
+    stack
+        .wait_until_stored("s3-rule", &messages, Duration::from_secs(120))
+        .await?;
+    let before = upload_failures(&stack, "file-rule")?.len();
+    eventually(
+        "another refusal of the file:// endpoint",
+        Duration::from_secs(90),
+        || {
+            let _ = stack.ctl(&["rule", "flush", "file-rule"]);
+            Ok((upload_failures(&stack, "file-rule")?.len() > before).then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        !elsewhere.exists(),
+        "a rule made the uploader write to {file_endpoint}"
+    );
+    let status = stack.rule_status("file-rule")?;
+    assert_eq!(status["messages_acked"], 0, "{status}");
+
+    // A file:// entry in the list is a configuration error, naming the key.
+    stack.uploader.take();
+    let mut uploader = Daemon::spawn(
+        "tdmq-backup-uploader",
+        &[
+            "--ingester".to_string(),
+            stack.ingester_url(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            stack.path("uploader").to_string_lossy().into_owned(),
+            "--allowed-endpoints".into(),
+            format!("{s3_endpoint},{file_endpoint}"),
+        ],
+        &[],
+        stack.path("uploader-file-listed.log"),
+    )?;
+    let log = expect_refusal(&mut uploader).await?;
+    assert!(
+        log.contains("allowed_endpoints") && log.contains("file://"),
+        "{log}"
+    );
+    Ok(())
+}
