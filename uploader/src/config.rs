@@ -95,6 +95,15 @@ pub struct Args {
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_READ_LOCAL", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
     pub read_local: Option<bool>,
+    /// The ingester's data_dir as this host sees it: with read_local, sealed files are read
+    /// only from its segments/ directory (symlinks resolved). Unset: any path shaped like a
+    /// sealed file; symlinks in place of the file are refused either way. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_INGESTER_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub ingester_data_dir: Option<PathBuf>,
     /// Multipart part size, e.g. 8MiB or 16MB; at least 5MiB [default: 8MiB].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PART_SIZE")]
     pub part_size: Option<String>,
@@ -163,6 +172,7 @@ struct FileConfig {
     region: Option<String>,
     concurrency: Option<NumberOrText>,
     read_local: Option<bool>,
+    ingester_data_dir: Option<PathBuf>,
     part_size: Option<NumberOrText>,
     multipart_threshold: Option<NumberOrText>,
     max_backoff: Option<String>,
@@ -305,6 +315,8 @@ pub struct UploaderConfig {
     pub concurrency: usize,
     /// Sealed files the ingester names are read from this host's disk when they open.
     pub read_local: bool,
+    /// Where the ingester keeps sealed files on this host, if configured (absolute).
+    pub ingester_data_dir: Option<PathBuf>,
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub max_backoff: Duration,
@@ -392,6 +404,19 @@ impl UploaderConfig {
             .map_err(|m| UploadError::config("allowed_endpoints", m))?;
         let path_style = args.path_style.or(file.path_style).unwrap_or(false);
         let read_local = args.read_local.or(file.read_local).unwrap_or(true);
+        let ingester_data_dir = args
+            .ingester_data_dir
+            .or(file.ingester_data_dir)
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = &ingester_data_dir {
+            // The ingester names absolute paths; a relative one here would depend on the cwd.
+            if !dir.is_absolute() {
+                return Err(UploadError::config(
+                    "ingester_data_dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
         let request_checksum = match args.request_checksum.or(file.request_checksum) {
             Some(text) if !text.trim().is_empty() => ChecksumChoice::parse(&text)
                 .map_err(|m| UploadError::config("request_checksum", m))?,
@@ -546,6 +571,7 @@ impl UploaderConfig {
             region,
             concurrency,
             read_local,
+            ingester_data_dir,
             part_size,
             multipart_threshold,
             max_backoff,
@@ -936,6 +962,24 @@ mod tests {
         assert_eq!(
             field_of(build(&[], Some("allowed_endpoints = [\"s3.example\"]\n"))),
             "allowed_endpoints"
+        );
+    }
+
+    #[test]
+    fn ingester_data_dir_is_optional_and_absolute() {
+        assert_eq!(build(&[], None).expect("defaults").ingester_data_dir, None);
+        let c = build(
+            &[],
+            Some("ingester_data_dir = \"/var/lib/tdmq-backup/ingester\"\n"),
+        )
+        .expect("absolute");
+        assert_eq!(
+            c.ingester_data_dir,
+            Some(PathBuf::from("/var/lib/tdmq-backup/ingester"))
+        );
+        assert_eq!(
+            field_of(build(&["--ingester-data-dir", "ingester-data"], None)),
+            "ingester_data_dir"
         );
     }
 

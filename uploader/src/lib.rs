@@ -67,7 +67,8 @@ pub async fn run(
         stores: StoreRouter::new(settings),
         status: status.clone(),
         journal: multipart::Journal::new(config.state_dir()),
-        local_reads: LocalReads::new(config.read_local),
+        local_reads: LocalReads::new(config.read_local)
+            .with_ingester_data_dir(config.ingester_data_dir.clone()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 

@@ -362,11 +362,23 @@ async fn a_rule_endpoint_is_used_only_when_the_uploader_allows_it_and_never_file
 
     // Listed in allowed_endpoints, the S3 rule's endpoint is used; file:// still never is.
     stack.uploader.take();
-    stack.uploader_extra.args = vec!["--allowed-endpoints".into(), s3_endpoint.clone()];
+    // With ingester_data_dir naming the ingester's data_dir, sealed files are still read here.
+    stack.uploader_extra.args = vec![
+        "--allowed-endpoints".into(),
+        s3_endpoint.clone(),
+        "--ingester-data-dir".into(),
+        stack.path("ingester").to_string_lossy().into_owned(),
+    ];
     stack.start_uploader().await?;
     stack
         .wait_until_stored("s3-rule", &messages, Duration::from_secs(120))
         .await?;
+    let sources =
+        harness::stored_segment_sources(&std::fs::read_to_string(stack.path("uploader.log"))?);
+    assert!(
+        sources.iter().any(|s| s == "local_file"),
+        "sealed files under ingester_data_dir were not read locally: {sources:?}"
+    );
     let before = upload_failures(&stack, "file-rule")?.len();
     eventually(
         "another refusal of the file:// endpoint",
