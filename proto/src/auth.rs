@@ -95,6 +95,33 @@ pub fn check_listen_exposure(
     ))
 }
 
+/// Whether a token sent to `url` would cross the network unencrypted: a plain `http://` URL whose
+/// host is not loopback (`localhost`, 127.0.0.0/8, `[::1]`). Callers warn; they still send it,
+/// as some deployments encrypt the network underneath (a VPN, a service mesh).
+pub fn token_travels_in_clear(url: &str) -> bool {
+    let url = url.trim();
+    let Some(rest) = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .and_then(|_| url.get(7..))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return false;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.to_canonical().is_loopback(),
+        Err(_) => true,
+    }
+}
+
 /// Server side: refuses calls without the right `authorization` header. Without a token
 /// configured every call passes (single-host setups on loopback).
 #[derive(Clone, Default)]
@@ -243,6 +270,30 @@ mod tests {
             assert!(err.contains(exposed), "{err}");
             assert!(check_listen_exposure(addr(exposed), true, false).is_ok());
             assert!(check_listen_exposure(addr(exposed), false, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn tokens_travel_in_clear_over_http_beyond_loopback_only() {
+        for clear in [
+            "http://10.0.0.21:7601",
+            "http://ingester.internal:7601/",
+            "HTTP://192.0.2.1",
+            "http://[fe80::1]:7601",
+            "http://user@10.0.0.1:1",
+        ] {
+            assert!(token_travels_in_clear(clear), "{clear}");
+        }
+        for safe in [
+            "http://127.0.0.1:7601",
+            "http://localhost:7601",
+            "http://LOCALHOST",
+            "http://[::1]:7601",
+            "http://127.9.9.9",
+            "https://10.0.0.21:7601",
+            "https://ingester.internal",
+        ] {
+            assert!(!token_travels_in_clear(safe), "{safe}");
         }
     }
 

@@ -80,6 +80,10 @@ pub async fn run(
         tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, status.clone()))
     });
+    if token.require.is_enabled() && proto::auth::token_travels_in_clear(&config.ingester) {
+        // Still sent: the network underneath may be encrypted (a VPN, a service mesh).
+        tracing::warn!(ingester = %config.ingester, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
+    }
     if token.require.is_enabled() {
         tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
     } else if !proto::auth::is_loopback(addr) {

@@ -420,3 +420,107 @@ async fn a_rule_endpoint_is_used_only_when_the_uploader_allows_it_and_never_file
     );
     Ok(())
 }
+
+/// An address no packet reaches (TEST-NET-1): what a token is sent to does not need to answer
+/// for the warning to be due.
+const FAR_INGESTER: &str = "http://192.0.2.1:7601";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sent_over_plain_http_beyond_loopback_is_warned_about() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let control = dir.path().join("control.token");
+    std::fs::write(&control, "ctl-tok-clear-7Hq-never-shown\n")?;
+    let control = control.to_string_lossy().into_owned();
+    let pulsar = dir.path().join("pulsar.token");
+    std::fs::write(&pulsar, "pulsar-tok-clear-3Xa-never-shown\n")?;
+    let pulsar = pulsar.to_string_lossy().into_owned();
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // ctl: the control-plane token to a far ingester over http://.
+    let out = harness::ctl(&[
+        "--ingester",
+        FAR_INGESTER,
+        "--uploader",
+        "http://127.0.0.1:9",
+        "--token-file",
+        &control,
+        "rule",
+        "list",
+    ]);
+    let said = text(&out);
+    assert!(
+        said.contains("warning") && said.contains("unencrypted") && said.contains(FAR_INGESTER),
+        "{said}"
+    );
+    assert!(!said.contains("never-shown"), "{said}");
+    // ctl: a rule's Pulsar token, even without a control-plane token.
+    let out = harness::ctl(&[
+        "--ingester",
+        FAR_INGESTER,
+        "rule",
+        "create",
+        "far-rule",
+        "--service-url",
+        "pulsar://127.0.0.1:6650",
+        "--topic",
+        "orders",
+        "--subscription",
+        "s",
+        "--bucket",
+        "b-1",
+        "--region",
+        "ap-guangzhou",
+        "--token-file",
+        &pulsar,
+    ]);
+    let said = text(&out);
+    assert!(
+        said.contains("warning") && said.contains("Pulsar token") && said.contains(FAR_INGESTER),
+        "{said}"
+    );
+    assert!(!said.contains("never-shown"), "{said}");
+    // Loopback, or no token: nothing to warn about.
+    for args in [
+        vec!["--ingester", "http://127.0.0.1:9", "--token-file", &control],
+        vec!["--ingester", FAR_INGESTER],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--uploader", "http://127.0.0.1:9", "rule", "list"]);
+        let said = text(&harness::ctl(&full));
+        assert!(!said.contains("warning"), "{full:?}: {said}");
+    }
+
+    // The uploader: its control-plane token to a far ingester over http://.
+    let mut uploader = Daemon::spawn(
+        "tdmq-backup-uploader",
+        &[
+            "--ingester".to_string(),
+            FAR_INGESTER.into(),
+            "--auth-token-file".into(),
+            control.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            dir.path().join("uploader").to_string_lossy().into_owned(),
+            "--endpoint".into(),
+            format!("file://{}", dir.path().join("store").display()),
+        ],
+        &[("RUST_LOG".to_string(), "info".to_string())],
+        dir.path().join("uploader.log"),
+    )?;
+    wait_for_log_line(&mut uploader, "uploader started").await?;
+    let log = harness::daemon_log::strip_ansi(&uploader.log());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("unencrypted") && l.contains(FAR_INGESTER)),
+        "{log}"
+    );
+    assert!(!log.contains("never-shown"), "{log}");
+    Ok(())
+}
