@@ -122,6 +122,24 @@ pub fn token_travels_in_clear(url: &str) -> bool {
     }
 }
 
+/// A warning when the token file named by `key` can be read by its group or by other users
+/// (whoever reads it controls the daemons); `None` when it is owner-only or cannot be checked.
+pub fn token_file_mode_warning(key: &str, path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
+        (false, false) => return None,
+        (true, false) => "its group",
+        (false, true) => "other users",
+        (true, true) => "its group and other users",
+    };
+    Some(format!(
+        "{key} {} is readable by {who} (mode {mode:04o}); whoever can read it controls the \
+         daemons: make it owner-only (chmod 0600) and owned by the user the daemon runs as",
+        path.display()
+    ))
+}
+
 /// Server side: refuses calls without the right `authorization` header. Without a token
 /// configured every call passes (single-host setups on loopback).
 #[derive(Clone, Default)]
@@ -295,6 +313,30 @@ mod tests {
         ] {
             assert!(!token_travels_in_clear(safe), "{safe}");
         }
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_named_with_its_mode() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("control.token");
+        std::fs::write(&path, "s3cret-token-in-file\n")?;
+        for (mode, who) in [
+            (0o644, "its group and other users"),
+            (0o640, "its group"),
+            (0o604, "other users"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            let warning = token_file_mode_warning("auth_token_file", &path).expect("warned");
+            assert!(warning.starts_with("auth_token_file "), "{warning}");
+            assert!(warning.contains(&format!("readable by {who} (mode {mode:04o})")));
+            assert!(!warning.contains("s3cret"), "{warning}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            assert_eq!(token_file_mode_warning("auth_token_file", &path), None);
+        }
+        Ok(())
     }
 
     fn call(server: &mut RequireToken, client: &mut SendToken) -> Result<(), Status> {

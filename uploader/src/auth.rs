@@ -30,9 +30,14 @@ impl ControlToken {
     }
 }
 
-/// The file's content, trimmed; it must be one printable-ASCII token.
+/// The file's content, trimmed; it must be one printable-ASCII token. Warns (log) when the
+/// file is readable by more than its owner.
 pub fn load_token(path: &Path) -> anyhow::Result<Secret> {
-    proto::auth::load_token_file(path).map_err(anyhow::Error::msg)
+    let token = proto::auth::load_token_file(path).map_err(anyhow::Error::msg)?;
+    if let Some(warning) = proto::auth::token_file_mode_warning("auth_token_file", path) {
+        tracing::warn!("{warning}");
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -78,6 +78,18 @@ fn uploader_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+fn assert_warns_about_mode(log: &str, token_file: &str) {
+    let log = harness::daemon_log::strip_ansi(log);
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains(token_file)
+            && l.contains("readable")
+            && l.contains("644")),
+        "no warning about a token file others can read:\n{log}"
+    );
+    assert!(!log.contains("ctl-token-beyond-loopback"), "{log}");
+}
+
 fn assert_names_the_keys(what: &str, log: &str) {
     for key in ["auth_token_file", "allow_unauthenticated", "0.0.0.0"] {
         assert!(
@@ -93,6 +105,8 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
     let dir = tempfile::tempdir()?;
     let token = dir.path().join("control.token");
     std::fs::write(&token, "ctl-token-beyond-loopback\n")?;
+    // Readable by everyone on the host: the daemons start, and say so.
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let token = token.to_string_lossy().into_owned();
     let env = vec![("RUST_LOG".to_string(), "info".to_string())];
 
@@ -122,6 +136,7 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
         dir.path().join("ingester-token.log"),
     )?;
     wait_for_log_line(&mut ingester, "ingester ready").await?;
+    assert_warns_about_mode(&ingester.log(), &token);
     drop(ingester);
     let mut uploader = Daemon::spawn(
         "tdmq-backup-uploader",
@@ -130,6 +145,7 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
         dir.path().join("uploader-token.log"),
     )?;
     wait_for_log_line(&mut uploader, "uploader started").await?;
+    assert_warns_about_mode(&uploader.log(), &token);
     drop(uploader);
 
     // The explicit opt-out, as a flag for one and as an environment variable for the other:
