@@ -57,6 +57,16 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
+    /// File holding a second token, for the uploader only: when set, the segment hand-off
+    /// (ListSealed, ReadSegment, CommitSegment, ReportUploadFailure) needs this token and every
+    /// other call needs auth_token_file's, so an operator's token cannot commit segments and
+    /// the uploader's cannot change rules. Needs auth_token_file. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_INGESTER_UPLOADER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub uploader_token_file: Option<PathBuf>,
     /// Start without auth_token_file although `listen` is not a loopback address. Only for a
     /// port that something else guards (a firewall, a private network): without a token anyone
     /// who reaches it can change rules and commit segments. [default: false]
@@ -88,6 +98,7 @@ struct FileConfig {
     receiver_queue: Option<u32>,
     receiver_queue_bytes: Option<String>,
     auth_token_file: Option<PathBuf>,
+    uploader_token_file: Option<PathBuf>,
     allow_unauthenticated: Option<bool>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -114,6 +125,8 @@ pub struct IngesterConfig {
     pub receiver_queue_bytes: u64,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
+    /// The uploader's own token (segment hand-off only); read at start-up like auth_token_file.
+    pub uploader_token_file: Option<PathBuf>,
     /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
     pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
@@ -178,6 +191,14 @@ impl IngesterConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let uploader_token_file = args
+            .uploader_token_file
+            .or(file.uploader_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
+        if uploader_token_file.is_some() && auth_token_file.is_none() {
+            // Without it the rule RPCs would be open while the segment ones are guarded.
+            bail!("uploader_token_file needs auth_token_file (the operators' token) as well");
+        }
         let listen = args
             .listen
             .or(file.listen)
@@ -203,6 +224,7 @@ impl IngesterConfig {
             receiver_queue,
             receiver_queue_bytes,
             auth_token_file,
+            uploader_token_file,
             metrics_listen,
             data_dir: args
                 .data_dir
@@ -278,6 +300,22 @@ mod tests {
             IngesterConfig::from_args(args(&["--config", &p, "--allow-unauthenticated=false"]))
                 .expect_err("the flag beats the file");
         assert!(format!("{err:#}").contains("10.0.0.21:7601"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn uploader_token_file_needs_auth_token_file() -> anyhow::Result<()> {
+        let err = IngesterConfig::from_args(args(&["--uploader-token-file", "/etc/u"]))
+            .expect_err("alone");
+        let text = format!("{err:#}");
+        assert!(text.contains("uploader_token_file") && text.contains("auth_token_file"));
+        let c = IngesterConfig::from_args(args(&[
+            "--uploader-token-file",
+            "/etc/u",
+            "--auth-token-file",
+            "/etc/t",
+        ]))?;
+        assert_eq!(c.uploader_token_file, Some(PathBuf::from("/etc/u")));
         Ok(())
     }
 

@@ -125,6 +125,15 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
+    /// File holding the token to send to the ingester instead of auth_token_file's: the
+    /// ingester's uploader_token_file, when it keeps operators and the uploader apart.
+    /// [default: auth_token_file]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_INGESTER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub ingester_token_file: Option<PathBuf>,
     /// Start without auth_token_file although `listen` is not a loopback address. Only for a
     /// port that something else guards (a firewall, a private network). [default: false]
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ALLOW_UNAUTHENTICATED", num_args = 0..=1,
@@ -178,6 +187,7 @@ struct FileConfig {
     max_backoff: Option<String>,
     log_format: Option<String>,
     auth_token_file: Option<PathBuf>,
+    ingester_token_file: Option<PathBuf>,
     allow_unauthenticated: Option<bool>,
     metrics_listen: Option<String>,
     ingester_ca: Option<PathBuf>,
@@ -324,6 +334,8 @@ pub struct UploaderConfig {
     pub credentials: Credentials,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
+    /// Sent to the ingester instead of auth_token_file's token, when set.
+    pub ingester_token_file: Option<PathBuf>,
     /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
     pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
@@ -528,6 +540,10 @@ impl UploaderConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let ingester_token_file = args
+            .ingester_token_file
+            .or(file.ingester_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
         let allow_unauthenticated = args
             .allow_unauthenticated
             .or(file.allow_unauthenticated)
@@ -558,6 +574,7 @@ impl UploaderConfig {
             ingester_tls,
             tls,
             auth_token_file,
+            ingester_token_file,
             allow_unauthenticated,
             metrics_listen,
             ingester,

@@ -51,7 +51,11 @@ pub async fn run(
     // problems show at start-up, not on the first multipart upload.
     std::fs::create_dir_all(config.state_dir())
         .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
-    let token = auth::ControlToken::load(config.auth_token_file.as_deref())?;
+    let token = auth::ControlToken::load_split(
+        config.auth_token_file.as_deref(),
+        config.ingester_token_file.as_deref(),
+    )?;
+    let sends_token = config.auth_token_file.is_some() || config.ingester_token_file.is_some();
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -80,7 +84,7 @@ pub async fn run(
         tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, status.clone()))
     });
-    if token.require.is_enabled() && proto::auth::token_travels_in_clear(&config.ingester) {
+    if sends_token && proto::auth::token_travels_in_clear(&config.ingester) {
         // Still sent: the network underneath may be encrypted (a VPN, a service mesh).
         tracing::warn!(ingester = %config.ingester, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
     }

@@ -540,3 +540,97 @@ async fn a_token_sent_over_plain_http_beyond_loopback_is_warned_about() -> anyho
     assert!(!log.contains("never-shown"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_token_cannot_commit_and_an_uploader_token_cannot_change_rules(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    let operator = stack.path("operator.token");
+    std::fs::write(&operator, "operator-tok-5Rr\n")?;
+    let uploader = stack.path("uploader.token");
+    std::fs::write(&uploader, "uploader-tok-8Kk\n")?;
+    for file in [&operator, &uploader] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
+    let operator_s = operator.to_string_lossy().into_owned();
+    let uploader_s = uploader.to_string_lossy().into_owned();
+    stack.ingester_extra.args = vec![
+        "--auth-token-file".into(),
+        operator_s.clone(),
+        "--uploader-token-file".into(),
+        uploader_s.clone(),
+    ];
+    // The uploader's own status service keeps the operator's token (ctl calls it); what it
+    // sends to the ingester is the uploader token.
+    stack.uploader_extra.args = vec![
+        "--auth-token-file".into(),
+        operator_s.clone(),
+        "--ingester-token-file".into(),
+        uploader_s,
+    ];
+    stack.ctl_token_file = Some(operator.clone());
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+
+    // The whole path works with the two tokens.
+    let topic = unique_topic("split-tokens");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule("split-bk", &topic, &[])?;
+    let messages = sample_messages(50, 9);
+    produce(&stack.pulsar.url(), &full_topic, &messages, false).await?;
+    stack
+        .wait_until_stored("split-bk", &messages, Duration::from_secs(120))
+        .await?;
+
+    let channel = Endpoint::from_shared(stack.ingester_url())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let with = |token: &str| -> anyhow::Result<_> {
+        Ok(proto::IngesterClient::with_interceptor(
+            channel.clone(),
+            proto::auth::SendToken::new(Some(&proto::types::Secret::new(token)))?,
+        ))
+    };
+    // The operator's token cannot commit (nor list or read segments).
+    let mut as_operator = with("operator-tok-5Rr")?;
+    let status = as_operator
+        .commit_segment(v1::CommitSegmentRequest {
+            rule: "split-bk".into(),
+            segment_no: 0,
+            ..v1::CommitSegmentRequest::default()
+        })
+        .await
+        .expect_err("an operator token cannot commit");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = as_operator
+        .list_sealed(v1::ListSealedRequest { max: 1, wait_ms: 0 })
+        .await
+        .expect_err("an operator token cannot list segments for upload");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(as_operator
+        .list_rules(v1::ListRulesRequest {})
+        .await
+        .is_ok());
+    // The uploader's token cannot touch rules.
+    let mut as_uploader = with("uploader-tok-8Kk")?;
+    let status = as_uploader
+        .delete_rule(v1::DeleteRuleRequest {
+            name: "split-bk".into(),
+            discard: true,
+            ..v1::DeleteRuleRequest::default()
+        })
+        .await
+        .expect_err("an uploader token cannot delete a rule");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = as_uploader
+        .list_rules(v1::ListRulesRequest {})
+        .await
+        .expect_err("nor list rules");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(as_uploader
+        .list_sealed(v1::ListSealedRequest { max: 1, wait_ms: 0 })
+        .await
+        .is_ok());
+    Ok(())
+}
