@@ -9,7 +9,8 @@
 #     tdmq-backup tdmq-backup-uploader --config /etc/tdmq-backup/uploader.toml
 #
 # Inside a container, `listen` must be 0.0.0.0:PORT to be reachable through a published port;
-# then set auth_token_file (see docs/user-guide.md) and publish the port on a private address.
+# then set auth_token_file (see docs/user-guide.md; without it, or allow_unauthenticated = true,
+# the daemon refuses to start) and publish the port on a private address.
 #
 # Note: this file was written without Docker available in the development environment, so it
 # has not been built here; the build steps are the same ones CI runs (`cargo build --release`).

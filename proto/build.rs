@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Segment chunks stay `Bytes` from the socket to the part buffer (no copy per chunk).
         .bytes(".tdmq_backup.v1.SegmentChunk.data")
+        // Messages with a secret field get a hand-written Debug (src/redacted_debug.rs).
+        .skip_debug([".tdmq_backup.v1.RuleSpec"])
         .compile_protos(
             &[
                 "protos/tdmq_backup/v1/ingester.proto",

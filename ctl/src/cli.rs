@@ -260,7 +260,9 @@ pub struct SpecFlags {
     /// Environment variable holding the rule's Pulsar token.
     #[arg(long = "token-env", value_name = "VAR")]
     pub token_env: Option<String>,
-    /// Object store endpoint (http://, https:// or file://); needed for non-COS regions.
+    /// Object store endpoint (http:// or https://); needed for non-COS regions. The uploader
+    /// uses it only if it is the COS endpoint of the rule's region or listed in the uploader's
+    /// allowed_endpoints (a file:// endpoint only ever comes from the uploader's own config).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
     /// gzip (default) or none.

@@ -137,6 +137,25 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Whether calls carry a control-plane token.
+    pub fn is_set(&self) -> bool {
+        self.header.is_some()
+    }
+}
+
+/// A token that would cross the network unencrypted is still sent (the network underneath may
+/// be encrypted), but the operator is told, on stderr so `--output json` stays one document.
+pub fn warn_if_in_clear(what: &str, daemon: &Daemon) {
+    if proto::auth::token_travels_in_clear(&daemon.url) {
+        eprintln!(
+            "warning: {what} goes to the {} at {} unencrypted (plain http:// beyond loopback); \
+             serve TLS there and use an https:// URL",
+            daemon.name, daemon.url
+        );
+    }
+}
+
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.header {
@@ -243,11 +262,17 @@ fn looks_like_tls_server(why: &str) -> bool {
 }
 
 pub async fn ingester(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Ingester> {
+    if auth.is_set() {
+        warn_if_in_clear("the control-plane token", daemon);
+    }
     let channel = channel(daemon, tls).await?;
     Ok(IngesterClient::with_interceptor(channel, auth))
 }
 
 pub async fn uploader(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Uploader> {
+    if auth.is_set() {
+        warn_if_in_clear("the control-plane token", daemon);
+    }
     let channel = channel(daemon, tls).await?;
     Ok(UploaderClient::with_interceptor(channel, auth))
 }

@@ -805,16 +805,16 @@ impl IngesterApp {
                 handle.commands.clone(),
             )
         };
+        crate::commit_check::check_request(req).map_err(IngesterError::InvalidRequest)?;
         let meta = spool
             .segments()
             .into_iter()
             .find(|m| m.segment_no == req.segment_no);
         if let Some(meta) = &meta {
-            if !req.object_key.is_empty() && req.object_key != meta.object_key {
-                return Err(IngesterError::InvalidRequest(format!(
-                    "segment {} of rule {:?} belongs at {:?}, not {:?}",
-                    req.segment_no, req.rule, meta.object_key, req.object_key
-                )));
+            // Before sealing there is no object to compare with; mark_stored refuses those.
+            if meta.state >= crate::spool::SegmentState::Sealed {
+                crate::commit_check::check_against(req, meta)
+                    .map_err(IngesterError::InvalidRequest)?;
             }
         }
         let outcome = spool

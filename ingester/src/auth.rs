@@ -15,9 +15,33 @@ pub fn require_token(path: Option<&Path>) -> anyhow::Result<RequireToken> {
     }
 }
 
-/// The file's content, trimmed; it must be one printable-ASCII token.
+/// The file's content, trimmed; it must be one printable-ASCII token. Warns (log) when the
+/// file is readable by more than its owner.
 pub fn load_token(path: &Path) -> anyhow::Result<Secret> {
-    proto::auth::load_token_file(path).map_err(anyhow::Error::msg)
+    load_token_named("auth_token_file", path)
+}
+
+/// Which token each call needs: `auth_token_file`'s, and `uploader_token_file`'s for the
+/// segment hand-off when that is set ([`crate::scoped_auth`]).
+pub fn token_scopes(
+    auth_token_file: Option<&Path>,
+    uploader_token_file: Option<&Path>,
+) -> anyhow::Result<crate::scoped_auth::TokenScopes> {
+    let operator = require_token(auth_token_file)?;
+    let uploader = uploader_token_file
+        .map(|path| load_token_named("uploader_token_file", path))
+        .transpose()?
+        .map(|token| RequireToken::new(Some(token)));
+    Ok(crate::scoped_auth::TokenScopes::new(operator, uploader))
+}
+
+fn load_token_named(key: &str, path: &Path) -> anyhow::Result<Secret> {
+    let token = proto::auth::load_token_file(path)
+        .map_err(|m| anyhow::anyhow!("{}", m.replacen("auth_token_file", key, 1)))?;
+    if let Some(warning) = proto::auth::token_file_mode_warning(key, path) {
+        tracing::warn!("{warning}");
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -57,6 +57,22 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
+    /// File holding a second token, for the uploader only: when set, the segment hand-off
+    /// (ListSealed, ReadSegment, CommitSegment, ReportUploadFailure) needs this token and every
+    /// other call needs auth_token_file's, so an operator's token cannot commit segments and
+    /// the uploader's cannot change rules. Needs auth_token_file. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_INGESTER_UPLOADER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub uploader_token_file: Option<PathBuf>,
+    /// Start without auth_token_file although `listen` is not a loopback address. Only for a
+    /// port that something else guards (a firewall, a private network): without a token anyone
+    /// who reaches it can change rules and commit segments. [default: false]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_ALLOW_UNAUTHENTICATED", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub allow_unauthenticated: Option<bool>,
     /// Address for the Prometheus endpoint `GET /metrics`, e.g. 127.0.0.1:7611; empty turns
     /// it off. [default: off]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_METRICS_LISTEN", value_name = "ADDR")]
@@ -87,6 +103,8 @@ struct FileConfig {
     receiver_queue: Option<u32>,
     receiver_queue_bytes: Option<String>,
     auth_token_file: Option<PathBuf>,
+    uploader_token_file: Option<PathBuf>,
+    allow_unauthenticated: Option<bool>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -113,6 +131,10 @@ pub struct IngesterConfig {
     pub receiver_queue_bytes: u64,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
+    /// The uploader's own token (segment hand-off only); read at start-up like auth_token_file.
+    pub uploader_token_file: Option<PathBuf>,
+    /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
+    pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
     /// Read and checked at start-up; `None`: plain HTTP/2.
     pub tls: Option<proto::tls::ServerTls>,
@@ -176,6 +198,28 @@ impl IngesterConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let uploader_token_file = args
+            .uploader_token_file
+            .or(file.uploader_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
+        if uploader_token_file.is_some() && auth_token_file.is_none() {
+            // Without it the rule RPCs would be open while the segment ones are guarded.
+            bail!("uploader_token_file needs auth_token_file (the operators' token) as well");
+        }
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7601)));
+        let allow_unauthenticated = args
+            .allow_unauthenticated
+            .or(file.allow_unauthenticated)
+            .unwrap_or(false);
+        proto::auth::check_listen_exposure(
+            listen,
+            auth_token_file.is_some(),
+            allow_unauthenticated,
+        )
+        .map_err(anyhow::Error::msg)?;
         let tls = proto::tls::server_from_keys(
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
@@ -193,15 +237,14 @@ impl IngesterConfig {
             receiver_queue,
             receiver_queue_bytes,
             auth_token_file,
+            uploader_token_file,
             metrics_listen,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./ingester-data")),
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7601))),
+            listen,
+            allow_unauthenticated,
             log_format,
             history_max_entries,
             shutdown_grace,
@@ -259,6 +302,59 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/x"));
         let c = IngesterConfig::from_args(args(&["--config", &p, "--listen", "127.0.0.1:9002"]))?;
         assert_eq!(c.listen.port(), 9002);
+        Ok(())
+    }
+
+    #[test]
+    fn listen_beyond_loopback_needs_a_token_file_or_allow_unauthenticated() -> anyhow::Result<()> {
+        let err = IngesterConfig::from_args(args(&["--listen", "0.0.0.0:7601"]))
+            .expect_err("open control plane");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("auth_token_file") && text.contains("allow_unauthenticated"),
+            "{text}"
+        );
+        let c = IngesterConfig::from_args(args(&[
+            "--listen",
+            "0.0.0.0:7601",
+            "--auth-token-file",
+            "/etc/t",
+        ]))?;
+        assert!(!c.allow_unauthenticated);
+        let c = IngesterConfig::from_args(args(&[
+            "--listen",
+            "0.0.0.0:7601",
+            "--allow-unauthenticated",
+        ]))?;
+        assert!(c.allow_unauthenticated);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(
+            &path,
+            "listen = \"10.0.0.21:7601\"\nallow_unauthenticated = true\n",
+        )?;
+        let p = path.to_string_lossy().to_string();
+        assert!(IngesterConfig::from_args(args(&["--config", &p]))?.allow_unauthenticated);
+        let err =
+            IngesterConfig::from_args(args(&["--config", &p, "--allow-unauthenticated=false"]))
+                .expect_err("the flag beats the file");
+        assert!(format!("{err:#}").contains("10.0.0.21:7601"), "{err:#}");
+        Ok(())
+    }
+
+    #[test]
+    fn uploader_token_file_needs_auth_token_file() -> anyhow::Result<()> {
+        let err = IngesterConfig::from_args(args(&["--uploader-token-file", "/etc/u"]))
+            .expect_err("alone");
+        let text = format!("{err:#}");
+        assert!(text.contains("uploader_token_file") && text.contains("auth_token_file"));
+        let c = IngesterConfig::from_args(args(&[
+            "--uploader-token-file",
+            "/etc/u",
+            "--auth-token-file",
+            "/etc/t",
+        ]))?;
+        assert_eq!(c.uploader_token_file, Some(PathBuf::from("/etc/u")));
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod commit_check;
 pub mod config;
 pub mod consumer;
 pub mod cutter;
@@ -19,6 +20,7 @@ pub mod parallel_gzip;
 pub mod partition_consumers;
 pub mod record_log;
 pub mod rules;
+pub mod scoped_auth;
 pub mod sealer;
 pub mod segment_writer;
 pub mod spool;
@@ -38,7 +40,10 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let require_token = auth::require_token(config.auth_token_file.as_deref())?;
+    let token_scopes = auth::token_scopes(
+        config.auth_token_file.as_deref(),
+        config.uploader_token_file.as_deref(),
+    )?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -70,8 +75,13 @@ pub async fn run(
         info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, app.clone()))
     });
-    if require_token.is_enabled() {
+    if token_scopes.is_split() {
+        info!("control-plane tokens required on every gRPC call: uploader_token_file's for the segment hand-off, auth_token_file's for everything else");
+    } else if token_scopes.is_enabled() {
         info!("control-plane token required on every gRPC call");
+    } else if !proto::auth::is_loopback(addr) {
+        // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
+        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can change rules and commit segments");
     }
     let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
@@ -83,7 +93,7 @@ pub async fn run(
             .with_context(|| format!("tls_cert {}", tls.cert.display()))?;
     }
     server
-        .layer(tonic::service::InterceptorLayer::new(require_token))
+        .layer(token_scopes)
         .add_service(service)
         .serve_with_incoming_shutdown(
             // Nagle off: h2 writes a reply as several small frames, and with Nagle each unary call

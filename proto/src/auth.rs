@@ -71,6 +71,75 @@ pub fn load_token_file(path: &std::path::Path) -> Result<Secret, String> {
     Ok(Secret::new(token))
 }
 
+/// Whether `addr` can only be reached from this host (127.0.0.0/8, ::1, or ::ffff:127.x).
+pub fn is_loopback(addr: std::net::SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Guarantee 7: a control plane reachable beyond loopback needs a token, unless the config
+/// says `allow_unauthenticated = true` (something else, e.g. a firewall, guards the port).
+/// The error names the address and both keys that would let the daemon start.
+pub fn check_listen_exposure(
+    listen: std::net::SocketAddr,
+    token_configured: bool,
+    allow_unauthenticated: bool,
+) -> Result<(), String> {
+    if token_configured || allow_unauthenticated || is_loopback(listen) {
+        return Ok(());
+    }
+    Err(format!(
+        "listen {listen} is reachable beyond loopback but no auth_token_file is set, so anyone \
+         who reaches the port could use the control plane; set auth_token_file (and give ctl \
+         the same file with --token-file), listen on 127.0.0.1, or set \
+         allow_unauthenticated = true if something else guards the port"
+    ))
+}
+
+/// Whether a token sent to `url` would cross the network unencrypted: a plain `http://` URL whose
+/// host is not loopback (`localhost`, 127.0.0.0/8, `[::1]`). Callers warn; they still send it,
+/// as some deployments encrypt the network underneath (a VPN, a service mesh).
+pub fn token_travels_in_clear(url: &str) -> bool {
+    let url = url.trim();
+    let Some(rest) = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .and_then(|_| url.get(7..))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return false;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.to_canonical().is_loopback(),
+        Err(_) => true,
+    }
+}
+
+/// A warning when the token file named by `key` can be read by its group or by other users
+/// (whoever reads it controls the daemons); `None` when it is owner-only or cannot be checked.
+pub fn token_file_mode_warning(key: &str, path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
+        (false, false) => return None,
+        (true, false) => "its group",
+        (false, true) => "other users",
+        (true, true) => "its group and other users",
+    };
+    Some(format!(
+        "{key} {} is readable by {who} (mode {mode:04o}); whoever can read it controls the \
+         daemons: make it owner-only (chmod 0600) and owned by the user the daemon runs as",
+        path.display()
+    ))
+}
+
 /// Server side: refuses calls without the right `authorization` header. Without a token
 /// configured every call passes (single-host setups on loopback).
 #[derive(Clone, Default)]
@@ -194,6 +263,80 @@ mod tests {
         assert_eq!(validate_token("a b"), Err(TokenError::NotHeaderSafe));
         assert_eq!(validate_token("tök"), Err(TokenError::NotHeaderSafe));
         assert_eq!(validate_token("eyJ.abc-_=+/"), Ok(()));
+    }
+
+    #[test]
+    fn a_control_plane_beyond_loopback_needs_a_token_or_an_opt_out() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().expect("literal");
+        for open in [
+            "127.0.0.1:7601",
+            "127.3.4.5:0",
+            "[::1]:7601",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(
+                check_listen_exposure(addr(open), false, false).is_ok(),
+                "{open}"
+            );
+        }
+        for exposed in ["0.0.0.0:7601", "10.0.0.21:7601", "[::]:7601", "[fe80::1]:1"] {
+            let err = check_listen_exposure(addr(exposed), false, false).expect_err(exposed);
+            assert!(
+                err.contains("auth_token_file") && err.contains("allow_unauthenticated"),
+                "{err}"
+            );
+            assert!(err.contains(exposed), "{err}");
+            assert!(check_listen_exposure(addr(exposed), true, false).is_ok());
+            assert!(check_listen_exposure(addr(exposed), false, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn tokens_travel_in_clear_over_http_beyond_loopback_only() {
+        for clear in [
+            "http://10.0.0.21:7601",
+            "http://ingester.internal:7601/",
+            "HTTP://192.0.2.1",
+            "http://[fe80::1]:7601",
+            "http://user@10.0.0.1:1",
+        ] {
+            assert!(token_travels_in_clear(clear), "{clear}");
+        }
+        for safe in [
+            "http://127.0.0.1:7601",
+            "http://localhost:7601",
+            "http://LOCALHOST",
+            "http://[::1]:7601",
+            "http://127.9.9.9",
+            "https://10.0.0.21:7601",
+            "https://ingester.internal",
+        ] {
+            assert!(!token_travels_in_clear(safe), "{safe}");
+        }
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_named_with_its_mode() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("control.token");
+        std::fs::write(&path, "s3cret-token-in-file\n")?;
+        for (mode, who) in [
+            (0o644, "its group and other users"),
+            (0o640, "its group"),
+            (0o604, "other users"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            let warning = token_file_mode_warning("auth_token_file", &path).expect("warned");
+            assert!(warning.starts_with("auth_token_file "), "{warning}");
+            assert!(warning.contains(&format!("readable by {who} (mode {mode:04o})")));
+            assert!(!warning.contains("s3cret"), "{warning}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            assert_eq!(token_file_mode_warning("auth_token_file", &path), None);
+        }
+        Ok(())
     }
 
     fn call(server: &mut RequireToken, client: &mut SendToken) -> Result<(), Status> {

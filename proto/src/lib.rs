@@ -12,6 +12,7 @@ pub mod v1 {
 pub mod auth;
 pub mod failpoint;
 pub mod metrics_http;
+mod redacted_debug;
 pub mod tls;
 pub mod types;
 

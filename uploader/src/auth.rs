@@ -17,22 +17,47 @@ pub struct ControlToken {
 impl ControlToken {
     /// Errors name the key and the path, never the content.
     pub fn load(path: Option<&Path>) -> anyhow::Result<ControlToken> {
-        let Some(path) = path else {
-            return Ok(ControlToken::default());
+        ControlToken::load_split(path, None)
+    }
+
+    /// `auth_token_file` guards this uploader's own service and is sent to the ingester, unless
+    /// `ingester_token_file` names another token to send (an ingester with a separate
+    /// `uploader_token_file`).
+    pub fn load_split(
+        auth_token_file: Option<&Path>,
+        ingester_token_file: Option<&Path>,
+    ) -> anyhow::Result<ControlToken> {
+        let own = auth_token_file
+            .map(|path| load_token_named("auth_token_file", path).map(|t| (t, path)))
+            .transpose()?;
+        let to_ingester = ingester_token_file
+            .map(|path| load_token_named("ingester_token_file", path).map(|t| (t, path)))
+            .transpose()?;
+        let send = match to_ingester.as_ref().or(own.as_ref()) {
+            Some((token, path)) => SendToken::new(Some(token))
+                .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?,
+            None => SendToken::default(),
         };
-        let token = load_token(path)?;
-        let send = SendToken::new(Some(&token))
-            .map_err(|e| anyhow::anyhow!("auth_token_file {}: {e}", path.display()))?;
         Ok(ControlToken {
             send,
-            require: RequireToken::new(Some(token)),
+            require: RequireToken::new(own.map(|(token, _)| token)),
         })
     }
 }
 
 /// The file's content, trimmed; it must be one printable-ASCII token.
 pub fn load_token(path: &Path) -> anyhow::Result<Secret> {
-    proto::auth::load_token_file(path).map_err(anyhow::Error::msg)
+    load_token_named("auth_token_file", path)
+}
+
+/// Warns (log) when the file is readable by more than its owner.
+fn load_token_named(key: &str, path: &Path) -> anyhow::Result<Secret> {
+    let token = proto::auth::load_token_file(path)
+        .map_err(|m| anyhow::anyhow!("{}", m.replacen("auth_token_file", key, 1)))?;
+    if let Some(warning) = proto::auth::token_file_mode_warning(key, path) {
+        tracing::warn!("{warning}");
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -66,6 +91,19 @@ mod tests {
         assert_eq!(load_token(&good)?.expose(), "ctl-token-1");
         assert!(ControlToken::load(Some(&good))?.require.is_enabled());
         assert!(!ControlToken::load(None)?.require.is_enabled());
+
+        // A separate token for the ingester: sent there, while the own service keeps the first.
+        let other = dir.path().join("other");
+        std::fs::write(&other, "uploader-token-2\n")?;
+        let split = ControlToken::load_split(Some(&good), Some(&other))?;
+        assert!(split.require.allows(Some(b"Bearer ctl-token-1")));
+        assert!(!split.require.allows(Some(b"Bearer uploader-token-2")));
+        let only_ingester = ControlToken::load_split(None, Some(&other))?;
+        assert!(!only_ingester.require.is_enabled());
+        let err = ControlToken::load_split(None, Some(&missing))
+            .expect_err("missing")
+            .to_string();
+        assert!(err.starts_with("ingester_token_file "), "{err}");
         Ok(())
     }
 }

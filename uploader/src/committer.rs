@@ -31,6 +31,9 @@ pub async fn commit(client: &mut Client, c: Commit<'_>) -> Result<String, Upload
         etag: c.etag.to_string(),
         upload_ms: c.upload_ms,
         attempts: c.attempts,
+        // The ingester checks these against what it sealed before it frees the segment.
+        file_bytes: c.segment.file_bytes,
+        content_crc32c: c.segment.content_crc32c.clone(),
     };
     let backoff = Backoff::new(Duration::from_secs(2));
     let mut last = String::new();

@@ -51,6 +51,16 @@ pub struct Args {
     /// Store for every rule: http(s)://host:port (S3-compatible) or file://DIR (embedded).
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ENDPOINT")]
     pub endpoint: Option<String>,
+    /// S3 endpoints a rule's own `endpoint` may name, comma-separated (e.g.
+    /// https://minio.internal:9000). Only used without `endpoint`; a rule naming any other
+    /// endpoint fails to upload and says so. The COS endpoint of a rule's own region needs no
+    /// listing; a file:// endpoint never comes from a rule. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_ALLOWED_ENDPOINTS",
+        value_name = "URL,..."
+    )]
+    pub allowed_endpoints: Option<String>,
     /// Path-style addressing for non-COS endpoints [default: false].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PATH_STYLE", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
@@ -85,6 +95,15 @@ pub struct Args {
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_READ_LOCAL", num_args = 0..=1,
           default_missing_value = "true", value_name = "BOOL")]
     pub read_local: Option<bool>,
+    /// The ingester's data_dir as this host sees it: with read_local, sealed files are read
+    /// only from its segments/ directory (symlinks resolved). Unset: any path shaped like a
+    /// sealed file; symlinks in place of the file are refused either way. [default: none]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_INGESTER_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub ingester_data_dir: Option<PathBuf>,
     /// Multipart part size, e.g. 8MiB or 16MB; at least 5MiB [default: 8MiB].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_PART_SIZE")]
     pub part_size: Option<String>,
@@ -106,6 +125,20 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
+    /// File holding the token to send to the ingester instead of auth_token_file's: the
+    /// ingester's uploader_token_file, when it keeps operators and the uploader apart.
+    /// [default: auth_token_file]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_UPLOADER_INGESTER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub ingester_token_file: Option<PathBuf>,
+    /// Start without auth_token_file although `listen` is not a loopback address. Only for a
+    /// port that something else guards (a firewall, a private network). [default: false]
+    #[arg(long, env = "TDMQ_BACKUP_UPLOADER_ALLOW_UNAUTHENTICATED", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub allow_unauthenticated: Option<bool>,
     /// Address for the Prometheus endpoint `GET /metrics`, e.g. 127.0.0.1:7612; empty turns it
     /// off [default: off].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_METRICS_LISTEN", value_name = "ADDR")]
@@ -141,17 +174,21 @@ struct FileConfig {
     listen: Option<String>,
     state_dir: Option<PathBuf>,
     endpoint: Option<String>,
+    allowed_endpoints: Option<ListOrText>,
     path_style: Option<bool>,
     request_checksum: Option<String>,
     payload_signing: Option<String>,
     region: Option<String>,
     concurrency: Option<NumberOrText>,
     read_local: Option<bool>,
+    ingester_data_dir: Option<PathBuf>,
     part_size: Option<NumberOrText>,
     multipart_threshold: Option<NumberOrText>,
     max_backoff: Option<String>,
     log_format: Option<String>,
     auth_token_file: Option<PathBuf>,
+    ingester_token_file: Option<PathBuf>,
+    allow_unauthenticated: Option<bool>,
     metrics_listen: Option<String>,
     ingester_ca: Option<PathBuf>,
     ingester_tls_domain: Option<String>,
@@ -174,6 +211,27 @@ impl NumberOrText {
             NumberOrText::Text(t) => t,
         }
     }
+}
+
+/// `allowed_endpoints = ["https://a", "https://b"]` or `"https://a,https://b"` (like the flag).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListOrText {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl ListOrText {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            ListOrText::List(list) => list,
+            ListOrText::Text(text) => split_list(&text),
+        }
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(|s| s.trim().to_string()).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +316,8 @@ pub struct UploaderConfig {
     pub state_dir: PathBuf,
     /// Overrides every rule's store when set.
     pub endpoint: Option<StoreEndpoint>,
+    /// Without `endpoint`: the S3 endpoints a rule may name (normalized URLs).
+    pub allowed_endpoints: Vec<String>,
     pub path_style: bool,
     pub request_checksum: ChecksumChoice,
     pub payload_signing: PayloadSigning,
@@ -265,6 +325,8 @@ pub struct UploaderConfig {
     pub concurrency: usize,
     /// Sealed files the ingester names are read from this host's disk when they open.
     pub read_local: bool,
+    /// Where the ingester keeps sealed files on this host, if configured (absolute).
+    pub ingester_data_dir: Option<PathBuf>,
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub max_backoff: Duration,
@@ -272,6 +334,10 @@ pub struct UploaderConfig {
     pub credentials: Credentials,
     /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
     pub auth_token_file: Option<PathBuf>,
+    /// Sent to the ingester instead of auth_token_file's token, when set.
+    pub ingester_token_file: Option<PathBuf>,
+    /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
+    pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
     /// TLS to the ingester (`ingester` is https://): its CA and name, read and checked at start-up.
     pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
@@ -339,8 +405,30 @@ impl UploaderConfig {
             ),
             _ => None,
         };
+        let allowed_endpoints = match args.allowed_endpoints {
+            Some(text) => split_list(&text),
+            None => file
+                .allowed_endpoints
+                .map(ListOrText::into_list)
+                .unwrap_or_default(),
+        };
+        let allowed_endpoints = crate::store::parse_allowed_endpoints(&allowed_endpoints)
+            .map_err(|m| UploadError::config("allowed_endpoints", m))?;
         let path_style = args.path_style.or(file.path_style).unwrap_or(false);
         let read_local = args.read_local.or(file.read_local).unwrap_or(true);
+        let ingester_data_dir = args
+            .ingester_data_dir
+            .or(file.ingester_data_dir)
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = &ingester_data_dir {
+            // The ingester names absolute paths; a relative one here would depend on the cwd.
+            if !dir.is_absolute() {
+                return Err(UploadError::config(
+                    "ingester_data_dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
         let request_checksum = match args.request_checksum.or(file.request_checksum) {
             Some(text) if !text.trim().is_empty() => ChecksumChoice::parse(&text)
                 .map_err(|m| UploadError::config("request_checksum", m))?,
@@ -452,6 +540,25 @@ impl UploaderConfig {
             .auth_token_file
             .or(file.auth_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        let ingester_token_file = args
+            .ingester_token_file
+            .or(file.ingester_token_file)
+            .filter(|p| !p.as_os_str().is_empty());
+        let allow_unauthenticated = args
+            .allow_unauthenticated
+            .or(file.allow_unauthenticated)
+            .unwrap_or(false);
+        proto::auth::check_listen_exposure(
+            listen,
+            auth_token_file.is_some(),
+            allow_unauthenticated,
+        )
+        .map_err(|m| {
+            UploadError::config(
+                "listen",
+                m.strip_prefix("listen ").unwrap_or(&m).to_string(),
+            )
+        })?;
 
         let ingester_tls = ingester_tls(
             &ingester,
@@ -467,17 +574,21 @@ impl UploaderConfig {
             ingester_tls,
             tls,
             auth_token_file,
+            ingester_token_file,
+            allow_unauthenticated,
             metrics_listen,
             ingester,
             listen,
             state_dir,
             endpoint,
+            allowed_endpoints,
             path_style,
             request_checksum,
             payload_signing,
             region,
             concurrency,
             read_local,
+            ingester_data_dir,
             part_size,
             multipart_threshold,
             max_backoff,
@@ -613,6 +724,7 @@ mod tests {
         let file = r#"
             ingester = "http://ingester:7601"
             listen = "0.0.0.0:9000"
+            allow_unauthenticated = true
             state_dir = "/var/lib/up"
             endpoint = "http://127.0.0.1:9000"
             path_style = true
@@ -791,6 +903,101 @@ mod tests {
         let c = build(&[], Some(include_str!("../../examples/uploader-s3.toml"))).expect("valid");
         assert!(c.path_style);
         assert!(c.endpoint.is_some());
+    }
+
+    #[test]
+    fn listen_beyond_loopback_needs_a_token_file_or_allow_unauthenticated() {
+        let err = build(&["--listen", "0.0.0.0:7602"], None).expect_err("open control plane");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                UploadError::Config {
+                    field: "listen",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("0.0.0.0:7602")
+                && text.contains("auth_token_file")
+                && text.contains("allow_unauthenticated"),
+            "{text}"
+        );
+        let c = build(
+            &["--listen", "0.0.0.0:7602", "--auth-token-file", "/etc/t"],
+            None,
+        )
+        .expect("a token file");
+        assert!(!c.allow_unauthenticated);
+        let c =
+            build(&["--listen", "[::]:7602", "--allow-unauthenticated"], None).expect("opt-out");
+        assert!(c.allow_unauthenticated);
+        let file = "listen = \"10.0.0.22:7602\"\nallow_unauthenticated = true\n";
+        assert!(
+            build(&[], Some(file))
+                .expect("opt-out in the file")
+                .allow_unauthenticated
+        );
+        assert_eq!(
+            field_of(build(&["--allow-unauthenticated=false"], Some(file))),
+            "listen"
+        );
+    }
+
+    #[test]
+    fn allowed_endpoints_from_flag_env_or_file_and_never_file_urls() {
+        assert!(build(&[], None)
+            .expect("defaults")
+            .allowed_endpoints
+            .is_empty());
+        let c = build(
+            &[
+                "--allowed-endpoints",
+                "https://a.example:9000/, http://b:9000",
+            ],
+            None,
+        )
+        .expect("a list");
+        assert_eq!(
+            c.allowed_endpoints,
+            vec!["https://a.example:9000".to_string(), "http://b:9000".into()]
+        );
+        let c = build(
+            &[],
+            Some("allowed_endpoints = [\"https://a\", \"https://b\"]\n"),
+        )
+        .expect("a TOML array");
+        assert_eq!(c.allowed_endpoints.len(), 2);
+        let c = build(&[], Some("allowed_endpoints = \"https://a\"\n")).expect("a string");
+        assert_eq!(c.allowed_endpoints, vec!["https://a".to_string()]);
+        assert_eq!(
+            field_of(build(&["--allowed-endpoints", "file:///tmp/x"], None)),
+            "allowed_endpoints"
+        );
+        assert_eq!(
+            field_of(build(&[], Some("allowed_endpoints = [\"s3.example\"]\n"))),
+            "allowed_endpoints"
+        );
+    }
+
+    #[test]
+    fn ingester_data_dir_is_optional_and_absolute() {
+        assert_eq!(build(&[], None).expect("defaults").ingester_data_dir, None);
+        let c = build(
+            &[],
+            Some("ingester_data_dir = \"/var/lib/tdmq-backup/ingester\"\n"),
+        )
+        .expect("absolute");
+        assert_eq!(
+            c.ingester_data_dir,
+            Some(PathBuf::from("/var/lib/tdmq-backup/ingester"))
+        );
+        assert_eq!(
+            field_of(build(&["--ingester-data-dir", "ingester-data"], None)),
+            "ingester_data_dir"
+        );
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum UploadError {
     #[error("invalid segment: {0}")]
     Segment(String),
 
+    /// The rule names an endpoint this uploader does not write to (`allowed_endpoints`, or a
+    /// `file://` endpoint, which only the uploader's own `endpoint` may choose).
+    #[error("{0}")]
+    EndpointNotAllowed(String),
+
     /// An object-store request failed; `message` is the SDK's display chain.
     #[error("{op} failed: {message}")]
     Store { op: &'static str, message: String },

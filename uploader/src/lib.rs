@@ -51,7 +51,11 @@ pub async fn run(
     // problems show at start-up, not on the first multipart upload.
     std::fs::create_dir_all(config.state_dir())
         .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
-    let token = auth::ControlToken::load(config.auth_token_file.as_deref())?;
+    let token = auth::ControlToken::load_split(
+        config.auth_token_file.as_deref(),
+        config.ingester_token_file.as_deref(),
+    )?;
+    let sends_token = config.auth_token_file.is_some() || config.ingester_token_file.is_some();
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -67,7 +71,8 @@ pub async fn run(
         stores: StoreRouter::new(settings),
         status: status.clone(),
         journal: multipart::Journal::new(config.state_dir()),
-        local_reads: LocalReads::new(config.read_local),
+        local_reads: LocalReads::new(config.read_local)
+            .with_ingester_data_dir(config.ingester_data_dir.clone()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -79,8 +84,15 @@ pub async fn run(
         tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, status.clone()))
     });
+    if sends_token && proto::auth::token_travels_in_clear(&config.ingester) {
+        // Still sent: the network underneath may be encrypted (a VPN, a service mesh).
+        tracing::warn!(ingester = %config.ingester, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
+    }
     if token.require.is_enabled() {
         tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
+    } else if !proto::auth::is_loopback(addr) {
+        // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
+        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can read the uploader's status");
     }
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

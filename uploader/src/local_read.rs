@@ -8,8 +8,11 @@
 //! committing stay RPCs.
 //!
 //! Only a path shaped like the ingester's own sealed files is opened
-//! (`…/segments/{rule}/{segment_no:020}.jsonl[.gz]`, no `..`): the uploader trusts its ingester
-//! with object content, not with choosing which of this host's files to read.
+//! (`…/segments/{rule}/{segment_no:020}.jsonl[.gz]`, no `..`), never through a symlink in place
+//! of the file (`O_NOFOLLOW`), and, when `ingester_data_dir` is configured, only if the file's
+//! directory really is `{ingester_data_dir}/segments/{rule}` once every symlink on the way is
+//! resolved: the uploader trusts its ingester with object content, not with choosing which of
+//! this host's files to read.
 //!
 //! A path that does not open (another host, another user, the file moved into quarantine) just
 //! means ReadSegment. A local attempt that fails for any reason is remembered, and that segment's
@@ -43,6 +46,8 @@ type SegmentId = (String, u64);
 
 pub struct LocalReads {
     enabled: bool,
+    /// `ingester_data_dir`: sealed files are read only from its `segments/` directory.
+    data_dir: Option<PathBuf>,
     /// Segments whose local read failed once; they are read over gRPC from then on.
     refused: Mutex<HashSet<SegmentId>>,
     /// Whether the first file that opened, and the first that did not, were logged (once per
@@ -55,10 +60,17 @@ impl LocalReads {
     pub fn new(enabled: bool) -> LocalReads {
         LocalReads {
             enabled,
+            data_dir: None,
             refused: Mutex::new(HashSet::new()),
             told_local: AtomicBool::new(false),
             told_remote: AtomicBool::new(false),
         }
+    }
+
+    /// Reads only files under `dir/segments/` (the ingester's `data_dir` as this host sees it).
+    pub fn with_ingester_data_dir(mut self, dir: Option<PathBuf>) -> LocalReads {
+        self.data_dir = dir;
+        self
     }
 
     /// The segment's bytes from the file the ingester named, or `None` when they are to come
@@ -74,7 +86,12 @@ impl LocalReads {
             return None;
         }
         let expected_len = seg.file_bytes;
+        let data_dir = self.data_dir.clone();
+        let rule = seg.rule.clone();
         let opened = tokio::task::spawn_blocking(move || {
+            if let Some(data_dir) = &data_dir {
+                check_under(&path, data_dir, &rule)?;
+            }
             open_checked(&path, expected_len).map(|file| (file, path))
         })
         .await;
@@ -153,9 +170,38 @@ fn name_of(path: Option<&Path>) -> Option<&str> {
     path.and_then(Path::file_name).and_then(|n| n.to_str())
 }
 
+/// `path`'s directory, with every symlink resolved, must be `{data_dir}/segments/{rule}` (also
+/// resolved): a symlinked directory on the way cannot lead the read elsewhere.
+fn check_under(path: &Path, data_dir: &Path, rule: &str) -> Result<(), String> {
+    let expected = std::fs::canonicalize(data_dir)
+        .map_err(|e| format!("ingester_data_dir {}: {e}", data_dir.display()))?
+        .join("segments")
+        .join(rule);
+    let actual = path
+        .parent()
+        .map(std::fs::canonicalize)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if actual.as_deref() != Some(expected.as_path()) {
+        return Err(format!(
+            "not under ingester_data_dir (expected {}/…)",
+            expected.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Opens `path` if it is a regular file of `expected_len` bytes; otherwise says why not.
 fn open_checked(path: &Path, expected_len: u64) -> Result<File, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a symlink put in place of the sealed file fails to open (ELOOP) instead of
+    // handing over whatever it points at. O_NONBLOCK: a FIFO there cannot block the open; it is
+    // then refused as not a regular file (reads of regular files ignore the flag).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -260,6 +306,71 @@ mod tests {
         assert!(reads.open(&seg).await.is_none());
         reads.forget(&seg);
         assert!(reads.open(&seg).await.is_some());
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+
+    fn segment(path: &Path, len: u64) -> SegmentInfo {
+        SegmentInfo {
+            rule: "r1".into(),
+            segment_no: 7,
+            file_bytes: len,
+            file_path: path.display().to_string(),
+            content_encoding: "gzip".into(),
+            ..SegmentInfo::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlink_in_place_of_the_sealed_file_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, b"not a segment\n").expect("write");
+        let rule_dir = dir.path().join("segments").join("r1");
+        std::fs::create_dir_all(&rule_dir).expect("mkdir");
+        let link = rule_dir.join("00000000000000000007.jsonl.gz");
+        std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+        let reads = LocalReads::new(true);
+        assert!(
+            reads.open(&segment(&link, 14)).await.is_none(),
+            "a symlink named like a sealed file was followed"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_ingester_data_dir_only_files_under_it_are_read() {
+        let ingester = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let write = |root: &Path| {
+            let rule_dir = root.join("segments").join("r1");
+            std::fs::create_dir_all(&rule_dir).expect("mkdir");
+            let path = rule_dir.join("00000000000000000007.jsonl.gz");
+            std::fs::write(&path, b"hello\n").expect("write");
+            path
+        };
+        let inside = write(ingester.path());
+        let outside = write(other.path());
+        let reads =
+            LocalReads::new(true).with_ingester_data_dir(Some(ingester.path().to_path_buf()));
+        assert!(reads.open(&segment(&inside, 6)).await.is_some());
+        assert!(
+            reads.open(&segment(&outside, 6)).await.is_none(),
+            "a file outside ingester_data_dir was read"
+        );
+        // A symlinked directory inside the data dir that leads outside it does not count.
+        std::fs::remove_dir_all(ingester.path().join("segments")).expect("rm");
+        std::os::unix::fs::symlink(
+            other.path().join("segments"),
+            ingester.path().join("segments"),
+        )
+        .expect("symlink");
+        assert!(
+            reads.open(&segment(&inside, 6)).await.is_none(),
+            "a symlinked directory led outside ingester_data_dir"
+        );
     }
 }
 

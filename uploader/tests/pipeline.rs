@@ -312,6 +312,23 @@ async fn uploads_verifies_retries_and_commits() {
         .expect("segment 2");
     assert_eq!(retried.attempts, 2);
     assert!(!retried.etag.is_empty());
+    // Each commit names the object the ingester sealed: key, size and CRC32C.
+    for commit in &commits {
+        let segs = fake.segs.lock().expect("fake");
+        let info = &segs
+            .iter()
+            .find(|s| s.info.segment_no == commit.segment_no)
+            .expect("a listed segment")
+            .info;
+        assert_eq!(
+            (
+                &commit.object_key,
+                commit.file_bytes,
+                &commit.content_crc32c
+            ),
+            (&info.object_key, info.file_bytes, &info.content_crc32c)
+        );
+    }
 
     let failures = fake.failures.lock().expect("fake").clone();
     assert_eq!(failures.len(), 1, "{failures:?}");

@@ -96,6 +96,7 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
     let store = S3Store::from_client_config(config, &target, PART, PART);
     let router = StoreRouter::new(StoreSettings {
         endpoint: None,
+        allowed_endpoints: Vec::new(),
         region: None,
         path_style: true,
         request_checksum: ChecksumChoice::Fixed(checksum),

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::cli::{CreateArgs, DeleteArgs, EditArgs, OutputFormat, RuleCommand, SpecFlags};
-use crate::client::{read_token_file, CallResult as _};
+use crate::client::{self, read_token_file, CallResult as _};
 use crate::output::{rule_json, rule_text, rules_json, rules_text, Report};
 
 pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
@@ -95,6 +95,9 @@ fn rule_report(rule: Option<Rule>, done: Option<&str>) -> anyhow::Result<Report>
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
     let (spec, token) = create_spec(args)?;
+    if token.is_some() {
+        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
+    }
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .create_rule(CreateRuleRequest {
@@ -126,6 +129,9 @@ pub fn create_spec(args: CreateArgs) -> anyhow::Result<(RuleSpecInput, Option<St
 async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
     let unsubscribe = args.unsubscribe;
     let (spec, token) = edit_spec(args)?;
+    if token.is_some() {
+        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
+    }
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .edit_rule(EditRuleRequest {

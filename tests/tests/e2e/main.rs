@@ -12,5 +12,6 @@ mod harness_selftest;
 mod ops;
 mod resume;
 mod rules_edit;
+mod security;
 mod tls;
 mod util;

@@ -26,6 +26,9 @@ pub struct Stack {
     pub ctl_token_file: Option<PathBuf>,
     /// Where the uploader sends objects, if not straight to `s3` (e.g. a fault proxy).
     pub store_endpoint: Option<String>,
+    /// Start the uploader without its own `endpoint`, so each rule's endpoint or region decides
+    /// (what the uploader's `allowed_endpoints` governs).
+    pub uploader_without_endpoint: bool,
     /// How the daemons' URLs are written: `http://127.0.0.1:PORT` unless changed (TLS tests use
     /// `https` and `localhost`, the certificate's name).
     pub scheme: &'static str,
@@ -90,6 +93,7 @@ impl Stack {
             uploader_extra: Extra::default(),
             ctl_token_file: None,
             store_endpoint: None,
+            uploader_without_endpoint: false,
             scheme: "http",
             host: "127.0.0.1",
             ctl_extra_args: Vec::new(),
@@ -142,20 +146,24 @@ impl Stack {
     }
 
     pub async fn start_uploader(&mut self) -> anyhow::Result<()> {
-        let args = vec![
+        let mut args = vec![
             "--ingester".to_string(),
             self.ingester_url(),
             "--listen".into(),
             format!("127.0.0.1:{}", self.uploader_port),
             "--state-dir".into(),
             self.path("uploader").to_string_lossy().into_owned(),
-            "--endpoint".into(),
-            self.store_endpoint
-                .clone()
-                .unwrap_or_else(|| self.s3.endpoint()),
             "--path-style".into(),
             "true".into(),
         ];
+        if !self.uploader_without_endpoint {
+            args.push("--endpoint".into());
+            args.push(
+                self.store_endpoint
+                    .clone()
+                    .unwrap_or_else(|| self.s3.endpoint()),
+            );
+        }
         let envs = vec![
             (
                 "AWS_ACCESS_KEY_ID".to_string(),
@@ -174,7 +182,6 @@ impl Stack {
                 ca.to_string_lossy().into_owned(),
             ));
         }
-        let mut args = args;
         args.extend(self.uploader_extra.args.iter().cloned());
         envs.extend(self.uploader_extra.env.iter().cloned());
         self.uploader = Some(Daemon::spawn(

@@ -229,10 +229,60 @@ pub fn is_cos_endpoint(url: &str) -> bool {
     host.ends_with(".myqcloud.com")
 }
 
-/// Where a segment goes: the uploader's override, else the rule's endpoint, else the COS
-/// endpoint of the rule's region.
+/// The uploader's `allowed_endpoints`: S3 endpoints a rule may name. A `file://` entry is
+/// refused: the embedded store writes to this host's disk and is only ever chosen by the
+/// uploader's own `endpoint`.
+pub fn parse_allowed_endpoints(entries: &[String]) -> Result<Vec<String>, String> {
+    let mut allowed = Vec::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        match StoreEndpoint::parse(entry)? {
+            StoreEndpoint::S3 { url } => allowed.push(url),
+            StoreEndpoint::File { .. } => {
+                return Err(format!(
+                    "{entry:?}: a file:// store is never taken from a rule; set the uploader's \
+                     own endpoint to use it"
+                ))
+            }
+        }
+    }
+    Ok(allowed)
+}
+
+/// A rule's own endpoint, if this uploader may write there: one listed in `allowed_endpoints`,
+/// or the COS endpoint of the rule's own region (what the region alone would pick for the seven
+/// known regions, and the way to reach any other COS region). A rule chooses where the
+/// uploader's signed requests and the backup go, so nothing else is honoured.
+fn rule_endpoint(
+    text: &str,
+    region: &str,
+    allowed: &[String],
+) -> Result<StoreEndpoint, UploadError> {
+    let endpoint = StoreEndpoint::parse(text)
+        .map_err(|m| UploadError::Segment(format!("rule endpoint: {m}")))?;
+    match &endpoint {
+        StoreEndpoint::File { .. } => Err(UploadError::EndpointNotAllowed(format!(
+            "the rule's endpoint {text} is refused: a file:// store is never taken from a rule \
+             (it would write anywhere on the uploader's host); only the uploader's own endpoint \
+             key may name one"
+        ))),
+        StoreEndpoint::S3 { url }
+            if allowed.iter().any(|a| a.eq_ignore_ascii_case(url))
+                || url.eq_ignore_ascii_case(&format!("https://cos.{region}.myqcloud.com")) =>
+        {
+            Ok(endpoint)
+        }
+        StoreEndpoint::S3 { url } => Err(UploadError::EndpointNotAllowed(format!(
+            "the rule's endpoint {url} is not in the uploader's allowed_endpoints; add it there \
+             (or set the uploader's endpoint) to let rules write to it"
+        ))),
+    }
+}
+
+/// Where a segment goes: the uploader's override, else the rule's endpoint if allowed (see
+/// [`rule_endpoint`]), else the COS endpoint of the rule's region.
 pub fn resolve_target(
     override_endpoint: Option<&StoreEndpoint>,
+    allowed_endpoints: &[String],
     region_override: Option<&str>,
     path_style: bool,
     checksum: ChecksumChoice,
@@ -241,8 +291,9 @@ pub fn resolve_target(
 ) -> Result<Target, UploadError> {
     let endpoint = match override_endpoint {
         Some(e) => e.clone(),
-        None if !segment_endpoint.is_empty() => StoreEndpoint::parse(segment_endpoint)
-            .map_err(|m| UploadError::Segment(format!("rule endpoint: {m}")))?,
+        None if !segment_endpoint.is_empty() => {
+            rule_endpoint(segment_endpoint, segment_region, allowed_endpoints)?
+        }
         None => match proto::types::rule::cos_endpoint(segment_region) {
             Some(url) => StoreEndpoint::S3 { url },
             None => {
@@ -307,6 +358,8 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub endpoint: Option<StoreEndpoint>,
+    /// S3 endpoints a rule may name (normalized URLs).
+    pub allowed_endpoints: Vec<String>,
     pub region: Option<String>,
     pub path_style: bool,
     pub request_checksum: ChecksumChoice,
@@ -322,6 +375,7 @@ impl StoreSettings {
     pub fn from_config(config: &UploaderConfig) -> StoreSettings {
         StoreSettings {
             endpoint: config.endpoint.clone(),
+            allowed_endpoints: config.allowed_endpoints.clone(),
             region: config.region.clone(),
             path_style: config.path_style,
             request_checksum: config.request_checksum,
@@ -353,8 +407,13 @@ impl StoreSettings {
                 }
             ),
             None => format!(
-                "per rule: the rule's endpoint, else https://cos.<region>.myqcloud.com \
-                 (request checksums: {})",
+                "per rule: https://cos.<region>.myqcloud.com, or the rule's endpoint if \
+                 allowed ({}) (request checksums: {})",
+                if self.allowed_endpoints.is_empty() {
+                    "allowed_endpoints is empty".to_string()
+                } else {
+                    self.allowed_endpoints.join(", ")
+                },
                 self.request_checksum.describe()
             ),
         };
@@ -406,6 +465,7 @@ impl StoreRouter {
     ) -> Result<Target, UploadError> {
         resolve_target(
             self.settings.endpoint.as_ref(),
+            &self.settings.allowed_endpoints,
             self.settings.region.as_deref(),
             self.settings.path_style,
             self.settings.request_checksum,
@@ -465,6 +525,11 @@ mod tests {
 
     const AUTO: ChecksumChoice = ChecksumChoice::Auto;
 
+    /// An `allowed_endpoints` naming one S3 server.
+    fn minio() -> Vec<String> {
+        vec!["http://minio:9000".into()]
+    }
+
     fn s3(endpoint: &str, region: &str, path_style: bool) -> Target {
         Target::S3(S3Target {
             endpoint: endpoint.into(),
@@ -476,7 +541,8 @@ mod tests {
 
     #[test]
     fn cos_region_resolves_to_virtual_hosted_cos() {
-        let t = resolve_target(None, None, true, AUTO, "", "ap-guangzhou").expect("known region");
+        let t = resolve_target(None, &minio(), None, true, AUTO, "", "ap-guangzhou")
+            .expect("known region");
         assert_eq!(
             t,
             s3(
@@ -489,14 +555,24 @@ mod tests {
 
     #[test]
     fn rule_endpoint_beats_region_and_uses_path_style_setting() {
-        let t =
-            resolve_target(None, None, true, AUTO, "http://minio:9000", "us-east-1").expect("ok");
+        let t = resolve_target(
+            None,
+            &minio(),
+            None,
+            true,
+            AUTO,
+            "http://minio:9000",
+            "us-east-1",
+        )
+        .expect("ok");
         assert_eq!(t, s3("http://minio:9000", "us-east-1", true));
-        let t = resolve_target(None, None, false, AUTO, "http://minio:9000/", "").expect("ok");
+        let t = resolve_target(None, &minio(), None, false, AUTO, "http://minio:9000/", "")
+            .expect("ok");
         assert_eq!(t, s3("http://minio:9000", FALLBACK_REGION, false));
         // A COS endpoint given explicitly (a region outside the known seven) stays virtual-hosted.
         let t = resolve_target(
             None,
+            &minio(),
             None,
             true,
             AUTO,
@@ -508,8 +584,75 @@ mod tests {
             t,
             s3("https://cos.ap-nanjing.myqcloud.com", "ap-nanjing", false)
         );
-        let t = resolve_target(None, None, false, AUTO, "file:///data/store", "x").expect("ok");
-        assert_eq!(t, Target::File("/data/store".into()));
+    }
+
+    #[test]
+    fn a_rule_endpoint_is_honoured_only_if_allowed_and_never_file() {
+        let err = resolve_target(
+            None,
+            &[],
+            None,
+            true,
+            AUTO,
+            "http://minio:9000",
+            "us-east-1",
+        )
+        .expect_err("not in allowed_endpoints");
+        assert!(matches!(err, UploadError::EndpointNotAllowed(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("allowed_endpoints") && err.to_string().contains("minio"),
+            "{err}"
+        );
+        let err = resolve_target(None, &minio(), None, true, AUTO, "http://evil:9000", "x")
+            .expect_err("another host");
+        assert!(err.to_string().contains("http://evil:9000"), "{err}");
+        // The list is matched without regard to case or a trailing slash.
+        let t = resolve_target(None, &minio(), None, true, AUTO, "http://MINIO:9000/", "x")
+            .expect("listed");
+        assert!(matches!(t, Target::S3(_)), "{t:?}");
+        // The COS endpoint of the rule's own region needs no listing (any COS region).
+        let t = resolve_target(
+            None,
+            &[],
+            None,
+            false,
+            AUTO,
+            "https://cos.ap-nanjing.myqcloud.com",
+            "ap-nanjing",
+        )
+        .expect("the rule region's COS endpoint");
+        assert_eq!(
+            t,
+            s3("https://cos.ap-nanjing.myqcloud.com", "ap-nanjing", false)
+        );
+        let err = resolve_target(
+            None,
+            &[],
+            None,
+            false,
+            AUTO,
+            "https://cos.ap-nanjing.myqcloud.com",
+            "ap-beijing",
+        )
+        .expect_err("another region's endpoint is another endpoint");
+        assert!(matches!(err, UploadError::EndpointNotAllowed(_)), "{err:?}");
+        // file:// never comes from a rule, whatever the list says.
+        for allowed in [vec![], vec!["file:///data/store".to_string()]] {
+            let err = resolve_target(None, &allowed, None, false, AUTO, "file:///data/store", "x")
+                .expect_err("file:// from a rule");
+            assert!(err.to_string().contains("file://"), "{err}");
+        }
+    }
+
+    #[test]
+    fn allowed_endpoints_are_s3_urls_only() {
+        assert_eq!(
+            parse_allowed_endpoints(&[" https://s3.example.com/ ".into(), String::new()]),
+            Ok(vec!["https://s3.example.com".to_string()])
+        );
+        let err = parse_allowed_endpoints(&["file:///var/backups".into()]).expect_err("file://");
+        assert!(err.contains("file://") && err.contains("endpoint"), "{err}");
+        assert!(parse_allowed_endpoints(&["minio:9000".into()]).is_err());
     }
 
     #[test]
@@ -517,6 +660,7 @@ mod tests {
         let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
         let t = resolve_target(
             Some(&o),
+            &minio(),
             Some("us-west-2"),
             true,
             AUTO,
@@ -525,17 +669,25 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(t, s3("http://127.0.0.1:9000", "us-west-2", true));
-        let t = resolve_target(Some(&o), None, false, AUTO, "", "ap-guangzhou").expect("ok");
+        let t =
+            resolve_target(Some(&o), &minio(), None, false, AUTO, "", "ap-guangzhou").expect("ok");
         assert_eq!(t, s3("http://127.0.0.1:9000", "ap-guangzhou", false));
         let f = StoreEndpoint::parse("file://./local").expect("valid");
-        let t = resolve_target(Some(&f), None, false, AUTO, "", "ap-guangzhou").expect("ok");
+        let t =
+            resolve_target(Some(&f), &minio(), None, false, AUTO, "", "ap-guangzhou").expect("ok");
         assert_eq!(t, Target::File("./local".into()));
     }
 
     #[test]
     fn auto_checksum_is_md5_for_cos_and_crc32c_elsewhere() {
         let checksum_of = |choice, endpoint: &str, region| match resolve_target(
-            None, None, false, choice, endpoint, region,
+            None,
+            &minio(),
+            None,
+            false,
+            choice,
+            endpoint,
+            region,
         ) {
             Ok(Target::S3(t)) => t.checksum,
             other => panic!("not an S3 target: {other:?}"),
@@ -579,7 +731,8 @@ mod tests {
 
     #[test]
     fn unknown_region_without_endpoint_is_refused() {
-        let err = resolve_target(None, None, false, AUTO, "", "mars-1").expect_err("no endpoint");
+        let err = resolve_target(None, &minio(), None, false, AUTO, "", "mars-1")
+            .expect_err("no endpoint");
         assert!(err.to_string().contains("mars-1"), "{err}");
     }
 
@@ -610,6 +763,7 @@ mod tests {
     fn describe_holds_no_secret() {
         let settings = StoreSettings {
             endpoint: Some(StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid")),
+            allowed_endpoints: Vec::new(),
             region: None,
             path_style: true,
             request_checksum: ChecksumChoice::Auto,

@@ -856,8 +856,16 @@ mod tests {
 
     #[tokio::test]
     async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
-        let target = resolve_target(None, None, false, ChecksumChoice::Auto, "", "ap-guangzhou")
-            .expect("COS region");
+        let target = resolve_target(
+            None,
+            &[],
+            None,
+            false,
+            ChecksumChoice::Auto,
+            "",
+            "ap-guangzhou",
+        )
+        .expect("COS region");
         let (uri, headers, err) = capture_put(target).await;
         assert!(
             uri.starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/orders/2026/11/24/02/seg.jsonl.gz"),
@@ -885,8 +893,16 @@ mod tests {
             Some("UNSIGNED-PAYLOAD")
         );
         // Unless payload_signing = "always".
-        let target = resolve_target(None, None, false, ChecksumChoice::Auto, "", "ap-guangzhou")
-            .expect("COS region");
+        let target = resolve_target(
+            None,
+            &[],
+            None,
+            false,
+            ChecksumChoice::Auto,
+            "",
+            "ap-guangzhou",
+        )
+        .expect("COS region");
         let (_, headers, _) = capture_put_with(target, PayloadSigning::Always).await;
         assert_eq!(
             header(&headers, "x-amz-content-sha256"),
@@ -900,6 +916,7 @@ mod tests {
     fn override_target(o: &StoreEndpoint) -> Target {
         resolve_target(
             Some(o),
+            &[],
             None,
             true,
             ChecksumChoice::Auto,
@@ -931,7 +948,7 @@ mod tests {
         );
 
         let md5 = ChecksumChoice::parse("md5").expect("valid");
-        let target = resolve_target(Some(&o), None, true, md5, "", "").expect("ok");
+        let target = resolve_target(Some(&o), &[], None, true, md5, "", "").expect("ok");
         let (_, headers, _) = capture_put(target).await;
         assert_eq!(
             header(&headers, "content-md5"),
@@ -951,6 +968,7 @@ mod tests {
         );
         let target = resolve_target(
             None,
+            &["http://minio.local:9000".to_string()],
             None,
             false,
             ChecksumChoice::Auto,
