@@ -1,10 +1,10 @@
-//! Resumable multipart uploads against a real S3 implementation (s3s-fs in-process): an
-//! interrupted upload resumes without re-sending the parts the store has, a changed segment or
-//! a CRC mismatch aborts the old upload, and the sweep aborts uploads of segments the ingester
-//! no longer offers.
+//! Resumable multipart uploads against two real S3 implementations, s3s-fs (in-process) and
+//! moto's server: an interrupted upload resumes without re-sending the parts the store has, a
+//! changed segment or a CRC mismatch aborts the old upload, and the sweep aborts uploads of
+//! segments the ingester no longer offers. Every test runs once per store (`s3s_fs::…` and
+//! `moto::…`): code that only ever met one S3 server can still fail against another.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -25,7 +25,39 @@ use uploader::UploadError;
 
 mod common;
 
-use common::{OpenRequests, Recorded, Recorder, AK, BUCKET, SK};
+use common::{OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK};
+
+/// Runs each named `async fn(StoreKind)` as one test per store: `s3s_fs::NAME` and `moto::NAME`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod s3s_fs {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::StoreKind::S3sFs).await;
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::StoreKind::Moto).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    interrupted_upload_resumes_without_resending_stored_parts,
+    interrupted_crc32c_upload_resumes_without_resending_stored_parts,
+    crc_mismatch_on_resume_aborts_and_forgets,
+    changed_segment_aborts_the_old_upload_and_starts_over,
+    sweep_aborts_uploads_of_segments_no_longer_offered,
+    part_buffers_come_back_after_their_upload,
+    a_lone_upload_sends_several_parts_at_once,
+);
 
 const MIB: usize = 1 << 20;
 const PART: u64 = 5 * MIB as u64;
@@ -50,7 +82,9 @@ fn count(requests: &[Recorded], method: &str, needle: &str) -> usize {
 }
 
 struct Env {
-    root: tempfile::TempDir,
+    server: TestStore,
+    /// Looks at the store without being recorded.
+    inspect: aws_sdk_s3::Client,
     state: tempfile::TempDir,
     target: S3Target,
     store: S3Store,
@@ -60,20 +94,23 @@ struct Env {
     open_requests: OpenRequests,
 }
 
-async fn env() -> Env {
-    env_with(RequestChecksum::Md5).await
+async fn env(kind: StoreKind) -> Env {
+    env_with(kind, RequestChecksum::Md5).await
 }
 
 /// With an uploader `concurrency` of 1 (2 parts held: one sending, one being read), so the tests
 /// here know which parts were sent when a stream breaks.
-async fn env_with(checksum: RequestChecksum) -> Env {
-    env_with_concurrency(checksum, 1).await
+async fn env_with(kind: StoreKind, checksum: RequestChecksum) -> Env {
+    env_with_concurrency(kind, checksum, 1).await
 }
 
-async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> Env {
-    let server = common::serve().await;
-    let addr = server.addr;
-    let root = server.root;
+async fn env_with_concurrency(
+    kind: StoreKind,
+    checksum: RequestChecksum,
+    concurrency: usize,
+) -> Env {
+    let server = TestStore::start(kind).await;
+    let inspect = common::plain_client(&server.endpoint());
     let credentials = Credentials::Static {
         source: "test",
         access_key_id: Secret::new(AK),
@@ -81,7 +118,7 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
         session_token: None,
     };
     let target = S3Target {
-        endpoint: format!("http://{addr}"),
+        endpoint: server.endpoint(),
         region: "us-east-1".into(),
         path_style: true,
         checksum,
@@ -108,7 +145,8 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
     let state = tempfile::tempdir().expect("state dir");
     let journal = Journal::new(state.path());
     Env {
-        root,
+        server,
+        inspect,
         state,
         target,
         store,
@@ -195,39 +233,66 @@ impl Env {
         .map(|o| o.etag)
     }
 
-    fn stored(&self, seg: &SegmentInfo) -> Option<Vec<u8>> {
-        std::fs::read(self.root.path().join(BUCKET).join(&seg.object_key)).ok()
+    /// The object's bytes, if the store holds it.
+    async fn stored(&self, seg: &SegmentInfo) -> Option<Vec<u8>> {
+        let out = self
+            .inspect
+            .get_object()
+            .bucket(BUCKET)
+            .key(&seg.object_key)
+            .send()
+            .await
+            .ok()?;
+        let data = out.body.collect().await.expect("object body");
+        Some(data.into_bytes().to_vec())
     }
 
-    /// Uploads s3s-fs still holds open (its `.upload-ID.json` files) and their part files.
-    fn open_uploads(&self) -> Vec<String> {
-        open_uploads(self.root.path())
+    /// The multipart uploads the store still holds open: s3s-fs's `.upload-ID.json` files and
+    /// their part files, moto's ListMultipartUploads.
+    async fn open_uploads(&self) -> Vec<String> {
+        match &self.server {
+            TestStore::S3sFs(server) => std::fs::read_dir(server.root.path())
+                .expect("root")
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
+                .collect(),
+            TestStore::Moto(_) => self
+                .inspect
+                .list_multipart_uploads()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .expect("ListMultipartUploads")
+                .uploads()
+                .iter()
+                .filter_map(|u| u.upload_id().map(str::to_string))
+                .collect(),
+        }
+    }
+
+    /// How many multipart uploads the store holds open.
+    async fn open_upload_count(&self) -> usize {
+        let open = self.open_uploads().await;
+        match self.server.kind() {
+            StoreKind::S3sFs => open.iter().filter(|n| n.starts_with(".upload-")).count(),
+            StoreKind::Moto => open.len(),
+        }
     }
 }
 
-fn open_uploads(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root)
-        .expect("root")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
-        .collect()
-}
-
-#[tokio::test]
-async fn interrupted_upload_resumes_without_resending_stored_parts() {
-    interrupted_upload_resumes(RequestChecksum::Md5).await;
+async fn interrupted_upload_resumes_without_resending_stored_parts(kind: StoreKind) {
+    interrupted_upload_resumes(kind, RequestChecksum::Md5).await;
 }
 
 /// The CRC32C flavour: the upload is created with that algorithm, every part carries its
 /// CRC32C, the record keeps them, and Complete (after the resume) names them all.
-#[tokio::test]
-async fn interrupted_crc32c_upload_resumes_without_resending_stored_parts() {
-    interrupted_upload_resumes(RequestChecksum::Crc32c).await;
+async fn interrupted_crc32c_upload_resumes_without_resending_stored_parts(kind: StoreKind) {
+    interrupted_upload_resumes(kind, RequestChecksum::Crc32c).await;
 }
 
-async fn interrupted_upload_resumes(checksum: RequestChecksum) {
-    let env = env_with(checksum).await;
+async fn interrupted_upload_resumes(kind: StoreKind, checksum: RequestChecksum) {
+    let env = env_with(kind, checksum).await;
     let data = random_bytes(17 * MIB + 123, 1); // parts: 5 + 5 + 5 + 2 MiB
     let seg = segment(1, &data);
 
@@ -285,17 +350,16 @@ async fn interrupted_upload_resumes(checksum: RequestChecksum) {
     assert_eq!(count(&second, "GET", "uploadId="), 1, "one ListParts");
     assert_eq!(count(&second, "POST", "uploads"), 0, "no new upload");
     assert_eq!(
-        env.stored(&seg).as_deref(),
+        env.stored(&seg).await.as_deref(),
         Some(&data[..]),
         "byte-identical"
     );
     assert!(!state_file.exists(), "state removed after Complete");
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn crc_mismatch_on_resume_aborts_and_forgets() {
-    let env = env().await;
+async fn crc_mismatch_on_resume_aborts_and_forgets(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 2);
     let seg = segment(2, &data);
     env.upload(&seg, &data, Some(6 * MIB))
@@ -322,8 +386,8 @@ async fn crc_mismatch_on_resume_aborts_and_forgets() {
     assert_eq!(count(&requests, "DELETE", "uploadId="), 1, "aborted");
     assert_eq!(count(&requests, "POST", "uploadId="), 0, "never completed");
     assert!(env.journal.load("orders", 2).await.is_none());
-    assert!(env.stored(&seg).is_none());
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert!(env.stored(&seg).await.is_none());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 
     // A damaged part the store already has is caught by its MD5 ETag and sent again.
     let mut early_damage = data.clone();
@@ -334,13 +398,12 @@ async fn crc_mismatch_on_resume_aborts_and_forgets() {
     assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
     env.upload(&seg, &data, None).await.expect("stored");
     assert_eq!(parts_sent(&env.recorder.take()), vec![1, 2, 3]);
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn changed_segment_aborts_the_old_upload_and_starts_over() {
-    let env = env().await;
+async fn changed_segment_aborts_the_old_upload_and_starts_over(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 3);
     let seg = segment(3, &data);
     env.upload(&seg, &data, Some(6 * MIB))
@@ -359,10 +422,10 @@ async fn changed_segment_aborts_the_old_upload_and_starts_over() {
         vec![1, 2, 3],
         "all parts of the new upload"
     );
-    assert_eq!(env.stored(&new_seg).as_deref(), Some(&new_data[..]));
+    assert_eq!(env.stored(&new_seg).await.as_deref(), Some(&new_data[..]));
     assert!(env.journal.load("orders", 3).await.is_none());
     // The old upload id is gone from the store.
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
     assert!(env
         .store
         .list_parts(BUCKET, &old.identity.key, &old.upload_id)
@@ -371,9 +434,8 @@ async fn changed_segment_aborts_the_old_upload_and_starts_over() {
         .is_none_or(|p| p.is_empty()));
 }
 
-#[tokio::test]
-async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
-    let env = env().await;
+async fn sweep_aborts_uploads_of_segments_no_longer_offered(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 5);
     let (gone, offered, busy) = (segment(10, &data), segment(11, &data), segment(12, &data));
     for seg in [&gone, &offered, &busy] {
@@ -398,12 +460,12 @@ async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
         "still offered"
     );
     assert!(env.journal.load("orders", 12).await.is_some(), "in flight");
-    // Two uploads stay open in the store (one `.upload-ID.json` each, plus their parts).
-    let open = env.open_uploads();
+    // Two uploads stay open in the store.
     assert_eq!(
-        open.iter().filter(|n| n.starts_with(".upload-")).count(),
+        env.open_upload_count().await,
         2,
-        "{open:?}"
+        "{:?}",
+        env.open_uploads().await
     );
 
     // A segment offered with other content is abandoned too.
@@ -414,19 +476,18 @@ async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
         2
     );
     assert!(env.journal.list().await.is_empty());
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
 /// Once the SDK is done with a part, its buffer goes back to the pool and the next part is
 /// gathered in it (a fresh part-sized buffer would be faulted in and zeroed by the kernel).
-#[tokio::test]
-async fn part_buffers_come_back_after_their_upload() {
-    let env = env().await;
+async fn part_buffers_come_back_after_their_upload(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(12 * MIB, 7); // parts: 5 + 5 + 2 MiB
     let seg = segment(7, &data);
     let etag = env.upload(&seg, &data, None).await.expect("uploaded");
     assert!(etag.contains("-3"), "3 parts: {etag}");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     // Three parts went up; each buffer was handed back after its UploadPart, and the reads
     // took them again. Only the end-of-body read's empty buffer would come back otherwise.
     assert_eq!(
@@ -439,14 +500,13 @@ async fn part_buffers_come_back_after_their_upload() {
 /// An upload running alone takes the idle share of the part budget: several UploadParts at once
 /// (one TCP stream carries less than the link), and the object is still byte for byte the
 /// segment. With every upload slot in use (concurrency 1 here) it is one at a time.
-#[tokio::test]
-async fn a_lone_upload_sends_several_parts_at_once() {
+async fn a_lone_upload_sends_several_parts_at_once(kind: StoreKind) {
     let data = random_bytes(6 * PART as usize - 1234, 11); // 6 parts
-    let env = env_with_concurrency(RequestChecksum::Crc32c, 4).await;
+    let env = env_with_concurrency(kind, RequestChecksum::Crc32c, 4).await;
     let seg = segment(11, &data);
     let etag = env.upload(&seg, &data, None).await.expect("uploaded");
     assert!(etag.contains("-6"), "6 parts: {etag}");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     let most = env.open_requests.most();
     assert!(
         (2..=7).contains(&most),
@@ -454,9 +514,9 @@ async fn a_lone_upload_sends_several_parts_at_once() {
     );
     assert_eq!(parts_sent(&env.recorder.requests()).len(), 6);
 
-    let env = env_with_concurrency(RequestChecksum::Crc32c, 1).await;
+    let env = env_with_concurrency(kind, RequestChecksum::Crc32c, 1).await;
     let seg = segment(12, &data);
     env.upload(&seg, &data, None).await.expect("uploaded");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     assert_eq!(env.open_requests.most(), 1, "one part at a time");
 }

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use super::list_parts_root::ListPartsRootFix;
 use super::part_buffers::PartBuffers;
 use super::{
     Body, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
@@ -436,6 +437,8 @@ impl S3Store {
                 .key(key)
                 .upload_id(upload_id)
                 .set_part_number_marker(marker.clone())
+                .customize()
+                .interceptor(ListPartsRootFix)
                 .send()
                 .await
             {
@@ -646,7 +649,14 @@ where
                 (Some(code), Some(message)) => text.push_str(&format!(" {code}: {message}")),
                 (Some(code), None) => text.push_str(&format!(" {code}")),
                 (None, Some(message)) => text.push_str(&format!(": {message}")),
-                (None, None) => {}
+                // No error code: the SDK could not read the answer (e.g. a 200 whose XML it
+                // failed to parse); the parser's own words are the only clue.
+                (None, None) => {
+                    text.push_str(&format!(
+                        " but its answer could not be read: {}",
+                        root_cause(err)
+                    ));
+                }
             }
             text
         }
