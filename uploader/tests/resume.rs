@@ -15,7 +15,7 @@ use proto::v1::SegmentInfo;
 use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
-use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
+use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, PartList, S3Store};
 use uploader::store::{
     Body, ChecksumChoice, PayloadSigning, PutRequest, RequestChecksum, S3Target, StoreRouter,
     StoreSettings,
@@ -25,7 +25,9 @@ use uploader::UploadError;
 
 mod common;
 
-use common::{OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK};
+use common::{
+    BreakListParts, OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK,
+};
 
 /// Runs each named `async fn(StoreKind)` as one test per store: `s3s_fs::NAME` and `moto::NAME`.
 macro_rules! on_every_store {
@@ -57,6 +59,7 @@ on_every_store!(
     sweep_aborts_uploads_of_segments_no_longer_offered,
     part_buffers_come_back_after_their_upload,
     a_lone_upload_sends_several_parts_at_once,
+    an_upload_that_cannot_be_resumed_starts_over_after_three_tries,
 );
 
 const MIB: usize = 1 << 20;
@@ -92,6 +95,7 @@ struct Env {
     journal: Journal,
     recorder: Recorder,
     open_requests: OpenRequests,
+    break_list_parts: BreakListParts,
 }
 
 async fn env(kind: StoreKind) -> Env {
@@ -125,10 +129,12 @@ async fn env_with_concurrency(
     };
     let recorder = Recorder::default();
     let open_requests = OpenRequests::default();
+    let break_list_parts = BreakListParts::default();
     let shared = load_shared_config(&credentials).await;
     let config = client_config(&shared, &target)
         .interceptor(recorder.clone())
         .interceptor(open_requests.clone())
+        .interceptor(break_list_parts.clone())
         .build();
     let store = S3Store::from_client_config(config, &target, PART, PART);
     let router = StoreRouter::new(StoreSettings {
@@ -154,6 +160,7 @@ async fn env_with_concurrency(
         journal,
         recorder,
         open_requests,
+        break_list_parts,
     }
 }
 
@@ -426,12 +433,16 @@ async fn changed_segment_aborts_the_old_upload_and_starts_over(kind: StoreKind) 
     assert!(env.journal.load("orders", 3).await.is_none());
     // The old upload id is gone from the store.
     assert_eq!(env.open_uploads().await, Vec::<String>::new());
-    assert!(env
+    match env
         .store
         .list_parts(BUCKET, &old.identity.key, &old.upload_id)
         .await
         .expect("list")
-        .is_none_or(|p| p.is_empty()));
+    {
+        PartList::UploadGone => {}
+        PartList::Listed(parts) => assert_eq!(parts, vec![]),
+        PartList::Unusable(err) => panic!("{err}"),
+    }
 }
 
 async fn sweep_aborts_uploads_of_segments_no_longer_offered(kind: StoreKind) {
@@ -519,4 +530,67 @@ async fn a_lone_upload_sends_several_parts_at_once(kind: StoreKind) {
     env.upload(&seg, &data, None).await.expect("uploaded");
     assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     assert_eq!(env.open_requests.most(), 1, "one part at a time");
+}
+
+/// A store whose ListParts answer cannot be used (here: a 200 the SDK cannot read, as moto's was)
+/// must not keep the segment from ever being stored: each attempt that cannot resume is
+/// counted in the record, and the third aborts the upload and sends the object from scratch.
+async fn an_upload_that_cannot_be_resumed_starts_over_after_three_tries(kind: StoreKind) {
+    let env = env(kind).await;
+    let data = random_bytes(11 * MIB, 13); // parts: 5 + 5 + 1 MiB
+    let seg = segment(13, &data);
+    env.upload(&seg, &data, Some(6 * MIB))
+        .await
+        .expect_err("stream broke");
+    assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
+    let old = env.journal.load("orders", 13).await.expect("state");
+
+    env.break_list_parts.arm(true);
+    for attempt in 1..=2 {
+        let err = env
+            .upload(&seg, &data, None)
+            .await
+            .expect_err("ListParts cannot be read");
+        assert!(
+            err.to_string()
+                .contains("ListParts failed: the store answered HTTP 200"),
+            "attempt {attempt}: {err}"
+        );
+        let requests = env.recorder.take();
+        assert_eq!(
+            parts_sent(&requests),
+            Vec::<u32>::new(),
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            count(&requests, "DELETE", "uploadId="),
+            0,
+            "not aborted yet"
+        );
+        let rec = env
+            .journal
+            .load("orders", 13)
+            .await
+            .expect("state kept for another try");
+        assert_eq!(rec.upload_id, old.upload_id);
+        assert_eq!(rec.resume_failures, attempt, "counted in the record");
+    }
+
+    // The third try gives up on the old upload and sends the whole object again.
+    let etag = env
+        .upload(&seg, &data, None)
+        .await
+        .expect("started over and stored");
+    assert!(etag.contains("-3"), "3 parts: {etag}");
+    let requests = env.recorder.take();
+    assert_eq!(
+        count(&requests, "DELETE", "uploadId="),
+        1,
+        "old upload aborted"
+    );
+    assert_eq!(count(&requests, "POST", "uploads"), 1, "a new upload");
+    assert_eq!(parts_sent(&requests), vec![1, 2, 3]);
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
+    assert!(env.journal.load("orders", 13).await.is_none());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }

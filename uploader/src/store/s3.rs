@@ -115,6 +115,19 @@ pub struct ListedPart {
     pub checksum_crc32c: Option<String>,
 }
 
+/// What ListParts found out about a multipart upload.
+#[derive(Debug)]
+pub enum PartList {
+    /// The parts the store holds, in part-number order.
+    Listed(Vec<ListedPart>),
+    /// The store no longer knows the upload (completed, aborted, removed by a lifecycle rule).
+    UploadGone,
+    /// The store answered, but not with a part list that can be used: an answer the SDK
+    /// cannot read, or a refusal other than NoSuchUpload (4xx). Asking again is unlikely to
+    /// help, unlike an unreachable store or a 5xx, which are returned as errors.
+    Unusable(UploadError),
+}
+
 /// Starts the message of a [`UploadError::Store`] after which the multipart upload cannot go on
 /// (the store forgot the upload id, or refuses the part list): the next attempt starts over.
 const START_OVER: &str = "the multipart upload must start over: ";
@@ -417,14 +430,14 @@ impl S3Store {
         })
     }
 
-    /// The parts the store holds for `upload_id`, in part-number order; `None` if the store no
-    /// longer knows the upload (completed, aborted, or removed by a lifecycle rule).
+    /// The parts the store holds for `upload_id` (see [`PartList`]); an error if the store
+    /// could not be reached or failed on its side (5xx), which is worth asking again.
     pub async fn list_parts(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<Option<Vec<ListedPart>>, UploadError> {
+    ) -> Result<PartList, UploadError> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         // A page holds up to 1,000 parts; 10,000 parts at most means at most 10 pages. The
@@ -443,7 +456,10 @@ impl S3Store {
                 .await
             {
                 Ok(out) => out,
-                Err(err) if is_no_such_upload(&err) => return Ok(None),
+                Err(err) if is_no_such_upload(&err) => return Ok(PartList::UploadGone),
+                Err(err) if answered_unusably(&err) => {
+                    return Ok(PartList::Unusable(sdk_error("ListParts", err)))
+                }
                 Err(err) => return Err(sdk_error("ListParts", err)),
             };
             for p in out.parts() {
@@ -469,7 +485,7 @@ impl S3Store {
         }
         parts.sort_by_key(|p| p.part_number);
         parts.dedup_by_key(|p| p.part_number);
-        Ok(Some(parts))
+        Ok(PartList::Listed(parts))
     }
 
     /// CompleteMultipartUpload with `state.parts` (which must be 1..=n in order).
@@ -613,6 +629,13 @@ fn is_no_such_upload<E: ProvideErrorMetadata>(
         || err
             .raw_response()
             .is_some_and(|r| r.status().as_u16() == 404)
+}
+
+/// The store answered in full, and the answer is no use: a body the SDK cannot read (moto's
+/// 200 was one) or a refusal below 500. Unreachable stores, timeouts, answers cut off while
+/// being read and 5xx are passing troubles.
+fn answered_unusably<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(err, SdkError::ServiceError(ctx) if ctx.raw().status().as_u16() < 500)
 }
 
 fn start_over<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> UploadError

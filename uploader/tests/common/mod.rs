@@ -352,3 +352,59 @@ impl Intercept for OpenRequests {
         Ok(())
     }
 }
+
+/// While armed, every ListParts answer is replaced by an HTTP 200 the SDK cannot read (a root
+/// element it does not expect), as a store with its own idea of the format would answer.
+#[derive(Debug, Clone, Default)]
+pub struct BreakListParts(Arc<std::sync::atomic::AtomicBool>);
+
+impl BreakListParts {
+    pub fn arm(&self, on: bool) {
+        self.0.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Intercept for BreakListParts {
+    fn name(&self) -> &'static str {
+        "break-list-parts"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        // The request is gone by the time the answer arrives: note here what it was.
+        let r = context.request();
+        if r.method() == "GET" && r.uri().contains("uploadId=") && !r.uri().contains("partNumber=")
+        {
+            cfg.interceptor_state().store_put(IsListParts);
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut<
+            '_,
+        >,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.0.load(Ordering::SeqCst) && cfg.load::<IsListParts>().is_some() {
+            // The store answered ListParts; only the body changes.
+            *context.response_mut().body_mut() = aws_smithy_types::body::SdkBody::from(
+                "<?xml version=\"1.0\"?><NotAPartList><Part/></NotAPartList>",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IsListParts;
+
+impl aws_smithy_types::config_bag::Storable for IsListParts {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<IsListParts>;
+}
