@@ -17,6 +17,7 @@ use crate::consumer::{Command, ConsumerLimits, RuleTask};
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
+use crate::sealed_page;
 use crate::sealer::SealerHandle;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
@@ -505,26 +506,27 @@ impl IngesterApp {
         Ok(spool.segments().iter().map(|m| m.to_proto(name)).collect())
     }
 
-    /// Sealed segments of every rule, oldest seal first; waits up to `wait` for one to appear.
+    /// Sealed segments of every rule, shared fairly between rules ([`sealed_page::select`]);
+    /// waits up to `wait` for one to appear.
     pub async fn list_sealed(&self, max: usize, wait: Duration) -> Vec<v1::SegmentInfo> {
         let notified = self.sealed_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let collect = || async {
             let running = self.running.lock().await;
-            let mut all: Vec<(u64, v1::SegmentInfo)> = Vec::new();
+            let mut all = Vec::new();
             for (name, handle) in running.iter() {
                 for meta in handle.spool.sealed() {
                     let mut info = meta.to_proto(name);
                     info.file_path = handle.spool.segment_file(&meta).display().to_string();
-                    all.push((meta.sealed_at_ms, info));
+                    all.push(sealed_page::Candidate {
+                        rule: name.clone(),
+                        sealed_at_ms: meta.sealed_at_ms,
+                        item: info,
+                    });
                 }
             }
-            all.sort_by_key(|(at, _)| *at);
-            all.into_iter()
-                .take(max.max(1))
-                .map(|(_, s)| s)
-                .collect::<Vec<_>>()
+            sealed_page::select(all, max)
         };
         let found = collect().await;
         if !found.is_empty() || wait.is_zero() {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod parallel_gzip;
 pub mod record_log;
 pub mod rules;
+pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
 pub mod spool;

@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod crash;
 mod failover;
+mod fairness;
 mod harness_selftest;
 mod ops;
 mod resume;
