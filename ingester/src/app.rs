@@ -85,7 +85,7 @@ impl IngesterApp {
             .path(data_dir.join("spool.sled"))
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
-        let spool_id = crate::spool::spool_id(&db)?;
+        let spool_id = crate::spool_id::load_or_create(&db)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::sealer::spawn(history.clone());

@@ -21,6 +21,7 @@ pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
 pub mod spool;
+pub mod spool_id;
 pub mod stats;
 
 use std::future::Future;

@@ -1341,26 +1341,6 @@ impl RuleSpool {
     }
 }
 
-/// The data dir's spool id, part of every object name: made once, kept in the database.
-pub fn spool_id(db: &sled::Db) -> Result<String> {
-    let meta = db.open_tree("meta")?;
-    if let Some(id) = meta.get("spool_id")? {
-        return Ok(String::from_utf8_lossy(&id).into_owned());
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    // Distinct across the few ingesters of one subscription: start time and pid, hashed.
-    let id = format!(
-        "{:08x}",
-        crc32c::crc32c(format!("{nanos}-{}", std::process::id()).as_bytes())
-    );
-    meta.insert("spool_id", id.as_bytes())?;
-    db.flush()?;
-    Ok(id)
-}
-
 /// Moves the records of a spool written before record logs (sled keys `r`) into record logs.
 /// Each log is synced before its meta says `records_in_log`; the keys go last, so a crash at any
 /// point leaves either the keys or a complete log (a log without the flag is written again).
