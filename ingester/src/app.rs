@@ -692,9 +692,13 @@ impl IngesterApp {
         let Some(stats) = stats else {
             return Err(IngesterError::RuleNotFound(req.rule.clone()));
         };
+        // The text comes from the uploader (a store's error body can be long): it is kept in
+        // the history and in `status`, so it is cut.
         let message = format!(
             "upload of segment {} failed (attempt {}): {}",
-            req.segment_no, req.attempt, req.error
+            req.segment_no,
+            req.attempt,
+            crate::history::cut_text(&req.error, crate::history::MAX_REPORTED_TEXT)
         );
         stats.set_error(&message);
         RuleStats::add(&stats.upload_failures, 1);

@@ -66,6 +66,27 @@ impl HistoryEntry {
     }
 }
 
+/// The most of a text from outside (an uploader's failure report) that is kept in a history
+/// entry and in `status`.
+pub const MAX_REPORTED_TEXT: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying that it was cut and how
+/// long it was.
+pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… [cut: {} bytes in all]",
+        &text[..end],
+        text.len()
+    ))
+}
+
 /// How far past `max_entries` a rule's history may grow before it is trimmed back (trimming
 /// scans the rule's entries, so it is not done on every write).
 pub const TRIM_SLACK: usize = 64;
@@ -206,6 +227,19 @@ mod tests {
         assert!(history.list("r1", false, 0, 10)?.is_empty());
         assert_eq!(history.list("r2", false, 0, 10)?.len(), 1);
         Ok(())
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary_saying_so() {
+        assert_eq!(cut_text("short", 10), "short");
+        assert_eq!(cut_text("0123456789", 10), "0123456789");
+        assert_eq!(
+            cut_text("0123456789a", 10),
+            "0123456789… [cut: 11 bytes in all]"
+        );
+        // "é" is two bytes: a cut at byte 5 would split the third one.
+        assert_eq!(cut_text("éééé", 5), "éé… [cut: 8 bytes in all]");
+        assert_eq!(cut_text("é", 1), "… [cut: 2 bytes in all]");
     }
 
     fn count(history: &History, rule: &str) -> Result<usize> {
