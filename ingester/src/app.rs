@@ -23,6 +23,8 @@ use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a plain `rule delete` waits for stored segments to be acknowledged.
+const DELETE_ACK_WAIT: Duration = Duration::from_secs(5);
 
 struct RuleHandle {
     spool: Arc<RuleSpool>,
@@ -313,6 +315,9 @@ impl IngesterApp {
                 "rule {name:?} has {unstored} segment(s) not yet stored; use --drain to upload them first or --discard to drop them"
             )));
         }
+        if !req.discard {
+            self.wait_for_acks(&name, &spool).await?;
+        }
         let mut running = self.running.lock().await;
         if let Some(handle) = running.remove(&name) {
             Self::stop_rule(handle).await;
@@ -323,6 +328,41 @@ impl IngesterApp {
         self.db.flush_async().await?;
         info!(rule = %name, discarded = unstored, "rule deleted");
         Ok(unstored)
+    }
+
+    /// Segments stored but not yet acknowledged on Pulsar: deleting the rule now would forget
+    /// them, and their messages would stay on the subscription as if never backed up. Asks the
+    /// rule task to acknowledge and waits [`DELETE_ACK_WAIT`] for it (a commit that just landed
+    /// is acknowledged within a tick); refuses if they are still there (no consumer: the broker
+    /// is unreachable).
+    async fn wait_for_acks(&self, name: &str, spool: &RuleSpool) -> Result<()> {
+        let stored_unacked = || {
+            spool
+                .segments()
+                .iter()
+                .filter(|m| m.state == crate::spool::SegmentState::Stored)
+                .count()
+        };
+        if stored_unacked() == 0 {
+            return Ok(());
+        }
+        if let Some(handle) = self.running.lock().await.get(name) {
+            // A full queue means an AckReady is already pending.
+            let _ = handle.commands.try_send(Command::AckReady);
+        }
+        let deadline = Instant::now() + DELETE_ACK_WAIT;
+        loop {
+            let left = stored_unacked();
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(IngesterError::FailedPrecondition(format!(
+                    "rule {name:?} has {left} segment(s) stored but not yet acknowledged on Pulsar (is the broker reachable? see `status {name}`); try again once they are, or use --discard to delete anyway (their messages stay on the subscription and are delivered again to whoever reads it)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn set_paused_inner(&self, name: &str, paused: bool, record: bool) -> Result<v1::Rule> {

@@ -10,5 +10,6 @@ mod fairness;
 mod harness_selftest;
 mod ops;
 mod resume;
+mod rule_delete;
 mod tls;
 mod util;
