@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the real services the tests and the demo run against, inside the checkout:
-# pulsar-lite (a Pulsar-protocol broker, from PyPI) in .venv/. The S3 server (s3s-fs) is a Rust
-# dev-dependency and needs no install. Prints the broker binary's path.
+# Installs the real services the tests and the demo run against, inside the checkout's .venv/:
+# pulsar-lite (a Pulsar-protocol broker, from PyPI) and moto's S3 server (a second, independent
+# S3 implementation the uploader's store tests also run against; `crc32c` makes it store real
+# CRC32C checksums). The in-process S3 server (s3s-fs) is a Rust dev-dependency and needs no
+# install. Prints the broker binary's path; moto's is .venv/bin/moto_server (MOTO_SERVER_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -9,5 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import pulsar_lite' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'pulsar-lite==0.2.0' >&2
+fi
+if [ ! -x .venv/bin/moto_server ] || ! .venv/bin/python -c 'import crc32c' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'crc32c==2.9.post0' >&2
 fi
 .venv/bin/python -c 'import pulsar_lite,os;print(os.path.join(os.path.dirname(pulsar_lite.__file__),"bin","pulsar-lite"))'

@@ -276,7 +276,8 @@ pub struct DeleteArgs {
     /// Seal, upload and commit everything first, then delete.
     #[arg(long, conflicts_with = "discard")]
     pub drain: bool,
-    /// Delete even though segments are not stored (their messages stay unacknowledged).
+    /// Delete even though segments are not stored, or stored but not yet acknowledged (their
+    /// messages stay unacknowledged on the subscription).
     #[arg(long)]
     pub discard: bool,
     /// Do not ask before discarding.

@@ -18,12 +18,15 @@ use crate::decode_fault::EntryRef;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
+use crate::sealed_page;
 use crate::sealer::SealerHandle;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
 use crate::unsubscribe::SubscriptionRef;
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a plain `rule delete` waits for stored segments to be acknowledged.
+const DELETE_ACK_WAIT: Duration = Duration::from_secs(5);
 
 struct RuleHandle {
     spool: Arc<RuleSpool>,
@@ -89,7 +92,7 @@ impl IngesterApp {
             .path(data_dir.join("spool.sled"))
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
-        let spool_id = crate::spool::spool_id(&db)?;
+        let spool_id = crate::spool_id::load_or_create(&db)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::sealer::spawn(history.clone());
@@ -401,6 +404,9 @@ impl IngesterApp {
                 "rule {name:?} has {unstored} segment(s) not yet stored; use --drain to upload them first or --discard to drop them"
             )));
         }
+        if !req.discard {
+            self.wait_for_acks(&name, &spool).await?;
+        }
         let mut running = self.running.lock().await;
         let stored = self.rules.get(&name)?;
         let Some(handle) = running.remove(&name) else {
@@ -443,6 +449,41 @@ impl IngesterApp {
             unsubscribed: req.unsubscribe,
             notice,
         })
+    }
+
+    /// Segments stored but not yet acknowledged on Pulsar: deleting the rule now would forget
+    /// them, and their messages would stay on the subscription as if never backed up. Asks the
+    /// rule task to acknowledge and waits [`DELETE_ACK_WAIT`] for it (a commit that just landed
+    /// is acknowledged within a tick); refuses if they are still there (no consumer: the broker
+    /// is unreachable).
+    async fn wait_for_acks(&self, name: &str, spool: &RuleSpool) -> Result<()> {
+        let stored_unacked = || {
+            spool
+                .segments()
+                .iter()
+                .filter(|m| m.state == crate::spool::SegmentState::Stored)
+                .count()
+        };
+        if stored_unacked() == 0 {
+            return Ok(());
+        }
+        if let Some(handle) = self.running.lock().await.get(name) {
+            // A full queue means an AckReady is already pending.
+            let _ = handle.commands.try_send(Command::AckReady);
+        }
+        let deadline = Instant::now() + DELETE_ACK_WAIT;
+        loop {
+            let left = stored_unacked();
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(IngesterError::FailedPrecondition(format!(
+                    "rule {name:?} has {left} segment(s) stored but not yet acknowledged on Pulsar (is the broker reachable? see `status {name}`); try again once they are, or use --discard to delete anyway (their messages stay on the subscription and are delivered again to whoever reads it)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn set_paused_inner(&self, name: &str, paused: bool, record: bool) -> Result<v1::Rule> {
@@ -665,26 +706,27 @@ impl IngesterApp {
         Ok(spool.segments().iter().map(|m| m.to_proto(name)).collect())
     }
 
-    /// Sealed segments of every rule, oldest seal first; waits up to `wait` for one to appear.
+    /// Sealed segments of every rule, shared fairly between rules ([`sealed_page::select`]);
+    /// waits up to `wait` for one to appear.
     pub async fn list_sealed(&self, max: usize, wait: Duration) -> Vec<v1::SegmentInfo> {
         let notified = self.sealed_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let collect = || async {
             let running = self.running.lock().await;
-            let mut all: Vec<(u64, v1::SegmentInfo)> = Vec::new();
+            let mut all = Vec::new();
             for (name, handle) in running.iter() {
                 for meta in handle.spool.sealed() {
                     let mut info = meta.to_proto(name);
                     info.file_path = handle.spool.segment_file(&meta).display().to_string();
-                    all.push((meta.sealed_at_ms, info));
+                    all.push(sealed_page::Candidate {
+                        rule: name.clone(),
+                        sealed_at_ms: meta.sealed_at_ms,
+                        item: info,
+                    });
                 }
             }
-            all.sort_by_key(|(at, _)| *at);
-            all.into_iter()
-                .take(max.max(1))
-                .map(|(_, s)| s)
-                .collect::<Vec<_>>()
+            sealed_page::select(all, max)
         };
         let found = collect().await;
         if !found.is_empty() || wait.is_zero() {
@@ -850,9 +892,13 @@ impl IngesterApp {
         let Some(stats) = stats else {
             return Err(IngesterError::RuleNotFound(req.rule.clone()));
         };
+        // The text comes from the uploader (a store's error body can be long): it is kept in
+        // the history and in `status`, so it is cut.
         let message = format!(
             "upload of segment {} failed (attempt {}): {}",
-            req.segment_no, req.attempt, req.error
+            req.segment_no,
+            req.attempt,
+            crate::history::cut_text(&req.error, crate::history::MAX_REPORTED_TEXT)
         );
         stats.set_error(&message);
         RuleStats::add(&stats.upload_failures, 1);

@@ -1,8 +1,10 @@
 //! Per-rule run history: one entry per stored segment, failure or rule change, newest first.
 //!
-//! Bounded: at most `max_entries` per rule are kept; older ones are trimmed as new ones arrive.
+//! Bounded: each rule keeps its newest `max_entries`; once it holds [`TRIM_SLACK`] more, the
+//! older ones are trimmed. The count is per rule and read from the database after a restart.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use proto::v1::LogEntry;
 use serde::{Deserialize, Serialize};
@@ -64,11 +66,39 @@ impl HistoryEntry {
     }
 }
 
+/// The most of a text from outside (an uploader's failure report) that is kept in a history
+/// entry and in `status`.
+pub const MAX_REPORTED_TEXT: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying that it was cut and how
+/// long it was.
+pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… [cut: {} bytes in all]",
+        &text[..end],
+        text.len()
+    ))
+}
+
+/// How far past `max_entries` a rule's history may grow before it is trimmed back (trimming
+/// scans the rule's entries, so it is not done on every write).
+pub const TRIM_SLACK: usize = 64;
+
 pub struct History {
+    db: sled::Db,
     tree: sled::Tree,
     max_entries: usize,
-    /// Tie-breaker so two entries in the same millisecond keep both.
-    counter: AtomicU64,
+    /// Entries each rule holds, counted from the tree the first time the rule writes after
+    /// opening: trimming then depends on the rule's own history, not on a process-wide counter
+    /// that other rules advance and a restart resets.
+    counts: Mutex<HashMap<String, usize>>,
 }
 
 fn prefix(rule: &str) -> Vec<u8> {
@@ -80,26 +110,41 @@ fn prefix(rule: &str) -> Vec<u8> {
 impl History {
     pub fn open(db: &sled::Db, max_entries: usize) -> Result<History> {
         Ok(History {
+            db: db.clone(),
             tree: db.open_tree("history")?,
             max_entries,
-            counter: AtomicU64::new(0),
+            counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn record(&self, rule: &str, entry: &HistoryEntry) -> Result<()> {
         let mut key = prefix(rule);
         key.extend_from_slice(&entry.at_ms.to_be_bytes());
-        key.extend_from_slice(&self.counter.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        // Tie-breaker for entries of the same millisecond: unique across restarts too (sled
+        // persists where its id generator stands), so a restart never overwrites an entry.
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         let value =
             serde_json::to_vec(entry).map_err(|e| crate::IngesterError::Corrupt(e.to_string()))?;
+        let mut counts = self.counts();
+        let count = match counts.get(rule) {
+            Some(&count) => count,
+            None => self.tree.scan_prefix(prefix(rule)).keys().count(),
+        };
         self.tree.insert(key, value)?;
-        if self.counter.load(Ordering::Relaxed).is_multiple_of(64) {
-            self.trim(rule)?;
+        let mut count = count + 1;
+        if count > self.max_entries + TRIM_SLACK {
+            count = self.trim(rule)?;
         }
+        counts.insert(rule.to_string(), count);
         Ok(())
     }
 
-    fn trim(&self, rule: &str) -> Result<()> {
+    /// Removes all but the newest `max_entries` of the rule; returns how many are left.
+    fn trim(&self, rule: &str) -> Result<usize> {
         let keys: Vec<sled::IVec> = self
             .tree
             .scan_prefix(prefix(rule))
@@ -110,7 +155,7 @@ impl History {
         for key in keys {
             self.tree.remove(key)?;
         }
-        Ok(())
+        Ok(self.tree.scan_prefix(prefix(rule)).keys().count())
     }
 
     /// Newest first.
@@ -142,9 +187,11 @@ impl History {
     }
 
     pub fn remove_rule(&self, rule: &str) -> Result<()> {
+        let mut counts = self.counts();
         for key in self.tree.scan_prefix(prefix(rule)).keys() {
             self.tree.remove(key?)?;
         }
+        counts.remove(rule);
         Ok(())
     }
 }
@@ -179,6 +226,69 @@ mod tests {
         history.remove_rule("r1")?;
         assert!(history.list("r1", false, 0, 10)?.is_empty());
         assert_eq!(history.list("r2", false, 0, 10)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary_saying_so() {
+        assert_eq!(cut_text("short", 10), "short");
+        assert_eq!(cut_text("0123456789", 10), "0123456789");
+        assert_eq!(
+            cut_text("0123456789a", 10),
+            "0123456789… [cut: 11 bytes in all]"
+        );
+        // "é" is two bytes: a cut at byte 5 would split the third one.
+        assert_eq!(cut_text("éééé", 5), "éé… [cut: 8 bytes in all]");
+        assert_eq!(cut_text("é", 1), "… [cut: 2 bytes in all]");
+    }
+
+    fn count(history: &History, rule: &str) -> Result<usize> {
+        Ok(history.list(rule, false, 0, usize::MAX)?.len())
+    }
+
+    /// Two rules taking turns: each must be trimmed, whichever of them the writes land on.
+    #[test]
+    fn every_rule_is_trimmed_whatever_the_others_do() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path())?;
+        let history = History::open(&db, 100)?;
+        for i in 0..1000u64 {
+            for rule in ["a", "b"] {
+                history.record(rule, &HistoryEntry::event("stored", false, format!("{i}")))?;
+            }
+        }
+        for rule in ["a", "b"] {
+            let kept = count(&history, rule)?;
+            assert!(
+                (100..=100 + TRIM_SLACK).contains(&kept),
+                "rule {rule}: {kept} entries"
+            );
+        }
+        Ok(())
+    }
+
+    /// An ingester restarted more often than it writes 64 entries still keeps each rule bounded.
+    #[test]
+    fn trimming_holds_across_restarts() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
+        let db = sled::open(dir.path())?;
+        for restart in 0..40u64 {
+            let history = History::open(&db, 50)?;
+            for i in 0..10u64 {
+                // The same millisecond every time: keys must not collide across restarts.
+                let mut e = HistoryEntry::event("stored", false, format!("{restart}.{i}"));
+                e.at_ms = 1000;
+                history.record("r1", &e)?;
+            }
+        }
+        let history = History::open(&db, 50)?;
+        let kept = count(&history, "r1")?;
+        assert!((50..=50 + TRIM_SLACK).contains(&kept), "{kept} entries");
+        assert_eq!(
+            history.list("r1", false, 0, 1)?[0].message,
+            "39.9",
+            "newest first"
+        );
         Ok(())
     }
 }

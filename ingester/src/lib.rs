@@ -21,9 +21,11 @@ pub mod partition_consumers;
 pub mod record_log;
 pub mod rules;
 pub mod scoped_auth;
+pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
 pub mod spool;
+pub mod spool_id;
 pub mod stats;
 pub mod unsubscribe;
 

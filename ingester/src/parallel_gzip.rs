@@ -49,8 +49,12 @@ impl<W: Write> ParallelGzip<W> {
     /// Takes `data`; once `workers` blocks are complete they are compressed and written.
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.pending.extend_from_slice(data);
-        if self.pending.len() >= BLOCK * self.workers {
-            let whole = self.pending.len() / BLOCK * BLOCK;
+        if self.pending.len() > BLOCK * self.workers {
+            // Whole blocks, but never the last byte: the stream's last block must be the one
+            // `finish` compresses. Were the data a whole number of blocks all compressed here,
+            // `finish` would end the stream with an extra empty block, and the output would
+            // depend on how the bytes were split into writes.
+            let whole = (self.pending.len() - 1) / BLOCK * BLOCK;
             self.compress(whole, false)?;
         }
         Ok(())
@@ -274,6 +278,23 @@ mod tests {
         let reference = gzip_in_pieces(&data, data.len(), 1);
         for (piece, workers) in [(1 << 16, 1), (4096, 2), (3 * BLOCK, 4), (BLOCK, 2)] {
             assert_eq!(gzip_in_pieces(&data, piece, workers), reference);
+        }
+        // A length that is a whole number of blocks: whether the last block was compressed by a
+        // write (then an empty block ends the stream) or by `finish` must not show.
+        for len in [BLOCK, 2 * BLOCK, 4 * BLOCK] {
+            let data = sample(len, 3);
+            let reference = gzip_in_pieces(&data, data.len(), 8);
+            for (piece, workers) in [(BLOCK, 1), (len, 1), (4096, 2), (len, 4), (BLOCK / 2, 3)] {
+                let got = gzip_in_pieces(&data, piece, workers);
+                assert!(
+                    got == reference,
+                    "len {len}: writes of {piece}, {workers} workers: {} bytes, not the {} of \
+                     one write",
+                    got.len(),
+                    reference.len()
+                );
+                assert_eq!(gunzip(&got), data);
+            }
         }
         // About as small as one flate2 stream at the same level.
         let mut single = flate2::write::GzEncoder::new(Vec::new(), Compression::fast());

@@ -464,6 +464,14 @@ pub struct RuleSpool {
     sealed_notify: Arc<Notify>,
 }
 
+/// What a seal's flush does in a test on this thread, instead of flushing.
+#[cfg(test)]
+type SealFlush = Box<dyn Fn(&RuleSpool) -> Result<()>>;
+#[cfg(test)]
+thread_local! {
+    static SEAL_FLUSH: std::cell::RefCell<Option<SealFlush>> = const { std::cell::RefCell::new(None) };
+}
+
 fn key(tag: u8, rule: &str, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + rule.len() + suffix.len());
     k.push(tag);
@@ -1008,7 +1016,7 @@ impl RuleSpool {
     /// closed → sealed: writes the segment file from the record log (blocking IO; run it on a
     /// blocking thread), going on from its preseal when there is a usable one. What was read is
     /// checked against the meta, then the file is fsynced and renamed into place before the
-    /// meta says sealed.
+    /// meta says sealed, and that is flushed before ListSealed can see it.
     pub fn seal_blocking(&self, segment_no: u64) -> Result<()> {
         let meta = {
             let state = self.lock();
@@ -1061,26 +1069,55 @@ impl RuleSpool {
             .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
         sync_dir(&self.segments_dir)?;
         proto::failpoint::hit("ingester:after_seal_file");
-        {
-            let mut state = self.lock();
-            let Some(meta) = state.segments.get_mut(&segment_no) else {
+        // Durable first, shown second: ListSealed reads the in-memory state, and a segment it
+        // offered must still be sealed after a crash or a failed flush (else the uploader could
+        // store and commit a file the restarted spool seals again, differently).
+        let sealed = {
+            let state = self.lock();
+            let Some(meta) = state.segments.get(&segment_no) else {
                 return Ok(());
             };
-            meta.state = SegmentState::Sealed;
+            let mut sealed = meta.clone();
+            sealed.state = SegmentState::Sealed;
             // What the object really holds; `json_len` predicted it record by record.
-            if meta.record_bytes != written.json_bytes {
-                tracing::warn!(rule = %self.rule, segment = segment_no, predicted = meta.record_bytes, written = written.json_bytes, "record bytes differ from the prediction");
-                meta.record_bytes = written.json_bytes;
+            if sealed.record_bytes != written.json_bytes {
+                tracing::warn!(rule = %self.rule, segment = segment_no, predicted = sealed.record_bytes, written = written.json_bytes, "record bytes differ from the prediction");
+                sealed.record_bytes = written.json_bytes;
             }
-            meta.crc32c = written.file_crc32c;
-            meta.file_bytes = written.file_bytes;
-            meta.sealed_at_ms = proto::types::time::now_millis();
-            let value = to_json(&*meta)?;
-            self.tree
-                .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
+            sealed.crc32c = written.file_crc32c;
+            sealed.file_bytes = written.file_bytes;
+            sealed.sealed_at_ms = proto::types::time::now_millis();
+            self.tree.insert(
+                key(SEGMENT, &self.rule, &segment_no.to_be_bytes()),
+                to_json(&sealed)?,
+            )?;
+            sealed
+        };
+        self.flush_seal()?;
+        {
+            let mut state = self.lock();
+            // Gone meanwhile (the rule's spool was discarded): nothing to show.
+            if let Some(meta) = state.segments.get_mut(&segment_no) {
+                if meta.state == SegmentState::Closed {
+                    meta.state = sealed.state;
+                    meta.record_bytes = sealed.record_bytes;
+                    meta.crc32c = sealed.crc32c;
+                    meta.file_bytes = sealed.file_bytes;
+                    meta.sealed_at_ms = sealed.sealed_at_ms;
+                }
+            }
+        }
+        self.sealed_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Makes a seal durable (a tests' stand-in can take the flush's place).
+    fn flush_seal(&self) -> Result<()> {
+        #[cfg(test)]
+        if let Some(result) = SEAL_FLUSH.with(|f| f.borrow().as_ref().map(|f| f(self))) {
+            return result;
         }
         self.db.flush()?;
-        self.sealed_notify.notify_waiters();
         Ok(())
     }
 
@@ -1357,26 +1394,6 @@ impl RuleSpool {
         }
         Ok(())
     }
-}
-
-/// The data dir's spool id, part of every object name: made once, kept in the database.
-pub fn spool_id(db: &sled::Db) -> Result<String> {
-    let meta = db.open_tree("meta")?;
-    if let Some(id) = meta.get("spool_id")? {
-        return Ok(String::from_utf8_lossy(&id).into_owned());
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    // Distinct across the few ingesters of one subscription: start time and pid, hashed.
-    let id = format!(
-        "{:08x}",
-        crc32c::crc32c(format!("{nanos}-{}", std::process::id()).as_bytes())
-    );
-    meta.insert("spool_id", id.as_bytes())?;
-    db.flush()?;
-    Ok(id)
 }
 
 /// Moves the records of a spool written before record logs (sled keys `r`) into record logs.
@@ -2120,6 +2137,49 @@ pub(crate) mod tests {
                 .any(|name| name.ends_with(".tmp")),
             "the stale preseal's file is gone: {:?}",
             segment_files(dir.path())
+        );
+        Ok(())
+    }
+
+    /// ListSealed must never offer a segment whose seal is not yet durable: the flush comes
+    /// first, and a seal whose flush fails is not shown at all (it is sealed again later).
+    #[tokio::test]
+    async fn a_seal_is_shown_only_once_flushed() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 2)?;
+        // (seal_blocking runs on this thread: a current-thread runtime.)
+        let out = spool.append(&[msg(1, 0, 1), msg(2, 0, 1)], 10_000).await?;
+        assert_eq!(out.closed, vec![0]);
+        let shown_while_flushing = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = shown_while_flushing.clone();
+        SEAL_FLUSH.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move |spool: &RuleSpool| {
+                let sealed = spool.sealed().iter().any(|m| m.segment_no == 0);
+                seen.lock().expect("test mutex").push(sealed);
+                Err(IngesterError::Corrupt("the disk is full".into()))
+            }));
+        });
+        assert!(spool.seal_blocking(0).is_err(), "the flush failed");
+        SEAL_FLUSH.with(|f| *f.borrow_mut() = None);
+        assert_eq!(
+            *shown_while_flushing.lock().expect("test mutex"),
+            vec![false],
+            "shown as sealed before the flush"
+        );
+        assert!(
+            spool.sealed().is_empty(),
+            "shown as sealed after a failed flush"
+        );
+
+        spool.seal_blocking(0)?;
+        assert_eq!(
+            spool
+                .sealed()
+                .iter()
+                .map(|m| m.segment_no)
+                .collect::<Vec<_>>(),
+            vec![0]
         );
         Ok(())
     }

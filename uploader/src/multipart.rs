@@ -30,7 +30,13 @@
 //!    part too, the ETags (where the store lists one) and sizes must agree; a part the store
 //!    lists but the record lacks (a crash between UploadPart and the record's write) is reused
 //!    only if the store gives its ETag. Everything else is sent again. A store that no longer
-//!    knows the upload id (NoSuchUpload: completed, aborted, expired) means starting over;
+//!    knows the upload id (NoSuchUpload: completed, aborted, expired) means starting over. A
+//!    store that answers ListParts with something unusable (an answer the SDK cannot read, a
+//!    4xx) fails the attempt, and the record counts it: the [`MAX_RESUME_FAILURES`]th such
+//!    attempt in a row aborts the upload and sends the object from scratch, so a store the
+//!    resume does not work with costs a few retries, never the segment. (An unreachable store
+//!    or a 5xx is not counted: it says nothing about resuming.) moto's server was one such
+//!    store until [`crate::store::list_parts_root`];
 //! 3. the whole segment is streamed from the ingester again. Bytes of reused parts are read and
 //!    dropped (after checking their MD5 against the part's ETag when the ETag is a plain MD5,
 //!    as on S3 and COS, and their CRC32C when the upload was created with `request_checksum`
@@ -52,6 +58,8 @@
 //! - the store refuses the part list at Complete (InvalidPart, InvalidPartOrder,
 //!   EntityTooSmall) or no longer knows the upload id;
 //! - the record no longer matches the segment (see above);
+//! - ListParts was answered unusably [`MAX_RESUME_FAILURES`] times in a row (see above; then a
+//!   new upload starts in the same attempt);
 //! - [`sweep`] finds that the ingester no longer offers the segment as sealed (it was committed,
 //!   the rule was deleted, the segment quarantined). The puller runs the sweep after its first
 //!   successful ListSealed and then every [`SWEEP_INTERVAL`]. It lists with a large `max`
@@ -86,7 +94,7 @@ use crate::store::part_budget::RunningUpload;
 use crate::store::part_buffers::PartBuffers;
 use crate::store::s3::{
     checksum_crc32c, etag_is_md5, md5_hex, must_start_over, normalize_etag, ListedPart,
-    MultipartState, PartReader, S3Store, UploadedPart, MAX_PARTS,
+    MultipartState, PartList, PartReader, S3Store, UploadedPart, MAX_PARTS,
 };
 use crate::store::{Body, PutOutcome, PutRequest, RequestChecksum, S3Target, StoreRouter};
 
@@ -98,6 +106,9 @@ pub const VERSION: u32 = 1;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// `max` of the sweep's ListSealed; a reply this long may be partial, and then nothing is swept.
 pub const SWEEP_LIST_MAX: u32 = 100_000;
+/// After this many attempts in a row that could not resume an upload (see
+/// [`ResumeRecord::resume_failures`]), it is aborted and the object is sent again from scratch.
+pub const MAX_RESUME_FAILURES: u32 = 3;
 
 /// What a record must match to be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +165,14 @@ pub struct ResumeRecord {
     /// Unix milliseconds.
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Attempts in a row whose ListParts the store answered with something unusable; at
+    /// [`MAX_RESUME_FAILURES`] the upload is aborted and the object sent from scratch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resume_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ResumeRecord {
@@ -385,11 +404,12 @@ async fn prepare(
                 .list_parts(&identity.bucket, &identity.key, &old.upload_id)
                 .await?
             {
-                Some(listed) => {
+                PartList::Listed(listed) => {
                     let reusable = reconcile(&old, &listed);
                     let mut rec = old;
                     rec.parts = reusable.values().cloned().collect();
                     rec.updated_at_ms = now_ms();
+                    rec.resume_failures = 0;
                     journal.save(&rec).await?;
                     tracing::info!(
                         upload_id = %rec.upload_id,
@@ -400,9 +420,34 @@ async fn prepare(
                     );
                     return Ok((rec, reusable));
                 }
-                None => {
+                PartList::UploadGone => {
                     tracing::info!(upload_id = %old.upload_id, "the store no longer knows the multipart upload; starting over");
                     journal.remove(&identity.rule, identity.segment_no).await?;
+                }
+                // Counted in the record, so that neither retries nor restarts can make this go
+                // on forever: a store whose part list cannot be used would otherwise keep the
+                // segment from ever being stored.
+                PartList::Unusable(err) => {
+                    let mut rec = old;
+                    rec.resume_failures = rec.resume_failures.saturating_add(1);
+                    rec.updated_at_ms = now_ms();
+                    if rec.resume_failures < MAX_RESUME_FAILURES {
+                        tracing::warn!(
+                            upload_id = %rec.upload_id,
+                            failures = rec.resume_failures,
+                            error = %err,
+                            "could not resume the multipart upload; trying again later"
+                        );
+                        journal.save(&rec).await?;
+                        return Err(err);
+                    }
+                    tracing::warn!(
+                        upload_id = %rec.upload_id,
+                        failures = rec.resume_failures,
+                        error = %err,
+                        "could not resume the multipart upload {MAX_RESUME_FAILURES} times in a row; aborting it and sending the object again from scratch"
+                    );
+                    abort_and_remove(store, journal, &rec).await;
                 }
             }
         } else {
@@ -424,6 +469,7 @@ async fn prepare(
         parts: Vec::new(),
         created_at_ms: now,
         updated_at_ms: now,
+        resume_failures: 0,
     };
     // Recorded before any part goes up, so even a crash right now leaves something to resume
     // (or to abort).
@@ -747,6 +793,7 @@ mod tests {
                 .collect(),
             created_at_ms: 1,
             updated_at_ms: 2,
+            resume_failures: 0,
         }
     }
 

@@ -1,10 +1,10 @@
-//! Resumable multipart uploads against a real S3 implementation (s3s-fs in-process): an
-//! interrupted upload resumes without re-sending the parts the store has, a changed segment or
-//! a CRC mismatch aborts the old upload, and the sweep aborts uploads of segments the ingester
-//! no longer offers.
+//! Resumable multipart uploads against two real S3 implementations, s3s-fs (in-process) and
+//! moto's server: an interrupted upload resumes without re-sending the parts the store has, a
+//! changed segment or a CRC mismatch aborts the old upload, and the sweep aborts uploads of
+//! segments the ingester no longer offers. Every test runs once per store (`s3s_fs::…` and
+//! `moto::…`): code that only ever met one S3 server can still fail against another.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use proto::v1::SegmentInfo;
 use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
-use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
+use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, PartList, S3Store};
 use uploader::store::{
     Body, ChecksumChoice, PayloadSigning, PutRequest, RequestChecksum, S3Target, StoreRouter,
     StoreSettings,
@@ -25,7 +25,42 @@ use uploader::UploadError;
 
 mod common;
 
-use common::{OpenRequests, Recorded, Recorder, AK, BUCKET, SK};
+use common::{
+    BreakListParts, OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK,
+};
+
+/// Runs each named `async fn(StoreKind)` as one test per store: `s3s_fs::NAME` and `moto::NAME`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod s3s_fs {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::StoreKind::S3sFs).await;
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::StoreKind::Moto).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    interrupted_upload_resumes_without_resending_stored_parts,
+    interrupted_crc32c_upload_resumes_without_resending_stored_parts,
+    crc_mismatch_on_resume_aborts_and_forgets,
+    changed_segment_aborts_the_old_upload_and_starts_over,
+    sweep_aborts_uploads_of_segments_no_longer_offered,
+    part_buffers_come_back_after_their_upload,
+    a_lone_upload_sends_several_parts_at_once,
+    an_upload_that_cannot_be_resumed_starts_over_after_three_tries,
+);
 
 const MIB: usize = 1 << 20;
 const PART: u64 = 5 * MIB as u64;
@@ -50,7 +85,9 @@ fn count(requests: &[Recorded], method: &str, needle: &str) -> usize {
 }
 
 struct Env {
-    root: tempfile::TempDir,
+    server: TestStore,
+    /// Looks at the store without being recorded.
+    inspect: aws_sdk_s3::Client,
     state: tempfile::TempDir,
     target: S3Target,
     store: S3Store,
@@ -58,22 +95,26 @@ struct Env {
     journal: Journal,
     recorder: Recorder,
     open_requests: OpenRequests,
+    break_list_parts: BreakListParts,
 }
 
-async fn env() -> Env {
-    env_with(RequestChecksum::Md5).await
+async fn env(kind: StoreKind) -> Env {
+    env_with(kind, RequestChecksum::Md5).await
 }
 
 /// With an uploader `concurrency` of 1 (2 parts held: one sending, one being read), so the tests
 /// here know which parts were sent when a stream breaks.
-async fn env_with(checksum: RequestChecksum) -> Env {
-    env_with_concurrency(checksum, 1).await
+async fn env_with(kind: StoreKind, checksum: RequestChecksum) -> Env {
+    env_with_concurrency(kind, checksum, 1).await
 }
 
-async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> Env {
-    let server = common::serve().await;
-    let addr = server.addr;
-    let root = server.root;
+async fn env_with_concurrency(
+    kind: StoreKind,
+    checksum: RequestChecksum,
+    concurrency: usize,
+) -> Env {
+    let server = TestStore::start(kind).await;
+    let inspect = common::plain_client(&server.endpoint());
     let credentials = Credentials::Static {
         source: "test",
         access_key_id: Secret::new(AK),
@@ -81,17 +122,19 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
         session_token: None,
     };
     let target = S3Target {
-        endpoint: format!("http://{addr}"),
+        endpoint: server.endpoint(),
         region: "us-east-1".into(),
         path_style: true,
         checksum,
     };
     let recorder = Recorder::default();
     let open_requests = OpenRequests::default();
+    let break_list_parts = BreakListParts::default();
     let shared = load_shared_config(&credentials).await;
     let config = client_config(&shared, &target)
         .interceptor(recorder.clone())
         .interceptor(open_requests.clone())
+        .interceptor(break_list_parts.clone())
         .build();
     let store = S3Store::from_client_config(config, &target, PART, PART);
     let router = StoreRouter::new(StoreSettings {
@@ -109,7 +152,8 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
     let state = tempfile::tempdir().expect("state dir");
     let journal = Journal::new(state.path());
     Env {
-        root,
+        server,
+        inspect,
         state,
         target,
         store,
@@ -117,6 +161,7 @@ async fn env_with_concurrency(checksum: RequestChecksum, concurrency: usize) -> 
         journal,
         recorder,
         open_requests,
+        break_list_parts,
     }
 }
 
@@ -196,39 +241,66 @@ impl Env {
         .map(|o| o.etag)
     }
 
-    fn stored(&self, seg: &SegmentInfo) -> Option<Vec<u8>> {
-        std::fs::read(self.root.path().join(BUCKET).join(&seg.object_key)).ok()
+    /// The object's bytes, if the store holds it.
+    async fn stored(&self, seg: &SegmentInfo) -> Option<Vec<u8>> {
+        let out = self
+            .inspect
+            .get_object()
+            .bucket(BUCKET)
+            .key(&seg.object_key)
+            .send()
+            .await
+            .ok()?;
+        let data = out.body.collect().await.expect("object body");
+        Some(data.into_bytes().to_vec())
     }
 
-    /// Uploads s3s-fs still holds open (its `.upload-ID.json` files) and their part files.
-    fn open_uploads(&self) -> Vec<String> {
-        open_uploads(self.root.path())
+    /// The multipart uploads the store still holds open: s3s-fs's `.upload-ID.json` files and
+    /// their part files, moto's ListMultipartUploads.
+    async fn open_uploads(&self) -> Vec<String> {
+        match &self.server {
+            TestStore::S3sFs(server) => std::fs::read_dir(server.root.path())
+                .expect("root")
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
+                .collect(),
+            TestStore::Moto(_) => self
+                .inspect
+                .list_multipart_uploads()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .expect("ListMultipartUploads")
+                .uploads()
+                .iter()
+                .filter_map(|u| u.upload_id().map(str::to_string))
+                .collect(),
+        }
+    }
+
+    /// How many multipart uploads the store holds open.
+    async fn open_upload_count(&self) -> usize {
+        let open = self.open_uploads().await;
+        match self.server.kind() {
+            StoreKind::S3sFs => open.iter().filter(|n| n.starts_with(".upload-")).count(),
+            StoreKind::Moto => open.len(),
+        }
     }
 }
 
-fn open_uploads(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root)
-        .expect("root")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
-        .collect()
-}
-
-#[tokio::test]
-async fn interrupted_upload_resumes_without_resending_stored_parts() {
-    interrupted_upload_resumes(RequestChecksum::Md5).await;
+async fn interrupted_upload_resumes_without_resending_stored_parts(kind: StoreKind) {
+    interrupted_upload_resumes(kind, RequestChecksum::Md5).await;
 }
 
 /// The CRC32C flavour: the upload is created with that algorithm, every part carries its
 /// CRC32C, the record keeps them, and Complete (after the resume) names them all.
-#[tokio::test]
-async fn interrupted_crc32c_upload_resumes_without_resending_stored_parts() {
-    interrupted_upload_resumes(RequestChecksum::Crc32c).await;
+async fn interrupted_crc32c_upload_resumes_without_resending_stored_parts(kind: StoreKind) {
+    interrupted_upload_resumes(kind, RequestChecksum::Crc32c).await;
 }
 
-async fn interrupted_upload_resumes(checksum: RequestChecksum) {
-    let env = env_with(checksum).await;
+async fn interrupted_upload_resumes(kind: StoreKind, checksum: RequestChecksum) {
+    let env = env_with(kind, checksum).await;
     let data = random_bytes(17 * MIB + 123, 1); // parts: 5 + 5 + 5 + 2 MiB
     let seg = segment(1, &data);
 
@@ -286,17 +358,16 @@ async fn interrupted_upload_resumes(checksum: RequestChecksum) {
     assert_eq!(count(&second, "GET", "uploadId="), 1, "one ListParts");
     assert_eq!(count(&second, "POST", "uploads"), 0, "no new upload");
     assert_eq!(
-        env.stored(&seg).as_deref(),
+        env.stored(&seg).await.as_deref(),
         Some(&data[..]),
         "byte-identical"
     );
     assert!(!state_file.exists(), "state removed after Complete");
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn crc_mismatch_on_resume_aborts_and_forgets() {
-    let env = env().await;
+async fn crc_mismatch_on_resume_aborts_and_forgets(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 2);
     let seg = segment(2, &data);
     env.upload(&seg, &data, Some(6 * MIB))
@@ -323,8 +394,8 @@ async fn crc_mismatch_on_resume_aborts_and_forgets() {
     assert_eq!(count(&requests, "DELETE", "uploadId="), 1, "aborted");
     assert_eq!(count(&requests, "POST", "uploadId="), 0, "never completed");
     assert!(env.journal.load("orders", 2).await.is_none());
-    assert!(env.stored(&seg).is_none());
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert!(env.stored(&seg).await.is_none());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 
     // A damaged part the store already has is caught by its MD5 ETag and sent again.
     let mut early_damage = data.clone();
@@ -335,13 +406,12 @@ async fn crc_mismatch_on_resume_aborts_and_forgets() {
     assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
     env.upload(&seg, &data, None).await.expect("stored");
     assert_eq!(parts_sent(&env.recorder.take()), vec![1, 2, 3]);
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn changed_segment_aborts_the_old_upload_and_starts_over() {
-    let env = env().await;
+async fn changed_segment_aborts_the_old_upload_and_starts_over(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 3);
     let seg = segment(3, &data);
     env.upload(&seg, &data, Some(6 * MIB))
@@ -360,21 +430,24 @@ async fn changed_segment_aborts_the_old_upload_and_starts_over() {
         vec![1, 2, 3],
         "all parts of the new upload"
     );
-    assert_eq!(env.stored(&new_seg).as_deref(), Some(&new_data[..]));
+    assert_eq!(env.stored(&new_seg).await.as_deref(), Some(&new_data[..]));
     assert!(env.journal.load("orders", 3).await.is_none());
     // The old upload id is gone from the store.
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
-    assert!(env
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
+    match env
         .store
         .list_parts(BUCKET, &old.identity.key, &old.upload_id)
         .await
         .expect("list")
-        .is_none_or(|p| p.is_empty()));
+    {
+        PartList::UploadGone => {}
+        PartList::Listed(parts) => assert_eq!(parts, vec![]),
+        PartList::Unusable(err) => panic!("{err}"),
+    }
 }
 
-#[tokio::test]
-async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
-    let env = env().await;
+async fn sweep_aborts_uploads_of_segments_no_longer_offered(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(11 * MIB, 5);
     let (gone, offered, busy) = (segment(10, &data), segment(11, &data), segment(12, &data));
     for seg in [&gone, &offered, &busy] {
@@ -399,12 +472,12 @@ async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
         "still offered"
     );
     assert!(env.journal.load("orders", 12).await.is_some(), "in flight");
-    // Two uploads stay open in the store (one `.upload-ID.json` each, plus their parts).
-    let open = env.open_uploads();
+    // Two uploads stay open in the store.
     assert_eq!(
-        open.iter().filter(|n| n.starts_with(".upload-")).count(),
+        env.open_upload_count().await,
         2,
-        "{open:?}"
+        "{:?}",
+        env.open_uploads().await
     );
 
     // A segment offered with other content is abandoned too.
@@ -415,19 +488,18 @@ async fn sweep_aborts_uploads_of_segments_no_longer_offered() {
         2
     );
     assert!(env.journal.list().await.is_empty());
-    assert!(env.open_uploads().is_empty(), "{:?}", env.open_uploads());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }
 
 /// Once the SDK is done with a part, its buffer goes back to the pool and the next part is
 /// gathered in it (a fresh part-sized buffer would be faulted in and zeroed by the kernel).
-#[tokio::test]
-async fn part_buffers_come_back_after_their_upload() {
-    let env = env().await;
+async fn part_buffers_come_back_after_their_upload(kind: StoreKind) {
+    let env = env(kind).await;
     let data = random_bytes(12 * MIB, 7); // parts: 5 + 5 + 2 MiB
     let seg = segment(7, &data);
     let etag = env.upload(&seg, &data, None).await.expect("uploaded");
     assert!(etag.contains("-3"), "3 parts: {etag}");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     // Three parts went up; each buffer was handed back after its UploadPart, and the reads
     // took them again. Only the end-of-body read's empty buffer would come back otherwise.
     assert_eq!(
@@ -440,14 +512,13 @@ async fn part_buffers_come_back_after_their_upload() {
 /// An upload running alone takes the idle share of the part budget: several UploadParts at once
 /// (one TCP stream carries less than the link), and the object is still byte for byte the
 /// segment. With every upload slot in use (concurrency 1 here) it is one at a time.
-#[tokio::test]
-async fn a_lone_upload_sends_several_parts_at_once() {
+async fn a_lone_upload_sends_several_parts_at_once(kind: StoreKind) {
     let data = random_bytes(6 * PART as usize - 1234, 11); // 6 parts
-    let env = env_with_concurrency(RequestChecksum::Crc32c, 4).await;
+    let env = env_with_concurrency(kind, RequestChecksum::Crc32c, 4).await;
     let seg = segment(11, &data);
     let etag = env.upload(&seg, &data, None).await.expect("uploaded");
     assert!(etag.contains("-6"), "6 parts: {etag}");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     let most = env.open_requests.most();
     assert!(
         (2..=7).contains(&most),
@@ -455,9 +526,72 @@ async fn a_lone_upload_sends_several_parts_at_once() {
     );
     assert_eq!(parts_sent(&env.recorder.requests()).len(), 6);
 
-    let env = env_with_concurrency(RequestChecksum::Crc32c, 1).await;
+    let env = env_with_concurrency(kind, RequestChecksum::Crc32c, 1).await;
     let seg = segment(12, &data);
     env.upload(&seg, &data, None).await.expect("uploaded");
-    assert_eq!(env.stored(&seg).as_deref(), Some(&data[..]));
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
     assert_eq!(env.open_requests.most(), 1, "one part at a time");
+}
+
+/// A store whose ListParts answer cannot be used (here: a 200 the SDK cannot read, as moto's was)
+/// must not keep the segment from ever being stored: each attempt that cannot resume is
+/// counted in the record, and the third aborts the upload and sends the object from scratch.
+async fn an_upload_that_cannot_be_resumed_starts_over_after_three_tries(kind: StoreKind) {
+    let env = env(kind).await;
+    let data = random_bytes(11 * MIB, 13); // parts: 5 + 5 + 1 MiB
+    let seg = segment(13, &data);
+    env.upload(&seg, &data, Some(6 * MIB))
+        .await
+        .expect_err("stream broke");
+    assert_eq!(parts_sent(&env.recorder.take()), vec![1]);
+    let old = env.journal.load("orders", 13).await.expect("state");
+
+    env.break_list_parts.arm(true);
+    for attempt in 1..=2 {
+        let err = env
+            .upload(&seg, &data, None)
+            .await
+            .expect_err("ListParts cannot be read");
+        assert!(
+            err.to_string()
+                .contains("ListParts failed: the store answered HTTP 200"),
+            "attempt {attempt}: {err}"
+        );
+        let requests = env.recorder.take();
+        assert_eq!(
+            parts_sent(&requests),
+            Vec::<u32>::new(),
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            count(&requests, "DELETE", "uploadId="),
+            0,
+            "not aborted yet"
+        );
+        let rec = env
+            .journal
+            .load("orders", 13)
+            .await
+            .expect("state kept for another try");
+        assert_eq!(rec.upload_id, old.upload_id);
+        assert_eq!(rec.resume_failures, attempt, "counted in the record");
+    }
+
+    // The third try gives up on the old upload and sends the whole object again.
+    let etag = env
+        .upload(&seg, &data, None)
+        .await
+        .expect("started over and stored");
+    assert!(etag.contains("-3"), "3 parts: {etag}");
+    let requests = env.recorder.take();
+    assert_eq!(
+        count(&requests, "DELETE", "uploadId="),
+        1,
+        "old upload aborted"
+    );
+    assert_eq!(count(&requests, "POST", "uploads"), 1, "a new upload");
+    assert_eq!(parts_sent(&requests), vec![1, 2, 3]);
+    assert_eq!(env.stored(&seg).await.as_deref(), Some(&data[..]));
+    assert!(env.journal.load("orders", 13).await.is_none());
+    assert_eq!(env.open_uploads().await, Vec::<String>::new());
 }

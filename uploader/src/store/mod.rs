@@ -5,6 +5,7 @@
 //! segment from the uploader's override, the rule's endpoint or the rule's COS region.
 
 pub mod file;
+pub mod list_parts_root;
 pub mod part_budget;
 pub mod part_buffers;
 pub mod s3;

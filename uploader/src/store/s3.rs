@@ -27,6 +27,7 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use super::list_parts_root::ListPartsRootFix;
 use super::part_buffers::PartBuffers;
 use super::{
     Body, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
@@ -112,6 +113,19 @@ pub struct ListedPart {
     pub etag: Option<String>,
     /// The part's CRC32C (base64) when the upload was created with that algorithm.
     pub checksum_crc32c: Option<String>,
+}
+
+/// What ListParts found out about a multipart upload.
+#[derive(Debug)]
+pub enum PartList {
+    /// The parts the store holds, in part-number order.
+    Listed(Vec<ListedPart>),
+    /// The store no longer knows the upload (completed, aborted, removed by a lifecycle rule).
+    UploadGone,
+    /// The store answered, but not with a part list that can be used: an answer the SDK
+    /// cannot read, or a refusal other than NoSuchUpload (4xx). Asking again is unlikely to
+    /// help, unlike an unreachable store or a 5xx, which are returned as errors.
+    Unusable(UploadError),
 }
 
 /// Starts the message of a [`UploadError::Store`] after which the multipart upload cannot go on
@@ -416,14 +430,14 @@ impl S3Store {
         })
     }
 
-    /// The parts the store holds for `upload_id`, in part-number order; `None` if the store no
-    /// longer knows the upload (completed, aborted, or removed by a lifecycle rule).
+    /// The parts the store holds for `upload_id` (see [`PartList`]); an error if the store
+    /// could not be reached or failed on its side (5xx), which is worth asking again.
     pub async fn list_parts(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<Option<Vec<ListedPart>>, UploadError> {
+    ) -> Result<PartList, UploadError> {
         let mut parts = Vec::new();
         let mut marker: Option<String> = None;
         // A page holds up to 1,000 parts; 10,000 parts at most means at most 10 pages. The
@@ -436,11 +450,16 @@ impl S3Store {
                 .key(key)
                 .upload_id(upload_id)
                 .set_part_number_marker(marker.clone())
+                .customize()
+                .interceptor(ListPartsRootFix)
                 .send()
                 .await
             {
                 Ok(out) => out,
-                Err(err) if is_no_such_upload(&err) => return Ok(None),
+                Err(err) if is_no_such_upload(&err) => return Ok(PartList::UploadGone),
+                Err(err) if answered_unusably(&err) => {
+                    return Ok(PartList::Unusable(sdk_error("ListParts", err)))
+                }
                 Err(err) => return Err(sdk_error("ListParts", err)),
             };
             for p in out.parts() {
@@ -466,7 +485,7 @@ impl S3Store {
         }
         parts.sort_by_key(|p| p.part_number);
         parts.dedup_by_key(|p| p.part_number);
-        Ok(Some(parts))
+        Ok(PartList::Listed(parts))
     }
 
     /// CompleteMultipartUpload with `state.parts` (which must be 1..=n in order).
@@ -612,6 +631,13 @@ fn is_no_such_upload<E: ProvideErrorMetadata>(
             .is_some_and(|r| r.status().as_u16() == 404)
 }
 
+/// The store answered in full, and the answer is no use: a body the SDK cannot read (moto's
+/// 200 was one) or a refusal below 500. Unreachable stores, timeouts, answers cut off while
+/// being read and 5xx are passing troubles.
+fn answered_unusably<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(err, SdkError::ServiceError(ctx) if ctx.raw().status().as_u16() < 500)
+}
+
 fn start_over<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> UploadError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -646,7 +672,14 @@ where
                 (Some(code), Some(message)) => text.push_str(&format!(" {code}: {message}")),
                 (Some(code), None) => text.push_str(&format!(" {code}")),
                 (None, Some(message)) => text.push_str(&format!(": {message}")),
-                (None, None) => {}
+                // No error code: the SDK could not read the answer (e.g. a 200 whose XML it
+                // failed to parse); the parser's own words are the only clue.
+                (None, None) => {
+                    text.push_str(&format!(
+                        " but its answer could not be read: {}",
+                        root_cause(err)
+                    ));
+                }
             }
             text
         }
