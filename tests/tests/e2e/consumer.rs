@@ -6,24 +6,6 @@ use harness::{check_exactly_once, produce, read_all, sample_messages, PulsarLite
 
 use crate::util::{eventually, unique_topic, Stack, BUCKET};
 
-fn log_entries(stack: &Stack, rule: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let logs = stack.ctl_json(&["logs", rule, "--limit", "1000"])?;
-    Ok(logs["entries"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    (
-                        e["kind"].as_str().unwrap_or_default().to_string(),
-                        e["message"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 /// While the broker is down, what is spooled is still sealed and stored, `rule flush` answers at
 /// once (also while the rule is connecting, as after an ingester restart), and the history
 /// records the outage with its length.
@@ -91,7 +73,7 @@ async fn a_broker_outage_keeps_windows_closing_and_commands_answering() -> anyho
 
     // The restarted ingester records the outage it started in.
     eventually("the outage in the history", Duration::from_secs(60), || {
-        let entries = log_entries(&stack, rule)?;
+        let entries = stack.log_entries(rule)?;
         Ok(entries
             .iter()
             .any(|(k, m)| k == "disconnected" && m.contains("still connecting"))
@@ -111,7 +93,7 @@ async fn a_broker_outage_keeps_windows_closing_and_commands_answering() -> anyho
         "the outage's end in the history",
         Duration::from_secs(60),
         || {
-            let entries = log_entries(&stack, rule)?;
+            let entries = stack.log_entries(rule)?;
             let ended = entries
                 .iter()
                 .any(|(k, m)| k == "reconnected" && m.contains("again after"));
@@ -122,7 +104,7 @@ async fn a_broker_outage_keeps_windows_closing_and_commands_answering() -> anyho
     .map_err(|e| {
         anyhow::anyhow!(
             "{e}: {:?}\n--- ingester log tail:\n{}",
-            log_entries(&stack, rule),
+            stack.log_entries(rule),
             stack.log_tail("ingester.log")
         )
     })?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use harness::{
     check_exactly_once, produce_zlib, read_all, sample_messages, FaultPlan, Faults, PulsarLite,
 };
-use serde_json::Value;
 
 use crate::util::{eventually, unique_topic, Stack, BUCKET};
 
@@ -24,23 +23,6 @@ async fn stack_with_faults(
     stack.start_ingester().await?;
     stack.start_uploader().await?;
     Ok((stack, faults))
-}
-
-fn log_kinds(logs: &Value) -> Vec<(String, String)> {
-    logs["entries"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .map(|e| {
-                    (
-                        e["kind"].as_str().unwrap_or_default().to_string(),
-                        e["message"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Payloads of the sample messages found in the store, by payload.
@@ -87,8 +69,7 @@ async fn an_entry_damaged_once_is_redelivered_and_stored() -> anyhow::Result<()>
         "the relay damaged two entries once each: {damaged:?}"
     );
 
-    let logs = stack.ctl_json(&["logs", "damaged-once", "--limit", "1000"])?;
-    let kinds = log_kinds(&logs);
+    let kinds = stack.log_entries("damaged-once")?;
     // The second damaged entry may have passed while the first one's delivery was being
     // discarded (then its redelivery decodes and it never fails as far as the rule sees).
     let failed = kinds.iter().filter(|(k, _)| k == "decode_failed").count();
@@ -227,7 +208,7 @@ async fn undecodable_entry_blocks_until_skipped(partitions: u32) -> anyhow::Resu
         "every message but the skipped entry's {in_entry}"
     );
     assert!(stored.values().all(|n| *n == 1), "stored twice");
-    let kinds = log_kinds(&stack.ctl_json(&["logs", rule, "--limit", "1000"])?);
+    let kinds = stack.log_entries(rule)?;
     assert!(
         kinds
             .iter()

@@ -271,6 +271,25 @@ impl Stack {
         self.ctl_json(&args)
     }
 
+    /// The rule's history as (kind, message), newest first.
+    pub fn log_entries(&self, rule: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let logs = self.ctl_json(&["logs", rule, "--limit", "1000"])?;
+        Ok(logs["entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["kind"].as_str().unwrap_or_default().to_string(),
+                            e["message"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     pub fn rule_status(&self, name: &str) -> anyhow::Result<Value> {
         let status = self.ctl_json(&["status", name])?;
         status["rules"]
