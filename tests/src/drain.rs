@@ -21,17 +21,14 @@ pub async fn assert_subscription_drained(
     subscription: &str,
     wait: Duration,
 ) -> anyhow::Result<usize> {
-    let pulsar = client(url).await?;
-    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
-        .consumer()
-        .with_topic(topic)
-        .with_subscription(subscription)
-        .with_subscription_type(SubType::Failover)
-        .with_consumer_name("drain-check")
-        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
-        .build()
-        .await
-        .with_context(|| format!("subscribing to {topic} as {subscription}"))?;
+    let mut consumer = attach(
+        url,
+        topic,
+        subscription,
+        "drain-check",
+        InitialPosition::Earliest,
+    )
+    .await?;
 
     let deadline = tokio::time::Instant::now() + wait;
     let mut count = 0;
@@ -63,17 +60,14 @@ pub async fn backlog_before_marker(
     subscription: &str,
     timeout: Duration,
 ) -> anyhow::Result<usize> {
-    let pulsar = client(url).await?;
-    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
-        .consumer()
-        .with_topic(topic)
-        .with_subscription(subscription)
-        .with_subscription_type(SubType::Failover)
-        .with_consumer_name("backlog-check")
-        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Latest))
-        .build()
-        .await
-        .with_context(|| format!("subscribing to {topic} as {subscription}"))?;
+    let mut consumer = attach(
+        url,
+        topic,
+        subscription,
+        "backlog-check",
+        InitialPosition::Latest,
+    )
+    .await?;
     let marker = format!("backlog-marker-{}", rand::random::<u64>()).into_bytes();
     let message = crate::producer::SampleMessage {
         payload: marker.clone(),
@@ -99,4 +93,26 @@ pub async fn backlog_before_marker(
     }
     drop(consumer);
     Ok(before)
+}
+
+/// A Failover consumer on `subscription`, as the checks above attach; `initial` applies only when
+/// the subscription has to be created.
+async fn attach(
+    url: &str,
+    topic: &str,
+    subscription: &str,
+    name: &str,
+    initial: InitialPosition,
+) -> anyhow::Result<Consumer<Vec<u8>, TokioExecutor>> {
+    let pulsar = client(url).await?;
+    pulsar
+        .consumer()
+        .with_topic(topic)
+        .with_subscription(subscription)
+        .with_subscription_type(SubType::Failover)
+        .with_consumer_name(name)
+        .with_options(ConsumerOptions::default().with_initial_position(initial))
+        .build()
+        .await
+        .with_context(|| format!("subscribing to {topic} as {subscription}"))
 }

@@ -83,27 +83,8 @@ async fn a_rule_moved_to_another_broker_stores_every_message_sent_to_both() -> a
 
 /// `rule create` with all the flags of [`Stack::create_rule`], run as is (not expecting success).
 fn try_create(stack: &Stack, name: &str, topic: &str, extra: &[&str]) -> Output {
-    let url = stack.pulsar.url();
-    let endpoint = stack.s3.endpoint();
-    let mut args = vec![
-        "rule",
-        "create",
-        name,
-        "--service-url",
-        url.as_str(),
-        "--topic",
-        topic,
-        "--subscription",
-        SUBSCRIPTION,
-        "--bucket",
-        crate::util::BUCKET,
-        "--region",
-        "us-east-1",
-        "--endpoint",
-        endpoint.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    stack.ctl(&args)
+    let args = stack.create_rule_args(name, topic, extra);
+    stack.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Refused, with a one-line error that starts by naming `field` (the command line holds every

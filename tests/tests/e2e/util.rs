@@ -248,14 +248,19 @@ impl Stack {
 
     /// Creates a rule writing to this stack's S3 server.
     pub fn create_rule(&self, name: &str, topic: &str, extra: &[&str]) -> anyhow::Result<Value> {
-        let url = self.pulsar.url();
-        let endpoint = self.s3.endpoint();
-        let mut args = vec![
+        let args = self.create_rule_args(name, topic, extra);
+        self.ctl_json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The `rule create` command line of [`Stack::create_rule`]: this stack's broker and S3
+    /// server, subscription `tdmq-backup`, then `extra`.
+    pub fn create_rule_args(&self, name: &str, topic: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "rule",
             "create",
             name,
             "--service-url",
-            url.as_str(),
+            &self.pulsar.url(),
             "--topic",
             topic,
             "--subscription",
@@ -265,10 +270,13 @@ impl Stack {
             "--region",
             "us-east-1",
             "--endpoint",
-            endpoint.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        self.ctl_json(&args)
+            &self.s3.endpoint(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
     }
 
     /// The rule's history as (kind, message), newest first.
