@@ -67,6 +67,14 @@ pub async fn run(
     .await
     .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
     let addr = listener.local_addr()?;
+    if token_scopes.is_split() {
+        info!("control-plane tokens required on every gRPC call: uploader_token_file's for the segment hand-off, auth_token_file's for everything else");
+    } else if token_scopes.is_enabled() {
+        info!("control-plane token required on every gRPC call");
+    } else if !proto::auth::is_loopback(addr) {
+        // Said before "ready", so whoever waits for that line sees it. Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
+        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can change rules and commit segments");
+    }
     info!(listen = %addr, data_dir = %config.data_dir.display(), version = proto::VERSION, "ingester ready");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -77,14 +85,6 @@ pub async fn run(
         info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, app.clone()))
     });
-    if token_scopes.is_split() {
-        info!("control-plane tokens required on every gRPC call: uploader_token_file's for the segment hand-off, auth_token_file's for everything else");
-    } else if token_scopes.is_enabled() {
-        info!("control-plane token required on every gRPC call");
-    } else if !proto::auth::is_loopback(addr) {
-        // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
-        tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can change rules and commit segments");
-    }
     let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
     let mut server = tonic::transport::Server::builder();
