@@ -515,14 +515,17 @@ impl IngesterApp {
         self.set_paused_inner(name, paused, true).await
     }
 
+    /// Where a rule's task takes its commands.
+    async fn commands_of(&self, name: &str) -> Result<mpsc::Sender<Command>> {
+        let running = self.running.lock().await;
+        running
+            .get(name)
+            .map(|h| h.commands.clone())
+            .ok_or_else(|| IngesterError::RuleNotFound(name.into()))
+    }
+
     pub async fn flush(&self, name: &str) -> Result<Option<u64>> {
-        let commands = {
-            let running = self.running.lock().await;
-            let handle = running
-                .get(name)
-                .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
-            handle.commands.clone()
-        };
+        let commands = self.commands_of(name).await?;
         let (tx, rx) = oneshot::channel();
         commands
             .send(Command::Flush(tx))
@@ -550,13 +553,7 @@ impl IngesterApp {
                 .map_err(|e: crate::decode_fault::ParseEntryError| {
                     IngesterError::InvalidRequest(e.to_string())
                 })?;
-        let commands = {
-            let running = self.running.lock().await;
-            let handle = running
-                .get(name)
-                .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
-            handle.commands.clone()
-        };
+        let commands = self.commands_of(name).await?;
         let (tx, rx) = oneshot::channel();
         commands
             .send(Command::Skip(entry, tx))

@@ -561,10 +561,8 @@ impl RuleTask {
                             .map_or_else(|| "the entry".to_string(), |e| format!("entry {e}")),
                         fault.failures
                     );
-                    info!(rule = %self.rule.name, "{message}");
                     part.fault = None;
-                    self.record(HistoryEntry::event("info", false, message));
-                    self.publish_faults(consumers);
+                    self.fault_cleared(consumers, message);
                 }
                 AfterFault::Skipped(entry) => {
                     let within = fault.before.as_ref().is_none_or(|b| !entry_after(&id, b));
@@ -573,10 +571,8 @@ impl RuleTask {
                             "passed the skipped entry {entry} on {}; consuming",
                             part.topic
                         );
-                        info!(rule = %self.rule.name, "{message}");
                         part.fault = None;
-                        self.record(HistoryEntry::event("info", false, message));
-                        self.publish_faults(consumers);
+                        self.fault_cleared(consumers, message);
                     } else {
                         // The error of this delivery was not (only) the skipped entry.
                         self.fail_partition(
@@ -616,6 +612,13 @@ impl RuleTask {
                 }
             }
         }
+    }
+
+    /// A partition goes on past its failed entry: say so, and take it off `status`.
+    fn fault_cleared(&self, consumers: &RuleConsumers, message: String) {
+        info!(rule = %self.rule.name, "{message}");
+        self.record(HistoryEntry::event("info", false, message));
+        self.publish_faults(consumers);
     }
 
     /// Recreates the consumers of partitions whose failed entry is due for redelivery.
