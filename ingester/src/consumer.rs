@@ -344,6 +344,7 @@ impl RuleTask {
         let mut ticks: u32 = 0;
         // A batch that could not be spooled yet (disk full, IO error): retried before reading more.
         let mut pending: Option<Vec<Incoming>> = None;
+        let mut ask_broker_backlog = true;
         loop {
             let can_read = pending.is_none() && !self.paused && !self.spool_at_quota();
             tokio::select! {
@@ -367,12 +368,20 @@ impl RuleTask {
                         self.stats.connected.store(ok, Ordering::Relaxed);
                         if ok {
                             self.outage_ended(continuity);
-                            match consumers.broker_backlog().await {
-                                Some(backlog) => {
-                                    self.stats.broker_backlog.store(backlog, Ordering::Relaxed);
-                                    self.stats.broker_backlog_known.store(true, Ordering::Relaxed);
+                            if ask_broker_backlog {
+                                match consumers.broker_backlog().await {
+                                    Some(backlog) => {
+                                        self.stats.broker_backlog.store(backlog, Ordering::Relaxed);
+                                        self.stats.broker_backlog_known.store(true, Ordering::Relaxed);
+                                    }
+                                    None => {
+                                        // A broker that does not answer consumer stats (or times
+                                        // out on them) is not asked again on this connection:
+                                        // each try may hold the consume loop for seconds.
+                                        ask_broker_backlog = false;
+                                        self.stats.broker_backlog_known.store(false, Ordering::Relaxed);
+                                    }
                                 }
-                                None => self.stats.broker_backlog_known.store(false, Ordering::Relaxed),
                             }
                         } else {
                             let message = format!("lost the connection to Pulsar at {}", self.rule.service_url);
