@@ -119,12 +119,14 @@ impl IngesterApp {
     }
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
-        self.start_rule_with(stored, Arc::new(RuleStats::default()))
+        let spool = self.open_spool(stored)?;
+        self.start_task(stored, spool, Arc::new(RuleStats::default()))
     }
 
-    /// Starts the rule's task with `stats` (a restarted consumer keeps counting where the
-    /// previous one stopped: `rule edit` must not zero `status`).
-    fn start_rule_with(&self, stored: &StoredRule, stats: Arc<RuleStats>) -> Result<RuleHandle> {
+    /// Opens (or recovers) a rule's spool and queues the segments it left closed. Once per rule
+    /// and process: a second spool over the same files would seal into the same temporary files
+    /// and keep retrying segments the other one sealed and freed.
+    fn open_spool(&self, stored: &StoredRule) -> Result<Arc<RuleSpool>> {
         let (spool, to_seal) = RuleSpool::open(
             &self.db,
             &self.spool_id,
@@ -135,11 +137,24 @@ impl IngesterApp {
         for segment_no in to_seal {
             self.sealer.seal(spool.clone(), segment_no);
         }
+        Ok(spool)
+    }
+
+    /// Starts the rule's consumer task over its spool with `stats` (a restarted consumer keeps
+    /// counting where the previous one stopped: `rule edit` must not zero `status`).
+    fn start_task(
+        &self,
+        stored: &StoredRule,
+        spool: Arc<RuleSpool>,
+        stats: Arc<RuleStats>,
+    ) -> Result<RuleHandle> {
+        let token = self.rules.token(&stored.config.name)?;
+        spool.reconfigure(&stored.config);
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = RuleTask {
             rule: stored.config.clone(),
-            token: self.rules.token(&stored.config.name)?,
+            token,
             paused: stored.paused,
             limits: self.limits,
             consumer_name: format!("tdmq-backup-{}-{}", stored.config.name, self.node_id),
@@ -263,6 +278,8 @@ impl IngesterApp {
         let mut changes = describe_changes(&stored.config, &config, spec.token.is_some());
         let mut stats = handle.stats.clone();
         let mut notice = String::new();
+        // The spool of a rule whose consumer was stopped above: it carries on under the new one.
+        let mut stopped = None;
         if source_changed {
             // Stopped before the spool is checked again: a consumer still running could spool
             // a message of the old source between the check and the reset.
@@ -276,6 +293,7 @@ impl IngesterApp {
                 return Err(self.restart_unchanged(
                     &mut running,
                     &stored,
+                    spool,
                     stats,
                     spool_not_empty(&stored.config),
                 ));
@@ -290,7 +308,13 @@ impl IngesterApp {
                     let refused = IngesterError::FailedPrecondition(format!(
                         "rule {name:?} was not changed: {err}; retry, or edit without --unsubscribe and remove it yourself"
                     ));
-                    return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+                    return Err(self.restart_unchanged(
+                        &mut running,
+                        &stored,
+                        spool,
+                        stats,
+                        refused,
+                    ));
                 }
                 format!("removed {}", old_subscription.describe())
             } else {
@@ -300,10 +324,11 @@ impl IngesterApp {
             // watermarks (redeliveries stored twice), never the new one with the old watermarks
             // (its messages dropped as seen).
             if let Err(err) = spool.reset_positions() {
-                return Err(self.restart_unchanged(&mut running, &stored, stats, err));
+                return Err(self.restart_unchanged(&mut running, &stored, spool, stats, err));
             }
             stored.start_applied = false;
             changes = format!("{changes}; {notice}");
+            stopped = Some(spool);
         }
         stored.config = config;
         stored.updated_at_ms = proto::types::time::now_millis();
@@ -319,9 +344,16 @@ impl IngesterApp {
         if consumer_changed {
             if let Some(old) = running.remove(&name) {
                 stats = old.stats.clone();
+                let spool = old.spool.clone();
+                // Waits for a spool write in progress: the next consumer appends to the same
+                // spool, after it.
                 Self::stop_rule(old).await;
+                stopped = Some(spool);
             }
-            let handle = self.start_rule_with(&stored, stats)?;
+            let Some(spool) = stopped else {
+                return Err(IngesterError::RuleNotFound(name));
+            };
+            let handle = self.start_task(&stored, spool, stats)?;
             running.insert(name.clone(), handle);
         }
         self.record(
@@ -337,10 +369,11 @@ impl IngesterApp {
         &self,
         running: &mut HashMap<String, RuleHandle>,
         stored: &StoredRule,
+        spool: Arc<RuleSpool>,
         stats: Arc<RuleStats>,
         why: IngesterError,
     ) -> IngesterError {
-        match self.start_rule_with(stored, stats) {
+        match self.start_task(stored, spool, stats) {
             Ok(handle) => {
                 running.insert(stored.config.name.clone(), handle);
                 why
@@ -431,7 +464,13 @@ impl IngesterApp {
                 let refused = IngesterError::FailedPrecondition(format!(
                     "rule {name:?} was not deleted{paused}: {err}; retry, or delete without --unsubscribe and remove it yourself"
                 ));
-                return Err(self.restart_unchanged(&mut running, &stored, stats, refused));
+                return Err(self.restart_unchanged(
+                    &mut running,
+                    &stored,
+                    spool.clone(),
+                    stats,
+                    refused,
+                ));
             }
             format!("removed {}", subscription.describe())
         } else {
@@ -1003,7 +1042,62 @@ fn restrict_permissions(_dir: &std::path::Path) {}
 
 #[cfg(test)]
 mod tests {
-    use super::backlog_age_ms;
+    use std::sync::Arc;
+
+    use proto::v1;
+
+    use super::{backlog_age_ms, IngesterApp};
+    use crate::consumer::ConsumerLimits;
+
+    /// A `rule edit` that restarts the consumer (a token, the subscription type, the source)
+    /// hands the new consumer the rule's spool: a second spool over the same files would seal
+    /// the same segments into the same temporary files and keep retrying the ones the other
+    /// sealed and freed.
+    #[tokio::test]
+    async fn a_restarted_consumer_carries_on_with_the_rules_spool() -> crate::error::Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::error::IngesterError::io("tempdir", e))?;
+        let limits = ConsumerLimits {
+            max_spool_bytes: 0,
+            receiver_queue: 100,
+            receiver_queue_bytes: 0,
+        };
+        let app = IngesterApp::open(dir.path().join("data"), 100, limits, "n1".into()).await?;
+        let spec = |name: &str| v1::RuleSpec {
+            name: name.into(),
+            ..v1::RuleSpec::default()
+        };
+        app.create_rule(&v1::RuleSpec {
+            // Nothing listens on port 1: the consumer keeps retrying, which is all it needs to do.
+            service_url: Some("pulsar://127.0.0.1:1".into()),
+            topic: Some("orders".into()),
+            subscription: Some("backup".into()),
+            bucket: Some("backup-1250000000".into()),
+            region: Some("ap-guangzhou".into()),
+            ..spec("orders")
+        })
+        .await?;
+        let first = app.spool_of("orders").await?;
+        for edit in [
+            v1::RuleSpec {
+                token: Some("rotated".into()),
+                ..spec("orders")
+            },
+            v1::RuleSpec {
+                subscription_type: Some("exclusive".into()),
+                ..spec("orders")
+            },
+            v1::RuleSpec {
+                topic: Some("orders-v2".into()),
+                ..spec("orders")
+            },
+        ] {
+            app.edit_rule(&edit, false).await?;
+            let now = app.spool_of("orders").await?;
+            assert!(Arc::ptr_eq(&first, &now), "a second spool after {edit:?}");
+        }
+        app.shutdown().await;
+        Ok(())
+    }
 
     #[test]
     fn the_lag_counts_what_waits_in_pulsar_while_nothing_is_read() {

@@ -462,6 +462,8 @@ pub struct RuleSpool {
     feed_queued: AtomicBool,
     /// Woken when a segment becomes sealed (the uploader's long poll waits on it).
     sealed_notify: Arc<Notify>,
+    /// Held from an append's plan until its batch is durable (see [`RuleSpool::append`]).
+    appending: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a seal's flush does in a test on this thread, instead of flushing.
@@ -471,6 +473,10 @@ type SealFlush = Box<dyn Fn(&RuleSpool) -> Result<()>>;
 thread_local! {
     static SEAL_FLUSH: std::cell::RefCell<Option<SealFlush>> = const { std::cell::RefCell::new(None) };
 }
+
+/// Numbers each seal's temporary file: two seals of one segment (a retry overlapping a seal that
+/// is still writing) must never write into the same file.
+static SEAL_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
 fn key(tag: u8, rule: &str, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + rule.len() + suffix.len());
@@ -590,6 +596,7 @@ impl RuleSpool {
                 encoder: None,
             }),
             sealed_notify,
+            appending: Arc::default(),
         };
         Ok((Arc::new(spool), to_seal))
     }
@@ -648,7 +655,17 @@ impl RuleSpool {
 
     /// Spools a batch of consumed messages durably: one write and one sync per segment's log,
     /// then one sled batch.
-    pub async fn append(&self, messages: &[Incoming], now_ms: u64) -> Result<AppendOutcome> {
+    ///
+    /// Once planned, a batch is written to the end even if this future is dropped (a rule task
+    /// stopped or aborted mid-write): the in-memory state already counts it as spooled, so it
+    /// must become durable, or be undone by a reload, before anyone appends again; `appending`
+    /// orders the next append after it.
+    pub async fn append(
+        self: &Arc<Self>,
+        messages: &[Incoming],
+        now_ms: u64,
+    ) -> Result<AppendOutcome> {
+        let appending = self.appending.clone().lock_owned().await;
         let (outcome, writes, batch) = match self.plan_append(messages, now_ms) {
             Ok(planned) => planned,
             Err(err) => {
@@ -659,23 +676,38 @@ impl RuleSpool {
         if writes.is_empty() {
             return Ok(outcome);
         }
-        let logs = self.logs.clone();
-        let written = tokio::task::spawn_blocking(move || logs.append_durably(&writes))
-            .await
-            .unwrap_or_else(|join| {
+        let spool = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _appending = appending;
+            spool.write_planned(&writes, batch)
+        })
+        .await;
+        match written {
+            Ok(result) => result.map(|()| outcome),
+            Err(join) => {
+                // The write panicked: what is durable is unknown, go back to what sled says.
+                self.reload()?;
                 Err(IngesterError::io(
                     "writing a record log",
                     std::io::Error::other(join.to_string()),
                 ))
-            });
+            }
+        }
+    }
+
+    /// The durable half of an append (blocking IO): the logs, synced, then sled; on failure the
+    /// in-memory state goes back to what sled says, and the caller retries.
+    fn write_planned(&self, writes: &[LogWrite], batch: sled::Batch) -> Result<()> {
         // Only once the log is synced may sled hear of its bytes (invariant 1).
-        let applied = written.and_then(|()| Ok(self.tree.apply_batch(batch)?));
+        let applied = self
+            .logs
+            .append_durably(writes)
+            .and_then(|()| Ok(self.tree.apply_batch(batch)?));
         if let Err(err) = applied {
-            // What is durable is unknown: go back to what sled says, the caller retries.
             self.reload()?;
             return Err(err);
         }
-        Ok(outcome)
+        Ok(())
     }
 
     /// Applies a batch to the in-memory state; returns what to write to the logs, then to sled.
@@ -1044,7 +1076,10 @@ impl RuleSpool {
         }
         let fresh = || {
             SegmentWriter::create(
-                self.segments_dir.join(format!("{segment_no:020}.seal.tmp")),
+                self.segments_dir.join(format!(
+                    "{segment_no:020}.seal.{}.tmp",
+                    SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+                )),
                 segment_no,
                 meta.log_format,
                 compression,
@@ -1665,6 +1700,39 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    /// A rule task stopped while its spool write runs (a `rule edit` that restarts the
+    /// consumer) drops the append's future: the batch it planned still becomes durable, so the
+    /// in-memory state, which already counts it, never runs ahead of sled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_whose_caller_goes_away_still_becomes_durable() -> Result<()> {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 100)?;
+        // One poll plans the batch and starts its write, then the future is dropped.
+        let _ = spool
+            .append(&[msg(1, -1, 0), msg(2, -1, 0)], 10_000)
+            .now_or_never();
+        assert_eq!(spool.seen().watermarks.get(&-1).map(|id| id.entry), Some(2));
+
+        // Sled comes to hold the batch with no further call.
+        let tree = db.open_tree("spool")?;
+        let watermarks = key(WATERMARK, spool.rule(), &[]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tree.scan_prefix(&watermarks).next().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dropped append never reached sled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        spool.append(&[msg(3, -1, 0)], 10_001).await?;
+        drop(spool);
+        let reopened = open_spool(&db, dir.path(), 100)?;
+        assert_eq!(reopened.open_segment().map(|m| m.messages), Some(3));
+        Ok(())
+    }
+
     #[tokio::test]
     async fn dedups_cuts_seals_and_acks_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -2068,7 +2136,7 @@ pub(crate) mod tests {
 
     /// Appends `batches` batches of 500 ~1 KB records from entry `first`, feeding the presealer
     /// after each; returns the records' lines.
-    async fn append_and_feed(spool: &RuleSpool, first: u64, batches: u64) -> Result<String> {
+    async fn append_and_feed(spool: &Arc<RuleSpool>, first: u64, batches: u64) -> Result<String> {
         let mut lines = Vec::new();
         for batch in 0..batches {
             let start = first + batch * 500;
