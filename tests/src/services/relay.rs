@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -231,7 +232,8 @@ async fn relay_connection(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             while let Some(frame) = take_frame(&mut buf)? {
-                let damaged = faults.and_then(|f| f.damage(&frame));
+                let damaged =
+                    faults.and_then(|f| f.damage(&frame).or_else(|| f.hide_partitions(&frame)));
                 let out = rewrite_frame(damaged.as_deref().unwrap_or(&frame), relay_url)?;
                 client_write
                     .write_all(&out)
@@ -306,6 +308,11 @@ pub struct FaultPlan {
     pub damage_once: Vec<usize>,
     /// An entry damaged at every delivery: it can never be decoded.
     pub damage_always: Option<usize>,
+    /// Partitions the relay hides from every partitioned topic's count in the broker's answers:
+    /// clients see the last ones only once this is set back to 0, as if an operator had grown
+    /// the topics then (pulsar-lite fixes a topic's count when it creates it, has no admin API
+    /// to change it, and refuses a partition beyond the count).
+    pub hidden_partitions: Arc<AtomicU32>,
 }
 
 /// An entry as the relay saw it: ledger, entry and the partition the broker named (-1: none).
@@ -360,6 +367,27 @@ impl Faults {
     /// How many times the relay delivered `entry`.
     pub fn deliveries(&self, entry: EntryKey) -> u32 {
         self.state().deliveries.get(&entry).copied().unwrap_or(0)
+    }
+
+    /// `frame` with fewer partitions if it answers a partitioned topic's metadata lookup and the
+    /// plan hides partitions.
+    fn hide_partitions(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        use prost013::Message as _;
+        let hidden = self.plan.hidden_partitions.load(Ordering::SeqCst);
+        let cmd_size = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?) as usize;
+        if hidden == 0 || frame.len() != 8 + cmd_size {
+            return None;
+        }
+        let mut command = BaseCommand::decode(frame.get(8..)?).ok()?;
+        let answer = command.partition_metadata_response.as_mut()?;
+        let partitions = answer.partitions.filter(|n| *n > hidden)?;
+        answer.partitions = Some(partitions - hidden);
+        let cmd = command.encode_to_vec();
+        let mut out = Vec::with_capacity(8 + cmd.len());
+        out.extend_from_slice(&u32_be(4 + cmd.len()).ok()?);
+        out.extend_from_slice(&u32_be(cmd.len()).ok()?);
+        out.extend_from_slice(&cmd);
+        Some(out)
     }
 
     /// The damaged copy of `frame` if it is a MESSAGE frame the plan damages now.

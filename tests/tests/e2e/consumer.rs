@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{check_exactly_once, produce, read_all, sample_messages, PulsarLite};
+use harness::{
+    check_exactly_once, produce, read_all, sample_messages, FaultPlan, Faults, PulsarLite,
+};
 
 use crate::util::{eventually, unique_topic, Stack, BUCKET};
 
@@ -155,6 +157,60 @@ async fn a_timestamp_start_on_a_partitioned_topic_backs_up_from_then_on() -> any
     // Exactly the messages from the start on: none before it, each after it once.
     let report = check_exactly_once(&objects, &new)?;
     assert_eq!(report.records, new.len(), "{report:?}");
+    Ok(())
+}
+
+/// Partitions added to a topic while a rule runs are consumed without a restart, from their
+/// first message. pulsar-lite cannot grow a topic, so the broker makes 4 partitions and the
+/// relay hides the last one from partition-count lookups until the test "adds" it: producers
+/// and the rule then see a fourth partition appear, as on a grown topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_the_topic_later_are_consumed_without_a_restart() -> anyhow::Result<()>
+{
+    let plan = FaultPlan::default();
+    let hidden = plan.hidden_partitions.clone();
+    hidden.store(1, std::sync::atomic::Ordering::SeqCst);
+    let pulsar = PulsarLite::start_with_faults(4, Faults::new(plan)).await?;
+    let mut stack = Stack::services_with_pulsar(pulsar).await?;
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let rule = "grown";
+    let topic = unique_topic("grown");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let all = sample_messages(1100, 31);
+    let (before, after) = all.split_at(300);
+    produce(&stack.pulsar.url(), &full_topic, before, true).await?;
+    stack.create_rule(rule, &topic, &["--window", "2s"])?;
+    stack
+        .wait_until_stored(rule, before, Duration::from_secs(60))
+        .await?;
+
+    hidden.store(0, std::sync::atomic::Ordering::SeqCst);
+    produce(&stack.pulsar.url(), &full_topic, after, false).await?;
+    // The ingester looks the count up again every 30 s.
+    let objects = stack
+        .wait_until_stored(rule, &all, Duration::from_secs(120))
+        .await?;
+    let report = check_exactly_once(&objects, &all)?;
+    assert_eq!(report.records, all.len(), "{report:?}");
+    let on_the_new_partition = objects
+        .iter()
+        .flat_map(|o| &o.records)
+        .filter(|r| {
+            r["message_id"]
+                .as_str()
+                .is_some_and(|id| id.split(':').nth(2) == Some("3"))
+        })
+        .count();
+    assert!(
+        on_the_new_partition > 0,
+        "no stored message came from partition 3"
+    );
+    let said = stack
+        .log_entries(rule)?
+        .into_iter()
+        .any(|(_, message)| message.contains("the topic has 4 partitions now"));
+    assert!(said, "the history names the new partition");
     Ok(())
 }
 
