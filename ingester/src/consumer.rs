@@ -24,6 +24,7 @@ use crate::partition_consumers::{
 };
 use crate::rules::RuleStore;
 use crate::sealer::SealerHandle;
+use crate::source_reset::{self, WentBack};
 use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool, Seen};
 use crate::stats::{BlockedEntry, RuleStats};
 
@@ -80,6 +81,8 @@ enum ConsumeEnd {
     Lost,
     /// Messages are larger (or smaller) than the permits were sized for: reconnect now with these.
     Resize(u32),
+    /// The broker's topic ends before what the rule spooled: see [`source_reset`].
+    WentBack(WentBack),
 }
 
 pub enum Command {
@@ -183,6 +186,14 @@ impl RuleTask {
             let Some(connected) = connected else { break };
             match connected {
                 Ok(mut consumers) => {
+                    let last_entries = consumers.last_entries().await;
+                    if let Some(went_back) = source_reset::find(&last_entries, &self.spool.seen()) {
+                        consumers.close().await;
+                        if !self.take_the_topic_afresh(&went_back).await {
+                            break;
+                        }
+                        continue;
+                    }
                     self.start_applied_now();
                     for part in &mut consumers.parts {
                         part.fault = continuity.faults.remove(&part.partition);
@@ -213,6 +224,13 @@ impl RuleTask {
                         ConsumeEnd::Resize(resized) => {
                             consumers.close().await;
                             permits = resized;
+                            continue;
+                        }
+                        ConsumeEnd::WentBack(went_back) => {
+                            consumers.close().await;
+                            if !self.take_the_topic_afresh(&went_back).await {
+                                break;
+                            }
                             continue;
                         }
                     }
@@ -345,6 +363,7 @@ impl RuleTask {
         // A batch that could not be spooled yet (disk full, IO error): retried before reading more.
         let mut pending: Option<Vec<Incoming>> = None;
         let mut ask_broker_backlog = true;
+        let mut last_id_answers = true;
         loop {
             let can_read = pending.is_none() && !self.paused && !self.spool_at_quota();
             tokio::select! {
@@ -410,6 +429,18 @@ impl RuleTask {
                         RuleStats::add(&self.stats.before_start_dropped, intake.before_start);
                     }
                     let Intake { batch, redelivered, bytes, .. } = intake;
+                    // A message at or below what was spooled is a redelivery only if the broker's
+                    // topic still reaches that far: asked before anything of the batch is
+                    // spooled or acknowledged again (see `source_reset`).
+                    if redelivered.duplicates > 0 && last_id_answers {
+                        let last_entries = consumers.last_entries().await;
+                        if last_entries.iter().all(|(_, last)| last.is_none()) {
+                            // Not asked again on this connection: each try may take seconds.
+                            last_id_answers = false;
+                        } else if let Some(went_back) = source_reset::find(&last_entries, &self.spool.seen()) {
+                            return ConsumeEnd::WentBack(went_back);
+                        }
+                    }
                     self.drop_redelivered(redelivered, consumers).await;
                     if batch.is_empty() {
                         continue;
@@ -643,6 +674,56 @@ impl RuleTask {
                 part.hold_until = Some(now + Duration::from_secs(2));
             }
         }
+    }
+
+    /// The broker's topic ends before what the rule spooled (see [`source_reset`]): says so,
+    /// lets the old topic's spooled segments be stored without acknowledging them, then forgets
+    /// the old ids. Returns `false` if the rule was stopped meanwhile.
+    async fn take_the_topic_afresh(&mut self, went_back: &WentBack) -> bool {
+        let spooled = self
+            .spool
+            .segments()
+            .iter()
+            .filter(|m| m.messages > 0)
+            .count();
+        let message = went_back.describe(&self.rule.topic, spooled);
+        warn!(rule = %self.rule.name, "{message}");
+        self.stats.set_error(&message);
+        self.record(HistoryEntry::event("ids_went_back", true, &message));
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.spool.is_empty() {
+            tokio::select! {
+                _ = self.stop.changed() => return false,
+                _ = tick.tick() => {
+                    self.close_if_due(false).await;
+                    self.note_reading(false);
+                    // Stored, and never acknowledged: these ids now name the new topic's
+                    // messages, which a cumulative acknowledgement would drop unread.
+                    if let Some(plan) = self.spool.ack_plan() {
+                        if let Err(err) = self.spool.free(&plan).await {
+                            warn!(rule = %self.rule.name, error = %err, "freeing the old topic's stored segments failed");
+                        }
+                    }
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.handle_command(cmd, None).await,
+                    None => return false,
+                },
+            }
+        }
+        if let Err(err) = self.spool.reset_positions() {
+            // The next connection finds the ids still behind and tries again.
+            warn!(rule = %self.rule.name, error = %err, "could not forget the old topic's positions");
+            self.stats
+                .set_error(format!("could not forget the old topic's positions: {err}"));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return true;
+        }
+        let message = "backing the topic up afresh: the old topic's ids are forgotten and new objects get new names".to_string();
+        info!(rule = %self.rule.name, "{message}");
+        self.record(HistoryEntry::event("info", false, message));
+        true
     }
 
     /// Subscribes to partitions added to the topic since the rule connected.

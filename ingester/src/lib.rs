@@ -24,6 +24,7 @@ pub mod scoped_auth;
 pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
+pub mod source_reset;
 pub mod spool;
 pub mod spool_id;
 pub mod stats;

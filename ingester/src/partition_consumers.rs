@@ -23,6 +23,9 @@ use tracing::{debug, info, warn};
 use crate::decode_fault::DecodeFault;
 
 pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+/// How long the broker may take to name a partition's last message.
+const LAST_ID_TIMEOUT: Duration = Duration::from_secs(5);
 pub type PulsarMessage = pulsar::consumer::Message<Vec<u8>>;
 
 /// How long a consumer may take to close before it is dropped (pulsar-rs's close can hang
@@ -208,6 +211,26 @@ impl RuleConsumers {
             added.push(i32::try_from(partition).unwrap_or(i32::MAX));
         }
         Ok(added)
+    }
+
+    /// Each partition's last message as the broker tells it (ledger, entry), or `None` where it
+    /// does not say (an empty topic, a broker without the command, no answer in time).
+    pub async fn last_entries(&mut self) -> Vec<(i32, Option<(u64, u64)>)> {
+        // All partitions at once: a broker that never answers costs one timeout, not one each.
+        let asks = self.parts.iter_mut().map(|part| async move {
+            let asked =
+                tokio::time::timeout(LAST_ID_TIMEOUT, part.consumer.get_last_message_id()).await;
+            let last = match asked {
+                Ok(Ok(ids)) => ids.first().map(|id| (id.ledger_id, id.entry_id)),
+                Ok(Err(err)) => {
+                    debug!(topic = %part.topic, error = %err, "the broker did not name the last message");
+                    None
+                }
+                Err(_) => None,
+            };
+            (part.partition, last)
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Closes a partition's consumer and subscribes again: the broker then redelivers everything

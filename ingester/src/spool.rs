@@ -379,6 +379,14 @@ pub struct Seen {
 }
 
 impl Seen {
+    #[cfg(test)]
+    pub(crate) fn for_tests(watermarks: BTreeMap<i32, MessageId>) -> Seen {
+        Seen {
+            watermarks,
+            acked: BTreeMap::new(),
+        }
+    }
+
     /// The highest message id of `partition` ever spooled.
     pub fn last(&self, partition: i32) -> Option<MessageId> {
         self.watermarks.get(&partition).copied()

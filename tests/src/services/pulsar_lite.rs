@@ -149,6 +149,24 @@ impl PulsarLite {
         Ok(())
     }
 
+    /// Kills the broker, deletes everything it stored and starts it again on the same port: to
+    /// its clients, every topic was deleted and created again (message ids start over).
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        // `--db-path data` makes pulsar-lite keep its store in `data.rocksdb`.
+        for name in ["data", "data.rocksdb"] {
+            let data = self.dir.path().join(name);
+            match std::fs::remove_dir_all(&data) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(error).with_context(|| format!("removing {}", data.display()))
+                }
+            }
+        }
+        self.restart().await
+    }
+
     /// Whether the broker process is alive.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -214,6 +214,107 @@ async fn partitions_added_to_the_topic_later_are_consumed_without_a_restart() ->
     Ok(())
 }
 
+/// A topic deleted and created again (here: a broker that lost all its data) numbers its
+/// messages from 0 again, below what the rule spooled. The rule says so and backs the new topic
+/// up under new object names; before, every new message was dropped as already spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_ids_go_backwards_is_backed_up_afresh_with_an_alert() -> anyhow::Result<()> {
+    ids_go_backwards(false).await
+}
+
+/// The same with the old topic's messages still spooled (the uploader was down): they are
+/// stored but never acknowledged, since their ids now name the new topic's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_going_backwards_with_the_old_topic_still_spooled_lose_nothing() -> anyhow::Result<()> {
+    ids_go_backwards(true).await
+}
+
+async fn ids_go_backwards(old_topic_still_spooled: bool) -> anyhow::Result<()> {
+    let pulsar = PulsarLite::start().await?;
+    let mut stack = Stack::services_with_pulsar(pulsar).await?;
+    stack.start_ingester().await?;
+    if !old_topic_still_spooled {
+        stack.start_uploader().await?;
+    }
+    let rule = "recreated";
+    let topic = unique_topic("recreated");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let all = sample_messages(700, 33);
+    let (old, new) = all.split_at(500);
+    stack.create_rule(rule, &topic, &["--window", "2s"])?;
+    produce(&stack.pulsar.url(), &full_topic, old, false).await?;
+    if old_topic_still_spooled {
+        eventually(
+            "the old topic's messages spooled",
+            Duration::from_secs(60),
+            || {
+                let status = stack.rule_status(rule)?;
+                Ok((status["spooled_messages"].as_u64() == Some(500)).then_some(()))
+            },
+        )
+        .await?;
+    } else {
+        stack
+            .wait_until_stored(rule, old, Duration::from_secs(60))
+            .await?;
+    }
+
+    stack.pulsar.restart_empty().await?;
+    // Their ids on the new topic, 0:0 to 0:199, lie below the 0:499 the rule spooled.
+    produce(&stack.pulsar.url(), &full_topic, new, false).await?;
+    if old_topic_still_spooled {
+        eventually("the alert", Duration::from_secs(60), || {
+            let alerted = stack
+                .log_entries(rule)?
+                .iter()
+                .any(|(kind, _)| kind == "ids_went_back");
+            Ok(alerted.then_some(()))
+        })
+        .await?;
+        stack.start_uploader().await?;
+    }
+    let objects = stack
+        .wait_until_stored(rule, &all, Duration::from_secs(90))
+        .await?;
+    // Each message once; the new topic's ids repeat the old one's, in objects of other names.
+    let mut stored = std::collections::HashMap::new();
+    for object in &objects {
+        for record in &object.records {
+            *stored
+                .entry(harness::oracle::decode_payload(record)?)
+                .or_insert(0) += 1;
+        }
+    }
+    assert_eq!(stored.len(), all.len());
+    assert!(stored.values().all(|&n| n == 1), "a message stored twice");
+    let renamed = objects
+        .iter()
+        .filter(|o| o.key.contains("-s1.jsonl"))
+        .count();
+    assert!(renamed > 0, "the new topic's objects are named -s1");
+    let alert = stack
+        .log_entries(rule)?
+        .into_iter()
+        .find(|(kind, _)| kind == "ids_went_back")
+        .map(|(_, message)| message)
+        .unwrap_or_default();
+    assert!(alert.contains("ends at 0:"), "{alert}");
+    assert!(alert.contains("before 0:499"), "{alert}");
+    assert_eq!(
+        alert.contains("still spooled from the old topic"),
+        old_topic_still_spooled,
+        "{alert}"
+    );
+    let status = stack.rule_status(rule)?;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("message ids went backwards")),
+        "{status}"
+    );
+    Ok(())
+}
+
 /// The lag counts what waits in Pulsar: it grows while the rule is paused and while the broker is
 /// down (it read 0 in both cases before), and the broker's own backlog count is shown where the
 /// broker reports one.
