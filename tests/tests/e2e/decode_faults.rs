@@ -44,6 +44,7 @@ async fn an_entry_damaged_once_is_redelivered_and_stored() -> anyhow::Result<()>
         FaultPlan {
             damage_once: vec![1, 4],
             damage_always: None,
+            annotate: false,
         },
     )
     .await?;
@@ -95,6 +96,7 @@ async fn undecodable_entry_blocks_until_skipped(partitions: u32) -> anyhow::Resu
         FaultPlan {
             damage_once: Vec::new(),
             damage_always: Some(2),
+            annotate: false,
         },
     )
     .await?;
