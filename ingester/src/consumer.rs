@@ -1003,6 +1003,7 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         .iter()
         .map(|kv| (kv.key.as_str(), kv.value.as_str()))
         .collect();
+    let encryption = crate::record_extras::encryption_of(meta);
     let fields = RecordFields {
         message_id: id,
         topic: &msg.topic,
@@ -1013,6 +1014,8 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         producer_name: &meta.producer_name,
         sequence_id,
         payload: &msg.payload.data,
+        chunk: crate::record_extras::chunk_of(meta),
+        encryption: encryption.as_ref(),
     };
     let mut body = Vec::with_capacity(msg.payload.data.len() + 32);
     log_record::encode_body(&fields, &mut body);
