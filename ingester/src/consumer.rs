@@ -453,7 +453,12 @@ impl RuleTask {
                 None
             }
             Some(Ok(msg)) => {
-                self.on_message(consumers, index, msg, seen, intake);
+                match crate::record_extras::not_as_sent(msg.metadata()) {
+                    None => self.on_message(consumers, index, msg, seen, intake),
+                    // One failure per entry, as pulsar-rs reports one: its first message's.
+                    Some(_) if msg.message_id().batch_index.unwrap_or(0) > 0 => {}
+                    Some(why) => self.on_stream_error(consumers, index, why, seen),
+                }
                 None
             }
         }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use harness::relay::{CHUNK_PROPERTY, ENCRYPTION_PROPERTY};
 use harness::{
-    check_exactly_once, produce, sample_messages, FaultPlan, Faults, PulsarLite, SampleMessage,
+    check_exactly_once, produce, produce_zlib, read_all, sample_messages, FaultPlan, Faults,
+    PulsarLite, SampleMessage,
 };
 use serde_json::{json, Value};
 
-use crate::util::{unique_topic, Stack};
+use crate::util::{eventually, unique_topic, Stack, BUCKET};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -280,5 +281,75 @@ async fn chunks_and_encrypted_payloads_keep_what_recovers_them() -> anyhow::Resu
         );
         assert_eq!(&joined, whole, "{uuid} reassembles");
     }
+    Ok(())
+}
+
+/// pulsar-rs decompresses an entry before anything else, encrypted or not, so what it hands over
+/// for a compressed encrypted entry is never the ciphertext the keys decrypt. Such an entry is
+/// treated as one the client cannot decode (guarantee 6): the rule stops before it until
+/// `rule skip`, rather than storing bytes nobody can decrypt as if they were the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_encrypted_entry_blocks_its_rule_until_skipped() -> anyhow::Result<()> {
+    let (stack, faults) = stack_annotating().await?;
+    let rule = "compressed-secret";
+    let topic = unique_topic("compressed-secret");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let mut messages = sample_messages(30, 9);
+    messages[12].properties.insert(
+        ENCRYPTION_PROPERTY.into(),
+        encryption(50, None, false).to_string(),
+    );
+    let secret = messages[12].payload.clone();
+    produce_zlib(&stack.pulsar.url(), &full_topic, &messages, false).await?;
+    stack.create_rule(rule, &topic, &["--window", "1s", "--max-messages", "5"])?;
+
+    let status = eventually("the rule to be blocked", Duration::from_secs(90), || {
+        let status = stack.rule_status(rule)?;
+        Ok((status["state"] == "blocked").then_some(status))
+    })
+    .await?;
+    let annotated = faults.annotated();
+    assert_eq!(annotated.len(), 1, "{annotated:?}");
+    let (ledger, entry, _) = annotated[0];
+    let name = format!("{ledger}:{entry}");
+    assert_eq!(
+        status["blocked_entries"],
+        json!([name.clone()]),
+        "status names the encrypted entry: {status}"
+    );
+    let reason = status["state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("encrypted") && reason.contains("compressed"),
+        "the reason says why: {reason}"
+    );
+
+    let out = stack.ctl(&["rule", "skip", rule, "--entry", &name]);
+    assert!(
+        out.status.success(),
+        "rule skip failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest: Vec<SampleMessage> = messages
+        .iter()
+        .filter(|m| m.payload != secret)
+        .cloned()
+        .collect();
+    let objects = stack
+        .wait_until_stored(rule, &rest, Duration::from_secs(90))
+        .await?;
+    let report = check_exactly_once(&objects, &rest)?;
+    assert_eq!(
+        report.records,
+        rest.len(),
+        "only the skipped entry is missing"
+    );
+    let status = stack.rule_status(rule)?;
+    assert_eq!(status["state"], "running", "{status}");
+    // Nothing was stored with encryption metadata it does not match.
+    let all = read_all(&stack.s3.client(), BUCKET, "").await?;
+    assert!(all
+        .iter()
+        .flat_map(|o| &o.records)
+        .all(|r| r.get("encryption").is_none()));
     Ok(())
 }
