@@ -484,7 +484,12 @@ impl RuleTask {
                 None
             }
             Some(Ok(msg)) => {
-                self.on_message(consumers, index, msg, seen, intake);
+                match crate::record_extras::not_as_sent(msg.metadata()) {
+                    None => self.on_message(consumers, index, msg, seen, intake),
+                    // One failure per entry, as pulsar-rs reports one: its first message's.
+                    Some(_) if msg.message_id().batch_index.unwrap_or(0) > 0 => {}
+                    Some(why) => self.on_stream_error(consumers, index, why, seen),
+                }
                 None
             }
         }
@@ -1084,6 +1089,7 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         .iter()
         .map(|kv| (kv.key.as_str(), kv.value.as_str()))
         .collect();
+    let encryption = crate::record_extras::encryption_of(meta);
     let fields = RecordFields {
         message_id: id,
         topic: &msg.topic,
@@ -1094,6 +1100,8 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         producer_name: &meta.producer_name,
         sequence_id,
         payload: &msg.payload.data,
+        chunk: crate::record_extras::chunk_of(meta),
+        encryption: encryption.as_ref(),
     };
     let mut body = Vec::with_capacity(msg.payload.data.len() + 32);
     log_record::encode_body(&fields, &mut body);

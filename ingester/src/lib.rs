@@ -18,6 +18,7 @@ pub mod history;
 pub mod metrics;
 pub mod parallel_gzip;
 pub mod partition_consumers;
+pub mod record_extras;
 pub mod record_log;
 pub mod rules;
 pub mod scoped_auth;

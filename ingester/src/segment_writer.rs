@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
         use proto::types::log_record::{encode_body, LogEncoder};
-        use proto::types::{encode_record, MessageId, RecordFields};
+        use proto::types::{encode_record, ChunkFields, MessageId, RecordFields};
 
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let logs = RecordLogs::new(dir.path().to_path_buf());
@@ -327,6 +327,14 @@ mod tests {
             producer_name: "producer-1",
             sequence_id: i as u64,
             payload: payloads[i].as_bytes(),
+            // Some chunks among them: a frame's extras must not disturb its neighbours.
+            chunk: (i % 7 == 3).then_some(ChunkFields {
+                uuid: Some("producer-1-9"),
+                chunk_id: Some(i as i32),
+                num_chunks: Some(3000),
+                total_size: None,
+            }),
+            encryption: None,
         };
         let expected: Vec<u8> = (0..payloads.len())
             .flat_map(|i| encode_record(&fields(i)))

@@ -321,6 +321,8 @@ impl Incoming {
             producer_name: &self.producer_name,
             sequence_id: self.id.entry,
             payload: payload.as_bytes(),
+            chunk: None,
+            encryption: None,
         };
         let mut body = Vec::new();
         proto::types::log_record::encode_body(&fields, &mut body);

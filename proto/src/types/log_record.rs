@@ -11,24 +11,41 @@
 //!
 //! ```text
 //! frame    = varint(len(rest)) rest
-//! rest     = flags:u8 [string topic] [string producer_name] body
+//! rest     = flags:u8 [string topic] [string producer_name] [extras] body
 //! body     = varint ledger, varint entry, zigzag partition, zigzag batch_index,
 //!            varint publish_time_ms, varint event_time_ms (0 = none),
 //!            varint(len(key) + 1) key (0 = no key),
 //!            varint property_count, (string key, string value) × count,
 //!            varint sequence_id, payload (the rest of the frame)
+//! extras   = varint kinds (bit 0: chunk, bit 1: encryption), [chunk] [encryption]
+//! chunk    = opt_string uuid, opt_i32 chunk_id, opt_i32 num_chunks, opt_i32 total_size
+//! encryption = varint key_count, (string name, bytes value, varint metadata_count,
+//!              (string key, string value) × metadata_count) × key_count,
+//!              opt_string algorithm, opt_bytes param
 //! string   = varint(len) UTF-8 bytes
+//! bytes    = varint(len) bytes
+//! opt_string, opt_bytes = varint(len + 1) bytes (0 = absent)
+//! opt_i32  = varint(zigzag(value) + 1) (0 = absent)
 //! ```
 //!
 //! `flags` bit 0: the topic follows (else it is the previous record's); bit 1: the producer name
-//! follows. The first record of a log (and the first after a restart) carries both.
+//! follows; bit 2: extras follow (the message is a chunk or encrypted, see
+//! [`super::record::ChunkFields`]). The first record of a log (and the first after a restart)
+//! carries both names. Bit 2 came later: a log written before it has no frame with it and reads
+//! as it always did, and frames without extras are written exactly as before.
 
 use super::message_id::MessageId;
-use super::record::{encode_record_into, RecordFields};
+use super::record::{
+    encode_record_into, ChunkFields, EncryptionFields, EncryptionKey, RecordFields,
+};
 
 const NEW_TOPIC: u8 = 1;
 const NEW_PRODUCER: u8 = 2;
-const KNOWN_FLAGS: u8 = NEW_TOPIC | NEW_PRODUCER;
+const EXTRAS: u8 = 4;
+const KNOWN_FLAGS: u8 = NEW_TOPIC | NEW_PRODUCER | EXTRAS;
+const CHUNK: u64 = 1;
+const ENCRYPTION: u64 = 2;
+const KNOWN_EXTRAS: u64 = CHUNK | ENCRYPTION;
 /// Far above any Pulsar message (5 MB by default): a larger length is damage, and waiting for
 /// the rest of such a frame would hold the whole log in memory.
 const MAX_FRAME: usize = 256 << 20;
@@ -40,8 +57,41 @@ pub struct LogRecordError {
     pub what: String,
 }
 
-/// Appends the body of a record (everything but topic and producer name) to `out`.
+/// Appends the body of a record (everything but topic and producer name) to `out`, for
+/// [`LogEncoder::append`].
+///
+/// Its first byte is not the frame's: it holds the frame flags the body itself decides (whether
+/// extras follow), which `append` merges into the frame's flags byte, so a body costs no byte
+/// more in the log. The extras come next, then the frame's `body` as in the module doc.
 pub fn encode_body(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
+    let kinds = u64::from(fields.chunk.is_some()) * CHUNK
+        + u64::from(fields.encryption.is_some()) * ENCRYPTION;
+    if kinds == 0 {
+        out.push(0);
+    } else {
+        out.push(EXTRAS);
+        put_varint(out, kinds);
+        if let Some(chunk) = &fields.chunk {
+            put_opt_bytes(out, chunk.uuid.map(str::as_bytes));
+            put_opt_i32(out, chunk.chunk_id);
+            put_opt_i32(out, chunk.num_chunks);
+            put_opt_i32(out, chunk.total_size);
+        }
+        if let Some(encryption) = fields.encryption {
+            put_varint(out, encryption.keys.len() as u64);
+            for key in &encryption.keys {
+                put_str(out, key.name);
+                put_bytes(out, key.value);
+                put_varint(out, key.metadata.len() as u64);
+                for (k, v) in &key.metadata {
+                    put_str(out, k);
+                    put_str(out, v);
+                }
+            }
+            put_opt_bytes(out, encryption.algorithm.map(str::as_bytes));
+            put_opt_bytes(out, encryption.param);
+        }
+    }
     let id = fields.message_id;
     put_varint(out, id.ledger);
     put_varint(out, id.entry);
@@ -74,7 +124,8 @@ pub struct LogEncoder {
 }
 
 impl LogEncoder {
-    /// Appends one frame to `out`; returns its length in bytes.
+    /// Appends one frame of a body made by [`encode_body`] to `out`; returns its length in
+    /// bytes.
     pub fn append(
         &mut self,
         topic: &str,
@@ -83,7 +134,11 @@ impl LogEncoder {
         out: &mut Vec<u8>,
     ) -> u64 {
         let start = out.len();
-        let mut flags = 0u8;
+        // The body's own flags byte (see `encode_body`); only the extras bit is the body's to set.
+        let (mut flags, body) = match body.split_first() {
+            Some((&flags, rest)) => (flags & EXTRAS, rest),
+            None => (0, body),
+        };
         let mut len = 1 + body.len();
         if self.topic.as_deref() != Some(topic) {
             flags |= NEW_TOPIC;
@@ -203,6 +258,11 @@ impl LogDecoder {
             let producer = r.str().ok_or_else(|| err("producer name"))?;
             self.producer_name = Some(producer.to_string());
         }
+        let (chunk, encryption) = if flags & EXTRAS != 0 {
+            read_extras(&mut r).map_err(|what| err(&what))?
+        } else {
+            (None, None)
+        };
         let message_id = MessageId {
             ledger: r.varint().ok_or_else(|| err("ledger id"))?,
             entry: r.varint().ok_or_else(|| err("entry id"))?,
@@ -241,6 +301,8 @@ impl LogDecoder {
             producer_name,
             sequence_id,
             payload,
+            chunk,
+            encryption: encryption.as_ref(),
         };
         encode_record_into(&fields, json);
         Ok(())
@@ -252,6 +314,59 @@ impl LogDecoder {
             what: what.to_string(),
         }
     }
+}
+
+/// What a frame's extras hold.
+type Extras<'a> = (Option<ChunkFields<'a>>, Option<EncryptionFields<'a>>);
+
+/// The chunk and encryption of a frame with extras; `Err` names what is damaged.
+fn read_extras<'a>(r: &mut Reader<'a>) -> Result<Extras<'a>, String> {
+    let what = |s: &str| s.to_string();
+    let kinds = r.varint().ok_or_else(|| what("extras"))?;
+    if kinds & !KNOWN_EXTRAS != 0 || kinds == 0 {
+        return Err(format!("unknown extras {kinds:#x}"));
+    }
+    let chunk = if kinds & CHUNK != 0 {
+        Some(ChunkFields {
+            uuid: r.opt_str().ok_or_else(|| what("chunk uuid"))?,
+            chunk_id: r.opt_i32().ok_or_else(|| what("chunk id"))?,
+            num_chunks: r.opt_i32().ok_or_else(|| what("chunk count"))?,
+            total_size: r.opt_i32().ok_or_else(|| what("chunked message size"))?,
+        })
+    } else {
+        None
+    };
+    let encryption = if kinds & ENCRYPTION != 0 {
+        let count = r.varint().ok_or_else(|| what("encryption key count"))?;
+        // No capacity from the count: a damaged count must fail on reading, not allocate.
+        let mut keys = Vec::new();
+        for _ in 0..count {
+            let name = r.str().ok_or_else(|| what("encryption key name"))?;
+            let value = r.bytes().ok_or_else(|| what("encryption key"))?;
+            let n = r
+                .varint()
+                .ok_or_else(|| what("encryption key metadata count"))?;
+            let mut metadata = Vec::new();
+            for _ in 0..n {
+                let k = r.str().ok_or_else(|| what("encryption key metadata"))?;
+                let v = r.str().ok_or_else(|| what("encryption key metadata"))?;
+                metadata.push((k, v));
+            }
+            keys.push(EncryptionKey {
+                name,
+                value,
+                metadata,
+            });
+        }
+        Some(EncryptionFields {
+            keys,
+            algorithm: r.opt_str().ok_or_else(|| what("encryption algorithm"))?,
+            param: r.opt_bytes().ok_or_else(|| what("encryption parameter"))?,
+        })
+    } else {
+        None
+    };
+    Ok((chunk, encryption))
 }
 
 /// The JSON line of one record given in parts (topic, producer name, body), as the segment file
@@ -291,25 +406,59 @@ impl<'a> Reader<'a> {
 
     fn zigzag(&mut self) -> Option<i32> {
         let v = self.varint()?;
-        let v = u32::try_from(v).ok()?;
-        Some(((v >> 1) as i32) ^ -((v & 1) as i32))
+        Some(unzigzag(u32::try_from(v).ok()?))
     }
 
     fn str_of(&mut self, len: usize) -> Option<&'a str> {
-        let end = self.pos.checked_add(len)?;
-        let bytes = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        std::str::from_utf8(bytes).ok()
+        std::str::from_utf8(self.bytes_of(len)?).ok()
     }
 
     fn str(&mut self) -> Option<&'a str> {
         let len = usize::try_from(self.varint()?).ok()?;
         self.str_of(len)
     }
+
+    fn bytes_of(&mut self, len: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(len)?;
+        let bytes = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(bytes)
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        self.bytes_of(len)
+    }
+
+    /// Outer `None`: damaged; inner: absent.
+    fn opt_bytes(&mut self) -> Option<Option<&'a [u8]>> {
+        match self.varint()? {
+            0 => Some(None),
+            n => Some(Some(self.bytes_of(usize::try_from(n - 1).ok()?)?)),
+        }
+    }
+
+    fn opt_str(&mut self) -> Option<Option<&'a str>> {
+        match self.opt_bytes()? {
+            None => Some(None),
+            Some(bytes) => Some(Some(std::str::from_utf8(bytes).ok()?)),
+        }
+    }
+
+    fn opt_i32(&mut self) -> Option<Option<i32>> {
+        match self.varint()? {
+            0 => Some(None),
+            n => Some(Some(unzigzag(u32::try_from(n - 1).ok()?))),
+        }
+    }
 }
 
 fn zigzag(v: i32) -> u64 {
     u64::from(((v << 1) ^ (v >> 31)) as u32)
+}
+
+fn unzigzag(v: u32) -> i32 {
+    ((v >> 1) as i32) ^ -((v & 1) as i32)
 }
 
 fn varint_len(mut v: u64) -> usize {
@@ -330,8 +479,26 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_opt_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => {
+            put_varint(out, b.len() as u64 + 1);
+            out.extend_from_slice(b);
+        }
+        None => put_varint(out, 0),
+    }
+}
+
+fn put_opt_i32(out: &mut Vec<u8>, v: Option<i32>) {
+    put_varint(out, v.map_or(0, |v| zigzag(v) + 1));
 }
 
 #[cfg(test)]
@@ -362,8 +529,35 @@ mod tests {
             producer_name: producer,
             sequence_id: n.wrapping_mul(977),
             payload,
+            chunk: None,
+            encryption: None,
         }
     }
+
+    static ENCRYPTION: std::sync::LazyLock<EncryptionFields<'static>> =
+        std::sync::LazyLock::new(|| EncryptionFields {
+            keys: vec![
+                EncryptionKey {
+                    name: "app-key",
+                    value: &[0xde, 0xad, 0xbe, 0xef, 0],
+                    metadata: vec![("version", "2"), ("é\"x", "\n中")],
+                },
+                EncryptionKey {
+                    name: "",
+                    value: &[],
+                    metadata: Vec::new(),
+                },
+            ],
+            algorithm: Some("RSA/ECB/OAEPWithSHA-256AndMGF1Padding"),
+            param: Some(&[9; 12]),
+        });
+
+    const CHUNK_FIELDS: ChunkFields<'static> = ChunkFields {
+        uuid: Some("p-1-977"),
+        chunk_id: Some(2),
+        num_chunks: Some(3),
+        total_size: Some(i32::MAX),
+    };
 
     fn sample() -> Vec<RecordFields<'static>> {
         const PROPS: &[(&str, &str)] = &[("seq", "1"), ("é\"x", "\n中")];
@@ -404,6 +598,33 @@ mod tests {
         ]
     }
 
+    /// [`sample`] with chunks and encrypted payloads among the records.
+    fn sample_with_extras() -> Vec<RecordFields<'static>> {
+        let mut records = sample();
+        records[1].chunk = Some(CHUNK_FIELDS);
+        records[2].encryption = Some(&ENCRYPTION);
+        records[3].chunk = Some(ChunkFields {
+            uuid: None,
+            chunk_id: Some(-1),
+            num_chunks: None,
+            total_size: Some(0),
+        });
+        records[3].encryption = Some(&ENCRYPTION);
+        let mut plain_after = records[0];
+        plain_after.message_id.entry += 1;
+        records.push(plain_after);
+        let mut empty = records[0];
+        empty.encryption = Some(&EMPTY_ENCRYPTION);
+        records.push(empty);
+        records
+    }
+
+    static EMPTY_ENCRYPTION: EncryptionFields<'static> = EncryptionFields {
+        keys: Vec::new(),
+        algorithm: None,
+        param: None,
+    };
+
     fn encode_log(records: &[RecordFields<'_>]) -> Vec<u8> {
         let mut encoder = LogEncoder::default();
         let mut log = Vec::new();
@@ -434,8 +655,90 @@ mod tests {
     }
 
     #[test]
+    fn chunks_and_encryption_round_trip_to_their_json_lines() {
+        let records = sample_with_extras();
+        let log = encode_log(&records);
+        let mut decoder = LogDecoder::default();
+        let mut json = Vec::new();
+        assert_eq!(decoder.decode(&log, &mut json), Ok(records.len() as u64));
+        assert_eq!(
+            String::from_utf8_lossy(&json),
+            String::from_utf8_lossy(&json_of(&records))
+        );
+        let lines: Vec<serde_json::Value> = json
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("json"))
+            .collect();
+        assert!(lines[0].get("chunk").is_none() && lines[0].get("encryption").is_none());
+        assert_eq!(lines[1]["chunk"]["total_size"], i32::MAX);
+        assert_eq!(lines[2]["encryption"]["keys"][0]["value"], "3q2+7wA=");
+        assert_eq!(lines[3]["chunk"]["chunk_id"], -1);
+        assert!(lines[3]["chunk"]["uuid"].is_null());
+        // A plain record after records with extras has none.
+        assert!(lines[5].get("chunk").is_none() && lines[5].get("encryption").is_none());
+        assert_eq!(
+            lines[6]["encryption"],
+            serde_json::json!({"keys":[],"algorithm":null,"param":null})
+        );
+    }
+
+    /// Frames of messages without extras are what the encoder wrote before extras existed, and
+    /// a log written then (here, bytes spelled out by hand) still decodes.
+    #[test]
+    fn logs_written_before_extras_existed_still_decode() {
+        #[rustfmt::skip]
+        let old: &[u8] = &[
+            // frame 1: length 17, flags 3 (topic, producer), "t", "p"
+            17, 3, 1, b't', 1, b'p',
+            // ledger 7, entry 9, partition -1, batch -1, publish 1000, no event time
+            7, 9, 1, 1, 0xe8, 0x07, 0,
+            // no key, no properties, sequence id 5, payload "hi"
+            0, 0, 5, b'h', b'i',
+            // frame 2: length 12, flags 0 (same topic and producer), entry 10, key "k"
+            12, 0, 7, 10, 1, 1, 0xe8, 0x07, 0, 2, b'k', 0, 6,
+        ];
+        let one = RecordFields {
+            message_id: MessageId {
+                ledger: 7,
+                entry: 9,
+                partition: -1,
+                batch_index: -1,
+            },
+            topic: "t",
+            publish_time_ms: 1000,
+            event_time_ms: None,
+            key: None,
+            properties: &[],
+            producer_name: "p",
+            sequence_id: 5,
+            payload: b"hi",
+            chunk: None,
+            encryption: None,
+        };
+        let two = RecordFields {
+            message_id: MessageId {
+                entry: 10,
+                ..one.message_id
+            },
+            key: Some("k"),
+            sequence_id: 6,
+            payload: b"",
+            ..one
+        };
+        let mut json = Vec::new();
+        assert_eq!(LogDecoder::default().decode(old, &mut json), Ok(2));
+        assert_eq!(json, json_of(&[one, two]));
+        assert_eq!(
+            encode_log(&[one, two]),
+            old,
+            "the encoder writes the same bytes"
+        );
+    }
+
+    #[test]
     fn pieces_may_cut_frames_anywhere() {
-        let records = sample();
+        let records = sample_with_extras();
         let log = encode_log(&records);
         let expected = json_of(&records);
         for step in [1, 2, 3, 7, 64] {
@@ -481,7 +784,7 @@ mod tests {
 
     #[test]
     fn damage_is_named_not_panicked_on() {
-        let records = sample();
+        let records = sample_with_extras();
         let log = encode_log(&records);
         // Unknown flags.
         let mut bad = log.clone();
@@ -494,6 +797,19 @@ mod tests {
         let mut bad = log.clone();
         bad[1] = 0;
         assert!(LogDecoder::default().decode(&bad, &mut Vec::new()).is_err());
+        // Extras of a kind this version does not know.
+        let mut one = Vec::new();
+        let mut body = Vec::new();
+        encode_body(&records[1], &mut body);
+        LogEncoder::default().append("t", "p", &body, &mut one);
+        let kinds_at = 1 + 1 + 2 + 2; // length, flags, "t", "p"
+        assert_eq!(one[1], NEW_TOPIC | NEW_PRODUCER | EXTRAS);
+        assert_eq!(u64::from(one[kinds_at]), CHUNK);
+        one[kinds_at] = 4;
+        let err = LogDecoder::default()
+            .decode(&one, &mut Vec::new())
+            .expect_err("unknown extras");
+        assert!(err.to_string().contains("unknown extras"), "{err}");
         // Every truncation either waits for more or decodes a prefix; never panics.
         for cut in 0..log.len() {
             let mut decoder = LogDecoder::default();

@@ -8,7 +8,7 @@ pub mod time;
 
 pub use message_id::MessageId;
 pub use object_key::{object_key, SegmentName, TopicName};
-pub use record::{encode_record, RecordFields};
+pub use record::{encode_record, ChunkFields, EncryptionFields, EncryptionKey, RecordFields};
 pub use rule::{
     Compression, RuleConfig, RuleError, RuleSpecInput, StartPosition, SubscriptionKind,
 };

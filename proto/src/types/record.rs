@@ -3,6 +3,11 @@
 //! The spool keeps records in a compact form (`super::log_record`) and makes their lines here
 //! when a segment is sealed; [`record_json_len`] gives a line's length at consumption time, for
 //! the `max_bytes` cut, without making it.
+//!
+//! Two members follow `payload_encoding` only when the message has them: `chunk` (one chunk of a
+//! message its producer split) and `encryption` (an end-to-end-encrypted payload's keys). The
+//! client reassembles and decrypts neither, so the record keeps what doing it later takes; a
+//! message without them gives the same bytes as before they existed.
 
 use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
@@ -25,6 +30,88 @@ pub struct RecordFields<'a> {
     pub producer_name: &'a str,
     pub sequence_id: u64,
     pub payload: &'a [u8],
+    /// Set when the message is one chunk of a larger one (the record's `chunk`).
+    pub chunk: Option<ChunkFields<'a>>,
+    /// Set when the payload is end-to-end encrypted (the record's `encryption`).
+    pub encryption: Option<&'a EncryptionFields<'a>>,
+}
+
+/// A chunk of a message its producer split because it exceeded the broker's size limit: every
+/// chunk is an entry of its own, and the consumer, not the broker, puts them together again.
+/// The members are those of Pulsar's `MessageMetadata` (`uuid`, `chunk_id`,
+/// `num_chunks_from_msg`, `total_chunk_msg_size`); one the producer left unset is `null`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ChunkFields<'a> {
+    /// Names the whole message; the same in all its chunks (a Java producer writes
+    /// `{producer name}-{sequence id}`).
+    pub uuid: Option<&'a str>,
+    /// This chunk's place, from 0.
+    pub chunk_id: Option<i32>,
+    pub num_chunks: Option<i32>,
+    /// Bytes of the whole message (its chunks' payloads concatenated).
+    pub total_size: Option<i32>,
+}
+
+impl ChunkFields<'_> {
+    pub fn is_empty(&self) -> bool {
+        *self == ChunkFields::default()
+    }
+}
+
+/// What decrypting an end-to-end-encrypted payload takes besides the consumer's private key:
+/// the message's data key, encrypted once per public key the producer used, the algorithm and
+/// its parameter (Pulsar's `encryption_keys`, `encryption_algo`, `encryption_param`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncryptionFields<'a> {
+    pub keys: Vec<EncryptionKey<'a>>,
+    pub algorithm: Option<&'a str>,
+    /// For Pulsar's clients, the initialisation vector of the payload's AES-GCM encryption.
+    pub param: Option<&'a [u8]>,
+}
+
+impl EncryptionFields<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.algorithm.is_none() && self.param.is_none()
+    }
+}
+
+/// One encrypted copy of a message's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncryptionKey<'a> {
+    /// The name the producer's key reader gave the public key.
+    pub name: &'a str,
+    /// The data key, encrypted with that public key.
+    pub value: &'a [u8],
+    pub metadata: Vec<(&'a str, &'a str)>,
+}
+
+/// Bytes as a base64 JSON string.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl Serialize for EncryptionKey<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("name", self.name)?;
+        map.serialize_entry("value", &Base64(self.value))?;
+        map.serialize_entry("metadata", &Properties(&self.metadata))?;
+        map.end()
+    }
+}
+
+impl Serialize for EncryptionFields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("keys", &self.keys)?;
+        map.serialize_entry("algorithm", &self.algorithm)?;
+        map.serialize_entry("param", &self.param.map(Base64))?;
+        map.end()
+    }
 }
 
 /// A JSON object of the properties in the order given (Pulsar keeps them as a list).
@@ -52,6 +139,11 @@ struct Line<'a> {
     sequence_id: u64,
     payload: std::borrow::Cow<'a, str>,
     payload_encoding: &'static str,
+    // Left out when absent, not null: records of plain messages keep their old bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk: Option<ChunkFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<&'a EncryptionFields<'a>>,
 }
 
 /// Encodes one record as a JSON line, newline included.
@@ -87,6 +179,8 @@ pub fn encode_record_into(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
         sequence_id: fields.sequence_id,
         payload,
         payload_encoding,
+        chunk: fields.chunk,
+        encryption: fields.encryption,
     };
     let start = out.len();
     // Serialising plain strings and integers into a Vec cannot fail; should it anyway, a partial
@@ -97,7 +191,8 @@ pub fn encode_record_into(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// Keys of [`Line`] in serialisation order; they need no escaping.
+/// Keys of [`Line`] in serialisation order, the optional `chunk` and `encryption` left out; they
+/// need no escaping.
 const KEYS: [&str; 10] = [
     "message_id",
     "topic",
@@ -111,17 +206,33 @@ const KEYS: [&str; 10] = [
     "payload_encoding",
 ];
 
-/// Everything in a line that does not depend on the values: braces, quoted keys, colons,
-/// commas and the trailing newline.
-const FIXED_LEN: u64 = {
-    let mut n = 2 + (KEYS.len() as u64 - 1) + 1;
+/// Everything in a JSON object with `keys` that does not depend on the values: braces, quoted
+/// keys, colons and commas.
+const fn object_fixed_len(keys: &[&str]) -> u64 {
+    let mut n = 2 + (keys.len() as u64 - 1);
     let mut i = 0;
-    while i < KEYS.len() {
-        n += KEYS[i].len() as u64 + 3;
+    while i < keys.len() {
+        n += keys[i].len() as u64 + 3;
         i += 1;
     }
     n
-};
+}
+
+/// Everything in a line that does not depend on the values, the trailing newline included.
+const FIXED_LEN: u64 = object_fixed_len(&KEYS) + 1;
+
+/// `,"chunk":` and the chunk object without its values.
+const CHUNK_FIXED_LEN: u64 = 1
+    + "chunk".len() as u64
+    + 3
+    + object_fixed_len(&["uuid", "chunk_id", "num_chunks", "total_size"]);
+
+/// `,"encryption":` and the encryption object without its values.
+const ENCRYPTION_FIXED_LEN: u64 =
+    1 + "encryption".len() as u64 + 3 + object_fixed_len(&["keys", "algorithm", "param"]);
+
+/// One key of `encryption.keys` without its values.
+const ENCRYPTION_KEY_FIXED_LEN: u64 = object_fixed_len(&["name", "value", "metadata"]);
 
 /// Bytes serde_json's compact formatter adds when it escapes a byte inside a string: `\"`,
 /// `\\` and the short control escapes take two bytes, other control bytes `\u00XX` six.
@@ -165,6 +276,52 @@ fn i32_digits(n: i32) -> u64 {
     u64::from(n < 0) + u64_digits(u64::from(n.unsigned_abs()))
 }
 
+/// Length of `bytes` as a base64 JSON string, quotes included (base64 needs no escaping).
+fn base64_len(bytes: &[u8]) -> u64 {
+    2 + (bytes.len() as u64).div_ceil(3) * 4
+}
+
+/// Length of a JSON object of `properties`.
+fn properties_len(properties: &[(&str, &str)]) -> u64 {
+    2 + properties
+        .iter()
+        .map(|(k, v)| json_str_len(k.as_bytes()) + 1 + json_str_len(v.as_bytes()))
+        .sum::<u64>()
+        + (properties.len() as u64).saturating_sub(1)
+}
+
+fn chunk_len(chunk: &ChunkFields<'_>) -> u64 {
+    const NULL_LEN: u64 = 4;
+    let number = |n: Option<i32>| n.map_or(NULL_LEN, i32_digits);
+    CHUNK_FIXED_LEN
+        + chunk.uuid.map_or(NULL_LEN, |u| json_str_len(u.as_bytes()))
+        + number(chunk.chunk_id)
+        + number(chunk.num_chunks)
+        + number(chunk.total_size)
+}
+
+fn encryption_len(encryption: &EncryptionFields<'_>) -> u64 {
+    const NULL_LEN: u64 = 4;
+    let keys = 2
+        + encryption
+            .keys
+            .iter()
+            .map(|k| {
+                ENCRYPTION_KEY_FIXED_LEN
+                    + json_str_len(k.name.as_bytes())
+                    + base64_len(k.value)
+                    + properties_len(&k.metadata)
+            })
+            .sum::<u64>()
+        + (encryption.keys.len() as u64).saturating_sub(1);
+    ENCRYPTION_FIXED_LEN
+        + keys
+        + encryption
+            .algorithm
+            .map_or(NULL_LEN, |a| json_str_len(a.as_bytes()))
+        + encryption.param.map_or(NULL_LEN, base64_len)
+}
+
 fn timestamp_len(ms: u64) -> u64 {
     if ms <= LAST_FOUR_DIGIT_YEAR_MS {
         QUOTED_TIMESTAMP_LEN
@@ -191,16 +348,10 @@ pub fn record_json_len(fields: &RecordFields<'_>) -> u64 {
         .filter(|&t| t > 0)
         .map_or(NULL_LEN, timestamp_len);
     let key = fields.key.map_or(NULL_LEN, |k| json_str_len(k.as_bytes()));
-    let properties = 2
-        + fields
-            .properties
-            .iter()
-            .map(|(k, v)| json_str_len(k.as_bytes()) + 1 + json_str_len(v.as_bytes()))
-            .sum::<u64>()
-        + (fields.properties.len() as u64).saturating_sub(1);
+    let properties = properties_len(fields.properties);
     let (payload, payload_encoding) = match std::str::from_utf8(fields.payload) {
         Ok(_) => (json_str_len(fields.payload), "utf8"),
-        Err(_) => (2 + (fields.payload.len() as u64).div_ceil(3) * 4, "base64"),
+        Err(_) => (base64_len(fields.payload), "base64"),
     };
     FIXED_LEN
         + message_id
@@ -214,6 +365,8 @@ pub fn record_json_len(fields: &RecordFields<'_>) -> u64 {
         + payload
         + 2
         + payload_encoding.len() as u64
+        + fields.chunk.as_ref().map_or(0, chunk_len)
+        + fields.encryption.map_or(0, encryption_len)
 }
 
 #[cfg(test)]
@@ -236,6 +389,27 @@ mod tests {
             producer_name: "p-1",
             sequence_id: 7,
             payload,
+            chunk: None,
+            encryption: None,
+        }
+    }
+
+    fn sample_encryption() -> EncryptionFields<'static> {
+        EncryptionFields {
+            keys: vec![
+                EncryptionKey {
+                    name: "app-key",
+                    value: &[0xde, 0xad, 0xbe, 0xef],
+                    metadata: vec![("version", "2"), ("q\"", "é")],
+                },
+                EncryptionKey {
+                    name: "reader",
+                    value: &[],
+                    metadata: Vec::new(),
+                },
+            ],
+            algorithm: None,
+            param: Some(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
         }
     }
 
@@ -250,6 +424,66 @@ mod tests {
             "\n"
         );
         assert_eq!(String::from_utf8(line).unwrap_or_default(), expected);
+    }
+
+    /// Records of messages without chunk or encryption metadata are what they were before those
+    /// members existed, byte for byte (objects already stored and their readers stay valid).
+    #[test]
+    fn records_without_chunk_or_encryption_keep_their_bytes() {
+        let mut f = fields(&[0xff, 0x00, 0x80], &[("a", "b"), ("c", "d")]);
+        f.key = None;
+        f.event_time_ms = Some(1_795_488_259_000);
+        let line = encode_record(&f);
+        let expected = concat!(
+            r#"{"message_id":"12:34:-1:0","topic":"persistent://public/default/orders","#,
+            r#""publish_time":"2026-11-24T02:44:19.913Z","event_time":"2026-11-24T02:44:19.000Z","#,
+            r#""key":null,"properties":{"a":"b","c":"d"},"producer_name":"p-1","sequence_id":7,"#,
+            r#""payload":"/wCA","payload_encoding":"base64"}"#,
+            "\n"
+        );
+        assert_eq!(String::from_utf8(line).unwrap_or_default(), expected);
+    }
+
+    #[test]
+    fn chunk_and_encryption_follow_the_payload_when_present() {
+        let encryption = sample_encryption();
+        let mut f = fields(b"part", &[]);
+        f.chunk = Some(ChunkFields {
+            uuid: Some("p-1-7"),
+            chunk_id: Some(1),
+            num_chunks: Some(3),
+            total_size: Some(12_000),
+        });
+        f.encryption = Some(&encryption);
+        let line = String::from_utf8(encode_record(&f)).unwrap_or_default();
+        let expected = concat!(
+            r#""payload":"part","payload_encoding":"utf8","#,
+            r#""chunk":{"uuid":"p-1-7","chunk_id":1,"num_chunks":3,"total_size":12000},"#,
+            r#""encryption":{"keys":[{"name":"app-key","value":"3q2+7w==","#,
+            r#""metadata":{"version":"2","q\"":"é"}},{"name":"reader","value":"","metadata":{}}],"#,
+            r#""algorithm":null,"param":"AQIDBAUGBwgJCgsM"}}"#,
+            "\n"
+        );
+        assert!(line.ends_with(expected), "{line}");
+        assert_eq!(record_json_len(&f), line.len() as u64);
+
+        // Each on its own; members the producer left unset are null.
+        f.encryption = None;
+        f.chunk = Some(ChunkFields {
+            uuid: Some("u"),
+            ..ChunkFields::default()
+        });
+        let v: serde_json::Value = serde_json::from_slice(&encode_record(&f)).expect("json");
+        assert_eq!(
+            v["chunk"],
+            serde_json::json!({"uuid":"u","chunk_id":null,"num_chunks":null,"total_size":null})
+        );
+        assert!(v.get("encryption").is_none());
+        f.chunk = None;
+        f.encryption = Some(&encryption);
+        let v: serde_json::Value = serde_json::from_slice(&encode_record(&f)).expect("json");
+        assert!(v.get("chunk").is_none());
+        assert_eq!(v["encryption"]["keys"][0]["value"], "3q2+7w==");
     }
 
     #[test]
@@ -392,6 +626,9 @@ mod tests {
         }
     }
 
+    /// An encryption key's name, value and metadata, owned.
+    type OwnedKey = (String, Vec<u8>, Vec<(String, String)>);
+
     #[test]
     fn record_json_len_matches_encode_record_on_random_records() {
         let mut alphabet: Vec<char> = (0u8..0x20).map(char::from).collect();
@@ -420,6 +657,38 @@ mod tests {
                 1 => Some(0),
                 _ => Some(rng.millis()),
             };
+            let uuid = rng.string(&alphabet);
+            let opt_i32 = |rng: &mut Rng| (rng.below(4) > 0).then(|| rng.i32_value());
+            let chunk = (rng.below(3) == 0).then(|| ChunkFields {
+                uuid: (rng.below(4) > 0).then_some(uuid.as_str()),
+                chunk_id: opt_i32(&mut rng),
+                num_chunks: opt_i32(&mut rng),
+                total_size: opt_i32(&mut rng),
+            });
+            let key_parts: Vec<OwnedKey> = (0..rng.below(3))
+                .map(|_| {
+                    let name = rng.string(&alphabet);
+                    let value = rng.bytes(&alphabet);
+                    let meta = (0..rng.below(3))
+                        .map(|_| (rng.string(&alphabet), rng.string(&alphabet)))
+                        .collect();
+                    (name, value, meta)
+                })
+                .collect();
+            let algorithm = rng.string(&alphabet);
+            let param = rng.bytes(&alphabet);
+            let encryption = EncryptionFields {
+                keys: key_parts
+                    .iter()
+                    .map(|(name, value, meta)| EncryptionKey {
+                        name,
+                        value,
+                        metadata: meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                    })
+                    .collect(),
+                algorithm: (rng.below(2) == 0).then_some(algorithm.as_str()),
+                param: (rng.below(3) > 0).then_some(param.as_slice()),
+            };
             let f = RecordFields {
                 message_id: MessageId {
                     ledger: rng.u64_value(),
@@ -435,6 +704,8 @@ mod tests {
                 producer_name: &producer,
                 sequence_id: rng.u64_value(),
                 payload: &payload,
+                chunk,
+                encryption: (rng.below(3) == 0).then_some(&encryption),
             };
             let line = encode_record(&f);
             assert_eq!(

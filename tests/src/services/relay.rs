@@ -14,7 +14,11 @@
 //!
 //! For tests of entries a client cannot decode, a relay started with [`Faults`] also damages the
 //! compressed payload of chosen MESSAGE frames (metadata kept, checksum computed over the damaged
-//! bytes, as a corrupt entry in a real ledger would arrive).
+//! bytes, as a corrupt entry in a real ledger would arrive). With [`FaultPlan::annotate`] it also
+//! turns messages into chunks of a larger message or into end-to-end-encrypted ones, as a Java
+//! producer would send them: pulsar-rs can produce neither, so a message asks for the metadata it
+//! should arrive with in a property ([`CHUNK_PROPERTY`], [`ENCRYPTION_PROPERTY`]), which the relay
+//! moves into the entry's metadata (payload untouched).
 //!
 //! When the broker goes away the relay closes the client's connection, so the client notices and
 //! reconnects; the relay keeps accepting and dials the broker afresh for every new connection, so a
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use pulsar::message::proto::{BaseCommand, MessageMetadata};
+use pulsar::message::proto::{BaseCommand, EncryptionKeys, KeyValue, MessageMetadata};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -232,9 +236,8 @@ async fn relay_connection(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             while let Some(frame) = take_frame(&mut buf)? {
-                let damaged =
-                    faults.and_then(|f| f.damage(&frame).or_else(|| f.hide_partitions(&frame)));
-                let out = rewrite_frame(damaged.as_deref().unwrap_or(&frame), relay_url)?;
+                let changed = faults.and_then(|f| f.apply(&frame));
+                let out = rewrite_frame(changed.as_deref().unwrap_or(&frame), relay_url)?;
                 client_write
                     .write_all(&out)
                     .await
@@ -313,7 +316,21 @@ pub struct FaultPlan {
     /// the topics then (pulsar-lite fixes a topic's count when it creates it, has no admin API
     /// to change it, and refuses a partition beyond the count).
     pub hidden_partitions: Arc<AtomicU32>,
+    /// Rewrite the metadata of messages that carry [`CHUNK_PROPERTY`] or [`ENCRYPTION_PROPERTY`]
+    /// (at every delivery, so a redelivery arrives the same).
+    pub annotate: bool,
 }
+
+/// Property of a non-batched message asking the relay (with [`FaultPlan::annotate`]) to deliver it
+/// as a chunk: `{"uuid":…,"chunk_id":…,"num_chunks":…,"total_size":…}` becomes the metadata's
+/// `uuid`, `chunk_id`, `num_chunks_from_msg` and `total_chunk_msg_size` (a member left out or
+/// `null` stays unset). The property itself is removed.
+pub const CHUNK_PROPERTY: &str = "x-relay-chunk";
+
+/// Like [`CHUNK_PROPERTY`], for end-to-end encryption:
+/// `{"keys":[{"name":…,"value":"<base64>","metadata":{…}}],"algorithm":…,"param":"<base64>"}`
+/// becomes `encryption_keys`, `encryption_algo` and `encryption_param`.
+pub const ENCRYPTION_PROPERTY: &str = "x-relay-encryption";
 
 /// An entry as the relay saw it: ledger, entry and the partition the broker named (-1: none).
 pub type EntryKey = (u64, u64, i32);
@@ -343,6 +360,8 @@ struct FaultState {
     damaged: HashMap<EntryKey, DamagedEntry>,
     /// Deliveries per entry (all entries).
     deliveries: HashMap<EntryKey, u32>,
+    /// Deliveries whose metadata the relay annotated, per entry.
+    annotated: HashMap<EntryKey, u32>,
 }
 
 impl Faults {
@@ -390,17 +409,43 @@ impl Faults {
         Some(out)
     }
 
+    /// Entries whose metadata the relay annotated (at least once), sorted.
+    pub fn annotated(&self) -> Vec<EntryKey> {
+        let mut out: Vec<_> = self.state().annotated.keys().copied().collect();
+        out.sort();
+        out
+    }
+
+    /// What the relay sends for `frame`: damaged or annotated as the plan says, `None` when it
+    /// passes unchanged.
+    fn apply(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let damaged = self.damage(frame).or_else(|| self.hide_partitions(frame));
+        if !self.plan.annotate {
+            return damaged;
+        }
+        let current = damaged.as_deref().unwrap_or(frame);
+        let (key, payload_at) = message_entry(current)?;
+        match annotate_metadata(current, payload_at) {
+            Ok(Some(annotated)) => {
+                *self.state().annotated.entry(key).or_insert(0) += 1;
+                Some(annotated)
+            }
+            Ok(None) => damaged,
+            Err(error) => {
+                // A test's malformed request: relay the message as it is, the test's own
+                // assertions on the stored metadata then fail with this in the log.
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "relay: cannot annotate a message"
+                );
+                damaged
+            }
+        }
+    }
+
     /// The damaged copy of `frame` if it is a MESSAGE frame the plan damages now.
     fn damage(&self, frame: &[u8]) -> Option<Vec<u8>> {
-        use prost013::Message as _;
-        let cmd_size = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?) as usize;
-        let payload_at = 8 + cmd_size;
-        if frame.len() <= payload_at {
-            return None;
-        }
-        let command = BaseCommand::decode(frame.get(8..payload_at)?).ok()?;
-        let id = command.message?.message_id;
-        let key = (id.ledger_id, id.entry_id, id.partition.unwrap_or(-1));
+        let (key, payload_at) = message_entry(frame)?;
         let mut state = self.state();
         *state.deliveries.entry(key).or_insert(0) += 1;
         let next = state.order.len();
@@ -423,6 +468,132 @@ impl Faults {
             .times += 1;
         Some(damaged)
     }
+}
+
+/// The entry a MESSAGE frame carries and where its payload starts; `None` for other frames.
+fn message_entry(frame: &[u8]) -> Option<(EntryKey, usize)> {
+    use prost013::Message as _;
+    let cmd_size = u32::from_be_bytes(frame.get(4..8)?.try_into().ok()?) as usize;
+    let payload_at = 8 + cmd_size;
+    if frame.len() <= payload_at {
+        return None;
+    }
+    let command = BaseCommand::decode(frame.get(8..payload_at)?).ok()?;
+    let id = command.message?.message_id;
+    Some((
+        (id.ledger_id, id.entry_id, id.partition.unwrap_or(-1)),
+        payload_at,
+    ))
+}
+
+/// The frame with its message's metadata rewritten as its [`CHUNK_PROPERTY`] and
+/// [`ENCRYPTION_PROPERTY`] ask; `None` if it asks for neither. The data after the metadata is
+/// kept byte for byte; sizes and a checksum block already present are made to match.
+fn annotate_metadata(frame: &[u8], payload_at: usize) -> anyhow::Result<Option<Vec<u8>>> {
+    use prost013::Message as _;
+    let mut at = payload_at;
+    let checksummed = frame.get(at..at + 2) == Some(&MAGIC_CRC32C[..]);
+    if checksummed {
+        at += 6;
+    }
+    let meta_size = frame
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .context("no metadata size")? as usize;
+    let meta_bytes = frame
+        .get(at + 4..at + 4 + meta_size)
+        .context("metadata cut short")?;
+    let mut meta = MessageMetadata::decode(meta_bytes).context("metadata does not decode")?;
+    let mut chunk = None;
+    let mut encryption = None;
+    meta.properties.retain(|kv| match kv.key.as_str() {
+        CHUNK_PROPERTY => {
+            chunk = Some(kv.value.clone());
+            false
+        }
+        ENCRYPTION_PROPERTY => {
+            encryption = Some(kv.value.clone());
+            false
+        }
+        _ => true,
+    });
+    if chunk.is_none() && encryption.is_none() {
+        return Ok(None);
+    }
+    if let Some(chunk) = chunk {
+        let chunk: serde_json::Value =
+            serde_json::from_str(&chunk).context("the chunk property is not JSON")?;
+        let int = |name: &str| -> anyhow::Result<Option<i32>> {
+            match &chunk[name] {
+                serde_json::Value::Null => Ok(None),
+                v => Ok(Some(
+                    v.as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .with_context(|| format!("chunk {name} {v} is not an i32"))?,
+                )),
+            }
+        };
+        meta.uuid = chunk["uuid"].as_str().map(str::to_owned);
+        meta.chunk_id = int("chunk_id")?;
+        meta.num_chunks_from_msg = int("num_chunks")?;
+        meta.total_chunk_msg_size = int("total_size")?;
+    }
+    if let Some(encryption) = encryption {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| -> anyhow::Result<Vec<u8>> {
+            let text = v.as_str().with_context(|| format!("{v} is not a string"))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .with_context(|| format!("{text:?} is not base64"))
+        };
+        let encryption: serde_json::Value =
+            serde_json::from_str(&encryption).context("the encryption property is not JSON")?;
+        let mut keys = Vec::new();
+        for key in encryption["keys"].as_array().into_iter().flatten() {
+            let metadata = key["metadata"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    Ok(KeyValue {
+                        key: k.clone(),
+                        value: v.as_str().context("key metadata value")?.to_owned(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            keys.push(EncryptionKeys {
+                key: key["name"].as_str().context("key name")?.to_owned(),
+                value: b64(&key["value"])?,
+                metadata,
+            });
+        }
+        meta.encryption_keys = keys;
+        meta.encryption_algo = encryption["algorithm"].as_str().map(str::to_owned);
+        meta.encryption_param = match &encryption["param"] {
+            serde_json::Value::Null => None,
+            v => Some(b64(v)?),
+        };
+    }
+    let meta = meta.encode_to_vec();
+    let data = frame.get(at + 4 + meta_size..).context("no data")?;
+    // The command's size and the command, as they came.
+    let command = frame.get(4..payload_at).context("no command")?;
+    let mut payload = Vec::with_capacity(4 + meta.len() + data.len());
+    payload.extend_from_slice(&u32_be(meta.len())?);
+    payload.extend_from_slice(&meta);
+    payload.extend_from_slice(data);
+    let checksum_len = if checksummed { 6 } else { 0 };
+    let mut out = Vec::with_capacity(4 + command.len() + checksum_len + payload.len());
+    out.extend_from_slice(&u32_be(command.len() + checksum_len + payload.len())?);
+    out.extend_from_slice(command);
+    if checksummed {
+        // Keep a real broker's checksum block truthful about the new metadata.
+        out.extend_from_slice(&MAGIC_CRC32C);
+        out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    }
+    out.extend_from_slice(&payload);
+    Ok(Some(out))
 }
 
 /// Inverts every byte of a compressed entry's data after its metadata, so that decompression
@@ -687,6 +858,100 @@ mod tests {
     fn take_frame_refuses_absurd_sizes() {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(take_frame(&mut buf).is_err());
+    }
+
+    /// A MESSAGE frame with `meta` and `data`, with or without the checksum block.
+    fn message_frame(meta: &MessageMetadata, data: &[u8], checksummed: bool) -> Vec<u8> {
+        let meta = meta.encode_to_vec();
+        let mut payload = (meta.len() as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(&meta);
+        payload.extend_from_slice(data);
+        if checksummed {
+            let mut block = MAGIC_CRC32C.to_vec();
+            block.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+            block.extend_from_slice(&payload);
+            payload = block;
+        }
+        frame(&message_cmd(), &payload)
+    }
+
+    /// Metadata and data of a MESSAGE frame, checking its sizes and checksum block on the way.
+    fn open_message(frame: &[u8]) -> (MessageMetadata, Vec<u8>) {
+        let (total, _, payload) = split(frame);
+        assert_eq!(total as usize, frame.len() - 4);
+        let payload = if payload.starts_with(&MAGIC_CRC32C) {
+            let crc = u32::from_be_bytes(payload[2..6].try_into().expect("4 bytes"));
+            assert_eq!(crc, crc32c::crc32c(&payload[6..]), "checksum block");
+            payload[6..].to_vec()
+        } else {
+            payload
+        };
+        let size = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+        let meta = MessageMetadata::decode(&payload[4..4 + size]).expect("metadata decodes");
+        (meta, payload[4 + size..].to_vec())
+    }
+
+    #[test]
+    fn annotates_chunk_and_encryption_metadata_keeping_the_data() {
+        let chunk = r#"{"uuid":"p-7","chunk_id":1,"num_chunks":3,"total_size":2500}"#;
+        let encryption = r#"{"keys":[{"name":"k1","value":"AAEC","metadata":{"v":"2"}}],"algorithm":null,"param":"/w=="}"#;
+        let meta = MessageMetadata {
+            producer_name: "p".into(),
+            sequence_id: 7,
+            publish_time: 1,
+            properties: vec![
+                KeyValue {
+                    key: "a".into(),
+                    value: "b".into(),
+                },
+                KeyValue {
+                    key: CHUNK_PROPERTY.into(),
+                    value: chunk.into(),
+                },
+                KeyValue {
+                    key: ENCRYPTION_PROPERTY.into(),
+                    value: encryption.into(),
+                },
+            ],
+            ..Default::default()
+        };
+        for checksummed in [false, true] {
+            let input = message_frame(&meta, b"\xffdata", checksummed);
+            let out = annotate_metadata(&input, 8 + message_cmd().encoded_len())
+                .expect("annotates")
+                .expect("asked for");
+            let (got, data) = open_message(&out);
+            assert_eq!(data, b"\xffdata");
+            assert_eq!(got.properties, meta.properties[..1].to_vec());
+            assert_eq!(got.uuid.as_deref(), Some("p-7"));
+            assert_eq!(got.chunk_id, Some(1));
+            assert_eq!(got.num_chunks_from_msg, Some(3));
+            assert_eq!(got.total_chunk_msg_size, Some(2500));
+            assert_eq!(
+                got.encryption_keys,
+                vec![EncryptionKeys {
+                    key: "k1".into(),
+                    value: vec![0, 1, 2],
+                    metadata: vec![KeyValue {
+                        key: "v".into(),
+                        value: "2".into(),
+                    }],
+                }]
+            );
+            assert_eq!(got.encryption_algo, None);
+            assert_eq!(got.encryption_param, Some(vec![0xff]));
+            assert_eq!(got.sequence_id, 7);
+        }
+        // Nothing asked for: passed on as it is.
+        let plain = MessageMetadata {
+            properties: meta.properties[..1].to_vec(),
+            ..meta.clone()
+        };
+        let input = message_frame(&plain, b"x", false);
+        assert_eq!(
+            annotate_metadata(&input, 8 + message_cmd().encoded_len()).expect("reads"),
+            None
+        );
     }
 
     #[test]

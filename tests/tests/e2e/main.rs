@@ -3,6 +3,7 @@
 //! (scripts/test.sh does).
 
 mod backup;
+mod chunks;
 mod cli;
 mod consumer;
 mod crash;
