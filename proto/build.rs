@@ -13,6 +13,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".tdmq_backup.v1.SegmentChunk.data")
         // Messages with a secret field get a hand-written Debug (src/redacted_debug.rs).
         .skip_debug([".tdmq_backup.v1.RuleSpec"])
+        // What ctl prints with `--output json` is these messages as they are: one definition
+        // of the fields, in the .proto, so the JSON cannot drift from the wire.
+        .type_attribute(".tdmq_backup.v1.Rule", "#[derive(serde::Serialize)]")
+        .type_attribute(".tdmq_backup.v1.RuleStatus", "#[derive(serde::Serialize)]")
+        .type_attribute(".tdmq_backup.v1.StatusReply", "#[derive(serde::Serialize)]")
+        .type_attribute(".tdmq_backup.v1.LogEntry", "#[derive(serde::Serialize)]")
+        .type_attribute(".tdmq_backup.v1.SegmentInfo", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".tdmq_backup.v1.UploaderStatusReply",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(
+            ".tdmq_backup.v1.UploadInFlight",
+            "#[derive(serde::Serialize)]",
+        )
+        // The rules of a StatusReply get their own key in `status --output json`.
+        .field_attribute(".tdmq_backup.v1.StatusReply.rules", "#[serde(skip)]")
         .compile_protos(
             &[
                 "protos/tdmq_backup/v1/ingester.proto",

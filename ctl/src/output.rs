@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use proto::v1::{
-    LogEntry, Rule, RuleStatus, SegmentInfo, StatusReply, UploadInFlight, UploaderStatusReply,
-};
+use proto::v1::{LogEntry, Rule, RuleStatus, SegmentInfo, StatusReply, UploaderStatusReply};
 use serde_json::{json, Value};
 
 use crate::cli::OutputFormat;
@@ -34,29 +32,14 @@ impl Report {
 
 // ---------------------------------------------------------------- JSON
 
+/// A message as JSON, with its proto field names (serde derived in the proto crate's build).
+fn to_json(message: &impl serde::Serialize) -> Value {
+    // Plain structs of strings, numbers and lists: serializing them cannot fail.
+    serde_json::to_value(message).unwrap_or(Value::Null)
+}
+
 pub fn rule_json(r: &Rule) -> Value {
-    json!({
-        "name": r.name,
-        "service_url": r.service_url,
-        "topic": r.topic,
-        "subscription": r.subscription,
-        "subscription_type": r.subscription_type,
-        "bucket": r.bucket,
-        "region": r.region,
-        "endpoint": r.endpoint,
-        "prefix": r.prefix,
-        "window_secs": r.window_secs,
-        "max_messages": r.max_messages,
-        "max_bytes": r.max_bytes,
-        "start": r.start,
-        "cluster": r.cluster,
-        "role": r.role,
-        "has_token": r.has_token,
-        "compression": r.compression,
-        "paused": r.paused,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    })
+    to_json(r)
 }
 
 pub fn rules_json(rules: &[Rule]) -> Value {
@@ -64,72 +47,31 @@ pub fn rules_json(rules: &[Rule]) -> Value {
 }
 
 pub fn rule_status_json(s: &RuleStatus) -> Value {
-    json!({
-        "name": s.name,
-        "state": s.state,
-        "state_reason": s.state_reason,
-        "consumer_connected": s.consumer_connected,
-        "messages_consumed": s.messages_consumed,
-        "duplicates_dropped": s.duplicates_dropped,
-        "spooled_messages": s.spooled_messages,
-        "spooled_bytes": s.spooled_bytes,
-        "open_segment_messages": s.open_segment_messages,
-        "open_segment_age_ms": s.open_segment_age_ms,
-        "sealed_segments": s.sealed_segments,
-        "last_object_key": s.last_object_key,
-        "last_stored_at": s.last_stored_at,
-        "last_error": s.last_error,
-        "last_error_at": s.last_error_at,
-        "backlog_age_ms": s.backlog_age_ms,
-        "segments_stored": s.segments_stored,
-        "messages_acked": s.messages_acked,
-        "quarantined_segments": s.quarantined_segments,
-        "blocked_entries": s.blocked_entries,
-        "broker_backlog_messages": s.broker_backlog_known.then_some(s.broker_backlog_messages),
-    })
+    let mut out = to_json(s);
+    if !s.broker_backlog_known {
+        // 0 would read as "nothing waits": the broker did not say.
+        out["broker_backlog_messages"] = Value::Null;
+    }
+    out
 }
 
 /// The ingester part of `status`: its StatusReply without the rules (they get their own key).
 pub fn ingester_json(url: &str, s: &StatusReply) -> Value {
-    json!({
-        "reachable": true,
-        "url": url,
-        "version": s.version,
-        "uptime_secs": s.uptime_secs,
-        "spool_disk_full": s.spool_disk_full,
-    })
+    with_reachable(url, to_json(s))
 }
 
-fn in_flight_json(u: &UploadInFlight) -> Value {
-    json!({
-        "rule": u.rule,
-        "segment_no": u.segment_no,
-        "object_key": u.object_key,
-        "bytes_sent": u.bytes_sent,
-        "file_bytes": u.file_bytes,
-        "attempt": u.attempt,
-        "started_at": u.started_at,
-    })
+fn with_reachable(url: &str, mut reply: Value) -> Value {
+    if let Value::Object(fields) = &mut reply {
+        fields.insert("reachable".into(), Value::Bool(true));
+        fields.insert("url".into(), Value::String(url.into()));
+    }
+    reply
 }
 
 /// The uploader part of `status`: its reply, or why it could not be asked.
 pub fn uploader_json(url: &str, reply: &Result<UploaderStatusReply, String>) -> Value {
     match reply {
-        Ok(u) => json!({
-            "reachable": true,
-            "url": url,
-            "version": u.version,
-            "uptime_secs": u.uptime_secs,
-            "ingester_reachable": u.ingester_reachable,
-            "ingester_error": u.ingester_error,
-            "segments_uploaded": u.segments_uploaded,
-            "bytes_uploaded": u.bytes_uploaded,
-            "upload_failures": u.upload_failures,
-            "last_error": u.last_error,
-            "last_error_at": u.last_error_at,
-            "in_flight": u.in_flight.iter().map(in_flight_json).collect::<Vec<_>>(),
-            "store": u.store,
-        }),
+        Ok(u) => with_reachable(url, to_json(u)),
         Err(error) => json!({ "reachable": false, "url": url, "error": error }),
     }
 }
@@ -148,19 +90,7 @@ pub fn status_json(
 }
 
 pub fn log_entry_json(e: &LogEntry) -> Value {
-    json!({
-        "at": e.at,
-        "kind": e.kind,
-        "failed": e.failed,
-        "message": e.message,
-        "segment_no": e.segment_no,
-        "object_key": e.object_key,
-        "messages": e.messages,
-        "bytes": e.bytes,
-        "window_start": e.window_start,
-        "duration_ms": e.duration_ms,
-        "attempts": e.attempts,
-    })
+    to_json(e)
 }
 
 pub fn logs_json(entries: &[LogEntry]) -> Value {
@@ -168,25 +98,7 @@ pub fn logs_json(entries: &[LogEntry]) -> Value {
 }
 
 pub fn segment_json(s: &SegmentInfo) -> Value {
-    json!({
-        "rule": s.rule,
-        "segment_no": s.segment_no,
-        "state": s.state,
-        "window_start": s.window_start,
-        "messages": s.messages,
-        "record_bytes": s.record_bytes,
-        "file_bytes": s.file_bytes,
-        "first_message_id": s.first_message_id,
-        "last_message_id": s.last_message_id,
-        "content_crc32c": s.content_crc32c,
-        "object_key": s.object_key,
-        "bucket": s.bucket,
-        "region": s.region,
-        "endpoint": s.endpoint,
-        "cluster": s.cluster,
-        "content_encoding": s.content_encoding,
-        "sealed_at": s.sealed_at,
-    })
+    to_json(s)
 }
 
 pub fn segments_json(segments: &[SegmentInfo]) -> Value {
@@ -668,10 +580,10 @@ mod tests {
         let up: Result<UploaderStatusReply, String> = Ok(UploaderStatusReply {
             version: "0.1.0".into(),
             segments_uploaded: 3,
-            in_flight: vec![UploadInFlight {
+            in_flight: vec![proto::v1::UploadInFlight {
                 rule: "orders".into(),
                 segment_no: 9,
-                ..UploadInFlight::default()
+                ..proto::v1::UploadInFlight::default()
             }],
             ..UploaderStatusReply::default()
         });

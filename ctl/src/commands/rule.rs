@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 use proto::types::RuleSpecInput;
 use proto::v1::{
     CreateRuleRequest, DeleteRuleRequest, EditRuleRequest, ListRulesRequest, Rule, RuleName,
-    RuleSpec, SkipEntryRequest, StatusRequest,
+    SkipEntryRequest, StatusRequest,
 };
 use serde::Deserialize as _;
 use serde_json::json;
@@ -101,7 +101,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .create_rule(CreateRuleRequest {
-            spec: Some(to_proto(spec, token)),
+            spec: Some(spec.into_spec(token)),
         })
         .await
         .on(&ctx.ingester)?;
@@ -135,7 +135,7 @@ async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .edit_rule(EditRuleRequest {
-            spec: Some(to_proto(spec, token)),
+            spec: Some(spec.into_spec(token)),
             unsubscribe,
         })
         .await
@@ -311,30 +311,6 @@ pub fn parse_rule_file(
         (None, None) => None,
     };
     Ok((spec, token))
-}
-
-/// RuleSpecInput and the proto RuleSpec carry the same optional fields; the token rides along
-/// only here, on its way out.
-pub fn to_proto(s: RuleSpecInput, token: Option<String>) -> RuleSpec {
-    RuleSpec {
-        name: s.name.unwrap_or_default(),
-        service_url: s.service_url,
-        topic: s.topic,
-        subscription: s.subscription,
-        bucket: s.bucket,
-        region: s.region,
-        prefix: s.prefix,
-        window: s.window,
-        max_messages: s.max_messages,
-        max_bytes: s.max_bytes,
-        start: s.start,
-        cluster: s.cluster,
-        role: s.role,
-        token,
-        endpoint: s.endpoint,
-        subscription_type: s.subscription_type,
-        compression: s.compression,
-    }
 }
 
 async fn list(ctx: &Ctx) -> anyhow::Result<Report> {
@@ -574,7 +550,7 @@ mod tests {
         .expect("parses");
         let (spec, token) = create_spec(create_args(cli)).expect("valid");
         assert_eq!(token, None);
-        let p = to_proto(spec, None);
+        let p = spec.into_spec(None);
         assert_eq!(p.name, "orders");
         assert_eq!(p.window.as_deref(), Some("30s"));
         assert_eq!(p.max_messages, Some(100));
@@ -738,7 +714,7 @@ token_file = "pulsar.jwt"
             "1GB",
         ]))
         .expect("ok");
-        let p = to_proto(spec, token);
+        let p = spec.into_spec(token);
         assert_eq!(p.name, "orders");
         assert_eq!(p.window.as_deref(), Some("15m"));
         assert_eq!(p.max_bytes.as_deref(), Some("1GB"));

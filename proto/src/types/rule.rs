@@ -214,7 +214,59 @@ macro_rules! rule_fields {
     };
 }
 
+/// The fields of [`RuleSpecInput`] that [`crate::v1::RuleSpec`] carries under the same name and
+/// type (all but `name`, which the proto always has, and the proto's write-only `token`).
+macro_rules! optional_spec_fields {
+    ($m:ident, $($args:tt)*) => {
+        $m!($($args)*;
+            service_url,
+            topic,
+            subscription,
+            subscription_type,
+            bucket,
+            region,
+            prefix,
+            window,
+            max_messages,
+            max_bytes,
+            start,
+            cluster,
+            role,
+            endpoint,
+            compression
+        )
+    };
+}
+
+impl From<&crate::v1::RuleSpec> for RuleSpecInput {
+    fn from(spec: &crate::v1::RuleSpec) -> RuleSpecInput {
+        macro_rules! copy {
+            ($spec:ident; $($f:ident),*) => {
+                RuleSpecInput {
+                    name: Some($spec.name.clone()).filter(|n| !n.is_empty()),
+                    $( $f: $spec.$f.clone(), )*
+                }
+            };
+        }
+        optional_spec_fields!(copy, spec)
+    }
+}
+
 impl RuleSpecInput {
+    /// The request form of these fields, with the Pulsar token (write-only) if one is given.
+    pub fn into_spec(self, token: Option<String>) -> crate::v1::RuleSpec {
+        macro_rules! copy {
+            ($input:ident, $token:ident; $($f:ident),*) => {
+                crate::v1::RuleSpec {
+                    name: $input.name.unwrap_or_default(),
+                    token: $token,
+                    $( $f: $input.$f, )*
+                }
+            };
+        }
+        optional_spec_fields!(copy, self, token)
+    }
+
     /// Fields set in `patch` replace ours.
     pub fn overlay(mut self, patch: RuleSpecInput) -> RuleSpecInput {
         macro_rules! take {
@@ -1052,5 +1104,29 @@ mod tests {
         });
         assert_eq!(patched.topic, base.topic);
         assert_eq!(patched.window.as_deref(), Some("10m"));
+    }
+
+    #[test]
+    fn the_request_form_carries_every_field_both_ways() {
+        let input = RuleSpecInput {
+            name: Some("orders".into()),
+            subscription_type: Some("exclusive".into()),
+            window: Some("10m".into()),
+            max_messages: Some(7),
+            max_bytes: Some("64MiB".into()),
+            start: Some("latest".into()),
+            cluster: Some("c1".into()),
+            role: Some("r".into()),
+            endpoint: Some("https://s3.example".into()),
+            compression: Some("none".into()),
+            ..valid_input()
+        };
+        let spec = input.clone().into_spec(Some("t0ken".into()));
+        assert_eq!(spec.token.as_deref(), Some("t0ken"));
+        assert_eq!(spec.name, "orders");
+        assert_eq!(RuleSpecInput::from(&spec), input);
+        // An edit names the rule only in the request's `name`.
+        let unnamed = RuleSpecInput::from(&crate::v1::RuleSpec::default());
+        assert_eq!(unnamed, RuleSpecInput::default());
     }
 }
