@@ -67,7 +67,7 @@ impl IngesterError {
             }
             IngesterError::RuleExists(_) => tonic::Code::AlreadyExists,
             IngesterError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
-            IngesterError::Damaged { .. } => tonic::Code::DataLoss,
+            IngesterError::Damaged { .. } => proto::wire::QUARANTINED,
             IngesterError::ShuttingDown => tonic::Code::Unavailable,
             IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
                 tonic::Code::Internal

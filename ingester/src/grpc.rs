@@ -142,11 +142,11 @@ impl proto::Ingester for IngesterService {
     ) -> Reply<CommitSegmentReply> {
         let outcome = self.app.commit(&req.into_inner()).await?;
         let outcome = match outcome {
-            CommitOutcome::Committed => "committed",
-            CommitOutcome::AlreadyCommitted => "already_committed",
+            CommitOutcome::Committed => proto::wire::CommitOutcome::Committed,
+            CommitOutcome::AlreadyCommitted => proto::wire::CommitOutcome::AlreadyCommitted,
         };
         Ok(Response::new(CommitSegmentReply {
-            outcome: outcome.into(),
+            outcome: outcome.as_str().into(),
         }))
     }
 

@@ -22,7 +22,8 @@ pub struct Commit<'a> {
     pub attempts: u32,
 }
 
-/// Returns the ingester's outcome (`committed` or `already_committed`).
+/// Returns the ingester's outcome as it says it (a newer ingester may name one this version does
+/// not know; the segment is committed all the same).
 pub async fn commit(client: &mut Client, c: Commit<'_>) -> Result<String, UploadError> {
     let request = CommitSegmentRequest {
         rule: c.segment.rule.clone(),

@@ -146,7 +146,7 @@ pub async fn read_segment(client: &mut Client, seg: &SegmentInfo) -> Result<Body
 }
 
 fn read_error(seg: &SegmentInfo, status: &tonic::Status) -> UploadError {
-    if status.code() == tonic::Code::DataLoss {
+    if status.code() == proto::wire::QUARANTINED {
         UploadError::Quarantined {
             rule: seg.rule.clone(),
             segment_no: seg.segment_no,
