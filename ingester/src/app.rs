@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
 use crate::decode_fault::EntryRef;
+use crate::disk::DiskSpace;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
@@ -46,6 +47,8 @@ pub struct IngesterApp {
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,
     limits: ConsumerLimits,
+    /// The spool's filesystem: every rule pauses before it is full.
+    disk: Arc<DiskSpace>,
     spool_id: String,
     /// This ingester's name in its consumers' names (`node_id`).
     node_id: String,
@@ -96,6 +99,7 @@ impl IngesterApp {
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::sealer::spawn(history.clone());
+        let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
         let app = Arc::new(IngesterApp {
             db,
             data_dir,
@@ -105,6 +109,7 @@ impl IngesterApp {
             sealed_notify: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            disk,
             limits,
             spool_id,
             node_id,
@@ -149,6 +154,7 @@ impl IngesterApp {
             history: self.history.clone(),
             rules: self.rules.clone(),
             sealer: self.sealer.clone(),
+            disk: self.disk.clone(),
             commands: commands_rx,
             stop: stop_rx,
         };

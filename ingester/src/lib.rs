@@ -12,6 +12,7 @@ pub mod config;
 pub mod consumer;
 pub mod cutter;
 pub mod decode_fault;
+pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod history;
@@ -61,6 +62,7 @@ pub async fn run(
             max_spool_bytes: config.max_spool_bytes,
             receiver_queue: config.receiver_queue,
             receiver_queue_bytes: config.receiver_queue_bytes,
+            disk_reserve_bytes: config.disk_reserve_bytes,
         },
         config.node_id.clone(),
     )

@@ -426,6 +426,11 @@ pub struct SpoolStats {
     pub open_segment_opened_at_ms: u64,
     pub waiting_segments: u64,
     pub oldest_publish_ms: u64,
+    /// Record bytes of the open and closed segments: about what sealing them will write (the
+    /// JSON lines; compressed they are smaller), on top of their logs.
+    pub unsealed_bytes: u64,
+    /// Segments other than the open one (closed, sealed or stored): what uploads can free.
+    pub closed_segments: u64,
 }
 
 struct State {
@@ -1354,7 +1359,11 @@ impl RuleSpool {
             if matches!(meta.state, SegmentState::Closed | SegmentState::Sealed) {
                 stats.waiting_segments += 1;
             }
+            if matches!(meta.state, SegmentState::Open | SegmentState::Closed) {
+                stats.unsealed_bytes += meta.record_bytes;
+            }
         }
+        stats.closed_segments = state.segments.len() as u64;
         if let Some(open) = &state.open {
             stats.open_segment_messages = open.messages;
             stats.open_segment_opened_at_ms = open.opened_at_ms;
