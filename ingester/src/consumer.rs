@@ -86,6 +86,9 @@ enum ConsumeEnd {
     Lost,
     /// Messages are larger (or smaller) than the permits were sized for: reconnect now with these.
     Resize(u32),
+    /// The spool went back to what the reopened database holds: reconnect now, so that the
+    /// broker delivers again what was received since (see `Command::DatabaseReopened`).
+    Reread,
 }
 
 pub enum Command {
@@ -97,6 +100,12 @@ pub enum Command {
     /// `rule skip`: acknowledge this undecodable entry without storing it. Replies with what was
     /// done, or why it was refused.
     Skip(EntryRef, oneshot::Sender<Result<String, String>>),
+    /// The spool database was reopened after a failed write and may hold less than the spool
+    /// has in memory: re-read the spool, then reconnect before spooling anything more. Messages
+    /// received since the last durable write are past the re-read watermarks, and only a new
+    /// consumer gets them delivered again; one spooled before that would move the watermark
+    /// past them, and they would be dropped as seen.
+    DatabaseReopened,
 }
 
 /// What a rule task needs.
@@ -221,6 +230,10 @@ impl RuleTask {
                         ConsumeEnd::Resize(resized) => {
                             consumers.close().await;
                             permits = resized;
+                            continue;
+                        }
+                        ConsumeEnd::Reread => {
+                            consumers.close().await;
                             continue;
                         }
                     }
@@ -360,7 +373,16 @@ impl RuleTask {
                 biased;
                 _ = self.stop.changed() => return ConsumeEnd::Stopped,
                 cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.handle_command(cmd, Some(consumers)).await,
+                    Some(cmd) => {
+                        let reread = matches!(cmd, Command::DatabaseReopened);
+                        self.handle_command(cmd, Some(consumers)).await;
+                        if reread {
+                            // Consumers connecting later get every unacknowledged message
+                            // anyway: only these must go.
+                            info!(rule = %name, "reconnecting after the spool database was reopened");
+                            return ConsumeEnd::Reread;
+                        }
+                    }
                     None => return ConsumeEnd::Stopped,
                 },
                 _ = tick.tick() => {
@@ -909,6 +931,21 @@ impl RuleTask {
             }
             Command::SetPaused(paused) => {
                 self.paused = paused;
+            }
+            Command::DatabaseReopened => {
+                match self.spool.reread() {
+                    Ok(to_seal) => {
+                        for segment_no in to_seal {
+                            self.sealer.seal(self.spool.clone(), segment_no);
+                        }
+                    }
+                    Err(err) => {
+                        // Writes stay refused (stale state); the next reopen asks again.
+                        warn!(rule = %self.rule.name, error = %err, "re-reading the spool after the database was reopened failed");
+                        self.stats
+                            .set_error(format!("cannot re-read the spool: {err}"));
+                    }
+                }
             }
             Command::Skip(entry, reply) => {
                 let result = match consumers {

@@ -21,7 +21,9 @@ pub enum IngesterError {
         reason: String,
     },
     #[error("spool database error: {0}")]
-    Db(#[from] sled::Error),
+    Db(sled::Error),
+    #[error("the spool database is being reopened after a failed write; try again shortly")]
+    DatabaseReopening,
     #[error("spool io error: {context}: {source}")]
     Io {
         context: String,
@@ -36,6 +38,14 @@ pub enum IngesterError {
 }
 
 pub type Result<T, E = IngesterError> = std::result::Result<T, E>;
+
+impl From<sled::Error> for IngesterError {
+    fn from(err: sled::Error) -> IngesterError {
+        // The cue for the database watch to check whether sled still takes writes.
+        crate::db::count_error();
+        IngesterError::Db(err)
+    }
+}
 
 impl IngesterError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> IngesterError {
@@ -68,7 +78,9 @@ impl IngesterError {
             IngesterError::RuleExists(_) => tonic::Code::AlreadyExists,
             IngesterError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             IngesterError::Damaged { .. } => tonic::Code::DataLoss,
-            IngesterError::ShuttingDown => tonic::Code::Unavailable,
+            IngesterError::ShuttingDown | IngesterError::DatabaseReopening => {
+                tonic::Code::Unavailable
+            }
             IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
                 tonic::Code::Internal
             }

@@ -11,6 +11,7 @@ pub mod commit_check;
 pub mod config;
 pub mod consumer;
 pub mod cutter;
+pub mod db;
 pub mod decode_fault;
 pub mod disk;
 pub mod error;
