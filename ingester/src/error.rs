@@ -81,6 +81,10 @@ impl IngesterError {
             IngesterError::ShuttingDown | IngesterError::DatabaseReopening => {
                 tonic::Code::Unavailable
             }
+            // Space comes back as uploads free segments (or the operator frees some), and the
+            // database is reopened then: a caller such as the uploader's commit should try
+            // again, not take it as a refusal. (Not Unavailable: ctl reads that as unreachable.)
+            err if err.is_disk_full() => tonic::Code::ResourceExhausted,
             IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
                 tonic::Code::Internal
             }
@@ -91,5 +95,28 @@ impl IngesterError {
 impl From<IngesterError> for tonic::Status {
     fn from(err: IngesterError) -> tonic::Status {
         tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_not_internal() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        assert_eq!(
+            IngesterError::io("writing", full()).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            IngesterError::from(sled::Error::Io(full())).code(),
+            tonic::Code::ResourceExhausted
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            IngesterError::io("writing", denied).code(),
+            tonic::Code::Internal
+        );
     }
 }
