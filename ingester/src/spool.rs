@@ -1110,8 +1110,11 @@ impl RuleSpool {
         let tmp = written.1;
         let written = written.0;
         let path = self.segment_file(&meta);
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            // Half a disk's worth of copies must not pile up while a seal keeps failing.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(IngesterError::io(format!("renaming {}", tmp.display()), e));
+        }
         sync_dir(&self.segments_dir)?;
         proto::failpoint::hit("ingester:after_seal_file");
         // Durable first, shown second: ListSealed reads the in-memory state, and a segment it
@@ -2004,6 +2007,11 @@ pub(crate) mod tests {
         assert!(
             spool.sealed().is_empty(),
             "nothing damaged is offered for upload"
+        );
+        assert_eq!(
+            segment_files(dir.path()),
+            vec!["00000000000000000000.log"],
+            "a failed seal leaves no copy behind"
         );
         Ok(())
     }
