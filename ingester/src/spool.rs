@@ -1275,9 +1275,9 @@ impl RuleSpool {
         upload_ms: u64,
         attempts: u32,
     ) -> Result<CommitOutcome> {
-        {
-            let mut state = self.lock();
-            let Some(meta) = state.segments.get_mut(&segment_no) else {
+        let stored = {
+            let state = self.lock();
+            let Some(meta) = state.segments.get(&segment_no) else {
                 // Freed already: its commit arrived before, and it was acknowledged.
                 return Ok(CommitOutcome::AlreadyCommitted);
             };
@@ -1292,16 +1292,28 @@ impl RuleSpool {
                     )))
                 }
             }
-            meta.state = SegmentState::Stored;
-            meta.stored_at_ms = proto::types::time::now_millis();
-            meta.etag = etag.to_string();
-            meta.upload_ms = upload_ms;
-            meta.attempts = attempts;
-            let value = to_json(&*meta)?;
-            self.tree()?
-                .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
-        }
+            let mut stored = meta.clone();
+            stored.state = SegmentState::Stored;
+            stored.stored_at_ms = proto::types::time::now_millis();
+            stored.etag = etag.to_string();
+            stored.upload_ms = upload_ms;
+            stored.attempts = attempts;
+            self.tree()?.insert(
+                key(SEGMENT, &self.rule, &segment_no.to_be_bytes()),
+                to_json(&stored)?,
+            )?;
+            stored
+        };
         self.db.flush_async().await?;
+        // Stored in memory only once durable: a commit whose flush failed (a full disk) must
+        // fail again when retried, not pass as already committed while the database that is
+        // reopened next still says sealed.
+        let mut state = self.lock();
+        if let Some(meta) = state.segments.get_mut(&segment_no) {
+            if meta.state == SegmentState::Sealed {
+                *meta = stored;
+            }
+        }
         Ok(CommitOutcome::Committed)
     }
 
@@ -1942,6 +1954,32 @@ pub(crate) mod tests {
                 .map(|e| format!("{{\"e\":{e},\"b\":-1}}\n"))
                 .collect::<String>()
         );
+        Ok(())
+    }
+
+    /// A commit the database did not keep is not taken as done: not acknowledged, and its retry
+    /// is not "already committed".
+    #[tokio::test]
+    async fn a_commit_counts_once_it_is_durable() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 2)?;
+        spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
+        spool.seal_blocking(0)?;
+        db.reopen()?;
+        assert!(spool.mark_stored(0, "e0", 5, 1).await.is_err());
+        assert_eq!(spool.sealed().len(), 1, "still sealed");
+        assert!(spool.ack_plan().is_none(), "nothing to acknowledge");
+        spool.reread()?;
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 2).await?,
+            CommitOutcome::Committed
+        );
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 2).await?,
+            CommitOutcome::AlreadyCommitted
+        );
+        assert_eq!(spool.ack_plan().map(|p| p.segments), Some(vec![0]));
         Ok(())
     }
 
