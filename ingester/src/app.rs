@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
+use crate::db::Database;
 use crate::decode_fault::EntryRef;
+use crate::disk::DiskSpace;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
@@ -27,6 +29,8 @@ use crate::unsubscribe::SubscriptionRef;
 const READ_CHUNK: usize = 256 * 1024;
 /// How long a plain `rule delete` waits for stored segments to be acknowledged.
 const DELETE_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How often the database is checked for a failed write (cheap unless sled reported an error).
+const DATABASE_CHECK: Duration = Duration::from_secs(1);
 
 struct RuleHandle {
     spool: Arc<RuleSpool>,
@@ -37,7 +41,7 @@ struct RuleHandle {
 }
 
 pub struct IngesterApp {
-    db: sled::Db,
+    db: Arc<Database>,
     data_dir: PathBuf,
     rules: Arc<RuleStore>,
     history: Arc<History>,
@@ -46,6 +50,8 @@ pub struct IngesterApp {
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,
     limits: ConsumerLimits,
+    /// The spool's filesystem: every rule pauses before it is full.
+    disk: Arc<DiskSpace>,
     spool_id: String,
     /// This ingester's name in its consumers' names (`node_id`).
     node_id: String,
@@ -88,14 +94,15 @@ impl IngesterApp {
         let data_dir = std::path::absolute(&data_dir).map_err(|e| {
             IngesterError::io(format!("resolving data_dir {}", data_dir.display()), e)
         })?;
-        let db = sled::Config::new()
-            .path(data_dir.join("spool.sled"))
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
-        let spool_id = crate::spool_id::load_or_create(&db)?;
+        let db = Arc::new(Database::open(
+            &data_dir.join("spool.sled"),
+            64 * 1024 * 1024,
+        )?);
+        let spool_id = crate::spool_id::load_or_create(&db.handle()?)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::sealer::spawn(history.clone());
+        let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
         let app = Arc::new(IngesterApp {
             db,
             data_dir,
@@ -105,6 +112,7 @@ impl IngesterApp {
             sealed_notify: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            disk,
             limits,
             spool_id,
             node_id,
@@ -115,7 +123,84 @@ impl IngesterApp {
             app.running.lock().await.insert(name.clone(), handle);
             info!(rule = %name, "rule started");
         }
+        tokio::spawn(Self::watch_database(Arc::downgrade(&app)));
         Ok(app)
+    }
+
+    /// Reopens the database whenever it failed a write, while the app lives.
+    async fn watch_database(app: std::sync::Weak<IngesterApp>) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(DATABASE_CHECK).await;
+            let Some(app) = app.upgrade() else { return };
+            if !app.db.needs_reopen() {
+                failing = false;
+                continue;
+            }
+            if !failing {
+                warn!("the spool database failed a write and refuses every write until it is reopened; reopening it once disk_reserve_bytes is free on data_dir");
+                failing = true;
+            }
+            if app.recover_database().await {
+                failing = false;
+            }
+        }
+    }
+
+    /// sled keeps its first write error until it is reopened (`db.rs`): nothing could be
+    /// spooled, committed or recorded. Once the disk has room again the database is reopened,
+    /// and every rule re-reads its spool from it and reconnects, so that Pulsar delivers again
+    /// what the lost writes had spooled (none of it was acknowledged). Returns whether it did.
+    async fn recover_database(&self) -> bool {
+        if let Some(free) = self.disk.free_bytes() {
+            if free < self.disk.reserve() {
+                return false;
+            }
+        }
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.reopen()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                // Typically an operation still holding the old instance: the next check retries.
+                tracing::debug!(error = %err, "reopening the spool database failed; will retry");
+                return false;
+            }
+            Err(join) => {
+                warn!(error = %join, "reopening the spool database failed; will retry");
+                return false;
+            }
+        }
+        info!("spool database reopened after a failed write; every rule re-reads its spool and reconnects");
+        self.history.forget_counts();
+        let running = self.running.lock().await;
+        for (name, handle) in running.iter() {
+            if handle
+                .commands
+                .send(Command::DatabaseReopened)
+                .await
+                .is_err()
+            {
+                // The task is gone, so nothing appends meanwhile: the spool can re-read here.
+                match handle.spool.reread() {
+                    Ok(to_seal) => {
+                        for segment_no in to_seal {
+                            self.sealer.seal(handle.spool.clone(), segment_no);
+                        }
+                    }
+                    Err(err) => warn!(rule = %name, error = %err, "re-reading the spool failed"),
+                }
+                continue;
+            }
+            self.record(
+                name,
+                HistoryEntry::event(
+                    "info",
+                    false,
+                    "the spool database was reopened after it failed a write (was the disk full?); the rule re-reads its spool and reconnects to Pulsar, which delivers again what the database lost",
+                ),
+            );
+        }
+        true
     }
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
@@ -164,6 +249,7 @@ impl IngesterApp {
             history: self.history.clone(),
             rules: self.rules.clone(),
             sealer: self.sealer.clone(),
+            disk: self.disk.clone(),
             commands: commands_rx,
             stop: stop_rx,
         };
@@ -1060,6 +1146,7 @@ mod tests {
             max_spool_bytes: 0,
             receiver_queue: 100,
             receiver_queue_bytes: 0,
+            disk_reserve_bytes: 0,
         };
         let app = IngesterApp::open(dir.path().join("data"), 100, limits, "n1".into()).await?;
         let spec = |name: &str| v1::RuleSpec {

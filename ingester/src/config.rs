@@ -34,6 +34,12 @@ pub struct Args {
     /// uploads free space. Nothing is acknowledged meanwhile. [default: no limit]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_MAX_SPOOL_BYTES")]
     pub max_spool_bytes: Option<String>,
+    /// Free space kept on data_dir's filesystem (e.g. 1GB), besides what sealing the segments
+    /// not yet sealed will write: below it the ingester stops pulling from Pulsar until uploads
+    /// free space, so sealing, commits and the database always have room. Nothing is
+    /// acknowledged meanwhile. Applies even without max_spool_bytes. [default: 256MB]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_DISK_RESERVE_BYTES")]
+    pub disk_reserve_bytes: Option<String>,
     /// Messages each rule's consumer lets the broker send ahead (Pulsar flow-control permits).
     /// Memory held for them is up to this × the largest message — or × the largest producer
     /// batch, since the client queues whole batches: lower it for large messages or batches
@@ -91,6 +97,10 @@ pub struct Args {
     pub node_id: Option<String>,
 }
 
+/// Room for a few batches of received messages (4 MB each) and for the database, whose file
+/// grows in steps before its space is reused.
+const DEFAULT_DISK_RESERVE: &str = "256MB";
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -100,6 +110,7 @@ struct FileConfig {
     history_max_entries: Option<usize>,
     shutdown_grace: Option<String>,
     max_spool_bytes: Option<String>,
+    disk_reserve_bytes: Option<String>,
     receiver_queue: Option<u32>,
     receiver_queue_bytes: Option<String>,
     auth_token_file: Option<PathBuf>,
@@ -126,6 +137,8 @@ pub struct IngesterConfig {
     pub shutdown_grace: std::time::Duration,
     /// 0: no limit.
     pub max_spool_bytes: u64,
+    /// Free bytes kept on data_dir's filesystem beyond what sealing needs (`disk.rs`).
+    pub disk_reserve_bytes: u64,
     pub receiver_queue: u32,
     /// 0: no byte bound.
     pub receiver_queue_bytes: u64,
@@ -175,6 +188,13 @@ impl IngesterConfig {
             Some(text) => proto::types::rule::parse_size(&text)
                 .map_err(|e| anyhow::anyhow!("max_spool_bytes: {e}"))?,
         };
+        let disk_reserve_bytes = proto::types::rule::parse_size(
+            args.disk_reserve_bytes
+                .or(file.disk_reserve_bytes)
+                .as_deref()
+                .unwrap_or(DEFAULT_DISK_RESERVE),
+        )
+        .map_err(|e| anyhow::anyhow!("disk_reserve_bytes: {e}"))?;
         let receiver_queue = args.receiver_queue.or(file.receiver_queue).unwrap_or(1000);
         if receiver_queue == 0 {
             bail!("receiver_queue must be at least 1");
@@ -234,6 +254,7 @@ impl IngesterConfig {
             node_id,
             tls,
             max_spool_bytes,
+            disk_reserve_bytes,
             receiver_queue,
             receiver_queue_bytes,
             auth_token_file,
@@ -379,6 +400,26 @@ mod tests {
         let err = IngesterConfig::from_args(args(&["--receiver-queue-bytes", "lots"]))
             .expect_err("not a size");
         assert!(err.to_string().contains("receiver_queue_bytes"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn disk_reserve_bytes_defaults_to_256mb_and_names_a_bad_size() -> anyhow::Result<()> {
+        assert_eq!(
+            IngesterConfig::from_args(args(&[]))?.disk_reserve_bytes,
+            256_000_000
+        );
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(&path, "disk_reserve_bytes = \"2GB\"\n")?;
+        let p = path.to_string_lossy().to_string();
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(c.disk_reserve_bytes, 2_000_000_000);
+        let c = IngesterConfig::from_args(args(&["--disk-reserve-bytes", "0"]))?;
+        assert_eq!(c.disk_reserve_bytes, 0, "0: only what sealing needs");
+        let err = IngesterConfig::from_args(args(&["--disk-reserve-bytes", "much"]))
+            .expect_err("not a size");
+        assert!(err.to_string().contains("disk_reserve_bytes"), "{err}");
         Ok(())
     }
 

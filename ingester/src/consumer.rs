@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
+use crate::disk::{DiskSpace, Room};
 use crate::history::{History, HistoryEntry};
 use crate::partition_consumers::{
     message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
@@ -36,6 +37,9 @@ const TICK: Duration = Duration::from_millis(200);
 const CONNECTION_CHECK_EVERY: u32 = 25;
 /// Ticks between looks at the topic's partition count (partitions added later are consumed).
 const PARTITION_CHECK_EVERY: u32 = 150;
+/// Once paused for disk space, reading resumes only with room for a full batch more than the
+/// reserve: freeing a segment is what makes room, and a pause per batch would flood the history.
+const RESUME_SLACK: u64 = MAX_BATCH_BYTES;
 /// A connect attempt taking longer than this is recorded as an outage.
 const SLOW_CONNECT: Duration = Duration::from_secs(5);
 /// How long the rest of a failed delivery is read (to name the failed entry by what follows it).
@@ -51,6 +55,8 @@ pub struct ConsumerLimits {
     /// 0: no bound. Bytes the consumer may hold ahead of the spool: permits are lowered below
     /// `receiver_queue` when messages are large (see [`permits_for`]).
     pub receiver_queue_bytes: u64,
+    /// Free bytes kept on the spool's filesystem beyond what sealing needs (see [`DiskSpace`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl ConsumerLimits {
@@ -83,6 +89,9 @@ enum ConsumeEnd {
     Resize(u32),
     /// The broker's topic ends before what the rule spooled: see [`source_reset`].
     WentBack(WentBack),
+    /// The spool went back to what the reopened database holds: reconnect now, so that the
+    /// broker delivers again what was received since (see `Command::DatabaseReopened`).
+    Reread,
 }
 
 pub enum Command {
@@ -94,6 +103,12 @@ pub enum Command {
     /// `rule skip`: acknowledge this undecodable entry without storing it. Replies with what was
     /// done, or why it was refused.
     Skip(EntryRef, oneshot::Sender<Result<String, String>>),
+    /// The spool database was reopened after a failed write and may hold less than the spool
+    /// has in memory: re-read the spool, then reconnect before spooling anything more. Messages
+    /// received since the last durable write are past the re-read watermarks, and only a new
+    /// consumer gets them delivered again; one spooled before that would move the watermark
+    /// past them, and they would be dropped as seen.
+    DatabaseReopened,
 }
 
 /// What a rule task needs.
@@ -110,6 +125,8 @@ pub struct RuleTask {
     pub history: Arc<History>,
     pub rules: Arc<RuleStore>,
     pub sealer: SealerHandle,
+    /// The spool's filesystem, shared with the other rules.
+    pub disk: Arc<DiskSpace>,
     pub commands: mpsc::Receiver<Command>,
     pub stop: watch::Receiver<bool>,
 }
@@ -233,6 +250,10 @@ impl RuleTask {
                             }
                             continue;
                         }
+                        ConsumeEnd::Reread => {
+                            consumers.close().await;
+                            continue;
+                        }
                     }
                 }
                 Err(err) => {
@@ -270,6 +291,7 @@ impl RuleTask {
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
+        self.disk.forget(&name);
         debug!(rule = %name, "rule task stopped");
     }
 
@@ -365,12 +387,21 @@ impl RuleTask {
         let mut ask_broker_backlog = true;
         let mut last_id_answers = true;
         loop {
-            let can_read = pending.is_none() && !self.paused && !self.spool_at_quota();
+            let can_read = pending.is_none() && !self.paused && !self.spool_full().await;
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return ConsumeEnd::Stopped,
                 cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.handle_command(cmd, Some(consumers)).await,
+                    Some(cmd) => {
+                        let reread = matches!(cmd, Command::DatabaseReopened);
+                        self.handle_command(cmd, Some(consumers)).await;
+                        if reread {
+                            // Consumers connecting later get every unacknowledged message
+                            // anyway: only these must go.
+                            info!(rule = %name, "reconnecting after the spool database was reopened");
+                            return ConsumeEnd::Reread;
+                        }
+                    }
                     None => return ConsumeEnd::Stopped,
                 },
                 _ = tick.tick() => {
@@ -901,28 +932,54 @@ impl RuleTask {
         }
     }
 
-    /// Whether the spool holds `max_spool_bytes` already (checked before every read).
-    fn spool_at_quota(&self) -> bool {
-        if self.limits.max_spool_bytes == 0 {
-            return false;
-        }
-        let full = self.spool.stats().spooled_bytes >= self.limits.max_spool_bytes;
-        let was_full = self.stats.disk_full.swap(full, Ordering::Relaxed);
+    /// Whether the spool may take no more messages now (checked before every read): it holds
+    /// `max_spool_bytes` already, or its disk has less free space than the reserve plus what
+    /// sealing the unsealed segments will write. Nothing is acknowledged while it is full;
+    /// uploads free space, and reading resumes.
+    async fn spool_full(&mut self) -> bool {
+        let spool = self.spool.stats();
+        let quota =
+            self.limits.max_spool_bytes > 0 && spool.spooled_bytes >= self.limits.max_spool_bytes;
+        let was_full = self.stats.disk_full.load(Ordering::Relaxed);
+        let short_of = |room: &Room| {
+            let slack = if was_full { RESUME_SLACK } else { 0 };
+            room.free < room.needed.saturating_add(slack)
+        };
+        let disk = self
+            .disk
+            .check(&self.rule.name, spool.unsealed_bytes)
+            .filter(short_of);
+        let full = quota || disk.is_some();
+        self.stats.disk_full.store(full, Ordering::Relaxed);
         if full && !was_full {
-            let message = format!(
-                "spool full: it holds max_spool_bytes ({}) of records; consumption paused until uploads free space, nothing acknowledged",
-                self.limits.max_spool_bytes
-            );
+            let message = match disk {
+                Some(room) if !quota => format!(
+                    "spool disk nearly full: {} free on the data_dir's filesystem, {} must stay free (disk_reserve_bytes {} plus {} to seal the unsealed segments); consumption paused until uploads free space, nothing acknowledged",
+                    bytesize::ByteSize(room.free),
+                    bytesize::ByteSize(room.needed),
+                    bytesize::ByteSize(self.disk.reserve()),
+                    bytesize::ByteSize(room.needed.saturating_sub(self.disk.reserve())),
+                ),
+                _ => format!(
+                    "spool full: it holds max_spool_bytes ({}) of records; consumption paused until uploads free space, nothing acknowledged",
+                    self.limits.max_spool_bytes
+                ),
+            };
             warn!(rule = %self.rule.name, "{message}");
             self.stats.set_error(&message);
             self.record(HistoryEntry::event("spool_full", true, message));
         } else if was_full && !full {
-            info!(rule = %self.rule.name, "spool below max_spool_bytes again; consuming");
+            info!(rule = %self.rule.name, "spool has room again; consuming");
             self.record(HistoryEntry::event(
                 "info",
                 false,
                 "spool has room again; consumption resumed",
             ));
+        }
+        if full && spool.closed_segments == 0 && spool.open_segment_messages > 0 {
+            // Everything spooled is in the open segment, whose window may end in hours: until
+            // it is closed nothing can be uploaded, so nothing is freed and the pause never ends.
+            self.close_if_due(true).await;
         }
         full
     }
@@ -960,6 +1017,21 @@ impl RuleTask {
             }
             Command::SetPaused(paused) => {
                 self.paused = paused;
+            }
+            Command::DatabaseReopened => {
+                match self.spool.reread() {
+                    Ok(to_seal) => {
+                        for segment_no in to_seal {
+                            self.sealer.seal(self.spool.clone(), segment_no);
+                        }
+                    }
+                    Err(err) => {
+                        // Writes stay refused (stale state); the next reopen asks again.
+                        warn!(rule = %self.rule.name, error = %err, "re-reading the spool after the database was reopened failed");
+                        self.stats
+                            .set_error(format!("cannot re-read the spool: {err}"));
+                    }
+                }
             }
             Command::Skip(entry, reply) => {
                 let result = match consumers {
@@ -1127,6 +1199,7 @@ mod tests {
             max_spool_bytes: 0,
             receiver_queue: 1000,
             receiver_queue_bytes,
+            disk_reserve_bytes: 0,
         }
     }
 

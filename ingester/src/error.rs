@@ -21,7 +21,9 @@ pub enum IngesterError {
         reason: String,
     },
     #[error("spool database error: {0}")]
-    Db(#[from] sled::Error),
+    Db(sled::Error),
+    #[error("the spool database is being reopened after a failed write; try again shortly")]
+    DatabaseReopening,
     #[error("spool io error: {context}: {source}")]
     Io {
         context: String,
@@ -36,6 +38,14 @@ pub enum IngesterError {
 }
 
 pub type Result<T, E = IngesterError> = std::result::Result<T, E>;
+
+impl From<sled::Error> for IngesterError {
+    fn from(err: sled::Error) -> IngesterError {
+        // The cue for the database watch to check whether sled still takes writes.
+        crate::db::count_error();
+        IngesterError::Db(err)
+    }
+}
 
 impl IngesterError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> IngesterError {
@@ -68,7 +78,13 @@ impl IngesterError {
             IngesterError::RuleExists(_) => tonic::Code::AlreadyExists,
             IngesterError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             IngesterError::Damaged { .. } => proto::wire::QUARANTINED,
-            IngesterError::ShuttingDown => tonic::Code::Unavailable,
+            IngesterError::ShuttingDown | IngesterError::DatabaseReopening => {
+                tonic::Code::Unavailable
+            }
+            // Space comes back as uploads free segments (or the operator frees some), and the
+            // database is reopened then: a caller such as the uploader's commit should try
+            // again, not take it as a refusal. (Not Unavailable: ctl reads that as unreachable.)
+            err if err.is_disk_full() => tonic::Code::ResourceExhausted,
             IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
                 tonic::Code::Internal
             }
@@ -79,5 +95,28 @@ impl IngesterError {
 impl From<IngesterError> for tonic::Status {
     fn from(err: IngesterError) -> tonic::Status {
         tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_not_internal() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        assert_eq!(
+            IngesterError::io("writing", full()).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            IngesterError::from(sled::Error::Io(full())).code(),
+            tonic::Code::ResourceExhausted
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            IngesterError::io("writing", denied).code(),
+            tonic::Code::Internal
+        );
     }
 }

@@ -4,11 +4,12 @@
 //! older ones are trimmed. The count is per rule and read from the database after a restart.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use proto::v1::LogEntry;
 use serde::{Deserialize, Serialize};
 
+use crate::db::Database;
 use crate::error::Result;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -91,9 +92,11 @@ pub fn cut_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// scans the rule's entries, so it is not done on every write).
 pub const TRIM_SLACK: usize = 64;
 
+const TREE: &str = "history";
+
 pub struct History {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// Asked for the `history` tree at each use, never kept: see `db.rs`.
+    db: Arc<Database>,
     max_entries: usize,
     /// Entries each rule holds, counted from the tree the first time the rule writes after
     /// opening: trimming then depends on the rule's own history, not on a process-wide counter
@@ -108,13 +111,23 @@ fn prefix(rule: &str) -> Vec<u8> {
 }
 
 impl History {
-    pub fn open(db: &sled::Db, max_entries: usize) -> Result<History> {
+    pub fn open(db: &Arc<Database>, max_entries: usize) -> Result<History> {
+        db.open_tree(TREE)?;
         Ok(History {
             db: db.clone(),
-            tree: db.open_tree("history")?,
             max_entries,
             counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn tree(&self) -> Result<sled::Tree> {
+        self.db.open_tree(TREE)
+    }
+
+    /// After the database was reopened: writes it lost may have been counted, so each rule is
+    /// counted again at its next write.
+    pub fn forget_counts(&self) {
+        self.counts().clear();
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -130,11 +143,13 @@ impl History {
         let value =
             serde_json::to_vec(entry).map_err(|e| crate::IngesterError::Corrupt(e.to_string()))?;
         let mut counts = self.counts();
+        let tree = self.tree()?;
         let count = match counts.get(rule) {
             Some(&count) => count,
-            None => self.tree.scan_prefix(prefix(rule)).keys().count(),
+            None => tree.scan_prefix(prefix(rule)).keys().count(),
         };
-        self.tree.insert(key, value)?;
+        tree.insert(key, value)?;
+        drop(tree);
         let mut count = count + 1;
         if count > self.max_entries + TRIM_SLACK {
             count = self.trim(rule)?;
@@ -145,17 +160,17 @@ impl History {
 
     /// Removes all but the newest `max_entries` of the rule; returns how many are left.
     fn trim(&self, rule: &str) -> Result<usize> {
-        let keys: Vec<sled::IVec> = self
-            .tree
+        let tree = self.tree()?;
+        let keys: Vec<sled::IVec> = tree
             .scan_prefix(prefix(rule))
             .keys()
             .rev()
             .skip(self.max_entries)
             .collect::<std::result::Result<_, _>>()?;
         for key in keys {
-            self.tree.remove(key)?;
+            tree.remove(key)?;
         }
-        Ok(self.tree.scan_prefix(prefix(rule)).keys().count())
+        Ok(tree.scan_prefix(prefix(rule)).keys().count())
     }
 
     /// Newest first.
@@ -167,7 +182,7 @@ impl History {
         limit: usize,
     ) -> Result<Vec<HistoryEntry>> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix(rule)).rev() {
+        for item in self.tree()?.scan_prefix(prefix(rule)).rev() {
             let (_, value) = item?;
             let Ok(entry) = serde_json::from_slice::<HistoryEntry>(&value) else {
                 continue;
@@ -188,8 +203,9 @@ impl History {
 
     pub fn remove_rule(&self, rule: &str) -> Result<()> {
         let mut counts = self.counts();
-        for key in self.tree.scan_prefix(prefix(rule)).keys() {
-            self.tree.remove(key?)?;
+        let tree = self.tree()?;
+        for key in tree.scan_prefix(prefix(rule)).keys() {
+            tree.remove(key?)?;
         }
         counts.remove(rule);
         Ok(())
@@ -203,7 +219,7 @@ mod tests {
     #[test]
     fn newest_first_filtered_and_bounded() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path())?;
+        let db = Arc::new(crate::db::tests::open_in(dir.path()));
         let history = History::open(&db, 100)?;
         for i in 0..300u64 {
             let mut e = HistoryEntry::event("stored", i % 10 == 0, format!("entry {i}"));
@@ -250,7 +266,7 @@ mod tests {
     #[test]
     fn every_rule_is_trimmed_whatever_the_others_do() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path())?;
+        let db = Arc::new(crate::db::tests::open_in(dir.path()));
         let history = History::open(&db, 100)?;
         for i in 0..1000u64 {
             for rule in ["a", "b"] {
@@ -271,7 +287,7 @@ mod tests {
     #[test]
     fn trimming_holds_across_restarts() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path())?;
+        let db = Arc::new(crate::db::tests::open_in(dir.path()));
         for restart in 0..40u64 {
             let history = History::open(&db, 50)?;
             for i in 0..10u64 {

@@ -11,7 +11,9 @@ pub mod commit_check;
 pub mod config;
 pub mod consumer;
 pub mod cutter;
+pub mod db;
 pub mod decode_fault;
+pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod history;
@@ -63,6 +65,7 @@ pub async fn run(
             max_spool_bytes: config.max_spool_bytes,
             receiver_queue: config.receiver_queue,
             receiver_queue_bytes: config.receiver_queue_bytes,
+            disk_reserve_bytes: config.disk_reserve_bytes,
         },
         config.node_id.clone(),
     )

@@ -1,9 +1,12 @@
 //! Stored rules and their Pulsar tokens (kept apart so no code path that returns a rule can
 //! carry the token along).
 
+use std::sync::Arc;
+
 use proto::types::{RuleConfig, Secret};
 use serde::{Deserialize, Serialize};
 
+use crate::db::Database;
 use crate::error::{IngesterError, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,21 +49,28 @@ impl StoredRule {
 }
 
 pub struct RuleStore {
-    rules: sled::Tree,
-    tokens: sled::Tree,
+    /// Asked for the `rules` and `tokens` trees at each use, never kept: see `db.rs`.
+    db: Arc<Database>,
 }
 
 impl RuleStore {
-    pub fn open(db: &sled::Db) -> Result<RuleStore> {
-        Ok(RuleStore {
-            rules: db.open_tree("rules")?,
-            tokens: db.open_tree("tokens")?,
-        })
+    pub fn open(db: &Arc<Database>) -> Result<RuleStore> {
+        db.open_tree("rules")?;
+        db.open_tree("tokens")?;
+        Ok(RuleStore { db: db.clone() })
+    }
+
+    fn rules(&self) -> Result<sled::Tree> {
+        self.db.open_tree("rules")
+    }
+
+    fn tokens(&self) -> Result<sled::Tree> {
+        self.db.open_tree("tokens")
     }
 
     pub fn list(&self) -> Result<Vec<StoredRule>> {
         let mut out = Vec::new();
-        for item in self.rules.iter() {
+        for item in self.rules()?.iter() {
             let (_, v) = item?;
             out.push(
                 serde_json::from_slice(&v)
@@ -72,7 +82,7 @@ impl RuleStore {
 
     pub fn get(&self, name: &str) -> Result<StoredRule> {
         let v = self
-            .rules
+            .rules()?
             .get(name)?
             .ok_or_else(|| IngesterError::RuleNotFound(name.into()))?;
         serde_json::from_slice(&v).map_err(|e| IngesterError::Corrupt(format!("stored rule: {e}")))
@@ -80,7 +90,7 @@ impl RuleStore {
 
     pub fn put(&self, rule: &StoredRule) -> Result<()> {
         let v = serde_json::to_vec(rule).map_err(|e| IngesterError::Corrupt(e.to_string()))?;
-        self.rules.insert(rule.config.name.as_bytes(), v)?;
+        self.rules()?.insert(rule.config.name.as_bytes(), v)?;
         Ok(())
     }
 
@@ -89,7 +99,7 @@ impl RuleStore {
         let v = serde_json::to_vec(rule).map_err(|e| IngesterError::Corrupt(e.to_string()))?;
         let name = rule.config.name.as_bytes();
         if self
-            .rules
+            .rules()?
             .compare_and_swap(name, None as Option<&[u8]>, Some(v))?
             .is_err()
         {
@@ -100,7 +110,7 @@ impl RuleStore {
 
     /// Sets only `start_applied`, atomically, so a concurrent edit of other fields is kept.
     pub fn mark_start_applied(&self, name: &str) -> Result<()> {
-        self.rules.update_and_fetch(name, |old| {
+        self.rules()?.update_and_fetch(name, |old| {
             let old = old?;
             match serde_json::from_slice::<StoredRule>(old) {
                 Ok(mut rule) => {
@@ -116,14 +126,14 @@ impl RuleStore {
     }
 
     pub fn remove(&self, name: &str) -> Result<()> {
-        self.rules.remove(name)?;
-        self.tokens.remove(name)?;
+        self.rules()?.remove(name)?;
+        self.tokens()?.remove(name)?;
         Ok(())
     }
 
     pub fn token(&self, name: &str) -> Result<Option<Secret>> {
         Ok(self
-            .tokens
+            .tokens()?
             .get(name)?
             .map(|v| Secret::new(String::from_utf8_lossy(&v).into_owned())))
     }
@@ -131,10 +141,10 @@ impl RuleStore {
     pub fn set_token(&self, name: &str, token: Option<&Secret>) -> Result<()> {
         match token {
             Some(t) if !t.is_empty() => {
-                self.tokens.insert(name, t.expose().as_bytes())?;
+                self.tokens()?.insert(name, t.expose().as_bytes())?;
             }
             _ => {
-                self.tokens.remove(name)?;
+                self.tokens()?.remove(name)?;
             }
         }
         Ok(())

@@ -14,8 +14,17 @@ use crate::history::{History, HistoryEntry};
 use crate::spool::RuleSpool;
 
 enum Job {
-    Seal(Arc<RuleSpool>, u64),
+    /// A segment to seal, and how many times sealing it failed in a row.
+    Seal(Arc<RuleSpool>, u64, u32),
     Feed(Arc<RuleSpool>),
+}
+
+/// The wait before sealing a segment again after its `failures`th failure in a row: 2 s, then
+/// doubling up to 30 s. A seal that fails for want of space compresses the whole log again on
+/// every try, which a full disk must not turn into a busy loop.
+fn retry_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(4);
+    Duration::from_secs(2u64 << exponent).min(Duration::from_secs(30))
 }
 
 /// A segment being sealed: its spool (by address, since a rule deleted and created again is a
@@ -31,7 +40,7 @@ impl SealerHandle {
     pub fn seal(&self, spool: Arc<RuleSpool>, segment_no: u64) {
         // The receiver lives as long as the daemon; after shutdown the segment stays closed in
         // the spool and is sealed at the next start.
-        let _ = self.tx.send(Job::Seal(spool, segment_no));
+        let _ = self.tx.send(Job::Seal(spool, segment_no, 0));
     }
 
     /// Asks for the open segment's log to be compressed ahead (once queued per spool).
@@ -57,8 +66,8 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
     let in_flight: Arc<Mutex<HashSet<InFlight>>> = Arc::default();
     tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
-            let (spool, segment_no) = match job {
-                Job::Seal(spool, segment_no) => (spool, segment_no),
+            let (spool, segment_no, failures) = match job {
+                Job::Seal(spool, segment_no, failures) => (spool, segment_no, failures),
                 Job::Feed(spool) => {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return;
@@ -98,18 +107,23 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
                     Ok(Err(err)) => err.to_string(),
                     Err(join) => format!("sealing task failed: {join}"),
                 };
-                warn!(rule = %spool.rule(), segment = segment_no, error = %error, "sealing failed; will retry");
-                let mut entry = HistoryEntry::event(
-                    "seal_failed",
-                    true,
-                    format!("sealing segment {segment_no} failed: {error}"),
-                );
-                entry.segment_no = segment_no;
-                if let Err(err) = history.record(spool.rule(), &entry) {
-                    warn!(error = %err, "could not write history");
+                let failures = failures.saturating_add(1);
+                let delay = retry_delay(failures);
+                warn!(rule = %spool.rule(), segment = segment_no, error = %error, failures, retry_in = ?delay, "sealing failed; will retry");
+                // Once per segment, not per try: a full disk would fill the history with them.
+                if failures == 1 {
+                    let mut entry = HistoryEntry::event(
+                        "seal_failed",
+                        true,
+                        format!("sealing segment {segment_no} failed: {error}; retrying"),
+                    );
+                    entry.segment_no = segment_no;
+                    if let Err(err) = history.record(spool.rule(), &entry) {
+                        warn!(error = %err, "could not write history");
+                    }
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = retry_tx.send(Job::Seal(spool, segment_no));
+                tokio::time::sleep(delay).await;
+                let _ = retry_tx.send(Job::Seal(spool, segment_no, failures));
             });
         }
     });
@@ -123,6 +137,13 @@ fn lock(set: &Mutex<HashSet<InFlight>>) -> std::sync::MutexGuard<'_, HashSet<InF
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_seals_are_retried_ever_more_slowly_but_within_half_a_minute() {
+        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(30));
+    }
     use crate::error::{IngesterError, Result};
     use crate::spool::Incoming;
     use proto::types::MessageId;
@@ -131,7 +152,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn seals_every_segment_once_even_when_asked_twice() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = sled::open(dir.path().join("db"))?;
+        let db = Arc::new(crate::db::tests::open_in(&dir.path().join("db")));
         let rule = crate::spool::tests::rule(2);
         let (spool, _) =
             RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;

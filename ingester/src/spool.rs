@@ -69,6 +69,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::cutter::{CutPolicy, OpenStats, Placement};
+use crate::db::Database;
 use crate::error::{IngesterError, Result};
 use crate::record_log::{sync_dir, LogWrite, RecordLogs};
 use crate::segment_writer::{SegmentWriter, Written};
@@ -87,6 +88,8 @@ const SEGMENT: u8 = b's';
 const WATERMARK: u8 = b'w';
 const ACKED: u8 = b'a';
 const COUNTERS: u8 = b'n';
+
+const SPOOL_TREE: &str = "spool";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -436,6 +439,11 @@ pub struct SpoolStats {
     pub open_segment_opened_at_ms: u64,
     pub waiting_segments: u64,
     pub oldest_publish_ms: u64,
+    /// Record bytes of the open and closed segments: about what sealing them will write (the
+    /// JSON lines; compressed they are smaller), on top of their logs.
+    pub unsealed_bytes: u64,
+    /// Segments other than the open one (closed, sealed or stored): what uploads can free.
+    pub closed_segments: u64,
 }
 
 struct State {
@@ -456,8 +464,12 @@ pub struct RuleSpool {
     rule: String,
     /// This data dir's id, part of every object name (see `proto::types::object_key`).
     spool_id: String,
-    db: sled::Db,
-    tree: sled::Tree,
+    /// Asked for the `spool` tree at each use, never kept: see `db.rs`.
+    db: Arc<Database>,
+    /// The database generation the in-memory state was read from. After a reopen the database
+    /// may hold less than the state says, and a write made from the state would mix the two:
+    /// nothing is written until [`RuleSpool::reread`].
+    read_generation: AtomicU64,
     segments_dir: PathBuf,
     quarantine_dir: PathBuf,
     logs: RecordLogs,
@@ -518,13 +530,14 @@ impl RuleSpool {
     /// Opens (or recovers) a rule's spool. Returns the spool and the closed segments that still
     /// need sealing.
     pub fn open(
-        db: &sled::Db,
+        db: &Arc<Database>,
         spool_id: &str,
         data_dir: &Path,
         rule: &RuleConfig,
         sealed_notify: Arc<Notify>,
     ) -> Result<(Arc<RuleSpool>, Vec<u64>)> {
-        let tree = db.open_tree("spool")?;
+        let generation = db.generation();
+        let tree = db.open_tree(SPOOL_TREE)?;
         let name = rule.name.clone();
         let segments_dir = data_dir.join("segments").join(&name);
         let quarantine_dir = data_dir.join("quarantine").join(&name);
@@ -588,7 +601,7 @@ impl RuleSpool {
             rule: name,
             spool_id: spool_id.to_string(),
             db: db.clone(),
-            tree,
+            read_generation: AtomicU64::new(generation),
             segments_dir,
             quarantine_dir,
             logs,
@@ -613,6 +626,15 @@ impl RuleSpool {
 
     pub fn rule(&self) -> &str {
         &self.rule
+    }
+
+    /// The spool tree of the current database instance, for one operation; refused while the
+    /// in-memory state is from an instance before the last reopen.
+    fn tree(&self) -> Result<sled::Tree> {
+        if self.read_generation.load(Ordering::SeqCst) != self.db.generation() {
+            return Err(IngesterError::DatabaseReopening);
+        }
+        self.db.open_tree(SPOOL_TREE)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -652,13 +674,15 @@ impl RuleSpool {
         state.acked.clear();
         state.counters.source_changes = state.counters.source_changes.saturating_add(1);
         let mut batch = sled::Batch::default();
+        let tree = self.tree()?;
         for tag in [WATERMARK, ACKED] {
-            for k in self.tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
+            for k in tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
                 batch.remove(k?);
             }
         }
         batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
+        drop(tree);
         self.db.flush()?;
         Ok(())
     }
@@ -712,7 +736,7 @@ impl RuleSpool {
         let applied = self
             .logs
             .append_durably(writes)
-            .and_then(|()| Ok(self.tree.apply_batch(batch)?));
+            .and_then(|()| Ok(self.tree()?.apply_batch(batch)?));
         if let Err(err) = applied {
             self.reload()?;
             return Err(err);
@@ -937,7 +961,7 @@ impl RuleSpool {
             }
             let mut batch = sled::Batch::default();
             let closed = self.close_open_locked(&mut state, &mut batch)?;
-            self.tree.apply_batch(batch)?;
+            self.tree()?.apply_batch(batch)?;
             closed
         };
         self.db.flush_async().await?;
@@ -946,15 +970,19 @@ impl RuleSpool {
 
     /// Re-reads the whole state from disk (after a failed write).
     fn reload(&self) -> Result<()> {
+        self.reload_from(self.tree()?)
+    }
+
+    fn reload_from(&self, tree: sled::Tree) -> Result<()> {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut state = self.lock();
-        let counters = match self.tree.get(key(COUNTERS, &self.rule, &[]))? {
+        let counters = match tree.get(key(COUNTERS, &self.rule, &[]))? {
             Some(v) => from_json("counters", &v)?,
             None => Counters::default(),
         };
         let mut watermarks = BTreeMap::new();
         let prefix = key(WATERMARK, &self.rule, &[]);
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             if let Some(p) = partition_from_suffix(&k[prefix.len()..]) {
                 watermarks.insert(p, from_json::<Position>("watermark", &v)?);
@@ -962,7 +990,7 @@ impl RuleSpool {
         }
         let mut open = None;
         let mut segments = BTreeMap::new();
-        for item in self.tree.scan_prefix(key(SEGMENT, &self.rule, &[])) {
+        for item in tree.scan_prefix(key(SEGMENT, &self.rule, &[])) {
             let (_, v) = item?;
             let meta: SegmentMeta = from_json("segment meta", &v)?;
             if meta.state == SegmentState::Open {
@@ -980,6 +1008,23 @@ impl RuleSpool {
         state.open = open;
         state.segments = segments;
         Ok(())
+    }
+
+    /// After the database was reopened (see `db.rs`): it may hold less than this spool had in
+    /// memory, as writes sled accepted but never made durable are gone. Goes back to what it
+    /// holds, as after a failed write. Returns the closed segments, to be sealed (again, if the
+    /// database lost a seal).
+    pub fn reread(&self) -> Result<Vec<u64>> {
+        let generation = self.db.generation();
+        self.reload_from(self.db.open_tree(SPOOL_TREE)?)?;
+        self.read_generation.store(generation, Ordering::SeqCst);
+        let state = self.lock();
+        Ok(state
+            .segments
+            .values()
+            .filter(|m| m.state == SegmentState::Closed)
+            .map(|m| m.segment_no)
+            .collect())
     }
 
     /// Where `meta`'s segment file is (sealed or not).
@@ -1110,8 +1155,11 @@ impl RuleSpool {
         let tmp = written.1;
         let written = written.0;
         let path = self.segment_file(&meta);
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| IngesterError::io(format!("renaming {}", tmp.display()), e))?;
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            // Half a disk's worth of copies must not pile up while a seal keeps failing.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(IngesterError::io(format!("renaming {}", tmp.display()), e));
+        }
         sync_dir(&self.segments_dir)?;
         proto::failpoint::hit("ingester:after_seal_file");
         // Durable first, shown second: ListSealed reads the in-memory state, and a segment it
@@ -1132,7 +1180,7 @@ impl RuleSpool {
             sealed.crc32c = written.file_crc32c;
             sealed.file_bytes = written.file_bytes;
             sealed.sealed_at_ms = proto::types::time::now_millis();
-            self.tree.insert(
+            self.tree()?.insert(
                 key(SEGMENT, &self.rule, &segment_no.to_be_bytes()),
                 to_json(&sealed)?,
             )?;
@@ -1259,7 +1307,7 @@ impl RuleSpool {
         meta.state = SegmentState::Closed;
         meta.times_quarantined += 1;
         let value = to_json(&*meta)?;
-        self.tree
+        self.tree()?
             .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
         Ok(dest)
     }
@@ -1272,9 +1320,9 @@ impl RuleSpool {
         upload_ms: u64,
         attempts: u32,
     ) -> Result<CommitOutcome> {
-        {
-            let mut state = self.lock();
-            let Some(meta) = state.segments.get_mut(&segment_no) else {
+        let stored = {
+            let state = self.lock();
+            let Some(meta) = state.segments.get(&segment_no) else {
                 // Freed already: its commit arrived before, and it was acknowledged.
                 return Ok(CommitOutcome::AlreadyCommitted);
             };
@@ -1289,16 +1337,28 @@ impl RuleSpool {
                     )))
                 }
             }
-            meta.state = SegmentState::Stored;
-            meta.stored_at_ms = proto::types::time::now_millis();
-            meta.etag = etag.to_string();
-            meta.upload_ms = upload_ms;
-            meta.attempts = attempts;
-            let value = to_json(&*meta)?;
-            self.tree
-                .insert(key(SEGMENT, &self.rule, &segment_no.to_be_bytes()), value)?;
-        }
+            let mut stored = meta.clone();
+            stored.state = SegmentState::Stored;
+            stored.stored_at_ms = proto::types::time::now_millis();
+            stored.etag = etag.to_string();
+            stored.upload_ms = upload_ms;
+            stored.attempts = attempts;
+            self.tree()?.insert(
+                key(SEGMENT, &self.rule, &segment_no.to_be_bytes()),
+                to_json(&stored)?,
+            )?;
+            stored
+        };
         self.db.flush_async().await?;
+        // Stored in memory only once durable: a commit whose flush failed (a full disk) must
+        // fail again when retried, not pass as already committed while the database that is
+        // reopened next still says sealed.
+        let mut state = self.lock();
+        if let Some(meta) = state.segments.get_mut(&segment_no) {
+            if meta.state == SegmentState::Sealed {
+                *meta = stored;
+            }
+        }
         Ok(CommitOutcome::Committed)
     }
 
@@ -1349,7 +1409,7 @@ impl RuleSpool {
                 );
                 state.acked.insert(partition, pos.clone());
             }
-            self.tree.apply_batch(batch)?;
+            self.tree()?.apply_batch(batch)?;
             (freed, files)
         };
         self.db.flush_async().await?;
@@ -1399,7 +1459,11 @@ impl RuleSpool {
             if matches!(meta.state, SegmentState::Closed | SegmentState::Sealed) {
                 stats.waiting_segments += 1;
             }
+            if matches!(meta.state, SegmentState::Open | SegmentState::Closed) {
+                stats.unsealed_bytes += meta.record_bytes;
+            }
         }
+        stats.closed_segments = state.segments.len() as u64;
         if let Some(open) = &state.open {
             stats.open_segment_messages = open.messages;
             stats.open_segment_opened_at_ms = open.opened_at_ms;
@@ -1423,12 +1487,14 @@ impl RuleSpool {
         }
         let mut state = self.lock();
         let mut batch = sled::Batch::default();
+        let tree = self.tree()?;
         for tag in [RECORD, SEGMENT, WATERMARK, ACKED, COUNTERS] {
-            for k in self.tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
+            for k in tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
                 batch.remove(k?);
             }
         }
-        self.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
+        drop(tree);
         self.db.flush()?;
         state.open = None;
         state.segments.clear();
@@ -1445,7 +1511,7 @@ impl RuleSpool {
 /// Each log is synced before its meta says `records_in_log`; the keys go last, so a crash at any
 /// point leaves either the keys or a complete log (a log without the flag is written again).
 fn migrate_legacy_records(
-    db: &sled::Db,
+    db: &Database,
     tree: &sled::Tree,
     rule: &str,
     logs: &RecordLogs,
@@ -1600,7 +1666,7 @@ pub(crate) mod tests {
         .expect("valid rule")
     }
 
-    fn open_spool(db: &sled::Db, dir: &Path, max_messages: u64) -> Result<Arc<RuleSpool>> {
+    fn open_spool(db: &Arc<Database>, dir: &Path, max_messages: u64) -> Result<Arc<RuleSpool>> {
         let (spool, _) = RuleSpool::open(
             db,
             "test0001",
@@ -1651,17 +1717,17 @@ pub(crate) mod tests {
     /// Opens the test database. A test that drops its handle and opens the same path again may
     /// find the file lock still held for a moment: sled finishes in-flight writes on its own
     /// threads after the last handle is dropped (a real restart is a new process).
-    fn open_db(path: &Path) -> Result<sled::Db> {
+    fn open_db(path: &Path) -> Result<Arc<Database>> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match sled::open(path) {
-                Err(sled::Error::Io(err))
+            match Database::open(path, 8 << 20) {
+                Err(IngesterError::Db(sled::Error::Io(err)))
                     if err.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                opened => return Ok(opened?),
+                opened => return opened.map(Arc::new),
             }
         }
     }
@@ -1903,6 +1969,98 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    /// The spool's keys of rule r1, as they are now.
+    fn snapshot(db: &Database) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+        let tree = db.open_tree(SPOOL_TREE)?;
+        let mut all = Vec::new();
+        for tag in [SEGMENT, WATERMARK, ACKED, COUNTERS] {
+            for item in tree.scan_prefix(key(tag, "r1", &[])) {
+                all.push(item?);
+            }
+        }
+        Ok(all)
+    }
+
+    /// A database that lost writes (sled's since its last durable flush, when it fails one) and
+    /// was reopened: the spool writes nothing from its newer memory, and once re-read takes the
+    /// lost messages again exactly once.
+    #[tokio::test]
+    async fn after_a_reopen_the_spool_rereads_before_it_writes() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 100)?;
+        spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
+        db.flush()?;
+        let durable = snapshot(&db)?;
+        spool.append(&[msg(3, -1, 0), msg(4, -1, 0)], 6).await?;
+        // Lose the second batch's writes, as a failed sled instance does, and reopen.
+        {
+            let tree = db.open_tree(SPOOL_TREE)?;
+            for (k, _) in snapshot(&db)? {
+                tree.remove(k)?;
+            }
+            for (k, v) in durable {
+                tree.insert(k, v)?;
+            }
+        }
+        db.flush()?;
+        db.reopen()?;
+
+        let refused = spool.append(&[msg(5, -1, 0)], 7).await;
+        assert!(
+            matches!(refused, Err(IngesterError::DatabaseReopening)),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            spool.close_open(8, true).await,
+            Err(IngesterError::DatabaseReopening)
+        ));
+        assert_eq!(spool.reread()?, Vec::<u64>::new());
+        assert_eq!(spool.seen().last(-1), Some(msg(2, -1, 0).id));
+        // The new consumer gets 3 and 4 delivered again, then 5.
+        let out = spool
+            .append(&[msg(3, -1, 0), msg(4, -1, 0), msg(5, -1, 0)], 9)
+            .await?;
+        assert_eq!((out.accepted, out.duplicates), (3, 0));
+        assert_eq!(spool.close_open(10, true).await?, Some(0));
+        spool.seal_blocking(0)?;
+        let (meta, path) = spool.sealed_file(0)?;
+        assert_eq!(meta.messages, 5);
+        assert_eq!(
+            read_payloads(&path),
+            (1..=5)
+                .map(|e| format!("{{\"e\":{e},\"b\":-1}}\n"))
+                .collect::<String>()
+        );
+        Ok(())
+    }
+
+    /// A commit the database did not keep is not taken as done: not acknowledged, and its retry
+    /// is not "already committed".
+    #[tokio::test]
+    async fn a_commit_counts_once_it_is_durable() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_db(&dir.path().join("db"))?;
+        let spool = open_spool(&db, dir.path(), 2)?;
+        spool.append(&[msg(1, -1, 0), msg(2, -1, 0)], 5).await?;
+        spool.seal_blocking(0)?;
+        db.reopen()?;
+        assert!(spool.mark_stored(0, "e0", 5, 1).await.is_err());
+        assert_eq!(spool.sealed().len(), 1, "still sealed");
+        assert!(spool.ack_plan().is_none(), "nothing to acknowledge");
+        spool.reread()?;
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 2).await?,
+            CommitOutcome::Committed
+        );
+        assert_eq!(
+            spool.mark_stored(0, "e0", 5, 2).await?,
+            CommitOutcome::AlreadyCommitted
+        );
+        assert_eq!(spool.ack_plan().map(|p| p.segments), Some(vec![0]));
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_log_longer_than_the_spool_knows_is_cut_back_at_open() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -1966,6 +2124,11 @@ pub(crate) mod tests {
             spool.sealed().is_empty(),
             "nothing damaged is offered for upload"
         );
+        assert_eq!(
+            segment_files(dir.path()),
+            vec!["00000000000000000000.log"],
+            "a failed seal leaves no copy behind"
+        );
         Ok(())
     }
 
@@ -2028,7 +2191,7 @@ pub(crate) mod tests {
             open.log_bytes = 0;
             open.record_bytes = json.len() as u64;
             open.log_crc32c = crc32c::crc32c(&json);
-            spool.tree.insert(
+            spool.tree()?.insert(
                 key(SEGMENT, &spool.rule, &open.segment_no.to_be_bytes()),
                 to_json(&open)?,
             )?;
@@ -2126,7 +2289,7 @@ pub(crate) mod tests {
             Arc::new(Notify::new()),
         )?;
         assert_eq!(to_seal, vec![0]);
-        assert_eq!(spool.tree.scan_prefix(key(RECORD, "r1", &[])).count(), 0);
+        assert_eq!(spool.tree()?.scan_prefix(key(RECORD, "r1", &[])).count(), 0);
         spool.seal_blocking(0)?;
         let (_, path) = spool.sealed_file(0)?;
         assert_eq!(read_file(&path), format!("{}{}", lines[0], lines[1]));

@@ -16,6 +16,7 @@ async fn app(dir: &std::path::Path) -> std::sync::Arc<IngesterApp> {
             max_spool_bytes: 0,
             receiver_queue: 100,
             receiver_queue_bytes: 0,
+            disk_reserve_bytes: 0,
         },
         "test-node".to_string(),
     )

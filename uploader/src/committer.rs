@@ -55,7 +55,9 @@ pub async fn commit(client: &mut Client, c: Commit<'_>) -> Result<String, Upload
             tokio::time::sleep(backoff.delay_now(try_no)).await;
         }
     }
-    Err(UploadError::Ingester(format!("CommitSegment: {last}")))
+    Err(UploadError::CommitDeferred(format!(
+        "CommitSegment: {last}"
+    )))
 }
 
 fn is_transient(code: tonic::Code) -> bool {
@@ -65,6 +67,8 @@ fn is_transient(code: tonic::Code) -> bool {
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Unknown
             | tonic::Code::Aborted
+            // The ingester's disk is full: it frees space as segments are stored.
+            | tonic::Code::ResourceExhausted
     )
 }
 

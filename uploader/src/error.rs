@@ -16,6 +16,13 @@ pub enum UploadError {
     #[error("ingester: {0}")]
     Ingester(String),
 
+    /// The store holds the object, but the ingester could not take its commit for now: it
+    /// asked to try again (its disk is full, its database is being reopened) or did not answer.
+    /// Only the commit is left (the next attempt finds the object with HEAD), so it is retried
+    /// soon rather than after the growing upload backoff.
+    #[error("ingester: {0}")]
+    CommitDeferred(String),
+
     /// The ingester refused to stream the segment with DATA_LOSS: it quarantined it. Not retried.
     #[error("segment {rule}/{segment_no} quarantined by the ingester: {message}")]
     Quarantined {

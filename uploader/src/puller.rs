@@ -29,6 +29,10 @@ const IDLE_PAUSE: Duration = Duration::from_millis(500);
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Upper bound for one ListSealed page.
 const MAX_LIST: usize = 1000;
+/// Longest wait before retrying a segment that is stored but whose commit the ingester could
+/// not take yet (a HEAD and a commit; see `UploadError::CommitDeferred`): it goes through as
+/// soon as the ingester has room again, whatever `max_backoff` says.
+const UNCOMMITTED_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct PullerSettings {
     pub ingester: String,
@@ -206,8 +210,8 @@ impl Puller {
             Outcome::Committed => {
                 self.retries.remove(&key);
             }
-            Outcome::Failed(_) => {
-                let delay = self.settings.backoff.delay_now(attempt);
+            Outcome::Failed(_) | Outcome::Uncommitted(_) => {
+                let delay = retry_delay(&outcome, self.settings.backoff, attempt);
                 tracing::info!(rule = %key.0, segment_no = key.1, attempt, retry_in = ?delay, "will retry");
                 self.retries.insert(
                     key,
@@ -300,5 +304,30 @@ impl Puller {
                 }
             }
         }
+    }
+}
+
+/// How long a segment waits before its next attempt.
+fn retry_delay(outcome: &Outcome, backoff: Backoff, attempt: u32) -> Duration {
+    let delay = backoff.delay_now(attempt);
+    match outcome {
+        Outcome::Uncommitted(_) => delay.min(UNCOMMITTED_RETRY_MAX),
+        _ => delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_segment_whose_commit_waits_is_retried_within_seconds() {
+        let backoff = Backoff::new(Duration::from_secs(3600));
+        let failed = Outcome::Failed("PutObject failed".into());
+        let uncommitted = Outcome::Uncommitted("CommitSegment: ResourceExhausted".into());
+        assert!(retry_delay(&failed, backoff, 20) >= Duration::from_secs(1800));
+        assert!(retry_delay(&uncommitted, backoff, 20) <= UNCOMMITTED_RETRY_MAX);
+        // Early attempts back off as usual.
+        assert!(retry_delay(&uncommitted, backoff, 1) <= Duration::from_millis(500));
     }
 }

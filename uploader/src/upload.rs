@@ -31,6 +31,9 @@ pub enum Outcome {
     Committed,
     /// To be retried after a backoff; the message is what was reported.
     Failed(String),
+    /// Stored, but the ingester could not take the commit yet: retried soon (see
+    /// [`UploadError::CommitDeferred`]); the message is what was reported.
+    Uncommitted(String),
     /// The ingester quarantined the segment; nothing more to do here.
     Quarantined(String),
 }
@@ -103,7 +106,11 @@ pub async fn upload_segment(
             ctx.status
                 .record_failure(&format!("{}/{}: {text}", seg.rule, seg.segment_no));
             committer::report_failure(client, seg, &text, attempt).await;
-            Outcome::Failed(text)
+            if matches!(err, UploadError::CommitDeferred(_)) {
+                Outcome::Uncommitted(text)
+            } else {
+                Outcome::Failed(text)
+            }
         }
     }
 }

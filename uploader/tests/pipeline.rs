@@ -39,6 +39,8 @@ struct Fake {
     segs: Mutex<Vec<Seg>>,
     commits: Mutex<Vec<CommitSegmentRequest>>,
     failures: Mutex<Vec<UploadFailure>>,
+    /// Commits still to refuse with RESOURCE_EXHAUSTED, as an ingester with a full disk does.
+    refuse_commits: Mutex<u32>,
 }
 
 fn segment(no: u64, len: usize, mode: Mode) -> Seg {
@@ -186,6 +188,15 @@ impl proto::Ingester for Fake {
         req: Request<CommitSegmentRequest>,
     ) -> Result<Response<CommitSegmentReply>, Status> {
         let req = req.into_inner();
+        {
+            let mut refuse = self.refuse_commits.lock().expect("fake");
+            if *refuse > 0 {
+                *refuse -= 1;
+                return Err(Status::resource_exhausted(
+                    "spool database error: IO error: No space left on device (os error 28)",
+                ));
+            }
+        }
         let mut segs = self.segs.lock().expect("fake");
         let outcome = match segs
             .iter_mut()
@@ -413,6 +424,53 @@ async fn uploads_verifies_retries_and_commits() {
         reads_before, reads_after,
         "stored objects are not uploaded again"
     );
+    stop(running).await;
+}
+
+/// An ingester with a full disk refuses commits with RESOURCE_EXHAUSTED until it has room
+/// again: the stored object is committed then, without being sent again.
+#[tokio::test]
+async fn a_commit_refused_for_a_full_disk_is_retried_without_uploading_again() {
+    let fake = Arc::new(Fake::default());
+    fake.segs
+        .lock()
+        .expect("fake")
+        .push(segment(1, 100_000, Mode::Good));
+    // Three tries in each of the first two attempts, one in the third.
+    *fake.refuse_commits.lock().expect("fake") = 7;
+    let url = serve_fake(fake.clone()).await;
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(&url, store_dir.path(), store_dir.path().join("state"));
+    // A long upload backoff must not hold back a commit that only waits for the ingester.
+    config.max_backoff = Duration::from_secs(3600);
+    let running = start(config).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fake.commits.lock().expect("fake").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let commits = fake.commits.lock().expect("fake").clone();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].attempts, 3);
+    let failures = fake.failures.lock().expect("fake").clone();
+    assert_eq!(
+        failures.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(
+        failures[0].error.contains("ResourceExhausted"),
+        "{}",
+        failures[0].error
+    );
+    {
+        let segs = fake.segs.lock().expect("fake");
+        assert_eq!(segs[0].reads, 1, "the stored object is not sent again");
+        assert_stored(store_dir.path(), &segs[0]);
+    }
     stop(running).await;
 }
 

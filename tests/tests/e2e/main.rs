@@ -10,6 +10,7 @@ mod crash;
 mod decode_faults;
 mod failover;
 mod fairness;
+mod full_disk;
 mod harness_selftest;
 mod ops;
 mod resume;
