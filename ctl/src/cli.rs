@@ -1,4 +1,4 @@
-//! The command line, exactly as CONTRACT.md "The CLI" writes it. Scripts depend on these names:
+//! The command line, as docs/reference.md §3 documents it. Scripts depend on these names:
 //! extend, never rename.
 
 use std::path::PathBuf;

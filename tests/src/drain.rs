@@ -43,7 +43,7 @@ pub async fn assert_subscription_drained(
         }
     }
     // Dropped, not closed: close() can hang while messages sit unacked in the receive queue
-    // (STACK.md gotcha 4). The broker redelivers them to the next consumer.
+    // (docs/dependencies.md §5). The broker redelivers them to the next consumer.
     drop(consumer);
     Ok(count)
 }

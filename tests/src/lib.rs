@@ -2,7 +2,8 @@
 //! the project's daemons as processes, deterministic sample messages and an exactly-once oracle.
 //!
 //! Every test starts its own services on free ports in temporary directories; the guards kill
-//! or stop them on drop, so tests run in parallel and leave nothing behind (TEST-SERVICES.md).
+//! or stop them on drop, so tests run in parallel and leave nothing behind
+//! (docs/dependencies.md §3).
 
 pub mod certs;
 pub mod daemon_log;
@@ -26,7 +27,7 @@ pub use services::relay::{DamagedEntry, FaultPlan, Faults, Relay};
 pub use services::s3::S3Server;
 
 /// Routes `tracing` output to the test's captured output, filtered by `RUST_LOG` (default:
-/// warnings, minus pulsar-rs's noisy reconnect logs, STACK.md gotcha 5). Safe to call from
+/// warnings, minus pulsar-rs's noisy reconnect logs, docs/dependencies.md §6). Safe to call from
 /// every test; only the first call installs the subscriber.
 pub fn init_test_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,9 +1,9 @@
 //! The oracle: reads what the backup wrote and checks it against what was produced.
 //!
-//! Guarantee 2 of CONTRACT.md is "every message lands in exactly one object". The oracle checks
-//! it from the outside, by reading every object back (from S3 or from a `file://` store) and
-//! matching records to the produced [`SampleMessage`]s by payload, which embeds each message's
-//! index and is therefore unique.
+//! Guarantee 2 (docs/reference.md §11) is "every message lands in exactly one object". The
+//! oracle checks it from the outside, by reading every object back (from S3 or from a `file://`
+//! store) and matching records to the produced [`SampleMessage`]s by payload, which embeds each
+//! message's index and is therefore unique.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;

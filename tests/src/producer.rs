@@ -125,7 +125,7 @@ fn binary_payload(index: usize, rng: &mut StdRng) -> Vec<u8> {
 }
 
 /// Retry options that ride out a broker restart of a few seconds (the defaults give up after
-/// 12 retries and back off up to 30 s), as measured in STACK.md.
+/// 12 retries and back off up to 30 s): docs/dependencies.md §6.
 pub fn retry_options() -> ConnectionRetryOptions {
     ConnectionRetryOptions {
         min_backoff: Duration::from_millis(100),
@@ -180,7 +180,7 @@ async fn produce_with(
     let options = ProducerOptions {
         compression,
         // send_non_blocking fails with SlowDown once ~100 sends are queued unless this is set
-        // (STACK.md gotcha 3).
+        // (docs/dependencies.md §4).
         block_queue_if_full: true,
         batch_size: batching.then_some(500),
         batch_byte_size: batching.then_some(1024 * 1024),

@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
                   (+ COS_SESSION_TOKEN / AWS_SESSION_TOKEN), else the standard AWS chain."
 )]
 pub struct Args {
-    /// TOML config file (see uploader.example.toml).
+    /// TOML config file (see examples/uploader.toml).
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Ingester gRPC URL [default: http://127.0.0.1:7601].
@@ -796,21 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn example_file_is_valid_and_matches_the_defaults() {
-        let c = build(&[], Some(include_str!("../uploader.example.toml"))).expect("example parses");
-        let d = build(&[], None).expect("defaults");
-        assert_eq!(
-            (c.ingester, c.listen, c.state_dir, c.endpoint, c.path_style),
-            (d.ingester, d.listen, d.state_dir, d.endpoint, d.path_style)
-        );
-        assert_eq!(
-            (c.concurrency, c.part_size, c.multipart_threshold),
-            (4, 8 << 20, 8 << 20)
-        );
-        assert_eq!((c.max_backoff, c.log_format), (d.max_backoff, d.log_format));
-    }
-
-    #[test]
     fn threshold_defaults_to_part_size() {
         let c = build(&["--part-size", "16MiB"], None).expect("valid");
         assert_eq!(c.multipart_threshold, 16 << 20);
@@ -874,10 +859,6 @@ mod tests {
     #[test]
     fn example_configs_parse() {
         for (name, text) in [
-            (
-                "uploader.example.toml",
-                include_str!("../uploader.example.toml"),
-            ),
             (
                 "examples/uploader.toml",
                 include_str!("../../examples/uploader.toml"),

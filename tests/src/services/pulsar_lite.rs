@@ -1,8 +1,8 @@
 //! A pulsar-lite broker in a temporary directory, with a [`Relay`] in front of it.
 //!
 //! Each test starts its own broker on a free port so tests run in parallel and leave nothing
-//! behind (TEST-SERVICES.md). Clients must use [`PulsarLite::url`], the relay's URL: pulsar-rs
-//! cannot read pulsar-lite's MESSAGE frames directly (see the relay's module doc).
+//! behind (docs/dependencies.md §3). Clients must use [`PulsarLite::url`], the relay's URL:
+//! pulsar-rs cannot read pulsar-lite's MESSAGE frames directly (see the relay's module doc).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};

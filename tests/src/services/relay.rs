@@ -1,7 +1,7 @@
 //! A TCP relay between Pulsar clients and pulsar-lite that makes its frames readable by pulsar-rs.
 //!
 //! pulsar-lite omits the optional `0x0e01` + CRC32C block in MESSAGE frames; pulsar-rs 6.9.1
-//! always expects it and drops the connection (STACK.md gotcha 2). The product stays on the
+//! always expects it and drops the connection (docs/dependencies.md §2). The product stays on the
 //! unmodified crate (real brokers keep the producer's checksum), so the tests put this relay in
 //! front of pulsar-lite instead. It changes frames from the broker to the client only:
 //!

@@ -2,7 +2,7 @@
 //! [`S3Server::start_tls`]) HTTPS with a throwaway CA.
 //!
 //! s3s-fs checks SigV4, flexible checksums and bucket names like S3 does, so configuration bugs in
-//! the uploader show up in tests (STACK.md, "S3 test server"). The server runs as a task on the
+//! the uploader show up in tests (docs/dependencies.md §9). The server runs as a task on the
 //! caller's tokio runtime; the e2e tests therefore use a multi-threaded runtime so it keeps
 //! serving while a test awaits other work.
 

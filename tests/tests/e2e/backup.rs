@@ -1,5 +1,5 @@
 //! The whole path against real services: produce → ingester → spool → segment → uploader → S3 →
-//! commit → ack. Guarantees 1–3 of CONTRACT.md and the record format.
+//! commit → ack. Guarantees 1–3 and the record format of docs/reference.md.
 
 use std::time::Duration;
 

@@ -26,7 +26,7 @@ fn unique_topic(name: &str) -> String {
 
 /// Consumes from `topic` until every expected payload was seen (or `timeout`), acking each
 /// message, and checks key, properties and event time of each. Returns the number of deliveries
-/// (duplicates included: pulsar-lite delivers some, STACK.md gotcha 6).
+/// (duplicates included: pulsar-lite delivers some, docs/dependencies.md §3).
 async fn consume_all(
     url: &str,
     topic: &str,

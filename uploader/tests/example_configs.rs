@@ -1,0 +1,94 @@
+//! `examples/uploader.toml` (COS) and `examples/uploader-s3.toml` (other S3 stores) are the
+//! examples of the uploader's config: each must load through the real loader, and each must name
+//! every key the uploader knows (set or commented out), so that a new key cannot be added without
+//! documenting it there.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::{CommandFactory as _, Parser as _};
+use uploader::config::{Args, Credentials, UploaderConfig};
+
+const EXAMPLES: [&str; 2] = ["uploader.toml", "uploader-s3.toml"];
+
+fn read_example(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The config keys: every flag but `--config`, `--help` and `--version`, with `-` as `_`.
+fn config_keys() -> BTreeSet<String> {
+    Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|long| !matches!(*long, "config" | "help" | "version"))
+        .map(|long| long.replace('-', "_"))
+        .collect()
+}
+
+/// Keys the file sets or shows commented out (`key = ...` or `# key = ...` at a line's start).
+fn keys_in(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix('#').map_or(line, str::trim_start);
+            let (key, _) = line.split_once(" = ")?;
+            let key = key.trim_end();
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+                .then(|| key.to_string())
+        })
+        .collect()
+}
+
+fn load(name: &str) -> UploaderConfig {
+    let args = Args::try_parse_from(["tdmq-backup-uploader"]).expect("no flags");
+    // The real loader minus the process environment: credentials never come from a file.
+    UploaderConfig::build(args, Some(&read_example(name)), Credentials::DefaultChain)
+        .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+}
+
+#[test]
+fn the_examples_load_through_the_real_loader() {
+    for name in EXAMPLES {
+        let c = load(name);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7602", "{name}");
+        assert_eq!(c.ingester, "http://127.0.0.1:7601", "{name}");
+        assert!(c.auth_token_file.is_some(), "{name}");
+        assert_eq!(
+            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:7612"),
+            "{name}"
+        );
+    }
+    let cos = load("uploader.toml");
+    assert!(
+        cos.endpoint.is_none(),
+        "the COS example lets each rule's region pick its endpoint"
+    );
+    assert!(!cos.path_style);
+    let s3 = load("uploader-s3.toml");
+    assert!(s3.endpoint.is_some());
+    assert!(s3.path_style);
+    assert_eq!(s3.region.as_deref(), Some("us-east-1"));
+}
+
+#[test]
+fn the_examples_name_every_key_and_no_other() {
+    let known = config_keys();
+    for name in EXAMPLES {
+        let shown = keys_in(&read_example(name));
+        let missing: Vec<_> = known.difference(&shown).collect();
+        let unknown: Vec<_> = shown.difference(&known).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from examples/{name}: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "examples/{name} shows keys the uploader does not know: {unknown:?}"
+        );
+    }
+}
