@@ -20,8 +20,9 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub ingester: Option<Daemon>,
     pub uploader: Option<Daemon>,
-    /// The ports the daemons reported listening on (0 until first started). Both start on port
-    /// 0; see `start_ingester` and `start_uploader` for restarts.
+    /// The ports the daemons reported listening on: 0 until first started (their URLs then name
+    /// port 0, where connections are refused). Both start on port 0; see `start_ingester` and
+    /// `start_uploader` for restarts.
     pub ingester_port: u16,
     pub uploader_port: u16,
     /// Holds the ingester's port while it is down, for its restart there.
