@@ -43,29 +43,6 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released, so another process could take it before
-/// use; callers that can bind port 0 themselves should).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
-}
-
-/// Waits until `addr` accepts TCP connections.
-pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("nothing accepted connections on {addr} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Waits until the log at `log_path`, from byte `from` on (what one run of a process wrote),
 /// holds what `find` looks for, and returns it. Fails early, with the log, when `exited` says the
 /// process is gone, and after `timeout`.

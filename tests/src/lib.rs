@@ -18,7 +18,7 @@ pub use services::{pulsar_lite, relay, s3};
 
 pub use certs::{CertFiles, TestCerts};
 pub use daemon_log::stored_segment_sources;
-pub use daemons::{bin_path, ctl, free_port, wait_for_log, wait_for_port, Daemon};
+pub use daemons::{bin_path, ctl, wait_for_log, Daemon};
 pub use drain::{assert_subscription_drained, backlog_before_marker};
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
 pub use ports::{PortHold, PortKeeper};
