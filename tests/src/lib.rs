@@ -1,15 +1,16 @@
 //! Test harness for tdmq-backup: real services (pulsar-lite behind a relay, in-process s3s-fs),
 //! the project's daemons as processes, deterministic sample messages and an exactly-once oracle.
 //!
-//! Every test starts its own services on free ports in temporary directories; the guards kill
-//! or stop them on drop, so tests run in parallel and leave nothing behind
-//! (docs/dependencies.md §3).
+//! Every test starts its own services on ports the kernel picks (bound to port 0 and kept, see
+//! [`ports`]) in temporary directories; the guards kill or stop them on drop, so tests run in
+//! parallel and leave nothing behind (docs/dependencies.md §3).
 
 pub mod certs;
 pub mod daemon_log;
 pub mod daemons;
 pub mod drain;
 pub mod oracle;
+pub mod ports;
 pub mod producer;
 pub mod services;
 
@@ -17,9 +18,10 @@ pub use services::{pulsar_lite, relay, s3};
 
 pub use certs::{CertFiles, TestCerts};
 pub use daemon_log::stored_segment_sources;
-pub use daemons::{bin_path, ctl, free_port, wait_for_port, Daemon};
+pub use daemons::{bin_path, ctl, wait_for_log, Daemon};
 pub use drain::{assert_subscription_drained, backlog_before_marker};
 pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
+pub use ports::{PortHold, PortKeeper};
 pub use producer::{produce, produce_zlib, sample_messages, SampleMessage};
 pub use services::fault_proxy::{FaultProxy, Mode as FaultMode};
 pub use services::pulsar_lite::PulsarLite;

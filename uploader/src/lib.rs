@@ -114,7 +114,9 @@ pub async fn run(
                 },
             ),
     );
-    tracing::info!(%addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), "uploader started");
+    // Like the ingester's "ingester ready listen=ADDR": the bound address, so whoever started it
+    // on port 0 learns where it listens (the bound /metrics address is in "serving /metrics").
+    tracing::info!(listen = %addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
 
     let pipeline = puller::run_pipeline(
         PullerSettings {

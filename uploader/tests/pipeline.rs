@@ -476,11 +476,13 @@ async fn a_commit_refused_for_a_full_disk_is_retried_without_uploading_again() {
 
 #[tokio::test]
 async fn unreachable_ingester_shows_in_status_and_shutdown_is_prompt() {
-    // Bind and drop to get a port nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // A port bound for the whole test but never listened on: connections are refused, and no
+    // other process can take it (as it could a port bound and released).
+    let nowhere = tokio::net::TcpSocket::new_v4().expect("socket");
+    nowhere
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = nowhere.local_addr().expect("addr").port();
     let store_dir = tempfile::tempdir().expect("tempdir");
     let running = start(config(
         &format!("http://127.0.0.1:{port}"),

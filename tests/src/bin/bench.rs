@@ -23,7 +23,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use clap::Parser;
 use futures::StreamExt;
-use harness::{free_port, wait_for_port, PulsarLite, S3Server, SampleMessage};
+use harness::{PulsarLite, S3Server, SampleMessage};
 use pulsar::consumer::InitialPosition;
 use pulsar::{Consumer, ConsumerOptions, SubType, TokioExecutor};
 use rand::{Rng, SeedableRng};
@@ -499,6 +499,8 @@ fn table(rows: &[Row]) -> String {
 struct Proc {
     child: Child,
     log: PathBuf,
+    /// The log's length when it started: what this run logs comes after it.
+    log_start: u64,
 }
 
 impl Proc {
@@ -520,6 +522,22 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(2000);
         text.get(start..).unwrap_or("").to_string()
+    }
+    /// Waits until the daemon `name` logs that it is ready; the address it is bound to (it was
+    /// started on port 0).
+    async fn wait_ready(&mut self, name: &str) -> anyhow::Result<u16> {
+        let child = &mut self.child;
+        let addr = harness::wait_for_log(
+            &self.log,
+            self.log_start,
+            "its ready line (listen=ADDR)",
+            Duration::from_secs(30),
+            |log| harness::daemon_log::listen_addr(name, log),
+            || Ok(child.try_wait()?),
+        )
+        .await
+        .with_context(|| format!("{name} ({})", self.log.display()))?;
+        Ok(addr.port())
     }
 }
 
@@ -618,6 +636,7 @@ struct Stack {
     s3: S3Server,
     ingester: Option<Proc>,
     uploader: Option<Proc>,
+    /// The ports the daemons reported (both start on port 0; 0 until started).
     ingester_port: u16,
     uploader_port: u16,
 }
@@ -664,8 +683,8 @@ impl Bench {
             s3,
             ingester: None,
             uploader: None,
-            ingester_port: free_port(),
-            uploader_port: free_port(),
+            ingester_port: 0,
+            uploader_port: 0,
         })
     }
 }
@@ -680,6 +699,7 @@ impl Stack {
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
+        let log_start = out.metadata()?.len();
         let child = Command::new(&bin)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -688,7 +708,11 @@ impl Stack {
             .stderr(err)
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
-        Ok(Proc { child, log })
+        Ok(Proc {
+            child,
+            log,
+            log_start,
+        })
     }
 
     async fn start_ingester(&mut self) -> anyhow::Result<()> {
@@ -696,20 +720,20 @@ impl Stack {
             "--data-dir".to_string(),
             self.ingester_data().to_string_lossy().into_owned(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.ingester_port),
+            "127.0.0.1:0".into(),
         ];
         let proc = self.spawn(
             "tdmq-backup-ingester",
             &args,
             &[("RUST_LOG", "info,pulsar=warn".into())],
         )?;
-        self.ingester = Some(proc);
-        wait_for_port(
-            ([127, 0, 0, 1], self.ingester_port).into(),
-            Duration::from_secs(30),
-        )
-        .await
-        .context("the ingester did not start listening")
+        self.ingester_port = self
+            .ingester
+            .insert(proc)
+            .wait_ready("tdmq-backup-ingester")
+            .await
+            .context("the ingester did not start listening")?;
+        Ok(())
     }
 
     async fn start_uploader(&mut self) -> anyhow::Result<()> {
@@ -722,7 +746,7 @@ impl Stack {
             "--ingester".to_string(),
             self.ingester_url(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.uploader_port),
+            "127.0.0.1:0".into(),
             "--state-dir".into(),
             self.dir.join("uploader").to_string_lossy().into_owned(),
             "--endpoint".into(),
@@ -740,13 +764,13 @@ impl Stack {
             envs.push(("SSL_CERT_FILE", ca.to_string_lossy().into_owned()));
         }
         let proc = self.spawn("tdmq-backup-uploader", &args, &envs)?;
-        self.uploader = Some(proc);
-        wait_for_port(
-            ([127, 0, 0, 1], self.uploader_port).into(),
-            Duration::from_secs(30),
-        )
-        .await
-        .context("the uploader did not start listening")
+        self.uploader_port = self
+            .uploader
+            .insert(proc)
+            .wait_ready("tdmq-backup-uploader")
+            .await
+            .context("the uploader did not start listening")?;
+        Ok(())
     }
 
     fn ingester_data(&self) -> PathBuf {

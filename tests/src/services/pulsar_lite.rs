@@ -1,6 +1,6 @@
 //! A pulsar-lite broker in a temporary directory, with a [`Relay`] in front of it.
 //!
-//! Each test starts its own broker on a free port so tests run in parallel and leave nothing
+//! Each test starts its own broker on its own port so tests run in parallel and leave nothing
 //! behind (docs/dependencies.md §3). Clients must use [`PulsarLite::url`], the relay's URL:
 //! pulsar-rs cannot read pulsar-lite's MESSAGE frames directly (see the relay's module doc).
 
@@ -17,6 +17,7 @@ use tempfile::TempDir;
 use std::sync::Arc;
 
 use super::relay::{Faults, Relay};
+use crate::ports::PortHold;
 
 /// Environment variable naming the pulsar-lite binary; overrides the `.venv` lookup.
 pub const PULSAR_LITE_BIN_ENV: &str = "PULSAR_LITE_BIN";
@@ -31,6 +32,12 @@ pub struct PulsarLite {
     child: Option<Child>,
     binary: PathBuf,
     addr: SocketAddr,
+    /// The broker's port, held for as long as this guard lives (see [`crate::ports`]).
+    /// pulsar-lite binds `--addr 127.0.0.1:0` but logs "listening on 127.0.0.1:0", not the port
+    /// it got, so the harness picks the port instead: bound to port 0 and kept, handed to the
+    /// broker (which binds it with SO_REUSEADDR, as the hold allows), and still held while the
+    /// broker is down, so a restart gets it back and no other process can take it meanwhile.
+    hold: PortHold,
     dir: TempDir,
 }
 
@@ -68,34 +75,27 @@ impl PulsarLite {
         )
         .context("writing broker.toml")?;
 
-        // The free port is found by binding and releasing it, so another process can grab it in
-        // between; retry a few times with fresh ports before giving up.
-        let mut last_error = None;
-        for _ in 0..3 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], crate::daemons::free_port()));
-            let mut child = spawn_broker(&binary, dir.path(), addr)?;
-            match wait_ready(&mut child, addr, &log_path(dir.path())).await {
-                Ok(()) => {
-                    let relay = match &faults {
-                        Some(faults) => Relay::start_with_faults(addr, faults.clone()),
-                        None => Relay::start(addr),
-                    }
-                    .context("starting the relay")?;
-                    return Ok(PulsarLite {
-                        relay,
-                        child: Some(child),
-                        binary,
-                        addr,
-                        dir,
-                    });
-                }
-                Err(error) => {
-                    kill_and_wait(&mut child);
-                    last_error = Some(error);
-                }
-            }
+        let mut hold = PortHold::any().context("holding a port for pulsar-lite")?;
+        hold.make_bindable();
+        let addr = hold.addr();
+        let mut child = spawn_broker(&binary, dir.path(), addr)?;
+        if let Err(error) = wait_ready(&mut child, addr, &log_path(dir.path())).await {
+            kill_and_wait(&mut child);
+            return Err(error);
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("pulsar-lite did not start")))
+        let relay = match &faults {
+            Some(faults) => Relay::start_with_faults(addr, faults.clone()),
+            None => Relay::start(addr),
+        }
+        .context("starting the relay")?;
+        Ok(PulsarLite {
+            relay,
+            child: Some(child),
+            binary,
+            addr,
+            hold,
+            dir,
+        })
     }
 
     /// The URL clients use: the relay's, not the broker's.
@@ -136,10 +136,11 @@ impl PulsarLite {
         }
     }
 
-    /// Starts the broker again on the same port with the same data, and waits until it accepts
-    /// connections. Kills it first if it is still running.
+    /// Starts the broker again on the same port (held meanwhile) with the same data, and waits
+    /// until it accepts connections. Kills it first if it is still running.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
+        self.hold.make_bindable();
         let mut child = spawn_broker(&self.binary, self.dir.path(), self.addr)?;
         if let Err(error) = wait_ready(&mut child, self.addr, &self.log_path()).await {
             kill_and_wait(&mut child);
@@ -254,7 +255,8 @@ fn spawn_broker(binary: &Path, dir: &Path, addr: SocketAddr) -> anyhow::Result<C
         .with_context(|| format!("spawning {}", binary.display()))
 }
 
-/// Polls until `addr` accepts TCP connections, failing early if the process exits.
+/// Polls until `addr` accepts TCP connections, failing early if the process exits. The port is
+/// held for the broker, so whatever accepts there is this broker.
 async fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {

@@ -22,6 +22,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
+use crate::ports::PortHold;
+
 /// Access key every test server accepts.
 pub const ACCESS_KEY: &str = "test-access-key";
 /// Secret key every test server accepts.
@@ -32,6 +34,10 @@ pub const REGION: &str = "us-east-1";
 /// A running (or stopped) s3s-fs server. Dropping it stops serving; the data dir is deleted.
 pub struct S3Server {
     addr: SocketAddr,
+    /// Keeps the port while the server is stopped, so that `restart` finds it free (see
+    /// [`crate::ports`]): clients get "connection refused" in between, as from a store that is
+    /// down, and no other process can take the port.
+    hold: PortHold,
     task: Option<JoinHandle<()>>,
     /// Removed on drop; holds `data/` and, over HTTPS, `ca.pem`.
     _dir: TempDir,
@@ -48,7 +54,7 @@ struct ServerTls {
 }
 
 impl S3Server {
-    /// Starts a server on a free loopback port with an empty data directory.
+    /// Starts a server on a loopback port the kernel picks, with an empty data directory.
     pub async fn start() -> anyhow::Result<S3Server> {
         Self::start_with(false).await
     }
@@ -74,15 +80,17 @@ impl S3Server {
         } else {
             None
         };
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        // Port 0, kept: the hold first, then the listener on the held port.
+        let mut hold = PortHold::any().context("binding the S3 server's port")?;
+        hold.make_bindable();
+        let addr = hold.addr();
+        let listener = TcpListener::bind(addr)
             .await
-            .context("binding the S3 server")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the S3 server address")?;
+            .with_context(|| format!("binding the S3 server on {addr}"))?;
         let task = serve(listener, &data, tls.as_ref().map(|t| t.acceptor.clone()))?;
         Ok(S3Server {
             addr,
+            hold,
             task: Some(task),
             _dir: dir,
             data,
@@ -125,8 +133,9 @@ impl S3Server {
     }
 
     /// Stops serving: closes the listener and every open connection (clients see connection
-    /// errors, as with a store outage). The data stays. Waits until the port is released so that
-    /// [`S3Server::restart`] can bind it again.
+    /// errors, as with a store outage). The data stays, and so does the port (held, not
+    /// listening: connections are refused). Waits until the listener is closed so that
+    /// [`S3Server::restart`] can listen there again.
     pub async fn stop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
@@ -135,9 +144,11 @@ impl S3Server {
         }
     }
 
-    /// Serves again on the same port with the same data (stops first if still running).
+    /// Serves again on the same port with the same data (stops first if still running). The
+    /// port was held meanwhile, so nothing else can have taken it.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
+        self.hold.make_bindable();
         let listener = TcpListener::bind(self.addr)
             .await
             .with_context(|| format!("re-binding the S3 server on {}", self.addr))?;

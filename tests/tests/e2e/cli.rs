@@ -301,7 +301,10 @@ async fn rule_edit_of_the_service_url_restarts_the_consumer() -> anyhow::Result<
         .wait_until_backed_up("moved", 100, Duration::from_secs(60))
         .await?;
 
-    let dead = format!("pulsar://127.0.0.1:{}", harness::free_port());
+    // A port held for the test and never listened on: connections are refused, and no other
+    // process can start listening there.
+    let nowhere = harness::PortHold::any()?;
+    let dead = format!("pulsar://{}", nowhere.addr());
     let edited = stack.ctl_json(&["rule", "edit", "moved", "--service-url", &dead])?;
     assert_eq!(edited["service_url"], dead.as_str());
     let status = eventually(

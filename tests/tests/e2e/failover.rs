@@ -6,10 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use harness::{
-    assert_subscription_drained, free_port, produce, read_all, sample_messages, wait_for_port,
-    Daemon,
-};
+use harness::{assert_subscription_drained, produce, read_all, sample_messages, Daemon};
 
 use crate::util::{unique_topic, Stack, BUCKET};
 
@@ -20,32 +17,29 @@ struct Standby {
 }
 
 async fn start_standby(stack: &Stack) -> anyhow::Result<Standby> {
-    let ingester_port = free_port();
-    let uploader_port = free_port();
-    let url = format!("http://127.0.0.1:{ingester_port}");
-    let ingester = Daemon::spawn(
+    // Both on port 0; the ingester's ready line says where it listens. The ready lines are INFO.
+    let mut ingester = Daemon::spawn(
         "tdmq-backup-ingester",
         &[
             "--data-dir".into(),
             stack.path("ingester-b").to_string_lossy().into_owned(),
             "--listen".into(),
-            format!("127.0.0.1:{ingester_port}"),
+            "127.0.0.1:0".into(),
         ],
-        &[],
+        &[("RUST_LOG".into(), "info,pulsar=warn".into())],
         stack.path("ingester-b.log"),
     )?;
-    wait_for_port(
-        ([127, 0, 0, 1], ingester_port).into(),
-        Duration::from_secs(20),
-    )
-    .await?;
-    let uploader = Daemon::spawn(
+    let url = format!(
+        "http://{}",
+        ingester.wait_ready(Duration::from_secs(20)).await?
+    );
+    let mut uploader = Daemon::spawn(
         "tdmq-backup-uploader",
         &[
             "--ingester".into(),
             url.clone(),
             "--listen".into(),
-            format!("127.0.0.1:{uploader_port}"),
+            "127.0.0.1:0".into(),
             "--state-dir".into(),
             stack.path("uploader-b").to_string_lossy().into_owned(),
             "--endpoint".into(),
@@ -56,14 +50,11 @@ async fn start_standby(stack: &Stack) -> anyhow::Result<Standby> {
         &[
             ("AWS_ACCESS_KEY_ID".into(), stack.s3.access_key().into()),
             ("AWS_SECRET_ACCESS_KEY".into(), stack.s3.secret_key().into()),
+            ("RUST_LOG".into(), "info".into()),
         ],
         stack.path("uploader-b.log"),
     )?;
-    wait_for_port(
-        ([127, 0, 0, 1], uploader_port).into(),
-        Duration::from_secs(20),
-    )
-    .await?;
+    uploader.wait_ready(Duration::from_secs(20)).await?;
     Ok(Standby {
         ingester,
         _uploader: uploader,

@@ -352,21 +352,26 @@ async fn consumer_survives_a_broker_kill_mid_stream() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_binary_serves_clients_and_stops_on_sigterm() -> anyhow::Result<()> {
     let broker = PulsarLite::start().await?;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
     let log = broker.dir().join("relay-bin.log");
     let mut relay = harness::Daemon::spawn(
         "tdmq-backup-relay",
         &[
             "--listen".to_owned(),
-            listen.to_string(),
+            "127.0.0.1:0".to_owned(),
             "--broker".to_owned(),
             broker.broker_addr().to_string(),
         ],
-        &[],
+        &[("RUST_LOG".to_owned(), "info,pulsar=error".to_owned())],
         log,
     )?;
-    harness::wait_for_port(listen, Duration::from_secs(10)).await?;
-    let url = format!("pulsar://{listen}");
+    // On port 0: it says where it listens ("relay running url=pulsar://ADDR").
+    let url = relay
+        .wait_for_log(
+            "its URL (relay running url=)",
+            Duration::from_secs(10),
+            |log| harness::daemon_log::field_of(log, "relay running", "url"),
+        )
+        .await?;
     let topic = unique_topic("selftest-relay-bin");
     let messages = sample_messages(100, 17);
     produce(&url, &topic, &messages, false).await?;

@@ -2,10 +2,11 @@
 //! `/metrics` endpoints, and secrets (the Pulsar token, the control-plane token) kept out of
 //! every reply, log line and error.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use harness::{free_port, produce, sample_messages};
+use harness::{produce, sample_messages};
 use proto::auth::{SendToken, UNAUTHENTICATED};
 use proto::types::Secret;
 use proto::v1;
@@ -20,10 +21,10 @@ const RULE: &str = "ops-bk";
 const MESSAGES: usize = 300;
 
 /// `GET /metrics` over a plain TCP connection; the body.
-async fn scrape(port: u16) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
         .await
-        .with_context(|| format!("connecting to the metrics port {port}"))?;
+        .with_context(|| format!("connecting to the metrics port {addr}"))?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await?;
@@ -91,7 +92,6 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
     let control = stack.path("control.token");
     std::fs::write(&control, format!("{CONTROL_TOKEN}\n"))?;
     let control_s = control.to_string_lossy().into_owned();
-    let (ingester_metrics, uploader_metrics) = (free_port(), free_port());
     // Debug logs: the strictest place to look for a leaked token.
     let debug = (
         "RUST_LOG".to_string(),
@@ -102,7 +102,7 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
             "--auth-token-file".into(),
             control_s.clone(),
             "--metrics-listen".into(),
-            format!("127.0.0.1:{ingester_metrics}"),
+            "127.0.0.1:0".into(),
         ],
         env: vec![debug.clone()],
     };
@@ -111,12 +111,25 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
             "--auth-token-file".into(),
             control_s.clone(),
             "--metrics-listen".into(),
-            format!("127.0.0.1:{uploader_metrics}"),
+            "127.0.0.1:0".into(),
         ],
         env: vec![debug],
     };
     stack.start_ingester().await?;
     stack.start_uploader().await?;
+    // Both on port 0: where they serve /metrics is in their logs.
+    let ingester_metrics = stack
+        .ingester
+        .as_mut()
+        .context("the ingester")?
+        .wait_metrics_addr(Duration::from_secs(20))
+        .await?;
+    let uploader_metrics = stack
+        .uploader
+        .as_mut()
+        .context("the uploader")?
+        .wait_metrics_addr(Duration::from_secs(20))
+        .await?;
     let mut ctl_outputs = String::new();
 
     // 1. ctl without the token: refused, non-zero, says why.
@@ -336,7 +349,7 @@ async fn an_unreadable_or_empty_token_file_stops_the_start_naming_key_and_path(
                 dir_flag,
                 &state.to_string_lossy(),
                 "--listen",
-                &format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0",
                 "--auth-token-file",
                 &token_file.to_string_lossy(),
             ])

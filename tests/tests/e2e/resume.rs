@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{check_exactly_once, read_all, wait_for_port, Daemon, FaultMode, FaultProxy};
+use harness::{check_exactly_once, read_all, Daemon, FaultMode, FaultProxy};
 use harness::{produce, S3Server, SampleMessage};
 use rand::{Rng, SeedableRng};
 
@@ -48,7 +48,7 @@ async fn start_uploader(
         "--ingester",
         &stack.ingester_url(),
         "--listen",
-        &format!("127.0.0.1:{}", stack.uploader_port),
+        "127.0.0.1:0",
         "--state-dir",
         &stack.path("uploader").to_string_lossy(),
         "--endpoint",
@@ -77,18 +77,13 @@ async fn start_uploader(
         ("RUST_LOG".to_string(), "info".to_string()),
     ];
     all_envs.extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    stack.uploader = Some(Daemon::spawn(
+    let uploader = Daemon::spawn(
         "tdmq-backup-uploader",
         &args,
         &all_envs,
         stack.path("uploader.log"),
-    )?);
-    wait_for_port(
-        ([127, 0, 0, 1], stack.uploader_port).into(),
-        Duration::from_secs(20),
-    )
-    .await
-    .context("the uploader did not start listening")
+    )?;
+    stack.adopt_uploader(uploader).await
 }
 
 /// Broker, S3, ingester; a rule holding the whole topic in one segment; ~40 MB produced and

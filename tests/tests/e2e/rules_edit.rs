@@ -238,7 +238,9 @@ async fn a_second_rule_on_the_same_subscription_is_refused() -> anyhow::Result<(
     // Another subscription, another topic or another cluster: no clash.
     stack.create_rule("other-sub", &topic, &["--subscription", "other"])?;
     stack.create_rule("other-topic", &unique_topic("else"), &[])?;
-    let elsewhere = format!("pulsar://127.0.0.1:{}", harness::free_port());
+    // A port held for the test and never listened on: no broker there, and nothing else gets it.
+    let nowhere = harness::PortHold::any()?;
+    let elsewhere = format!("pulsar://{}", nowhere.addr());
     stack.create_rule("other-cluster", &topic, &["--service-url", &elsewhere])?;
 
     let clash = stack.ctl(&["rule", "edit", "other-sub", "--subscription", SUBSCRIPTION]);

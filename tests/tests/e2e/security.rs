@@ -144,7 +144,7 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
         &env,
         dir.path().join("uploader-token.log"),
     )?;
-    wait_for_log_line(&mut uploader, "uploader started").await?;
+    wait_for_log_line(&mut uploader, "uploader ready").await?;
     assert_warns_about_mode(&uploader.log(), &token);
     drop(uploader);
 
@@ -174,7 +174,7 @@ async fn a_daemon_listening_beyond_loopback_needs_a_token_or_an_explicit_opt_out
         &env_open,
         dir.path().join("uploader-open.log"),
     )?;
-    wait_for_log_line(&mut uploader, "uploader started").await?;
+    wait_for_log_line(&mut uploader, "uploader ready").await?;
     assert!(
         uploader.log().contains("allow_unauthenticated"),
         "{}",
@@ -530,7 +530,7 @@ async fn a_token_sent_over_plain_http_beyond_loopback_is_warned_about() -> anyho
         &[("RUST_LOG".to_string(), "info".to_string())],
         dir.path().join("uploader.log"),
     )?;
-    wait_for_log_line(&mut uploader, "uploader started").await?;
+    wait_for_log_line(&mut uploader, "uploader ready").await?;
     let log = harness::daemon_log::strip_ansi(&uploader.log());
     assert!(
         log.lines()

@@ -8,9 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
-use harness::{
-    bin_path, check_exactly_once, free_port, produce, sample_messages, CertFiles, TestCerts,
-};
+use harness::{bin_path, check_exactly_once, produce, sample_messages, CertFiles, TestCerts};
 
 use crate::util::{eventually, unique_topic, Extra, Stack};
 
@@ -260,7 +258,7 @@ async fn bad_tls_files_stop_the_start_naming_key_and_path() -> anyhow::Result<()
                 dir_flag,
                 &state.to_string_lossy(),
                 "--listen",
-                &format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0",
             ])
             .args(&flags)
             .env("COS_SECRET_ID", "")

@@ -6,10 +6,13 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{bin_path, free_port, wait_for_port, Daemon, PulsarLite, S3Server};
+use harness::{bin_path, Daemon, PortKeeper, PulsarLite, S3Server};
 use serde_json::Value;
 
 pub const BUCKET: &str = "backup-bucket";
+
+/// How long a daemon may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Stack {
     pub pulsar: PulsarLite,
@@ -17,8 +20,13 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub ingester: Option<Daemon>,
     pub uploader: Option<Daemon>,
+    /// The ports the daemons reported listening on: 0 until first started (their URLs then name
+    /// port 0, where connections are refused). Both start on port 0; see `start_ingester` and
+    /// `start_uploader` for restarts.
     pub ingester_port: u16,
     pub uploader_port: u16,
+    /// Holds the ingester's port while it is down, for its restart there.
+    pub ingester_port_keeper: PortKeeper,
     /// Added to the next `start_ingester` / `start_uploader` (failpoints, quotas, ...).
     pub ingester_extra: Extra,
     pub uploader_extra: Extra,
@@ -87,8 +95,9 @@ impl Stack {
             dir: tempfile::tempdir()?,
             ingester: None,
             uploader: None,
-            ingester_port: free_port(),
-            uploader_port: free_port(),
+            ingester_port: 0,
+            uploader_port: 0,
+            ingester_port_keeper: PortKeeper::new(),
             ingester_extra: Extra::default(),
             uploader_extra: Extra::default(),
             ctl_token_file: None,
@@ -119,7 +128,13 @@ impl Stack {
         self.dir.path().join(name)
     }
 
+    /// Starts the ingester: the first time on port 0 (it reports the port it got), again
+    /// (after a kill -9, a SIGTERM) on the port it had, since the uploader keeps that URL. That
+    /// re-bind is of the ingester's own port, held by `ingester_port_keeper` since its previous
+    /// run exited, so no other process can have taken it meanwhile.
     pub async fn start_ingester(&mut self) -> anyhow::Result<()> {
+        // A previous run still here is killed now (its port then held).
+        drop(self.ingester.take());
         let args = vec![
             "--data-dir".to_string(),
             self.path("ingester").to_string_lossy().into_owned(),
@@ -130,27 +145,34 @@ impl Stack {
         args.extend(self.ingester_extra.args.iter().cloned());
         let mut envs = vec![("RUST_LOG".to_string(), "info,pulsar=warn".to_string())];
         envs.extend(self.ingester_extra.env.iter().cloned());
-        self.ingester = Some(Daemon::spawn(
+        self.ingester_port_keeper.make_bindable();
+        let ingester = self.ingester.insert(Daemon::spawn(
             "tdmq-backup-ingester",
             &args,
             &envs,
             self.path("ingester.log"),
         )?);
-        wait_for_port(
-            ([127, 0, 0, 1], self.ingester_port).into(),
-            Duration::from_secs(20),
-        )
-        .await
-        .context("the ingester did not start listening")?;
+        let addr = ingester
+            .wait_ready(READY_TIMEOUT)
+            .await
+            .context("the ingester did not start listening")?;
+        self.ingester_port_keeper.release();
+        ingester.keep_port_when_gone(self.ingester_port_keeper.clone());
+        self.ingester_port = addr.port();
         Ok(())
     }
 
+    /// Starts the uploader on port 0 (it reports the port it got), a restart too: only `ctl`
+    /// (through this stack) needs its address.
     pub async fn start_uploader(&mut self) -> anyhow::Result<()> {
+        if self.ingester_port == 0 {
+            bail!("start the ingester first: the uploader is given its URL");
+        }
         let mut args = vec![
             "--ingester".to_string(),
             self.ingester_url(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.uploader_port),
+            "127.0.0.1:0".into(),
             "--state-dir".into(),
             self.path("uploader").to_string_lossy().into_owned(),
             "--path-style".into(),
@@ -184,18 +206,28 @@ impl Stack {
         }
         args.extend(self.uploader_extra.args.iter().cloned());
         envs.extend(self.uploader_extra.env.iter().cloned());
-        self.uploader = Some(Daemon::spawn(
+        let uploader = self.uploader.insert(Daemon::spawn(
             "tdmq-backup-uploader",
             &args,
             &envs,
             self.path("uploader.log"),
         )?);
-        wait_for_port(
-            ([127, 0, 0, 1], self.uploader_port).into(),
-            Duration::from_secs(20),
-        )
-        .await
-        .context("the uploader did not start listening")?;
+        self.uploader_port = uploader
+            .wait_ready(READY_TIMEOUT)
+            .await
+            .context("the uploader did not start listening")?
+            .port();
+        Ok(())
+    }
+
+    /// Waits for an uploader a test spawned itself to be ready, and makes it this stack's.
+    pub async fn adopt_uploader(&mut self, uploader: Daemon) -> anyhow::Result<()> {
+        let uploader = self.uploader.insert(uploader);
+        self.uploader_port = uploader
+            .wait_ready(READY_TIMEOUT)
+            .await
+            .context("the uploader did not start listening")?
+            .port();
         Ok(())
     }
 
