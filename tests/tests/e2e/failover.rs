@@ -129,11 +129,19 @@ async fn a_standby_ingester_takes_over_and_nothing_is_lost() -> anyhow::Result<(
         "ingester A sealing a segment",
         Duration::from_secs(30),
         || {
-            let s = stack.ctl_json(&["--ingester", &stack.ingester_url(), "status", "fo"])?;
-            let rule = &s["rules"][0];
-            let sealed = rule["sealed_segments"].as_u64().unwrap_or(0);
-            let acked = rule["messages_acked"].as_u64().unwrap_or(0);
-            Ok((sealed > 0 || acked > 0).then_some(()))
+            // `segments` shows a segment `sealed` only once its seal is flushed; `status`'s
+            // `sealed_segments` also counts closed ones, which a kill -9 may cut from the spool
+            // (A then has nothing of its own to ship, and the test saw one spool id, not two).
+            let s = stack.ctl_json(&["--ingester", &stack.ingester_url(), "segments", "fo"])?;
+            let durable = s["segments"].as_array().is_some_and(|segments| {
+                segments
+                    .iter()
+                    .any(|seg| matches!(seg["state"].as_str(), Some("sealed" | "stored")))
+            });
+            // Or stored and acknowledged already (then freed from the list).
+            let status = stack.ctl_json(&["--ingester", &stack.ingester_url(), "status", "fo"])?;
+            let acked = status["rules"][0]["messages_acked"].as_u64().unwrap_or(0);
+            Ok((durable || acked > 0).then_some(()))
         },
     )
     .await?;
