@@ -174,11 +174,20 @@ async fn kill_at_every_durable_step_loses_and_duplicates_nothing() -> anyhow::Re
             } else {
                 stack.uploader.as_mut()
             };
-            let exited = match victim {
-                Some(d) => d.try_status()?.is_some(),
-                None => true,
+            let Some(victim) = victim else {
+                anyhow::bail!("the {daemon} is not running");
             };
-            if exited {
+            if let Some(status) = victim.try_status()? {
+                // Died at the failpoint (it aborts, after saying so), not of anything else: a
+                // panic or an error exit would pass this test for the wrong reason.
+                let name = point.split('@').next().unwrap_or(point);
+                assert!(
+                    victim.log().contains(&format!("failpoint {name} reached")),
+                    "the {daemon} exited ({status}) without reaching {point}:\n{}",
+                    victim.log()
+                );
+                use std::os::unix::process::ExitStatusExt as _;
+                assert_eq!(status.signal(), Some(6), "{point}: not an abort: {status}");
                 break;
             }
             assert!(
