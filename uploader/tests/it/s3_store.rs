@@ -14,9 +14,7 @@ use uploader::store::{Body, PutRequest, RequestChecksum, S3Target};
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-mod common;
-
-use common::{serve, Recorder, Server, TamperChecksums, AK, BUCKET, SK};
+use crate::common::{serve, Recorder, Server, TamperChecksums, AK, BUCKET, SK};
 
 const MIB: usize = 1 << 20;
 

@@ -2,8 +2,6 @@
 //! server (SigV4 checked, plain files under a temp dir) or moto's server (a second, independent
 //! S3 implementation, run as a process) — and SDK interceptors that record or alter requests.
 
-#![allow(dead_code)] // each test file uses its own subset
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -108,8 +106,8 @@ const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct MotoServer {
     child: Child,
     pub addr: SocketAddr,
-    /// Holds the server's log.
-    pub dir: tempfile::TempDir,
+    /// Holds the server's log (removed with the server).
+    _log_dir: tempfile::TempDir,
 }
 
 impl MotoServer {
@@ -132,7 +130,7 @@ impl MotoServer {
         let mut server = MotoServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
+            _log_dir: dir,
         };
         // Port 0: the server prints where it listens (" * Running on http://127.0.0.1:PORT").
         let deadline = Instant::now() + MOTO_READY_TIMEOUT;
