@@ -242,16 +242,26 @@ pub type Recorded = (String, String, Vec<String>);
 
 /// Records every request the SDK is about to send.
 #[derive(Debug, Clone, Default)]
-pub struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+pub struct Recorder {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Part number and Content-Length of every UploadPart.
+    parts: Arc<Mutex<Vec<(u32, u64)>>>,
+}
 
 impl Recorder {
     pub fn requests(&self) -> Vec<Recorded> {
-        self.0.lock().expect("test mutex").clone()
+        self.requests.lock().expect("test mutex").clone()
     }
 
-    /// The requests so far, forgetting them.
+    /// The requests so far, forgetting them (and their parts).
     pub fn take(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.0.lock().expect("test mutex"))
+        self.parts.lock().expect("test mutex").clear();
+        std::mem::take(&mut *self.requests.lock().expect("test mutex"))
+    }
+
+    /// The UploadPart requests so far: part number and Content-Length, in the order sent.
+    pub fn part_sizes(&self) -> Vec<(u32, u64)> {
+        self.parts.lock().expect("test mutex").clone()
     }
 }
 
@@ -272,7 +282,23 @@ impl Intercept for Recorder {
             .iter()
             .map(|(k, _)| k.to_ascii_lowercase())
             .collect();
-        self.0.lock().expect("test mutex").push((
+        let part_number = req
+            .uri()
+            .split("partNumber=")
+            .nth(1)
+            .and_then(|n| n.split('&').next())
+            .and_then(|n| n.parse().ok());
+        let length = req
+            .headers()
+            .get("content-length")
+            .and_then(|n| n.parse().ok());
+        if let (Some(part_number), Some(length), "PUT") = (part_number, length, req.method()) {
+            self.parts
+                .lock()
+                .expect("test mutex")
+                .push((part_number, length));
+        }
+        self.requests.lock().expect("test mutex").push((
             req.method().to_string(),
             req.uri().to_string(),
             headers,
