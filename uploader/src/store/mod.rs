@@ -334,7 +334,7 @@ impl Store {
     /// Writes the object in one request and returns only once the store has confirmed it
     /// (PutObject succeeded, or the file is renamed into place). An S3 object above the multipart
     /// threshold is refused ([`UploadError::TooLargeForSinglePut`]): it goes through
-    /// [`crate::multipart::upload`], as [`crate::upload`] sends it.
+    /// [`crate::multipart::upload`], as [`crate::upload::put_segment`] sends it.
     pub async fn put_object(
         &self,
         req: &PutRequest,

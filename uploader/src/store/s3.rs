@@ -249,7 +249,7 @@ impl S3Store {
     /// before the first byte is sent, and the body is read to its end (where a length or CRC32C
     /// mismatch shows) before anything is. An object above the multipart threshold is refused
     /// ([`UploadError::TooLargeForSinglePut`]) before any of it is read: it goes up through the
-    /// resumable [`crate::multipart::upload`] (as [`crate::upload`] sends such segments), and
+    /// resumable [`crate::multipart::upload`] (as [`crate::upload::put_segment`] sends it), and
     /// buffering it here would hold the whole object in memory.
     pub async fn put_object(
         &self,
