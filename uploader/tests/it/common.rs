@@ -185,6 +185,22 @@ impl Drop for MotoServer {
     }
 }
 
+/// Why moto's server cannot be used here, when nobody asked for it: `MOTO_SERVER_BIN` is unset
+/// and the checkout has no `.venv/bin/moto_server`. Tests that may be skipped then print this
+/// and return. Once the variable is set (CI and `scripts/test.sh` set it) a missing or broken
+/// server is a failure, never a skip.
+pub fn moto_not_installed() -> Option<String> {
+    let default = workspace_root().join(".venv/bin/moto_server");
+    if std::env::var_os(MOTO_SERVER_BIN_ENV).is_some() || default.is_file() {
+        return None;
+    }
+    Some(format!(
+        "{MOTO_SERVER_BIN_ENV} is unset and {} does not exist \
+         (scripts/setup-test-services.sh installs it)",
+        default.display()
+    ))
+}
+
 /// `$MOTO_SERVER_BIN`, else the checkout's `.venv/bin/moto_server`; either way the Python next
 /// to it must have `crc32c` (without it moto silently stores CRC32 under the CRC32C name).
 pub fn find_moto_server() -> Result<PathBuf, String> {
