@@ -44,6 +44,15 @@ pub enum UploadError {
     #[error("{0}")]
     EndpointNotAllowed(String),
 
+    /// A single PutObject was asked for an object above the multipart threshold. Such objects go
+    /// up through the resumable multipart upload ([`crate::multipart::upload`]); a caller that
+    /// gets this sent one down the wrong path, and nothing of the body was read or sent.
+    #[error(
+        "an object of {len} bytes is above the multipart threshold ({threshold} bytes): it must \
+         go up as a multipart upload, not one PutObject"
+    )]
+    TooLargeForSinglePut { len: u64, threshold: u64 },
+
     /// An object-store request failed; `message` is the SDK's display chain.
     #[error("{op} failed: {message}")]
     Store { op: &'static str, message: String },

@@ -13,7 +13,9 @@ use crate::ingester::{self, Client};
 use crate::local_read::LocalReads;
 use crate::multipart::{self, Journal};
 use crate::status::StatusState;
-use crate::store::{content_type_for, FileStore, PutRequest, Store, StoreRouter, Target};
+use crate::store::{
+    content_type_for, Body, FileStore, PutOutcome, PutRequest, Store, StoreRouter, Target,
+};
 use crate::verify::{self, Expected};
 
 pub struct UploadContext {
@@ -176,24 +178,7 @@ async fn store_segment(
         None => (ingester::read_segment(client, seg).await?, Source::Ingester),
     };
     let body = verify::verifying(body, expected, progress);
-    let request = PutRequest {
-        bucket: seg.bucket.clone(),
-        key: seg.object_key.clone(),
-        metadata: object_metadata(seg),
-        content_type: content_type_for(&seg.content_encoding).to_string(),
-        total_len: seg.file_bytes,
-    };
-    let outcome = match (&store, &target) {
-        (Store::S3(s3), Target::S3(t)) if s3.uses_multipart(request.total_len) => {
-            let identity = multipart::Identity::new(seg, t, s3.part_size());
-            multipart::upload(s3, &ctx.stores, &ctx.journal, identity, &request, body).await
-        }
-        _ => {
-            // One buffer, but it counts against the other uploads' share of the part budget.
-            let _running = ctx.stores.part_budget().begin();
-            store.put_object(&request, body).await
-        }
-    };
+    let outcome = put_segment(&ctx.stores, &ctx.journal, &store, &target, seg, body).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -205,6 +190,43 @@ async fn store_segment(
     };
     proto::failpoint::hit("uploader:after_put");
     Ok((outcome.etag, source))
+}
+
+/// What the segment's object is written as: its key, user metadata and content type.
+pub fn put_request(seg: &SegmentInfo) -> PutRequest {
+    PutRequest {
+        bucket: seg.bucket.clone(),
+        key: seg.object_key.clone(),
+        metadata: object_metadata(seg),
+        content_type: content_type_for(&seg.content_encoding).to_string(),
+        total_len: seg.file_bytes,
+    }
+}
+
+/// Writes the segment's object from `body` (already verifying) and returns once the store has
+/// confirmed it: above the multipart threshold an S3 object goes up as a resumable multipart
+/// upload ([`multipart::upload`], journalled in `journal`), anything else with one request
+/// ([`Store::put_object`]). `store` must be the store of `target`.
+pub async fn put_segment(
+    stores: &StoreRouter,
+    journal: &Journal,
+    store: &Store,
+    target: &Target,
+    seg: &SegmentInfo,
+    body: Body,
+) -> Result<PutOutcome, UploadError> {
+    let request = put_request(seg);
+    match (store, target) {
+        (Store::S3(s3), Target::S3(t)) if s3.uses_multipart(request.total_len) => {
+            let identity = multipart::Identity::new(seg, t, s3.part_size());
+            multipart::upload(s3, stores, journal, identity, &request, body).await
+        }
+        _ => {
+            // One buffer, but it counts against the other uploads' share of the part budget.
+            let _running = stores.part_budget().begin();
+            store.put_object(&request, body).await
+        }
+    }
 }
 
 fn check_segment(seg: &SegmentInfo) -> Result<(), UploadError> {

@@ -28,7 +28,8 @@ pub use s3::S3Store;
 /// made visible: the last item is where a length or checksum mismatch is reported.
 pub type Body = BoxStream<'static, Result<Bytes, UploadError>>;
 
-/// What to write. `total_len` is the announced size (it picks single PUT or multipart).
+/// What to write. `total_len` is the announced size: above the multipart threshold an S3 object
+/// must go up through [`crate::multipart::upload`]; [`S3Store::put_object`] refuses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutRequest {
     pub bucket: String,
@@ -330,8 +331,10 @@ pub enum Store {
 }
 
 impl Store {
-    /// Writes the object; returns only once the store has confirmed it (PutObject or
-    /// CompleteMultipartUpload succeeded, or the file is renamed into place).
+    /// Writes the object in one request and returns only once the store has confirmed it
+    /// (PutObject succeeded, or the file is renamed into place). An S3 object above the multipart
+    /// threshold is refused ([`UploadError::TooLargeForSinglePut`]): it goes through
+    /// [`crate::multipart::upload`], as [`crate::upload::put_segment`] sends it.
     pub async fn put_object(
         &self,
         req: &PutRequest,

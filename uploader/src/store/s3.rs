@@ -245,27 +245,25 @@ impl S3Store {
         &self.client
     }
 
-    /// Writes the object in one go: a single PUT, or a multipart upload that is aborted on any
-    /// error. The uploader itself sends multipart objects through the resumable
-    /// [`crate::multipart::upload`] instead.
+    /// One PutObject, the body buffered whole: its checksum goes in a header, so it must be known
+    /// before the first byte is sent, and the body is read to its end (where a length or CRC32C
+    /// mismatch shows) before anything is. An object above the multipart threshold is refused
+    /// ([`UploadError::TooLargeForSinglePut`]) before any of it is read: it goes up through the
+    /// resumable [`crate::multipart::upload`] (as [`crate::upload::put_segment`] sends it), and
+    /// buffering it here would hold the whole object in memory.
     pub async fn put_object(
         &self,
         req: &PutRequest,
         body: Body,
     ) -> Result<PutOutcome, UploadError> {
-        if !self.uses_multipart(req.total_len) {
-            self.put_single(req, body).await
-        } else {
-            self.put_multipart(req, body).await
+        if self.uses_multipart(req.total_len) {
+            return Err(UploadError::TooLargeForSinglePut {
+                len: req.total_len,
+                threshold: self.multipart_threshold,
+            });
         }
-    }
-
-    async fn put_single(&self, req: &PutRequest, body: Body) -> Result<PutOutcome, UploadError> {
-        // The announced length bounds the buffer too: a longer body is refused either way.
-        let limit =
-            usize::try_from(self.multipart_threshold.min(req.total_len)).unwrap_or(usize::MAX);
-        // Buffered whole: the checksum must be known before the first byte is sent, and the
-        // body is verified (read to its end) before the object can exist.
+        // The announced length bounds the buffer: a longer body is refused.
+        let limit = usize::try_from(req.total_len).unwrap_or(usize::MAX);
         let data = PartReader::new(body, self.buffers.clone())
             .read_to_end(limit)
             .await?;
@@ -298,57 +296,6 @@ impl S3Store {
         Ok(PutOutcome {
             etag: out.e_tag().unwrap_or_default().to_string(),
         })
-    }
-
-    async fn put_multipart(&self, req: &PutRequest, body: Body) -> Result<PutOutcome, UploadError> {
-        let upload_id = self.create_multipart(req).await?;
-        let mut state = MultipartState {
-            bucket: req.bucket.clone(),
-            key: req.key.clone(),
-            upload_id,
-            part_size: self.part_size as u64,
-            parts: Vec::new(),
-        };
-        match self.upload_parts_and_complete(&mut state, body).await {
-            Ok(outcome) => Ok(outcome),
-            Err(err) => {
-                self.abort(&state).await;
-                Err(err)
-            }
-        }
-    }
-
-    /// Parts go one after another: memory per segment stays at one part, and concurrency comes
-    /// from uploading several segments at once.
-    async fn upload_parts_and_complete(
-        &self,
-        state: &mut MultipartState,
-        body: Body,
-    ) -> Result<PutOutcome, UploadError> {
-        let mut reader = PartReader::new(body, self.buffers.clone());
-        // `next_part` returns None only once the body has ended and passed its checks, so
-        // Complete is never reached with a short or corrupt body.
-        while let Some(part) = reader.next_part(self.part_size).await? {
-            if state.parts.len() >= MAX_PARTS {
-                return Err(UploadError::Integrity(format!(
-                    "more than {MAX_PARTS} parts of {} bytes",
-                    self.part_size
-                )));
-            }
-            let part_number = i32::try_from(state.parts.len() + 1).unwrap_or(i32::MAX);
-            let uploaded = self
-                .upload_part(
-                    &state.bucket,
-                    &state.key,
-                    &state.upload_id,
-                    part_number,
-                    part.clone(),
-                )
-                .await;
-            self.buffers.give_back(part);
-            state.parts.push(uploaded?);
-        }
-        self.complete_multipart(state).await
     }
 
     /// CreateMultipartUpload with the object's metadata (and the CRC32C algorithm when the parts
@@ -550,22 +497,6 @@ impl S3Store {
             Ok(_) => Ok(()),
             Err(err) if is_no_such_upload(&err) => Ok(()),
             Err(err) => Err(sdk_error("AbortMultipartUpload", err)),
-        }
-    }
-
-    /// Best effort: an upload left behind only costs storage until the bucket's lifecycle rule
-    /// (or a later retry's abort) removes it; it is never visible as an object.
-    async fn abort(&self, state: &MultipartState) {
-        if let Err(err) = self
-            .abort_multipart(&state.bucket, &state.key, &state.upload_id)
-            .await
-        {
-            tracing::warn!(
-                bucket = %state.bucket,
-                key = %state.key,
-                error = %err,
-                "could not abort the multipart upload"
-            );
         }
     }
 
@@ -1014,6 +945,68 @@ mod tests {
             uri.starts_with("http://examplebucket-1250000000.minio.local:9000/orders/"),
             "{uri}"
         );
+    }
+
+    /// The single PUT is only for objects up to the multipart threshold: a larger one is a
+    /// caller's mistake (it belongs to the resumable multipart upload), refused before a byte
+    /// of it is buffered or a request is sent.
+    #[tokio::test]
+    async fn put_object_refuses_an_object_above_the_multipart_threshold() {
+        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
+        let Target::S3(target) = override_target(&o) else {
+            panic!("S3 target expected")
+        };
+        let capture = Capture::default();
+        let config = client_config(&shared(), &target)
+            .interceptor(capture.clone())
+            .build();
+        // A threshold of 11 bytes: "hello world" is the largest object one PutObject takes.
+        let store = S3Store::from_client_config(config, &target, 5 << 20, 11);
+        let mut req = PutRequest {
+            bucket: "examplebucket-1250000000".into(),
+            key: "orders/big.jsonl.gz".into(),
+            metadata: Vec::new(),
+            content_type: "application/gzip".into(),
+            total_len: 12,
+        };
+        let untouched: Body = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
+            panic!("the body of a refused object must not be read")
+        })
+        .boxed();
+        let err = store
+            .put_object(&req, untouched)
+            .await
+            .expect_err("above the threshold");
+        assert!(
+            matches!(
+                err,
+                UploadError::TooLargeForSinglePut {
+                    len: 12,
+                    threshold: 11
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("multipart upload"), "{err}");
+        assert!(
+            capture.0.lock().expect("test mutex").is_empty(),
+            "nothing sent"
+        );
+
+        // At the threshold itself it is one PutObject (stopped by the interceptor).
+        req.total_len = 11;
+        store
+            .put_object(&req, body(vec![b"hello ", b"world"]))
+            .await
+            .expect_err("the interceptor stops the request");
+        let (uri, headers) = capture
+            .0
+            .lock()
+            .expect("test mutex")
+            .pop()
+            .expect("one request");
+        assert!(uri.contains("/orders/big.jsonl.gz?x-id=PutObject"), "{uri}");
+        assert_eq!(header(&headers, "content-length"), Some("11"));
     }
 
     #[tokio::test]

@@ -23,9 +23,7 @@ use uploader::store::{
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-mod common;
-
-use common::{
+use crate::common::{
     BreakListParts, OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK,
 };
 
@@ -114,7 +112,7 @@ async fn env_with_concurrency(
     concurrency: usize,
 ) -> Env {
     let server = TestStore::start(kind).await;
-    let inspect = common::plain_client(&server.endpoint());
+    let inspect = crate::common::plain_client(&server.endpoint());
     let credentials = Credentials::Static {
         source: "test",
         access_key_id: Secret::new(AK),

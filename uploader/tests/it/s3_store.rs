@@ -1,5 +1,7 @@
 //! The S3 store against a real S3 implementation: s3s-fs served in-process (SigV4 enforced,
-//! Content-MD5 and x-amz-checksum-crc32c checked by the server, real multipart).
+//! Content-MD5 and x-amz-checksum-crc32c checked by the server, real multipart). Objects up to
+//! the multipart threshold go up with [`S3Store::put_object`], larger ones with the uploader's
+//! resumable [`multipart::upload`], as [`uploader::upload`] sends them.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -9,16 +11,38 @@ use futures::StreamExt;
 use proto::types::Secret;
 use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
+use uploader::multipart::{self, Identity, Journal};
 use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
-use uploader::store::{Body, PutRequest, RequestChecksum, S3Target};
+use uploader::store::{
+    Body, ChecksumChoice, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
+    StoreRouter, StoreSettings,
+};
 use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-mod common;
-
-use common::{serve, Recorder, Server, TamperChecksums, AK, BUCKET, SK};
+use crate::common::{serve, Recorder, Server, TamperChecksums, AK, BUCKET, SK};
 
 const MIB: usize = 1 << 20;
+/// Part size and multipart threshold.
+const PART: u64 = 5 * MIB as u64;
+
+fn credentials() -> Credentials {
+    Credentials::Static {
+        source: "test",
+        access_key_id: Secret::new(AK),
+        secret_access_key: Secret::new(SK),
+        session_token: None,
+    }
+}
+
+fn target(server: &Server, checksum: RequestChecksum) -> S3Target {
+    S3Target {
+        endpoint: server.endpoint(),
+        region: "us-east-1".into(),
+        path_style: true,
+        checksum,
+    }
+}
 
 async fn store(server: &Server, recorder: &Recorder) -> S3Store {
     store_with(server, recorder, RequestChecksum::Md5, false).await
@@ -31,24 +55,75 @@ async fn store_with(
     checksum: RequestChecksum,
     tamper: bool,
 ) -> S3Store {
-    let creds = Credentials::Static {
-        source: "test",
-        access_key_id: Secret::new(AK),
-        secret_access_key: Secret::new(SK),
-        session_token: None,
-    };
-    let shared = load_shared_config(&creds).await;
-    let target = S3Target {
-        endpoint: server.endpoint(),
-        region: "us-east-1".into(),
-        path_style: true,
-        checksum,
-    };
+    let shared = load_shared_config(&credentials()).await;
+    let target = target(server, checksum);
     let mut config = client_config(&shared, &target).interceptor(recorder.clone());
     if tamper {
         config = config.interceptor(TamperChecksums);
     }
-    S3Store::from_client_config(config.build(), &target, 5 * MIB as u64, 5 * MIB as u64)
+    S3Store::from_client_config(config.build(), &target, PART, PART)
+}
+
+/// The store plus what the uploader's multipart upload needs besides: the router (its part
+/// budget: one part at a time here) and the journal, in a temp dir.
+struct Uploader {
+    store: S3Store,
+    target: S3Target,
+    router: StoreRouter,
+    journal: Journal,
+    _state: tempfile::TempDir,
+}
+
+async fn uploader(server: &Server, recorder: &Recorder, checksum: RequestChecksum) -> Uploader {
+    let state = tempfile::tempdir().expect("state dir");
+    Uploader {
+        store: store_with(server, recorder, checksum, false).await,
+        target: target(server, checksum),
+        router: StoreRouter::new(StoreSettings {
+            endpoint: None,
+            allowed_endpoints: Vec::new(),
+            region: None,
+            path_style: true,
+            request_checksum: ChecksumChoice::Fixed(checksum),
+            payload_signing: PayloadSigning::Auto,
+            part_size: PART,
+            multipart_threshold: PART,
+            credentials: credentials(),
+            concurrency: 1,
+        }),
+        journal: Journal::new(state.path()),
+        _state: state,
+    }
+}
+
+impl Uploader {
+    /// `data` through [`multipart::upload`], the body verified against `crc`.
+    async fn multipart(
+        &self,
+        req: &PutRequest,
+        data: &[u8],
+        crc: u32,
+    ) -> Result<PutOutcome, UploadError> {
+        let identity = Identity {
+            rule: "orders-backup".into(),
+            segment_no: 1,
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
+            file_bytes: req.total_len,
+            content_crc32c: format!("{crc:08x}"),
+            part_size: PART,
+            target: self.target.clone(),
+        };
+        multipart::upload(
+            &self.store,
+            &self.router,
+            &self.journal,
+            identity,
+            req,
+            body(data, crc),
+        )
+        .await
+    }
 }
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -159,22 +234,32 @@ async fn single_put_round_trips_with_metadata_and_md5() {
     no_flexible_checksums(&recorder);
 }
 
+/// An object above the threshold goes up in parts of `part_size` through the multipart upload,
+/// each with its Content-MD5, and the stored object is the body byte for byte. The single PUT
+/// refuses it outright.
 #[tokio::test]
 async fn multipart_round_trips_byte_identical() {
     let server = serve().await;
     let recorder = Recorder::default();
-    let store = store(&server, &recorder).await;
+    let up = uploader(&server, &recorder, RequestChecksum::Md5).await;
     let data = random_bytes(12 * MIB, 2);
     let crc = crc32c::crc32c(&data);
     let key = "public/default/orders/2026/11/24/02/seg-2.jsonl.gz";
+    let req = request(key, data.len(), &format!("{crc:08x}"));
 
-    let out = store
-        .put_object(
-            &request(key, data.len(), &format!("{crc:08x}")),
-            body(&data, crc),
-        )
+    let err = up
+        .store
+        .put_object(&req, body(&data, crc))
         .await
-        .expect("stored");
+        .expect_err("above the multipart threshold");
+    assert!(
+        matches!(err, UploadError::TooLargeForSinglePut { len, threshold }
+            if len == data.len() as u64 && threshold == PART),
+        "{err}"
+    );
+    assert_eq!(recorder.requests(), Vec::new(), "nothing sent");
+
+    let out = up.multipart(&req, &data, crc).await.expect("stored");
     assert!(
         out.etag.contains("-3"),
         "multipart ETag of 3 parts: {}",
@@ -182,7 +267,8 @@ async fn multipart_round_trips_byte_identical() {
     );
     assert_eq!(stored_file(&server, key).as_deref(), Some(&data[..]));
 
-    let head = store
+    let head = up
+        .store
         .head_object(BUCKET, key)
         .await
         .expect("head")
@@ -193,38 +279,54 @@ async fn multipart_round_trips_byte_identical() {
         Some("42")
     );
 
+    assert_eq!(
+        recorder.part_sizes(),
+        vec![(1, PART), (2, PART), (3, 2 * MIB as u64)],
+        "5 + 5 + 2 MiB"
+    );
     let parts: Vec<_> = recorder
         .requests()
         .into_iter()
         .filter(|(m, uri, _)| m == "PUT" && uri.contains("partNumber="))
         .collect();
-    assert_eq!(parts.len(), 3, "5 + 5 + 2 MiB");
+    assert_eq!(parts.len(), 3);
     assert!(parts
         .iter()
         .all(|(_, _, h)| h.iter().any(|h| h == "content-md5")));
     no_flexible_checksums(&recorder);
+    assert!(up.journal.list().await.is_empty(), "no state left");
 }
 
-/// The CRC32C flavour (what `auto` picks for non-COS stores): single PUT and multipart carry
-/// `x-amz-checksum-crc32c` and no Content-MD5, and the objects are byte-identical.
+/// The CRC32C flavour (what `auto` picks for non-COS stores): the single PUT and every part
+/// carry `x-amz-checksum-crc32c` and no Content-MD5, the multipart upload is created with that
+/// algorithm, and the objects are byte-identical.
 #[tokio::test]
 async fn crc32c_put_and_multipart_round_trip() {
     let server = serve().await;
     let recorder = Recorder::default();
-    let store = store_with(&server, &recorder, RequestChecksum::Crc32c, false).await;
-    for (len, key) in [(MIB + 17, "single.jsonl.gz"), (12 * MIB, "multi.jsonl.gz")] {
-        let data = random_bytes(len, len as u64);
-        let crc = crc32c::crc32c(&data);
-        store
-            .put_object(&request(key, len, &format!("{crc:08x}")), body(&data, crc))
-            .await
-            .expect("stored");
-        assert_eq!(
-            stored_file(&server, key).as_deref(),
-            Some(&data[..]),
-            "{key}"
-        );
-    }
+    let up = uploader(&server, &recorder, RequestChecksum::Crc32c).await;
+
+    let single = random_bytes(MIB + 17, (MIB + 17) as u64);
+    let crc = crc32c::crc32c(&single);
+    let req = request("single.jsonl.gz", single.len(), &format!("{crc:08x}"));
+    up.store
+        .put_object(&req, body(&single, crc))
+        .await
+        .expect("stored");
+    assert_eq!(
+        stored_file(&server, "single.jsonl.gz").as_deref(),
+        Some(&single[..])
+    );
+
+    let multi = random_bytes(12 * MIB, (12 * MIB) as u64);
+    let crc = crc32c::crc32c(&multi);
+    let req = request("multi.jsonl.gz", multi.len(), &format!("{crc:08x}"));
+    up.multipart(&req, &multi, crc).await.expect("stored");
+    assert_eq!(
+        stored_file(&server, "multi.jsonl.gz").as_deref(),
+        Some(&multi[..])
+    );
+
     let requests = recorder.requests();
     let puts: Vec<_> = requests.iter().filter(|(m, _, _)| m == "PUT").collect();
     assert_eq!(puts.len(), 1 + 3, "one PutObject, three parts");
@@ -238,6 +340,20 @@ async fn crc32c_put_and_multipart_round_trip() {
             "{uri}: {headers:?}"
         );
     }
+    let created: Vec<_> = requests
+        .iter()
+        .filter(|(m, uri, _)| m == "POST" && uri.contains("?uploads"))
+        .collect();
+    assert_eq!(created.len(), 1, "{requests:?}");
+    assert!(
+        created[0].2.iter().any(|h| h == "x-amz-checksum-algorithm"),
+        "{:?}",
+        created[0]
+    );
+    assert_eq!(
+        recorder.part_sizes(),
+        vec![(1, PART), (2, PART), (3, 2 * MIB as u64)]
+    );
     // The well-known CRC32C of "123456789" is 0xe3069283.
     assert_eq!(checksum_crc32c(b"123456789"), "4waSgw==");
 }
@@ -267,27 +383,36 @@ async fn the_store_refuses_bytes_that_do_not_match_the_header() {
     }
 }
 
+/// A body that fails its length/CRC32C check never becomes an object: the multipart upload is
+/// aborted (its parts removed from the store, its state from the journal) and never completed;
+/// a single PUT sends nothing at all.
 #[tokio::test]
 async fn crc_mismatch_aborts_and_leaves_no_object() {
     let server = serve().await;
     let recorder = Recorder::default();
-    let store = store(&server, &recorder).await;
+    let up = uploader(&server, &recorder, RequestChecksum::Md5).await;
     let data = random_bytes(11 * MIB, 3);
     let wrong_crc = crc32c::crc32c(&data) ^ 1;
     let key = "public/default/orders/2026/11/24/02/seg-3.jsonl.gz";
 
-    let err = store
-        .put_object(
+    let err = up
+        .multipart(
             &request(key, data.len(), &format!("{wrong_crc:08x}")),
-            body(&data, wrong_crc),
+            &data,
+            wrong_crc,
         )
         .await
         .expect_err("checksum mismatch");
     assert!(matches!(err, UploadError::Integrity(_)), "{err}");
-    assert_eq!(store.head_object(BUCKET, key).await.expect("head"), None);
+    assert_eq!(up.store.head_object(BUCKET, key).await.expect("head"), None);
     assert!(stored_file(&server, key).is_none());
 
     let requests = recorder.requests();
+    assert_eq!(
+        recorder.part_sizes(),
+        vec![(1, PART), (2, PART)],
+        "the mismatch shows at the end of the body, while the last part is read: it never goes"
+    );
     assert!(
         requests
             .iter()
@@ -300,17 +425,25 @@ async fn crc_mismatch_aborts_and_leaves_no_object() {
             .any(|(m, uri, _)| m == "POST" && uri.contains("uploadId=")),
         "never completed"
     );
-    let leftovers = std::fs::read_dir(server.root.path())
+    // s3s-fs keeps an upload as `.upload-ID.json` and its parts as `.upload_id-ID.part-N`.
+    let leftovers: Vec<_> = std::fs::read_dir(server.root.path())
         .expect("root")
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
-        .count();
-    assert_eq!(leftovers, 0, "parts of the aborted upload remain");
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
+        .collect();
+    assert_eq!(
+        leftovers,
+        Vec::<String>::new(),
+        "the aborted upload remains"
+    );
+    assert!(up.journal.list().await.is_empty(), "no state left");
 
     // Single PUT: the mismatch is found before anything is sent.
     let small = random_bytes(1000, 4);
     let before = recorder.requests().len();
-    let err = store
+    let err = up
+        .store
         .put_object(
             &request("small.jsonl.gz", small.len(), "00000000"),
             body(&small, 0),
@@ -337,7 +470,7 @@ async fn wrong_secret_is_refused_without_leaking_it() {
         path_style: true,
         checksum: RequestChecksum::Crc32c,
     };
-    let store = S3Store::new(&shared, &target, 5 * MIB as u64, 5 * MIB as u64);
+    let store = S3Store::new(&shared, &target, PART, PART);
     let data = b"hello".to_vec();
     let crc = crc32c::crc32c(&data);
     let err = store
