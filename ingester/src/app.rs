@@ -1,6 +1,7 @@
 //! The ingester's state and operations: rule lifecycle, status, and the segment hand-off to
 //! the uploader. The gRPC layer (`grpc.rs`) only translates to and from these calls.
 
+use proto::wire::HistoryKind;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -194,8 +195,7 @@ impl IngesterApp {
             self.record(
                 name,
                 HistoryEntry::event(
-                    "info",
-                    false,
+                    HistoryKind::Info,
                     "the spool database was reopened after it failed a write (was the disk full?); the rule re-reads its spool and reconnects to Pulsar, which delivers again what the database lost",
                 ),
             );
@@ -309,7 +309,7 @@ impl IngesterApp {
         running.insert(stored.config.name.clone(), handle);
         self.record(
             &stored.config.name,
-            HistoryEntry::event("rule_created", false, "rule created"),
+            HistoryEntry::event(HistoryKind::RuleCreated, "rule created"),
         );
         info!(rule = %stored.config.name, topic = %stored.config.topic, "rule created");
         Ok(stored.to_proto(token.is_some_and(|t| !t.is_empty())))
@@ -444,7 +444,7 @@ impl IngesterApp {
         }
         self.record(
             &name,
-            HistoryEntry::event("rule_edited", false, format!("rule edited: {changes}")),
+            HistoryEntry::event(HistoryKind::RuleEdited, format!("rule edited: {changes}")),
         );
         Ok((stored.to_proto(self.rules.token(&name)?.is_some()), notice))
     }
@@ -627,11 +627,12 @@ impl IngesterApp {
             .await
             .map_err(|_| IngesterError::ShuttingDown)?;
         if record {
-            let kind = if paused { "paused" } else { "resumed" };
-            self.record(
-                name,
-                HistoryEntry::event(kind, false, format!("rule {kind}")),
-            );
+            let kind = if paused {
+                HistoryKind::Paused
+            } else {
+                HistoryKind::Resumed
+            };
+            self.record(name, HistoryEntry::event(kind, format!("rule {kind}")));
         }
         Ok(stored.to_proto(self.rules.token(name)?.is_some()))
     }
@@ -658,8 +659,7 @@ impl IngesterApp {
             .map_err(|_| IngesterError::ShuttingDown)?;
         let sealed = rx.await.map_err(|_| IngesterError::ShuttingDown)?;
         let mut entry = HistoryEntry::event(
-            "flushed",
-            false,
+            HistoryKind::Flushed,
             match sealed {
                 Some(n) => format!("flushed: sealed segment {n}"),
                 None => "flushed: nothing open".to_string(),
@@ -933,8 +933,7 @@ impl IngesterApp {
             Err(err) => format!("could not move it aside: {err}"),
         };
         let mut entry = HistoryEntry::event(
-            "quarantined",
-            true,
+            HistoryKind::Quarantined,
             format!("segment {segment_no} is damaged ({reason}); {moved}; it is rewritten from the spool"),
         );
         entry.segment_no = segment_no;
@@ -990,7 +989,7 @@ impl IngesterApp {
                 RuleStats::add(&stats.segments_stored, 1);
                 stats.set_stored(&meta.object_key);
                 let mut entry =
-                    HistoryEntry::event("stored", false, format!("stored {}", meta.object_key));
+                    HistoryEntry::event(HistoryKind::Stored, format!("stored {}", meta.object_key));
                 entry.segment_no = meta.segment_no;
                 entry.object_key = meta.object_key.clone();
                 entry.messages = meta.messages;
@@ -1024,7 +1023,7 @@ impl IngesterApp {
         );
         stats.set_error(&message);
         RuleStats::add(&stats.upload_failures, 1);
-        let mut entry = HistoryEntry::event("upload_failed", true, message);
+        let mut entry = HistoryEntry::event(HistoryKind::UploadFailed, message);
         entry.segment_no = req.segment_no;
         entry.attempts = req.attempt;
         self.record(&req.rule, entry);

@@ -1,6 +1,7 @@
 //! One task per rule: owns the Pulsar consumer, spools what it receives, and is the only place
 //! that acknowledges — after the spool says the segments are stored, in segment order.
 
+use proto::wire::HistoryKind;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -268,7 +269,7 @@ impl RuleTask {
                         continuity.outage_since_ms = Some(proto::types::time::now_millis());
                     }
                     if message != last_recorded_error {
-                        self.record(HistoryEntry::event("consumer_error", true, &message));
+                        self.record(HistoryEntry::event(HistoryKind::ConsumerError, &message));
                         last_recorded_error = message;
                     }
                 }
@@ -352,7 +353,7 @@ impl RuleTask {
         } else {
             cause.to_string()
         };
-        self.record(HistoryEntry::event("disconnected", true, message));
+        self.record(HistoryEntry::event(HistoryKind::Disconnected, message));
     }
 
     fn outage_ended(&self, continuity: &mut Continuity) {
@@ -366,7 +367,7 @@ impl RuleTask {
             self.rule.service_url
         );
         info!(rule = %self.rule.name, "{message}");
-        self.record(HistoryEntry::event("reconnected", false, message));
+        self.record(HistoryEntry::event(HistoryKind::Reconnected, message));
     }
 
     /// Runs until the consumers fail, their permits need resizing, or the rule stops.
@@ -582,8 +583,7 @@ impl RuleTask {
         self.stats.set_error(&text);
         if first {
             self.record(HistoryEntry::event(
-                "decode_failed",
-                true,
+                HistoryKind::DecodeFailed,
                 format!("{text}; nothing after it is spooled; asking the broker for it again"),
             ));
         }
@@ -596,8 +596,7 @@ impl RuleTask {
                 None => String::new(),
             };
             self.record(HistoryEntry::event(
-                "blocked",
-                true,
+                HistoryKind::Blocked,
                 format!(
                     "{text}; it failed {failures} deliveries: the rule is stopped before it on {topic} (everything before it is stored and acknowledged as usual; it is tried again every few minutes){skip}"
                 ),
@@ -693,7 +692,7 @@ impl RuleTask {
     /// A partition goes on past its failed entry: say so, and take it off `status`.
     fn fault_cleared(&self, consumers: &RuleConsumers, message: String) {
         info!(rule = %self.rule.name, "{message}");
-        self.record(HistoryEntry::event("info", false, message));
+        self.record(HistoryEntry::event(HistoryKind::Info, message));
         self.publish_faults(consumers);
     }
 
@@ -725,7 +724,7 @@ impl RuleTask {
         let message = went_back.describe(&self.rule.topic, spooled);
         warn!(rule = %self.rule.name, "{message}");
         self.stats.set_error(&message);
-        self.record(HistoryEntry::event("ids_went_back", true, &message));
+        self.record(HistoryEntry::event(HistoryKind::IdsWentBack, &message));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.spool.is_empty() {
@@ -758,7 +757,7 @@ impl RuleTask {
         }
         let message = "backing the topic up afresh: the old topic's ids are forgotten and new objects get new names".to_string();
         info!(rule = %self.rule.name, "{message}");
-        self.record(HistoryEntry::event("info", false, message));
+        self.record(HistoryEntry::event(HistoryKind::Info, message));
         true
     }
 
@@ -772,7 +771,7 @@ impl RuleTask {
                     added.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 );
                 info!(rule = %self.rule.name, "{message}");
-                self.record(HistoryEntry::event("info", false, message));
+                self.record(HistoryEntry::event(HistoryKind::Info, message));
             }
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
@@ -853,7 +852,7 @@ impl RuleTask {
             "entry {entry} on {topic} skipped by the operator: acknowledged on Pulsar without being stored, so its messages are in no object"
         );
         warn!(rule = %name, "{message}");
-        self.record(HistoryEntry::event("skipped", false, message.clone()));
+        self.record(HistoryEntry::event(HistoryKind::Skipped, message.clone()));
         Ok(message)
     }
 
@@ -876,7 +875,7 @@ impl RuleTask {
             bytesize::ByteSize(self.limits.receiver_queue_bytes),
         );
         info!(rule = %self.rule.name, "{message}; reconnecting");
-        self.record(HistoryEntry::event("info", false, message));
+        self.record(HistoryEntry::event(HistoryKind::Info, message));
     }
 
     /// Writes a batch to the spool. Returns it back if it could not be written (retried later;
@@ -893,8 +892,7 @@ impl RuleTask {
                 if self.stats.disk_full.swap(false, Ordering::Relaxed) {
                     info!(rule = %self.rule.name, "spool writable again; consuming");
                     self.record(HistoryEntry::event(
-                        "info",
-                        false,
+                        HistoryKind::Info,
                         "spool disk has space again; consuming resumed",
                     ));
                 }
@@ -923,7 +921,7 @@ impl RuleTask {
                 warn!(rule = %self.rule.name, error = %err, "spool write failed; will retry");
                 self.stats.set_error(&message);
                 if !self.stats.disk_full.swap(full, Ordering::Relaxed) || !full {
-                    self.record(HistoryEntry::event("spool_error", true, message));
+                    self.record(HistoryEntry::event(HistoryKind::SpoolError, message));
                 }
                 // Back off a little so a full disk is not hammered.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -967,12 +965,11 @@ impl RuleTask {
             };
             warn!(rule = %self.rule.name, "{message}");
             self.stats.set_error(&message);
-            self.record(HistoryEntry::event("spool_full", true, message));
+            self.record(HistoryEntry::event(HistoryKind::SpoolFull, message));
         } else if was_full && !full {
             info!(rule = %self.rule.name, "spool has room again; consuming");
             self.record(HistoryEntry::event(
-                "info",
-                false,
+                HistoryKind::Info,
                 "spool has room again; consumption resumed",
             ));
         }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use proto::v1::LogEntry;
+use proto::wire::HistoryKind;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Database;
@@ -15,6 +16,8 @@ use crate::error::Result;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at_ms: u64,
+    /// A [`HistoryKind`]'s text: kept as written, so entries of a kind a later version adds
+    /// still load.
     pub kind: String,
     pub failed: bool,
     pub message: String,
@@ -35,11 +38,12 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    pub fn event(kind: &str, failed: bool, message: impl Into<String>) -> HistoryEntry {
+    /// An entry of `kind` now; whether it is a failure follows from the kind.
+    pub fn event(kind: HistoryKind, message: impl Into<String>) -> HistoryEntry {
         HistoryEntry {
             at_ms: proto::types::time::now_millis(),
-            kind: kind.to_string(),
-            failed,
+            kind: kind.as_str().to_string(),
+            failed: kind.is_failure(),
             message: message.into(),
             ..HistoryEntry::default()
         }
@@ -222,11 +226,20 @@ mod tests {
         let db = Arc::new(crate::db::tests::open_in(dir.path()));
         let history = History::open(&db, 100)?;
         for i in 0..300u64 {
-            let mut e = HistoryEntry::event("stored", i % 10 == 0, format!("entry {i}"));
+            // Every tenth a failure, to filter on.
+            let kind = if i % 10 == 0 {
+                HistoryKind::UploadFailed
+            } else {
+                HistoryKind::Stored
+            };
+            let mut e = HistoryEntry::event(kind, format!("entry {i}"));
             e.at_ms = 1000 + i;
             history.record("r1", &e)?;
         }
-        history.record("r2", &HistoryEntry::event("stored", false, "other rule"))?;
+        history.record(
+            "r2",
+            &HistoryEntry::event(HistoryKind::Stored, "other rule"),
+        )?;
         let all = history.list("r1", false, 0, 1000)?;
         assert!(
             all.len() <= 164,
@@ -270,7 +283,10 @@ mod tests {
         let history = History::open(&db, 100)?;
         for i in 0..1000u64 {
             for rule in ["a", "b"] {
-                history.record(rule, &HistoryEntry::event("stored", false, format!("{i}")))?;
+                history.record(
+                    rule,
+                    &HistoryEntry::event(HistoryKind::Stored, format!("{i}")),
+                )?;
             }
         }
         for rule in ["a", "b"] {
@@ -292,7 +308,7 @@ mod tests {
             let history = History::open(&db, 50)?;
             for i in 0..10u64 {
                 // The same millisecond every time: keys must not collide across restarts.
-                let mut e = HistoryEntry::event("stored", false, format!("{restart}.{i}"));
+                let mut e = HistoryEntry::event(HistoryKind::Stored, format!("{restart}.{i}"));
                 e.at_ms = 1000;
                 history.record("r1", &e)?;
             }

@@ -3,6 +3,7 @@
 //! Between seals it feeds large open segments to their presealing writers, so a segment's
 //! compression runs while it is still being filled.
 
+use proto::wire::HistoryKind;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,8 +114,7 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
                 // Once per segment, not per try: a full disk would fill the history with them.
                 if failures == 1 {
                     let mut entry = HistoryEntry::event(
-                        "seal_failed",
-                        true,
+                        HistoryKind::SealFailed,
                         format!("sealing segment {segment_no} failed: {error}; retrying"),
                     );
                     entry.segment_no = segment_no;
