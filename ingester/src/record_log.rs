@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IngesterError, Result};
 
-const EXTENSION: &str = "log";
-
 /// Bytes to append to one segment's log.
 #[derive(Debug)]
 pub struct LogWrite {
@@ -43,7 +41,8 @@ impl RecordLogs {
     }
 
     pub fn path(&self, segment_no: u64) -> PathBuf {
-        self.dir.join(format!("{segment_no:020}.{EXTENSION}"))
+        self.dir
+            .join(proto::types::segment_files::log_name(segment_no))
     }
 
     /// Appends every write and syncs each file (blocking IO; run it on a blocking thread). A new
@@ -121,17 +120,12 @@ impl RecordLogs {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            // `{segment_no:020}.log`, `{segment_no:020}.jsonl.gz`, `….tmp`: the number is the
-            // part before the first dot.
-            let number = path
+            let parsed = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.split('.').next())
-                .filter(|digits| digits.len() == 20)
-                .and_then(|digits| digits.parse::<u64>().ok());
-            // A `.tmp` is never in use at start-up (sealing starts over from the log).
-            let temporary = path.extension().and_then(|e| e.to_str()) == Some("tmp");
-            if let Some(segment_no) = number {
+                .and_then(proto::types::segment_files::parse_name);
+            // A temporary file is never in use at start-up (sealing starts over from the log).
+            if let Some((segment_no, temporary)) = parsed {
                 if temporary || !owned(segment_no) {
                     tracing::debug!(file = %path.display(), "removing a spool file no segment owns");
                     remove_if_present(&path);

@@ -63,6 +63,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
 use proto::types::log_record::LogEncoder;
+use proto::types::segment_files;
 use proto::types::{object_key, Compression, MessageId, RuleConfig, SegmentName, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -539,8 +540,8 @@ impl RuleSpool {
         let generation = db.generation();
         let tree = db.open_tree(SPOOL_TREE)?;
         let name = rule.name.clone();
-        let segments_dir = data_dir.join("segments").join(&name);
-        let quarantine_dir = data_dir.join("quarantine").join(&name);
+        let segments_dir = segment_files::segments_dir(data_dir, &name);
+        let quarantine_dir = segment_files::quarantine_dir(data_dir, &name);
         std::fs::create_dir_all(&segments_dir)
             .map_err(|e| IngesterError::io(format!("creating {}", segments_dir.display()), e))?;
 
@@ -1068,7 +1069,7 @@ impl RuleSpool {
                     }
                     let writer = SegmentWriter::create(
                         self.segments_dir
-                            .join(format!("{segment_no:020}.preseal.tmp")),
+                            .join(segment_files::preseal_name(segment_no)),
                         segment_no,
                         format,
                         compression,
@@ -1131,9 +1132,9 @@ impl RuleSpool {
         }
         let fresh = || {
             SegmentWriter::create(
-                self.segments_dir.join(format!(
-                    "{segment_no:020}.seal.{}.tmp",
-                    SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+                self.segments_dir.join(segment_files::seal_attempt_name(
+                    segment_no,
+                    SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed),
                 )),
                 segment_no,
                 meta.log_format,

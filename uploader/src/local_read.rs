@@ -24,6 +24,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use proto::types::segment_files;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -158,7 +160,7 @@ fn check_shape(path: &Path, seg: &SegmentInfo) -> Result<(), String> {
     let segments_dir = rule_dir.and_then(Path::parent);
     if name_of(Some(path)) != Some(file_name.as_str())
         || name_of(rule_dir) != Some(seg.rule.as_str())
-        || name_of(segments_dir) != Some("segments")
+        || name_of(segments_dir) != Some(segment_files::SEGMENTS_DIR)
     {
         return Err(format!("expected …/segments/{}/{file_name}", seg.rule));
     }
@@ -174,9 +176,8 @@ fn name_of(path: Option<&Path>) -> Option<&str> {
 /// resolved): a symlinked directory on the way cannot lead the read elsewhere.
 fn check_under(path: &Path, data_dir: &Path, rule: &str) -> Result<(), String> {
     let expected = std::fs::canonicalize(data_dir)
-        .map_err(|e| format!("ingester_data_dir {}: {e}", data_dir.display()))?
-        .join("segments")
-        .join(rule);
+        .map_err(|e| format!("ingester_data_dir {}: {e}", data_dir.display()))?;
+    let expected = segment_files::segments_dir(&expected, rule);
     let actual = path
         .parent()
         .map(std::fs::canonicalize)

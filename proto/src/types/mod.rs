@@ -4,6 +4,7 @@ pub mod object_key;
 pub mod record;
 pub mod rule;
 pub mod secret;
+pub mod segment_files;
 pub mod time;
 
 pub use message_id::MessageId;

@@ -85,10 +85,9 @@ impl Compression {
         }
     }
 
-    /// A sealed segment's file name in the ingester's `segments/{rule}/` folder. The uploader
-    /// checks a path it is asked to read locally against it.
+    /// A sealed segment's file name (see [`super::segment_files`]).
     pub fn segment_file_name(self, segment_no: u64) -> String {
-        format!("{segment_no:020}{}", self.extension())
+        super::segment_files::sealed_name(segment_no, self)
     }
 }
 
