@@ -131,7 +131,8 @@ oldest first and new ones are appended as they happen (polled every second) unti
 --since and --limit then only choose the entries printed first, --failed applies throughout."
     )]
     Logs(LogsArgs),
-    /// A rule's segments (open, sealed, stored, quarantined).
+    /// A rule's segments: open, sealing, sealed, stored (a quarantined one shows as sealing
+    /// again while it is rewritten).
     Segments {
         /// The rule.
         name: String,

@@ -1,9 +1,13 @@
 //! tdmq-backup-ingester as a library: [`run`] takes a bound listener and a shutdown future, so
 //! the binary stays thin and tests can start it on port 0.
 //!
-//! A message's path, module by module: `consumer` (receives, encodes once) → `spool` (durable
-//! batch write, dedup by id, cut by `cutter`) → `sealer` (segment file) → `grpc` (uploader
-//! streams it, then commits) → `consumer` again (acknowledges in segment order) → `history`.
+//! A message's path, module by module: `partition_consumers` (one Pulsar consumer per
+//! partition) → `consumer` (the rule's task: receives, encodes once, stops before an entry it
+//! cannot decode — `decode_fault` — and notices ids going backwards — `source_reset`) → `spool`
+//! (durable batch write to `record_log` + sled via `db`, dedup by id, cut by `cutter`, paused by
+//! `disk` when space runs low) → `sealer` + `segment_writer` (the segment file) → `grpc` /
+//! `app` (the uploader lists it — `sealed_page` — streams it, then commits — `commit_check`)
+//! → `consumer` again (acknowledges in segment order) → `history` (the rule's run log).
 
 pub mod app;
 pub mod auth;

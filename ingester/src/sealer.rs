@@ -1,5 +1,6 @@
 //! Turns closed segments into sealed segment files off the consumer's path: as many at once as
-//! there are cores (gzip is most of the ingester's CPU), never the same segment twice at once.
+//! there are cores, at most 4 (gzip is most of the ingester's CPU, and more seals at once would
+//! only share the disk), never the same segment twice at once.
 //! Between seals it feeds large open segments to their presealing writers, so a segment's
 //! compression runs while it is still being filled.
 

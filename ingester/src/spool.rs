@@ -105,6 +105,7 @@ impl SegmentState {
     pub fn as_str(self) -> &'static str {
         match self {
             SegmentState::Open => "open",
+            // Closed means its file is being written (or waits to be): what an operator sees.
             SegmentState::Closed => "sealing",
             SegmentState::Sealed => "sealed",
             SegmentState::Stored => "stored",
