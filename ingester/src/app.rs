@@ -58,27 +58,6 @@ pub struct IngesterApp {
     node_id: String,
 }
 
-pub fn spec_input(spec: &v1::RuleSpec) -> RuleSpecInput {
-    RuleSpecInput {
-        name: Some(spec.name.clone()).filter(|n| !n.is_empty()),
-        service_url: spec.service_url.clone(),
-        topic: spec.topic.clone(),
-        subscription: spec.subscription.clone(),
-        subscription_type: spec.subscription_type.clone(),
-        bucket: spec.bucket.clone(),
-        region: spec.region.clone(),
-        prefix: spec.prefix.clone(),
-        window: spec.window.clone(),
-        max_messages: spec.max_messages,
-        max_bytes: spec.max_bytes.clone(),
-        start: spec.start.clone(),
-        cluster: spec.cluster.clone(),
-        role: spec.role.clone(),
-        endpoint: spec.endpoint.clone(),
-        compression: spec.compression.clone(),
-    }
-}
-
 impl IngesterApp {
     /// Opens the spool under `data_dir` and starts every stored rule.
     pub async fn open(
@@ -285,7 +264,7 @@ impl IngesterApp {
     }
 
     pub async fn create_rule(&self, spec: &v1::RuleSpec) -> Result<v1::Rule> {
-        let config = spec_input(spec).validate()?;
+        let config = RuleSpecInput::from(spec).validate()?;
         let now = proto::types::time::now_millis();
         let stored = StoredRule {
             config,
@@ -332,7 +311,7 @@ impl IngesterApp {
         let name = spec.name.clone();
         let mut running = self.running.lock().await;
         let mut stored = self.rules.get(&name)?;
-        let mut patch = spec_input(spec);
+        let mut patch = RuleSpecInput::from(spec);
         patch.name = None;
         let config = stored.config.to_input().overlay(patch).validate()?;
         let source_changed = is_source_change(&stored.config, &config);

@@ -21,30 +21,12 @@ pub struct StoredRule {
 
 impl StoredRule {
     pub fn to_proto(&self, has_token: bool) -> proto::v1::Rule {
-        use proto::types::time::rfc3339_from_millis;
-        let c = &self.config;
-        proto::v1::Rule {
-            name: c.name.clone(),
-            service_url: c.service_url.clone(),
-            topic: c.topic.clone(),
-            subscription: c.subscription.clone(),
-            bucket: c.bucket.clone(),
-            region: c.region.clone(),
-            prefix: c.prefix.clone(),
-            window_secs: c.window_secs,
-            max_messages: c.max_messages,
-            max_bytes: c.max_bytes,
-            start: c.start.display(),
-            cluster: c.cluster.clone(),
-            role: c.role.clone(),
+        self.config.to_rule(proto::types::rule::RuleState {
             has_token,
-            endpoint: c.endpoint.clone(),
-            subscription_type: c.subscription_type.as_str().to_string(),
-            compression: c.compression.as_str().to_string(),
             paused: self.paused,
-            created_at: rfc3339_from_millis(self.created_at_ms),
-            updated_at: rfc3339_from_millis(self.updated_at_ms),
-        }
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        })
     }
 }
 

@@ -374,7 +374,43 @@ impl RuleSpecInput {
     }
 }
 
+/// What the ingester keeps about a rule besides its fields, as [`crate::v1::Rule`] shows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleState {
+    pub has_token: bool,
+    pub paused: bool,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
 impl RuleConfig {
+    /// The rule as the API returns it (`GetRule`, `ListRules`, ctl's `rule show`).
+    pub fn to_rule(&self, state: RuleState) -> crate::v1::Rule {
+        use super::time::rfc3339_from_millis;
+        crate::v1::Rule {
+            name: self.name.clone(),
+            service_url: self.service_url.clone(),
+            topic: self.topic.clone(),
+            subscription: self.subscription.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            prefix: self.prefix.clone(),
+            window_secs: self.window_secs,
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            start: self.start.display(),
+            cluster: self.cluster.clone(),
+            role: self.role.clone(),
+            has_token: state.has_token,
+            endpoint: self.endpoint.clone(),
+            subscription_type: self.subscription_type.as_str().to_string(),
+            compression: self.compression.as_str().to_string(),
+            paused: state.paused,
+            created_at: rfc3339_from_millis(state.created_at_ms),
+            updated_at: rfc3339_from_millis(state.updated_at_ms),
+        }
+    }
+
     pub fn to_input(&self) -> RuleSpecInput {
         RuleSpecInput {
             name: Some(self.name.clone()),
@@ -1127,5 +1163,27 @@ mod tests {
         // An edit names the rule only in the request's `name`.
         let unnamed = RuleSpecInput::from(&crate::v1::RuleSpec::default());
         assert_eq!(unnamed, RuleSpecInput::default());
+    }
+
+    #[test]
+    fn the_api_form_shows_every_field_and_the_state() {
+        let config = valid_input().validate().expect("valid");
+        let rule = config.to_rule(RuleState {
+            has_token: true,
+            paused: true,
+            created_at_ms: 0,
+            updated_at_ms: 1_000,
+        });
+        assert_eq!(rule.name, config.name);
+        assert_eq!(rule.window_secs, config.window_secs);
+        assert_eq!(rule.subscription_type, "failover");
+        assert!(rule.has_token && rule.paused);
+        assert_eq!(rule.updated_at, "1970-01-01T00:00:01.000Z");
+        // Back to the input form and validated again: the same rule.
+        let input = RuleSpecInput::from(&crate::v1::RuleSpec {
+            name: rule.name.clone(),
+            ..config.to_input().into_spec(None)
+        });
+        assert_eq!(input.validate().expect("valid"), config);
     }
 }
