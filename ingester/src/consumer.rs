@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::types::{
-    log_record, record::record_json_len, MessageId, RecordFields, RuleConfig, Secret,
-    StartPosition, SubscriptionKind,
+    record::record_json_len, MessageId, RecordFields, RuleConfig, Secret, StartPosition,
+    SubscriptionKind,
 };
 use pulsar::consumer::InitialPosition;
 use pulsar::message::proto::command_subscribe::SubType;
@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
 use crate::disk::{DiskSpace, Room};
 use crate::history::{History, HistoryEntry};
+use crate::log_record;
 use crate::partition_consumers::{
     message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
 };

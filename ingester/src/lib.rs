@@ -21,6 +21,7 @@ pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod history;
+pub mod log_record;
 pub mod metrics;
 pub mod parallel_gzip;
 pub mod partition_consumers;

@@ -3,7 +3,7 @@
 //! (presealing), so closing a large segment leaves only its tail to compress, and that is done
 //! on every core (`parallel_gzip`).
 //!
-//! A compact log (`proto::types::log_record`) is turned into the object's JSON lines on the way;
+//! A compact log (`crate::log_record`) is turned into the object's JSON lines on the way;
 //! a log from before the compact form already holds them and is copied.
 //!
 //! A writer tracks what it read: offset, CRC32C and record count of the log bytes. Sealing checks
@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use proto::types::log_record::LogDecoder;
+use crate::log_record::LogDecoder;
 use proto::types::Compression;
 
 use crate::error::{IngesterError, Result};
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
-        use proto::types::log_record::{encode_body, LogEncoder};
+        use crate::log_record::{encode_body, LogEncoder};
         use proto::types::{encode_record, ChunkFields, MessageId, RecordFields};
 
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -391,7 +391,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let logs = RecordLogs::new(dir.path().to_path_buf());
         let mut bytes = Vec::new();
-        proto::types::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
+        crate::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
         logs.append_durably(&[LogWrite {
             segment_no: 2,
             fresh: true,

@@ -20,7 +20,7 @@
 //! # On-disk layout
 //!
 //! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`, in
-//! consumption order and in a compact binary form (`proto::types::log_record`; segments from
+//! consumption order and in a compact binary form (`crate::log_record`; segments from
 //! before it hold the JSON lines themselves, see [`LogFormat`]). Sealing turns the log into the
 //! object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both.
 //! Everything else is in one sled tree `spool`, keys `[tag][rule]\0[suffix]`:
@@ -61,8 +61,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::log_record::LogEncoder;
 use chrono::{TimeZone, Utc};
-use proto::types::log_record::LogEncoder;
 use proto::types::segment_files;
 use proto::types::{object_key, Compression, MessageId, RuleConfig, SegmentName, TopicName};
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,7 @@ pub enum LogFormat {
     /// The object's JSON lines, as versions before the compact log wrote them.
     #[default]
     JsonLines,
-    /// `proto::types::log_record` frames, turned into JSON lines when the segment is sealed.
+    /// `crate::log_record` frames, turned into JSON lines when the segment is sealed.
     Compact,
 }
 
@@ -297,7 +297,7 @@ pub struct Incoming {
     pub publish_time_ms: u64,
     pub producer_name: String,
     /// The record in the log's compact form, without topic and producer name
-    /// (`proto::types::log_record::encode_body`).
+    /// (`crate::log_record::encode_body`).
     pub body: Vec<u8>,
     /// The length of the record's JSON line: what it adds to the object (and to `max_bytes`).
     pub json_len: u64,
@@ -330,7 +330,7 @@ impl Incoming {
             encryption: None,
         };
         let mut body = Vec::new();
-        proto::types::log_record::encode_body(&fields, &mut body);
+        crate::log_record::encode_body(&fields, &mut body);
         self.json_len = proto::types::record::record_json_len(&fields);
         self.body = body;
         self
@@ -338,9 +338,8 @@ impl Incoming {
 
     /// The payload (text) back from the body.
     pub(crate) fn payload_for_tests(&self) -> String {
-        let line =
-            proto::types::log_record::json_line(&self.topic, &self.producer_name, &self.body)
-                .expect("a valid body");
+        let line = crate::log_record::json_line(&self.topic, &self.producer_name, &self.body)
+            .expect("a valid body");
         let record: serde_json::Value = serde_json::from_slice(&line).expect("a JSON record");
         record["payload"]
             .as_str()
@@ -2183,7 +2182,7 @@ pub(crate) mod tests {
             let json: Vec<u8> = first
                 .iter()
                 .flat_map(|m| {
-                    proto::types::log_record::json_line(&m.topic, &m.producer_name, &m.body)
+                    crate::log_record::json_line(&m.topic, &m.producer_name, &m.body)
                         .expect("valid body")
                 })
                 .collect();

@@ -1,4 +1,3 @@
-pub mod log_record;
 pub mod message_id;
 pub mod object_key;
 pub mod record;

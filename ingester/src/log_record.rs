@@ -30,14 +30,14 @@
 //!
 //! `flags` bit 0: the topic follows (else it is the previous record's); bit 1: the producer name
 //! follows; bit 2: extras follow (the message is a chunk or encrypted, see
-//! [`super::record::ChunkFields`]). The first record of a log (and the first after a restart)
+//! [`proto::types::record::ChunkFields`]). The first record of a log (and the first after a restart)
 //! carries both names. Bit 2 came later: a log written before it has no frame with it and reads
 //! as it always did, and frames without extras are written exactly as before.
 
-use super::message_id::MessageId;
-use super::record::{
+use proto::types::record::{
     encode_record_into, ChunkFields, EncryptionFields, EncryptionKey, RecordFields,
 };
+use proto::types::MessageId;
 
 const NEW_TOPIC: u8 = 1;
 const NEW_PRODUCER: u8 = 2;
@@ -504,7 +504,7 @@ fn put_opt_i32(out: &mut Vec<u8>, v: Option<i32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::record::encode_record;
+    use proto::types::record::encode_record;
 
     fn fields<'a>(
         topic: &'a str,
