@@ -1,0 +1,457 @@
+#[test]
+fn content_encoding_and_file_names_round_trip() {
+    use super::Compression;
+    for c in [Compression::Gzip, Compression::None] {
+        assert_eq!(Compression::from_content_encoding(c.content_encoding()), c);
+    }
+    assert_eq!(
+        Compression::Gzip.segment_file_name(42),
+        "00000000000000000042.jsonl.gz"
+    );
+    assert_eq!(
+        Compression::None.segment_file_name(7),
+        "00000000000000000007.jsonl"
+    );
+}
+
+use super::*;
+
+fn valid_input() -> RuleSpecInput {
+    RuleSpecInput {
+        name: Some("orders-backup".into()),
+        service_url: Some("pulsar://10.0.0.5:6650".into()),
+        topic: Some("orders".into()),
+        subscription: Some("backup".into()),
+        bucket: Some("backup-1250000000".into()),
+        region: Some("ap-guangzhou".into()),
+        ..RuleSpecInput::default()
+    }
+}
+
+fn field_of(input: RuleSpecInput) -> &'static str {
+    input.validate().expect_err("must be refused").field
+}
+
+#[test]
+fn defaults_fill_in() {
+    let rule = valid_input().validate().expect("valid");
+    assert_eq!(rule.topic, "persistent://public/default/orders");
+    assert_eq!(rule.window_secs, 300);
+    assert_eq!(rule.max_messages, 5000);
+    assert_eq!(rule.max_bytes, 500_000_000);
+    assert_eq!(rule.start, StartPosition::Earliest);
+    assert_eq!(rule.compression, Compression::Gzip);
+    assert_eq!(rule.subscription_type, SubscriptionKind::Failover);
+    assert_eq!(rule.to_input().validate(), Ok(rule));
+}
+
+#[test]
+fn each_bad_field_is_named() {
+    let cases: Vec<(&str, RuleSpecInput)> = vec![
+        (
+            "name",
+            RuleSpecInput {
+                name: Some("9lives".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "name",
+            RuleSpecInput {
+                name: Some("a".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "name",
+            RuleSpecInput {
+                name: Some("Orders".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "name",
+            RuleSpecInput {
+                name: Some("x".repeat(61)),
+                ..valid_input()
+            },
+        ),
+        (
+            "name",
+            RuleSpecInput {
+                name: None,
+                ..valid_input()
+            },
+        ),
+        (
+            "service_url",
+            RuleSpecInput {
+                service_url: Some("http://h:1".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "service_url",
+            RuleSpecInput {
+                service_url: Some("pulsar://h".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "topic",
+            RuleSpecInput {
+                topic: Some("a/b".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "subscription",
+            RuleSpecInput {
+                subscription: Some("a b".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "subscription_type",
+            RuleSpecInput {
+                subscription_type: Some("shared".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "bucket",
+            RuleSpecInput {
+                bucket: Some("My_Bucket".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "bucket",
+            RuleSpecInput {
+                bucket: Some("ab".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "region",
+            RuleSpecInput {
+                region: Some("us-east-1".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "endpoint",
+            RuleSpecInput {
+                endpoint: Some("ftp://x".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "prefix",
+            RuleSpecInput {
+                prefix: Some("logs".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "prefix",
+            RuleSpecInput {
+                prefix: Some("/logs/".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "window",
+            RuleSpecInput {
+                window: Some("0s".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "window",
+            RuleSpecInput {
+                window: Some("25h".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "window",
+            RuleSpecInput {
+                window: Some("soon".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "max_messages",
+            RuleSpecInput {
+                max_messages: Some(0),
+                ..valid_input()
+            },
+        ),
+        (
+            "max_messages",
+            RuleSpecInput {
+                max_messages: Some(1_000_001),
+                ..valid_input()
+            },
+        ),
+        (
+            "max_bytes",
+            RuleSpecInput {
+                max_bytes: Some("6GB".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "max_bytes",
+            RuleSpecInput {
+                max_bytes: Some("0".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "max_bytes",
+            RuleSpecInput {
+                max_bytes: Some("5 parsecs".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "start",
+            RuleSpecInput {
+                start: Some("yesterday".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "compression",
+            RuleSpecInput {
+                compression: Some("zstd".into()),
+                ..valid_input()
+            },
+        ),
+    ];
+    for (field, input) in cases {
+        assert_eq!(field_of(input.clone()), field, "{input:?}");
+    }
+}
+
+#[test]
+fn non_persistent_topics_are_refused_naming_topic() {
+    let err = RuleSpecInput {
+        topic: Some("non-persistent://public/default/ticks".into()),
+        ..valid_input()
+    }
+    .validate()
+    .expect_err("refused");
+    assert_eq!(err.field, "topic");
+    assert!(err.message.contains("non-persistent"), "{err}");
+    assert!(err.message.contains("persistent://"), "{err}");
+}
+
+#[test]
+fn dot_path_parts_are_refused_in_prefix_and_topic() {
+    for prefix in ["./", "../", "a/./", "a/../b/", "backup/../"] {
+        let err = RuleSpecInput {
+            prefix: Some(prefix.into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect_err(prefix);
+        assert_eq!(err.field, "prefix", "{prefix}: {err}");
+    }
+    // Dots inside a part are ordinary characters.
+    for prefix in ["a.b/", "..a/", "v1.2/x../"] {
+        let input = RuleSpecInput {
+            prefix: Some(prefix.into()),
+            ..valid_input()
+        };
+        assert!(input.validate().is_ok(), "{prefix}");
+    }
+    for topic in [
+        "persistent://./default/orders",
+        "persistent://public/../orders",
+        "persistent://public/default/..",
+        ".",
+        "..",
+    ] {
+        let err = RuleSpecInput {
+            topic: Some(topic.into()),
+            ..valid_input()
+        }
+        .validate()
+        .expect_err(topic);
+        assert_eq!(err.field, "topic", "{topic}: {err}");
+        assert!(err.message.contains("path part"), "{topic}: {err}");
+    }
+    let input = RuleSpecInput {
+        topic: Some("persistent://public/default/orders.v2".into()),
+        ..valid_input()
+    };
+    assert!(input.validate().is_ok());
+}
+
+#[test]
+fn a_shared_subscription_is_refused_naming_it() {
+    let first = valid_input().validate().expect("valid");
+    let second = RuleSpecInput {
+        name: Some("orders-again".into()),
+        // The short name `orders` of the first, written in full.
+        topic: Some("persistent://public/default/orders".into()),
+        service_url: Some("pulsar://10.0.0.5:6650/".into()),
+        ..valid_input()
+    }
+    .validate()
+    .expect("valid");
+    let err = second
+        .check_no_shared_subscription([&first])
+        .expect_err("same subscription");
+    assert_eq!(err.field, "subscription");
+    assert!(err.message.contains("\"orders-backup\""), "{err}");
+    // A rule does not clash with itself (an edit checks against every stored rule).
+    assert!(first.check_no_shared_subscription([&first]).is_ok());
+    for other in [
+        RuleSpecInput {
+            subscription: Some("other".into()),
+            ..valid_input()
+        },
+        RuleSpecInput {
+            topic: Some("payments".into()),
+            ..valid_input()
+        },
+        RuleSpecInput {
+            service_url: Some("pulsar://10.0.0.6:6650".into()),
+            ..valid_input()
+        },
+    ] {
+        let other = RuleSpecInput {
+            name: Some("other-rule".into()),
+            ..other
+        }
+        .validate()
+        .expect("valid");
+        assert!(
+            other.check_no_shared_subscription([&first]).is_ok(),
+            "{other:?}"
+        );
+    }
+}
+
+#[test]
+fn prefix_message_says_what_to_do() {
+    let err = RuleSpecInput {
+        prefix: Some("logs".into()),
+        ..valid_input()
+    }
+    .validate()
+    .expect_err("refused");
+    assert_eq!(err.to_string(), r#"prefix "logs" must end with "/""#);
+}
+
+#[test]
+fn other_regions_need_an_endpoint() {
+    let input = RuleSpecInput {
+        region: Some("us-east-1".into()),
+        endpoint: Some("http://127.0.0.1:9000".into()),
+        ..valid_input()
+    };
+    assert!(input.validate().is_ok());
+    assert_eq!(
+        cos_endpoint("ap-shanghai").as_deref(),
+        Some("https://cos.ap-shanghai.myqcloud.com")
+    );
+    assert_eq!(cos_endpoint("us-east-1"), None);
+}
+
+#[test]
+fn sizes_use_decimal_and_binary_units() {
+    assert_eq!(parse_size("500MB"), Ok(500_000_000));
+    assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+    assert_eq!(parse_size("1 KB"), Ok(1000));
+    assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+    assert_eq!(parse_size("1.5KB"), Ok(1500));
+    assert_eq!(parse_size("123"), Ok(123));
+    assert!(parse_size("1.5B").is_err());
+    assert!(parse_size("MB").is_err());
+}
+
+#[test]
+fn windows_and_start_positions() {
+    assert_eq!(parse_window("1s"), Ok(Duration::from_secs(1)));
+    assert_eq!(parse_window("24h"), Ok(MAX_WINDOW));
+    assert!(parse_window("1500ms").is_err());
+    assert_eq!(
+        StartPosition::parse("2026-11-24T02:44:19.913Z"),
+        Ok(StartPosition::Timestamp(1_795_488_259_913))
+    );
+    assert_eq!(StartPosition::parse("latest"), Ok(StartPosition::Latest));
+}
+
+#[test]
+fn changed_fields_names_what_differs() {
+    let a = valid_input();
+    let b = RuleSpecInput {
+        window: Some("10m".into()),
+        prefix: Some("p/".into()),
+        ..valid_input()
+    };
+    assert_eq!(a.changed_fields(&b), vec!["prefix", "window"]);
+    assert!(a.changed_fields(&a).is_empty());
+}
+
+#[test]
+fn overlay_keeps_unset_fields() {
+    let base = valid_input();
+    let patched = base.clone().overlay(RuleSpecInput {
+        window: Some("10m".into()),
+        ..RuleSpecInput::default()
+    });
+    assert_eq!(patched.topic, base.topic);
+    assert_eq!(patched.window.as_deref(), Some("10m"));
+}
+
+#[test]
+fn the_request_form_carries_every_field_both_ways() {
+    let input = RuleSpecInput {
+        name: Some("orders".into()),
+        subscription_type: Some("exclusive".into()),
+        window: Some("10m".into()),
+        max_messages: Some(7),
+        max_bytes: Some("64MiB".into()),
+        start: Some("latest".into()),
+        cluster: Some("c1".into()),
+        role: Some("r".into()),
+        endpoint: Some("https://s3.example".into()),
+        compression: Some("none".into()),
+        ..valid_input()
+    };
+    let spec = input.clone().into_spec(Some("t0ken".into()));
+    assert_eq!(spec.token.as_deref(), Some("t0ken"));
+    assert_eq!(spec.name, "orders");
+    assert_eq!(RuleSpecInput::from(&spec), input);
+    // An edit names the rule only in the request's `name`.
+    let unnamed = RuleSpecInput::from(&crate::v1::RuleSpec::default());
+    assert_eq!(unnamed, RuleSpecInput::default());
+}
+
+#[test]
+fn the_api_form_shows_every_field_and_the_state() {
+    let config = valid_input().validate().expect("valid");
+    let rule = config.to_rule(RuleState {
+        has_token: true,
+        paused: true,
+        created_at_ms: 0,
+        updated_at_ms: 1_000,
+    });
+    assert_eq!(rule.name, config.name);
+    assert_eq!(rule.window_secs, config.window_secs);
+    assert_eq!(rule.subscription_type, "failover");
+    assert!(rule.has_token && rule.paused);
+    assert_eq!(rule.updated_at, "1970-01-01T00:00:01.000Z");
+    // Back to the input form and validated again: the same rule.
+    let input = RuleSpecInput::from(&crate::v1::RuleSpec {
+        name: rule.name.clone(),
+        ..config.to_input().into_spec(None)
+    });
+    assert_eq!(input.validate().expect("valid"), config);
+}
