@@ -198,7 +198,11 @@ fn example_configs_parse() {
         c.endpoint.is_none(),
         "the COS example uses each rule's region"
     );
-    let c = build(&[], Some(include_str!("../../../examples/uploader-s3.toml"))).expect("valid");
+    let c = build(
+        &[],
+        Some(include_str!("../../../examples/uploader-s3.toml")),
+    )
+    .expect("valid");
     assert!(c.path_style);
     assert!(c.endpoint.is_some());
 }
