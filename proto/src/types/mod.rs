@@ -1,3 +1,4 @@
+pub mod dir_format;
 pub mod message_id;
 pub mod object_key;
 pub mod record;
