@@ -45,14 +45,19 @@ pub struct Cli {
     pub uploader: String,
 
     /// File holding the control-plane token, sent as `authorization: Bearer <token>`.
-    // Deliberately not `global`: `rule create/edit` have their own `--token-file` (the Pulsar
-    // token), so this one is only recognised before the command.
     #[arg(
-        long = "token-file",
+        long = "auth-token-file",
+        global = true,
         env = "TDMQ_BACKUP_TOKEN_FILE",
         value_name = "F",
         help_heading = "Global options"
     )]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// The first spelling of --auth-token-file, kept for scripts. Only before the command:
+    /// after `rule create`/`rule edit`, `--token-file` is the rule's Pulsar token, so it cannot
+    /// be global.
+    #[arg(long = "token-file", value_name = "F", hide = true)]
     pub token_file: Option<PathBuf>,
 
     /// PEM CA certificate(s) to verify daemons reached by https:// URLs with
@@ -80,6 +85,7 @@ pub struct Cli {
     /// How results are printed: aligned tables, or one JSON document.
     #[arg(
         long,
+        short = 'o',
         global = true,
         value_enum,
         default_value_t = OutputFormat::Table,
@@ -108,7 +114,12 @@ pub enum Command {
     #[command(
         after_help = "With --watch the status is fetched again every INTERVAL (default 2s) \
 until Ctrl-C: on a terminal the screen is redrawn; otherwise successive tables are printed, \
-separated by a blank line. With --output json, one JSON document per refresh, one per line."
+separated by a blank line. With --output json, one JSON document per refresh, one per line.
+
+Examples:
+  tdmq-backup status
+  tdmq-backup status orders-backup --watch 5s
+  tdmq-backup status -o json"
     )]
     Status {
         /// Only this rule.
@@ -128,35 +139,78 @@ separated by a blank line. With --output json, one JSON document per refresh, on
     #[command(
         after_help = "Entries are printed newest first. With --follow they are printed \
 oldest first and new ones are appended as they happen (polled every second) until Ctrl-C; \
---since and --limit then only choose the entries printed first, --failed applies throughout."
+--since and --limit then only choose the entries printed first, --failed applies throughout.
+
+Examples:
+  tdmq-backup logs orders-backup --limit 20
+  tdmq-backup logs orders-backup --failed --since 2h
+  tdmq-backup logs orders-backup -f"
     )]
     Logs(LogsArgs),
     /// A rule's segments: open, sealing, sealed, stored (a quarantined one shows as sealing
     /// again while it is rewritten).
+    #[command(after_help = "Example:\n  tdmq-backup segments orders-backup -o json")]
     Segments {
         /// The rule.
         name: String,
+    },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:\n  \
+tdmq-backup completions bash > /etc/bash_completion.d/tdmq-backup\n  \
+tdmq-backup completions zsh > \"${fpath[1]}/_tdmq-backup\"\n  \
+tdmq-backup completions fish > ~/.config/fish/completions/tdmq-backup.fish")]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RuleCommand {
     /// Create a rule from flags or from a TOML file.
+    #[command(after_help = "Examples:
+  tdmq-backup rule create orders-backup --service-url pulsar://pulsar.example:6650 \\
+      --topic persistent://public/default/orders --subscription tdmq-backup \\
+      --bucket backup-1250000000 --region ap-guangzhou --prefix orders/ --window 10m
+  tdmq-backup rule create --from-file orders.toml")]
     Create(CreateArgs),
     /// List every rule.
+    #[command(after_help = "Example:\n  tdmq-backup rule list -o json")]
     List,
     /// Show one rule.
-    Show { name: String },
+    #[command(after_help = "Example:\n  tdmq-backup rule show orders-backup")]
+    Show {
+        /// The rule.
+        name: String,
+    },
     /// Change a rule; fields not given keep their value.
+    #[command(after_help = "Examples:
+  tdmq-backup rule edit orders-backup --window 15m --max-bytes 256MiB
+  tdmq-backup rule edit orders-backup --topic orders-v2 --unsubscribe")]
     Edit(EditArgs),
     /// Delete a rule.
+    #[command(after_help = "Examples:
+  tdmq-backup rule delete orders-backup --drain          # store everything first
+  tdmq-backup rule delete orders-backup --discard --yes  # drop what is not stored")]
     Delete(DeleteArgs),
     /// Stop consuming (the spool and uploads are kept).
-    Pause { name: String },
+    #[command(after_help = "Example:\n  tdmq-backup rule pause orders-backup")]
+    Pause {
+        /// The rule.
+        name: String,
+    },
     /// Start consuming again.
-    Resume { name: String },
+    #[command(after_help = "Example:\n  tdmq-backup rule resume orders-backup")]
+    Resume {
+        /// The rule.
+        name: String,
+    },
     /// Seal the open segment now instead of waiting for its window to end.
-    Flush { name: String },
+    #[command(after_help = "Example:\n  tdmq-backup rule flush orders-backup")]
+    Flush {
+        /// The rule.
+        name: String,
+    },
     /// Pass one entry the rule cannot decode: acknowledge it on Pulsar without storing it.
     ///
     /// A rule stops before an entry that the Pulsar client cannot decode (status shows it as
@@ -273,6 +327,7 @@ pub struct SpecFlags {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// The rule.
     pub name: String,
     /// Seal, upload and commit everything first, then delete.
     #[arg(long, conflicts_with = "discard")]
@@ -325,4 +380,14 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is too short: the least is 100ms"));
     }
     Ok(every)
+}
+
+impl Cli {
+    /// The control-plane token file, by either spelling. The old spelling wins because only a
+    /// command line can give it, while `--auth-token-file` may come from the environment.
+    pub fn control_token_file(&self) -> Option<&std::path::Path> {
+        self.token_file
+            .as_deref()
+            .or(self.auth_token_file.as_deref())
+    }
 }

@@ -1,5 +1,6 @@
 //! One module per command group. Each command returns a [`Report`]; main prints it.
 
+pub mod completions;
 pub mod logs;
 pub mod rule;
 pub mod segments;
@@ -23,7 +24,7 @@ impl Ctx {
         Ok(Ctx {
             ingester: Daemon::ingester(&cli.ingester),
             uploader: Daemon::uploader(&cli.uploader),
-            auth: Auth::from_token_file(cli.token_file.as_deref())?,
+            auth: Auth::from_token_file(cli.control_token_file())?,
             tls: Tls {
                 ca_file: cli.ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
                 domain: cli.tls_domain.clone().filter(|d| !d.trim().is_empty()),
@@ -45,6 +46,12 @@ impl Ctx {
 /// `logs --follow`) and there is nothing left to print.
 pub async fn execute(cli: Cli) -> anyhow::Result<Option<Report>> {
     match &cli.command {
+        Command::Completions { shell } => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth reporting.
+            let _ = std::io::Write::write_all(&mut stdout, &completions::script(*shell));
+            Ok(None)
+        }
         Command::Status {
             name,
             watch: Some(every),
@@ -70,6 +77,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Status { name, .. } => status::run(&ctx, name).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Segments { name } => segments::run(&ctx, name).await,
+        Command::Completions { .. } => {
+            anyhow::bail!("completions are printed by `execute`, not run as a command")
+        }
     }
 }
 
