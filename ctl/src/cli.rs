@@ -82,7 +82,8 @@ pub struct Cli {
     )]
     pub tls_domain: Option<String>,
 
-    /// How results are printed: aligned tables, or one JSON document.
+    /// How results are printed: tables that fit the terminal, tables with every column whole,
+    /// or one JSON document.
     #[arg(
         long,
         short = 'o',
@@ -93,13 +94,20 @@ pub struct Cli {
     )]
     pub output: OutputFormat,
 
+    /// Tables without their header line (for `grep`, `awk`, `wc -l`).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub no_headers: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// The columns people need, shortened to fit the terminal.
     Table,
+    /// Every column, nothing shortened.
+    Wide,
     Json,
 }
 

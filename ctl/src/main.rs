@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod output;
+mod table;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -10,6 +10,7 @@ use proto::v1::{LogEntry, Rule, RuleStatus, SegmentInfo, StatusReply, UploaderSt
 use serde_json::{json, Value};
 
 use crate::cli::OutputFormat;
+use crate::table::{self, Column, Layout};
 
 /// What a command produced: one JSON document, and the same for people.
 #[derive(Debug)]
@@ -25,7 +26,7 @@ impl Report {
             OutputFormat::Json => {
                 serde_json::to_string_pretty(&self.json).unwrap_or_else(|_| self.json.to_string())
             }
-            OutputFormat::Table => self.text.clone(),
+            OutputFormat::Table | OutputFormat::Wide => self.text.clone(),
         }
     }
 }
@@ -38,12 +39,21 @@ fn to_json(message: &impl serde::Serialize) -> Value {
     serde_json::to_value(message).unwrap_or(Value::Null)
 }
 
-pub fn rule_json(r: &Rule) -> Value {
-    to_json(r)
+/// A rule as JSON: its proto fields plus `state`, the live state `status` shows.
+pub fn rule_json(r: &Rule, state: &str) -> Value {
+    let mut out = to_json(r);
+    if let Value::Object(fields) = &mut out {
+        fields.insert("state".into(), Value::String(state.into()));
+    }
+    out
 }
 
-pub fn rules_json(rules: &[Rule]) -> Value {
-    json!({ "rules": rules.iter().map(rule_json).collect::<Vec<_>>() })
+pub fn rules_json(rules: &[Rule], states: &[RuleStatus]) -> Value {
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|r| rule_json(r, &rule_state(r, states)))
+        .collect();
+    json!({ "rules": rules })
 }
 
 pub fn rule_status_json(s: &RuleStatus) -> Value {
@@ -107,49 +117,6 @@ pub fn segments_json(segments: &[SegmentInfo]) -> Value {
 
 // ---------------------------------------------------------------- text
 
-/// Columns padded to their widest cell; empty cells show as `-` so columns stay readable.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let cell = |s: &str| {
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| cell(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (i, c) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            let last = i + 1 == cells.len();
-            if last {
-                // No trailing spaces on the last column.
-                out.push_str(c);
-            } else {
-                let w = widths.get(i).copied().unwrap_or(0);
-                out.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out
-    };
-    let mut out = line(headers.to_vec());
-    for row in &rows {
-        out.push('\n');
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
 /// `key: value` lines with the values aligned.
 pub fn key_values(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
@@ -195,36 +162,32 @@ fn last_error_cell(error: &str, at: &str, now: chrono::DateTime<chrono::Utc>) ->
     match chrono::DateTime::parse_from_rfc3339(at) {
         Ok(at) => {
             let ago = (now - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
-            format!("{} ago: {}", secs(ago.unsigned_abs()), clip(error, 50))
+            format!("{} ago: {}", secs(ago.unsigned_abs()), one_line(error))
         }
-        Err(_) => clip(error, 60),
+        Err(_) => one_line(error),
     }
 }
 
-/// Shortens long free text (errors, keys) for a table cell; JSON always has it whole.
-pub fn clip(text: &str, max: usize) -> String {
-    let text = crate::client::one_line(text);
-    if text.chars().count() <= max {
-        return text;
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
+/// Free text on one line; tables shorten it to fit (JSON always has it whole).
+fn one_line(text: &str) -> String {
+    crate::client::one_line(text)
 }
 
-pub fn rule_state(r: &Rule) -> &'static str {
-    if r.paused {
-        "paused"
-    } else {
-        "active"
+/// The rule's state in `status`'s words (running, connecting, paused, blocked, error...). If the
+/// ingester did not report it, only `paused` is known for sure; otherwise `unknown`.
+pub fn rule_state(r: &Rule, states: &[RuleStatus]) -> String {
+    match states.iter().find(|s| s.name == r.name) {
+        Some(s) if !s.state.is_empty() => s.state.clone(),
+        _ if r.paused => "paused".into(),
+        _ => "unknown".into(),
     }
 }
 
-pub fn rule_text(r: &Rule) -> String {
+pub fn rule_text(r: &Rule, state: &str) -> String {
     let window = secs(r.window_secs);
     key_values(&[
         ("name", r.name.clone()),
-        ("state", rule_state(r).to_string()),
+        ("state", state.to_string()),
         ("service_url", r.service_url.clone()),
         ("topic", r.topic.clone()),
         ("subscription", r.subscription.clone()),
@@ -253,41 +216,31 @@ pub fn rule_text(r: &Rule) -> String {
 }
 
 /// `rule list`. `states` holds the live state per rule when the ingester's status answered.
-pub fn rules_text(rules: &[Rule], states: &[RuleStatus]) -> String {
+pub fn rules_text(rules: &[Rule], states: &[RuleStatus], layout: &Layout) -> String {
     if rules.is_empty() {
         return "no rules".into();
     }
     let rows: Vec<Vec<String>> = rules
         .iter()
         .map(|r| {
-            let state = states
-                .iter()
-                .find(|s| s.name == r.name)
-                .map(|s| s.state.clone())
-                .unwrap_or_else(|| rule_state(r).to_string());
+            let state = rule_state(r, states);
+            // `persistent://` is what a topic is unless it says otherwise: room for the name.
+            let topic = match r.topic.strip_prefix("persistent://") {
+                Some(short) if !layout.wide => short.to_string(),
+                _ => r.topic.clone(),
+            };
             vec![
                 r.name.clone(),
-                r.topic.clone(),
+                state,
+                topic,
                 r.subscription.clone(),
                 r.bucket.clone(),
                 r.prefix.clone(),
                 secs(r.window_secs),
-                state,
             ]
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "TOPIC",
-            "SUBSCRIPTION",
-            "BUCKET",
-            "PREFIX",
-            "WINDOW",
-            "STATE",
-        ],
-        &rows,
-    )
+    table::render(&RULE_COLUMNS, &rows, layout)
 }
 
 pub fn status_text(
@@ -295,6 +248,7 @@ pub fn status_text(
     ingester: &StatusReply,
     uploader_url: &str,
     uploader: &Result<UploaderStatusReply, String>,
+    layout: &Layout,
 ) -> String {
     let mut lines = Vec::new();
     let mut ing = format!(
@@ -308,8 +262,9 @@ pub fn status_text(
     lines.push(ing);
     match uploader {
         Ok(u) => {
+            // Two lines, so each fits 80 columns with usual URLs.
             let mut up = format!(
-                "uploader {uploader_url}: version {}, up {}, store {}, uploaded {} segments ({}), \
+                "uploader {uploader_url}: version {}, up {}, store {}\n  uploaded {} segments ({}), \
                  {} failures, {} in flight",
                 u.version,
                 secs(u.uptime_secs),
@@ -321,15 +276,15 @@ pub fn status_text(
             );
             if !u.ingester_reachable {
                 up.push_str(&format!(
-                    "; cannot reach the ingester: {}",
-                    clip(&u.ingester_error, 120)
+                    "\n  cannot reach the ingester: {}",
+                    one_line(&u.ingester_error)
                 ));
             }
             if !u.last_error.is_empty() {
                 up.push_str(&format!(
-                    "; last error {}: {}",
+                    "\n  last error {}: {}",
                     u.last_error_at,
-                    clip(&u.last_error, 120)
+                    one_line(&u.last_error)
                 ));
             }
             lines.push(up);
@@ -351,28 +306,16 @@ pub fn status_text(
                 s.state.clone(),
                 if s.consumer_connected { "yes" } else { "no" }.into(),
                 s.messages_consumed.to_string(),
-                format!("{} ({})", s.spooled_messages, size(s.spooled_bytes)),
+                s.spooled_messages.to_string(),
+                size(s.spooled_bytes),
                 s.sealed_segments.to_string(),
-                clip(&s.last_object_key, 80),
-                last_error_cell(&s.last_error, &s.last_error_at, chrono::Utc::now()),
                 millis(s.backlog_age_ms),
+                s.last_object_key.clone(),
+                last_error_cell(&s.last_error, &s.last_error_at, chrono::Utc::now()),
             ]
         })
         .collect();
-    lines.push(table(
-        &[
-            "NAME",
-            "STATE",
-            "CONNECTED",
-            "CONSUMED",
-            "SPOOLED",
-            "SEALED",
-            "LAST-OBJECT",
-            "LAST-ERROR",
-            "BACKLOG-AGE",
-        ],
-        &rows,
-    ));
+    lines.push(table::render(&STATUS_COLUMNS, &rows, layout));
     // Things an operator must act on, which don't fit a column.
     for s in &ingester.rules {
         if !s.state_reason.is_empty() {
@@ -380,11 +323,8 @@ pub fn status_text(
                 "{}: {}: {}",
                 s.name,
                 s.state,
-                // A blocked rule's reason ends with the command that passes the entry.
-                clip(
-                    &s.state_reason,
-                    if s.state == "blocked" { 600 } else { 200 }
-                )
+                // Whole: a blocked rule's reason ends with the command that passes the entry.
+                one_line(&s.state_reason)
             ));
         }
         if s.quarantined_segments > 0 {
@@ -398,10 +338,62 @@ pub fn status_text(
 }
 
 const LOG_HEADERS: [&str; 5] = ["AT", "KIND", "MESSAGES", "BYTES", "KEY/ERROR"];
+const LOG_COLUMNS: [Column; 5] = [
+    Column::keep("AT"),
+    Column::keep("KIND"),
+    Column::keep("MESSAGES"),
+    Column::keep("BYTES"),
+    // Keys lose their middle to fit; an error is always whole (`render_rows`).
+    Column::middle("KEY/ERROR"),
+];
+const RULE_COLUMNS: [Column; 7] = [
+    Column::keep("NAME"),
+    Column::keep("STATE"),
+    Column::middle("TOPIC"),
+    Column::keep("SUBSCRIPTION").wide(),
+    Column::keep("BUCKET"),
+    Column::keep("PREFIX").wide(),
+    Column::keep("WINDOW"),
+];
+const STATUS_COLUMNS: [Column; 10] = [
+    Column::keep("NAME"),
+    Column::keep("STATE"),
+    Column::keep("CONNECTED").wide(),
+    Column::keep("CONSUMED"),
+    Column::keep("SPOOLED"),
+    Column::keep("SPOOLED-BYTES").wide(),
+    Column::keep("SEALED"),
+    Column::keep("BACKLOG-AGE"),
+    Column::middle("LAST-OBJECT").wide(),
+    Column::end("LAST-ERROR"),
+];
+const SEGMENT_COLUMNS: [Column; 8] = [
+    Column::keep("NO"),
+    Column::keep("STATE"),
+    Column::keep("WINDOW"),
+    Column::keep("MESSAGES"),
+    Column::keep("BYTES"),
+    Column::keep("FIRST-ID").wide(),
+    Column::keep("LAST-ID").wide(),
+    Column::middle("KEY"),
+];
+
+/// `2026-12-02T11:13:03.789Z` as `2026-12-02T11:13:03Z`: milliseconds are noise in a table.
+fn to_the_second(at: &str) -> String {
+    match (at.find('.'), at.ends_with('Z')) {
+        (Some(dot), true) => format!("{}Z", &at[..dot]),
+        _ => at.to_string(),
+    }
+}
+
+/// The entry's last cell is its message (an error, a state change), not an object key.
+fn is_error(e: &LogEntry) -> bool {
+    e.failed || e.object_key.is_empty()
+}
 
 fn log_row(e: &LogEntry) -> Vec<String> {
-    let detail = if e.failed || e.object_key.is_empty() {
-        clip(&e.message, 120)
+    let detail = if is_error(e) {
+        one_line(&e.message)
     } else {
         e.object_key.clone()
     };
@@ -422,12 +414,24 @@ fn log_row(e: &LogEntry) -> Vec<String> {
     ]
 }
 
-pub fn logs_text(entries: &[LogEntry]) -> String {
+pub fn logs_text(entries: &[LogEntry], layout: &Layout) -> String {
     if entries.is_empty() {
         return "no log entries".into();
     }
-    let rows: Vec<Vec<String>> = entries.iter().map(log_row).collect();
-    table(&LOG_HEADERS, &rows)
+    let mut cells: Vec<Vec<String>> = entries.iter().map(log_row).collect();
+    if !layout.wide {
+        for row in &mut cells {
+            if let Some(at) = row.first_mut() {
+                *at = to_the_second(at);
+            }
+        }
+    }
+    let rows: Vec<(&[String], bool)> = entries
+        .iter()
+        .zip(&cells)
+        .map(|(e, row)| (row.as_slice(), is_error(e)))
+        .collect();
+    table::render_rows(&LOG_COLUMNS, &rows, layout)
 }
 
 /// Column widths for `logs --follow`, which prints rows before it has seen them all: wide
@@ -456,7 +460,7 @@ pub fn log_follow_line(e: &LogEntry) -> String {
     fixed_line(&log_row(e))
 }
 
-pub fn segments_text(segments: &[SegmentInfo]) -> String {
+pub fn segments_text(segments: &[SegmentInfo], layout: &Layout) -> String {
     if segments.is_empty() {
         return "no segments".into();
     }
@@ -475,12 +479,7 @@ pub fn segments_text(segments: &[SegmentInfo]) -> String {
             ]
         })
         .collect();
-    table(
-        &[
-            "NO", "STATE", "WINDOW", "MESSAGES", "BYTES", "FIRST-ID", "LAST-ID", "KEY",
-        ],
-        &rows,
-    )
+    table::render(&SEGMENT_COLUMNS, &rows, layout)
 }
 
 #[cfg(test)]
@@ -536,17 +535,26 @@ mod tests {
 
     #[test]
     fn rule_json_has_proto_fields_and_no_token() {
-        let v = rule_json(&sample_rule());
+        let v = rule_json(&sample_rule(), "running");
         assert_eq!(v["name"], "orders");
+        assert_eq!(v["state"], "running");
         assert_eq!(v["window_secs"], 300);
         assert_eq!(v["max_bytes"], 500_000_000u64);
         assert_eq!(v["has_token"], true);
         assert_eq!(v["paused"], false);
         assert_no_token_key(&v);
-        let list = rules_json(&[sample_rule(), sample_rule()]);
+        let live = RuleStatus {
+            name: "orders".into(),
+            state: "blocked".into(),
+            ..RuleStatus::default()
+        };
+        let list = rules_json(&[sample_rule(), sample_rule()], &[live]);
         assert_eq!(list["rules"].as_array().map(Vec::len), Some(2));
+        assert_eq!(list["rules"][0]["state"], "blocked");
+        let unknown = rules_json(&[sample_rule()], &[]);
+        assert_eq!(unknown["rules"][0]["state"], "unknown");
         assert_no_token_key(&list);
-        let text = rule_text(&sample_rule());
+        let text = rule_text(&sample_rule(), "running");
         assert!(text.contains("token:") && text.contains("set"));
     }
 
@@ -592,7 +600,7 @@ mod tests {
         assert_eq!(v["uploader"]["segments_uploaded"], 3);
         assert_eq!(v["uploader"]["in_flight"][0]["segment_no"], 9);
         assert_no_token_key(&v);
-        let text = status_text("http://i", &reply, "http://u", &down);
+        let text = status_text("http://i", &reply, "http://u", &down, &Layout::default());
         assert!(text.contains("uploader http://u: cannot reach the uploader"));
         assert!(text.contains("BACKLOG-AGE"));
     }
@@ -617,18 +625,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_align_columns() {
-        let t = table(
-            &["A", "LONG-HEADER", "C"],
-            &[
-                vec!["xxxx".into(), "".into(), "z".into()],
-                vec!["y".into(), "b".into(), "".into()],
-            ],
-        );
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "A     LONG-HEADER  C");
-        assert_eq!(lines[1], "xxxx  -            z");
-        assert_eq!(lines[2], "y     b            -");
+    fn sizes_and_durations() {
         assert_eq!(size(500_000_000), "500.0 MB");
         assert_eq!(secs(300), "5m");
         assert_eq!(millis(90_500), "1m 30s");

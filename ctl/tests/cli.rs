@@ -107,7 +107,7 @@ fn dash_o_is_short_for_output() {
     assert_eq!(long.status.code(), Some(2));
     assert_eq!(short.status.code(), Some(2));
     assert!(
-        text(&short.stderr).contains("possible values: table, json"),
+        text(&short.stderr).contains("possible values: table, wide, json"),
         "{}",
         text(&short.stderr)
     );

@@ -296,7 +296,8 @@ async fn create_sends_both_tokens_to_their_places_and_prints_neither() {
     no_secret(&report, "pulsar-secret");
     no_secret(&report, "ctl-secret");
     let seen = fake.seen.lock().expect("lock");
-    assert_eq!(seen.auth, vec![Some("Bearer ctl-secret".to_string())]);
+    // CreateRule, then Status for the rule's live state: both carry the control token.
+    assert_eq!(seen.auth, vec![Some("Bearer ctl-secret".to_string()); 2]);
     assert_eq!(seen.specs[0].token.as_deref(), Some("pulsar-secret"));
     assert_eq!(seen.specs[0].max_bytes.as_deref(), Some("64MiB"));
 }

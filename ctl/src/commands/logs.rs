@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<Report> {
     let reply = ingester.logs(request).await.on(&ctx.ingester)?;
     Ok(Report {
         json: logs_json(&reply.entries),
-        text: logs_text(&reply.entries),
+        text: logs_text(&reply.entries, &ctx.layout),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod status;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::client::{self, Auth, Daemon, Tls};
 use crate::output::Report;
+use crate::table::Layout;
 
 /// What every command needs from the global flags.
 pub struct Ctx {
@@ -17,6 +18,7 @@ pub struct Ctx {
     pub auth: Auth,
     pub tls: Tls,
     pub format: OutputFormat,
+    pub layout: Layout,
 }
 
 impl Ctx {
@@ -30,6 +32,7 @@ impl Ctx {
                 domain: cli.tls_domain.clone().filter(|d| !d.trim().is_empty()),
             },
             format: cli.output,
+            layout: Layout::detect(cli.output == OutputFormat::Wide, !cli.no_headers),
         })
     }
 

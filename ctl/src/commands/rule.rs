@@ -13,9 +13,9 @@ use serde::Deserialize as _;
 use serde_json::json;
 
 use super::Ctx;
-use crate::cli::{CreateArgs, DeleteArgs, EditArgs, OutputFormat, RuleCommand, SpecFlags};
+use crate::cli::{CreateArgs, DeleteArgs, EditArgs, RuleCommand, SpecFlags};
 use crate::client::{self, read_token_file, CallResult as _};
-use crate::output::{rule_json, rule_text, rules_json, rules_text, Report};
+use crate::output::{rule_json, rule_state, rule_text, rules_json, rules_text, Report};
 
 pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
     match cmd {
@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                 .get_rule(RuleName { name })
                 .await
                 .on(&ctx.ingester)?;
-            rule_report(reply.rule, None)
+            rule_report(&mut ingester, reply.rule, None).await
         }
         RuleCommand::Edit(args) => edit(ctx, args).await,
         RuleCommand::Delete(args) => delete(ctx, args).await,
@@ -37,7 +37,7 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                 .pause_rule(RuleName { name })
                 .await
                 .on(&ctx.ingester)?;
-            rule_report(reply.rule, Some("paused"))
+            rule_report(&mut ingester, reply.rule, Some("paused")).await
         }
         RuleCommand::Resume { name } => {
             let mut ingester = ctx.ingester().await?;
@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                 .resume_rule(RuleName { name })
                 .await
                 .on(&ctx.ingester)?;
-            rule_report(reply.rule, Some("resumed"))
+            rule_report(&mut ingester, reply.rule, Some("resumed")).await
         }
         RuleCommand::Flush { name } => {
             let mut ingester = ctx.ingester().await?;
@@ -80,17 +80,37 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
     }
 }
 
-fn rule_report(rule: Option<Rule>, done: Option<&str>) -> anyhow::Result<Report> {
+/// A rule and its live state, as `status` names it.
+async fn rule_report(
+    ingester: &mut client::Ingester,
+    rule: Option<Rule>,
+    done: Option<&str>,
+) -> anyhow::Result<Report> {
     // The proto makes every message field optional; a reply without its rule is a daemon bug.
     let rule = rule.ok_or_else(|| anyhow!("the ingester's reply holds no rule"))?;
-    let mut text = rule_text(&rule);
+    let states = live_states(ingester, Some(rule.name.clone())).await;
+    let state = rule_state(&rule, &states);
+    let mut text = rule_text(&rule, &state);
     if let Some(done) = done {
         text = format!("rule {} {done}\n{text}", rule.name);
     }
     Ok(Report {
-        json: rule_json(&rule),
+        json: rule_json(&rule, &state),
         text,
     })
+}
+
+/// The rules' live states from `status`; empty if the ingester could not say (the rule was just
+/// deleted, or status failed): then a rule's state is only what the rule itself knows.
+async fn live_states(
+    ingester: &mut client::Ingester,
+    name: Option<String>,
+) -> Vec<proto::v1::RuleStatus> {
+    ingester
+        .status(StatusRequest { name })
+        .await
+        .map(|r| r.into_inner().rules)
+        .unwrap_or_default()
 }
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
@@ -105,7 +125,7 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
         })
         .await
         .on(&ctx.ingester)?;
-    rule_report(reply.rule, Some("created"))
+    rule_report(&mut ingester, reply.rule, Some("created")).await
 }
 
 /// The rule `rule create` sends: the file (if any), overlaid by the flags, validated here so a
@@ -140,7 +160,7 @@ async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
         })
         .await
         .on(&ctx.ingester)?;
-    let mut report = rule_report(reply.rule, Some("updated"))?;
+    let mut report = rule_report(&mut ingester, reply.rule, Some("updated")).await?;
     // Said only when there is something to say (a subscription left behind or removed).
     if !reply.notice.is_empty() {
         report.text = format!("{}\nnote: {}", report.text, reply.notice);
@@ -319,20 +339,10 @@ async fn list(ctx: &Ctx) -> anyhow::Result<Report> {
         .list_rules(ListRulesRequest {})
         .await
         .on(&ctx.ingester)?;
-    // The table shows the live state (running/error/...) when the ingester tells it; the rule
-    // itself only knows paused or not. JSON stays the plain rule list.
-    let states = if ctx.format == OutputFormat::Table {
-        ingester
-            .status(StatusRequest { name: None })
-            .await
-            .map(|r| r.into_inner().rules)
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let states = live_states(&mut ingester, None).await;
     Ok(Report {
-        json: rules_json(&reply.rules),
-        text: rules_text(&reply.rules, &states),
+        json: rules_json(&reply.rules, &states),
+        text: rules_text(&reply.rules, &states, &ctx.layout),
     })
 }
 
@@ -412,7 +422,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::cli::{Cli, Command, OutputFormat};
 
     const BASE: [&str; 13] = [
         "tdmq-backup",

@@ -14,6 +14,6 @@ pub async fn run(ctx: &Ctx, name: String) -> anyhow::Result<Report> {
         .on(&ctx.ingester)?;
     Ok(Report {
         json: segments_json(&reply.segments),
-        text: segments_text(&reply.segments),
+        text: segments_text(&reply.segments, &ctx.layout),
     })
 }

@@ -22,7 +22,7 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 /// exactly what someone watching wants to see.
 pub async fn watch(ctx: &Ctx, name: Option<String>, every: Duration) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
-    let redraw = ctx.format == OutputFormat::Table && stdout.is_terminal();
+    let redraw = ctx.format != OutputFormat::Json && stdout.is_terminal();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut first = true;
@@ -72,7 +72,7 @@ fn watch_page(
             };
             format!("{doc}\n")
         }
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Wide => {
             let body = match fetched {
                 Ok(report) => report.text,
                 Err(e) => format!("error: {}", one_line(&format!("{e:#}"))),
@@ -101,7 +101,13 @@ pub async fn run(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
     let ingester = ingester?;
     Ok(Report {
         json: status_json(&ctx.ingester.url, &ingester, &ctx.uploader.url, &uploader),
-        text: status_text(&ctx.ingester.url, &ingester, &ctx.uploader.url, &uploader),
+        text: status_text(
+            &ctx.ingester.url,
+            &ingester,
+            &ctx.uploader.url,
+            &uploader,
+            &ctx.layout,
+        ),
     })
 }
 
