@@ -13,6 +13,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::exit::{self, Exit};
+
 /// Long enough for a loaded host, short enough that `status` doesn't hang on a dead uploader.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,16 +53,19 @@ impl Daemon {
             if transport.is_some() || message == "transport error" {
                 let why = transport.map_or_else(|| chain(source), reason);
                 let https = self.url.starts_with("https://");
-                return anyhow!(
-                    "cannot reach the {} at {}: {why}{}",
-                    self.name,
-                    self.url,
-                    tls_hint(https, &Tls::default(), &why)
+                return exit::error(
+                    Exit::Unreachable,
+                    format!(
+                        "cannot reach the {} at {}: {why}{}",
+                        self.name,
+                        self.url,
+                        tls_hint(https, &Tls::default(), &why)
+                    ),
                 );
             }
         }
-        match status.code() {
-            Code::Unavailable => anyhow!(
+        let text = match status.code() {
+            Code::Unavailable => format!(
                 "cannot reach the {} at {}: {}",
                 self.name,
                 self.url,
@@ -70,32 +75,41 @@ impl Daemon {
                     &message
                 }
             ),
-            Code::Unauthenticated => anyhow!(
-                "the {} refused the call: unauthenticated (check --token-file)",
+            Code::Unauthenticated => format!(
+                "the {} refused the call: unauthenticated (check --auth-token-file)",
                 self.name
             ),
-            Code::PermissionDenied => anyhow!(
-                "the {} refused the call: permission denied (check --token-file)",
+            Code::PermissionDenied => format!(
+                "the {} refused the call: permission denied (check --auth-token-file)",
                 self.name
             ),
-            Code::DeadlineExceeded => {
-                anyhow!(
-                    "the {} at {} did not answer in time: {message}",
-                    self.name,
-                    self.url
-                )
-            }
-            Code::Unimplemented => anyhow!(
-                "the {} at {} does not support this call (is it the right daemon and version?): \
-                 {message}",
+            Code::DeadlineExceeded => format!(
+                "the {} at {} did not answer in time{}",
                 self.name,
-                self.url
+                self.url,
+                detail(&message)
+            ),
+            Code::Unimplemented => format!(
+                "the {} at {} does not support this call (is it the right daemon and version?){}",
+                self.name,
+                self.url,
+                detail(&message)
             ),
             // InvalidArgument, NotFound, AlreadyExists, FailedPrecondition and the rest: the
             // daemon's message already names the field or the rule.
-            _ if !message.is_empty() => anyhow!("{message}"),
-            code => anyhow!("the {} failed the call: {code}", self.name),
-        }
+            _ if !message.is_empty() => message,
+            code => format!("the {} failed the call: {code}", self.name),
+        };
+        exit::error(exit::of_code(status.code()), text)
+    }
+}
+
+/// `: message`, or nothing for an empty one (no sentence ending in a colon).
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
     }
 }
 
@@ -121,13 +135,13 @@ impl Auth {
         let Some(path) = path else {
             return Ok(Auth::default());
         };
-        let token = read_token_file("--token-file", path)?;
+        let token = read_token_file("--auth-token-file", path)?;
         // Parse errors of MetadataValue don't echo the value, but say why ourselves anyway.
         let header = format!("Bearer {token}")
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| {
                 anyhow!(
-                    "--token-file {}: the token holds characters not allowed in a header",
+                    "--auth-token-file {}: the token holds characters not allowed in a header",
                     path.display()
                 )
             })?;
@@ -219,11 +233,14 @@ async fn channel(daemon: &Daemon, tls: &Tls) -> anyhow::Result<Channel> {
     // instead of surfacing as an anonymous status on the first call.
     endpoint.connect().await.map_err(|e| {
         let why = reason(&e);
-        anyhow!(
-            "cannot reach the {} at {}: {why}{}",
-            daemon.name,
-            daemon.url,
-            tls_hint(https, tls, &why)
+        exit::error(
+            Exit::Unreachable,
+            format!(
+                "cannot reach the {} at {}: {why}{}",
+                daemon.name,
+                daemon.url,
+                tls_hint(https, tls, &why)
+            ),
         )
     })
 }
@@ -344,7 +361,7 @@ mod tests {
         let e = d.call_error(Status::unauthenticated("bad token"));
         assert_eq!(
             e.to_string(),
-            "the ingester refused the call: unauthenticated (check --token-file)"
+            "the ingester refused the call: unauthenticated (check --auth-token-file)"
         );
         let e = d.call_error(Status::not_found("rule \"x\" not found\nmore"));
         assert_eq!(e.to_string(), "rule \"x\" not found more");
@@ -367,7 +384,7 @@ mod tests {
         let e = Auth::from_token_file(Some(&empty)).err().expect("refused");
         assert_eq!(
             e.to_string(),
-            format!("--token-file {} is empty", empty.display())
+            format!("--auth-token-file {} is empty", empty.display())
         );
         let missing = dir.path().join("missing");
         let e = Auth::from_token_file(Some(&missing))
@@ -375,7 +392,7 @@ mod tests {
             .expect("refused");
         assert!(e
             .to_string()
-            .starts_with(&format!("cannot read --token-file {}", missing.display())));
+            .starts_with(&format!("cannot read --auth-token-file {}", missing.display())));
 
         let good = dir.path().join("tok");
         std::fs::write(&good, "s3cret-token\n").expect("write");

@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod exit;
 mod output;
 mod table;
 
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}` joins the context chain; one line, as scripts and the contract expect.
             eprintln!("error: {}", client::one_line(&format!("{e:#}")));
-            ExitCode::FAILURE
+            exit::of(&e).into()
         }
     }
 }

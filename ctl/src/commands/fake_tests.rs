@@ -314,7 +314,7 @@ async fn without_the_control_token_the_error_says_so() {
         .expect_err("refused");
     assert_eq!(
         format!("{err:#}"),
-        "the ingester refused the call: unauthenticated (check --token-file)"
+        "the ingester refused the call: unauthenticated (check --auth-token-file)"
     );
 }
 
