@@ -98,6 +98,19 @@ pub struct Cli {
     #[arg(long, global = true, help_heading = "Global options")]
     pub no_headers: bool,
 
+    /// How long a call may take before ctl gives up and says which daemon did not answer
+    /// (`rule delete --drain` waits for its drain on top).
+    #[arg(
+        long,
+        global = true,
+        env = "TDMQ_BACKUP_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        help_heading = "Global options"
+    )]
+    pub timeout: Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -366,8 +379,8 @@ pub struct LogsArgs {
     /// Only entries newer than this, like 10m or 2h.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
-    /// At most this many entries (default: the ingester's).
-    #[arg(long, value_name = "N")]
+    /// At most this many entries, 1 or more (default: the ingester's).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
     /// Keep running: print the entries (oldest first), then poll every second and print new
     /// ones as they arrive, until Ctrl-C. With --output json, one JSON object per line.

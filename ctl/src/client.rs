@@ -189,6 +189,13 @@ pub fn read_token_file(what: &str, path: &Path) -> anyhow::Result<String> {
     if token.is_empty() {
         bail!("{what} {} is empty", path.display());
     }
+    // A second line is a mistake (two tokens, a comment): sending both would never match.
+    if token.lines().count() > 1 {
+        bail!(
+            "{what} {} holds more than one line; a token file holds the token alone",
+            path.display()
+        );
+    }
     Ok(token.to_string())
 }
 
@@ -199,10 +206,20 @@ pub struct Tls {
     pub domain: Option<String>,
 }
 
-async fn channel(daemon: &Daemon, tls: &Tls) -> anyhow::Result<Channel> {
+async fn channel(daemon: &Daemon, tls: &Tls, timeout: Duration) -> anyhow::Result<Channel> {
+    // Said before any connection: `foo://host` would otherwise fail as a DNS error.
+    let scheme = daemon.url.split("://").next().unwrap_or_default();
+    if scheme != "http" && scheme != "https" {
+        bail!(
+            "--{} {:?}: unsupported scheme {scheme}://; use http:// or https://",
+            daemon.name,
+            daemon.url
+        );
+    }
     let mut endpoint = Endpoint::from_shared(daemon.url.clone())
         .map_err(|e| anyhow!("--{} {:?} is not a valid URL: {e}", daemon.name, daemon.url))?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .timeout(timeout);
     let https = daemon.url.starts_with("https://");
     if https {
         let config = proto::tls::client_config(
@@ -278,19 +295,29 @@ fn looks_like_tls_server(why: &str) -> bool {
     .any(|s| why.contains(s))
 }
 
-pub async fn ingester(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Ingester> {
+pub async fn ingester(
+    daemon: &Daemon,
+    tls: &Tls,
+    auth: Auth,
+    timeout: Duration,
+) -> anyhow::Result<Ingester> {
     if auth.is_set() {
         warn_if_in_clear("the control-plane token", daemon);
     }
-    let channel = channel(daemon, tls).await?;
+    let channel = channel(daemon, tls, timeout).await?;
     Ok(IngesterClient::with_interceptor(channel, auth))
 }
 
-pub async fn uploader(daemon: &Daemon, tls: &Tls, auth: Auth) -> anyhow::Result<Uploader> {
+pub async fn uploader(
+    daemon: &Daemon,
+    tls: &Tls,
+    auth: Auth,
+    timeout: Duration,
+) -> anyhow::Result<Uploader> {
     if auth.is_set() {
         warn_if_in_clear("the control-plane token", daemon);
     }
-    let channel = channel(daemon, tls).await?;
+    let channel = channel(daemon, tls, timeout).await?;
     Ok(UploaderClient::with_interceptor(channel, auth))
 }
 
@@ -390,9 +417,10 @@ mod tests {
         let e = Auth::from_token_file(Some(&missing))
             .err()
             .expect("refused");
-        assert!(e
-            .to_string()
-            .starts_with(&format!("cannot read --auth-token-file {}", missing.display())));
+        assert!(e.to_string().starts_with(&format!(
+            "cannot read --auth-token-file {}",
+            missing.display()
+        )));
 
         let good = dir.path().join("tok");
         std::fs::write(&good, "s3cret-token\n").expect("write");

@@ -157,3 +157,41 @@ fn every_verb_shows_an_example_and_describes_its_name() {
         }
     }
 }
+
+#[test]
+fn a_daemon_that_never_answers_is_reported_unreachable_after_the_timeout() {
+    // Accepted by the kernel's backlog, never served: a hung daemon.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().expect("addr"));
+    let out = ctl(&["--ingester", &url, "--timeout", "1s", "rule", "list"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+}
+
+#[test]
+fn an_unsupported_scheme_is_named_before_any_connection() {
+    let out = ctl(&["--ingester", "foo://bar", "rule", "list"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unsupported scheme foo://"), "{stderr}");
+}
+
+#[test]
+fn logs_limit_zero_is_a_usage_error() {
+    let out = ctl(&["logs", "orders", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_token_file_with_two_lines_is_refused_without_printing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("control.token");
+    std::fs::write(&path, "first-secret\nsecond-secret\n").expect("write");
+    let path = path.to_string_lossy().into_owned();
+    let out = ctl(&["--auth-token-file", &path, "rule", "list"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than one line"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}

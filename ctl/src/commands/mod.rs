@@ -19,6 +19,8 @@ pub struct Ctx {
     pub tls: Tls,
     pub format: OutputFormat,
     pub layout: Layout,
+    /// Per call; see `--timeout`.
+    pub timeout: std::time::Duration,
 }
 
 impl Ctx {
@@ -33,15 +35,25 @@ impl Ctx {
             },
             format: cli.output,
             layout: Layout::detect(cli.output == OutputFormat::Wide, !cli.no_headers),
+            timeout: cli.timeout,
         })
     }
 
     pub async fn ingester(&self) -> anyhow::Result<client::Ingester> {
-        client::ingester(&self.ingester, &self.tls, self.auth.clone()).await
+        self.ingester_waiting(std::time::Duration::ZERO).await
+    }
+
+    /// A client whose calls may take `extra` longer than `--timeout` (a drain).
+    pub async fn ingester_waiting(
+        &self,
+        extra: std::time::Duration,
+    ) -> anyhow::Result<client::Ingester> {
+        let timeout = self.timeout.saturating_add(extra);
+        client::ingester(&self.ingester, &self.tls, self.auth.clone(), timeout).await
     }
 
     pub async fn uploader(&self) -> anyhow::Result<client::Uploader> {
-        client::uploader(&self.uploader, &self.tls, self.auth.clone()).await
+        client::uploader(&self.uploader, &self.tls, self.auth.clone(), self.timeout).await
     }
 }
 

@@ -9,7 +9,6 @@ use proto::v1::{
     CreateRuleRequest, DeleteRuleRequest, EditRuleRequest, ListRulesRequest, Rule, RuleName,
     SkipEntryRequest, StatusRequest,
 };
-use serde::Deserialize as _;
 use serde_json::json;
 
 use super::Ctx;
@@ -308,8 +307,18 @@ pub fn parse_rule_file(
         let n = *n;
         table.insert("max_bytes".into(), toml::Value::String(n.to_string()));
     }
-    let spec = RuleSpecInput::deserialize(toml::Value::Table(table))
-        .map_err(|e| anyhow!("{shown}: {}", crate::client::one_line(e.message())))?;
+    // The path names the key: serde alone says "invalid type: string "5000", expected u64".
+    let spec: RuleSpecInput =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let message = crate::client::one_line(e.inner().message());
+            let key = e.path().to_string();
+            // "unknown field `windw`" already names it.
+            if key == "." || message.contains(&format!("`{key}`")) {
+                anyhow!("{shown}: {message}")
+            } else {
+                anyhow!("{shown}: {key}: {message}")
+            }
+        })?;
     let base = path.parent().unwrap_or(Path::new(""));
     let token = match (token_file, token_env) {
         (Some(_), Some(_)) => bail!("{shown}: give token_file or token_env, not both"),
@@ -346,8 +355,17 @@ async fn list(ctx: &Ctx) -> anyhow::Result<Report> {
     })
 }
 
+/// The ingester's drain timeout when `--drain-timeout` is not given.
+const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<Report> {
-    let mut ingester = ctx.ingester().await?;
+    // The ingester answers a drain when it is done: up to its drain timeout (300 s by default).
+    let drain_wait = match (args.drain, args.drain_timeout) {
+        (false, _) => std::time::Duration::ZERO,
+        (true, Some(timeout)) => timeout,
+        (true, None) => DEFAULT_DRAIN_TIMEOUT,
+    };
+    let mut ingester = ctx.ingester_waiting(drain_wait).await?;
     if args.discard && !args.yes {
         let segments = ingester
             .list_segments(RuleName {
@@ -588,7 +606,10 @@ mod tests {
     fn missing_required_field_is_named() {
         let cli = Cli::try_parse_from(["tdmq-backup", "rule", "create", "orders"]).expect("parses");
         let err = create_spec(create_args(cli)).expect_err("refused");
-        assert_eq!(err.to_string(), "service_url is required");
+        assert_eq!(
+            err.to_string(),
+            "service_url, topic, subscription, bucket and region are required"
+        );
         // No NAME and no --from-file: a usage error.
         assert!(Cli::try_parse_from(["tdmq-backup", "rule", "create"]).is_err());
     }
@@ -661,6 +682,21 @@ token_file = "pulsar.jwt"
         .expect("parses");
         let (spec, _) = create_spec(create_args(cli)).expect("valid");
         assert_eq!(spec.window.as_deref(), Some("1m"));
+    }
+
+    #[test]
+    fn from_file_type_errors_name_the_key() {
+        let text = RULE_TOML.replace("max_messages = 2000", "max_messages = \"2000\"");
+        assert_ne!(
+            text, RULE_TOML,
+            "the sample rule file sets max_messages = 2000"
+        );
+        let err = parse_rule_file(&text, Path::new("rule.toml")).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("rule.toml: max_messages: invalid type"),
+            "{msg}"
+        );
     }
 
     #[test]

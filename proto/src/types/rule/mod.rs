@@ -229,6 +229,23 @@ impl From<&crate::v1::RuleSpec> for RuleSpecInput {
 }
 
 impl RuleSpecInput {
+    /// The required fields that are absent or blank, in the order the reference lists them.
+    pub fn missing_required(&self) -> Vec<&'static str> {
+        let blank = |v: &Option<String>| v.as_deref().map(str::trim).is_none_or(str::is_empty);
+        [
+            ("name", &self.name),
+            ("service_url", &self.service_url),
+            ("topic", &self.topic),
+            ("subscription", &self.subscription),
+            ("bucket", &self.bucket),
+            ("region", &self.region),
+        ]
+        .into_iter()
+        .filter(|(_, value)| blank(value))
+        .map(|(field, _)| field)
+        .collect()
+    }
+
     /// The request form of these fields, with the Pulsar token (write-only) if one is given.
     pub fn into_spec(self, token: Option<String>) -> crate::v1::RuleSpec {
         macro_rules! copy {
@@ -264,8 +281,13 @@ impl RuleSpecInput {
         changed
     }
 
-    /// Validates every field; the first invalid one is named in the error.
+    /// Validates every field. Missing required fields are listed all at once (the error's
+    /// `field` is the first); otherwise the first invalid field is named.
     pub fn validate(&self) -> Result<RuleConfig, RuleError> {
+        let missing = self.missing_required();
+        if let Some(&first) = missing.first() {
+            return Err(invalid(first, format!("{} required", list_of(&missing))));
+        }
         let name = required("name", &self.name)?;
         validate_name(name)?;
         let service_url = required("service_url", &self.service_url)?;
@@ -456,6 +478,15 @@ impl RuleConfig {
 fn same_service_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/')
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// `a is`, `a and b are`, `a, b and c are`.
+fn list_of(fields: &[&str]) -> String {
+    match fields {
+        [] => String::new(),
+        [one] => format!("{one} is"),
+        [init @ .., last] => format!("{} and {last} are", init.join(", ")),
+    }
 }
 
 fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, RuleError> {

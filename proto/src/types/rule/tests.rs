@@ -455,3 +455,31 @@ fn the_api_form_shows_every_field_and_the_state() {
     });
     assert_eq!(input.validate().expect("valid"), config);
 }
+
+#[test]
+fn every_missing_required_field_is_listed_at_once() {
+    let spec = RuleSpecInput {
+        name: Some("orders".into()),
+        topic: Some("orders".into()),
+        region: Some("  ".into()),
+        ..RuleSpecInput::default()
+    };
+    let err = spec.validate().expect_err("four fields missing");
+    assert_eq!(err.field, "service_url");
+    assert_eq!(
+        err.to_string(),
+        "service_url, subscription, bucket and region are required"
+    );
+    let one = RuleSpecInput {
+        name: Some("orders".into()),
+        service_url: Some("pulsar://broker:6650".into()),
+        topic: Some("orders".into()),
+        subscription: Some("backup".into()),
+        bucket: Some("backup-1250000000".into()),
+        ..RuleSpecInput::default()
+    };
+    assert_eq!(
+        one.validate().expect_err("region missing").to_string(),
+        "region is required"
+    );
+}
