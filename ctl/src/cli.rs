@@ -122,6 +122,8 @@ pub enum OutputFormat {
     /// Every column, nothing shortened.
     Wide,
     Json,
+    /// `rule show` only: the rule as a rule file (`rule create/apply --from-file` reads it back).
+    Toml,
 }
 
 // Built once per process; boxing the big variant would only add noise.
@@ -195,6 +197,17 @@ pub enum RuleCommand {
       --bucket backup-1250000000 --region ap-guangzhou --prefix orders/ --window 10m
   tdmq-backup rule create --from-file orders.toml")]
     Create(CreateArgs),
+    /// Create the rule a rule file describes, or change the existing rule to match it.
+    #[command(
+        after_help = "Only the fields that differ from the stored rule are changed; a file \
+that matches it changes nothing. A rule file leaves out what it does not set, and those fields \
+keep their values.
+
+Examples:
+  tdmq-backup rule show orders-backup -o toml > orders.toml
+  tdmq-backup rule apply -f orders.toml"
+    )]
+    Apply(ApplyArgs),
     /// List every rule.
     #[command(after_help = "Example:\n  tdmq-backup rule list -o json")]
     List,
@@ -264,6 +277,17 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub spec: SpecFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The rule file: the keys of `rule create --from-file`, `name` included.
+    #[arg(short = 'f', long = "file", value_name = "RULE.toml")]
+    pub file: PathBuf,
+    /// If the file changes service_url, topic or subscription: remove the old Pulsar
+    /// subscription, as `rule edit --unsubscribe` does.
+    #[arg(long)]
+    pub unsubscribe: bool,
 }
 
 #[derive(Debug, Args)]

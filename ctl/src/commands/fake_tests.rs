@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::cli::Cli;
+use crate::commands::rule::parse_rule_file;
 use crate::output::Report;
 
 #[derive(Default)]
@@ -26,6 +27,8 @@ struct Fake {
     seen: Arc<Mutex<Seen>>,
     /// When set, calls without exactly this `authorization` value are refused.
     require_auth: Option<String>,
+    /// What GetRule finds (by name); nothing by default.
+    stored: Option<Rule>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -93,6 +96,12 @@ impl Ingester for Fake {
     }
     async fn get_rule(&self, req: Request<RuleName>) -> Reply<RuleReply> {
         self.check(&req)?;
+        if let Some(rule) = self.stored.iter().find(|r| r.name == req.get_ref().name) {
+            return Ok(Response::new(RuleReply {
+                rule: Some(rule.clone()),
+                ..RuleReply::default()
+            }));
+        }
         Err(Status::not_found(format!(
             "rule {:?} does not exist",
             req.into_inner().name
@@ -410,4 +419,75 @@ async fn other_commands_shapes_and_errors() {
     assert!(seen.logs[0].failed_only);
     // No control-plane token was configured: none was sent.
     assert!(seen.auth.iter().all(Option::is_none));
+}
+
+#[tokio::test]
+async fn apply_creates_a_missing_rule_then_edits_only_what_differs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("orders.toml");
+    let text = "name = \"orders\"\nservice_url = \"pulsar://10.0.0.5:6650\"\ntopic = \"orders\"\n\
+                subscription = \"backup\"\nbucket = \"backup-1250000000\"\nregion = \"ap-guangzhou\"\n\
+                window = \"10m\"\n";
+    std::fs::write(&file, text).expect("write");
+    let file_s = file.to_string_lossy().to_string();
+    let dead = dead_url().await;
+
+    let fresh = Fake::default();
+    let url = serve(fresh.clone()).await;
+    let report = run(&url, &dead, &["rule", "apply", "-f", &file_s])
+        .await
+        .expect("created");
+    assert_eq!(report.json["name"], "orders");
+    let created = fresh.seen.lock().expect("lock").specs.clone();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].window.as_deref(), Some("10m"));
+
+    // The same rule stored, with a 5m window: only the window is sent.
+    let stored = proto::types::RuleSpecInput {
+        window: Some("5m".into()),
+        ..parse_rule_file(text, &file).expect("parses").0
+    }
+    .validate()
+    .expect("valid")
+    .to_rule(proto::types::rule::RuleState::default());
+    let existing = Fake {
+        stored: Some(stored.clone()),
+        ..Fake::default()
+    };
+    let url = serve(existing.clone()).await;
+    run(&url, &dead, &["rule", "apply", "-f", &file_s])
+        .await
+        .expect("updated");
+    let edits = existing.seen.lock().expect("lock").specs.clone();
+    assert_eq!(edits.len(), 1);
+    let edit = &edits[0];
+    assert_eq!(edit.window.as_deref(), Some("10m"), "{edit:?}");
+    assert_eq!(
+        (
+            edit.topic.as_ref(),
+            edit.bucket.as_ref(),
+            edit.start.as_ref()
+        ),
+        (None, None, None),
+        "{edit:?}"
+    );
+
+    // A file that matches the stored rule sends nothing.
+    let same = Fake {
+        stored: Some(
+            proto::types::RuleSpecInput {
+                window: Some("10m".into()),
+                ..proto::types::RuleSpecInput::from(&stored)
+            }
+            .validate()
+            .expect("valid")
+            .to_rule(proto::types::rule::RuleState::default()),
+        ),
+        ..Fake::default()
+    };
+    let url = serve(same.clone()).await;
+    run(&url, &dead, &["rule", "apply", "-f", &file_s])
+        .await
+        .expect("unchanged");
+    assert!(same.seen.lock().expect("lock").specs.is_empty());
 }

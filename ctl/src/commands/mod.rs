@@ -60,6 +60,14 @@ impl Ctx {
 /// Runs the command. `None`: it printed its own output as it went (`status --watch`,
 /// `logs --follow`) and there is nothing left to print.
 pub async fn execute(cli: Cli) -> anyhow::Result<Option<Report>> {
+    if cli.output == OutputFormat::Toml
+        && !matches!(
+            cli.command,
+            Command::Rule(crate::cli::RuleCommand::Show { .. })
+        )
+    {
+        anyhow::bail!("-o toml is only for `rule show`: other commands print table, wide or json");
+    }
     match &cli.command {
         Command::Completions { shell } => {
             let mut stdout = std::io::stdout().lock();

@@ -12,13 +12,16 @@ use proto::v1::{
 use serde_json::json;
 
 use super::Ctx;
-use crate::cli::{CreateArgs, DeleteArgs, EditArgs, RuleCommand, SpecFlags};
+use crate::cli::{
+    ApplyArgs, CreateArgs, DeleteArgs, EditArgs, OutputFormat, RuleCommand, SpecFlags,
+};
 use crate::client::{self, read_token_file, CallResult as _};
-use crate::output::{rule_json, rule_state, rule_text, rules_json, rules_text, Report};
+use crate::output::{rule_json, rule_state, rule_text, rule_toml, rules_json, rules_text, Report};
 
 pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
     match cmd {
         RuleCommand::Create(args) => create(ctx, args).await,
+        RuleCommand::Apply(args) => apply(ctx, args).await,
         RuleCommand::List => list(ctx).await,
         RuleCommand::Show { name } => {
             let mut ingester = ctx.ingester().await?;
@@ -26,6 +29,15 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                 .get_rule(RuleName { name })
                 .await
                 .on(&ctx.ingester)?;
+            if ctx.format == OutputFormat::Toml {
+                let rule = reply
+                    .rule
+                    .ok_or_else(|| anyhow!("the ingester's reply holds no rule"))?;
+                return Ok(Report {
+                    json: json!(null),
+                    text: rule_toml(&rule),
+                });
+            }
             rule_report(&mut ingester, reply.rule, None).await
         }
         RuleCommand::Edit(args) => edit(ctx, args).await,
@@ -143,6 +155,67 @@ pub fn create_spec(args: CreateArgs) -> anyhow::Result<(RuleSpecInput, Option<St
         None => None,
     };
     Ok((spec, token))
+}
+
+async fn apply(ctx: &Ctx, args: ApplyArgs) -> anyhow::Result<Report> {
+    let (file_spec, token_source) = load_rule_file(&args.file)?;
+    let name = file_spec
+        .name
+        .clone()
+        .ok_or_else(|| anyhow!("{}: name is required", args.file.display()))?;
+    let mut ingester = ctx.ingester().await?;
+    let existing = match ingester.get_rule(RuleName { name: name.clone() }).await {
+        Ok(reply) => reply.into_inner().rule,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => return Err(ctx.ingester.call_error(status)),
+    };
+    let Some(existing) = existing else {
+        file_spec.validate().map_err(|e| anyhow!("{e}"))?;
+        let token = token_source.map(|t| t.read()).transpose()?;
+        if token.is_some() {
+            client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
+        }
+        let reply = ingester
+            .create_rule(CreateRuleRequest {
+                spec: Some(file_spec.into_spec(token)),
+            })
+            .await
+            .on(&ctx.ingester)?;
+        return rule_report(&mut ingester, reply.rule, Some("created")).await;
+    };
+    let patch = apply_patch(&existing, file_spec)?;
+    let token = token_source.map(|t| t.read()).transpose()?;
+    let unchanged = RuleSpecInput {
+        name: Some(name),
+        ..RuleSpecInput::default()
+    };
+    if patch == unchanged && token.is_none() {
+        return rule_report(&mut ingester, Some(existing), Some("unchanged")).await;
+    }
+    if token.is_some() {
+        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
+    }
+    let reply = ingester
+        .edit_rule(EditRuleRequest {
+            spec: Some(patch.into_spec(token)),
+            unsubscribe: args.unsubscribe,
+        })
+        .await
+        .on(&ctx.ingester)?;
+    rule_report(&mut ingester, reply.rule, Some("updated")).await
+}
+
+/// The edit that makes `existing` what the rule file says: the file over the stored rule,
+/// validated (errors name the field), compared in canonical form so `5m` and `300s` are equal.
+fn apply_patch(existing: &Rule, file: RuleSpecInput) -> anyhow::Result<RuleSpecInput> {
+    let stored = RuleSpecInput::from(existing);
+    let wanted = stored
+        .clone()
+        .overlay(file)
+        .validate()
+        .map_err(|e| anyhow!("{e}"))?;
+    let canonical = RuleSpecInput::from(&wanted.to_rule(proto::types::rule::RuleState::default()));
+    Ok(canonical.changes_from(&stored))
 }
 
 async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {

@@ -72,7 +72,7 @@ fn watch_page(
             };
             format!("{doc}\n")
         }
-        OutputFormat::Table | OutputFormat::Wide => {
+        OutputFormat::Table | OutputFormat::Wide | OutputFormat::Toml => {
             let body = match fetched {
                 Ok(report) => report.text,
                 Err(e) => format!("error: {}", one_line(&format!("{e:#}"))),

@@ -228,6 +228,37 @@ impl From<&crate::v1::RuleSpec> for RuleSpecInput {
     }
 }
 
+/// A stored rule as the spec that recreates it (`rule show -o toml`, `rule apply`): sizes in
+/// bytes, the window as a duration, empty optional fields left out. The token is not part of it.
+impl From<&crate::v1::Rule> for RuleSpecInput {
+    fn from(rule: &crate::v1::Rule) -> RuleSpecInput {
+        let text = |v: &str| Some(v.to_owned()).filter(|v| !v.is_empty());
+        RuleSpecInput {
+            name: text(&rule.name),
+            service_url: text(&rule.service_url),
+            topic: text(&rule.topic),
+            subscription: text(&rule.subscription),
+            subscription_type: text(&rule.subscription_type),
+            bucket: text(&rule.bucket),
+            region: text(&rule.region),
+            // Empty is a value here: the bucket's root.
+            prefix: Some(rule.prefix.clone()),
+            window: Some(
+                humantime::format_duration(std::time::Duration::from_secs(rule.window_secs))
+                    .to_string()
+                    .replace(' ', ""),
+            ),
+            max_messages: Some(rule.max_messages),
+            max_bytes: Some(rule.max_bytes.to_string()),
+            start: text(&rule.start),
+            cluster: text(&rule.cluster),
+            role: text(&rule.role),
+            endpoint: text(&rule.endpoint),
+            compression: text(&rule.compression),
+        }
+    }
+}
+
 impl RuleSpecInput {
     /// The required fields that are absent or blank, in the order the reference lists them.
     pub fn missing_required(&self) -> Vec<&'static str> {
@@ -268,6 +299,20 @@ impl RuleSpecInput {
         take!(patch; name);
         optional_spec_fields!(take, patch);
         self
+    }
+
+    /// Only the fields whose values differ from `base`'s (the name is kept): the edit that
+    /// turns `base` into `self`.
+    pub fn changes_from(&self, base: &RuleSpecInput) -> RuleSpecInput {
+        let mut patch = RuleSpecInput {
+            name: self.name.clone(),
+            ..RuleSpecInput::default()
+        };
+        macro_rules! differing {
+            ($base:ident; $($f:ident),*) => { $( if self.$f != $base.$f { patch.$f = self.$f.clone(); } )* };
+        }
+        optional_spec_fields!(differing, base);
+        patch
     }
 
     /// The names of the fields whose values differ from `other`'s (for the rule's history).

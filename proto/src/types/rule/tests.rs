@@ -483,3 +483,50 @@ fn every_missing_required_field_is_listed_at_once() {
         "region is required"
     );
 }
+
+#[test]
+fn a_stored_rule_becomes_the_spec_that_recreates_it() {
+    let spec = RuleSpecInput {
+        name: Some("orders".into()),
+        service_url: Some("pulsar://broker:6650".into()),
+        topic: Some("orders".into()),
+        subscription: Some("backup".into()),
+        bucket: Some("backup-1250000000".into()),
+        region: Some("ap-guangzhou".into()),
+        window: Some("1h30m".into()),
+        max_bytes: Some("64MiB".into()),
+        ..RuleSpecInput::default()
+    };
+    let config = spec.validate().expect("valid");
+    let stored = config.to_rule(RuleState::default());
+    let again = RuleSpecInput::from(&stored);
+    assert_eq!(again.window.as_deref(), Some("1h30m"));
+    assert_eq!(again.max_bytes.as_deref(), Some("67108864"));
+    assert_eq!(again.endpoint, None);
+    assert_eq!(again.validate().expect("still valid"), config);
+}
+
+#[test]
+fn changes_from_keeps_only_the_differing_fields() {
+    let base = RuleSpecInput {
+        name: Some("orders".into()),
+        topic: Some("orders".into()),
+        window: Some("5m".into()),
+        ..RuleSpecInput::default()
+    };
+    let wanted = RuleSpecInput {
+        window: Some("10m".into()),
+        ..base.clone()
+    };
+    let patch = wanted.changes_from(&base);
+    assert_eq!(patch.name.as_deref(), Some("orders"));
+    assert_eq!(patch.window.as_deref(), Some("10m"));
+    assert_eq!(patch.topic, None);
+    assert_eq!(
+        base.changes_from(&base).changed_fields(&RuleSpecInput {
+            name: base.name.clone(),
+            ..RuleSpecInput::default()
+        }),
+        Vec::<&str>::new()
+    );
+}
