@@ -240,10 +240,19 @@ Examples:
         name: String,
     },
     /// Seal the open segment now instead of waiting for its window to end.
-    #[command(after_help = "Example:\n  tdmq-backup rule flush orders-backup")]
+    #[command(after_help = "Examples:
+  tdmq-backup rule flush orders-backup
+  tdmq-backup rule flush orders-backup --wait --wait-timeout 2m")]
     Flush {
         /// The rule.
         name: String,
+        /// Return only when the sealed segment is stored and its messages acknowledged on
+        /// Pulsar (progress on stderr).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit 1; the segment keeps going).
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
+        wait_timeout: Duration,
     },
     /// Pass one entry the rule cannot decode: acknowledge it on Pulsar without storing it.
     ///

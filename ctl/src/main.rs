@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod exit;
 mod output;
+mod progress;
 mod table;
 
 use std::io::Write as _;

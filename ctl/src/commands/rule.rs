@@ -1,5 +1,6 @@
 //! `rule create|list|show|edit|delete|pause|resume|flush|skip`.
 
+use std::future::Future;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use crate::cli::{
 };
 use crate::client::{self, read_token_file, CallResult as _};
 use crate::output::{rule_json, rule_state, rule_text, rule_toml, rules_json, rules_text, Report};
+use crate::progress::Progress;
 
 pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
     match cmd {
@@ -58,19 +60,32 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                 .on(&ctx.ingester)?;
             rule_report(&mut ingester, reply.rule, Some("resumed")).await
         }
-        RuleCommand::Flush { name } => {
+        RuleCommand::Flush {
+            name,
+            wait,
+            wait_timeout,
+        } => {
             let mut ingester = ctx.ingester().await?;
             let reply = ingester
                 .flush_rule(RuleName { name: name.clone() })
                 .await
                 .on(&ctx.ingester)?;
-            let text = if reply.sealed {
+            let mut text = if reply.sealed {
                 format!("sealed segment {} of rule {name}", reply.segment_no)
             } else {
                 format!("nothing to seal: the open segment of rule {name} is empty")
             };
+            if wait && reply.sealed {
+                wait_acknowledged(ctx, &mut ingester, &name, reply.segment_no, wait_timeout)
+                    .await?;
+                text.push_str("; stored and acknowledged");
+            }
             Ok(Report {
-                json: json!({ "sealed": reply.sealed, "segment_no": reply.segment_no }),
+                json: json!({
+                    "sealed": reply.sealed,
+                    "segment_no": reply.segment_no,
+                    "acknowledged": wait && reply.sealed,
+                }),
                 text,
             })
         }
@@ -428,6 +443,86 @@ async fn list(ctx: &Ctx) -> anyhow::Result<Report> {
     })
 }
 
+/// Polls the rule's segments until `segment_no` is gone: stored, acknowledged and freed (an
+/// older segment still waiting holds it back, as acknowledgements follow segment order).
+async fn wait_acknowledged(
+    ctx: &Ctx,
+    ingester: &mut client::Ingester,
+    name: &str,
+    segment_no: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut progress = Progress::start(&format!("segment {segment_no} of {name}: sealing"));
+    loop {
+        let segments = ingester
+            .list_segments(RuleName { name: name.into() })
+            .await
+            .on(&ctx.ingester)?
+            .segments;
+        let Some(segment) = segments.iter().find(|s| s.segment_no == segment_no) else {
+            progress.finish();
+            return Ok(());
+        };
+        let state = segment.state.clone();
+        progress.update(&format!("segment {segment_no} of {name}: {state}"));
+        if tokio::time::Instant::now() >= deadline {
+            progress.finish();
+            bail!(
+                "segment {segment_no} of rule {name} is still {state} after {}; it keeps going: \
+                 see `tdmq-backup segments {name}` and `tdmq-backup status {name}`",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the drain `call`, showing on stderr what is left until it answers.
+async fn with_drain_progress<T>(ctx: &Ctx, name: &str, call: impl Future<Output = T>) -> T {
+    let Ok(mut watcher) = ctx.ingester().await else {
+        return call.await;
+    };
+    let mut progress = Progress::start(&format!("draining {name}: sealing the open segment"));
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            out = &mut call => {
+                progress.finish();
+                return out;
+            }
+            _ = tick.tick() => {
+                let listed = watcher.list_segments(RuleName { name: name.into() }).await;
+                if let Ok(reply) = listed {
+                    progress.update(&drain_message(name, &reply.into_inner().segments));
+                }
+            }
+        }
+    }
+}
+
+/// `draining orders: 3 segments left (1 sealing, 2 stored)`.
+fn drain_message(name: &str, segments: &[proto::v1::SegmentInfo]) -> String {
+    if segments.is_empty() {
+        return format!("draining {name}: nothing left, deleting");
+    }
+    let mut states: Vec<(&str, usize)> = Vec::new();
+    for s in segments {
+        match states.iter_mut().find(|(state, _)| *state == s.state) {
+            Some((_, n)) => *n += 1,
+            None => states.push((&s.state, 1)),
+        }
+    }
+    let by_state: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let plural = if segments.len() == 1 { "" } else { "s" };
+    format!(
+        "draining {name}: {} segment{plural} left ({})",
+        segments.len(),
+        by_state.join(", ")
+    )
+}
+
 /// The ingester's drain timeout when `--drain-timeout` is not given.
 const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -452,16 +547,19 @@ async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<Report> {
             confirm_discard(&args.name, unstored)?;
         }
     }
-    let reply = ingester
-        .delete_rule(DeleteRuleRequest {
-            name: args.name.clone(),
-            drain: args.drain,
-            discard: args.discard,
-            drain_timeout_secs: args.drain_timeout.map(|d| d.as_secs().max(1)).unwrap_or(0),
-            unsubscribe: args.unsubscribe,
-        })
-        .await
-        .on(&ctx.ingester)?;
+    let call = ingester.delete_rule(DeleteRuleRequest {
+        name: args.name.clone(),
+        drain: args.drain,
+        discard: args.discard,
+        drain_timeout_secs: args.drain_timeout.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        unsubscribe: args.unsubscribe,
+    });
+    let reply = if args.drain {
+        with_drain_progress(ctx, &args.name, call).await
+    } else {
+        call.await
+    }
+    .on(&ctx.ingester)?;
     let mut text = format!("deleted rule {}", args.name);
     if reply.segments_discarded > 0 {
         text.push_str(&format!(
@@ -755,6 +853,26 @@ token_file = "pulsar.jwt"
         .expect("parses");
         let (spec, _) = create_spec(create_args(cli)).expect("valid");
         assert_eq!(spec.window.as_deref(), Some("1m"));
+    }
+
+    #[test]
+    fn drain_progress_counts_segments_by_state() {
+        let seg = |state: &str| proto::v1::SegmentInfo {
+            state: state.into(),
+            ..proto::v1::SegmentInfo::default()
+        };
+        assert_eq!(
+            drain_message("orders", &[seg("sealed"), seg("stored"), seg("sealed")]),
+            "draining orders: 3 segments left (2 sealed, 1 stored)"
+        );
+        assert_eq!(
+            drain_message("orders", &[seg("open")]),
+            "draining orders: 1 segment left (1 open)"
+        );
+        assert_eq!(
+            drain_message("orders", &[]),
+            "draining orders: nothing left, deleting"
+        );
     }
 
     #[test]
