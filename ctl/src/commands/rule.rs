@@ -80,14 +80,11 @@ pub async fn run(ctx: &Ctx, cmd: RuleCommand) -> anyhow::Result<Report> {
                     .await?;
                 text.push_str("; stored and acknowledged");
             }
-            Ok(Report {
-                json: json!({
-                    "sealed": reply.sealed,
-                    "segment_no": reply.segment_no,
-                    "acknowledged": wait && reply.sealed,
-                }),
-                text,
-            })
+            let mut json = json!({ "sealed": reply.sealed, "segment_no": reply.segment_no });
+            if wait {
+                json["acknowledged"] = json!(reply.sealed);
+            }
+            Ok(Report { json, text })
         }
         RuleCommand::Skip { name, entry } => {
             let mut ingester = ctx.ingester().await?;
