@@ -111,6 +111,12 @@ async fn rule_report(
 ) -> anyhow::Result<Report> {
     // The proto makes every message field optional; a reply without its rule is a daemon bug.
     let rule = rule.ok_or_else(|| anyhow!("the ingester's reply holds no rule"))?;
+    if matches!(done, Some("created" | "updated")) {
+        // On stderr: scripts reading stdout (or `-o json`) see only the rule.
+        for note in console_notes(&rule) {
+            eprintln!("note: {note}");
+        }
+    }
     let states = live_states(ingester, Some(rule.name.clone())).await;
     let state = rule_state(&rule, &states);
     let mut text = rule_text(&rule, &state);
@@ -121,6 +127,14 @@ async fn rule_report(
         json: rule_json(&rule, &state),
         text,
     })
+}
+
+/// Where the rule goes beyond the TDMQ console's own limits, and why that may be fine.
+fn console_notes(rule: &Rule) -> Vec<String> {
+    RuleSpecInput::from(rule)
+        .validate()
+        .map(|config| config.beyond_console_limits())
+        .unwrap_or_default()
 }
 
 /// The rules' live states from `status`; empty if the ingester could not say (the rule was just

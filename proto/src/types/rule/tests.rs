@@ -530,3 +530,31 @@ fn changes_from_keeps_only_the_differing_fields() {
         Vec::<&str>::new()
     );
 }
+
+#[test]
+fn rules_beyond_the_consoles_limits_are_noted_not_refused() {
+    let spec = RuleSpecInput {
+        name: Some("orders".into()),
+        service_url: Some("pulsar://broker:6650".into()),
+        topic: Some("orders".into()),
+        subscription: Some("backup".into()),
+        bucket: Some("backup-1250000000".into()),
+        region: Some("ap-guangzhou".into()),
+        ..RuleSpecInput::default()
+    };
+    let defaults = spec.validate().expect("valid");
+    assert_eq!(defaults.beyond_console_limits(), Vec::<String>::new());
+    let wide = RuleSpecInput {
+        window: Some("30s".into()),
+        max_messages: Some(20_000),
+        max_bytes: Some("1GB".into()),
+        ..spec
+    }
+    .validate()
+    .expect("still valid");
+    let notes = wide.beyond_console_limits();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(notes[0].starts_with("window 30s is shorter"), "{notes:?}");
+    assert!(notes[1].starts_with("max_messages 20000"), "{notes:?}");
+    assert!(notes[2].starts_with("max_bytes 1000000000"), "{notes:?}");
+}
