@@ -56,12 +56,18 @@
 //!    delete leaves `stored` segments behind, which are acknowledged again after the restart
 //!    (cumulative acks are idempotent).
 
+pub mod db;
+pub mod disk;
+pub mod log_record;
+pub mod record_log;
+pub mod spool_id;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::log_record::LogEncoder;
+use crate::spool::log_record::LogEncoder;
 use chrono::{TimeZone, Utc};
 use proto::types::segment_files;
 use proto::types::{object_key, Compression, MessageId, RuleConfig, SegmentName, TopicName};
@@ -69,11 +75,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::cutter::{CutPolicy, OpenStats, Placement};
-use crate::db::Database;
 use crate::error::{IngesterError, Result};
-use crate::record_log::{sync_dir, LogWrite, RecordLogs};
-use crate::segment_writer::{SegmentWriter, Written};
+use crate::segment::cutter::{CutPolicy, OpenStats, Placement};
+use crate::segment::segment_writer::{SegmentWriter, Written};
+use crate::spool::db::Database;
+use crate::spool::record_log::{sync_dir, LogWrite, RecordLogs};
 
 /// An open segment's log is compressed while it grows once it holds this much: below it,
 /// sealing after the close takes a few milliseconds anyway.
@@ -297,7 +303,7 @@ pub struct Incoming {
     pub publish_time_ms: u64,
     pub producer_name: String,
     /// The record in the log's compact form, without topic and producer name
-    /// (`crate::log_record::encode_body`).
+    /// (`crate::spool::log_record::encode_body`).
     pub body: Vec<u8>,
     /// The length of the record's JSON line: what it adds to the object (and to `max_bytes`).
     pub json_len: u64,
@@ -330,7 +336,7 @@ impl Incoming {
             encryption: None,
         };
         let mut body = Vec::new();
-        crate::log_record::encode_body(&fields, &mut body);
+        crate::spool::log_record::encode_body(&fields, &mut body);
         self.json_len = proto::types::record::record_json_len(&fields);
         self.body = body;
         self
@@ -338,8 +344,9 @@ impl Incoming {
 
     /// The payload (text) back from the body.
     pub(crate) fn payload_for_tests(&self) -> String {
-        let line = crate::log_record::json_line(&self.topic, &self.producer_name, &self.body)
-            .expect("a valid body");
+        let line =
+            crate::spool::log_record::json_line(&self.topic, &self.producer_name, &self.body)
+                .expect("a valid body");
         let record: serde_json::Value = serde_json::from_slice(&line).expect("a JSON record");
         record["payload"]
             .as_str()
@@ -2182,7 +2189,7 @@ pub(crate) mod tests {
             let json: Vec<u8> = first
                 .iter()
                 .flat_map(|m| {
-                    crate::log_record::json_line(&m.topic, &m.producer_name, &m.body)
+                    crate::spool::log_record::json_line(&m.topic, &m.producer_name, &m.body)
                         .expect("valid body")
                 })
                 .collect();

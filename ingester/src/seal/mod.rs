@@ -153,7 +153,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn seals_every_segment_once_even_when_asked_twice() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = Arc::new(crate::db::tests::open_in(&dir.path().join("db")));
+        let db = Arc::new(crate::spool::db::tests::open_in(&dir.path().join("db")));
         let rule = crate::spool::tests::rule(2);
         let (spool, _) =
             RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;

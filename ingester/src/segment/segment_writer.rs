@@ -14,12 +14,12 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::log_record::LogDecoder;
+use crate::spool::log_record::LogDecoder;
 use proto::types::Compression;
 
 use crate::error::{IngesterError, Result};
-use crate::parallel_gzip::ParallelGzip;
-use crate::record_log::RecordLogs;
+use crate::segment::parallel_gzip::ParallelGzip;
+use crate::spool::record_log::RecordLogs;
 use crate::spool::LogFormat;
 
 const BUFFER: usize = 256 * 1024;
@@ -240,7 +240,7 @@ impl<W: Write> Write for HashingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record_log::LogWrite;
+    use crate::spool::record_log::LogWrite;
 
     #[test]
     fn fed_in_steps_while_the_log_grows_it_writes_the_same_gzip_content() -> Result<()> {
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
-        use crate::log_record::{encode_body, LogEncoder};
+        use crate::spool::log_record::{encode_body, LogEncoder};
         use proto::types::{encode_record, ChunkFields, MessageId, RecordFields};
 
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -391,7 +391,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let logs = RecordLogs::new(dir.path().to_path_buf());
         let mut bytes = Vec::new();
-        crate::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
+        crate::spool::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
         logs.append_durably(&[LogWrite {
             segment_no: 2,
             fresh: true,
