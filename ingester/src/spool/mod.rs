@@ -20,9 +20,8 @@
 //! # On-disk layout
 //!
 //! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`, in
-//! consumption order and in a compact binary form (`crate::log_record`; segments from
-//! before it hold the JSON lines themselves, see [`LogFormat`]). Sealing turns the log into the
-//! object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both.
+//! consumption order and in a compact binary form (`crate::spool::log_record`). Sealing turns the
+//! log into the object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both.
 //! Everything else is in one sled tree `spool`, keys `[tag][rule]\0[suffix]`:
 //!
 //! | tag | suffix | value |
@@ -31,7 +30,6 @@
 //! | `w` | partition (flipped i32 BE) | highest message id spooled for the partition + topic |
 //! | `a` | partition | highest message id acknowledged for the partition + topic |
 //! | `n` | (none) | the rule's counters: next seq, next segment number |
-//! | `r` | seq (u64 BE) | only in spools written before record logs: moved into logs at open |
 //!
 //! # Invariants and crash behaviour
 //!
@@ -90,7 +88,6 @@ const MAX_PRESEALS: usize = 4;
 /// A presealing writer, taken out (`None`) by the seal that finishes it.
 type Preseal = Arc<Mutex<Option<SegmentWriter>>>;
 
-const RECORD: u8 = b'r';
 const SEGMENT: u8 = b's';
 const WATERMARK: u8 = b'w';
 const ACKED: u8 = b'a';
@@ -191,42 +188,15 @@ pub struct SegmentMeta {
     pub attempts: u32,
     #[serde(default)]
     pub times_quarantined: u32,
-    /// CRC32C of the record log's first `log_len()` bytes.
+    /// CRC32C of the record log's first `log_bytes` bytes.
     #[serde(default)]
     pub log_crc32c: u32,
-    /// Whether the records are in a record log (false only in spools from before record logs,
-    /// whose records are sled keys until `open` moves them).
-    #[serde(default)]
-    pub records_in_log: bool,
-    /// How the record log holds the records (segments from before the compact form: JSON lines).
-    #[serde(default)]
-    pub log_format: LogFormat,
-    /// The record log's length in bytes, for compact logs (a JSON-lines log is `record_bytes`
-    /// long).
+    /// The length of the segment's record log that the spool knows to be durable.
     #[serde(default)]
     pub log_bytes: u64,
 }
 
-/// What a segment's record log holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// The object's JSON lines, as versions before the compact log wrote them.
-    #[default]
-    JsonLines,
-    /// `crate::log_record` frames, turned into JSON lines when the segment is sealed.
-    Compact,
-}
-
 impl SegmentMeta {
-    /// The length of the segment's record log that the spool knows to be durable.
-    pub fn log_len(&self) -> u64 {
-        match self.log_format {
-            LogFormat::JsonLines => self.record_bytes,
-            LogFormat::Compact => self.log_bytes,
-        }
-    }
-
     fn stats(&self) -> OpenStats {
         OpenStats {
             window_start_ms: self.window_start_ms,
@@ -576,7 +546,6 @@ impl RuleSpool {
             let (_, v) = item?;
             metas.push(from_json::<SegmentMeta>("segment meta", &v)?);
         }
-        migrate_legacy_records(db, &tree, &name, &logs, &mut metas)?;
         logs.sweep(|no| metas.iter().any(|m| m.segment_no == no))?;
 
         let mut open = None;
@@ -585,7 +554,7 @@ impl RuleSpool {
         for mut meta in metas {
             match meta.state {
                 SegmentState::Open => {
-                    logs.truncate(meta.segment_no, meta.log_len())?;
+                    logs.truncate(meta.segment_no, meta.log_bytes)?;
                     open = Some(meta);
                 }
                 SegmentState::Closed => {
@@ -788,13 +757,7 @@ impl RuleSpool {
                 state
                     .policy
                     .place(state.open.as_ref().map(|o| o.stats()).as_ref(), now_ms, len);
-            // A segment left open by a version that logged JSON lines is closed as it is; the
-            // next one is compact.
-            let legacy_open = state
-                .open
-                .as_ref()
-                .is_some_and(|o| o.log_format == LogFormat::JsonLines);
-            if placement == Placement::CloseThenAppend || legacy_open {
+            if placement == Placement::CloseThenAppend {
                 if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
                     outcome.closed.push(closed);
                 }
@@ -829,8 +792,6 @@ impl RuleSpool {
                     attempts: 0,
                     times_quarantined: 0,
                     log_crc32c: 0,
-                    records_in_log: true,
-                    log_format: LogFormat::Compact,
                     log_bytes: 0,
                 });
             }
@@ -854,25 +815,12 @@ impl RuleSpool {
                     }
                 };
                 let start = write.bytes.len();
-                match open.log_format {
-                    LogFormat::Compact => {
-                        let encoder = match encoder {
-                            Some((no, encoder)) if *no == open.segment_no => encoder,
-                            _ => &mut encoder.insert((open.segment_no, LogEncoder::default())).1,
-                        };
-                        open.log_bytes += encoder.append(
-                            &msg.topic,
-                            &msg.producer_name,
-                            &msg.body,
-                            &mut write.bytes,
-                        );
-                    }
-                    LogFormat::JsonLines => {
-                        return Err(IngesterError::Corrupt(
-                            "appending to a JSON-lines record log".into(),
-                        ));
-                    }
-                }
+                let encoder = match encoder {
+                    Some((no, encoder)) if *no == open.segment_no => encoder,
+                    _ => &mut encoder.insert((open.segment_no, LogEncoder::default())).1,
+                };
+                open.log_bytes +=
+                    encoder.append(&msg.topic, &msg.producer_name, &msg.body, &mut write.bytes);
                 open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &write.bytes[start..]);
                 open.last_seq = seq;
                 open.messages += 1;
@@ -1008,7 +956,7 @@ impl RuleSpool {
             }
         }
         if let Some(open) = &open {
-            self.logs.truncate(open.segment_no, open.log_len())?;
+            self.logs.truncate(open.segment_no, open.log_bytes)?;
         }
         state.encoder = None;
         state.counters = counters;
@@ -1056,15 +1004,12 @@ impl RuleSpool {
             presealing.retain(|_, (started, _)| *started == generation);
             // Under the presealing lock: a segment seen open here cannot be sealed before the
             // writer is in the map, so its seal finds the writer.
-            let (segment_no, upto, format, compression) = {
+            let (segment_no, upto, compression) = {
                 let state = self.lock();
                 match &state.open {
-                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => (
-                        open.segment_no,
-                        open.log_len(),
-                        open.log_format,
-                        state.target.compression(),
-                    ),
+                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => {
+                        (open.segment_no, open.log_bytes, state.target.compression())
+                    }
                     _ => return Ok(()),
                 }
             };
@@ -1078,7 +1023,6 @@ impl RuleSpool {
                         self.segments_dir
                             .join(segment_files::preseal_name(segment_no)),
                         segment_no,
-                        format,
                         compression,
                         generation,
                     )?;
@@ -1127,10 +1071,7 @@ impl RuleSpool {
         if let Some((_, preseal)) = preseal {
             // Waits for a feed still running on it.
             if let Some(pre) = lock_preseal(&preseal).take() {
-                if pre.generation == generation
-                    && pre.compression() == compression
-                    && pre.log_format() == meta.log_format
-                {
+                if pre.generation == generation && pre.compression() == compression {
                     writer = Some(pre);
                 } else {
                     discard(pre);
@@ -1144,7 +1085,6 @@ impl RuleSpool {
                     SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed),
                 )),
                 segment_no,
-                meta.log_format,
                 compression,
                 generation,
             )
@@ -1231,7 +1171,7 @@ impl RuleSpool {
     ) -> Result<(Written, PathBuf)> {
         let tmp = writer.tmp_path().to_path_buf();
         let written = writer
-            .feed(&self.logs, meta.log_len())
+            .feed(&self.logs, meta.log_bytes)
             .and_then(|()| writer.finish())
             .and_then(|written| self.check_written(meta, written));
         match written {
@@ -1251,11 +1191,10 @@ impl RuleSpool {
                 self.logs.path(meta.segment_no).display()
             )))
         };
-        if written.log_bytes != meta.log_len() {
+        if written.log_bytes != meta.log_bytes {
             return damaged(format!(
                 "it holds {} bytes, the spool wrote {}",
-                written.log_bytes,
-                meta.log_len()
+                written.log_bytes, meta.log_bytes
             ));
         }
         if written.log_crc32c != meta.log_crc32c {
@@ -1496,7 +1435,7 @@ impl RuleSpool {
         let mut state = self.lock();
         let mut batch = sled::Batch::default();
         let tree = self.tree()?;
-        for tag in [RECORD, SEGMENT, WATERMARK, ACKED, COUNTERS] {
+        for tag in [SEGMENT, WATERMARK, ACKED, COUNTERS] {
             for k in tree.scan_prefix(key(tag, &self.rule, &[])).keys() {
                 batch.remove(k?);
             }
@@ -1513,85 +1452,6 @@ impl RuleSpool {
         }
         Ok(())
     }
-}
-
-/// Moves the records of a spool written before record logs (sled keys `r`) into record logs.
-/// Each log is synced before its meta says `records_in_log`; the keys go last, so a crash at any
-/// point leaves either the keys or a complete log (a log without the flag is written again).
-fn migrate_legacy_records(
-    db: &Database,
-    tree: &sled::Tree,
-    rule: &str,
-    logs: &RecordLogs,
-    metas: &mut [SegmentMeta],
-) -> Result<()> {
-    const CHUNK_BYTES: usize = 4 * 1024 * 1024;
-    let mut moved = 0usize;
-    for meta in metas.iter_mut().filter(|m| !m.records_in_log) {
-        let lo = key(RECORD, rule, &meta.first_seq.to_be_bytes());
-        let hi = key(RECORD, rule, &meta.last_seq.to_be_bytes());
-        let (mut crc, mut count, mut bytes) = (0u32, 0u64, 0u64);
-        // A stored segment's records are in its object already: only its keys go.
-        if meta.state != SegmentState::Stored {
-            let mut pending = LogWrite {
-                segment_no: meta.segment_no,
-                fresh: true,
-                bytes: Vec::new(),
-            };
-            for item in tree.range(lo.as_slice()..=hi.as_slice()) {
-                let (_, line) = item?;
-                crc = crc32c::crc32c_append(crc, &line);
-                count += 1;
-                bytes += line.len() as u64;
-                pending.bytes.extend_from_slice(&line);
-                if pending.bytes.len() >= CHUNK_BYTES {
-                    logs.append_durably(std::slice::from_ref(&pending))?;
-                    pending.fresh = false;
-                    pending.bytes.clear();
-                }
-            }
-            logs.append_durably(std::slice::from_ref(&pending))?;
-            if count != meta.messages || bytes != meta.record_bytes {
-                return Err(IngesterError::Corrupt(format!(
-                    "segment {} of rule {rule:?}: the spool holds {count} records of {bytes} bytes, expected {} of {}",
-                    meta.segment_no, meta.messages, meta.record_bytes
-                )));
-            }
-        }
-        meta.log_crc32c = crc;
-        meta.records_in_log = true;
-        tree.insert(
-            key(SEGMENT, rule, &meta.segment_no.to_be_bytes()),
-            to_json(&*meta)?,
-        )?;
-        moved += 1;
-    }
-    if moved > 0 {
-        db.flush()?;
-        tracing::info!(
-            rule,
-            segments = moved,
-            "moved spooled records into record logs"
-        );
-    }
-    // Keys of records whose segments are in logs (or gone): a few thousand per batch.
-    let prefix = key(RECORD, rule, &[]);
-    loop {
-        let keys: Vec<sled::IVec> = tree
-            .scan_prefix(&prefix)
-            .keys()
-            .take(4096)
-            .collect::<std::result::Result<_, _>>()?;
-        if keys.is_empty() {
-            break;
-        }
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        tree.apply_batch(batch)?;
-    }
-    Ok(())
 }
 
 /// Moves a partition's position to `msg`. Per message on the append path: the topic string is
@@ -2172,139 +2032,6 @@ pub(crate) mod tests {
         spool.seal_blocking(0)?;
         let (_, path) = spool.sealed_file(0)?;
         assert_eq!(record_fields(&path, "topic"), vec![a, b, b]);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_segment_left_open_with_a_json_lines_log_is_closed_and_sealed_as_it_is() -> Result<()>
-    {
-        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        {
-            let db = open_db(&dir.path().join("db"))?;
-            let spool = open_spool(&db, dir.path(), 100)?;
-            let first = [msg(1, -1, 0), msg(2, -1, 0)];
-            spool.append(&first, 5).await?;
-            // Make it what an older version left: the open segment's log holds JSON lines.
-            let mut open = spool.open_segment().expect("open segment");
-            let json: Vec<u8> = first
-                .iter()
-                .flat_map(|m| {
-                    crate::spool::log_record::json_line(&m.topic, &m.producer_name, &m.body)
-                        .expect("valid body")
-                })
-                .collect();
-            std::fs::write(spool.logs.path(open.segment_no), &json)
-                .map_err(|e| IngesterError::io("writing", e))?;
-            open.log_format = LogFormat::JsonLines;
-            open.log_bytes = 0;
-            open.record_bytes = json.len() as u64;
-            open.log_crc32c = crc32c::crc32c(&json);
-            spool.tree()?.insert(
-                key(SEGMENT, &spool.rule, &open.segment_no.to_be_bytes()),
-                to_json(&open)?,
-            )?;
-            db.flush()?;
-        }
-        let db = open_db(&dir.path().join("db"))?;
-        let spool = open_spool(&db, dir.path(), 100)?;
-        let out = spool.append(&[msg(3, -1, 0)], 6).await?;
-        assert_eq!(
-            out.closed,
-            vec![0],
-            "the JSON-lines segment is closed first"
-        );
-        spool.seal_blocking(0)?;
-        let (_, path) = spool.sealed_file(0)?;
-        assert_eq!(
-            read_payloads(&path),
-            "{\"e\":1,\"b\":-1}\n{\"e\":2,\"b\":-1}\n"
-        );
-        let open = spool.open_segment().expect("a new open segment");
-        assert_eq!(open.log_format, LogFormat::Compact);
-        spool.close_open(7, true).await?;
-        spool.seal_blocking(1)?;
-        let (meta, path) = spool.sealed_file(1)?;
-        assert_eq!(read_payloads(&path), "{\"e\":3,\"b\":-1}\n");
-        assert_eq!(meta.record_bytes, read_file(&path).len() as u64);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn records_of_a_spool_from_before_record_logs_move_into_logs() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let lines = ["{\"e\":1}\n", "{\"e\":2}\n", "{\"e\":3}\n"];
-        {
-            // The layout an older ingester left: records as sled keys, metas without the flag.
-            let db = open_db(&dir.path().join("db"))?;
-            let tree = db.open_tree("spool")?;
-            let config = rule(2);
-            let mut closed = SegmentMeta {
-                segment_no: 0,
-                state: SegmentState::Closed,
-                window_start_ms: 0,
-                opened_at_ms: 1,
-                first_seq: 0,
-                last_seq: 1,
-                messages: 2,
-                record_bytes: (lines[0].len() + lines[1].len()) as u64,
-                first_id: Some(msg(1, -1, 0).id),
-                last_id: Some(msg(2, -1, 0).id),
-                oldest_publish_ms: 1,
-                ack_positions: BTreeMap::new(),
-                target: Target::of(&config),
-                object_key: "k".into(),
-                file_bytes: 0,
-                crc32c: 0,
-                sealed_at_ms: 0,
-                stored_at_ms: 0,
-                etag: String::new(),
-                upload_ms: 0,
-                attempts: 0,
-                times_quarantined: 0,
-                log_crc32c: 0,
-                records_in_log: false,
-                log_format: LogFormat::JsonLines,
-                log_bytes: 0,
-            };
-            tree.insert(key(SEGMENT, "r1", &0u64.to_be_bytes()), to_json(&closed)?)?;
-            closed.segment_no = 1;
-            closed.state = SegmentState::Open;
-            closed.first_seq = 2;
-            closed.last_seq = 2;
-            closed.messages = 1;
-            closed.record_bytes = lines[2].len() as u64;
-            tree.insert(key(SEGMENT, "r1", &1u64.to_be_bytes()), to_json(&closed)?)?;
-            for (seq, line) in lines.iter().enumerate() {
-                tree.insert(
-                    key(RECORD, "r1", &(seq as u64).to_be_bytes()),
-                    line.as_bytes(),
-                )?;
-            }
-            let counters = Counters {
-                next_seq: 3,
-                next_segment: 2,
-                source_changes: 0,
-            };
-            tree.insert(key(COUNTERS, "r1", &[]), to_json(&counters)?)?;
-            db.flush()?;
-        }
-        let db = open_db(&dir.path().join("db"))?;
-        let (spool, to_seal) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir.path(),
-            &rule(2),
-            Arc::new(Notify::new()),
-        )?;
-        assert_eq!(to_seal, vec![0]);
-        assert_eq!(spool.tree()?.scan_prefix(key(RECORD, "r1", &[])).count(), 0);
-        spool.seal_blocking(0)?;
-        let (_, path) = spool.sealed_file(0)?;
-        assert_eq!(read_file(&path), format!("{}{}", lines[0], lines[1]));
-        spool.close_open(10, true).await?;
-        spool.seal_blocking(1)?;
-        let (_, path) = spool.sealed_file(1)?;
-        assert_eq!(read_file(&path), lines[2]);
         Ok(())
     }
 
