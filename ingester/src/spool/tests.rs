@@ -375,3 +375,42 @@ async fn after_a_failed_log_write_the_next_record_names_its_topic_again() -> Res
     assert_eq!(record_fields(&path, "topic"), vec![a, b, b]);
     Ok(())
 }
+
+/// `open` and `reload` read a spool through one function: a watermark key that names no
+/// partition fails both, loudly, rather than one of them skipping it (and with it the
+/// partition's dedup).
+#[tokio::test]
+async fn a_bad_key_fails_open_and_reload_alike() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+    let db = open_db(&dir.path().join("db"))?;
+    let spool = open_spool(&db, dir.path(), 100)?;
+    spool.append(&[msg(1, -1, 0)], 5).await?;
+    let bad = key(WATERMARK, spool.rule(), &[0x80, 0]);
+    db.open_tree(SPOOL_TREE)?.insert(&bad, &b"{}"[..])?;
+
+    let reloaded = spool.reload();
+    assert!(
+        matches!(&reloaded, Err(IngesterError::Corrupt(why)) if why.contains("names no partition")),
+        "{reloaded:?}"
+    );
+    let opened = RuleSpool::open(
+        &db,
+        "test0001",
+        dir.path(),
+        &rule(100),
+        Arc::new(Notify::new()),
+    );
+    assert!(
+        matches!(&opened, Err(IngesterError::Corrupt(why)) if why.contains("names no partition")),
+        "{:?}",
+        opened.map(|_| ())
+    );
+
+    // Once the key is gone, both read the spool as it was.
+    db.open_tree(SPOOL_TREE)?.remove(&bad)?;
+    spool.reload()?;
+    assert_eq!(spool.seen().last(-1), Some(msg(1, -1, 0).id));
+    let reopened = open_spool(&db, dir.path(), 100)?;
+    assert_eq!(reopened.open_segment().map(|o| o.messages), Some(1));
+    Ok(())
+}
