@@ -10,7 +10,7 @@ use proto::types::{object_key, MessageId, SegmentName, TopicName};
 use super::keys::{key, partition_suffix, segment_key, to_json, COUNTERS, WATERMARK};
 use super::log_record::LogEncoder;
 use super::record_log::LogWrite;
-use super::redelivery::{redelivery, Redelivery};
+use super::redelivery::{classify, Redelivery};
 use super::{Position, RuleSpool, SegmentMeta, SegmentState, State, Target};
 use crate::error::{IngesterError, Result};
 use crate::segment::cutter::Placement;
@@ -160,11 +160,7 @@ impl RuleSpool {
         let mut dirty_partitions = Vec::new();
         for msg in messages {
             let partition = msg.id.partition;
-            match redelivery(
-                &msg.id,
-                state.watermarks.get(&partition).map(|mark| &mark.id),
-                state.acked.get(&partition),
-            ) {
+            match classify(&msg.id, &state.watermarks, &state.acked) {
                 Redelivery::New => {}
                 Redelivery::Spooled => {
                     outcome.duplicates += 1;
