@@ -4,10 +4,11 @@
 //! A message's path, module by module: `partition_consumers` (one Pulsar consumer per
 //! partition) → `consumer` (the rule's task: receives, encodes once, stops before an entry it
 //! cannot decode — `decode_fault` — and notices ids going backwards — `source_reset`) → `spool`
-//! (durable batch write to `record_log` + sled via `db`, dedup by id, cut by `cutter`, paused by
-//! `disk` when space runs low) → `sealer` + `segment_writer` (the segment file) → `grpc` /
-//! `app` (the uploader lists it — `sealed_page` — streams it, then commits — `commit_check`)
-//! → `consumer` again (acknowledges in segment order) → `history` (the rule's run log).
+//! (dedup by id, durable batch write to `spool::record_log` + sled via `spool::db`, cut into
+//! segments by `segment::cutter`, paused by `spool::disk` when space runs low) → `seal` (the
+//! segment file, written by `segment::segment_writer`) → `grpc` / `app` (the uploader lists it
+//! — `sealed_page` — streams it, then commits — `commit_check`) → `consumer` again
+//! (acknowledges in segment order) → `history` (the rule's run log).
 
 pub mod app;
 pub mod auth;

@@ -23,8 +23,9 @@ use crate::spool::record_log::RecordLogs;
 
 const BUFFER: usize = 256 * 1024;
 
-/// Blocks compressed at once by one writer: the cores, up to 4. Several seals at once (one per
-/// core, `sealer`) may oversubscribe the cores briefly; the work is the same.
+/// Blocks compressed at once by one writer: the cores, up to 4. Several seals at once (as many
+/// as there are cores, up to 4: `crate::seal`) may oversubscribe the cores briefly; the work is
+/// the same.
 fn gzip_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -19,17 +19,18 @@
 //!
 //! # On-disk layout
 //!
-//! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`, in
-//! consumption order and in a compact binary form (`crate::spool::log_record`). Sealing turns the
-//! log into the object's JSON lines and gzips them into `<segment_no>.jsonl.gz`; freeing unlinks both.
-//! Everything else is in one sled tree `spool`, keys `[tag][rule]\0[suffix]`:
+//! Records live in one append-only file per segment, `segments/<rule>/<segment_no>.log`
+//! ([`record_log`]), in consumption order and in a compact binary form ([`log_record`]). Sealing
+//! turns the log into the object's JSON lines and gzips them into `<segment_no>.jsonl.gz`
+//! (`crate::seal`); freeing unlinks both. Everything else is in one sled tree `spool` of the
+//! data dir's database ([`db`]), keys `[tag][rule]\0[suffix]` (`keys.rs`):
 //!
 //! | tag | suffix | value |
 //! | --- | --- | --- |
 //! | `s` | segment_no (u64 BE) | [`SegmentMeta`] as JSON, with its log's length and CRC32C |
 //! | `w` | partition (flipped i32 BE) | highest message id spooled for the partition + topic |
 //! | `a` | partition | highest message id acknowledged for the partition + topic |
-//! | `n` | (none) | the rule's counters: next seq, next segment number |
+//! | `n` | (none) | the rule's counters: next seq, next segment number, source changes |
 //!
 //! # Invariants and crash behaviour
 //!
@@ -53,6 +54,15 @@
 //! 5. Data is deleted only after its acknowledgement was sent. A crash between the ack and the
 //!    delete leaves `stored` segments behind, which are acknowledged again after the restart
 //!    (cumulative acks are idempotent).
+//!
+//! # Files
+//!
+//! `state.rs` the segment meta and its states; `keys.rs` the sled keys; `load.rs` reading a
+//! spool back (open, reload, reread: one function); `redelivery.rs` invariant 2; `append.rs`
+//! message → open → closed (invariant 1); `ack.rs` sealed → stored → gone (invariants 4, 5).
+//! closed → sealed and quarantine are `crate::seal`'s; where a segment is cut and how its file is
+//! written, `crate::segment`'s. [`disk`] pauses consumption when space runs low; [`spool_id`]
+//! names this data dir in object keys.
 
 pub mod db;
 pub mod disk;

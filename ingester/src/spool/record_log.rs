@@ -1,5 +1,5 @@
 //! Record logs: each segment's records, in the spool's compact form
-//! (`crate::log_record`), appended in consumption order to one plain file per segment
+//! (`crate::spool::log_record`), appended in consumption order to one plain file per segment
 //! (`segments/<rule>/<segment_no>.log`).
 //!
 //! Why files and not sled keys: records are written once, read once (when the segment is
