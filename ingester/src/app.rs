@@ -15,14 +15,14 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
-use crate::db::Database;
 use crate::decode_fault::EntryRef;
-use crate::disk::DiskSpace;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
+use crate::seal::SealerHandle;
 use crate::sealed_page;
-use crate::sealer::SealerHandle;
+use crate::spool::db::Database;
+use crate::spool::disk::DiskSpace;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
 use crate::unsubscribe::SubscriptionRef;
@@ -78,10 +78,10 @@ impl IngesterApp {
             &data_dir.join("spool.sled"),
             64 * 1024 * 1024,
         )?);
-        let spool_id = crate::spool_id::load_or_create(&db.handle()?)?;
+        let spool_id = crate::spool::spool_id::load_or_create(&db.handle()?)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
-        let sealer = crate::sealer::spawn(history.clone());
+        let sealer = crate::seal::spawn(history.clone());
         let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
         let app = Arc::new(IngesterApp {
             db,

@@ -19,15 +19,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
-use crate::disk::{DiskSpace, Room};
 use crate::history::{History, HistoryEntry};
-use crate::log_record;
 use crate::partition_consumers::{
     message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
 };
 use crate::rules::RuleStore;
-use crate::sealer::SealerHandle;
+use crate::seal::SealerHandle;
 use crate::source_reset::{self, WentBack};
+use crate::spool::disk::{DiskSpace, Room};
+use crate::spool::log_record;
 use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool, Seen};
 use crate::stats::{BlockedEntry, RuleStats};
 

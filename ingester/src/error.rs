@@ -42,7 +42,7 @@ pub type Result<T, E = IngesterError> = std::result::Result<T, E>;
 impl From<sled::Error> for IngesterError {
     fn from(err: sled::Error) -> IngesterError {
         // The cue for the database watch to check whether sled still takes writes.
-        crate::db::count_error();
+        crate::spool::db::count_error();
         IngesterError::Db(err)
     }
 }

@@ -10,8 +10,8 @@ use proto::v1::LogEntry;
 use proto::wire::HistoryKind;
 use serde::{Deserialize, Serialize};
 
-use crate::db::Database;
 use crate::error::Result;
+use crate::spool::db::Database;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn newest_first_filtered_and_bounded() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = Arc::new(crate::db::tests::open_in(dir.path()));
+        let db = Arc::new(crate::spool::db::tests::open_in(dir.path()));
         let history = History::open(&db, 100)?;
         for i in 0..300u64 {
             // Every tenth a failure, to filter on.
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn every_rule_is_trimmed_whatever_the_others_do() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = Arc::new(crate::db::tests::open_in(dir.path()));
+        let db = Arc::new(crate::spool::db::tests::open_in(dir.path()));
         let history = History::open(&db, 100)?;
         for i in 0..1000u64 {
             for rule in ["a", "b"] {
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn trimming_holds_across_restarts() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::IngesterError::io("tempdir", e))?;
-        let db = Arc::new(crate::db::tests::open_in(dir.path()));
+        let db = Arc::new(crate::spool::db::tests::open_in(dir.path()));
         for restart in 0..40u64 {
             let history = History::open(&db, 50)?;
             for i in 0..10u64 {

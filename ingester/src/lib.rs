@@ -4,37 +4,31 @@
 //! A message's path, module by module: `partition_consumers` (one Pulsar consumer per
 //! partition) → `consumer` (the rule's task: receives, encodes once, stops before an entry it
 //! cannot decode — `decode_fault` — and notices ids going backwards — `source_reset`) → `spool`
-//! (durable batch write to `record_log` + sled via `db`, dedup by id, cut by `cutter`, paused by
-//! `disk` when space runs low) → `sealer` + `segment_writer` (the segment file) → `grpc` /
-//! `app` (the uploader lists it — `sealed_page` — streams it, then commits — `commit_check`)
-//! → `consumer` again (acknowledges in segment order) → `history` (the rule's run log).
+//! (dedup by id, durable batch write to `spool::record_log` + sled via `spool::db`, cut into
+//! segments by `segment::cutter`, paused by `spool::disk` when space runs low) → `seal` (the
+//! segment file, written by `segment::segment_writer`) → `grpc` / `app` (the uploader lists it
+//! — `sealed_page` — streams it, then commits — `commit_check`) → `consumer` again
+//! (acknowledges in segment order) → `history` (the rule's run log).
 
 pub mod app;
 pub mod auth;
 pub mod commit_check;
 pub mod config;
 pub mod consumer;
-pub mod cutter;
-pub mod db;
 pub mod decode_fault;
-pub mod disk;
 pub mod error;
 pub mod grpc;
 pub mod history;
-pub mod log_record;
 pub mod metrics;
-pub mod parallel_gzip;
 pub mod partition_consumers;
 pub mod record_extras;
-pub mod record_log;
 pub mod rules;
 pub mod scoped_auth;
+pub mod seal;
 pub mod sealed_page;
-pub mod sealer;
-pub mod segment_writer;
+pub mod segment;
 pub mod source_reset;
 pub mod spool;
-pub mod spool_id;
 pub mod stats;
 pub mod unsubscribe;
 

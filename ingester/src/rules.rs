@@ -6,8 +6,8 @@ use std::sync::Arc;
 use proto::types::{RuleConfig, Secret};
 use serde::{Deserialize, Serialize};
 
-use crate::db::Database;
 use crate::error::{IngesterError, Result};
+use crate::spool::db::Database;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRule {

@@ -1,6 +1,6 @@
 //! The JSON Lines record: one consumed message, one line, field order as in docs/reference.md §9.
 //!
-//! The spool keeps records in a compact form (the ingester's `log_record`) and makes their lines here
+//! The spool keeps records in a compact form (the ingester's `spool::log_record`) and makes their lines here
 //! when a segment is sealed; [`record_json_len`] gives a line's length at consumption time, for
 //! the `max_bytes` cut, without making it.
 //!

@@ -3,8 +3,8 @@
 //! (presealing), so closing a large segment leaves only its tail to compress, and that is done
 //! on every core (`parallel_gzip`).
 //!
-//! A compact log (`crate::log_record`) is turned into the object's JSON lines on the way;
-//! a log from before the compact form already holds them and is copied.
+//! The log's compact records (`crate::spool::log_record`) are turned into the object's JSON
+//! lines on the way.
 //!
 //! A writer tracks what it read: offset, CRC32C and record count of the log bytes. Sealing checks
 //! them against the spool's meta before the file is renamed into place, so a writer that read
@@ -14,18 +14,18 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::log_record::LogDecoder;
+use crate::spool::log_record::LogDecoder;
 use proto::types::Compression;
 
 use crate::error::{IngesterError, Result};
-use crate::parallel_gzip::ParallelGzip;
-use crate::record_log::RecordLogs;
-use crate::spool::LogFormat;
+use crate::segment::parallel_gzip::ParallelGzip;
+use crate::spool::record_log::RecordLogs;
 
 const BUFFER: usize = 256 * 1024;
 
-/// Blocks compressed at once by one writer: the cores, up to 4. Several seals at once (one per
-/// core, `sealer`) may oversubscribe the cores briefly; the work is the same.
+/// Blocks compressed at once by one writer: the cores, up to 4. Several seals at once (as many
+/// as there are cores, up to 4: `crate::seal`) may oversubscribe the cores briefly; the work is
+/// the same.
 fn gzip_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -60,9 +60,9 @@ pub struct SegmentWriter {
     log_crc32c: u32,
     lines: u64,
     json_bytes: u64,
-    /// Set for a compact log: turns its frames into JSON lines.
-    decoder: Option<LogDecoder>,
-    /// The JSON lines of one piece of a compact log, handed to the compressor at once.
+    /// Turns the log's frames into JSON lines.
+    decoder: LogDecoder,
+    /// The JSON lines of one piece of the log, handed to the compressor at once.
     json: Vec<u8>,
     /// The spool's generation when this writer started (see `RuleSpool::reload`).
     pub generation: u64,
@@ -72,7 +72,6 @@ impl SegmentWriter {
     pub fn create(
         tmp: PathBuf,
         segment_no: u64,
-        log_format: LogFormat,
         compression: Compression,
         generation: u64,
     ) -> Result<SegmentWriter> {
@@ -93,7 +92,7 @@ impl SegmentWriter {
             log_crc32c: 0,
             lines: 0,
             json_bytes: 0,
-            decoder: (log_format == LogFormat::Compact).then(LogDecoder::default),
+            decoder: LogDecoder::default(),
             json: Vec::new(),
             generation,
         })
@@ -101,14 +100,6 @@ impl SegmentWriter {
 
     pub fn compression(&self) -> Compression {
         self.compression
-    }
-
-    pub fn log_format(&self) -> LogFormat {
-        if self.decoder.is_some() {
-            LogFormat::Compact
-        } else {
-            LogFormat::JsonLines
-        }
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -146,24 +137,14 @@ impl SegmentWriter {
             let chunk = &buf[..n];
             self.log_crc32c = crc32c::crc32c_append(self.log_crc32c, chunk);
             self.log_bytes += n as u64;
-            let lines = match &mut self.decoder {
-                Some(decoder) => {
-                    self.json.clear();
-                    let records = decoder.decode(chunk, &mut self.json).map_err(|e| {
-                        IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
-                    })?;
-                    self.lines += records;
-                    &self.json[..]
-                }
-                None => {
-                    self.lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
-                    chunk
-                }
-            };
-            self.json_bytes += lines.len() as u64;
+            self.json.clear();
+            self.lines += self.decoder.decode(chunk, &mut self.json).map_err(|e| {
+                IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
+            })?;
+            self.json_bytes += self.json.len() as u64;
             let written = match &mut self.out {
-                Output::Gzip(gz) => gz.write_all(lines),
-                Output::Plain(out) => out.write_all(lines),
+                Output::Gzip(gz) => gz.write_all(&self.json),
+                Output::Plain(out) => out.write_all(&self.json),
             };
             written.map_err(|e| IngesterError::io(format!("writing {}", self.tmp.display()), e))?;
         }
@@ -172,11 +153,7 @@ impl SegmentWriter {
 
     /// Ends the stream and syncs the file; it stays at the temporary path.
     pub fn finish(self) -> Result<Written> {
-        if self
-            .decoder
-            .as_ref()
-            .is_some_and(|d| !d.is_at_frame_boundary())
-        {
+        if !self.decoder.is_at_frame_boundary() {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(IngesterError::Corrupt(format!(
                 "record log of segment {} ends inside a record after {} bytes",
@@ -240,69 +217,66 @@ impl<W: Write> Write for HashingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record_log::LogWrite;
+    use crate::spool::record_log::LogWrite;
 
-    #[test]
-    fn fed_in_steps_while_the_log_grows_it_writes_the_same_gzip_content() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let logs = RecordLogs::new(dir.path().to_path_buf());
-        let lines: Vec<String> = (0..5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-        let all: String = lines.concat();
-        let tmp = dir.path().join("00000000000000000003.preseal.tmp");
-        let mut writer =
-            SegmentWriter::create(tmp.clone(), 3, LogFormat::JsonLines, Compression::Gzip, 7)?;
-        let mut written = 0u64;
-        for (i, part) in lines.chunks(1000).enumerate() {
-            let bytes = part.concat().into_bytes();
-            written += bytes.len() as u64;
-            logs.append_durably(&[LogWrite {
-                segment_no: 3,
-                fresh: i == 0,
-                bytes,
-            }])?;
-            // Asked for more than the log holds yet: takes what is there.
-            writer.feed(&logs, written + 1000)?;
+    /// A log of `count` small records, and each record's end offset in it.
+    fn small_log(count: u64) -> (Vec<u8>, Vec<u64>) {
+        use crate::spool::log_record::{encode_body, LogEncoder};
+        let mut encoder = LogEncoder::default();
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for n in 0..count {
+            let payload = format!("{{\"n\":{n}}}");
+            let fields = proto::types::RecordFields {
+                message_id: proto::types::MessageId {
+                    ledger: 1,
+                    entry: n,
+                    partition: -1,
+                    batch_index: -1,
+                },
+                topic: "persistent://t/n/a",
+                publish_time_ms: 1,
+                event_time_ms: None,
+                key: None,
+                properties: &[],
+                producer_name: "p",
+                sequence_id: n,
+                payload: payload.as_bytes(),
+                chunk: None,
+                encryption: None,
+            };
+            let mut body = Vec::new();
+            encode_body(&fields, &mut body);
+            encoder.append(fields.topic, fields.producer_name, &body, &mut bytes);
+            ends.push(bytes.len() as u64);
         }
-        let done = writer.finish()?;
-        assert_eq!(done.log_bytes, all.len() as u64);
-        assert_eq!(done.log_crc32c, crc32c::crc32c(all.as_bytes()));
-        assert_eq!(done.lines, 5000);
-        let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
-        assert_eq!(done.file_bytes, file.len() as u64);
-        assert_eq!(done.file_crc32c, crc32c::crc32c(&file));
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&file[..])
-            .read_to_string(&mut text)
-            .map_err(|e| IngesterError::io("gunzip", e))?;
-        assert_eq!(text, all);
-        Ok(())
+        (bytes, ends)
     }
 
     #[test]
     fn stops_at_upto_even_when_the_log_holds_more() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let logs = RecordLogs::new(dir.path().to_path_buf());
+        let (bytes, ends) = small_log(3);
         logs.append_durably(&[LogWrite {
             segment_no: 1,
             fresh: true,
-            bytes: b"a\nb\nc\n".to_vec(),
+            bytes: bytes.clone(),
         }])?;
         let tmp = dir.path().join("x.tmp");
-        let mut writer =
-            SegmentWriter::create(tmp.clone(), 1, LogFormat::JsonLines, Compression::None, 0)?;
-        writer.feed(&logs, 4)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0)?;
+        writer.feed(&logs, ends[1])?;
         let done = writer.finish()?;
-        assert_eq!((done.log_bytes, done.lines), (4, 2));
-        assert_eq!(
-            std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?,
-            b"a\nb\n"
-        );
+        assert_eq!((done.log_bytes, done.lines), (ends[1], 2));
+        let len = usize::try_from(ends[1]).map_err(|e| IngesterError::Corrupt(e.to_string()))?;
+        assert_eq!(done.log_crc32c, crc32c::crc32c(&bytes[..len]));
+        let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
+        assert_eq!(file.iter().filter(|&&b| b == b'\n').count(), 2);
         Ok(())
     }
 
     #[test]
     fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
-        use crate::log_record::{encode_body, LogEncoder};
+        use crate::spool::log_record::{encode_body, LogEncoder};
         use proto::types::{encode_record, ChunkFields, MessageId, RecordFields};
 
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
@@ -340,8 +314,7 @@ mod tests {
             .flat_map(|i| encode_record(&fields(i)))
             .collect();
         let tmp = dir.path().join("00000000000000000004.preseal.tmp");
-        let mut writer =
-            SegmentWriter::create(tmp.clone(), 4, LogFormat::Compact, Compression::Gzip, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 4, Compression::Gzip, 0)?;
         let mut encoder = LogEncoder::default();
         let (mut log_len, mut crc) = (0u64, 0u32);
         for (batch, range) in [0..700, 700..701, 701..2999, 2999..3000]
@@ -391,15 +364,14 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
         let logs = RecordLogs::new(dir.path().to_path_buf());
         let mut bytes = Vec::new();
-        crate::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
+        crate::spool::log_record::LogEncoder::default().append("t", "p", b"\x01\x02", &mut bytes);
         logs.append_durably(&[LogWrite {
             segment_no: 2,
             fresh: true,
             bytes: bytes[..bytes.len() - 1].to_vec(),
         }])?;
         let tmp = dir.path().join("y.tmp");
-        let mut writer =
-            SegmentWriter::create(tmp.clone(), 2, LogFormat::Compact, Compression::None, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 2, Compression::None, 0)?;
         writer.feed(&logs, 100)?;
         let err = writer.finish().expect_err("cut inside a record");
         assert!(err.to_string().contains("ends inside a record"), "{err}");

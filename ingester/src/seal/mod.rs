@@ -1,8 +1,22 @@
-//! Turns closed segments into sealed segment files off the consumer's path: as many at once as
+//! closed → sealed, off the consumer's path.
+//!
+//! This file is the queue: it turns closed segments into sealed segment files as many at once as
 //! there are cores, at most 4 (gzip is most of the ingester's CPU, and more seals at once would
-//! only share the disk), never the same segment twice at once.
-//! Between seals it feeds large open segments to their presealing writers, so a segment's
-//! compression runs while it is still being filled.
+//! only share the disk), never the same segment twice at once, and retries failed seals ever
+//! more slowly. Between seals it feeds large open segments to their presealing writers, so a
+//! segment's compression runs while it is still being filled.
+//!
+//! The spool's side: `preseal` (compressing an open segment's log ahead), `sealing` (writing,
+//! checking and renaming the segment file, then the meta: invariant 3's checks) and
+//! `quarantine` (sealed → closed when a file fails its checksum).
+
+mod preseal;
+mod quarantine;
+mod sealing;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use preseal::Presealing;
 
 use proto::wire::HistoryKind;
 use std::collections::HashSet;
@@ -133,71 +147,4 @@ fn spawn_with(history: Arc<History>, workers: usize) -> SealerHandle {
 
 fn lock(set: &Mutex<HashSet<InFlight>>) -> std::sync::MutexGuard<'_, HashSet<InFlight>> {
     set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_seals_are_retried_ever_more_slowly_but_within_half_a_minute() {
-        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, vec![2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(30));
-    }
-    use crate::error::{IngesterError, Result};
-    use crate::spool::Incoming;
-    use proto::types::MessageId;
-    use tokio::sync::Notify;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn seals_every_segment_once_even_when_asked_twice() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = Arc::new(crate::db::tests::open_in(&dir.path().join("db")));
-        let rule = crate::spool::tests::rule(2);
-        let (spool, _) =
-            RuleSpool::open(&db, "test0001", dir.path(), &rule, Arc::new(Notify::new()))?;
-        let messages: Vec<Incoming> = (0..40)
-            .map(|entry| {
-                Incoming {
-                    id: MessageId {
-                        ledger: 1,
-                        entry,
-                        partition: -1,
-                        batch_index: -1,
-                    },
-                    topic: "persistent://public/default/orders".into(),
-                    batch_size: 0,
-                    publish_time_ms: 1,
-                    producer_name: "p".into(),
-                    body: Vec::new(),
-                    json_len: 0,
-                }
-                .with_payload(format!("{{\"e\":{entry}}}"))
-            })
-            .collect();
-        let closed = spool.append(&messages, 5).await?.closed;
-        assert_eq!(closed.len(), 20);
-
-        let sealer = spawn_with(Arc::new(History::open(&db, 100)?), 2);
-        for &no in closed.iter().chain(&closed) {
-            sealer.seal(spool.clone(), no);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while spool.sealed().len() < closed.len() {
-            assert!(tokio::time::Instant::now() < deadline, "not all sealed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for no in closed {
-            let (_, path) = spool.sealed_file(no)?;
-            assert_eq!(
-                crate::spool::tests::record_fields(&path, "payload"),
-                vec![
-                    format!("{{\"e\":{}}}", 2 * no),
-                    format!("{{\"e\":{}}}", 2 * no + 1)
-                ]
-            );
-        }
-        Ok(())
-    }
 }

@@ -1,5 +1,5 @@
 //! Record logs: each segment's records, in the spool's compact form
-//! (`crate::log_record`), appended in consumption order to one plain file per segment
+//! (`crate::spool::log_record`), appended in consumption order to one plain file per segment
 //! (`segments/<rule>/<segment_no>.log`).
 //!
 //! Why files and not sled keys: records are written once, read once (when the segment is
@@ -8,7 +8,7 @@
 //! nine bytes written per payload byte and hundreds of megabytes of page cache. A log costs one
 //! `write` + one `fdatasync` per batch of received messages, and `unlink` to free.
 //!
-//! The spool's sled entries describe each log: its length (`SegmentMeta::log_len`) and its
+//! The spool's sled entries describe each log: its length (`SegmentMeta::log_bytes`) and its
 //! CRC32C. A log is synced before sled hears of the bytes, so every length sled may hold is
 //! durable in the log; after a crash the open segment's log is cut back to the length sled knows
 //! (the messages past it were never acknowledged, so Pulsar redelivers them).

@@ -1,0 +1,364 @@
+//! open: spooling a batch of received messages (plan in memory, write the logs durably, then
+//! one sled batch: invariant 1), and open → closed when the cut policy says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use proto::types::{object_key, MessageId, SegmentName, TopicName};
+
+use super::keys::{key, partition_suffix, segment_key, to_json, COUNTERS, WATERMARK};
+use super::log_record::LogEncoder;
+use super::record_log::LogWrite;
+use super::redelivery::{classify, Redelivery};
+use super::{Position, RuleSpool, SegmentMeta, SegmentState, State, Target};
+use crate::error::{IngesterError, Result};
+use crate::segment::cutter::Placement;
+
+/// One consumed message, already encoded.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub id: MessageId,
+    /// The topic the consumer received it on (a partition's name for partitioned topics).
+    pub topic: String,
+    /// `num_messages_in_batch` of its entry; 0 when not batched.
+    pub batch_size: i32,
+    pub publish_time_ms: u64,
+    pub producer_name: String,
+    /// The record in the log's compact form, without topic and producer name
+    /// (`crate::spool::log_record::encode_body`).
+    pub body: Vec<u8>,
+    /// The length of the record's JSON line: what it adds to the object (and to `max_bytes`).
+    pub json_len: u64,
+}
+
+impl Incoming {
+    /// Whether this message is the last one of its Pulsar entry.
+    fn completes_entry(&self) -> bool {
+        self.batch_size <= 0
+            || self.id.batch_index < 0
+            || self.id.batch_index + 1 >= self.batch_size
+    }
+}
+
+#[cfg(test)]
+impl Incoming {
+    /// The message with `payload` (text), its body and JSON length made as the consumer does.
+    pub(crate) fn with_payload(mut self, payload: String) -> Incoming {
+        let fields = proto::types::RecordFields {
+            message_id: self.id,
+            topic: &self.topic,
+            publish_time_ms: self.publish_time_ms,
+            event_time_ms: None,
+            key: None,
+            properties: &[],
+            producer_name: &self.producer_name,
+            sequence_id: self.id.entry,
+            payload: payload.as_bytes(),
+            chunk: None,
+            encryption: None,
+        };
+        let mut body = Vec::new();
+        crate::spool::log_record::encode_body(&fields, &mut body);
+        self.json_len = proto::types::record::record_json_len(&fields);
+        self.body = body;
+        self
+    }
+
+    /// The payload (text) back from the body.
+    pub(crate) fn payload_for_tests(&self) -> String {
+        let line =
+            crate::spool::log_record::json_line(&self.topic, &self.producer_name, &self.body)
+                .expect("a valid body");
+        let record: serde_json::Value = serde_json::from_slice(&line).expect("a JSON record");
+        record["payload"]
+            .as_str()
+            .expect("a text payload")
+            .to_string()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AppendOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Segments closed by this batch, to be sealed.
+    pub closed: Vec<u64>,
+    /// Duplicates of messages already acknowledged: acknowledge these positions again so the
+    /// broker stops redelivering them.
+    pub reack: Vec<Position>,
+}
+
+impl RuleSpool {
+    /// Spools a batch of consumed messages durably: one write and one sync per segment's log,
+    /// then one sled batch.
+    ///
+    /// Once planned, a batch is written to the end even if this future is dropped (a rule task
+    /// stopped or aborted mid-write): the in-memory state already counts it as spooled, so it
+    /// must become durable, or be undone by a reload, before anyone appends again; `appending`
+    /// orders the next append after it.
+    pub async fn append(
+        self: &Arc<Self>,
+        messages: &[Incoming],
+        now_ms: u64,
+    ) -> Result<AppendOutcome> {
+        let appending = self.appending.clone().lock_owned().await;
+        let (outcome, writes, batch) = match self.plan_append(messages, now_ms) {
+            Ok(planned) => planned,
+            Err(err) => {
+                self.reload()?;
+                return Err(err);
+            }
+        };
+        if writes.is_empty() {
+            return Ok(outcome);
+        }
+        let spool = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _appending = appending;
+            spool.write_planned(&writes, batch)
+        })
+        .await;
+        match written {
+            Ok(result) => result.map(|()| outcome),
+            Err(join) => {
+                // The write panicked: what is durable is unknown, go back to what sled says.
+                self.reload()?;
+                Err(IngesterError::io(
+                    "writing a record log",
+                    std::io::Error::other(join.to_string()),
+                ))
+            }
+        }
+    }
+
+    /// The durable half of an append (blocking IO): the logs, synced, then sled; on failure the
+    /// in-memory state goes back to what sled says, and the caller retries.
+    fn write_planned(&self, writes: &[LogWrite], batch: sled::Batch) -> Result<()> {
+        // Only once the log is synced may sled hear of its bytes (invariant 1).
+        let applied = self
+            .logs
+            .append_durably(writes)
+            .and_then(|()| Ok(self.tree()?.apply_batch(batch)?));
+        if let Err(err) = applied {
+            self.reload()?;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Applies a batch to the in-memory state; returns what to write to the logs, then to sled.
+    fn plan_append(
+        &self,
+        messages: &[Incoming],
+        now_ms: u64,
+    ) -> Result<(AppendOutcome, Vec<LogWrite>, sled::Batch)> {
+        let mut state = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut writes: Vec<LogWrite> = Vec::new();
+        let mut outcome = AppendOutcome::default();
+        let mut dirty_partitions = Vec::new();
+        for msg in messages {
+            let partition = msg.id.partition;
+            match classify(&msg.id, &state.watermarks, &state.acked) {
+                Redelivery::New => {}
+                Redelivery::Spooled => {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                Redelivery::Acknowledged(acked) => {
+                    outcome.duplicates += 1;
+                    if !outcome.reack.contains(acked) {
+                        outcome.reack.push(acked.clone());
+                    }
+                    continue;
+                }
+            }
+            let len = msg.json_len;
+            let placement =
+                state
+                    .policy
+                    .place(state.open.as_ref().map(|o| o.stats()).as_ref(), now_ms, len);
+            if placement == Placement::CloseThenAppend {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                    outcome.closed.push(closed);
+                }
+            }
+            let seq = state.counters.next_seq;
+            state.counters.next_seq += 1;
+            if state.open.is_none() {
+                let segment_no = state.counters.next_segment;
+                state.counters.next_segment += 1;
+                let window_start_ms = state.policy.window_start(now_ms);
+                state.open = Some(SegmentMeta {
+                    segment_no,
+                    state: SegmentState::Open,
+                    window_start_ms,
+                    opened_at_ms: now_ms,
+                    first_seq: seq,
+                    last_seq: seq,
+                    messages: 0,
+                    record_bytes: 0,
+                    first_id: Some(msg.id),
+                    last_id: None,
+                    oldest_publish_ms: msg.publish_time_ms,
+                    ack_positions: BTreeMap::new(),
+                    target: Target::default(),
+                    object_key: String::new(),
+                    file_bytes: 0,
+                    crc32c: 0,
+                    sealed_at_ms: 0,
+                    stored_at_ms: 0,
+                    etag: String::new(),
+                    upload_ms: 0,
+                    attempts: 0,
+                    times_quarantined: 0,
+                    log_crc32c: 0,
+                    log_bytes: 0,
+                });
+            }
+            let policy = state.policy;
+            let full = {
+                let State { open, encoder, .. } = &mut *state;
+                let open = open.as_mut().ok_or_else(|| {
+                    IngesterError::Corrupt("open segment vanished while appending".into())
+                })?;
+                let write = match writes.last_mut() {
+                    Some(write) if write.segment_no == open.segment_no => write,
+                    _ => {
+                        writes.push(LogWrite {
+                            segment_no: open.segment_no,
+                            fresh: open.messages == 0,
+                            bytes: Vec::with_capacity(msg.body.len() + 64),
+                        });
+                        writes.last_mut().ok_or_else(|| {
+                            IngesterError::Corrupt("log write vanished while appending".into())
+                        })?
+                    }
+                };
+                let start = write.bytes.len();
+                let encoder = match encoder {
+                    Some((no, encoder)) if *no == open.segment_no => encoder,
+                    _ => &mut encoder.insert((open.segment_no, LogEncoder::default())).1,
+                };
+                open.log_bytes +=
+                    encoder.append(&msg.topic, &msg.producer_name, &msg.body, &mut write.bytes);
+                open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &write.bytes[start..]);
+                open.last_seq = seq;
+                open.messages += 1;
+                open.record_bytes += len;
+                open.last_id = Some(msg.id);
+                open.oldest_publish_ms = open.oldest_publish_ms.min(msg.publish_time_ms);
+                if msg.completes_entry() {
+                    advance(&mut open.ack_positions, partition, msg);
+                }
+                policy.is_full(&open.stats())
+            };
+            advance(&mut state.watermarks, partition, msg);
+            if !dirty_partitions.contains(&partition) {
+                dirty_partitions.push(partition);
+            }
+            outcome.accepted += 1;
+            if full {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                    outcome.closed.push(closed);
+                }
+            }
+        }
+        if outcome.accepted == 0 {
+            return Ok((outcome, writes, batch));
+        }
+        for partition in dirty_partitions {
+            if let Some(mark) = state.watermarks.get(&partition) {
+                batch.insert(
+                    key(WATERMARK, &self.rule, &partition_suffix(partition)),
+                    to_json(mark)?,
+                );
+            }
+        }
+        if let Some(open) = &state.open {
+            batch.insert(segment_key(&self.rule, open.segment_no), to_json(open)?);
+        }
+        batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
+        Ok((outcome, writes, batch))
+    }
+
+    /// open → closed, inside an append or a close: fixes the record range and the object key.
+    fn close_open_locked(&self, state: &mut State, batch: &mut sled::Batch) -> Result<Option<u64>> {
+        let Some(mut meta) = state.open.take() else {
+            return Ok(None);
+        };
+        if meta.messages == 0 {
+            batch.remove(segment_key(&self.rule, meta.segment_no));
+            return Ok(None);
+        }
+        meta.state = SegmentState::Closed;
+        meta.target = state.target.clone();
+        let first_id = meta
+            .first_id
+            .ok_or_else(|| IngesterError::Corrupt("segment without first id".into()))?;
+        let window_start = Utc
+            .timestamp_millis_opt(i64::try_from(meta.window_start_ms).unwrap_or(i64::MAX))
+            .single()
+            .ok_or_else(|| IngesterError::Corrupt("window start out of range".into()))?;
+        let topic = TopicName::parse(&meta.target.topic).map_err(IngesterError::Corrupt)?;
+        meta.object_key = object_key(
+            &meta.target.prefix,
+            &topic,
+            &SegmentName {
+                rule: &self.rule,
+                window_start,
+                first_message_id: &first_id,
+                spool_id: &self.spool_id,
+                source_changes: state.counters.source_changes,
+                compression: meta.target.compression(),
+            },
+        );
+        batch.insert(segment_key(&self.rule, meta.segment_no), to_json(&meta)?);
+        let segment_no = meta.segment_no;
+        state.segments.insert(segment_no, meta);
+        Ok(Some(segment_no))
+    }
+
+    /// Closes the open segment if `force`, or if its window has ended. Returns its number.
+    pub async fn close_open(&self, now_ms: u64, force: bool) -> Result<Option<u64>> {
+        let closed = {
+            let mut state = self.lock();
+            let due = match &state.open {
+                Some(open) => force || state.policy.is_due(&open.stats(), now_ms),
+                None => false,
+            };
+            if !due {
+                return Ok(None);
+            }
+            let mut batch = sled::Batch::default();
+            let closed = self.close_open_locked(&mut state, &mut batch)?;
+            self.tree()?.apply_batch(batch)?;
+            closed
+        };
+        self.db.flush_async().await?;
+        Ok(closed)
+    }
+}
+
+/// Moves a partition's position to `msg`. Per message on the append path: the topic string is
+/// copied only when the partition is new or its topic differs, not for every message.
+fn advance(positions: &mut BTreeMap<i32, Position>, partition: i32, msg: &Incoming) {
+    match positions.get_mut(&partition) {
+        Some(pos) => {
+            pos.id = msg.id;
+            if pos.topic != msg.topic {
+                pos.topic.clone_from(&msg.topic);
+            }
+        }
+        None => {
+            positions.insert(
+                partition,
+                Position {
+                    topic: msg.topic.clone(),
+                    id: msg.id,
+                },
+            );
+        }
+    }
+}

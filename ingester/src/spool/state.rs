@@ -1,0 +1,190 @@
+//! What the spool keeps about each segment (its meta: state, window, record range, ack
+//! positions, target, file) and about the rule (counters), as stored in sled.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use proto::types::{Compression, MessageId, RuleConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::segment::cutter::{CutPolicy, OpenStats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentState {
+    Open,
+    Closed,
+    Sealed,
+    Stored,
+}
+
+impl SegmentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentState::Open => "open",
+            // Closed means its file is being written (or waits to be): what an operator sees.
+            SegmentState::Closed => "sealing",
+            SegmentState::Sealed => "sealed",
+            SegmentState::Stored => "stored",
+        }
+    }
+}
+
+impl PartialOrd for SegmentState {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SegmentState {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+/// Where a partition's acknowledgement goes: the topic the consumer knows it by, and the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub id: MessageId,
+}
+
+/// Where a segment's object goes; copied from the rule when the segment is closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: String,
+    pub cluster: String,
+    pub prefix: String,
+    pub topic: String,
+    pub compression: Option<Compression>,
+}
+
+impl Target {
+    pub fn of(rule: &RuleConfig) -> Target {
+        Target {
+            bucket: rule.bucket.clone(),
+            region: rule.region.clone(),
+            endpoint: rule.endpoint.clone(),
+            cluster: rule.cluster.clone(),
+            prefix: rule.prefix.clone(),
+            topic: rule.topic.clone(),
+            compression: Some(rule.compression),
+        }
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.compression.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub segment_no: u64,
+    pub state: SegmentState,
+    pub window_start_ms: u64,
+    pub opened_at_ms: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub messages: u64,
+    pub record_bytes: u64,
+    pub first_id: Option<MessageId>,
+    pub last_id: Option<MessageId>,
+    pub oldest_publish_ms: u64,
+    /// Per partition, the last record of this segment that completes its Pulsar entry.
+    pub ack_positions: BTreeMap<i32, Position>,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub object_key: String,
+    #[serde(default)]
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub crc32c: u32,
+    #[serde(default)]
+    pub sealed_at_ms: u64,
+    #[serde(default)]
+    pub stored_at_ms: u64,
+    #[serde(default)]
+    pub etag: String,
+    #[serde(default)]
+    pub upload_ms: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub times_quarantined: u32,
+    /// CRC32C of the record log's first `log_bytes` bytes.
+    #[serde(default)]
+    pub log_crc32c: u32,
+    /// The length of the segment's record log that the spool knows to be durable.
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+impl SegmentMeta {
+    pub(super) fn stats(&self) -> OpenStats {
+        OpenStats {
+            window_start_ms: self.window_start_ms,
+            messages: self.messages,
+            record_bytes: self.record_bytes,
+        }
+    }
+
+    pub fn to_proto(&self, rule: &str) -> proto::v1::SegmentInfo {
+        use proto::types::time::rfc3339_from_millis;
+        let compression = self.target.compression();
+        proto::v1::SegmentInfo {
+            rule: rule.to_string(),
+            segment_no: self.segment_no,
+            state: self.state.as_str().to_string(),
+            window_start: rfc3339_from_millis(self.window_start_ms),
+            messages: self.messages,
+            record_bytes: self.record_bytes,
+            file_bytes: self.file_bytes,
+            first_message_id: self.first_id.map(|id| id.to_string()).unwrap_or_default(),
+            last_message_id: self.last_id.map(|id| id.to_string()).unwrap_or_default(),
+            content_crc32c: if self.state >= SegmentState::Sealed {
+                format!("{:08x}", self.crc32c)
+            } else {
+                String::new()
+            },
+            object_key: self.object_key.clone(),
+            bucket: self.target.bucket.clone(),
+            region: self.target.region.clone(),
+            endpoint: self.target.endpoint.clone(),
+            cluster: self.target.cluster.clone(),
+            content_encoding: compression.content_encoding().into(),
+            sealed_at: if self.sealed_at_ms > 0 {
+                rfc3339_from_millis(self.sealed_at_ms)
+            } else {
+                String::new()
+            },
+            // Only ListSealed names it (for an uploader on this host).
+            file_path: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(super) struct Counters {
+    pub(super) next_seq: u64,
+    pub(super) next_segment: u64,
+    /// How many times the rule's source changed (see [`RuleSpool::reset_positions`]); part of
+    /// the object names from then on.
+    #[serde(default)]
+    pub(super) source_changes: u32,
+}
+
+pub(super) fn policy_of(rule: &RuleConfig) -> CutPolicy {
+    CutPolicy {
+        window_ms: rule.window_secs.saturating_mul(1000),
+        max_messages: rule.max_messages,
+        max_bytes: rule.max_bytes,
+    }
+}
+
+/// Where a segment's file is (sealed or not) in the rule's segment folder.
+pub(super) fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
+    dir.join(meta.target.compression().segment_file_name(meta.segment_no))
+}
