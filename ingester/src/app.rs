@@ -16,16 +16,16 @@ use tracing::{info, warn};
 
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
 use crate::db::Database;
-use crate::decode_fault::EntryRef;
 use crate::disk::DiskSpace;
 use crate::error::{IngesterError, Result};
 use crate::history::{History, HistoryEntry};
 use crate::rules::{RuleStore, StoredRule};
 use crate::sealed_page;
 use crate::sealer::SealerHandle;
+use crate::source::decode_fault::EntryRef;
+use crate::source::unsubscribe::SubscriptionRef;
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
-use crate::unsubscribe::SubscriptionRef;
 
 const READ_CHUNK: usize = 256 * 1024;
 /// How long a plain `rule delete` waits for stored segments to be acknowledged.
@@ -323,7 +323,7 @@ impl IngesterApp {
                 field: "unsubscribe",
                 message: format!(
                     "--unsubscribe applies only to an edit that changes service_url, topic or subscription; this one keeps the {}",
-                    crate::unsubscribe::describe(&stored.config)
+                    crate::source::unsubscribe::describe(&stored.config)
                 ),
             }
             .into());
@@ -383,7 +383,7 @@ impl IngesterApp {
                 }
                 format!("removed {}", old_subscription.describe())
             } else {
-                crate::unsubscribe::left_behind_notice(&stored.config)
+                crate::source::unsubscribe::left_behind_notice(&stored.config)
             };
             // Before the new source is stored: a crash in between leaves the old source with no
             // watermarks (redeliveries stored twice), never the new one with the old watermarks
@@ -539,7 +539,7 @@ impl IngesterApp {
             }
             format!("removed {}", subscription.describe())
         } else {
-            let notice = crate::unsubscribe::left_behind_notice(&stored.config);
+            let notice = crate::source::unsubscribe::left_behind_notice(&stored.config);
             warn!(rule = %name, "{notice}");
             notice
         };
@@ -654,7 +654,7 @@ impl IngesterApp {
         let entry: EntryRef =
             entry
                 .parse()
-                .map_err(|e: crate::decode_fault::ParseEntryError| {
+                .map_err(|e: crate::source::decode_fault::ParseEntryError| {
                     IngesterError::InvalidRequest(e.to_string())
                 })?;
         let commands = self.commands_of(name).await?;

@@ -9,25 +9,24 @@ use std::time::Duration;
 
 use proto::types::{
     record::record_json_len, MessageId, RecordFields, RuleConfig, Secret, StartPosition,
-    SubscriptionKind,
 };
 use pulsar::consumer::InitialPosition;
-use pulsar::message::proto::command_subscribe::SubType;
 use pulsar::message::proto::MessageIdData;
-use pulsar::{Authentication, ConnectionRetryOptions, Pulsar, TokioExecutor};
+use pulsar::ConnectionRetryOptions;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
 use crate::disk::{DiskSpace, Room};
 use crate::history::{History, HistoryEntry};
 use crate::log_record;
-use crate::partition_consumers::{
-    message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
-};
 use crate::rules::RuleStore;
 use crate::sealer::SealerHandle;
-use crate::source_reset::{self, WentBack};
+use crate::source::client;
+use crate::source::decode_fault::{AfterFault, DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
+use crate::source::partition_consumers::{
+    message_id, ConsumerSettings, PartitionItem, PulsarMessage, RuleConsumers,
+};
+use crate::source::source_reset::{self, WentBack};
 use crate::spool::{AckPlan, Incoming, Position, Redelivery, RuleSpool, Seen};
 use crate::stats::{BlockedEntry, RuleStats};
 
@@ -301,10 +300,7 @@ impl RuleTask {
         ConsumerSettings {
             topic: self.rule.topic.clone(),
             subscription: self.rule.subscription.clone(),
-            sub_type: match self.rule.subscription_type {
-                SubscriptionKind::Failover => SubType::Failover,
-                SubscriptionKind::Exclusive => SubType::Exclusive,
-            },
+            sub_type: client::sub_type(self.rule.subscription_type),
             consumer_name: self.consumer_name.clone(),
             permits,
             // A timestamp start subscribes at the earliest message and then seeks: a
@@ -517,7 +513,7 @@ impl RuleTask {
                 None
             }
             Some(Ok(msg)) => {
-                match crate::record_extras::not_as_sent(msg.metadata()) {
+                match crate::source::record_extras::not_as_sent(msg.metadata()) {
                     None => self.on_message(consumers, index, msg, seen, intake),
                     // One failure per entry, as pulsar-rs reports one: its first message's.
                     Some(_) if msg.message_id().batch_index.unwrap_or(0) > 0 => {}
@@ -529,7 +525,7 @@ impl RuleTask {
     }
 
     /// An error in a partition's stream: an entry that could not be decoded (or received).
-    /// Nothing after it is spooled; the entry is asked for again (see [`crate::decode_fault`]).
+    /// Nothing after it is spooled; the entry is asked for again (see [`crate::source::decode_fault`]).
     fn on_stream_error(
         &mut self,
         consumers: &mut RuleConsumers,
@@ -1096,23 +1092,15 @@ async fn connect(
     settings: ConsumerSettings,
     seek_to_ms: Option<u64>,
 ) -> Result<RuleConsumers, pulsar::Error> {
-    let mut builder = Pulsar::builder(service_url, TokioExecutor).with_connection_retry_options(
-        ConnectionRetryOptions {
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            max_retries: 10,
-            connection_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(10),
-            ..ConnectionRetryOptions::default()
-        },
-    );
-    if let Some(token) = &token {
-        builder = builder.with_auth(Authentication {
-            name: "token".to_string(),
-            data: token.expose().as_bytes().to_vec(),
-        });
-    }
-    let pulsar = builder.build().await?;
+    let retry = ConnectionRetryOptions {
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        max_retries: 10,
+        connection_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(10),
+        ..ConnectionRetryOptions::default()
+    };
+    let pulsar = client::connect(service_url, token.as_ref(), retry).await?;
     RuleConsumers::connect(pulsar, settings, seek_to_ms).await
 }
 
@@ -1159,7 +1147,7 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         .iter()
         .map(|kv| (kv.key.as_str(), kv.value.as_str()))
         .collect();
-    let encryption = crate::record_extras::encryption_of(meta);
+    let encryption = crate::source::record_extras::encryption_of(meta);
     let fields = RecordFields {
         message_id: id,
         topic: &msg.topic,
@@ -1170,7 +1158,7 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         producer_name: &meta.producer_name,
         sequence_id,
         payload: &msg.payload.data,
-        chunk: crate::record_extras::chunk_of(meta),
+        chunk: crate::source::record_extras::chunk_of(meta),
         encryption: encryption.as_ref(),
     };
     let mut body = Vec::with_capacity(msg.payload.data.len() + 32);

@@ -16,7 +16,6 @@ pub mod config;
 pub mod consumer;
 pub mod cutter;
 pub mod db;
-pub mod decode_fault;
 pub mod disk;
 pub mod error;
 pub mod grpc;
@@ -24,19 +23,16 @@ pub mod history;
 pub mod log_record;
 pub mod metrics;
 pub mod parallel_gzip;
-pub mod partition_consumers;
-pub mod record_extras;
 pub mod record_log;
 pub mod rules;
 pub mod scoped_auth;
 pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
-pub mod source_reset;
+pub mod source;
 pub mod spool;
 pub mod spool_id;
 pub mod stats;
-pub mod unsubscribe;
 
 use std::future::Future;
 
