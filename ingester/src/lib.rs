@@ -11,28 +11,26 @@
 
 pub mod app;
 pub mod auth;
-pub mod commit_check;
 pub mod config;
 pub mod consumer;
 pub mod cutter;
 pub mod db;
 pub mod disk;
 pub mod error;
-pub mod grpc;
-pub mod history;
 pub mod log_record;
 pub mod metrics;
 pub mod parallel_gzip;
 pub mod record_log;
-pub mod rules;
 pub mod scoped_auth;
-pub mod sealed_page;
 pub mod sealer;
 pub mod segment_writer;
 pub mod source;
 pub mod spool;
 pub mod spool_id;
 pub mod stats;
+
+// The sealer still names the history by its old path.
+use app::history;
 
 use std::future::Future;
 
@@ -91,7 +89,7 @@ pub async fn run(
         info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, app.clone()))
     });
-    let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
+    let service = proto::IngesterServer::new(app::grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

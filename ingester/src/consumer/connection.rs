@@ -14,7 +14,7 @@ use pulsar::ConnectionRetryOptions;
 use tracing::{debug, info, warn};
 
 use super::{RuleTask, TICK};
-use crate::history::HistoryEntry;
+use crate::app::history::HistoryEntry;
 use crate::source::client;
 use crate::source::decode_fault::DecodeFault;
 use crate::source::partition_consumers::{ConsumerSettings, RuleConsumers};

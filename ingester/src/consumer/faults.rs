@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::ack::id_data;
 use super::RuleTask;
-use crate::history::HistoryEntry;
+use crate::app::history::HistoryEntry;
 use crate::source::decode_fault::{DecodeFault, EntryRef, BLOCK_AFTER_FAILURES};
 use crate::source::partition_consumers::RuleConsumers;
 use crate::spool::Seen;

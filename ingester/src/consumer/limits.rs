@@ -6,7 +6,7 @@ use tracing::info;
 use proto::wire::HistoryKind;
 
 use super::RuleTask;
-use crate::history::HistoryEntry;
+use crate::app::history::HistoryEntry;
 
 /// Per-consumer bounds, from the ingester's config.
 #[derive(Debug, Clone, Copy)]
@@ -16,9 +16,9 @@ pub struct ConsumerLimits {
     /// Flow-control permits: messages the broker may send ahead of the spool.
     pub receiver_queue: u32,
     /// 0: no bound. Bytes the consumer may hold ahead of the spool: permits are lowered below
-    /// `receiver_queue` when messages are large (see [`permits_for`]).
+    /// `receiver_queue` when messages are large (see [`ConsumerLimits::permits_for`]).
     pub receiver_queue_bytes: u64,
-    /// Free bytes kept on the spool's filesystem beyond what sealing needs (see [`DiskSpace`]).
+    /// Free bytes kept on the spool's filesystem beyond what sealing needs (see [`crate::disk::DiskSpace`]).
     pub disk_reserve_bytes: u64,
 }
 

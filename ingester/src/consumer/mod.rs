@@ -2,18 +2,18 @@
 //! and acknowledges it on Pulsar — after the spool says its segments are stored, in segment order.
 //!
 //! In a message's order:
-//! - [`connection`]: connects (and reconnects after a backoff), notes outages, and keeps
+//! - `connection`: connects (and reconnects after a backoff), notes outages, and keeps
 //!   closing windows and answering commands while Pulsar is out of reach.
-//! - [`select_loop`]: one connection's loop: commands, the tick, and reading.
-//! - [`receive`]: takes what the consumers delivered, drops redeliveries and messages before the
+//! - `select_loop`: one connection's loop: commands, the tick, and reading.
+//! - `receive`: takes what the consumers delivered, drops redeliveries and messages before the
 //!   rule's start, and encodes the rest once.
-//! - [`faults`]: a partition that delivered an entry the client cannot decode stops before it,
+//! - `faults`: a partition that delivered an entry the client cannot decode stops before it,
 //!   asks for it again, and lets `rule skip` pass it.
-//! - [`spooling`]: the durable write, the pause while the spool or its disk is full, and closing
+//! - `spooling`: the durable write, the pause while the spool or its disk is full, and closing
 //!   the open segment.
-//! - [`ack`]: acknowledges the stored segments on Pulsar and frees them.
-//! - [`topic_reset`]: a topic whose ids went backwards is taken afresh.
-//! - [`limits`]: the bounds from the config, and the receive window they size.
+//! - `ack`: acknowledges the stored segments on Pulsar and frees them.
+//! - `topic_reset`: a topic whose ids went backwards is taken afresh.
+//! - `limits`: the bounds from the config, and the receive window they size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +22,9 @@ use proto::types::{RuleConfig, Secret};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
+use crate::app::history::{History, HistoryEntry};
+use crate::app::rules::RuleStore;
 use crate::disk::DiskSpace;
-use crate::history::{History, HistoryEntry};
-use crate::rules::RuleStore;
 use crate::sealer::SealerHandle;
 use crate::source::decode_fault::EntryRef;
 use crate::spool::RuleSpool;

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::connection::{ConsumeEnd, Continuity};
 use super::receive::{Intake, MAX_BATCH, MAX_BATCH_BYTES};
 use super::{Command, RuleTask, TICK};
-use crate::history::HistoryEntry;
+use crate::app::history::HistoryEntry;
 use crate::source::decode_fault::DecodeFault;
 use crate::source::partition_consumers::RuleConsumers;
 use crate::source::source_reset;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{RuleTask, TICK};
-use crate::history::HistoryEntry;
+use crate::app::history::HistoryEntry;
 use crate::source::source_reset::WentBack;
 
 impl RuleTask {
