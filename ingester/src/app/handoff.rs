@@ -19,7 +19,6 @@ use super::commit_check;
 use super::history::{self, HistoryEntry};
 use super::sealed_page;
 use super::IngesterApp;
-use crate::consumer::Command;
 use crate::error::{IngesterError, Result};
 use crate::spool::{CommitOutcome, RuleSpool};
 use crate::stats::RuleStats;
@@ -156,7 +155,7 @@ impl IngesterApp {
     }
 
     pub async fn commit(&self, req: &v1::CommitSegmentRequest) -> Result<CommitOutcome> {
-        let (spool, stats, commands) = {
+        let (spool, stats, ack_ready) = {
             let running = self.running.lock().await;
             let handle = running
                 .get(&req.rule)
@@ -164,7 +163,7 @@ impl IngesterApp {
             (
                 handle.spool.clone(),
                 handle.stats.clone(),
-                handle.commands.clone(),
+                handle.ack_ready.clone(),
             )
         };
         commit_check::check_request(req).map_err(IngesterError::InvalidRequest)?;
@@ -197,8 +196,9 @@ impl IngesterApp {
                 entry.attempts = req.attempts;
                 self.record(&req.rule, entry);
             }
-            // The consumer task acknowledges; a full queue means an AckReady is already pending.
-            let _ = commands.try_send(Command::AckReady);
+            // Only the rule task may acknowledge (see `crate::consumer::ack`). A wake-up it has
+            // not taken yet is kept, and several coalesce into one look at the spool.
+            ack_ready.notify_one();
         }
         Ok(outcome)
     }

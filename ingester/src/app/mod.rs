@@ -44,6 +44,8 @@ struct RuleHandle {
     spool: Arc<RuleSpool>,
     stats: Arc<RuleStats>,
     commands: mpsc::Sender<Command>,
+    /// Wakes the task to acknowledge what a commit made acknowledgeable.
+    ack_ready: Arc<Notify>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -148,6 +150,7 @@ impl IngesterApp {
         spool.reconfigure(&stored.config);
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let ack_ready = Arc::new(Notify::new());
         let task = RuleTask {
             rule: stored.config.clone(),
             token,
@@ -162,6 +165,7 @@ impl IngesterApp {
             sealer: self.sealer.clone(),
             disk: self.disk.clone(),
             commands: commands_rx,
+            ack_ready: ack_ready.clone(),
             stop: stop_rx,
         };
         let task = tokio::spawn(task.run());
@@ -169,6 +173,7 @@ impl IngesterApp {
             spool,
             stats,
             commands: commands_tx,
+            ack_ready,
             stop: stop_tx,
             task,
         })

@@ -8,7 +8,6 @@ use proto::v1;
 use tracing::{info, warn};
 
 use super::IngesterApp;
-use crate::consumer::Command;
 use crate::error::{IngesterError, Result};
 use crate::source::unsubscribe::SubscriptionRef;
 use crate::spool::{RuleSpool, SegmentState};
@@ -113,8 +112,7 @@ impl IngesterApp {
             return Ok(());
         }
         if let Some(handle) = self.running.lock().await.get(name) {
-            // A full queue means an AckReady is already pending.
-            let _ = handle.commands.try_send(Command::AckReady);
+            handle.ack_ready.notify_one();
         }
         let deadline = Instant::now() + DELETE_ACK_WAIT;
         loop {

@@ -1,5 +1,22 @@
-//! Acknowledging on Pulsar: the stored prefix of segments, cumulatively per partition, then
-//! freed from the spool. The acknowledgement is the last step of a message's way.
+//! Acknowledging on Pulsar: the last step of a message's way.
+//!
+//! The path from the uploader's commit: `app::grpc` → `IngesterApp::commit` (`app::handoff`:
+//! checks what the commit names, then `RuleSpool::mark_stored` makes the segment `stored`,
+//! durably) → the rule's `ack_ready` wake-up → [`RuleTask::acknowledge`] here:
+//! `RuleSpool::ack_plan` names the run of stored segments from the oldest one and where each
+//! partition's cumulative acknowledgement may go, the acknowledgements are sent, then
+//! `RuleSpool::free` drops the segments. Only that prefix is acknowledged, so segment order
+//! holds whatever order the uploader commits in.
+//!
+//! The commit call does not acknowledge by itself because an acknowledgement goes through the
+//! consumer of the partition that received the message, and the rule task owns those (it
+//! reads from them, and recreates them on a reconnect or to have a failed entry delivered
+//! again); sharing them would put a lock between the task and its reads. The hop costs
+//! nothing durable: the spool says `stored` before the wake-up, the acknowledgements are sent
+//! before anything is freed (a crash in between acknowledges again after the restart;
+//! cumulative acknowledgements are idempotent), and the task also acknowledges on every
+//! (re)connection, so a wake-up that comes while it is disconnected, or a failed
+//! acknowledgement, is made up then or at the next commit.
 
 use proto::types::MessageId;
 use pulsar::message::proto::MessageIdData;
@@ -11,7 +28,7 @@ use crate::spool::AckPlan;
 use crate::stats::RuleStats;
 
 impl RuleTask {
-    /// Acknowledges the stored prefix of segments, then frees it. The ack is the last step.
+    /// Acknowledges the stored prefix of segments, then frees it.
     pub(super) async fn acknowledge(&mut self, consumers: &mut RuleConsumers) {
         let Some(plan) = self.spool.ack_plan() else {
             return;
@@ -37,6 +54,7 @@ impl RuleTask {
     }
 }
 
+/// One cumulative acknowledgement per partition the plan covers.
 async fn send_acks(
     consumers: &mut RuleConsumers,
     plan: &AckPlan,
@@ -49,6 +67,7 @@ async fn send_acks(
     Ok(())
 }
 
+/// A message id as pulsar-rs takes it for an acknowledgement.
 pub(super) fn id_data(id: &MessageId) -> MessageIdData {
     MessageIdData {
         ledger_id: id.ledger,

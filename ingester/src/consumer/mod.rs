@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::types::{RuleConfig, Secret};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::warn;
 
 use crate::app::history::{History, HistoryEntry};
@@ -48,8 +48,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// What the app asks of a rule task. Answered in order, between reads, and also while the task
 /// connects or waits to reconnect.
 pub enum Command {
-    /// Some segment was stored: see what can be acknowledged.
-    AckReady,
     /// Close the open segment now.
     Flush(oneshot::Sender<Option<u64>>),
     SetPaused(bool),
@@ -81,6 +79,9 @@ pub struct RuleTask {
     /// The spool's filesystem, shared with the other rules.
     pub disk: Arc<DiskSpace>,
     pub commands: mpsc::Receiver<Command>,
+    /// Woken after a commit marked a segment stored: what is acknowledgeable now is (see
+    /// `ack`).
+    pub ack_ready: Arc<Notify>,
     pub stop: watch::Receiver<bool>,
 }
 

@@ -1,5 +1,5 @@
 //! One connection's loop. In order of priority: the stop signal, the commands (flush, pause,
-//! skip, acknowledge, the database reopened), the tick (retrying a batch the spool refused,
+//! skip, the database reopened), a commit's wake-up to acknowledge, the tick (retrying a batch the spool refused,
 //! closing windows, redelivering failed entries, checking the connection and the partition
 //! count), and reading — only while the spool may take more.
 
@@ -32,6 +32,7 @@ impl RuleTask {
         continuity: &mut Continuity,
     ) -> ConsumeEnd {
         let name = self.rule.name.clone();
+        let ack_ready = self.ack_ready.clone();
         self.acknowledge(consumers).await;
         self.publish_faults(consumers);
         let mut tick = tokio::time::interval(TICK);
@@ -59,6 +60,7 @@ impl RuleTask {
                     }
                     None => return ConsumeEnd::Stopped,
                 },
+                () = ack_ready.notified() => self.acknowledge(consumers).await,
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     if let Some(batch) = pending.take() {
@@ -151,11 +153,6 @@ impl RuleTask {
         consumers: Option<&mut RuleConsumers>,
     ) {
         match cmd {
-            Command::AckReady => {
-                if let Some(consumers) = consumers {
-                    self.acknowledge(consumers).await;
-                }
-            }
             Command::Flush(reply) => {
                 let closed = self.close_if_due(true).await;
                 let _ = reply.send(closed);
