@@ -1,13 +1,23 @@
 //! tdmq-backup-ingester as a library: [`run`] takes a bound listener and a shutdown future, so
 //! the binary stays thin and tests can start it on port 0.
 //!
-//! A message's path, module by module: `partition_consumers` (one Pulsar consumer per
-//! partition) → `consumer` (the rule's task: receives, encodes once, stops before an entry it
-//! cannot decode — `decode_fault` — and notices ids going backwards — `source_reset`) → `spool`
-//! (durable batch write to `record_log` + sled via `db`, dedup by id, cut by `cutter`, paused by
-//! `disk` when space runs low) → `sealer` + `segment_writer` (the segment file) → `grpc` /
-//! `app` (the uploader lists it — `sealed_page` — streams it, then commits — `commit_check`)
-//! → `consumer` again (acknowledges in segment order) → `history` (the rule's run log).
+//! A message's path, module by module:
+//!
+//! 1. `source` — the rule's Pulsar consumers, one per partition (`source::partition_consumers`),
+//!    and what they may deliver: an entry the client cannot decode (`source::decode_fault`),
+//!    bytes that are not what the producer sent (`source::record_extras`), ids that went
+//!    backwards (`source::source_reset`).
+//! 2. `consumer` — the rule's task: receives, drops redeliveries, encodes once
+//!    (`consumer::receive`), stops a partition before an undecodable entry (`consumer::faults`).
+//! 3. `spool` — the durable batch write (`consumer::spooling` → `record_log` + sled via `db`),
+//!    cut into segments by `cutter`, paused by `disk` when space runs low.
+//! 4. `sealer` + `segment_writer` — the segment file, the exact object content.
+//! 5. `app` — the hand-off (`app::handoff`, served by `app::grpc`): the uploader lists sealed
+//!    segments (`app::sealed_page`), streams one, and commits it (`app::commit_check`).
+//! 6. `consumer::ack` — the rule's task acknowledges on Pulsar, in segment order, and the
+//!    spool frees the segment. `app::history` keeps the rule's run log along the way.
+//!
+//! The rules themselves (create, edit, delete, pause, status) are `app`'s too.
 
 pub mod app;
 pub mod auth;

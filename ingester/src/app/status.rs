@@ -48,6 +48,7 @@ impl IngesterApp {
                 spooled_bytes: spool.spooled_bytes,
                 open_segment_messages: spool.open_segment_messages,
                 open_segment_age_ms: age_ms(now, spool.open_segment_opened_at_ms),
+                // Closed segments count too: their files are being written for the upload.
                 sealed_segments: spool.waiting_segments,
                 last_object_key: text.last_object_key.clone(),
                 last_stored_at: fmt_ms(text.last_stored_at_ms),
