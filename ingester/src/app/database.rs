@@ -4,9 +4,9 @@
 //! and reconnect, so that Pulsar delivers again what the lost writes held (none of it was
 //! acknowledged).
 
-use proto::wire::HistoryKind;
 use std::time::Duration;
 
+use proto::wire::HistoryKind;
 use tracing::{info, warn};
 
 use super::history::HistoryEntry;

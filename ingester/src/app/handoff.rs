@@ -6,11 +6,11 @@
 //! A commit marks the segment stored in the spool and wakes the rule's task, which acknowledges
 //! it on Pulsar (see `crate::consumer::ack` for why the acknowledgement is the task's).
 
-use proto::wire::HistoryKind;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1;
+use proto::wire::HistoryKind;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::warn;

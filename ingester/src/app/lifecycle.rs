@@ -2,10 +2,9 @@
 //! resuming it, and what the operator asks of its task — close the open segment now (`rule
 //! flush`), pass an undecodable entry (`rule skip`).
 
-use proto::wire::HistoryKind;
-
 use proto::types::{RuleConfig, RuleSpecInput, Secret};
 use proto::v1;
+use proto::wire::HistoryKind;
 use tokio::sync::oneshot;
 use tracing::info;
 

@@ -40,6 +40,7 @@ pub mod rules;
 pub mod sealed_page;
 mod status;
 
+/// A running rule: its task, and what the app shares with the task.
 struct RuleHandle {
     spool: Arc<RuleSpool>,
     stats: Arc<RuleStats>,
@@ -50,12 +51,14 @@ struct RuleHandle {
     task: JoinHandle<()>,
 }
 
+/// The ingester: its database, the stored rules, and the running ones.
 pub struct IngesterApp {
     db: Arc<Database>,
     data_dir: PathBuf,
     rules: Arc<RuleStore>,
     history: Arc<History>,
     sealer: SealerHandle,
+    /// Woken when a segment is sealed, so that a waiting `ListSealed` answers at once.
     sealed_notify: Arc<Notify>,
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,

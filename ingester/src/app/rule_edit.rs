@@ -3,12 +3,12 @@
 //! positions; a new source, subscription type or token restarts the consumer over the same
 //! spool. A change that fails half-way starts the rule again as it was.
 
-use proto::wire::HistoryKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use proto::types::{RuleConfig, RuleError, RuleSpecInput, Secret};
 use proto::v1;
+use proto::wire::HistoryKind;
 
 use super::history::HistoryEntry;
 use super::rules::StoredRule;

@@ -1,9 +1,8 @@
 //! The bounds a rule task works within, from the ingester's config, and the receive window
 //! they size for the messages' average size.
 
-use tracing::info;
-
 use proto::wire::HistoryKind;
+use tracing::info;
 
 use super::RuleTask;
 use crate::app::history::HistoryEntry;

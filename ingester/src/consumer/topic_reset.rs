@@ -1,8 +1,9 @@
 //! A topic whose message ids went backwards (see [`crate::source::source_reset`]): the old
 //! topic's spooled segments are stored but never acknowledged, then its ids are forgotten.
 
-use proto::wire::HistoryKind;
 use std::time::Duration;
+
+use proto::wire::HistoryKind;
 use tracing::{info, warn};
 
 use super::{RuleTask, TICK};
