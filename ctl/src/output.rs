@@ -342,9 +342,11 @@ pub fn status_text(
                 one_line(&s.state_reason)
             ));
         }
+        // A count since the ingester started, not a segment state: a quarantined segment is
+        // sealed again from the spool (`segments` shows it sealing) and uploaded as usual.
         if s.quarantined_segments > 0 {
             lines.push(format!(
-                "{}: {} quarantined segment(s) (damaged spool data, not uploaded; see `tdmq-backup segments {}`)",
+                "{}: {} damaged segment file(s) set aside since the ingester started, each written again from the spool (see `tdmq-backup logs {} --failed`; check the disk)",
                 s.name, s.quarantined_segments, s.name
             ));
         }

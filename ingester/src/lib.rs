@@ -1,36 +1,38 @@
 //! tdmq-backup-ingester as a library: [`run`] takes a bound listener and a shutdown future, so
 //! the binary stays thin and tests can start it on port 0.
 //!
-//! A message's path, module by module: `partition_consumers` (one Pulsar consumer per
-//! partition) → `consumer` (the rule's task: receives, encodes once, stops before an entry it
-//! cannot decode — `decode_fault` — and notices ids going backwards — `source_reset`) → `spool`
-//! (dedup by id, durable batch write to `spool::record_log` + sled via `spool::db`, cut into
-//! segments by `segment::cutter`, paused by `spool::disk` when space runs low) → `seal` (the
-//! segment file, written by `segment::segment_writer`) → `grpc` / `app` (the uploader lists it
-//! — `sealed_page` — streams it, then commits — `commit_check`) → `consumer` again
-//! (acknowledges in segment order) → `history` (the rule's run log).
+//! A message's path, module by module:
+//!
+//! 1. `source` — the rule's Pulsar consumers, one per partition (`source::partition_consumers`),
+//!    and what they may deliver: an entry the client cannot decode (`source::decode_fault`),
+//!    bytes that are not what the producer sent (`source::record_extras`), ids that went
+//!    backwards (`source::source_reset`).
+//! 2. `consumer` — the rule's task: receives, drops redeliveries, encodes once
+//!    (`consumer::receive`), stops a partition before an undecodable entry (`consumer::faults`).
+//! 3. `spool` — the durable batch write (`consumer::spooling` → `spool::record_log` + sled via
+//!    `spool::db`), dedup by id (`spool::redelivery`), cut into segments by `segment::cutter`,
+//!    paused by `spool::disk` when space runs low.
+//! 4. `seal` — the segment file, the exact object content, written by
+//!    `segment::segment_writer`.
+//! 5. `app` — the hand-off (`app::handoff`, served by `app::grpc`): the uploader lists sealed
+//!    segments (`app::sealed_page`), streams one, and commits it (`app::commit_check`).
+//! 6. `consumer::ack` — the rule's task acknowledges on Pulsar, in segment order, and the
+//!    spool frees the segment. `app::history` keeps the rule's run log along the way.
+//!
+//! The rules themselves (create, edit, delete, pause, status) are `app`'s too.
 
 pub mod app;
 pub mod auth;
-pub mod commit_check;
 pub mod config;
 pub mod consumer;
-pub mod decode_fault;
 pub mod error;
-pub mod grpc;
-pub mod history;
 pub mod metrics;
-pub mod partition_consumers;
-pub mod record_extras;
-pub mod rules;
 pub mod scoped_auth;
 pub mod seal;
-pub mod sealed_page;
 pub mod segment;
-pub mod source_reset;
+pub mod source;
 pub mod spool;
 pub mod stats;
-pub mod unsubscribe;
 
 use std::future::Future;
 
@@ -89,7 +91,7 @@ pub async fn run(
         info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, app.clone()))
     });
-    let service = proto::IngesterServer::new(grpc::IngesterService::new(app.clone()))
+    let service = proto::IngesterServer::new(app::grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

@@ -14,7 +14,7 @@ pub struct RuleStats {
     pub quarantined: AtomicU64,
     /// Failures the uploader reported (`ReportUploadFailure`); read by `/metrics`.
     pub upload_failures: AtomicU64,
-    /// Messages published before a timestamp start, left out (see `consumer.rs`).
+    /// Messages published before a timestamp start, left out (see `consumer/receive.rs`).
     pub before_start_dropped: AtomicU64,
     /// Since when the rule reads nothing from Pulsar (paused, disconnected, or a partition
     /// blocked); 0 while it reads. What waits in Pulsar is at least this old.

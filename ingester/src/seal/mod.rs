@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
-use crate::history::{History, HistoryEntry};
+use crate::app::history::{History, HistoryEntry};
 use crate::spool::RuleSpool;
 
 enum Job {

@@ -4,7 +4,7 @@
 //! pulsar-rs's multi-topic consumer hides which partition an error came from, drops a failing
 //! partition's consumer and re-adds it 30 s later, and cannot seek. Holding one single-topic
 //! consumer per partition lets the rule stop exactly the partition whose entry cannot be decoded
-//! (see [`crate::decode_fault`]), recreate just that consumer to have the entry redelivered,
+//! (see [`crate::source::decode_fault`]), recreate just that consumer to have the entry redelivered,
 //! seek each partition by publish time, and pick up partitions added to the topic later.
 
 use std::future::poll_fn;
@@ -20,7 +20,7 @@ use pulsar::{Consumer, Pulsar, TokioExecutor};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::decode_fault::DecodeFault;
+use crate::source::decode_fault::DecodeFault;
 
 pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 

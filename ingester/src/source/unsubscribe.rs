@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
-use proto::types::{RuleConfig, Secret, SubscriptionKind};
+use proto::types::{RuleConfig, Secret};
 use pulsar::consumer::ConsumerOptions;
-use pulsar::message::proto::command_subscribe::SubType;
-use pulsar::{Authentication, ConnectionRetryOptions, Consumer, Pulsar, TokioExecutor};
+use pulsar::{ConnectionRetryOptions, Consumer, TokioExecutor};
 use tracing::{debug, info};
+
+use super::client;
 
 /// How long removing may take in all. The broker may still be closing the rule's own consumer
 /// (pulsar-rs closes a dropped consumer in the background), and it refuses to remove a
@@ -67,31 +68,20 @@ impl SubscriptionRef<'_> {
     }
 
     async fn attempt(&self) -> Result<(), pulsar::Error> {
-        let mut builder = Pulsar::builder(self.rule.service_url.clone(), TokioExecutor)
-            .with_connection_retry_options(ConnectionRetryOptions {
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
-                max_retries: 3,
-                connection_timeout: Duration::from_secs(5),
-                keep_alive: Duration::from_secs(10),
-                ..ConnectionRetryOptions::default()
-            });
-        if let Some(token) = self.token.filter(|t| !t.is_empty()) {
-            builder = builder.with_auth(Authentication {
-                name: "token".to_string(),
-                data: token.expose().as_bytes().to_vec(),
-            });
-        }
-        let pulsar = builder.build().await?;
-        let sub_type = match self.rule.subscription_type {
-            SubscriptionKind::Failover => SubType::Failover,
-            SubscriptionKind::Exclusive => SubType::Exclusive,
+        let retry = ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retries: 3,
+            connection_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(10),
+            ..ConnectionRetryOptions::default()
         };
+        let pulsar = client::connect(self.rule.service_url.clone(), self.token, retry).await?;
         let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
             .consumer()
             .with_topic(self.rule.topic.clone())
             .with_subscription(self.rule.subscription.clone())
-            .with_subscription_type(sub_type)
+            .with_subscription_type(client::sub_type(self.rule.subscription_type))
             .with_consumer_name(format!("tdmq-backup-{}-unsubscribe", self.rule.name))
             // It reads nothing: one permit, so the broker sends next to nothing before it goes.
             .with_batch_size(1)
