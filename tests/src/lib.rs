@@ -10,6 +10,7 @@ pub mod certs;
 pub mod daemon_log;
 pub mod daemons;
 pub mod drain;
+pub mod example_config;
 pub mod oracle;
 pub mod ports;
 pub mod producer;
