@@ -19,7 +19,7 @@ use crate::ports::PortKeeper;
 /// Path of the workspace binary `name`. Panics with the command to run if it was not built, since
 /// a test cannot do anything useful without it.
 pub fn bin_path(name: &str) -> PathBuf {
-    let path = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let path = bin_in(&bin_dir(), name);
     if !path.is_file() {
         panic!(
             "binary {} not found: run `cargo build --workspace --bins` first \
@@ -30,8 +30,14 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// `target/<profile>/`, derived from the running executable.
-fn bin_dir() -> PathBuf {
+/// The path binary `name` has in `dir` (whether or not it is there).
+pub fn bin_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// `target/<profile>/`, derived from the running executable: where the workspace's binaries are
+/// when the caller was built with them (a test, or the bench in `target/release/`).
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path is readable");
     let mut dir = exe
         .parent()
@@ -124,7 +130,18 @@ impl Daemon {
         envs: &[(String, String)],
         log_path: PathBuf,
     ) -> anyhow::Result<Daemon> {
-        let bin = bin_path(name);
+        Self::spawn_bin(&bin_path(name), name, args, envs, log_path)
+    }
+
+    /// [`Daemon::spawn`] of the binary at `bin` (another build's, e.g. the bench's `--bin-dir`),
+    /// named `name` in errors and ready lines.
+    pub fn spawn_bin(
+        bin: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log_path: PathBuf,
+    ) -> anyhow::Result<Daemon> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,7 +154,7 @@ impl Daemon {
             .metadata()
             .with_context(|| format!("reading the length of {}", log_path.display()))?
             .len();
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

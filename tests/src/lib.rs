@@ -1,5 +1,6 @@
 //! Test harness for tdmq-backup: real services (pulsar-lite behind a relay, in-process s3s-fs),
-//! the project's daemons as processes, deterministic sample messages and an exactly-once oracle.
+//! the project's daemons as processes, a whole [`Stack`] of them for the e2e tests and the
+//! bench, deterministic sample messages and an exactly-once oracle.
 //!
 //! Every test starts its own services on ports the kernel picks (bound to port 0 and kept, see
 //! [`ports`]) in temporary directories; the guards kill or stop them on drop, so tests run in
@@ -9,10 +10,12 @@ pub mod certs;
 pub mod daemon_log;
 pub mod daemons;
 pub mod drain;
+pub mod example_config;
 pub mod oracle;
 pub mod ports;
 pub mod producer;
 pub mod services;
+pub mod stack;
 
 pub use services::{pulsar_lite, relay, s3};
 
@@ -27,6 +30,7 @@ pub use services::fault_proxy::{FaultProxy, Mode as FaultMode};
 pub use services::pulsar_lite::PulsarLite;
 pub use services::relay::{DamagedEntry, FaultPlan, Faults, Relay};
 pub use services::s3::S3Server;
+pub use stack::{Extra, Stack, StackBuilder, StackDir};
 
 /// Routes `tracing` output to the test's captured output, filtered by `RUST_LOG` (default:
 /// warnings, minus pulsar-rs's noisy reconnect logs, docs/dependencies.md §6). Safe to call from

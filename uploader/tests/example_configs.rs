@@ -3,7 +3,9 @@
 //! every key the uploader knows (set or commented out), so that a new key cannot be added without
 //! documenting it there.
 
-use std::collections::BTreeSet;
+#[path = "../../tests/src/example_config.rs"]
+mod example_config;
+
 use std::path::PathBuf;
 
 use clap::{CommandFactory as _, Parser as _};
@@ -16,31 +18,6 @@ fn read_example(name: &str) -> String {
         .join("../examples")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The config keys: every flag but `--config`, `--help` and `--version`, with `-` as `_`.
-fn config_keys() -> BTreeSet<String> {
-    Args::command()
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|long| !matches!(*long, "config" | "help" | "version"))
-        .map(|long| long.replace('-', "_"))
-        .collect()
-}
-
-/// Keys the file sets or shows commented out (`key = ...` or `# key = ...` at a line's start).
-fn keys_in(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim_start();
-            let line = line.strip_prefix('#').map_or(line, str::trim_start);
-            let (key, _) = line.split_once(" = ")?;
-            let key = key.trim_end();
-            key.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_')
-                .then(|| key.to_string())
-        })
-        .collect()
 }
 
 fn load(name: &str) -> UploaderConfig {
@@ -77,18 +54,12 @@ fn the_examples_load_through_the_real_loader() {
 
 #[test]
 fn the_examples_name_every_key_and_no_other() {
-    let known = config_keys();
     for name in EXAMPLES {
-        let shown = keys_in(&read_example(name));
-        let missing: Vec<_> = known.difference(&shown).collect();
-        let unknown: Vec<_> = shown.difference(&known).collect();
-        assert!(
-            missing.is_empty(),
-            "keys missing from examples/{name}: {missing:?}"
-        );
-        assert!(
-            unknown.is_empty(),
-            "examples/{name} shows keys the uploader does not know: {unknown:?}"
+        example_config::assert_names_every_key(
+            name,
+            "uploader",
+            &read_example(name),
+            &Args::command(),
         );
     }
 }

@@ -49,7 +49,13 @@ impl PulsarLite {
 
     /// Starts a broker whose new topics get `partitions` partitions (`0` = non-partitioned).
     pub async fn start_with_partitions(partitions: u32) -> anyhow::Result<PulsarLite> {
-        Self::start_with(partitions, None).await
+        Self::start_with(partitions, None, "").await
+    }
+
+    /// Starts a broker with `settings` (top-level `broker.toml` lines, `\n`-separated) besides
+    /// the harness's own.
+    pub async fn start_with_settings(settings: &str) -> anyhow::Result<PulsarLite> {
+        Self::start_with(0, None, settings).await
     }
 
     /// Starts a broker whose relay damages entries as `faults` says.
@@ -57,21 +63,28 @@ impl PulsarLite {
         partitions: u32,
         faults: Arc<Faults>,
     ) -> anyhow::Result<PulsarLite> {
-        Self::start_with(partitions, Some(faults)).await
+        Self::start_with(partitions, Some(faults), "").await
     }
 
     async fn start_with(
         partitions: u32,
         faults: Option<Arc<Faults>>,
+        settings: &str,
     ) -> anyhow::Result<PulsarLite> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("pulsar-lite-")
             .tempdir()
             .context("creating the broker's temp dir")?;
+        // Top-level keys must come before the [metrics] table.
+        let settings = if settings.is_empty() {
+            String::new()
+        } else {
+            format!("{settings}\n")
+        };
         std::fs::write(
             dir.path().join("broker.toml"),
-            format!("default_partitions = {partitions}\n[metrics]\nenabled = false\n"),
+            format!("{settings}default_partitions = {partitions}\n[metrics]\nenabled = false\n"),
         )
         .context("writing broker.toml")?;
 

@@ -138,9 +138,7 @@ async fn stack_annotating() -> anyhow::Result<(Stack, std::sync::Arc<Faults>)> {
         ..FaultPlan::default()
     });
     let pulsar = PulsarLite::start_with_faults(0, faults.clone()).await?;
-    let mut stack = Stack::services_with_pulsar(pulsar).await?;
-    stack.start_ingester().await?;
-    stack.start_uploader().await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
     Ok((stack, faults))
 }
 

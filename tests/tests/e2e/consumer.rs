@@ -135,9 +135,7 @@ async fn a_broker_outage_keeps_windows_closing_and_commands_answering() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timestamp_start_on_a_partitioned_topic_backs_up_from_then_on() -> anyhow::Result<()> {
     let pulsar = PulsarLite::start_with_partitions(3).await?;
-    let mut stack = Stack::services_with_pulsar(pulsar).await?;
-    stack.start_ingester().await?;
-    stack.start_uploader().await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
     let rule = "from-time";
     let topic = unique_topic("from-time");
     let full_topic = format!("persistent://public/default/{topic}");
@@ -171,9 +169,7 @@ async fn partitions_added_to_the_topic_later_are_consumed_without_a_restart() ->
     let hidden = plan.hidden_partitions.clone();
     hidden.store(1, std::sync::atomic::Ordering::SeqCst);
     let pulsar = PulsarLite::start_with_faults(4, Faults::new(plan)).await?;
-    let mut stack = Stack::services_with_pulsar(pulsar).await?;
-    stack.start_ingester().await?;
-    stack.start_uploader().await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
     let rule = "grown";
     let topic = unique_topic("grown");
     let full_topic = format!("persistent://public/default/{topic}");

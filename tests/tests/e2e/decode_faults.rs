@@ -19,9 +19,7 @@ async fn stack_with_faults(
 ) -> anyhow::Result<(Stack, std::sync::Arc<Faults>)> {
     let faults = Faults::new(plan);
     let pulsar = PulsarLite::start_with_faults(partitions, faults.clone()).await?;
-    let mut stack = Stack::services_with_pulsar(pulsar).await?;
-    stack.start_ingester().await?;
-    stack.start_uploader().await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
     Ok((stack, faults))
 }
 

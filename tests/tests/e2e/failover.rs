@@ -17,44 +17,11 @@ struct Standby {
 }
 
 async fn start_standby(stack: &Stack) -> anyhow::Result<Standby> {
-    // Both on port 0; the ingester's ready line says where it listens. The ready lines are INFO.
-    let mut ingester = Daemon::spawn(
-        "tdmq-backup-ingester",
-        &[
-            "--data-dir".into(),
-            stack.path("ingester-b").to_string_lossy().into_owned(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ],
-        &[("RUST_LOG".into(), "info,pulsar=warn".into())],
-        stack.path("ingester-b.log"),
-    )?;
-    let url = format!(
-        "http://{}",
-        ingester.wait_ready(Duration::from_secs(20)).await?
-    );
-    let mut uploader = Daemon::spawn(
-        "tdmq-backup-uploader",
-        &[
-            "--ingester".into(),
-            url.clone(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state-dir".into(),
-            stack.path("uploader-b").to_string_lossy().into_owned(),
-            "--endpoint".into(),
-            stack.s3.endpoint(),
-            "--path-style".into(),
-            "true".into(),
-        ],
-        &[
-            ("AWS_ACCESS_KEY_ID".into(), stack.s3.access_key().into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), stack.s3.secret_key().into()),
-            ("RUST_LOG".into(), "info".into()),
-        ],
-        stack.path("uploader-b.log"),
-    )?;
-    uploader.wait_ready(Duration::from_secs(20)).await?;
+    // Both on port 0; the ingester's ready line says where it listens.
+    let mut ingester = stack.spawn_ingester("ingester-b", 0)?;
+    let url = format!("http://{}", ingester.wait_ready(stack.ready_timeout).await?);
+    let mut uploader = stack.spawn_uploader("uploader-b", &url)?;
+    uploader.wait_ready(stack.ready_timeout).await?;
     Ok(Standby {
         ingester,
         _uploader: uploader,

@@ -134,32 +134,93 @@ fn fill(path: &Path) -> anyhow::Result<u64> {
     Ok(written)
 }
 
+/// Both scenarios: an ingester whose data_dir is a tmpfs of `DISK` (keeping 8 MB in reserve
+/// besides what sealing needs), and a rule `RULE` on a fresh topic with one-hour windows.
+struct FullDisk {
+    // Declared first, so dropped first: a failing test unmounts before its daemons go.
+    disk: Tmpfs,
+    stack: Stack,
+    data_dir: PathBuf,
+    ingester_pid: Option<u32>,
+    /// The topic's full name.
+    topic: String,
+}
+
+impl FullDisk {
+    /// `None` (the test is skipped) when this machine does not let the test mount.
+    async fn start(stem: &str, max_bytes: &str) -> anyhow::Result<Option<FullDisk>> {
+        let mut stack = Stack::services().await?;
+        let data_dir = stack.path("ingester");
+        let Some(disk) = Tmpfs::mount(&data_dir, DISK)? else {
+            return Ok(None);
+        };
+        stack.ingester_extra = Extra {
+            // The disk is tiny: keep a few MB besides what sealing needs.
+            args: vec!["--disk-reserve-bytes".into(), "8MB".into()],
+            env: Vec::new(),
+        };
+        stack.start_ingester().await?;
+        let ingester_pid = stack.ingester.as_ref().map(|d| d.pid());
+        let topic = unique_topic(stem);
+        stack.create_rule(RULE, &topic, &["--max-bytes", max_bytes, "--window", "1h"])?;
+        Ok(Some(FullDisk {
+            disk,
+            stack,
+            data_dir,
+            ingester_pid,
+            topic: format!("persistent://public/default/{topic}"),
+        }))
+    }
+
+    /// The same ingester did it all: never restarted, still running.
+    fn assert_same_ingester(&mut self) -> anyhow::Result<()> {
+        let ingester = self.stack.ingester.as_mut().context("the ingester")?;
+        assert_eq!(Some(ingester.pid()), self.ingester_pid);
+        if let Some(exit) = ingester.try_status()? {
+            bail!(
+                "the ingester exited ({exit}):\n{}",
+                self.stack.log_tail("ingester.log")
+            );
+        }
+        Ok(())
+    }
+
+    /// No temporary file left; then, with the ingester gone and the disk unmounted, nothing
+    /// left unacknowledged on the subscription.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        let leftovers = files_ending(&self.data_dir, ".tmp");
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        if let Some(mut ingester) = self.stack.ingester.take() {
+            ingester.kill9()?;
+        }
+        drop(self.disk);
+        let left = assert_subscription_drained(
+            &self.stack.pulsar.url(),
+            &self.topic,
+            "tdmq-backup",
+            Duration::from_secs(3),
+        )
+        .await?;
+        assert_eq!(left, 0, "messages left unacknowledged on the subscription");
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_pauses_consumption_and_recovers_without_a_restart() -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut stack = Stack::services().await?;
-    let data_dir = stack.path("ingester");
-    let Some(disk) = Tmpfs::mount(&data_dir, DISK)? else {
+    // Segments of about 5 MB of JSON lines (3.75 MB of payload): several of them fill the disk.
+    let Some(mut run) = FullDisk::start("fulldisk", "5MB").await? else {
         return Ok(());
     };
-    stack.ingester_extra = Extra {
-        // The disk is tiny: keep a few MB besides what sealing needs.
-        args: vec!["--disk-reserve-bytes".into(), "8MB".into()],
-        env: Vec::new(),
-    };
-    stack.start_ingester().await?;
-    let ingester_pid = stack.ingester.as_ref().map(|d| d.pid());
-    let topic = unique_topic("fulldisk");
-    let full_topic = format!("persistent://public/default/{topic}");
-    // Segments of about 5 MB of JSON lines (3.75 MB of payload): several of them fill the disk.
-    stack.create_rule(RULE, &topic, &["--max-bytes", "5MB", "--window", "1h"])?;
     let messages = random_messages(MESSAGES, 4711);
     let producer = {
-        let (url, topic, messages) = (stack.pulsar.url(), full_topic.clone(), messages.clone());
+        let (url, topic, messages) = (run.stack.pulsar.url(), run.topic.clone(), messages.clone());
         tokio::spawn(async move { produce(&url, &topic, &messages, true).await })
     };
 
     // The uploader is not running: the ingester fills its disk, then must pause.
+    let stack = &run.stack;
     let paused = crate::util::eventually(
         "the ingester to pause for a full disk",
         Duration::from_secs(90),
@@ -179,13 +240,14 @@ async fn a_full_disk_pauses_consumption_and_recovers_without_a_restart() -> anyh
     // Paused before the disk is full: room is left (the reserve, less at most one batch's log
     // and its compressed copy), and nothing is acknowledged.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let free = available(&data_dir)?;
+    let free = available(&run.data_dir)?;
     let still = stack.rule_status(RULE)?;
     println!("{free} bytes free while paused: {still}");
     assert!(free >= 2_000_000, "{free} bytes free: {still}");
     assert_eq!(still["messages_acked"].as_u64(), Some(0), "{still}");
 
-    stack.start_uploader().await?;
+    run.stack.start_uploader().await?;
+    let stack = &run.stack;
     let resumed_at = Instant::now();
     let status = stack
         .wait_until_backed_up(RULE, MESSAGES as u64, Duration::from_secs(240))
@@ -197,37 +259,15 @@ async fn a_full_disk_pauses_consumption_and_recovers_without_a_restart() -> anyh
     );
     producer.await.context("the producer task")??;
 
-    // The same ingester did it all: never restarted, still running.
-    let ingester = stack.ingester.as_mut().context("the ingester")?;
-    assert_eq!(Some(ingester.pid()), ingester_pid);
-    if let Some(exit) = ingester.try_status()? {
-        bail!(
-            "the ingester exited ({exit}):\n{}",
-            stack.log_tail("ingester.log")
-        );
-    }
+    run.assert_same_ingester()?;
+    let stack = &run.stack;
     let logs = stack.ctl_json(&["logs", RULE, "--failed"])?;
     assert!(logs.to_string().contains("disk"), "{logs}");
     let objects = harness::read_all(&stack.s3.client(), crate::util::BUCKET, "").await?;
     let report = check_exactly_once(&objects, &messages)?;
     println!("{report:?}");
     assert_eq!(report.records, MESSAGES);
-    let leftovers = files_ending(&data_dir, ".tmp");
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-
-    if let Some(mut ingester) = stack.ingester.take() {
-        ingester.kill9()?;
-    }
-    drop(disk);
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
-    assert_eq!(left, 0, "messages left unacknowledged on the subscription");
-    Ok(())
+    run.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,24 +275,14 @@ async fn a_disk_filled_by_another_writer_breaks_the_database_until_space_is_back
 ) -> anyhow::Result<()> {
     const FIRST: usize = 150;
     const ALL: usize = 300;
-    let mut stack = Stack::services().await?;
-    let data_dir = stack.path("ingester");
-    let Some(disk) = Tmpfs::mount(&data_dir, DISK)? else {
+    let Some(mut run) = FullDisk::start("filled", "2MB").await? else {
         return Ok(());
     };
-    stack.ingester_extra = Extra {
-        args: vec!["--disk-reserve-bytes".into(), "8MB".into()],
-        env: Vec::new(),
-    };
-    stack.start_ingester().await?;
-    let ingester_pid = stack.ingester.as_ref().map(|d| d.pid());
-    let topic = unique_topic("filled");
-    let full_topic = format!("persistent://public/default/{topic}");
-    stack.create_rule(RULE, &topic, &["--max-bytes", "2MB", "--window", "1h"])?;
+    let stack = &run.stack;
     let messages = random_messages(ALL, 815);
 
     // 15 MB spooled and sealed, waiting for the uploader.
-    produce(&stack.pulsar.url(), &full_topic, &messages[..FIRST], true).await?;
+    produce(&stack.pulsar.url(), &run.topic, &messages[..FIRST], true).await?;
     crate::util::eventually("the first messages sealed", Duration::from_secs(60), || {
         let _ = stack.ctl(&["rule", "flush", RULE]);
         let status = stack.rule_status(RULE)?;
@@ -267,10 +297,11 @@ async fn a_disk_filled_by_another_writer_breaks_the_database_until_space_is_back
 
     // Someone else takes every byte left; then the uploader stores and commits, which the
     // database must write.
-    let filler = data_dir.join("filler");
+    let filler = run.data_dir.join("filler");
     let taken = fill(&filler)?;
     println!("the filler took {taken} bytes");
-    stack.start_uploader().await?;
+    run.stack.start_uploader().await?;
+    let stack = &run.stack;
     let log_of =
         |daemon: &Option<harness::Daemon>| daemon.as_ref().map(|d| d.log()).unwrap_or_default();
     crate::util::eventually(
@@ -295,7 +326,7 @@ async fn a_disk_filled_by_another_writer_breaks_the_database_until_space_is_back
 
     std::fs::remove_file(&filler)?;
     let freed_at = Instant::now();
-    produce(&stack.pulsar.url(), &full_topic, &messages[FIRST..], true).await?;
+    produce(&stack.pulsar.url(), &run.topic, &messages[FIRST..], true).await?;
     let objects = stack
         .wait_until_stored(RULE, &messages, Duration::from_secs(120))
         .await?;
@@ -310,25 +341,6 @@ async fn a_disk_filled_by_another_writer_breaks_the_database_until_space_is_back
         "{}",
         stack.log_tail("ingester.log")
     );
-    let ingester = stack.ingester.as_mut().context("the ingester")?;
-    assert_eq!(Some(ingester.pid()), ingester_pid);
-    if let Some(exit) = ingester.try_status()? {
-        bail!("the ingester exited ({exit})");
-    }
-    let leftovers = files_ending(&data_dir, ".tmp");
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-
-    if let Some(mut ingester) = stack.ingester.take() {
-        ingester.kill9()?;
-    }
-    drop(disk);
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
-    assert_eq!(left, 0, "messages left unacknowledged on the subscription");
-    Ok(())
+    run.assert_same_ingester()?;
+    run.finish().await
 }

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{check_exactly_once, read_all, Daemon, FaultMode, FaultProxy};
+use harness::{check_exactly_once, read_all, FaultMode, FaultProxy};
 use harness::{produce, S3Server, SampleMessage};
 use rand::{Rng, SeedableRng};
 
-use crate::util::{unique_topic, Stack, BUCKET};
+use crate::util::{unique_topic, Extra, Stack, BUCKET};
 
 const PART: u64 = 5 << 20;
 /// ~40 MB in all. (100 KB messages would match the example better, but pulsar-lite
@@ -44,46 +44,25 @@ async fn start_uploader(
     endpoint: &str,
     envs: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let args: Vec<String> = [
-        "--ingester",
-        &stack.ingester_url(),
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        &stack.path("uploader").to_string_lossy(),
-        "--endpoint",
-        endpoint,
-        "--path-style",
-        "true",
-        "--part-size",
-        "5MiB",
-        "--multipart-threshold",
-        "5MiB",
-        "--max-backoff",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut all_envs = vec![
-        (
-            "AWS_ACCESS_KEY_ID".to_string(),
-            stack.s3.access_key().to_string(),
-        ),
-        (
-            "AWS_SECRET_ACCESS_KEY".to_string(),
-            stack.s3.secret_key().to_string(),
-        ),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ];
-    all_envs.extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let uploader = Daemon::spawn(
-        "tdmq-backup-uploader",
-        &args,
-        &all_envs,
-        stack.path("uploader.log"),
-    )?;
-    stack.adopt_uploader(uploader).await
+    stack.store_endpoint = Some(endpoint.to_string());
+    stack.uploader_extra = Extra {
+        args: [
+            "--part-size",
+            "5MiB",
+            "--multipart-threshold",
+            "5MiB",
+            "--max-backoff",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        env: envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    stack.start_uploader().await
 }
 
 /// Broker, S3, ingester; a rule holding the whole topic in one segment; ~40 MB produced and

@@ -15,27 +15,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
-use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use proto::types::Secret;
+use aws_sdk_s3::config::SharedInterceptor;
 use proto::v1::SegmentInfo;
-use rand::{Rng, SeedableRng};
-use uploader::config::Credentials;
 use uploader::multipart::{self, Journal};
-use uploader::store::s3::{client_config, load_shared_config, S3Store};
-use uploader::store::{
-    Body, ChecksumChoice, ObjectHead, PayloadSigning, PutOutcome, RequestChecksum, Store,
-    StoreEndpoint, StoreRouter, StoreSettings, Target,
-};
+use uploader::store::{Body, ObjectHead, PutOutcome, RequestChecksum, Store, StoreRouter, Target};
 use uploader::upload;
-use uploader::verify::{self, Expected};
 use uploader::UploadError;
 
-use crate::common::{self, Recorder, StoreKind, TestStore, AK, BUCKET, SK};
+use crate::common::{self, random_bytes, segment, Recorder, StoreKind, TestStore, BUCKET};
 
 const MIB: usize = 1 << 20;
 /// Part size and multipart threshold: S3's smallest part.
@@ -150,12 +138,6 @@ impl Subject {
     /// flight at a time (`concurrency` 1), so a broken stream leaves known parts stored.
     async fn start(backend: Backend) -> Subject {
         let state = tempfile::tempdir().expect("state dir");
-        let credentials = Credentials::Static {
-            source: "test",
-            access_key_id: Secret::new(AK),
-            secret_access_key: Secret::new(SK),
-            session_token: None,
-        };
         let (server, endpoint, checksum) = match backend {
             Backend::File => {
                 let dir = tempfile::tempdir().expect("store dir");
@@ -169,34 +151,19 @@ impl Subject {
                 (Server::S3 { server, inspect }, endpoint, checksum)
             }
         };
-        let router = StoreRouter::new(StoreSettings {
-            endpoint: Some(StoreEndpoint::parse(&endpoint).expect("endpoint")),
-            allowed_endpoints: Vec::new(),
-            region: Some("us-east-1".into()),
-            path_style: true,
-            request_checksum: ChecksumChoice::Fixed(checksum),
-            payload_signing: PayloadSigning::Auto,
-            part_size: PART as u64,
-            multipart_threshold: PART as u64,
-            credentials: credentials.clone(),
-            concurrency: 1,
-        });
+        let router = common::router(Some(&endpoint), checksum, PART as u64, 1);
         let target = router.target_for("", "").expect("target");
         let recorder = Recorder::default();
         let store = match &target {
             Target::File(_) => router.store_for("", "").await.expect("file store"),
-            Target::S3(t) => {
-                let shared = load_shared_config(&credentials).await;
-                let config = client_config(&shared, t)
-                    .interceptor(recorder.clone())
-                    .build();
-                Store::S3(S3Store::from_client_config(
-                    config,
+            Target::S3(t) => Store::S3(
+                common::s3_store(
                     t,
                     PART as u64,
-                    PART as u64,
-                ))
-            }
+                    vec![SharedInterceptor::new(recorder.clone())],
+                )
+                .await,
+            ),
         };
         let name = match backend {
             Backend::File => "file".to_string(),
@@ -295,19 +262,20 @@ impl Subject {
                 dir.path().join(".meta").join(".tmp"),
             ]
             .iter()
-            .flat_map(|d| file_names(d))
+            .flat_map(|d| common::file_names(d))
             .collect(),
             Server::S3 {
                 server: TestStore::S3sFs(server),
                 ..
-            } => file_names(server.root.path())
-                .into_iter()
-                .filter(|n| {
-                    n.starts_with(".upload-")
-                        || n.starts_with(".upload_id-")
-                        || n.starts_with(".tmp.")
-                })
-                .collect(),
+            } => {
+                let mut held = common::s3s_fs_uploads(server.root.path());
+                held.extend(
+                    common::file_names(server.root.path())
+                        .into_iter()
+                        .filter(|n| n.starts_with(".tmp.")),
+                );
+                held
+            }
             Server::S3 {
                 server: TestStore::Moto(_),
                 inspect,
@@ -349,16 +317,6 @@ impl Subject {
     }
 }
 
-fn file_names(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 /// How the segment's bytes arrive.
 #[derive(Debug, Clone, Copy)]
 enum Read {
@@ -383,52 +341,7 @@ fn body(seg: &SegmentInfo, data: &[u8], read: Read) -> Body {
             broken = true;
         }
     }
-    let mut items: Vec<Result<Bytes, UploadError>> = data
-        .chunks(300_007)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    if broken {
-        items.push(Err(UploadError::Ingester(
-            "ReadSegment: stream broke".into(),
-        )));
-    }
-    let expected = Expected {
-        len: seg.file_bytes,
-        crc32c: verify::parse_crc32c(&seg.content_crc32c).expect("hex"),
-    };
-    verify::verifying(
-        futures::stream::iter(items).boxed(),
-        expected,
-        Arc::new(AtomicU64::new(0)),
-    )
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data[..]);
-    data
-}
-
-/// Segment `no` of the rule `orders`, holding `data`.
-fn segment(no: u64, data: &[u8]) -> SegmentInfo {
-    SegmentInfo {
-        rule: "orders".into(),
-        segment_no: no,
-        state: "sealed".into(),
-        window_start: "2026-11-24T02:40:00.000Z".into(),
-        messages: 10 + no,
-        record_bytes: data.len() as u64 + 100,
-        file_bytes: data.len() as u64,
-        first_message_id: "1:0:-1:-1".into(),
-        last_message_id: format!("1:{no}:-1:-1"),
-        content_crc32c: format!("{:08x}", crc32c::crc32c(data)),
-        object_key: format!("public/default/orders/2026/11/24/02/orders-{no:06}.jsonl.gz"),
-        bucket: BUCKET.into(),
-        region: "us-east-1".into(),
-        content_encoding: "gzip".into(),
-        ..SegmentInfo::default()
-    }
+    common::verified_body(&data, 300_007, broken, common::expected(seg))
 }
 
 fn metadata_of(seg: &SegmentInfo) -> BTreeMap<String, String> {

@@ -6,7 +6,8 @@
 //! - [`s3_store`]: the S3 store against in-process s3s-fs (requests, checksums, errors);
 //! - [`resume`]: resumable multipart uploads against s3s-fs and moto's server;
 //! - [`conformance`]: one suite of store checks run against the file store, s3s-fs and moto;
-//! - [`common`]: the S3 servers under test and the SDK interceptors the tests share.
+//! - [`common`]: what they share: the S3 servers under test, SDK interceptors, the store and
+//!   router builders, segments and their verified bodies, and the fake ingester.
 
 mod common;
 mod conformance;

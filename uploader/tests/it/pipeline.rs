@@ -3,238 +3,14 @@
 //! status over gRPC, graceful shutdown.
 
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use proto::v1::*;
-use proto::{IngesterServer, UploaderClient};
-use rand::{Rng, SeedableRng};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use proto::v1::{UploaderStatusReply, UploaderStatusRequest};
+use proto::UploaderClient;
 use uploader::config::{Args, Credentials, UploaderConfig};
 
-const BUCKET: &str = "backup-1250000000";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Good,
-    /// The first read delivers one flipped byte; later reads are fine.
-    CorruptOnce,
-    /// ReadSegment fails with DATA_LOSS (the ingester quarantines it).
-    DataLoss,
-}
-
-struct Seg {
-    info: SegmentInfo,
-    data: Vec<u8>,
-    mode: Mode,
-    reads: u32,
-    done: bool,
-}
-
-#[derive(Default)]
-struct Fake {
-    segs: Mutex<Vec<Seg>>,
-    commits: Mutex<Vec<CommitSegmentRequest>>,
-    failures: Mutex<Vec<UploadFailure>>,
-    /// Commits still to refuse with RESOURCE_EXHAUSTED, as an ingester with a full disk does.
-    refuse_commits: Mutex<u32>,
-}
-
-fn segment(no: u64, len: usize, mode: Mode) -> Seg {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(no);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data[..]);
-    Seg {
-        info: SegmentInfo {
-            rule: "orders".into(),
-            segment_no: no,
-            state: "sealed".into(),
-            window_start: "2026-11-24T02:40:00.000Z".into(),
-            messages: 10,
-            record_bytes: 5000,
-            file_bytes: len as u64,
-            first_message_id: "1:0:-1:-1".into(),
-            last_message_id: "1:9:-1:-1".into(),
-            content_crc32c: format!("{:08x}", crc32c::crc32c(&data)),
-            object_key: format!("public/default/orders/2026/11/24/02/orders-{no:06}.jsonl.gz"),
-            bucket: BUCKET.into(),
-            region: "ap-guangzhou".into(),
-            content_encoding: "gzip".into(),
-            ..SegmentInfo::default()
-        },
-        data,
-        mode,
-        reads: 0,
-        done: false,
-    }
-}
-
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not in the fake"))
-}
-
-#[tonic::async_trait]
-impl proto::Ingester for Fake {
-    async fn create_rule(
-        &self,
-        _: Request<CreateRuleRequest>,
-    ) -> Result<Response<RuleReply>, Status> {
-        unimplemented()
-    }
-    async fn edit_rule(&self, _: Request<EditRuleRequest>) -> Result<Response<RuleReply>, Status> {
-        unimplemented()
-    }
-    async fn get_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
-        unimplemented()
-    }
-    async fn list_rules(
-        &self,
-        _: Request<ListRulesRequest>,
-    ) -> Result<Response<ListRulesReply>, Status> {
-        unimplemented()
-    }
-    async fn delete_rule(
-        &self,
-        _: Request<DeleteRuleRequest>,
-    ) -> Result<Response<DeleteRuleReply>, Status> {
-        unimplemented()
-    }
-    async fn pause_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
-        unimplemented()
-    }
-    async fn resume_rule(&self, _: Request<RuleName>) -> Result<Response<RuleReply>, Status> {
-        unimplemented()
-    }
-    async fn flush_rule(&self, _: Request<RuleName>) -> Result<Response<FlushReply>, Status> {
-        unimplemented()
-    }
-    async fn skip_entry(
-        &self,
-        _: Request<SkipEntryRequest>,
-    ) -> Result<Response<SkipEntryReply>, Status> {
-        unimplemented()
-    }
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        unimplemented()
-    }
-    async fn logs(&self, _: Request<LogsRequest>) -> Result<Response<LogsReply>, Status> {
-        unimplemented()
-    }
-    async fn list_segments(
-        &self,
-        _: Request<RuleName>,
-    ) -> Result<Response<ListSegmentsReply>, Status> {
-        unimplemented()
-    }
-
-    async fn list_sealed(
-        &self,
-        req: Request<ListSealedRequest>,
-    ) -> Result<Response<ListSealedReply>, Status> {
-        let req = req.into_inner();
-        let segments: Vec<SegmentInfo> = self
-            .segs
-            .lock()
-            .expect("fake")
-            .iter()
-            .filter(|s| !s.done)
-            .take(req.max as usize)
-            .map(|s| s.info.clone())
-            .collect();
-        if segments.is_empty() {
-            tokio::time::sleep(Duration::from_millis(u64::from(req.wait_ms).min(200))).await;
-        }
-        Ok(Response::new(ListSealedReply { segments }))
-    }
-
-    type ReadSegmentStream = Pin<Box<dyn Stream<Item = Result<SegmentChunk, Status>> + Send>>;
-
-    async fn read_segment(
-        &self,
-        req: Request<SegmentRef>,
-    ) -> Result<Response<Self::ReadSegmentStream>, Status> {
-        let req = req.into_inner();
-        let mut segs = self.segs.lock().expect("fake");
-        let seg = segs
-            .iter_mut()
-            .find(|s| s.info.rule == req.rule && s.info.segment_no == req.segment_no)
-            .ok_or_else(|| Status::not_found("no such segment"))?;
-        seg.reads += 1;
-        let mut data = seg.data.clone();
-        match seg.mode {
-            Mode::DataLoss => {
-                seg.done = true;
-                return Err(Status::data_loss("segment checksum mismatch; quarantined"));
-            }
-            Mode::CorruptOnce if seg.reads == 1 => data[7] ^= 0x40,
-            _ => {}
-        }
-        let chunks: Vec<Result<SegmentChunk, Status>> = data
-            .chunks(64 * 1024)
-            .map(|c| {
-                Ok(SegmentChunk {
-                    data: bytes::Bytes::copy_from_slice(c),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
-    }
-
-    async fn commit_segment(
-        &self,
-        req: Request<CommitSegmentRequest>,
-    ) -> Result<Response<CommitSegmentReply>, Status> {
-        let req = req.into_inner();
-        {
-            let mut refuse = self.refuse_commits.lock().expect("fake");
-            if *refuse > 0 {
-                *refuse -= 1;
-                return Err(Status::resource_exhausted(
-                    "spool database error: IO error: No space left on device (os error 28)",
-                ));
-            }
-        }
-        let mut segs = self.segs.lock().expect("fake");
-        let outcome = match segs
-            .iter_mut()
-            .find(|s| s.info.rule == req.rule && s.info.segment_no == req.segment_no)
-        {
-            Some(s) if !s.done => {
-                s.done = true;
-                "committed"
-            }
-            _ => "already_committed",
-        };
-        self.commits.lock().expect("fake").push(req);
-        Ok(Response::new(CommitSegmentReply {
-            outcome: outcome.into(),
-        }))
-    }
-
-    async fn report_upload_failure(
-        &self,
-        req: Request<UploadFailure>,
-    ) -> Result<Response<Empty>, Status> {
-        self.failures.lock().expect("fake").push(req.into_inner());
-        Ok(Response::new(Empty {}))
-    }
-}
-
-async fn serve_fake(fake: Arc<Fake>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IngesterServer::from_arc(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
-}
+use crate::common::{fake_segment, serve_fake, Fake, Mode, Seg, BUCKET};
 
 fn config(ingester: &str, store_dir: &std::path::Path, state_dir: PathBuf) -> UploaderConfig {
     let args = Args {
@@ -294,9 +70,9 @@ async fn stop(running: Running) {
 async fn uploads_verifies_retries_and_commits() {
     let fake = Arc::new(Fake::default());
     fake.segs.lock().expect("fake").extend([
-        segment(1, 300_000, Mode::Good),
-        segment(2, 200_000, Mode::CorruptOnce),
-        segment(3, 1000, Mode::DataLoss),
+        fake_segment(1, 300_000, Mode::Good),
+        fake_segment(2, 200_000, Mode::CorruptOnce),
+        fake_segment(3, 1000, Mode::DataLoss),
     ]);
     let url = serve_fake(fake.clone()).await;
     let store_dir = tempfile::tempdir().expect("tempdir");
@@ -435,7 +211,7 @@ async fn a_commit_refused_for_a_full_disk_is_retried_without_uploading_again() {
     fake.segs
         .lock()
         .expect("fake")
-        .push(segment(1, 100_000, Mode::Good));
+        .push(fake_segment(1, 100_000, Mode::Good));
     // Three tries in each of the first two attempts, one in the third.
     *fake.refuse_commits.lock().expect("fake") = 7;
     let url = serve_fake(fake.clone()).await;
@@ -519,9 +295,9 @@ async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segmen
     let rule_dir = files.path().join("segments").join("orders");
     std::fs::create_dir_all(&rule_dir).expect("mkdir");
     let sealed_path = |no: u64| rule_dir.join(format!("{no:020}.jsonl.gz"));
-    let mut local = segment(1, 300_000, Mode::Good);
-    let mut damaged = segment(2, 200_000, Mode::Good);
-    let mut elsewhere = segment(3, 50_000, Mode::Good);
+    let mut local = fake_segment(1, 300_000, Mode::Good);
+    let mut damaged = fake_segment(2, 200_000, Mode::Good);
+    let mut elsewhere = fake_segment(3, 50_000, Mode::Good);
     std::fs::write(sealed_path(1), &local.data).expect("write");
     local.info.file_path = sealed_path(1).display().to_string();
     let mut bad = damaged.data.clone();
@@ -577,7 +353,7 @@ async fn sealed_files_on_this_host_are_read_locally_and_fall_back_to_read_segmen
 
     // Turned off: the same readable file is streamed from the ingester instead.
     let fake = Arc::new(Fake::default());
-    let mut again = segment(4, 100_000, Mode::Good);
+    let mut again = fake_segment(4, 100_000, Mode::Good);
     std::fs::write(sealed_path(4), &again.data).expect("write");
     again.info.file_path = sealed_path(4).display().to_string();
     fake.segs.lock().expect("fake").push(again);

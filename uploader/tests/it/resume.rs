@@ -5,26 +5,17 @@
 //! `moto::…`): code that only ever met one S3 server can still fail against another.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use proto::types::Secret;
+use aws_sdk_s3::config::SharedInterceptor;
 use proto::v1::SegmentInfo;
-use rand::{Rng, SeedableRng};
-use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
-use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, PartList, S3Store};
-use uploader::store::{
-    Body, ChecksumChoice, PayloadSigning, PutRequest, RequestChecksum, S3Target, StoreRouter,
-    StoreSettings,
-};
-use uploader::verify::{self, Expected};
+use uploader::store::s3::{checksum_crc32c, PartList, S3Store};
+use uploader::store::{Body, PutRequest, RequestChecksum, S3Target, StoreRouter};
 use uploader::UploadError;
 
 use crate::common::{
-    BreakListParts, OpenRequests, Recorded, Recorder, StoreKind, TestStore, AK, BUCKET, SK,
+    self, random_bytes, segment, BreakListParts, OpenRequests, Recorded, Recorder, StoreKind,
+    TestStore, BUCKET,
 };
 
 /// Runs each named `async fn(StoreKind)` as one test per store: `s3s_fs::NAME` and `moto::NAME`.
@@ -112,41 +103,22 @@ async fn env_with_concurrency(
     concurrency: usize,
 ) -> Env {
     let server = TestStore::start(kind).await;
-    let inspect = crate::common::plain_client(&server.endpoint());
-    let credentials = Credentials::Static {
-        source: "test",
-        access_key_id: Secret::new(AK),
-        secret_access_key: Secret::new(SK),
-        session_token: None,
-    };
-    let target = S3Target {
-        endpoint: server.endpoint(),
-        region: "us-east-1".into(),
-        path_style: true,
-        checksum,
-    };
+    let inspect = common::plain_client(&server.endpoint());
+    let target = common::s3_target(&server.endpoint(), checksum);
     let recorder = Recorder::default();
     let open_requests = OpenRequests::default();
     let break_list_parts = BreakListParts::default();
-    let shared = load_shared_config(&credentials).await;
-    let config = client_config(&shared, &target)
-        .interceptor(recorder.clone())
-        .interceptor(open_requests.clone())
-        .interceptor(break_list_parts.clone())
-        .build();
-    let store = S3Store::from_client_config(config, &target, PART, PART);
-    let router = StoreRouter::new(StoreSettings {
-        endpoint: None,
-        allowed_endpoints: Vec::new(),
-        region: None,
-        path_style: true,
-        request_checksum: ChecksumChoice::Fixed(checksum),
-        payload_signing: PayloadSigning::Auto,
-        part_size: PART,
-        multipart_threshold: PART,
-        credentials,
-        concurrency,
-    });
+    let store = common::s3_store(
+        &target,
+        PART,
+        vec![
+            SharedInterceptor::new(recorder.clone()),
+            SharedInterceptor::new(open_requests.clone()),
+            SharedInterceptor::new(break_list_parts.clone()),
+        ],
+    )
+    .await;
+    let router = common::router(None, checksum, PART, concurrency);
     let state = tempfile::tempdir().expect("state dir");
     let journal = Journal::new(state.path());
     Env {
@@ -160,25 +132,6 @@ async fn env_with_concurrency(
         recorder,
         open_requests,
         break_list_parts,
-    }
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data[..]);
-    data
-}
-
-fn segment(no: u64, data: &[u8]) -> SegmentInfo {
-    SegmentInfo {
-        rule: "orders".into(),
-        segment_no: no,
-        file_bytes: data.len() as u64,
-        content_crc32c: format!("{:08x}", crc32c::crc32c(data)),
-        object_key: format!("public/default/orders/2026/11/24/02/orders-{no}.jsonl.gz"),
-        bucket: BUCKET.into(),
-        ..SegmentInfo::default()
     }
 }
 
@@ -196,23 +149,11 @@ fn request(seg: &SegmentInfo) -> PutRequest {
 /// dropped ReadSegment would) once that many bytes went through.
 fn body(data: &[u8], seg: &SegmentInfo, fail_after: Option<usize>) -> Body {
     let upto = fail_after.unwrap_or(data.len());
-    let mut items: Vec<Result<Bytes, UploadError>> = data[..upto]
-        .chunks(262_147)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    if fail_after.is_some() {
-        items.push(Err(UploadError::Ingester(
-            "ReadSegment: stream broke".into(),
-        )));
-    }
-    let expected = Expected {
-        len: seg.file_bytes,
-        crc32c: verify::parse_crc32c(&seg.content_crc32c).expect("hex"),
-    };
-    verify::verifying(
-        futures::stream::iter(items).boxed(),
-        expected,
-        Arc::new(AtomicU64::new(0)),
+    common::verified_body(
+        &data[..upto],
+        262_147,
+        fail_after.is_some(),
+        common::expected(seg),
     )
 }
 
@@ -257,12 +198,7 @@ impl Env {
     /// their part files, moto's ListMultipartUploads.
     async fn open_uploads(&self) -> Vec<String> {
         match &self.server {
-            TestStore::S3sFs(server) => std::fs::read_dir(server.root.path())
-                .expect("root")
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".upload-") || n.starts_with(".upload_id-"))
-                .collect(),
+            TestStore::S3sFs(server) => common::s3s_fs_uploads(server.root.path()),
             TestStore::Moto(_) => self
                 .inspect
                 .list_multipart_uploads()

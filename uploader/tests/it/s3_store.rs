@@ -3,46 +3,22 @@
 //! the multipart threshold go up with [`S3Store::put_object`], larger ones with the uploader's
 //! resumable [`multipart::upload`], as [`uploader::upload`] sends them.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures::StreamExt;
+use aws_sdk_s3::config::SharedInterceptor;
 use proto::types::Secret;
-use rand::{Rng, SeedableRng};
 use uploader::config::Credentials;
 use uploader::multipart::{self, Identity, Journal};
-use uploader::store::s3::{checksum_crc32c, client_config, load_shared_config, S3Store};
-use uploader::store::{
-    Body, ChecksumChoice, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
-    StoreRouter, StoreSettings,
-};
-use uploader::verify::{self, Expected};
+use uploader::store::s3::{checksum_crc32c, load_shared_config, S3Store};
+use uploader::store::{Body, PutOutcome, PutRequest, RequestChecksum, S3Target, StoreRouter};
+use uploader::verify::Expected;
 use uploader::UploadError;
 
-use crate::common::{serve, Recorder, Server, TamperChecksums, AK, BUCKET, SK};
+use crate::common::{
+    self, random_bytes, s3_target, serve, Recorder, Server, TamperChecksums, AK, BUCKET,
+};
 
 const MIB: usize = 1 << 20;
 /// Part size and multipart threshold.
 const PART: u64 = 5 * MIB as u64;
-
-fn credentials() -> Credentials {
-    Credentials::Static {
-        source: "test",
-        access_key_id: Secret::new(AK),
-        secret_access_key: Secret::new(SK),
-        session_token: None,
-    }
-}
-
-fn target(server: &Server, checksum: RequestChecksum) -> S3Target {
-    S3Target {
-        endpoint: server.endpoint(),
-        region: "us-east-1".into(),
-        path_style: true,
-        checksum,
-    }
-}
 
 async fn store(server: &Server, recorder: &Recorder) -> S3Store {
     store_with(server, recorder, RequestChecksum::Md5, false).await
@@ -55,13 +31,11 @@ async fn store_with(
     checksum: RequestChecksum,
     tamper: bool,
 ) -> S3Store {
-    let shared = load_shared_config(&credentials()).await;
-    let target = target(server, checksum);
-    let mut config = client_config(&shared, &target).interceptor(recorder.clone());
+    let mut interceptors = vec![SharedInterceptor::new(recorder.clone())];
     if tamper {
-        config = config.interceptor(TamperChecksums);
+        interceptors.push(SharedInterceptor::new(TamperChecksums));
     }
-    S3Store::from_client_config(config.build(), &target, PART, PART)
+    common::s3_store(&s3_target(&server.endpoint(), checksum), PART, interceptors).await
 }
 
 /// The store plus what the uploader's multipart upload needs besides: the router (its part
@@ -78,19 +52,8 @@ async fn uploader(server: &Server, recorder: &Recorder, checksum: RequestChecksu
     let state = tempfile::tempdir().expect("state dir");
     Uploader {
         store: store_with(server, recorder, checksum, false).await,
-        target: target(server, checksum),
-        router: StoreRouter::new(StoreSettings {
-            endpoint: None,
-            allowed_endpoints: Vec::new(),
-            region: None,
-            path_style: true,
-            request_checksum: ChecksumChoice::Fixed(checksum),
-            payload_signing: PayloadSigning::Auto,
-            part_size: PART,
-            multipart_threshold: PART,
-            credentials: credentials(),
-            concurrency: 1,
-        }),
+        target: s3_target(&server.endpoint(), checksum),
+        router: common::router(None, checksum, PART, 1),
         journal: Journal::new(state.path()),
         _state: state,
     }
@@ -126,28 +89,13 @@ impl Uploader {
     }
 }
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data[..]);
-    data
-}
-
 /// `data` in odd-sized chunks (as the ingester might send), verified against `crc`.
 fn body(data: &[u8], crc: u32) -> Body {
-    let chunks: Vec<Result<Bytes, UploadError>> = data
-        .chunks(300_007)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
     let expected = Expected {
         len: data.len() as u64,
         crc32c: crc,
     };
-    verify::verifying(
-        futures::stream::iter(chunks).boxed(),
-        expected,
-        Arc::new(AtomicU64::new(0)),
-    )
+    common::verified_body(data, 300_007, false, expected)
 }
 
 fn request(key: &str, len: usize, crc_hex: &str) -> PutRequest {
@@ -464,12 +412,7 @@ async fn wrong_secret_is_refused_without_leaking_it() {
         session_token: None,
     };
     let shared = load_shared_config(&creds).await;
-    let target = S3Target {
-        endpoint: server.endpoint(),
-        region: "us-east-1".into(),
-        path_style: true,
-        checksum: RequestChecksum::Crc32c,
-    };
+    let target = s3_target(&server.endpoint(), RequestChecksum::Crc32c);
     let store = S3Store::new(&shared, &target, PART, PART);
     let data = b"hello".to_vec();
     let crc = crc32c::crc32c(&data);
