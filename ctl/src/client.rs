@@ -191,7 +191,7 @@ async fn channel(daemon: &Daemon, tls: &Tls) -> anyhow::Result<Channel> {
         .connect_timeout(CONNECT_TIMEOUT);
     let https = daemon.url.starts_with("https://");
     if https {
-        let config = proto::tls::client_config(
+        let config = edge::tls::client_config(
             tls.ca_file.as_deref().map(|p| ("--ca-file", p)),
             tls.domain.as_deref(),
         )

@@ -150,7 +150,7 @@ pub struct IngesterConfig {
     pub allow_unauthenticated: bool,
     pub metrics_listen: Option<SocketAddr>,
     /// Read and checked at start-up; `None`: plain HTTP/2.
-    pub tls: Option<proto::tls::ServerTls>,
+    pub tls: Option<edge::tls::ServerTls>,
     pub node_id: String,
 }
 
@@ -240,7 +240,7 @@ impl IngesterConfig {
             allow_unauthenticated,
         )
         .map_err(anyhow::Error::msg)?;
-        let tls = proto::tls::server_from_keys(
+        let tls = edge::tls::server_from_keys(
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
         )

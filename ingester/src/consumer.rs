@@ -889,7 +889,7 @@ impl RuleTask {
         let now = proto::types::time::now_millis();
         match self.spool.append(&batch, now).await {
             Ok(outcome) => {
-                proto::failpoint::hit("ingester:after_spool");
+                edge::failpoint::hit("ingester:after_spool");
                 if self.stats.disk_full.swap(false, Ordering::Relaxed) {
                     info!(rule = %self.rule.name, "spool writable again; consuming");
                     self.record(HistoryEntry::event(
@@ -1049,14 +1049,14 @@ impl RuleTask {
         let Some(plan) = self.spool.ack_plan() else {
             return;
         };
-        proto::failpoint::hit("ingester:before_ack");
+        edge::failpoint::hit("ingester:before_ack");
         if let Err(err) = send_acks(consumers, &plan).await {
             warn!(rule = %self.rule.name, error = %err, "acknowledgement failed; will retry");
             self.stats
                 .set_error(format!("acknowledgement failed: {err}"));
             return;
         }
-        proto::failpoint::hit("ingester:after_ack");
+        edge::failpoint::hit("ingester:after_ack");
         match self.spool.free(&plan).await {
             Ok(freed) => {
                 let messages: u64 = freed.iter().map(|m| m.messages).sum();

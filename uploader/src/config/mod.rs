@@ -342,7 +342,7 @@ pub struct UploaderConfig {
     /// TLS to the ingester (`ingester` is https://): its CA and name, read and checked at start-up.
     pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
     /// TLS for this uploader's gRPC server; `None`: plain HTTP/2.
-    pub tls: Option<proto::tls::ServerTls>,
+    pub tls: Option<edge::tls::ServerTls>,
 }
 
 impl UploaderConfig {
@@ -642,7 +642,7 @@ fn ingester_tls(
         }
         return Ok(None);
     }
-    proto::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
+    edge::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
         .map(Some)
         .map_err(|m| tls_error(&["ingester_ca"], m))
 }
@@ -650,8 +650,8 @@ fn ingester_tls(
 fn server_tls(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
-) -> Result<Option<proto::tls::ServerTls>, UploadError> {
-    proto::tls::server_from_keys(cert, key).map_err(|m| tls_error(&["tls_cert", "tls_key"], m))
+) -> Result<Option<edge::tls::ServerTls>, UploadError> {
+    edge::tls::server_from_keys(cert, key).map_err(|m| tls_error(&["tls_cert", "tls_key"], m))
 }
 
 /// `proto::tls` messages start with the key they are about; that key becomes the error's field.
