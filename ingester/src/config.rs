@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use edge::settings::{DaemonInput, DaemonSettings};
+use edge::settings::{DaemonInput, DaemonSettings, NumberOrText};
 use serde::Deserialize;
 
 /// tdmq-backup-ingester: consumes each rule's Pulsar subscription into a durable local spool,
@@ -110,10 +110,10 @@ struct FileConfig {
     log_format: Option<String>,
     history_max_entries: Option<usize>,
     shutdown_grace: Option<String>,
-    max_spool_bytes: Option<String>,
-    disk_reserve_bytes: Option<String>,
+    max_spool_bytes: Option<NumberOrText>,
+    disk_reserve_bytes: Option<NumberOrText>,
     receiver_queue: Option<u32>,
-    receiver_queue_bytes: Option<String>,
+    receiver_queue_bytes: Option<NumberOrText>,
     auth_token_file: Option<PathBuf>,
     uploader_token_file: Option<PathBuf>,
     allow_unauthenticated: Option<bool>,
@@ -229,9 +229,9 @@ impl IngesterConfig {
     }
 }
 
-/// A size from its flag, else its file key.
-fn size_setting(flag: Option<String>, file: Option<String>) -> Option<String> {
-    flag.or(file)
+/// A size from its flag, else its file key (an integer of bytes or a string like "20GB").
+fn size_setting(flag: Option<String>, file: Option<NumberOrText>) -> Option<String> {
+    flag.or(file.map(NumberOrText::into_text))
 }
 
 fn parse_size(key: &str, text: &str) -> anyhow::Result<u64> {
@@ -393,6 +393,56 @@ mod tests {
         let err = IngesterConfig::from_args(args(&["--disk-reserve-bytes", "much"]))
             .expect_err("not a size");
         assert!(err.to_string().contains("disk_reserve_bytes"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn sizes_in_the_file_are_integers_or_strings() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        let p = path.to_string_lossy().to_string();
+        std::fs::write(
+            &path,
+            "max_spool_bytes = 1048576\ndisk_reserve_bytes = 0\nreceiver_queue_bytes = 4000000\n",
+        )?;
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(
+            (
+                c.max_spool_bytes,
+                c.disk_reserve_bytes,
+                c.receiver_queue_bytes
+            ),
+            (1_048_576, 0, 4_000_000)
+        );
+        std::fs::write(
+            &path,
+            "max_spool_bytes = \"1 MiB\"\ndisk_reserve_bytes = \"1GB\"\nreceiver_queue_bytes = \"16MB\"\n",
+        )?;
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(
+            (
+                c.max_spool_bytes,
+                c.disk_reserve_bytes,
+                c.receiver_queue_bytes
+            ),
+            (1_048_576, 1_000_000_000, 16_000_000)
+        );
+        // The flag beats the file, and takes a bare number of bytes too.
+        let c = IngesterConfig::from_args(args(&["--config", &p, "--max-spool-bytes", "2048"]))?;
+        assert_eq!(c.max_spool_bytes, 2048);
+        for bad in [
+            "max_spool_bytes = -1",
+            "disk_reserve_bytes = 1.5",
+            "receiver_queue_bytes = true",
+        ] {
+            std::fs::write(&path, format!("{bad}\n"))?;
+            let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err(bad);
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
+        std::fs::write(&path, "max_spool_bytes = \"lots\"\n")?;
+        let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err("not a size");
+        assert!(err.to_string().starts_with("max_spool_bytes: "), "{err}");
         Ok(())
     }
 

@@ -4,10 +4,12 @@
 //! merges them (flag over environment over file) and hands the result to
 //! [`DaemonSettings::resolve`].
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -122,11 +124,36 @@ pub async fn bind_listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// A number in a TOML file: `part_size = 8388608` and `part_size = "8MiB"` both read naturally.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NumberOrText {
     Number(u64),
     Text(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error ("did not match any variant") does not
+/// say what is expected.
+impl<'de> Deserialize<'de> for NumberOrText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expected;
+        impl Visitor<'_> for Expected {
+            type Value = NumberOrText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number, or a string like \"8MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumberOrText, E> {
+                Ok(NumberOrText::Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumberOrText, E> {
+                u64::try_from(v)
+                    .map(NumberOrText::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NumberOrText, E> {
+                Ok(NumberOrText::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Expected)
+    }
 }
 
 impl NumberOrText {
@@ -228,7 +255,9 @@ mod tests {
         let sizes: Sizes = toml::from_str("a = 1048576\nb = \"1 MiB\"\n")?;
         assert_eq!(sizes.a.into_text(), "1048576");
         assert_eq!(sizes.b.into_text(), "1 MiB");
-        assert!(toml::from_str::<Sizes>("a = -1\nb = 1\n").is_err());
+        let err = toml::from_str::<Sizes>("a = -1\nb = 1\n").expect_err("negative");
+        assert!(err.to_string().contains("expected a whole number"), "{err}");
+        assert!(toml::from_str::<Sizes>("a = 1.5\nb = 1\n").is_err());
         Ok(())
     }
 }
