@@ -1,11 +1,14 @@
 //! The `GET /metrics` endpoint both daemons serve, for Prometheus scrapes: axum over HTTP/1.1
-//! (the axum tonic already links), one route, the body rendered at scrape time.
+//! (the axum tonic already links), one route, the body rendered at scrape time, and
+//! `Connection: close` on every reply — a scrape is one request every few seconds, and a client
+//! that reads until the connection closes (`curl --http1.0`, a shell `nc`) gets its answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -34,6 +37,14 @@ where
     Router::new()
         .route("/metrics", get(move || scrape(render.clone())))
         .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+        .layer(map_response(close_after))
+}
+
+async fn close_after(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 async fn scrape<F, Fut>(render: F) -> Response
@@ -71,14 +82,20 @@ mod tests {
 
     use super::*;
 
-    /// One request over a real connection; the whole reply (the server closes after it).
+    /// One request over a real connection, without `Connection: close`; the whole reply (the
+    /// server closes after it).
     async fn request(addr: SocketAddr, head: &str) -> std::io::Result<String> {
         let mut client = TcpStream::connect(addr).await?;
         client
-            .write_all(format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .write_all(format!("{head}\r\nHost: x\r\n\r\n").as_bytes())
             .await?;
         let mut reply = String::new();
-        client.read_to_string(&mut reply).await?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_to_string(&mut reply),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("the server kept the connection open"))??;
         Ok(reply)
     }
 
