@@ -53,8 +53,8 @@ pub struct SettingError {
 }
 
 impl SettingError {
-    /// From a message that starts with the key it is about (what `tls` and
-    /// `proto::auth::check_listen_exposure` return); the first of `keys` when none matches.
+    /// From a message that starts with the key it is about (what `tls` errors and
+    /// `proto::auth::check_listen_exposure` say); the first of `keys` when none matches.
     pub fn from_keyed_message(keys: &[&'static str], message: &str) -> SettingError {
         let key = keys
             .iter()
@@ -103,8 +103,9 @@ impl DaemonSettings {
             allow_unauthenticated,
         )
         .map_err(|m| SettingError::from_keyed_message(&["listen"], &m))?;
-        let tls = crate::tls::server_from_keys(input.tls_cert, input.tls_key)
-            .map_err(|m| SettingError::from_keyed_message(&["tls_cert", "tls_key"], &m))?;
+        let tls = crate::tls::server_from_keys(input.tls_cert, input.tls_key).map_err(|e| {
+            SettingError::from_keyed_message(&["tls_cert", "tls_key"], &e.to_string())
+        })?;
         Ok(DaemonSettings {
             listen: input.listen,
             log_format,

@@ -570,9 +570,9 @@ fn ingester_tls(
     }
     edge::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
         .map(Some)
-        .map_err(|m| {
+        .map_err(|e| {
             let SettingError { key, message } =
-                SettingError::from_keyed_message(&["ingester_ca"], &m);
+                SettingError::from_keyed_message(&["ingester_ca"], &e.to_string());
             UploadError::config(key, message)
         })
 }
