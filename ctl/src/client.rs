@@ -222,7 +222,7 @@ async fn channel(daemon: &Daemon, tls: &Tls, timeout: Duration) -> anyhow::Resul
         .timeout(timeout);
     let https = daemon.url.starts_with("https://");
     if https {
-        let config = proto::tls::client_config(
+        let config = edge::tls::client_config(
             tls.ca_file.as_deref().map(|p| ("--ca-file", p)),
             tls.domain.as_deref(),
         )

@@ -1,5 +1,6 @@
-//! Reading the control-plane token file named by `auth_token_file`. The check itself is
-//! `proto::auth::RequireToken`, a tonic interceptor layered over every service.
+//! The control-plane tokens from `auth_token_file` and `uploader_token_file` (read by
+//! `edge::token_file`). The check itself is `proto::auth::RequireToken`, a tonic interceptor
+//! layered over every service.
 
 use std::path::Path;
 
@@ -35,13 +36,8 @@ pub fn token_scopes(
     Ok(crate::scoped_auth::TokenScopes::new(operator, uploader))
 }
 
-fn load_token_named(key: &str, path: &Path) -> anyhow::Result<Secret> {
-    let token = proto::auth::load_token_file(path)
-        .map_err(|m| anyhow::anyhow!("{}", m.replacen("auth_token_file", key, 1)))?;
-    if let Some(warning) = proto::auth::token_file_mode_warning(key, path) {
-        tracing::warn!("{warning}");
-    }
-    Ok(token)
+fn load_token_named(key: &'static str, path: &Path) -> anyhow::Result<Secret> {
+    Ok(edge::token_file::load(key, path)?)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use edge::settings::{DaemonInput, DaemonSettings, NumberOrText};
 use serde::Deserialize;
 
 /// tdmq-backup-ingester: consumes each rule's Pulsar subscription into a durable local spool,
@@ -109,10 +110,10 @@ struct FileConfig {
     log_format: Option<String>,
     history_max_entries: Option<usize>,
     shutdown_grace: Option<String>,
-    max_spool_bytes: Option<String>,
-    disk_reserve_bytes: Option<String>,
+    max_spool_bytes: Option<NumberOrText>,
+    disk_reserve_bytes: Option<NumberOrText>,
     receiver_queue: Option<u32>,
-    receiver_queue_bytes: Option<String>,
+    receiver_queue_bytes: Option<NumberOrText>,
     auth_token_file: Option<PathBuf>,
     uploader_token_file: Option<PathBuf>,
     allow_unauthenticated: Option<bool>,
@@ -122,17 +123,11 @@ struct FileConfig {
     node_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone)]
 pub struct IngesterConfig {
+    /// listen, log_format, metrics_listen, auth_token_file, allow_unauthenticated, TLS.
+    pub daemon: DaemonSettings,
     pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub log_format: LogFormat,
     pub history_max_entries: usize,
     pub shutdown_grace: std::time::Duration,
     /// 0: no limit.
@@ -142,15 +137,8 @@ pub struct IngesterConfig {
     pub receiver_queue: u32,
     /// 0: no byte bound.
     pub receiver_queue_bytes: u64,
-    /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
-    pub auth_token_file: Option<PathBuf>,
     /// The uploader's own token (segment hand-off only); read at start-up like auth_token_file.
     pub uploader_token_file: Option<PathBuf>,
-    /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
-    pub allow_unauthenticated: bool,
-    pub metrics_listen: Option<SocketAddr>,
-    /// Read and checked at start-up; `None`: plain HTTP/2.
-    pub tls: Option<proto::tls::ServerTls>,
     pub node_id: String,
 }
 
@@ -165,11 +153,6 @@ impl IngesterConfig {
             }
             None => FileConfig::default(),
         };
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => bail!("log_format {other:?} must be text or json"),
-        };
         let grace = args
             .shutdown_grace
             .or(file.shutdown_grace)
@@ -183,94 +166,80 @@ impl IngesterConfig {
         if history_max_entries == 0 {
             bail!("history_max_entries must be at least 1");
         }
-        let max_spool_bytes = match args.max_spool_bytes.or(file.max_spool_bytes) {
+        let max_spool_bytes = match size_setting(args.max_spool_bytes, file.max_spool_bytes) {
             None => 0,
-            Some(text) => proto::types::rule::parse_size(&text)
-                .map_err(|e| anyhow::anyhow!("max_spool_bytes: {e}"))?,
+            Some(text) => parse_size("max_spool_bytes", &text)?,
         };
-        let disk_reserve_bytes = proto::types::rule::parse_size(
-            args.disk_reserve_bytes
-                .or(file.disk_reserve_bytes)
-                .as_deref()
-                .unwrap_or(DEFAULT_DISK_RESERVE),
-        )
-        .map_err(|e| anyhow::anyhow!("disk_reserve_bytes: {e}"))?;
+        let disk_reserve_bytes = parse_size(
+            "disk_reserve_bytes",
+            &size_setting(args.disk_reserve_bytes, file.disk_reserve_bytes)
+                .unwrap_or_else(|| DEFAULT_DISK_RESERVE.into()),
+        )?;
         let receiver_queue = args.receiver_queue.or(file.receiver_queue).unwrap_or(1000);
         if receiver_queue == 0 {
             bail!("receiver_queue must be at least 1");
         }
-        let receiver_queue_bytes = proto::types::rule::parse_size(
-            args.receiver_queue_bytes
-                .or(file.receiver_queue_bytes)
-                .as_deref()
-                .unwrap_or("8MB"),
-        )
-        .map_err(|e| anyhow::anyhow!("receiver_queue_bytes: {e}"))?;
-        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
-            Some(text) if !text.trim().is_empty() => {
-                Some(text.trim().parse::<SocketAddr>().map_err(|_| {
-                    anyhow::anyhow!("metrics_listen {text:?} is not an address like 127.0.0.1:7611")
-                })?)
-            }
-            _ => None,
-        };
-        let auth_token_file = args
-            .auth_token_file
-            .or(file.auth_token_file)
-            .filter(|p| !p.as_os_str().is_empty());
+        let receiver_queue_bytes = parse_size(
+            "receiver_queue_bytes",
+            &size_setting(args.receiver_queue_bytes, file.receiver_queue_bytes)
+                .unwrap_or_else(|| "8MB".into()),
+        )?;
         let uploader_token_file = args
             .uploader_token_file
             .or(file.uploader_token_file)
             .filter(|p| !p.as_os_str().is_empty());
-        if uploader_token_file.is_some() && auth_token_file.is_none() {
+        let auth_token_file = args.auth_token_file.or(file.auth_token_file);
+        if uploader_token_file.is_some() && auth_token_file.as_deref().is_none_or(is_empty_path) {
             // Without it the rule RPCs would be open while the segment ones are guarded.
             bail!("uploader_token_file needs auth_token_file (the operators' token) as well");
         }
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7601)));
-        let allow_unauthenticated = args
-            .allow_unauthenticated
-            .or(file.allow_unauthenticated)
-            .unwrap_or(false);
-        proto::auth::check_listen_exposure(
-            listen,
-            auth_token_file.is_some(),
-            allow_unauthenticated,
-        )
-        .map_err(anyhow::Error::msg)?;
-        let tls = proto::tls::server_from_keys(
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let daemon = DaemonSettings::resolve(DaemonInput {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7601))),
+            log_format: args.log_format.or(file.log_format),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen_example: "127.0.0.1:7611",
+            auth_token_file,
+            allow_unauthenticated: args.allow_unauthenticated.or(file.allow_unauthenticated),
+            tls_cert: args.tls_cert.or(file.tls_cert),
+            tls_key: args.tls_key.or(file.tls_key),
+        })?;
         let node_id = match args.node_id.or(file.node_id) {
             Some(id) => id.trim().to_string(),
             None => default_node_id(),
         };
         validate_node_id(&node_id)?;
         Ok(IngesterConfig {
+            daemon,
             node_id,
-            tls,
             max_spool_bytes,
             disk_reserve_bytes,
             receiver_queue,
             receiver_queue_bytes,
-            auth_token_file,
             uploader_token_file,
-            metrics_listen,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./ingester-data")),
-            listen,
-            allow_unauthenticated,
-            log_format,
             history_max_entries,
             shutdown_grace,
         })
     }
+}
+
+/// A size from its flag, else its file key (an integer of bytes or a string like "20GB").
+fn size_setting(flag: Option<String>, file: Option<NumberOrText>) -> Option<String> {
+    flag.or(file.map(NumberOrText::into_text))
+}
+
+fn parse_size(key: &str, text: &str) -> anyhow::Result<u64> {
+    proto::types::rule::parse_size(text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
+fn is_empty_path(path: &std::path::Path) -> bool {
+    path.as_os_str().is_empty()
 }
 
 /// The host name, made safe for a consumer name.
@@ -311,7 +280,7 @@ mod tests {
     #[test]
     fn defaults_then_file_then_flags() -> anyhow::Result<()> {
         let c = IngesterConfig::from_args(args(&[]))?;
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7601");
+        assert_eq!(c.daemon.listen.to_string(), "127.0.0.1:7601");
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("i.toml");
         std::fs::write(
@@ -322,7 +291,7 @@ mod tests {
         let c = IngesterConfig::from_args(args(&["--config", &p]))?;
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/x"));
         let c = IngesterConfig::from_args(args(&["--config", &p, "--listen", "127.0.0.1:9002"]))?;
-        assert_eq!(c.listen.port(), 9002);
+        assert_eq!(c.daemon.listen.port(), 9002);
         Ok(())
     }
 
@@ -341,13 +310,13 @@ mod tests {
             "--auth-token-file",
             "/etc/t",
         ]))?;
-        assert!(!c.allow_unauthenticated);
+        assert!(!c.daemon.allow_unauthenticated);
         let c = IngesterConfig::from_args(args(&[
             "--listen",
             "0.0.0.0:7601",
             "--allow-unauthenticated",
         ]))?;
-        assert!(c.allow_unauthenticated);
+        assert!(c.daemon.allow_unauthenticated);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("i.toml");
         std::fs::write(
@@ -355,7 +324,11 @@ mod tests {
             "listen = \"10.0.0.21:7601\"\nallow_unauthenticated = true\n",
         )?;
         let p = path.to_string_lossy().to_string();
-        assert!(IngesterConfig::from_args(args(&["--config", &p]))?.allow_unauthenticated);
+        assert!(
+            IngesterConfig::from_args(args(&["--config", &p]))?
+                .daemon
+                .allow_unauthenticated
+        );
         let err =
             IngesterConfig::from_args(args(&["--config", &p, "--allow-unauthenticated=false"]))
                 .expect_err("the flag beats the file");
@@ -424,6 +397,56 @@ mod tests {
     }
 
     #[test]
+    fn sizes_in_the_file_are_integers_or_strings() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        let p = path.to_string_lossy().to_string();
+        std::fs::write(
+            &path,
+            "max_spool_bytes = 1048576\ndisk_reserve_bytes = 0\nreceiver_queue_bytes = 4000000\n",
+        )?;
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(
+            (
+                c.max_spool_bytes,
+                c.disk_reserve_bytes,
+                c.receiver_queue_bytes
+            ),
+            (1_048_576, 0, 4_000_000)
+        );
+        std::fs::write(
+            &path,
+            "max_spool_bytes = \"1 MiB\"\ndisk_reserve_bytes = \"1GB\"\nreceiver_queue_bytes = \"16MB\"\n",
+        )?;
+        let c = IngesterConfig::from_args(args(&["--config", &p]))?;
+        assert_eq!(
+            (
+                c.max_spool_bytes,
+                c.disk_reserve_bytes,
+                c.receiver_queue_bytes
+            ),
+            (1_048_576, 1_000_000_000, 16_000_000)
+        );
+        // The flag beats the file, and takes a bare number of bytes too.
+        let c = IngesterConfig::from_args(args(&["--config", &p, "--max-spool-bytes", "2048"]))?;
+        assert_eq!(c.max_spool_bytes, 2048);
+        for bad in [
+            "max_spool_bytes = -1",
+            "disk_reserve_bytes = 1.5",
+            "receiver_queue_bytes = true",
+        ] {
+            std::fs::write(&path, format!("{bad}\n"))?;
+            let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err(bad);
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
+        std::fs::write(&path, "max_spool_bytes = \"lots\"\n")?;
+        let err = IngesterConfig::from_args(args(&["--config", &p])).expect_err("not a size");
+        assert!(err.to_string().starts_with("max_spool_bytes: "), "{err}");
+        Ok(())
+    }
+
+    #[test]
     fn unknown_keys_are_refused_by_name() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("i.toml");
@@ -451,19 +474,19 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ingester.toml");
         let c = IngesterConfig::from_args(args(&["--config", &path.to_string_lossy()]))?;
         assert_eq!(
-            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            c.daemon.metrics_listen.map(|a| a.to_string()).as_deref(),
             Some("127.0.0.1:7611")
         );
-        assert!(c.auth_token_file.is_some());
+        assert!(c.daemon.auth_token_file.is_some());
         Ok(())
     }
 
     #[test]
     fn metrics_listen_empty_is_off_and_garbage_is_named() -> anyhow::Result<()> {
         let c = IngesterConfig::from_args(args(&["--metrics-listen", ""]))?;
-        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.daemon.metrics_listen, None);
         let c = IngesterConfig::from_args(args(&["--metrics-listen", "127.0.0.1:0"]))?;
-        assert!(c.metrics_listen.is_some());
+        assert!(c.daemon.metrics_listen.is_some());
         let err = IngesterConfig::from_args(args(&["--metrics-listen", "localhost"]))
             .expect_err("not an address");
         assert!(format!("{err:#}").contains("metrics_listen"), "{err:#}");
@@ -472,7 +495,7 @@ mod tests {
 
     #[test]
     fn tls_cert_needs_tls_key_and_files_must_be_readable() -> anyhow::Result<()> {
-        assert!(IngesterConfig::from_args(args(&[]))?.tls.is_none());
+        assert!(IngesterConfig::from_args(args(&[]))?.daemon.tls.is_none());
         let err = IngesterConfig::from_args(args(&["--tls-cert", "/etc/c.pem"]))
             .expect_err("cert without key");
         assert!(format!("{err:#}").contains("tls_key is missing"), "{err:#}");

@@ -48,17 +48,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token_scopes = auth::token_scopes(
-        config.auth_token_file.as_deref(),
+        config.daemon.auth_token_file.as_deref(),
         config.uploader_token_file.as_deref(),
     )?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("metrics_listen: binding {addr}"))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = edge::metrics_http::bind(config.daemon.metrics_listen).await?;
     let app = app::IngesterApp::open(
         config.data_dir.clone(),
         config.history_max_entries,
@@ -94,7 +87,7 @@ pub async fn run(
     let service = proto::IngesterServer::new(app::grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
+    if let Some(tls) = &config.daemon.tls {
         info!(cert = %tls.cert.display(), "serving gRPC over TLS");
         server = server
             .tls_config(tls.config.clone())
@@ -125,17 +118,5 @@ pub async fn run(
     Ok(())
 }
 
-/// Logging for the binaries: `RUST_LOG` filters; pulsar's normal reconnect chatter is kept at warn.
-pub fn init_tracing(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pulsar=warn,sled=warn"));
-    // Colour codes only on a terminal: in journald or a log file they are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.init(),
-    }
-}
+/// The log filter without `RUST_LOG`: pulsar's normal reconnect chatter is kept at warn.
+pub const LOG_FILTER: &str = "info,pulsar=warn,sled=warn";

@@ -1,37 +1,18 @@
-use anyhow::Context;
-use clap::Parser;
+//! `tdmq-backup-ingester --config FILE`: flags → config → logging → `ingester::run`, started,
+//! logged and failed the way every daemon is (`edge`).
+
+use anyhow::Context as _;
+use clap::Parser as _;
 use ingester::config::{Args, IngesterConfig};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = IngesterConfig::from_args(Args::parse())?;
-    ingester::init_tracing(config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    ingester::run(config, listener, shutdown_signal()).await
+async fn main() -> std::process::ExitCode {
+    edge::fatal::exit_code(run().await)
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+async fn run() -> anyhow::Result<()> {
+    let config = IngesterConfig::from_args(Args::parse()).context("configuration")?;
+    edge::logging::init(config.daemon.log_format, ingester::LOG_FILTER);
+    let listener = edge::settings::bind_listen(config.daemon.listen).await?;
+    ingester::run(config, listener, edge::shutdown::signal_received()).await
 }

@@ -19,12 +19,12 @@ fn the_example_loads_through_the_real_loader() -> anyhow::Result<()> {
     let path = example();
     let args = Args::try_parse_from(["tdmq-backup-ingester", "--config", &path.to_string_lossy()])?;
     let config = IngesterConfig::from_args(args)?;
-    assert_eq!(config.listen.to_string(), "127.0.0.1:7601");
+    assert_eq!(config.daemon.listen.to_string(), "127.0.0.1:7601");
     assert_eq!(
         config.data_dir,
         PathBuf::from("/var/lib/tdmq-backup/ingester")
     );
-    assert!(config.auth_token_file.is_some());
+    assert!(config.daemon.auth_token_file.is_some());
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The control-plane token: one shared secret that every gRPC call to a daemon carries as
 //! `authorization: Bearer <token>` (ctl → ingester, ctl → uploader, uploader → ingester).
 //!
-//! Both halves are tonic interceptors and pure (reading the token file is the daemons' job):
-//! [`RequireToken`] on the servers, [`SendToken`] on the uploader's client (ctl has its own).
+//! This is the wire half: both halves are tonic interceptors and pure — [`RequireToken`] on the
+//! servers, [`SendToken`] on the uploader's client (ctl has its own) — plus the checks on
+//! addresses and URLs. Reading a token file is a process edge (`edge::token_file`).
 //! A refusal never echoes what was sent, and the comparison takes the same time whatever the
 //! first wrong byte is, so the token cannot be guessed byte by byte.
 
@@ -60,17 +61,6 @@ pub fn validate_token(token: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// Reads a control-plane token file (`auth_token_file`): its content, trimmed, must be one
-/// printable-ASCII token. Errors name the key and the path, never the content. Shared by both
-/// daemons; the only file read in `proto`.
-pub fn load_token_file(path: &std::path::Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("auth_token_file {}: cannot read it: {e}", path.display()))?;
-    let token = text.trim();
-    validate_token(token).map_err(|e| format!("auth_token_file {}: {e}", path.display()))?;
-    Ok(Secret::new(token))
-}
-
 /// Whether `addr` can only be reached from this host (127.0.0.0/8, ::1, or ::ffff:127.x).
 pub fn is_loopback(addr: std::net::SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
@@ -120,24 +110,6 @@ pub fn token_travels_in_clear(url: &str) -> bool {
         Ok(ip) => !ip.to_canonical().is_loopback(),
         Err(_) => true,
     }
-}
-
-/// A warning when the token file named by `key` can be read by its group or by other users
-/// (whoever reads it controls the daemons); `None` when it is owner-only or cannot be checked.
-pub fn token_file_mode_warning(key: &str, path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
-        (false, false) => return None,
-        (true, false) => "its group",
-        (false, true) => "other users",
-        (true, true) => "its group and other users",
-    };
-    Some(format!(
-        "{key} {} is readable by {who} (mode {mode:04o}); whoever can read it controls the \
-         daemons: make it owner-only (chmod 0600) and owned by the user the daemon runs as",
-        path.display()
-    ))
 }
 
 /// Server side: refuses calls without the right `authorization` header. Without a token
@@ -313,30 +285,6 @@ mod tests {
         ] {
             assert!(!token_travels_in_clear(safe), "{safe}");
         }
-    }
-
-    #[test]
-    fn a_token_file_others_can_read_is_named_with_its_mode() -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("control.token");
-        std::fs::write(&path, "s3cret-token-in-file\n")?;
-        for (mode, who) in [
-            (0o644, "its group and other users"),
-            (0o640, "its group"),
-            (0o604, "other users"),
-        ] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-            let warning = token_file_mode_warning("auth_token_file", &path).expect("warned");
-            assert!(warning.starts_with("auth_token_file "), "{warning}");
-            assert!(warning.contains(&format!("readable by {who} (mode {mode:04o})")));
-            assert!(!warning.contains("s3cret"), "{warning}");
-        }
-        for mode in [0o600, 0o400] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-            assert_eq!(token_file_mode_warning("auth_token_file", &path), None);
-        }
-        Ok(())
     }
 
     fn call(server: &mut RequireToken, client: &mut SendToken) -> Result<(), Status> {

@@ -1,54 +1,25 @@
-//! Named crash points for the kill -9 tests (sled's and quickwit's failpoints, reduced to what
-//! the tests need): `TDMQ_BACKUP_FAILPOINTS=uploader:after_put@3,ingester:before_ack` makes the
-//! process abort — no destructors, no flushes, like SIGKILL — the 3rd time it passes
-//! `uploader:after_put`, and the 1st time it passes `ingester:before_ack`.
+//! Named crash points for the kill -9 tests: the names and the spec that arms them. Hitting one
+//! (reading the environment, aborting) is the processes' business, in `edge::failpoint`.
 //!
-//! Unset (production), [`hit`] costs one relaxed atomic load after the first call.
+//! `TDMQ_BACKUP_FAILPOINTS=uploader:after_put@3,ingester:before_ack` arms `uploader:after_put`
+//! for its 3rd hit and `ingester:before_ack` for its 1st.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
+/// The environment variable that arms failpoints; the tests set it on the daemons they start.
 pub const ENV: &str = "TDMQ_BACKUP_FAILPOINTS";
 
-struct Points {
-    /// name → (hit at which to abort, hits so far)
-    armed: HashMap<String, (u64, AtomicU64)>,
-}
-
-fn points() -> &'static Points {
-    static POINTS: OnceLock<Points> = OnceLock::new();
-    POINTS.get_or_init(|| Points {
-        armed: parse(&std::env::var(ENV).unwrap_or_default()),
-    })
-}
-
-fn parse(spec: &str) -> HashMap<String, (u64, AtomicU64)> {
+/// `name[@N],...` → name → the hit (1-based) at which it fires. A count that is not a positive
+/// number counts as 1: a test that arms a point wants it to fire.
+pub fn parse(spec: &str) -> HashMap<String, u64> {
     spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| match item.split_once('@') {
-            Some((name, n)) => (
-                name.to_string(),
-                (n.parse().unwrap_or(1).max(1), AtomicU64::new(0)),
-            ),
-            None => (item.to_string(), (1, AtomicU64::new(0))),
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1).max(1)),
+            None => (item.to_string(), 1),
         })
         .collect()
-}
-
-/// Aborts the process if `name` is armed and this is the hit it is armed for.
-pub fn hit(name: &str) {
-    let points = points();
-    if points.armed.is_empty() {
-        return;
-    }
-    if let Some((at, count)) = points.armed.get(name) {
-        if count.fetch_add(1, Ordering::Relaxed) + 1 == *at {
-            eprintln!("failpoint {name} reached (hit {at}): aborting");
-            std::process::abort();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -57,10 +28,11 @@ mod tests {
 
     #[test]
     fn parses_names_and_counts() {
-        let armed = parse("a, b@3 ,,c@x");
-        assert_eq!(armed.get("a").map(|p| p.0), Some(1));
-        assert_eq!(armed.get("b").map(|p| p.0), Some(3));
-        assert_eq!(armed.get("c").map(|p| p.0), Some(1));
-        assert_eq!(armed.len(), 3);
+        let armed = parse("a, b@3 ,,c@x,d@0");
+        assert_eq!(armed.get("a"), Some(&1));
+        assert_eq!(armed.get("b"), Some(&3));
+        assert_eq!(armed.get("c"), Some(&1));
+        assert_eq!(armed.get("d"), Some(&1));
+        assert_eq!(armed.len(), 4);
     }
 }

@@ -4,6 +4,12 @@
 //! - [`types`]: what crosses a process or storage boundary: message ids, the JSON Lines record,
 //!   object keys, rule validation, redacted secrets. No IO, no async here.
 //! - [`wire`]: the API's conventions beyond its types (status codes, commit outcomes).
+//! - [`auth`]: the control-plane token on the wire (header, constant-time check, interceptors).
+//! - [`failpoint`]: the crash points' names and the spec that arms them.
+//!
+//! Pure: no files, no environment, no sockets, no runtime, no logging. What the processes do at
+//! their edges (TLS and token files, /metrics, signals, logging) is the `edge` crate
+//! (`proto/edge/`).
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -12,9 +18,7 @@ pub mod v1 {
 
 pub mod auth;
 pub mod failpoint;
-pub mod metrics_http;
 mod redacted_debug;
-pub mod tls;
 pub mod types;
 pub mod wire;
 

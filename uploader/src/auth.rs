@@ -51,13 +51,8 @@ pub fn load_token(path: &Path) -> anyhow::Result<Secret> {
 }
 
 /// Warns (log) when the file is readable by more than its owner.
-fn load_token_named(key: &str, path: &Path) -> anyhow::Result<Secret> {
-    let token = proto::auth::load_token_file(path)
-        .map_err(|m| anyhow::anyhow!("{}", m.replacen("auth_token_file", key, 1)))?;
-    if let Some(warning) = proto::auth::token_file_mode_warning(key, path) {
-        tracing::warn!("{warning}");
-    }
-    Ok(token)
+fn load_token_named(key: &'static str, path: &Path) -> anyhow::Result<Secret> {
+    Ok(edge::token_file::load(key, path)?)
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ use crate::status::{StatusState, UploaderService};
 use crate::store::{StoreRouter, StoreSettings};
 use crate::upload::UploadContext;
 
+/// The log filter without `RUST_LOG`.
+pub const LOG_FILTER: &str = "info";
+
 /// Serves the Uploader status service on `listener` and runs the upload pipeline until
 /// `shutdown` completes; then stops taking segments and lets uploads in flight finish (up to
 /// [`puller::SHUTDOWN_GRACE`]).
@@ -52,18 +55,12 @@ pub async fn run(
     std::fs::create_dir_all(config.state_dir())
         .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
     let token = auth::ControlToken::load_split(
-        config.auth_token_file.as_deref(),
+        config.daemon.auth_token_file.as_deref(),
         config.ingester_token_file.as_deref(),
     )?;
-    let sends_token = config.auth_token_file.is_some() || config.ingester_token_file.is_some();
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("metrics_listen: binding {addr}"))?,
-        ),
-        None => None,
-    };
+    let sends_token =
+        config.daemon.auth_token_file.is_some() || config.ingester_token_file.is_some();
+    let metrics_listener = edge::metrics_http::bind(config.daemon.metrics_listen).await?;
 
     let settings = StoreSettings::from_config(&config);
     let status = Arc::new(StatusState::new(settings.describe()));
@@ -95,7 +92,7 @@ pub async fn run(
         tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can read the uploader's status");
     }
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
+    if let Some(tls) = &config.daemon.tls {
         tracing::info!(cert = %tls.cert.display(), "serving gRPC over TLS");
         server = server
             .tls_config(tls.config.clone())

@@ -67,7 +67,7 @@ pub async fn upload_segment(
     let result = match stored {
         Ok((etag, source)) => {
             let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            proto::failpoint::hit("uploader:before_commit");
+            edge::failpoint::hit("uploader:before_commit");
             let commit = Commit {
                 segment: seg,
                 etag: &etag,
@@ -188,7 +188,7 @@ async fn store_segment(
             return Err(err);
         }
     };
-    proto::failpoint::hit("uploader:after_put");
+    edge::failpoint::hit("uploader:after_put");
     Ok((outcome.etag, source))
 }
 

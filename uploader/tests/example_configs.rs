@@ -31,11 +31,11 @@ fn load(name: &str) -> UploaderConfig {
 fn the_examples_load_through_the_real_loader() {
     for name in EXAMPLES {
         let c = load(name);
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7602", "{name}");
+        assert_eq!(c.daemon.listen.to_string(), "127.0.0.1:7602", "{name}");
         assert_eq!(c.ingester, "http://127.0.0.1:7601", "{name}");
-        assert!(c.auth_token_file.is_some(), "{name}");
+        assert!(c.daemon.auth_token_file.is_some(), "{name}");
         assert_eq!(
-            c.metrics_listen.map(|a| a.to_string()).as_deref(),
+            c.daemon.metrics_listen.map(|a| a.to_string()).as_deref(),
             Some("127.0.0.1:7612"),
             "{name}"
         );

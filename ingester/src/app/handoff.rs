@@ -180,7 +180,7 @@ impl IngesterApp {
         let outcome = spool
             .mark_stored(req.segment_no, &req.etag, req.upload_ms, req.attempts)
             .await?;
-        proto::failpoint::hit("ingester:after_commit");
+        edge::failpoint::hit("ingester:after_commit");
         if outcome == CommitOutcome::Committed {
             if let Some(meta) = meta {
                 RuleStats::add(&stats.segments_stored, 1);

@@ -33,14 +33,14 @@ impl RuleTask {
         let Some(plan) = self.spool.ack_plan() else {
             return;
         };
-        proto::failpoint::hit("ingester:before_ack");
+        edge::failpoint::hit("ingester:before_ack");
         if let Err(err) = send_acks(consumers, &plan).await {
             warn!(rule = %self.rule.name, error = %err, "acknowledgement failed; will retry");
             self.stats
                 .set_error(format!("acknowledgement failed: {err}"));
             return;
         }
-        proto::failpoint::hit("ingester:after_ack");
+        edge::failpoint::hit("ingester:after_ack");
         match self.spool.free(&plan).await {
             Ok(freed) => {
                 let messages: u64 = freed.iter().map(|m| m.messages).sum();

@@ -31,7 +31,7 @@ impl RuleTask {
         let now = proto::types::time::now_millis();
         match self.spool.append(&batch, now).await {
             Ok(outcome) => {
-                proto::failpoint::hit("ingester:after_spool");
+                edge::failpoint::hit("ingester:after_spool");
                 if self.stats.disk_full.swap(false, Ordering::Relaxed) {
                     info!(rule = %self.rule.name, "spool writable again; consuming");
                     self.record(HistoryEntry::event(

@@ -84,7 +84,7 @@ impl RuleSpool {
             return Err(IngesterError::io(format!("renaming {}", tmp.display()), e));
         }
         sync_dir(&self.segments_dir)?;
-        proto::failpoint::hit("ingester:after_seal_file");
+        edge::failpoint::hit("ingester:after_seal_file");
         // Durable first, shown second: ListSealed reads the in-memory state, and a segment it
         // offered must still be sealed after a crash or a failed flush (else the uploader could
         // store and commit a file the restarted spool seals again, differently).

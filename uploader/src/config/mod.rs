@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use edge::settings::{DaemonInput, DaemonSettings, NumberOrText, SettingError};
 use proto::types::Secret;
 use serde::Deserialize;
 
@@ -196,23 +197,6 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
 }
 
-/// `part_size = 8388608` and `part_size = "8MiB"` both read naturally in TOML.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum NumberOrText {
-    Number(u64),
-    Text(String),
-}
-
-impl NumberOrText {
-    fn into_text(self) -> String {
-        match self {
-            NumberOrText::Number(n) => n.to_string(),
-            NumberOrText::Text(t) => t,
-        }
-    }
-}
-
 /// `allowed_endpoints = ["https://a", "https://b"]` or `"https://a,https://b"` (like the flag).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -232,12 +216,6 @@ impl ListOrText {
 
 fn split_list(text: &str) -> Vec<String> {
     text.split(',').map(|s| s.trim().to_string()).collect()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Where the S3 keys come from. The values are `Secret`s so the config can be logged with `{:?}`.
@@ -311,8 +289,9 @@ impl Credentials {
 
 #[derive(Debug, Clone)]
 pub struct UploaderConfig {
+    /// listen, log_format, metrics_listen, auth_token_file, allow_unauthenticated, TLS.
+    pub daemon: DaemonSettings,
     pub ingester: String,
-    pub listen: SocketAddr,
     pub state_dir: PathBuf,
     /// Overrides every rule's store when set.
     pub endpoint: Option<StoreEndpoint>,
@@ -330,19 +309,11 @@ pub struct UploaderConfig {
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub max_backoff: Duration,
-    pub log_format: LogFormat,
     pub credentials: Credentials,
-    /// Read at start-up (`auth::load_token`); the token itself never sits in the config.
-    pub auth_token_file: Option<PathBuf>,
     /// Sent to the ingester instead of auth_token_file's token, when set.
     pub ingester_token_file: Option<PathBuf>,
-    /// `listen` may be beyond loopback without a token (guarantee 7's explicit opt-out).
-    pub allow_unauthenticated: bool,
-    pub metrics_listen: Option<SocketAddr>,
     /// TLS to the ingester (`ingester` is https://): its CA and name, read and checked at start-up.
     pub ingester_tls: Option<tonic::transport::ClientTlsConfig>,
-    /// TLS for this uploader's gRPC server; `None`: plain HTTP/2.
-    pub tls: Option<proto::tls::ServerTls>,
 }
 
 impl UploaderConfig {
@@ -509,76 +480,32 @@ impl UploaderConfig {
             ));
         }
 
-        let log_format = match args
-            .log_format
-            .or(file.log_format)
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(UploadError::config(
-                    "log_format",
-                    format!("{other:?} must be text or json"),
-                ))
-            }
-        };
-
-        let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
-            Some(text) if !text.trim().is_empty() => {
-                Some(text.trim().parse::<SocketAddr>().map_err(|_| {
-                    UploadError::config(
-                        "metrics_listen",
-                        format!("{text:?} is not an address like 127.0.0.1:7612"),
-                    )
-                })?)
-            }
-            _ => None,
-        };
-        let auth_token_file = args
-            .auth_token_file
-            .or(file.auth_token_file)
-            .filter(|p| !p.as_os_str().is_empty());
+        let daemon = DaemonSettings::resolve(DaemonInput {
+            listen,
+            log_format: args.log_format.or(file.log_format),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen_example: "127.0.0.1:7612",
+            auth_token_file: args.auth_token_file.or(file.auth_token_file),
+            allow_unauthenticated: args.allow_unauthenticated.or(file.allow_unauthenticated),
+            tls_cert: args.tls_cert.or(file.tls_cert),
+            tls_key: args.tls_key.or(file.tls_key),
+        })
+        .map_err(|SettingError { key, message }| UploadError::config(key, message))?;
         let ingester_token_file = args
             .ingester_token_file
             .or(file.ingester_token_file)
             .filter(|p| !p.as_os_str().is_empty());
-        let allow_unauthenticated = args
-            .allow_unauthenticated
-            .or(file.allow_unauthenticated)
-            .unwrap_or(false);
-        proto::auth::check_listen_exposure(
-            listen,
-            auth_token_file.is_some(),
-            allow_unauthenticated,
-        )
-        .map_err(|m| {
-            UploadError::config(
-                "listen",
-                m.strip_prefix("listen ").unwrap_or(&m).to_string(),
-            )
-        })?;
-
         let ingester_tls = ingester_tls(
             &ingester,
             args.ingester_ca.or(file.ingester_ca),
             args.ingester_tls_domain.or(file.ingester_tls_domain),
         )?;
-        let tls = server_tls(
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-        )?;
 
         Ok(UploaderConfig {
+            daemon,
             ingester_tls,
-            tls,
-            auth_token_file,
             ingester_token_file,
-            allow_unauthenticated,
-            metrics_listen,
             ingester,
-            listen,
             state_dir,
             endpoint,
             allowed_endpoints,
@@ -592,7 +519,6 @@ impl UploaderConfig {
             part_size,
             multipart_threshold,
             max_backoff,
-            log_format,
             credentials,
         })
     }
@@ -642,27 +568,13 @@ fn ingester_tls(
         }
         return Ok(None);
     }
-    proto::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
+    edge::tls::client_config(ca.as_deref().map(|p| ("ingester_ca", p)), domain.as_deref())
         .map(Some)
-        .map_err(|m| tls_error(&["ingester_ca"], m))
-}
-
-fn server_tls(
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-) -> Result<Option<proto::tls::ServerTls>, UploadError> {
-    proto::tls::server_from_keys(cert, key).map_err(|m| tls_error(&["tls_cert", "tls_key"], m))
-}
-
-/// `proto::tls` messages start with the key they are about; that key becomes the error's field.
-fn tls_error(fields: &[&'static str], message: String) -> UploadError {
-    let field = fields
-        .iter()
-        .copied()
-        .find(|f| message.starts_with(f))
-        .unwrap_or(fields.first().copied().unwrap_or("tls"));
-    let rest = message.strip_prefix(field).unwrap_or(&message).trim_start();
-    UploadError::config(field, rest.to_string())
+        .map_err(|e| {
+            let SettingError { key, message } =
+                SettingError::from_keyed_message(&["ingester_ca"], &e.to_string());
+            UploadError::config(key, message)
+        })
 }
 
 fn validate_region(region: &str) -> Result<String, UploadError> {

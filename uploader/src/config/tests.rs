@@ -1,3 +1,5 @@
+use edge::logging::LogFormat;
+
 use super::*;
 
 fn args(flags: &[&str]) -> Args {
@@ -21,7 +23,7 @@ fn field_of(result: Result<UploaderConfig, UploadError>) -> &'static str {
 fn defaults() {
     let c = build(&[], None).expect("defaults are valid");
     assert_eq!(c.ingester, "http://127.0.0.1:7601");
-    assert_eq!(c.listen, "127.0.0.1:7602".parse().expect("literal"));
+    assert_eq!(c.daemon.listen, "127.0.0.1:7602".parse().expect("literal"));
     assert_eq!(c.state_dir, PathBuf::from("./uploader-state"));
     assert_eq!(c.endpoint, None);
     assert!(!c.path_style);
@@ -31,7 +33,7 @@ fn defaults() {
     assert_eq!(c.part_size, 8 << 20);
     assert_eq!(c.multipart_threshold, 8 << 20);
     assert_eq!(c.max_backoff, Duration::from_secs(30));
-    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.daemon.log_format, LogFormat::Text);
     assert_eq!(c.request_checksum, ChecksumChoice::Auto);
     assert_eq!(c.payload_signing, PayloadSigning::Auto);
 }
@@ -79,7 +81,7 @@ fn file_values_and_flags_win() {
     assert_eq!(c.part_size, 16_000_000);
     assert_eq!(c.multipart_threshold, 6_000_000);
     assert_eq!(c.max_backoff, Duration::from_secs(120));
-    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.daemon.log_format, LogFormat::Json);
 
     let c = build(
         &[
@@ -186,14 +188,14 @@ fn example_configs_parse() {
         ),
     ] {
         let c = build(&[], Some(text)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN, "{name}");
+        assert_eq!(c.daemon.listen.to_string(), DEFAULT_LISTEN, "{name}");
     }
     let c = build(&[], Some(include_str!("../../../examples/uploader.toml"))).expect("valid");
     assert_eq!(
-        c.metrics_listen.map(|a| a.to_string()).as_deref(),
+        c.daemon.metrics_listen.map(|a| a.to_string()).as_deref(),
         Some("127.0.0.1:7612")
     );
-    assert!(c.auth_token_file.is_some());
+    assert!(c.daemon.auth_token_file.is_some());
     assert!(
         c.endpoint.is_none(),
         "the COS example uses each rule's region"
@@ -232,13 +234,14 @@ fn listen_beyond_loopback_needs_a_token_file_or_allow_unauthenticated() {
         None,
     )
     .expect("a token file");
-    assert!(!c.allow_unauthenticated);
+    assert!(!c.daemon.allow_unauthenticated);
     let c = build(&["--listen", "[::]:7602", "--allow-unauthenticated"], None).expect("opt-out");
-    assert!(c.allow_unauthenticated);
+    assert!(c.daemon.allow_unauthenticated);
     let file = "listen = \"10.0.0.22:7602\"\nallow_unauthenticated = true\n";
     assert!(
         build(&[], Some(file))
             .expect("opt-out in the file")
+            .daemon
             .allow_unauthenticated
     );
     assert_eq!(
@@ -304,7 +307,10 @@ fn ingester_data_dir_is_optional_and_absolute() {
 #[test]
 fn metrics_listen_and_auth_token_file() {
     let c = build(&[], None).expect("defaults");
-    assert_eq!((c.metrics_listen, c.auth_token_file), (None, None));
+    assert_eq!(
+        (c.daemon.metrics_listen, c.daemon.auth_token_file),
+        (None, None)
+    );
     let c = build(
         &[
             "--metrics-listen",
@@ -315,8 +321,8 @@ fn metrics_listen_and_auth_token_file() {
         Some("metrics_listen = \"\"\n"),
     )
     .expect("valid");
-    assert!(c.metrics_listen.is_some());
-    assert_eq!(c.auth_token_file, Some(PathBuf::from("/etc/t")));
+    assert!(c.daemon.metrics_listen.is_some());
+    assert_eq!(c.daemon.auth_token_file, Some(PathBuf::from("/etc/t")));
     assert_eq!(
         field_of(build(&["--metrics-listen", "localhost"], None)),
         "metrics_listen"
@@ -326,7 +332,7 @@ fn metrics_listen_and_auth_token_file() {
 #[test]
 fn tls_keys_are_checked_and_named() {
     let c = build(&[], None).expect("defaults");
-    assert!(c.ingester_tls.is_none() && c.tls.is_none());
+    assert!(c.ingester_tls.is_none() && c.daemon.tls.is_none());
     assert_eq!(
         field_of(build(&["--tls-cert", "/etc/c.pem"], None)),
         "tls_key"

@@ -563,7 +563,7 @@ async fn send_parts(
             rec.parts.sort_by_key(|p| p.part_number);
             rec.updated_at_ms = now_ms();
             journal.save(rec).await?;
-            proto::failpoint::hit("uploader:after_part");
+            edge::failpoint::hit("uploader:after_part");
         }
         let Some(part) = next? else {
             break;

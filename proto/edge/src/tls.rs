@@ -12,6 +12,55 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// Why TLS cannot be set up. The message starts with the key or flag at fault ([`TlsError::key`])
+/// and names the path; the messages are what operators see at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls_key is missing: tls_cert ({}) needs its private key, or set neither", cert.display())]
+    KeyMissing { cert: PathBuf },
+    #[error("tls_cert is missing: tls_key ({}) needs its certificate, or set neither", key.display())]
+    CertMissing { key: PathBuf },
+    // `error` and not `source`: the cause is part of the one-line message, not a chain to walk.
+    #[error("{what} {}: cannot read it: {error}", path.display())]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{what} {}: not valid PEM ({reason})", path.display())]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{what} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", path.display())]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("tls_key {}: no usable PEM private key in it ({reason})", path.display())]
+    NoPrivateKey { path: PathBuf, reason: String },
+    #[error("tls_cert {} / tls_key {}: {reason}", cert.display(), key.display())]
+    KeyDoesNotFit {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("no CA file given and no system CA certificates found")]
+    NoSystemRoots,
+}
+
+impl TlsError {
+    /// The config key or flag the error is about; `None` when no setting is at fault.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            TlsError::KeyMissing { .. } | TlsError::NoPrivateKey { .. } => Some("tls_key"),
+            TlsError::CertMissing { .. } | TlsError::KeyDoesNotFit { .. } => Some("tls_cert"),
+            TlsError::Unreadable { what, .. }
+            | TlsError::NotPem { what, .. }
+            | TlsError::NoCertificate { what, .. } => Some(what),
+            TlsError::NoSystemRoots => None,
+        }
+    }
+}
+
 /// A server identity that has been read and checked, with the paths it came from (for logs).
 #[derive(Debug, Clone)]
 pub struct ServerTls {
@@ -25,19 +74,13 @@ pub struct ServerTls {
 pub fn server_from_keys(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
-) -> Result<Option<ServerTls>, String> {
+) -> Result<Option<ServerTls>, TlsError> {
     let cert = cert.filter(|p| !p.as_os_str().is_empty());
     let key = key.filter(|p| !p.as_os_str().is_empty());
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(cert), None) => Err(format!(
-            "tls_key is missing: tls_cert ({}) needs its private key, or set neither",
-            cert.display()
-        )),
-        (None, Some(key)) => Err(format!(
-            "tls_cert is missing: tls_key ({}) needs its certificate, or set neither",
-            key.display()
-        )),
+        (Some(cert), None) => Err(TlsError::KeyMissing { cert }),
+        (None, Some(key)) => Err(TlsError::CertMissing { key }),
         (Some(cert), Some(key)) => {
             let config = server_config(&cert, &key)?;
             Ok(Some(ServerTls { cert, key, config }))
@@ -46,26 +89,22 @@ pub fn server_from_keys(
 }
 
 /// Reads the certificate chain and the key, and checks that the key belongs to the certificate.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, String> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
     install_crypto_provider();
     let cert_pem = read("tls_cert", cert)?;
     let chain = certificates("tls_cert", cert, &cert_pem)?;
     let key_pem = read("tls_key", key)?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!(
-            "tls_key {}: no usable PEM private key in it ({e})",
-            key.display()
-        )
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoPrivateKey {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
     })?;
     rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .map_err(|e| {
-            format!(
-                "tls_cert {} / tls_key {}: {e}",
-                cert.display(),
-                key.display()
-            )
+        .map_err(|e| TlsError::KeyDoesNotFit {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            reason: e.to_string(),
         })?;
     Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
 }
@@ -74,9 +113,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, String>
 /// it came from (`ingester_ca`, `--ca-file`); without it the system's trust store is used.
 /// `domain` overrides the name checked against the certificate (and sent as SNI).
 pub fn client_config(
-    ca: Option<(&str, &Path)>,
+    ca: Option<(&'static str, &Path)>,
     domain: Option<&str>,
-) -> Result<ClientTlsConfig, String> {
+) -> Result<ClientTlsConfig, TlsError> {
     install_crypto_provider();
     let mut config = ClientTlsConfig::new();
     match ca {
@@ -88,7 +127,7 @@ pub fn client_config(
         None => {
             let found = rustls_native_certs::load_native_certs();
             if found.certs.is_empty() {
-                return Err("no CA file given and no system CA certificates found".to_string());
+                return Err(TlsError::NoSystemRoots);
             }
             config = config.with_native_roots();
         }
@@ -105,23 +144,31 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{what} {}: cannot read it: {e}", path.display()))
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Unreadable {
+        what,
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 fn certificates(
-    what: &str,
+    what: &'static str,
     path: &Path,
     pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, String> {
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what} {}: not valid PEM ({e})", path.display()))?;
+        .map_err(|e| TlsError::NotPem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{what} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -134,9 +181,11 @@ mod tests {
     fn both_or_neither_and_the_missing_one_is_named() {
         assert!(matches!(server_from_keys(None, None), Ok(None)));
         let e = server_from_keys(Some("/c.pem".into()), None).expect_err("no key");
-        assert!(e.starts_with("tls_key is missing"), "{e}");
+        assert!(e.to_string().starts_with("tls_key is missing"), "{e}");
+        assert_eq!(e.key(), Some("tls_key"));
         let e = server_from_keys(None, Some("/k.pem".into())).expect_err("no cert");
-        assert!(e.starts_with("tls_cert is missing"), "{e}");
+        assert!(e.to_string().starts_with("tls_cert is missing"), "{e}");
+        assert_eq!(e.key(), Some("tls_cert"));
         // Empty (an env var set to "") counts as unset.
         assert!(matches!(
             server_from_keys(Some("".into()), Some("".into())),
@@ -145,17 +194,21 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_and_garbage_files_are_named() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fn unreadable_and_garbage_files_are_named() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
         let missing = dir.path().join("missing.pem");
         let garbage = dir.path().join("garbage.pem");
-        std::fs::write(&garbage, "not a certificate\n").map_err(|e| e.to_string())?;
-        let e = server_config(&missing, &garbage).expect_err("unreadable");
+        std::fs::write(&garbage, "not a certificate\n")?;
+        let e = server_config(&missing, &garbage)
+            .expect_err("unreadable")
+            .to_string();
         assert!(
-            e.starts_with(&format!("tls_cert {}: cannot read it", missing.display())),
+            e.starts_with(&format!("tls_cert {}: cannot read it: ", missing.display())),
             "{e}"
         );
-        let e = server_config(&garbage, &missing).expect_err("garbage");
+        let e = server_config(&garbage, &missing)
+            .expect_err("garbage")
+            .to_string();
         assert!(
             e.starts_with(&format!(
                 "tls_cert {}: no PEM certificate",
@@ -164,6 +217,8 @@ mod tests {
             "{e}"
         );
         let e = client_config(Some(("--ca-file", &garbage)), None).expect_err("garbage");
+        assert_eq!(e.key(), Some("--ca-file"));
+        let e = e.to_string();
         assert!(
             e.starts_with(&format!(
                 "--ca-file {}: no PEM certificate",
@@ -172,7 +227,7 @@ mod tests {
             "{e}"
         );
         let e = client_config(Some(("ingester_ca", &missing)), None).expect_err("missing");
-        assert!(e.starts_with("ingester_ca "), "{e}");
+        assert!(e.to_string().starts_with("ingester_ca "), "{e}");
         Ok(())
     }
 }
