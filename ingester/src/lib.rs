@@ -52,6 +52,11 @@ pub async fn run(
         config.uploader_token_file.as_deref(),
     )?;
     let metrics_listener = edge::metrics_http::bind(config.daemon.metrics_listen).await?;
+    // Before sled opens anything: a directory of another format is refused, not misread.
+    edge::dir_format::open(
+        &config.data_dir,
+        proto::types::dir_format::DirKind::IngesterData,
+    )?;
     let app = app::IngesterApp::open(
         config.data_dir.clone(),
         config.history_max_entries,

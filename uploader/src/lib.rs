@@ -50,10 +50,13 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // Holds the resumable multipart state (`multipart/`); created now so that permissions
-    // problems show at start-up, not on the first multipart upload.
-    std::fs::create_dir_all(config.state_dir())
-        .with_context(|| format!("creating state_dir {}", config.state_dir().display()))?;
+    // Holds the resumable multipart state (`multipart/`); opened now so that permissions
+    // problems, or a directory of another format, show at start-up, not on the first multipart
+    // upload.
+    edge::dir_format::open(
+        config.state_dir(),
+        proto::types::dir_format::DirKind::UploaderState,
+    )?;
     let token = auth::ControlToken::load_split(
         config.daemon.auth_token_file.as_deref(),
         config.ingester_token_file.as_deref(),

@@ -1,5 +1,6 @@
 //! What every tdmq-backup process does at its edges, written once so that the daemons start, log
-//! and fail the same way: read their TLS and token files ([`tls`], [`token_file`]), check the
+//! and fail the same way: open their own directory by its format stamp ([`dir_format`]), read
+//! their TLS and token files ([`tls`], [`token_file`]), check the
 //! settings they share ([`settings`]), log to stderr ([`logging`]), serve `/metrics`
 //! ([`metrics_http`]), stop on SIGINT/SIGTERM ([`shutdown`]), die at an armed crash point
 //! ([`failpoint`]) and report a fatal error as one line with exit code 1 ([`fatal`]).
@@ -9,6 +10,7 @@
 //! *every* process does at its boundary with the operating system, the network or the operator.
 //! A daemon's own job (the spool, the uploads) and a shared format (that is `proto`) do not.
 
+pub mod dir_format;
 pub mod failpoint;
 pub mod fatal;
 pub mod logging;
