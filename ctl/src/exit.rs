@@ -58,8 +58,28 @@ pub fn error(exit: Exit, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// A command that printed what it could but must still fail (`status` with a daemon down): main
+/// prints `report` on stdout as usual, then `error:` and exits with `exit`.
+#[derive(Debug)]
+pub struct Partial {
+    pub report: crate::output::Report,
+    pub exit: Exit,
+    pub error: String,
+}
+
+impl fmt::Display for Partial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for Partial {}
+
 /// The exit status for `err`: the innermost classified cause's, else [`Exit::Failure`].
 pub fn of(err: &anyhow::Error) -> Exit {
+    if let Some(partial) = err.downcast_ref::<Partial>() {
+        return partial.exit;
+    }
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<Classified>())
         .map(|c| c.exit)

@@ -34,6 +34,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let Some(partial) = e.downcast_ref::<exit::Partial>() {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{}", partial.report.render(format));
+                let _ = stdout.flush();
+            }
             // `{:#}` joins the context chain; one line, as scripts and the contract expect.
             eprintln!("error: {}", client::one_line(&format!("{e:#}")));
             exit::of(&e).into()

@@ -328,10 +328,17 @@ async fn without_the_control_token_the_error_says_so() {
 }
 
 #[tokio::test]
-async fn status_reports_a_dead_uploader_but_fails_on_a_dead_ingester() {
+async fn status_shows_what_it_can_and_fails_when_a_daemon_is_down() {
     let url = serve(Fake::default()).await;
     let dead = dead_url().await;
-    let report = run(&url, &dead, &["status"]).await.expect("ok");
+    let err = run(&url, &dead, &["status"])
+        .await
+        .expect_err("the uploader is down");
+    assert_eq!(crate::exit::of(&err), crate::exit::Exit::Unreachable);
+    let partial = err
+        .downcast_ref::<crate::exit::Partial>()
+        .expect("a partial report");
+    let report = &partial.report;
     assert_eq!(report.json["ingester"]["version"], "9.9.9");
     assert_eq!(report.json["uploader"]["reachable"], false);
     let error = report.json["uploader"]["error"].as_str().unwrap_or("");
@@ -345,10 +352,16 @@ async fn status_reports_a_dead_uploader_but_fails_on_a_dead_ingester() {
     let err = run(&dead, &url, &["status"])
         .await
         .expect_err("no ingester");
+    assert_eq!(crate::exit::of(&err), crate::exit::Exit::Unreachable);
     assert!(
         format!("{err:#}").starts_with(&format!("cannot reach the ingester at {dead}: ")),
         "{err:#}"
     );
+    let partial = err
+        .downcast_ref::<crate::exit::Partial>()
+        .expect("the uploader's part is still shown");
+    assert_eq!(partial.report.json["ingester"]["reachable"], false);
+    assert_eq!(partial.report.json["rules"], serde_json::json!([]));
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! `status [NAME]`: both daemons' health and each rule's progress. The ingester must answer (it
-//! owns the rules); an unreachable uploader is reported, not fatal, because that is exactly the
-//! situation an operator runs `status` to diagnose.
+//! `status [NAME]`: both daemons' health and each rule's progress. A daemon that cannot be
+//! reached is shown with why, next to what the other one says (that is exactly the situation an
+//! operator runs `status` to diagnose), and the command then exits 5 so a script notices.
 
 use std::io::{IsTerminal as _, Write};
 use std::time::Duration;
@@ -10,8 +10,9 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::cli::OutputFormat;
-use crate::client::{one_line, CallResult as _};
-use crate::output::{status_json, status_text, Report};
+use crate::client::{self, one_line, CallResult as _};
+use crate::exit::{self, Exit, Partial};
+use crate::output::{status_json, status_text, uploader_json, Report};
 
 /// ANSI: cursor home, then clear the screen.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
@@ -27,7 +28,14 @@ pub async fn watch(ctx: &Ctx, name: Option<String>, every: Duration) -> anyhow::
     tokio::pin!(ctrl_c);
     let mut first = true;
     loop {
-        let fetched = run(ctx, name.clone()).await;
+        // A daemon down still gives a page: show it, and keep watching.
+        let fetched = match run(ctx, name.clone()).await {
+            Err(e) if e.downcast_ref::<Partial>().is_some() => match e.downcast::<Partial>() {
+                Ok(partial) => Ok(partial.report),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
         if first {
             if let Err(e) = fetched {
                 return Err(e);
@@ -98,8 +106,30 @@ fn watch_page(
 pub async fn run(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
     // Ask both at once: a dead uploader costs its connect timeout, not that plus the ingester's.
     let (ingester, uploader) = tokio::join!(ingester_status(ctx, name), uploader_status(ctx));
-    let ingester = ingester?;
-    Ok(Report {
+    let ingester = match ingester {
+        Ok(reply) => reply,
+        Err(e) if exit::of(&e) == Exit::Unreachable => {
+            // Nothing about the rules, but the uploader may still say something useful.
+            let error = client::one_line(&format!("{e:#}"));
+            let report = Report {
+                json: json!({
+                    "ingester": { "reachable": false, "url": ctx.ingester.url, "error": error },
+                    "uploader": uploader_json(&ctx.uploader.url, &uploader),
+                    "rules": [],
+                }),
+                text: unreachable_ingester_text(&error, &ctx.uploader.url, &uploader),
+            };
+            return Err(Partial {
+                report,
+                exit: Exit::Unreachable,
+                error,
+            }
+            .into());
+        }
+        // A rule that does not exist, a refused token: nothing to show.
+        Err(e) => return Err(e),
+    };
+    let report = Report {
         json: status_json(&ctx.ingester.url, &ingester, &ctx.uploader.url, &uploader),
         text: status_text(
             &ctx.ingester.url,
@@ -108,7 +138,35 @@ pub async fn run(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
             &uploader,
             &ctx.layout,
         ),
-    })
+    };
+    match uploader {
+        Ok(_) => Ok(report),
+        Err(error) => Err(Partial {
+            report,
+            exit: Exit::Unreachable,
+            error,
+        }
+        .into()),
+    }
+}
+
+/// `status` when only the uploader could be asked.
+fn unreachable_ingester_text(
+    error: &str,
+    uploader_url: &str,
+    uploader: &Result<UploaderStatusReply, String>,
+) -> String {
+    let uploader_line = match uploader {
+        Ok(u) => format!(
+            "uploader {uploader_url}: version {}, up {}, uploaded {} segments, {} failures",
+            u.version,
+            crate::output::secs(u.uptime_secs),
+            u.segments_uploaded,
+            u.upload_failures
+        ),
+        Err(e) => format!("uploader {uploader_url}: {e}"),
+    };
+    format!("ingester: {error}\n{uploader_line}\n\nno rule status: the ingester holds the rules")
 }
 
 async fn ingester_status(
