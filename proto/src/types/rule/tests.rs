@@ -471,12 +471,8 @@ fn every_missing_required_field_is_listed_at_once() {
         "service_url, subscription, bucket and region are required"
     );
     let one = RuleSpecInput {
-        name: Some("orders".into()),
-        service_url: Some("pulsar://broker:6650".into()),
-        topic: Some("orders".into()),
-        subscription: Some("backup".into()),
-        bucket: Some("backup-1250000000".into()),
-        ..RuleSpecInput::default()
+        region: None,
+        ..valid_input()
     };
     assert_eq!(
         one.validate().expect_err("region missing").to_string(),
@@ -487,15 +483,9 @@ fn every_missing_required_field_is_listed_at_once() {
 #[test]
 fn a_stored_rule_becomes_the_spec_that_recreates_it() {
     let spec = RuleSpecInput {
-        name: Some("orders".into()),
-        service_url: Some("pulsar://broker:6650".into()),
-        topic: Some("orders".into()),
-        subscription: Some("backup".into()),
-        bucket: Some("backup-1250000000".into()),
-        region: Some("ap-guangzhou".into()),
         window: Some("1h30m".into()),
         max_bytes: Some("64MiB".into()),
-        ..RuleSpecInput::default()
+        ..valid_input()
     };
     let config = spec.validate().expect("valid");
     let stored = config.to_rule(RuleState::default());
@@ -533,15 +523,7 @@ fn changes_from_keeps_only_the_differing_fields() {
 
 #[test]
 fn rules_beyond_the_consoles_limits_are_noted_not_refused() {
-    let spec = RuleSpecInput {
-        name: Some("orders".into()),
-        service_url: Some("pulsar://broker:6650".into()),
-        topic: Some("orders".into()),
-        subscription: Some("backup".into()),
-        bucket: Some("backup-1250000000".into()),
-        region: Some("ap-guangzhou".into()),
-        ..RuleSpecInput::default()
-    };
+    let spec = valid_input();
     let defaults = spec.validate().expect("valid");
     assert_eq!(defaults.beyond_console_limits(), Vec::<String>::new());
     let wide = RuleSpecInput {
