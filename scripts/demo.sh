@@ -27,11 +27,23 @@ pids+=($!); wait_port "$BROKER_PORT"
 # pulsar-lite leaves out the frame checksum the pulsar crate requires; the relay adds it.
 "$BIN/tdmq-backup-relay" --listen "127.0.0.1:$RELAY_PORT" --broker "127.0.0.1:$BROKER_PORT" >"$OUT/relay.log" 2>&1 &
 pids+=($!); wait_port "$RELAY_PORT"
-"$BIN/tdmq-backup-ingester" --data-dir "$OUT/ingester" >"$OUT/ingester.log" 2>&1 &
-pids+=($!); wait_port 7601
-"$BIN/tdmq-backup-uploader" --endpoint "file://$OUT/store" --state-dir "$OUT/uploader" >"$OUT/uploader.log" 2>&1 &
-pids+=($!); wait_port 7602
-echo "== broker, relay, ingester (:7601) and uploader (:7602, store file://$OUT/store) are up"
+# The daemons pick free ports (listen on port 0) and say which in their "ready" line, so the
+# demo never clashes with daemons already running on 7601/7602.
+ready_addr() {
+  for _ in $(seq 1 200); do
+    addr=$(sed -n "s/.*$1 ready listen=\([0-9.:]*\).*/\1/p" "$OUT/$1.log" | head -n 1)
+    [ -n "$addr" ] && { echo "$addr"; return 0; }
+    sleep 0.1
+  done
+  echo "the $1 did not start; see $OUT/$1.log" >&2; exit 1
+}
+"$BIN/tdmq-backup-ingester" --data-dir "$OUT/ingester" --listen 127.0.0.1:0 >"$OUT/ingester.log" 2>&1 &
+pids+=($!); INGESTER="http://$(ready_addr ingester)"
+"$BIN/tdmq-backup-uploader" --endpoint "file://$OUT/store" --state-dir "$OUT/uploader" \
+  --ingester "$INGESTER" --listen 127.0.0.1:0 >"$OUT/uploader.log" 2>&1 &
+pids+=($!); UPLOADER="http://$(ready_addr uploader)"
+export TDMQ_BACKUP_INGESTER="$INGESTER" TDMQ_BACKUP_UPLOADER="$UPLOADER"
+echo "== broker, relay, ingester ($INGESTER) and uploader ($UPLOADER, store file://$OUT/store) are up"
 
 set -x
 "$BIN/tdmq-backup" rule create demo-orders \

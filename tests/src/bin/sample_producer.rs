@@ -10,7 +10,8 @@ struct Args {
     /// Broker URL (for pulsar-lite, the relay's URL).
     #[arg(long, default_value = "pulsar://127.0.0.1:6651")]
     url: String,
-    /// Topic to produce to, e.g. persistent://public/default/orders.
+    /// Topic to produce to: persistent://tenant/namespace/topic, or a short name that means
+    /// persistent://public/default/NAME, as in a rule.
     #[arg(long)]
     topic: String,
     /// Number of messages.
@@ -35,10 +36,15 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    // The same completion a rule applies, so `--topic orders` here is the topic a rule with
+    // `--topic orders` reads (the broker alone would take the short name literally).
+    let topic = proto::types::TopicName::parse(&args.topic)
+        .map_err(anyhow::Error::msg)?
+        .full_name();
     let messages = harness::sample_messages(args.count, args.seed);
-    harness::produce(&args.url, &args.topic, &messages, !args.no_batching)
+    harness::produce(&args.url, &topic, &messages, !args.no_batching)
         .await
-        .with_context(|| format!("producing to {}", args.topic))?;
-    println!("produced {} messages to {}", args.count, args.topic);
+        .with_context(|| format!("producing to {topic}"))?;
+    println!("produced {} messages to {topic}", args.count);
     Ok(())
 }
