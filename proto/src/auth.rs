@@ -45,6 +45,8 @@ pub fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 pub enum TokenError {
     #[error("the token is empty")]
     Empty,
+    #[error("the file holds more than one line; it must hold the token alone")]
+    SeveralLines,
     #[error("the token holds characters not allowed in a header (use printable ASCII)")]
     NotHeaderSafe,
 }
@@ -54,6 +56,10 @@ pub enum TokenError {
 pub fn validate_token(token: &str) -> Result<(), TokenError> {
     if token.is_empty() {
         return Err(TokenError::Empty);
+    }
+    // Two tokens, or a token and a comment: said as such rather than as a bad character.
+    if token.lines().nth(1).is_some() {
+        return Err(TokenError::SeveralLines);
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenError::NotHeaderSafe);

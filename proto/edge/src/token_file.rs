@@ -76,6 +76,16 @@ mod tests {
             err.to_string(),
             format!("auth_token_file {}: the token is empty", empty.display())
         );
+        let two = dir.path().join("two-lines");
+        std::fs::write(&two, "first-secret\nsecond-secret\n")?;
+        let err = load("auth_token_file", &two).expect_err("two lines");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "auth_token_file {}: the file holds more than one line; it must hold the token alone",
+                two.display()
+            )
+        );
         let spaced = dir.path().join("spaced");
         std::fs::write(&spaced, "two words-secret\n")?;
         let err = load("uploader_token_file", &spaced).expect_err("not header-safe");
