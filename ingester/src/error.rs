@@ -24,6 +24,8 @@ pub enum IngesterError {
     Db(sled::Error),
     #[error("the spool database is being reopened after a failed write; try again shortly")]
     DatabaseReopening,
+    #[error("another ingester is using this data_dir ({} is locked): stop it, or give this one a data_dir of its own", path.display())]
+    DataDirInUse { path: std::path::PathBuf },
     #[error("spool io error: {context}: {source}")]
     Io {
         context: String,
@@ -85,9 +87,10 @@ impl IngesterError {
             // database is reopened then: a caller such as the uploader's commit should try
             // again, not take it as a refusal. (Not Unavailable: ctl reads that as unreachable.)
             err if err.is_disk_full() => tonic::Code::ResourceExhausted,
-            IngesterError::Db(_) | IngesterError::Io { .. } | IngesterError::Corrupt(_) => {
-                tonic::Code::Internal
-            }
+            IngesterError::Db(_)
+            | IngesterError::Io { .. }
+            | IngesterError::Corrupt(_)
+            | IngesterError::DataDirInUse { .. } => tonic::Code::Internal,
         }
     }
 }

@@ -164,10 +164,25 @@ impl Database {
 
 fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db> {
     // A new Config each time: sled keeps the failed instance's error in its Config.
-    Ok(sled::Config::new()
+    let opened = sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity)
-        .open()?)
+        .open();
+    match opened {
+        Ok(db) => Ok(db),
+        // sled takes an exclusive lock on its file; another process holding it is the usual
+        // reason, and its raw `Os { code: 11 }` says nothing to an operator. sled 0.34 (frozen)
+        // wraps the WouldBlock in an `Other` error whose text is all that is left of it.
+        Err(sled::Error::Io(err))
+            if err.kind() == std::io::ErrorKind::WouldBlock
+                || err.to_string().contains("could not acquire lock") =>
+        {
+            Err(IngesterError::DataDirInUse {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +192,23 @@ pub(crate) mod tests {
     /// A database in `dir` with a small cache, for tests.
     pub(crate) fn open_in(dir: &Path) -> Database {
         Database::open(dir, 8 << 20).expect("sled opens")
+    }
+
+    #[test]
+    fn a_locked_database_says_another_ingester_uses_the_data_dir() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let path = dir.path().join("spool.sled");
+        let _first = open_in(&path);
+        let Err(err) = Database::open(&path, 8 << 20) else {
+            panic!("a second open of a locked database succeeded");
+        };
+        assert!(matches!(err, IngesterError::DataDirInUse { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("another ingester is using this data_dir"),
+            "{err}"
+        );
+        Ok(())
     }
 
     #[test]
