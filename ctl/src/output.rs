@@ -10,6 +10,8 @@ use proto::v1::{LogEntry, Rule, RuleStatus, SegmentInfo, StatusReply, UploaderSt
 use serde_json::{json, Value};
 
 use crate::cli::OutputFormat;
+// Free text on one line; tables shorten it to fit (JSON always has it whole).
+use crate::client::one_line;
 use crate::table::{self, Column, Layout};
 
 /// What a command produced: one JSON document, and the same for people.
@@ -183,11 +185,6 @@ fn last_error_cell(error: &str, at: &str, now: chrono::DateTime<chrono::Utc>) ->
     }
 }
 
-/// Free text on one line; tables shorten it to fit (JSON always has it whole).
-fn one_line(text: &str) -> String {
-    crate::client::one_line(text)
-}
-
 /// The rule's state in `status`'s words (running, connecting, paused, blocked, error...). If the
 /// ingester did not report it, only `paused` is known for sure; otherwise `unknown`.
 pub fn rule_state(r: &Rule, states: &[RuleStatus]) -> String {
@@ -354,7 +351,6 @@ pub fn status_text(
     lines.join("\n")
 }
 
-const LOG_HEADERS: [&str; 5] = ["AT", "KIND", "MESSAGES", "BYTES", "KEY/ERROR"];
 const LOG_COLUMNS: [Column; 5] = [
     Column::keep("AT"),
     Column::keep("KIND"),
@@ -469,7 +465,7 @@ fn fixed_line(cells: &[String]) -> String {
 
 /// The header `logs --follow` prints once.
 pub fn log_follow_header() -> String {
-    fixed_line(&LOG_HEADERS.map(String::from))
+    fixed_line(&LOG_COLUMNS.map(|c| c.header.to_string()))
 }
 
 /// One entry as a `logs --follow` line, aligned with [`log_follow_header`].

@@ -8,6 +8,9 @@
 
 use std::io::IsTerminal as _;
 
+// Line breaks and tabs in a cell would break the alignment.
+use crate::client::one_line;
+
 /// How a column's cells may be shortened to make the row fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fit {
@@ -217,11 +220,6 @@ pub fn clip(text: &str, width: usize, fit: Fit) -> String {
             out
         }
     }
-}
-
-/// Line breaks and tabs would break the alignment.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

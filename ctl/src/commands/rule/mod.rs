@@ -145,6 +145,13 @@ fn console_notes(rule: &Rule) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A rule's Pulsar token about to cross plain http:// beyond loopback is sent, with a warning.
+fn warn_if_token_in_clear(ctx: &Ctx, token: &Option<String>) {
+    if token.is_some() {
+        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
+    }
+}
+
 /// The rules' live states from `status`; empty if the ingester could not say (the rule was just
 /// deleted, or status failed): then a rule's state is only what the rule itself knows.
 async fn live_states(
@@ -160,9 +167,7 @@ async fn live_states(
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<Report> {
     let (spec, token) = create_spec(args)?;
-    if token.is_some() {
-        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
-    }
+    warn_if_token_in_clear(ctx, &token);
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .create_rule(CreateRuleRequest {
@@ -206,9 +211,7 @@ async fn apply(ctx: &Ctx, args: ApplyArgs) -> anyhow::Result<Report> {
     let Some(existing) = existing else {
         file_spec.validate().map_err(|e| anyhow!("{e}"))?;
         let token = token_source.map(|t| t.read()).transpose()?;
-        if token.is_some() {
-            client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
-        }
+        warn_if_token_in_clear(ctx, &token);
         let reply = ingester
             .create_rule(CreateRuleRequest {
                 spec: Some(file_spec.into_spec(token)),
@@ -226,9 +229,7 @@ async fn apply(ctx: &Ctx, args: ApplyArgs) -> anyhow::Result<Report> {
     if patch == unchanged && token.is_none() {
         return rule_report(&mut ingester, Some(existing), Some("unchanged")).await;
     }
-    if token.is_some() {
-        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
-    }
+    warn_if_token_in_clear(ctx, &token);
     let reply = ingester
         .edit_rule(EditRuleRequest {
             spec: Some(patch.into_spec(token)),
@@ -255,9 +256,7 @@ fn apply_patch(existing: &Rule, file: RuleSpecInput) -> anyhow::Result<RuleSpecI
 async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<Report> {
     let unsubscribe = args.unsubscribe;
     let (spec, token) = edit_spec(args)?;
-    if token.is_some() {
-        client::warn_if_in_clear("the rule's Pulsar token", &ctx.ingester);
-    }
+    warn_if_token_in_clear(ctx, &token);
     let mut ingester = ctx.ingester().await?;
     let reply = ingester
         .edit_rule(EditRuleRequest {
