@@ -160,9 +160,10 @@ impl RuleTask {
                     warn!(rule = %name, error = %err, "consumer connection failed");
                     self.stats.set_error(&message);
                     if continuity.outage_since_ms.is_none() {
-                        continuity.outage_since_ms = Some(proto::types::time::now_millis());
-                    }
-                    if message != last_recorded_error {
+                        // The outage's first entry carries its cause.
+                        self.outage_began(&mut continuity, &message);
+                        last_recorded_error = message;
+                    } else if message != last_recorded_error {
                         self.record(HistoryEntry::event(HistoryKind::ConsumerError, &message));
                         last_recorded_error = message;
                     }
@@ -260,10 +261,12 @@ async fn connect(
     settings: ConsumerSettings,
     seek_to_ms: Option<u64>,
 ) -> Result<RuleConsumers, pulsar::Error> {
+    // No retries inside pulsar-rs: its ten silent attempts hid a refused or unreachable
+    // broker for 25–40 s. The task's own loop retries with a backoff and reports each cause.
     let retry = ConnectionRetryOptions {
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
-        max_retries: 10,
+        max_retries: 0,
         connection_timeout: Duration::from_secs(5),
         keep_alive: Duration::from_secs(10),
         ..ConnectionRetryOptions::default()
