@@ -98,8 +98,9 @@ impl RuleTask {
             let Some(connected) = connected else { break };
             match connected {
                 Ok(mut consumers) => {
-                    let last_entries = consumers.last_entries().await;
-                    if let Some(went_back) = source_reset::find(&last_entries, &self.spool.seen()) {
+                    let last_entries = consumers.last_entries_at_subscribe();
+                    let seen = self.spool.seen();
+                    if let Some(went_back) = source_reset::find(&last_entries, &seen) {
                         consumers.close().await;
                         if !self.take_the_topic_afresh(&went_back).await {
                             break;
@@ -116,7 +117,10 @@ impl RuleTask {
                     last_recorded_error.clear();
                     self.outage_ended(&mut continuity);
                     info!(rule = %name, partitions = consumers.parts.len(), "consumer connected");
-                    let end = self.consume(&mut consumers, permits, &mut continuity).await;
+                    let ids_proven = source_reset::proves_reach(&last_entries, &seen);
+                    let end = self
+                        .consume(&mut consumers, permits, &mut continuity, ids_proven)
+                        .await;
                     self.stats.connected.store(false, Ordering::Relaxed);
                     for part in &mut consumers.parts {
                         if let Some(fault) = part.fault.take() {

@@ -11,7 +11,8 @@
 //!   asks for it again, and lets `rule skip` pass it.
 //! - `spooling`: the durable write, the pause while the spool or its disk is full, and closing
 //!   the open segment.
-//! - `ack`: acknowledges the stored segments on Pulsar and frees them.
+//! - `ack`: acknowledges the stored segments on Pulsar and frees them; `reack`: redeliveries
+//!   of what was acknowledged are acknowledged again, once per position and interval.
 //! - `topic_reset`: a topic whose ids went backwards is taken afresh.
 //! - `limits`: the bounds from the config, and the receive window they size.
 
@@ -34,6 +35,7 @@ mod ack;
 mod connection;
 mod faults;
 mod limits;
+mod reack;
 mod receive;
 mod select_loop;
 mod spooling;

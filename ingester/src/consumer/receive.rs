@@ -9,6 +9,7 @@ use tracing::warn;
 use super::ack::id_data;
 use super::connection::ConsumeEnd;
 use super::faults::entry_after;
+use super::reack::Reacks;
 use super::RuleTask;
 use crate::source::decode_fault::AfterFault;
 use crate::source::partition_consumers::{message_id, PartitionItem, PulsarMessage, RuleConsumers};
@@ -163,14 +164,19 @@ impl RuleTask {
     }
 
     /// Counts redeliveries dropped before encoding, and acknowledges again the positions of
-    /// those already acknowledged.
+    /// those already acknowledged (each at most once per interval, see [`Reacks`]).
     pub(super) async fn drop_redelivered(
         &self,
         redelivered: Redelivered,
         consumers: &mut RuleConsumers,
+        reacks: &mut Reacks,
     ) {
         RuleStats::add(&self.stats.duplicates_dropped, redelivered.duplicates);
+        let now = tokio::time::Instant::now();
         for pos in redelivered.reack {
+            if !reacks.due(&pos.topic, &pos.id, now) {
+                continue;
+            }
             if let Err(err) = consumers.cumulative_ack(&pos.topic, id_data(&pos.id)).await {
                 warn!(rule = %self.rule.name, error = %err, "re-acknowledging a redelivered message failed");
             }

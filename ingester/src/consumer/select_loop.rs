@@ -10,11 +10,12 @@ use proto::wire::HistoryKind;
 use tracing::{debug, info, warn};
 
 use super::connection::{ConsumeEnd, Continuity};
+use super::reack::Reacks;
 use super::receive::{Intake, MAX_BATCH, MAX_BATCH_BYTES};
 use super::{Command, RuleTask, TICK};
 use crate::app::history::HistoryEntry;
 use crate::source::decode_fault::DecodeFault;
-use crate::source::partition_consumers::RuleConsumers;
+use crate::source::partition_consumers::{Liveness, RuleConsumers};
 use crate::source::source_reset;
 use crate::spool::Incoming;
 use crate::stats::RuleStats;
@@ -30,6 +31,7 @@ impl RuleTask {
         consumers: &mut RuleConsumers,
         permits: u32,
         continuity: &mut Continuity,
+        ids_proven: bool,
     ) -> ConsumeEnd {
         let name = self.rule.name.clone();
         let ack_ready = self.ack_ready.clone();
@@ -42,8 +44,16 @@ impl RuleTask {
         let mut pending: Option<Vec<Incoming>> = None;
         let mut ask_broker_backlog = true;
         let mut last_id_answers = true;
+        // The broker's ends proved that its topic reaches what was spooled: a redelivery on
+        // this connection is one (see `source_reset::proves_reach`).
+        let mut ids_proven = ids_proven;
+        // Whether every iteration since the last connection check could read: only then are
+        // the consumer engines free to answer a request (see `check_connections`).
+        let mut queues_read = true;
+        let mut reacks = Reacks::default();
         loop {
             let can_read = pending.is_none() && !self.paused && !self.spool_full().await;
+            queues_read &= can_read;
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return ConsumeEnd::Stopped,
@@ -71,29 +81,38 @@ impl RuleTask {
                     let blocked = consumers.parts.iter().any(|p| p.fault.as_ref().is_some_and(DecodeFault::blocked));
                     self.note_reading(!self.paused && !blocked && self.stats.connected.load(Ordering::Relaxed));
                     if ticks.is_multiple_of(CONNECTION_CHECK_EVERY) {
-                        let ok = consumers.check_connections().await;
-                        self.stats.connected.store(ok, Ordering::Relaxed);
-                        if ok {
-                            self.outage_ended(continuity);
-                            if ask_broker_backlog {
-                                match consumers.broker_backlog().await {
-                                    Some(backlog) => {
-                                        self.stats.broker_backlog.store(backlog, Ordering::Relaxed);
-                                        self.stats.broker_backlog_known.store(true, Ordering::Relaxed);
-                                    }
-                                    None => {
-                                        // A broker that does not answer consumer stats (or times
-                                        // out on them) is not asked again on this connection:
-                                        // each try may hold the consume loop for seconds.
+                        let check = consumers.check_connections(std::mem::replace(&mut queues_read, true)).await;
+                        match check.liveness {
+                            Liveness::Alive => {
+                                self.stats.connected.store(true, Ordering::Relaxed);
+                                self.outage_ended(continuity);
+                            }
+                            Liveness::Lost => {
+                                self.stats.connected.store(false, Ordering::Relaxed);
+                                let message = format!("lost the connection to Pulsar at {}", self.rule.service_url);
+                                self.stats.set_error(&message);
+                                self.outage_began(continuity, &message);
+                            }
+                            // Busy or not read: pulsar-rs's keepalive still watches the connection.
+                            Liveness::Unknown => {}
+                        }
+                        // Asked only when no message waits ahead of the request (or while
+                        // paused, when holding the loop for a moment costs no throughput).
+                        if ask_broker_backlog && check.liveness != Liveness::Lost && (check.engines_free || self.paused) {
+                            match consumers.broker_backlog().await {
+                                Some(backlog) => {
+                                    self.stats.broker_backlog.store(backlog, Ordering::Relaxed);
+                                    self.stats.broker_backlog_known.store(true, Ordering::Relaxed);
+                                }
+                                None => {
+                                    self.stats.broker_backlog_known.store(false, Ordering::Relaxed);
+                                    // A broker that does not answer consumer stats while its
+                                    // engines are free is not asked again on this connection.
+                                    if check.engines_free {
                                         ask_broker_backlog = false;
-                                        self.stats.broker_backlog_known.store(false, Ordering::Relaxed);
                                     }
                                 }
                             }
-                        } else {
-                            let message = format!("lost the connection to Pulsar at {}", self.rule.service_url);
-                            self.stats.set_error(&message);
-                            self.outage_began(continuity, &message);
                         }
                     }
                     if ticks.is_multiple_of(PARTITION_CHECK_EVERY) {
@@ -120,16 +139,21 @@ impl RuleTask {
                     // A message at or below what was spooled is a redelivery only if the broker's
                     // topic still reaches that far: asked before anything of the batch is
                     // spooled or acknowledged again (see `source_reset`).
-                    if redelivered.duplicates > 0 && last_id_answers {
+                    // Asked at most until the broker's answer proves it: at subscribe time
+                    // usually (see `RuleConsumers::add`), so a busy connection never waits on it.
+                    if redelivered.duplicates > 0 && last_id_answers && !ids_proven {
                         let last_entries = consumers.last_entries().await;
+                        let seen = self.spool.seen();
                         if last_entries.iter().all(|(_, last)| last.is_none()) {
                             // Not asked again on this connection: each try may take seconds.
                             last_id_answers = false;
-                        } else if let Some(went_back) = source_reset::find(&last_entries, &self.spool.seen()) {
+                        } else if let Some(went_back) = source_reset::find(&last_entries, &seen) {
                             return ConsumeEnd::WentBack(went_back);
+                        } else {
+                            ids_proven = source_reset::proves_reach(&last_entries, &seen);
                         }
                     }
-                    self.drop_redelivered(redelivered, consumers).await;
+                    self.drop_redelivered(redelivered, consumers, &mut reacks).await;
                     if batch.is_empty() {
                         continue;
                     }

@@ -64,6 +64,12 @@ pub struct PartitionConsumer {
     pub discard_until: Option<Instant>,
     pub hold_until: Option<Instant>,
     pub fault: Option<DecodeFault>,
+    /// The partition's last entry as the broker named it right after subscribing (`None`: it
+    /// did not say).
+    pub last_at_subscribe: Option<(u64, u64)>,
+    /// Something was delivered since the last [`RuleConsumers::check_connections`]: the
+    /// connection is alive without asking.
+    delivered: bool,
 }
 
 impl PartitionConsumer {
@@ -90,6 +96,29 @@ pub struct RuleConsumers {
     pub parts: Vec<PartitionConsumer>,
     /// Where the next poll starts, so one busy partition cannot starve the others.
     next_poll: usize,
+    /// The broker answered (or was not asked yet) for a partition's last message: one that
+    /// never answers costs one timeout per connection, not one per partition.
+    last_id_answers: bool,
+}
+
+/// What [`RuleConsumers::check_connections`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Every partition delivered something or answered a ping.
+    Alive,
+    /// A partition's connection did not answer.
+    Lost,
+    /// Not asked: a request could wait behind a receive queue that is not being read.
+    Unknown,
+}
+
+/// The outcome of one [`RuleConsumers::check_connections`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCheck {
+    pub liveness: Liveness,
+    /// Every partition was idle and answered a ping: its consumer engine is free, so another
+    /// request (consumer stats) is answered now rather than after the queued messages.
+    pub engines_free: bool,
 }
 
 impl RuleConsumers {
@@ -108,6 +137,7 @@ impl RuleConsumers {
             settings,
             parts: Vec::new(),
             next_poll: 0,
+            last_id_answers: true,
         };
         if partitions == 0 {
             let topic = consumers.settings.topic.clone();
@@ -154,6 +184,16 @@ impl RuleConsumers {
                 .await?;
             info!(topic = %topic, at_ms = ms, "subscription positioned by publish time");
         }
+        // Asked now, before the broker can fill the receive queue: a request goes through
+        // pulsar-rs's consumer engine, which answers only after it has handed every message
+        // ahead of it to a queue that nothing reads until this returns.
+        let last_at_subscribe = if self.last_id_answers {
+            let last = last_entry(&topic, &mut consumer).await;
+            self.last_id_answers = last.is_ok();
+            last.ok().flatten()
+        } else {
+            None
+        };
         self.parts.push(PartitionConsumer {
             topic,
             partition,
@@ -164,6 +204,8 @@ impl RuleConsumers {
             discard_until: None,
             hold_until: None,
             fault: None,
+            last_at_subscribe,
+            delivered: false,
         });
         Ok(())
     }
@@ -214,23 +256,23 @@ impl RuleConsumers {
     }
 
     /// Each partition's last message as the broker tells it (ledger, entry), or `None` where it
-    /// does not say (an empty topic, a broker without the command, no answer in time).
+    /// does not say (an empty topic, a broker without the command, no answer in time). Waits
+    /// on the consumer engines: call it with the receive queues drained, or expect a timeout.
     pub async fn last_entries(&mut self) -> Vec<(i32, Option<(u64, u64)>)> {
         // All partitions at once: a broker that never answers costs one timeout, not one each.
         let asks = self.parts.iter_mut().map(|part| async move {
-            let asked =
-                tokio::time::timeout(LAST_ID_TIMEOUT, part.consumer.get_last_message_id()).await;
-            let last = match asked {
-                Ok(Ok(ids)) => ids.first().map(|id| (id.ledger_id, id.entry_id)),
-                Ok(Err(err)) => {
-                    debug!(topic = %part.topic, error = %err, "the broker did not name the last message");
-                    None
-                }
-                Err(_) => None,
-            };
-            (part.partition, last)
+            let last = last_entry(&part.topic, &mut part.consumer).await;
+            (part.partition, last.ok().flatten())
         });
         futures::future::join_all(asks).await
+    }
+
+    /// Each partition's last message as the broker named it right after subscribing.
+    pub fn last_entries_at_subscribe(&self) -> Vec<(i32, Option<(u64, u64)>)> {
+        self.parts
+            .iter()
+            .map(|part| (part.partition, part.last_at_subscribe))
+            .collect()
     }
 
     /// Closes a partition's consumer and subscribes again: the broker then redelivers everything
@@ -250,6 +292,7 @@ impl RuleConsumers {
         part.discarding = false;
         part.discard_until = None;
         part.hold_until = None;
+        part.delivered = false;
         debug!(topic = %topic, "partition consumer recreated");
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.close()).await;
         Ok(())
@@ -267,6 +310,7 @@ impl RuleConsumers {
                     continue;
                 }
                 if let Poll::Ready(item) = part.consumer.poll_next_unpin(cx) {
+                    part.delivered = true;
                     self.next_poll = (index + 1) % n;
                     return Poll::Ready((index, item));
                 }
@@ -311,25 +355,45 @@ impl RuleConsumers {
         }
     }
 
-    /// Whether every partition's connection answers.
-    pub async fn check_connections(&mut self) -> bool {
+    /// Whether every partition's connection is alive: one that delivered something since the
+    /// last check is; an idle one is pinged, but only when `queues_read` says its receive
+    /// queue was read all along. A ping goes through pulsar-rs's consumer engine, which is
+    /// stuck handing a message to a full queue while the rule does not read (spool full), and
+    /// waiting on it would stall the rule for the whole timeout and call a busy connection lost.
+    pub async fn check_connections(&mut self, queues_read: bool) -> ConnectionCheck {
+        let mut check = ConnectionCheck {
+            liveness: Liveness::Alive,
+            engines_free: queues_read,
+        };
         for part in &mut self.parts {
-            let check =
+            if std::mem::take(&mut part.delivered) {
+                check.engines_free = false;
+                continue;
+            }
+            if !queues_read {
+                check.liveness = Liveness::Unknown;
+                continue;
+            }
+            let pinged =
                 tokio::time::timeout(Duration::from_secs(3), part.consumer.check_connection())
                     .await;
-            if !matches!(check, Ok(Ok(()))) {
-                return false;
+            if !matches!(pinged, Ok(Ok(()))) {
+                return ConnectionCheck {
+                    liveness: Liveness::Lost,
+                    engines_free: false,
+                };
             }
         }
-        true
+        check
     }
 
     /// The messages the broker holds for this subscription over every partition (its backlog,
     /// which includes what is spooled but not yet acknowledged); `None` if a broker does not say.
+    /// Waits on the consumer engines (see [`RuleConsumers::check_connections`]).
     pub async fn broker_backlog(&mut self) -> Option<u64> {
         let mut total = 0u64;
         for part in &mut self.parts {
-            let stats = tokio::time::timeout(Duration::from_secs(3), part.consumer.get_stats())
+            let stats = tokio::time::timeout(Duration::from_secs(2), part.consumer.get_stats())
                 .await
                 .ok()?
                 .ok()?;
@@ -355,6 +419,27 @@ impl RuleConsumers {
     pub fn is_partitioned(&self) -> bool {
         self.parts.first().is_some_and(|p| p.partition >= 0)
     }
+}
+
+/// A partition's last entry (ledger, entry) as the broker names it: `Ok(None)` when it does
+/// not say (an empty topic, a broker without the command), `Err` when it did not answer in
+/// time.
+async fn last_entry(
+    topic: &str,
+    consumer: &mut PulsarConsumer,
+) -> Result<Option<(u64, u64)>, tokio::time::error::Elapsed> {
+    let asked = tokio::time::timeout(LAST_ID_TIMEOUT, consumer.get_last_message_id()).await?;
+    Ok(match asked {
+        // An empty topic's "last" entry is -1 (u64::MAX on the wire): nothing to compare.
+        Ok(ids) => ids
+            .first()
+            .map(|id| (id.ledger_id, id.entry_id))
+            .filter(|&(ledger, entry)| ledger != u64::MAX && entry != u64::MAX),
+        Err(err) => {
+            debug!(topic = %topic, error = %err, "the broker did not name the last message");
+            None
+        }
+    })
 }
 
 fn unknown_topic(topic: &str) -> pulsar::error::ConsumerError {

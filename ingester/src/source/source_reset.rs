@@ -39,6 +39,17 @@ pub fn find(last_entries: &[(i32, Option<(u64, u64)>)], seen: &Seen) -> Option<W
     })
 }
 
+/// Whether the broker's ends prove that the topic still reaches everything the rule spooled
+/// from each partition: then a redelivery on this connection cannot come from another topic
+/// (one deleted and created again, or another cluster, means a new connection), and need not
+/// be checked again until the next one.
+pub fn proves_reach(last_entries: &[(i32, Option<(u64, u64)>)], seen: &Seen) -> bool {
+    last_entries.iter().all(|&(partition, last)| match seen.last(partition) {
+        None => true,
+        Some(spooled) => last.is_some_and(|last| last >= (spooled.ledger, spooled.entry)),
+    })
+}
+
 impl WentBack {
     /// The alert shown in `status` and `logs`.
     pub fn describe(&self, topic: &str, spooled_segments: usize) -> String {
@@ -95,6 +106,18 @@ mod tests {
         let went_back = find(&[(-1, Some((7, 99)))], &seen).expect("went back");
         assert_eq!(went_back.broker_last, (7, 99));
         assert!(find(&[(-1, Some((0, 500)))], &seen).is_some());
+    }
+
+    #[test]
+    fn only_known_ends_at_or_past_every_watermark_prove_the_reach() {
+        let seen = seen(1, 7, 100);
+        assert!(proves_reach(&[(1, Some((7, 100)))], &seen));
+        assert!(proves_reach(&[(1, Some((8, 0))), (2, None)], &seen));
+        // Unknown (a broker that did not answer, an empty topic) proves nothing.
+        assert!(!proves_reach(&[(1, None)], &seen));
+        assert!(!proves_reach(&[(1, Some((7, 99)))], &seen));
+        // Nothing spooled from any partition: nothing to go back from.
+        assert!(proves_reach(&[(0, None)], &seen));
     }
 
     #[test]

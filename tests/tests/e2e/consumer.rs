@@ -435,3 +435,51 @@ async fn a_refused_broker_connection_shows_its_cause_at_once() -> anyhow::Result
     );
     Ok(())
 }
+
+/// A rule that stops reading because its spool is full, while the broker holds much more, is
+/// not called disconnected: asking a consumer that is not being read whether it is alive
+/// waited behind its full receive queue for the whole timeout, every 5 s, and reported the
+/// connection lost (and stalled the rule for 3 s each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_is_not_mistaken_for_a_lost_connection() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    stack.ingester_extra = harness::Extra {
+        args: vec!["--max-spool-bytes".into(), "150KB".into()],
+        env: Vec::new(),
+    };
+    stack.start_ingester().await?;
+    let rule = "full-spool";
+    let topic = unique_topic("full-spool");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule(rule, &topic, &["--max-messages", "100", "--window", "1h"])?;
+    // Far more than the spool and the receive queue (1,000) hold.
+    let messages = sample_messages(3_000, 14);
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+    eventually("the spool to report full", Duration::from_secs(60), || {
+        let s = stack.rule_status(rule)?;
+        Ok((s["state"] == "error").then_some(()))
+    })
+    .await?;
+    // Three connection checks' worth (one every 5 s) of watching: the rule stays connected.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(16) {
+        let status = stack.rule_status(rule)?;
+        assert_eq!(
+            status["consumer_connected"], true,
+            "a full spool was reported as a lost connection after {:?}: {status}",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let entries = stack.log_entries(rule)?;
+    assert!(
+        !entries.iter().any(|(k, _)| k == "disconnected"),
+        "no outage was recorded: {entries:?}"
+    );
+    stack.start_uploader().await?;
+    let objects = stack
+        .wait_until_stored(rule, &messages, Duration::from_secs(120))
+        .await?;
+    check_exactly_once(&objects, &messages)?;
+    Ok(())
+}
