@@ -24,6 +24,7 @@ mod process;
 mod rules;
 mod sizes;
 mod stack;
+mod steady;
 mod table;
 mod uploader;
 
@@ -47,7 +48,8 @@ const MIB: usize = 1 << 20;
 )]
 struct Args {
     /// `all`, or a comma list of
-    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big.
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,steady
+    /// (`steady` is not part of `all`: it runs the end-to-end backup --steady-runs times).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Messages (1 KB each) for the baseline and end-to-end runs; other scenarios scale from it.
@@ -71,8 +73,15 @@ struct Args {
     /// swings by ±15 % between identical runs, more than the changes it is meant to show.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     repeat: u32,
+    /// Runs of the `steady` scenario (fresh stack each, both baselines each).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    steady_runs: u32,
+    /// 1 KB messages per `steady` run.
+    #[arg(long, default_value_t = 300_000)]
+    steady_messages: usize,
 }
 
+/// What `all` runs; `steady` besides.
 const ALL: [&str; 9] = [
     "baseline",
     "e2e",
@@ -111,8 +120,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect()
     };
     for s in &scenarios {
-        if !ALL.contains(&s.as_str()) {
-            bail!("unknown scenario {s:?}: expected all or a comma list of {ALL:?}");
+        if !ALL.contains(&s.as_str()) && s != "steady" {
+            bail!("unknown scenario {s:?}: expected all or a comma list of {ALL:?} or steady");
         }
     }
     let bin_dir = match &args.bin_dir {
@@ -186,6 +195,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "sizes" => bench.sizes().await,
             "rules" => bench.rules().await,
             "big" => bench.big().await,
+            "steady" => {
+                bench
+                    .steady((args.steady_messages / scale).max(100), args.steady_runs)
+                    .await
+            }
             _ => unreachable!("checked above"),
         };
         match result {

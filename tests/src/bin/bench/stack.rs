@@ -39,6 +39,17 @@ pub struct BackedUp {
     pub slowest_poll: Duration,
     /// The ingester's peak RSS (KiB) when everything was first spooled.
     pub rss_spooled: Option<u64>,
+    /// Every poll's totals over the rules, from the first.
+    pub progress: Vec<Progress>,
+}
+
+/// One `status` poll's totals over the rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Since the wait began.
+    pub seconds: f64,
+    pub consumed: u64,
+    pub acked: u64,
 }
 
 impl Bench {
@@ -118,10 +129,22 @@ pub async fn wait_backed_up(
     // seconds, then per rule consumed/spooled/acked: written to timeline.csv for analysis.
     let waiting_since = Instant::now();
     let mut timeline = String::from("seconds,rule,consumed,dups,spooled,sealed,acked\n");
+    let mut progress = Vec::new();
     loop {
         let poll_started = Instant::now();
         let statuses = statuses(stack).await?;
         slowest_poll = slowest_poll.max(poll_started.elapsed());
+        let total = |key: &str| -> u64 {
+            statuses
+                .values()
+                .map(|s| s[key].as_u64().unwrap_or(0))
+                .sum()
+        };
+        progress.push(Progress {
+            seconds: waiting_since.elapsed().as_secs_f64(),
+            consumed: total("messages_consumed"),
+            acked: total("messages_acked"),
+        });
         for (rule, s) in &statuses {
             timeline.push_str(&format!(
                 "{:.3},{rule},{},{},{},{},{}\n",
@@ -164,6 +187,7 @@ pub async fn wait_backed_up(
                 statuses,
                 slowest_poll,
                 rss_spooled,
+                progress,
             });
         }
         if Instant::now() > deadline {

@@ -21,6 +21,40 @@ pub struct Row {
     /// The rate columns mean nothing for this row (latency).
     #[serde(skip)]
     pub no_rates: bool,
+    /// Targets this row is judged on by itself (the steady scenario's summary).
+    pub judged: Vec<Judged>,
+}
+
+/// A target judged by the scenario that measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Judged {
+    pub target: String,
+    /// `None`: not measured.
+    pub figure: Option<f64>,
+    pub met: bool,
+    /// The figure is a count (shown without decimals).
+    pub count: bool,
+}
+
+impl Judged {
+    pub fn new(target: &str, figure: Option<f64>, passes: fn(f64) -> bool) -> Judged {
+        Judged {
+            target: target.to_string(),
+            figure,
+            met: figure.is_some_and(passes),
+            count: false,
+        }
+    }
+
+    /// A count whose target is zero.
+    pub fn count(target: &str, count: usize) -> Judged {
+        Judged {
+            target: format!("{target} = 0"),
+            figure: Some(count as f64),
+            met: count == 0,
+            count: true,
+        }
+    }
 }
 
 impl Row {
@@ -173,6 +207,22 @@ pub fn targets(rows: &[Row]) -> String {
             t.name,
             shown.join(", ")
         ));
+    }
+    for (row, j) in rows
+        .iter()
+        .flat_map(|r| r.judged.iter().map(move |j| (r, j)))
+    {
+        let figure = match (j.figure, j.count) {
+            (None, _) => "not measured".to_string(),
+            (Some(x), true) => format!("{x:.0} ({})", row.scenario),
+            (Some(x), false) => format!("{x:.2} ({})", row.scenario),
+        };
+        let verdict = match (j.figure, j.met) {
+            (None, _) => "not run",
+            (Some(_), true) => "met",
+            (Some(_), false) => "missed",
+        };
+        out.push_str(&format!("| {} | {figure} | {verdict} |\n", j.target));
     }
     out
 }
