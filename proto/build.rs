@@ -1,4 +1,4 @@
-//! Generates the gRPC code into OUT_DIR. protoc comes from `PROTOC` (set for the whole workspace
+//! Generates the gRPC code and the encoded file descriptor set into OUT_DIR. protoc comes from `PROTOC` (set for the whole workspace
 //! by `.cargo/config.toml`) or, failing that, from the protoc-bin-vendored crate.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-env-changed=PROTOC");
     println!("cargo:rerun-if-changed=protos");
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
     tonic_prost_build::configure()
+        // The daemons' server reflection answers from this (`proto::FILE_DESCRIPTOR_SET`), so
+        // grpcurl can list and call them without the .proto files.
+        .file_descriptor_set_path(out_dir.join("tdmq_backup_descriptor.bin"))
         // Segment chunks stay `Bytes` from the socket to the part buffer (no copy per chunk).
         .bytes(".tdmq_backup.v1.SegmentChunk.data")
         // Messages with a secret field get a hand-written Debug (src/redacted_debug.rs).

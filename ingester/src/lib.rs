@@ -72,9 +72,9 @@ pub async fn run(
     .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;
     let addr = listener.local_addr()?;
     if token_scopes.is_split() {
-        info!("control-plane tokens required on every gRPC call: uploader_token_file's for the segment hand-off, auth_token_file's for everything else");
+        info!("control-plane tokens required on every gRPC call but health checks and reflection: uploader_token_file's for the segment hand-off, auth_token_file's for everything else");
     } else if token_scopes.is_enabled() {
-        info!("control-plane token required on every gRPC call");
+        info!("control-plane token required on every gRPC call but health checks and reflection");
     } else if !proto::auth::is_loopback(addr) {
         // Said before "ready", so whoever waits for that line sees it. Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
         tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can change rules and commit segments");
@@ -91,6 +91,12 @@ pub async fn run(
     });
     let service = proto::IngesterServer::new(app::grpc::IngesterService::new(app.clone()))
         .max_decoding_message_size(16 * 1024 * 1024);
+    // Probes and grpcurl: open to callers without the token (`scoped_auth`).
+    let own = [proto::v1::ingester_server::SERVICE_NAME];
+    let readiness = app.readiness().clone();
+    let health = edge::health::health_server(readiness.clone(), &own);
+    let (reflection_v1, reflection_v1alpha) =
+        edge::health::reflection(&own).context("building the server reflection service")?;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.daemon.tls {
         info!(cert = %tls.cert.display(), "serving gRPC over TLS");
@@ -101,12 +107,18 @@ pub async fn run(
     server
         .layer(token_scopes)
         .add_service(service)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             // Nagle off: h2 writes a reply as several small frames, and with Nagle each unary call
             // waited ~40 ms for the client's delayed ACK.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
+            async move {
                 let _ = stop_rx.await;
+                // Before the graceful stop begins: probes see NOT_SERVING, and health watches
+                // end instead of holding the stop up.
+                readiness.stopping();
                 info!("shutting down");
             },
         )

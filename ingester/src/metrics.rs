@@ -175,7 +175,7 @@ pub fn render(status: &v1::StatusReply, upload_failures: &[(String, u64)]) -> St
 /// Serves `GET /metrics` until the task is aborted; the body is rendered from `status` at
 /// scrape time.
 pub async fn serve(listener: TcpListener, app: Arc<IngesterApp>) {
-    edge::metrics_http::serve(listener, move || {
+    edge::metrics_http::serve(listener, app.readiness().clone(), move || {
         let app = app.clone();
         async move {
             let status = app.status(None).await.map_err(|e| e.to_string())?;

@@ -3,6 +3,10 @@
 //! ReadSegment, CommitSegment, ReportUploadFailure). A commit acknowledges messages on Pulsar,
 //! so with two tokens an operator's token cannot commit and the uploader's cannot touch rules.
 //!
+//! The probe and discovery services (`grpc.health.v1.Health`, server reflection:
+//! [`edge::health::OPEN_SERVICES`]) need no token: Kubernetes' probes and grpc_health_probe
+//! carry none, and they tell only whether the ingester is ready and what the schema is.
+//!
 //! A tower layer rather than a tonic interceptor: interceptors do not see which method is
 //! called. The check itself is [`RequireToken`] (constant time, never echoes the token).
 
@@ -44,6 +48,9 @@ impl TokenScopes {
 
     /// Whether a call to `path` with this `authorization` header value may proceed.
     pub fn allows(&self, path: &str, header: Option<&[u8]>) -> bool {
+        if edge::health::is_open_path(path) {
+            return true;
+        }
         match &self.uploader {
             Some(uploader) if SEGMENT_METHODS.contains(&path) => uploader.allows(header),
             _ => self.operator.allows(header),
@@ -124,6 +131,20 @@ mod tests {
         let single = TokenScopes::new(RequireToken::new(Some(Secret::new("op"))), None);
         assert!(single.allows(SEGMENT_METHODS[2], op));
         assert!(single.allows("/tdmq_backup.v1.Ingester/CreateRule", op));
+        // Probes and reflection with any token or none; nothing else without one.
+        for scopes in [&scopes, &single] {
+            for method in [
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ] {
+                assert!(scopes.allows(method, None), "{method}");
+                assert!(scopes.allows(method, Some(b"Bearer wrong")), "{method}");
+            }
+            assert!(!scopes.allows("/tdmq_backup.v1.Ingester/Status", None));
+            assert!(!scopes.allows("/grpc.health.v1.HealthX/Check", None));
+        }
         assert!(!format!("{scopes:?}").contains("op\""));
     }
 }

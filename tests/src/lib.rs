@@ -11,6 +11,7 @@ pub mod daemon_log;
 pub mod daemons;
 pub mod drain;
 pub mod example_config;
+pub mod http;
 pub mod oracle;
 pub mod ports;
 pub mod producer;

@@ -53,9 +53,16 @@ pub enum UploadError {
     )]
     TooLargeForSinglePut { len: u64, threshold: u64 },
 
-    /// An object-store request failed; `message` is the SDK's display chain.
+    /// An object-store request failed although the store answered (a refusal below 500, an
+    /// answer of no use); `message` is the SDK's display chain.
     #[error("{op} failed: {message}")]
     Store { op: &'static str, message: String },
+
+    /// An object-store request found no working store: it could not be reached, did not answer
+    /// in time, cut its answer off, or failed on its side (5xx). What the readiness probes call
+    /// "store unreachable".
+    #[error("{op} failed: {message}")]
+    StoreUnreachable { op: &'static str, message: String },
 
     /// An object key or bucket the embedded file store refuses (e.g. a `..` component).
     #[error("invalid object key {key:?}: {reason}")]

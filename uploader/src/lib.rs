@@ -89,7 +89,7 @@ pub async fn run(
         tracing::warn!(ingester = %config.ingester, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
     }
     if token.require.is_enabled() {
-        tracing::info!("control-plane token required on every gRPC call and sent to the ingester");
+        tracing::info!("control-plane token required on every gRPC call but health checks and reflection, and sent to the ingester");
     } else if !proto::auth::is_loopback(addr) {
         // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
         tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can read the uploader's status");
@@ -101,16 +101,31 @@ pub async fn run(
             .tls_config(tls.config.clone())
             .with_context(|| format!("tls_cert {}", tls.cert.display()))?;
     }
+    // The token guards the Uploader service only: the probes and grpcurl's reflection carry
+    // none, and tell only whether the uploader is ready and what the schema is.
+    let own = [proto::v1::uploader_server::SERVICE_NAME];
+    let readiness = status.readiness().clone();
+    let health = edge::health::health_server(readiness.clone(), &own);
+    let (reflection_v1, reflection_v1alpha) =
+        edge::health::reflection(&own).context("building the server reflection service")?;
     let server = tokio::spawn(
         server
-            .layer(tonic::service::InterceptorLayer::new(token.require.clone()))
-            .add_service(proto::UploaderServer::new(UploaderService::new(status)))
+            .add_service(proto::UploaderServer::with_interceptor(
+                UploaderService::new(status),
+                token.require.clone(),
+            ))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 // Nagle off: h2 writes a reply as several small frames, and with Nagle each unary call
                 // waited ~40 ms for the client's delayed ACK.
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = server_stop.wait_for(|stop| *stop).await;
+                    // Before the graceful stop begins: probes see NOT_SERVING, and health
+                    // watches end instead of holding the stop up.
+                    readiness.stopping();
                 },
             ),
     );

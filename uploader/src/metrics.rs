@@ -87,7 +87,7 @@ pub fn render(status: &UploaderStatusReply, upload_seconds: Histogram) -> String
 
 /// Serves `GET /metrics` until the task is aborted.
 pub async fn serve(listener: TcpListener, status: Arc<StatusState>) {
-    edge::metrics_http::serve(listener, move || {
+    edge::metrics_http::serve(listener, status.readiness().clone(), move || {
         let status = status.clone();
         async move { Ok(render(&status.snapshot(), status.upload_seconds())) }
     })

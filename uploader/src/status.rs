@@ -1,6 +1,16 @@
 //! What the uploader reports over its own gRPC service: counters, uploads in flight, the last
 //! error and whether the ingester is reachable. Error texts come from `UploadError`, which holds
 //! no credentials.
+//!
+//! Also its readiness for the probes (`grpc.health.v1`, `/readyz`): ready while the ingester
+//! answers ListSealed and the object store is not known to be unreachable. Both are learnt from
+//! the pipeline's own requests: the ingester's from every listing (about once a second, or
+//! after the listing backoff while it fails), the store's from each upload, whose last request
+//! either reached the store (even one it refused) or did not ([`UploadError::StoreUnreachable`],
+//! a file:// store's disk failing). Before the first upload the store counts as reachable: an
+//! idle uploader has nothing to learn it from, and is not kept out of service for that.
+//!
+//! [`UploadError::StoreUnreachable`]: crate::UploadError::StoreUnreachable
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +40,14 @@ struct InFlight {
     bytes_sent: Arc<AtomicU64>,
 }
 
+/// What the probes say while the ingester does not answer.
+pub const INGESTER_UNREACHABLE: &str = "ingester unreachable";
+/// ... while the last request to the object store could not reach it.
+pub const STORE_UNREACHABLE: &str = "store unreachable";
+
 pub struct StatusState {
     started: Instant,
+    readiness: edge::health::Readiness,
     store: String,
     inner: Mutex<Inner>,
     /// Seconds from the first byte read to the commit, per stored segment; `/metrics` only.
@@ -40,8 +56,11 @@ pub struct StatusState {
 
 impl StatusState {
     pub fn new(store: String) -> StatusState {
+        let readiness = edge::health::Readiness::new(&[INGESTER_UNREACHABLE]);
+        readiness.set(STORE_UNREACHABLE, true);
         StatusState {
             started: Instant::now(),
+            readiness,
             store,
             inner: Mutex::new(Inner::default()),
             upload_seconds: crate::metrics::upload_seconds_histogram(),
@@ -65,16 +84,34 @@ impl StatusState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The uploader's readiness, for the probes.
+    pub fn readiness(&self) -> &edge::health::Readiness {
+        &self.readiness
+    }
+
     pub fn ingester_reachable(&self) {
         let mut inner = self.lock();
         inner.ingester_reachable = true;
         inner.ingester_error.clear();
+        self.readiness.set(INGESTER_UNREACHABLE, true);
     }
 
     pub fn ingester_unreachable(&self, error: &str) {
         let mut inner = self.lock();
         inner.ingester_reachable = false;
         inner.ingester_error = error.to_string();
+        self.readiness.set(INGESTER_UNREACHABLE, false);
+    }
+
+    /// A request reached the object store (whatever it answered).
+    pub fn store_reachable(&self) {
+        self.readiness.set(STORE_UNREACHABLE, true);
+    }
+
+    /// A request could not reach the object store: not ready ([`STORE_UNREACHABLE`]) until
+    /// one does.
+    pub fn store_unreachable(&self) {
+        self.readiness.set(STORE_UNREACHABLE, false);
     }
 
     /// Registers an upload; the returned counter is advanced as bytes stream to the store.
@@ -200,5 +237,27 @@ mod tests {
         assert_eq!(snap.last_error, "PutObject failed: boom");
         assert!(!snap.ingester_reachable);
         assert_eq!(snap.store, "file:///tmp/x");
+    }
+
+    #[test]
+    fn ready_while_the_ingester_answers_and_the_store_is_not_known_unreachable() {
+        let s = StatusState::new("file:///tmp/x".into());
+        let reason = |s: &StatusState| s.readiness().check().map_err(|e| e.to_string());
+        // Not before the ingester first answered; the store counts as reachable until a
+        // request says otherwise.
+        assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
+        s.ingester_reachable();
+        assert_eq!(reason(&s), Ok(()));
+        s.store_unreachable();
+        assert_eq!(reason(&s), Err(STORE_UNREACHABLE.to_string()));
+        s.ingester_unreachable("connection refused");
+        assert_eq!(
+            reason(&s),
+            Err(format!("{INGESTER_UNREACHABLE}, {STORE_UNREACHABLE}"))
+        );
+        s.store_reachable();
+        assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
+        s.ingester_reachable();
+        assert_eq!(reason(&s), Ok(()));
     }
 }

@@ -158,7 +158,11 @@ async fn store_segment(
 
     // A crash (or a failed commit) after the store confirmed the object leaves it in place; the
     // same key with the same size and checksum is this segment, so commit it without re-sending.
-    match store.head_object(&seg.bucket, &seg.object_key).await {
+    let head = store.head_object(&seg.bucket, &seg.object_key).await;
+    if head.is_ok() {
+        ctx.status.store_reachable();
+    }
+    match head {
         Ok(Some(head))
             if head.size == seg.file_bytes
                 && head.metadata.get("content-crc32c") == Some(&seg.content_crc32c) =>
@@ -179,6 +183,11 @@ async fn store_segment(
     };
     let body = verify::verifying(body, expected, progress);
     let outcome = put_segment(&ctx.stores, &ctx.journal, &store, &target, seg, body).await;
+    match store_reached(&target, &outcome) {
+        Some(true) => ctx.status.store_reachable(),
+        Some(false) => ctx.status.store_unreachable(),
+        None => {}
+    }
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -190,6 +199,18 @@ async fn store_segment(
     };
     edge::failpoint::hit("uploader:after_put");
     Ok((outcome.etag, source))
+}
+
+/// Whether writing the object reached the store, for the readiness probes: yes when it was
+/// stored or refused, no when it could not reach a working store (a file:// store's disk
+/// failing included); `None` when the failure was elsewhere (the segment's bytes, the ingester).
+fn store_reached(target: &Target, outcome: &Result<PutOutcome, UploadError>) -> Option<bool> {
+    match outcome {
+        Ok(_) | Err(UploadError::Store { .. }) => Some(true),
+        Err(UploadError::StoreUnreachable { .. }) => Some(false),
+        Err(UploadError::Io { .. }) if matches!(target, Target::File(_)) => Some(false),
+        Err(_) => None,
+    }
 }
 
 /// What the segment's object is written as: its key, user metadata and content type.
@@ -251,6 +272,42 @@ fn check_segment(seg: &SegmentInfo) -> Result<(), UploadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_to_reach_a_working_store_make_it_unreachable() {
+        let s3 = Target::S3(crate::store::S3Target {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            path_style: true,
+            checksum: crate::store::RequestChecksum::Crc32c,
+        });
+        let file = Target::File("/tmp/store".into());
+        let disk = || UploadError::io("writing", "/tmp/store/x", std::io::Error::other("full"));
+        let stored: Result<PutOutcome, UploadError> = Ok(PutOutcome { etag: "e".into() });
+        let refused = Err(UploadError::Store {
+            op: "PutObject",
+            message: "the store answered HTTP 403 AccessDenied".into(),
+        });
+        let unreachable = || {
+            Err(UploadError::StoreUnreachable {
+                op: "PutObject",
+                message: "could not reach the store: connection refused".into(),
+            })
+        };
+        assert_eq!(store_reached(&s3, &stored), Some(true));
+        assert_eq!(store_reached(&s3, &refused), Some(true));
+        assert_eq!(store_reached(&s3, &unreachable()), Some(false));
+        assert_eq!(store_reached(&file, &unreachable()), Some(false));
+        assert_eq!(store_reached(&file, &Err(disk())), Some(false));
+        // The multipart journal's disk is the uploader's, not the store's.
+        assert_eq!(store_reached(&s3, &Err(disk())), None);
+        for elsewhere in [
+            UploadError::Integrity("length".into()),
+            UploadError::Ingester("ReadSegment: Unavailable".into()),
+        ] {
+            assert_eq!(store_reached(&s3, &Err(elsewhere)), None);
+        }
+    }
 
     #[test]
     fn metadata_names_rule_messages_and_checksum() {

@@ -25,14 +25,17 @@ impl IngesterApp {
             let Some(app) = app.upgrade() else { return };
             if !app.db.needs_reopen() {
                 failing = false;
+                app.readiness.set(super::SPOOL_REFUSING_WRITES, true);
                 continue;
             }
             if !failing {
+                app.readiness.set(super::SPOOL_REFUSING_WRITES, false);
                 warn!("the spool database failed a write and refuses every write until it is reopened; reopening it once disk_reserve_bytes is free on data_dir");
                 failing = true;
             }
             if app.recover_database().await {
                 failing = false;
+                app.readiness.set(super::SPOOL_REFUSING_WRITES, true);
             }
         }
     }

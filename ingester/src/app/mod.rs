@@ -40,6 +40,13 @@ pub mod rules;
 pub mod sealed_page;
 mod status;
 
+/// What the probes (`/readyz`, `grpc.health.v1`) say while the spool is not open yet.
+pub const SPOOL_NOT_OPEN: &str = "spool not open";
+/// ... while the stored rules are not all started yet.
+pub const RULES_NOT_LOADED: &str = "rules not loaded";
+/// ... while the spool database refuses writes until its reopen (`database`).
+pub const SPOOL_REFUSING_WRITES: &str = "spool database refusing writes";
+
 /// A running rule: its task, and what the app shares with the task.
 struct RuleHandle {
     spool: Arc<RuleSpool>,
@@ -68,6 +75,9 @@ pub struct IngesterApp {
     spool_id: String,
     /// This ingester's name in its consumers' names (`node_id`).
     node_id: String,
+    /// Ready once the spool is open and the rules started; not while the database refuses
+    /// writes; never again once shutting down. Read by the probes.
+    readiness: edge::health::Readiness,
 }
 
 impl IngesterApp {
@@ -78,6 +88,7 @@ impl IngesterApp {
         limits: ConsumerLimits,
         node_id: String,
     ) -> Result<Arc<IngesterApp>> {
+        let readiness = edge::health::Readiness::new(&[SPOOL_NOT_OPEN, RULES_NOT_LOADED]);
         std::fs::create_dir_all(&data_dir).map_err(|e| {
             IngesterError::io(format!("creating data_dir {}", data_dir.display()), e)
         })?;
@@ -95,6 +106,7 @@ impl IngesterApp {
         let history = Arc::new(History::open(&db, history_max_entries)?);
         let sealer = crate::seal::spawn(history.clone());
         let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
+        readiness.set(SPOOL_NOT_OPEN, true);
         let app = Arc::new(IngesterApp {
             db,
             data_dir,
@@ -108,6 +120,7 @@ impl IngesterApp {
             limits,
             spool_id,
             node_id,
+            readiness,
         });
         for stored in app.rules.list()? {
             let name = stored.config.name.clone();
@@ -115,8 +128,15 @@ impl IngesterApp {
             app.running.lock().await.insert(name.clone(), handle);
             info!(rule = %name, "rule started");
         }
+        app.readiness.set(RULES_NOT_LOADED, true);
         tokio::spawn(Self::watch_database(Arc::downgrade(&app)));
         Ok(app)
+    }
+
+    /// Whether the ingester is ready, for the probes; [`edge::health::Readiness::stopping`] when
+    /// it begins to shut down.
+    pub fn readiness(&self) -> &edge::health::Readiness {
+        &self.readiness
     }
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {

@@ -1,7 +1,10 @@
-//! The `GET /metrics` endpoint both daemons serve, for Prometheus scrapes: axum over HTTP/1.1
-//! (the axum tonic already links), one route, the body rendered at scrape time, and
-//! `Connection: close` on every reply — a scrape is one request every few seconds, and a client
-//! that reads until the connection closes (`curl --http1.0`, a shell `nc`) gets its answer.
+//! The HTTP port both daemons serve (`metrics_listen`): `GET /metrics` for Prometheus scrapes,
+//! and the probes `GET /healthz` (liveness: 200 `ok` while the process serves) and `GET /readyz`
+//! (readiness: 200 `ready`, or 503 `not ready: <what>` from the daemon's [`Readiness`]). axum
+//! over HTTP/1.1 (the axum tonic already links), the bodies made at request time, and
+//! `Connection: close` on every reply — a scrape or probe is one request every few seconds, and
+//! a client that reads until the connection closes (`curl --http1.0`, a shell `nc`) gets its
+//! answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+
+use crate::health::Readiness;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -27,17 +32,33 @@ pub async fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener
         .with_context(|| format!("metrics_listen: binding {addr}"))
 }
 
-/// The routes: `GET /metrics` answers what `render` produces (or 500 with its error), any other
-/// path 404, any other method on `/metrics` 405.
-pub fn router<F, Fut>(render: F) -> Router
+/// The routes: `GET /metrics` answers what `render` produces (or 500 with its error),
+/// `/healthz` and `/readyz` the probes, any other path 404, any other method 405.
+pub fn router<F, Fut>(readiness: Readiness, render: F) -> Router
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<String, String>> + Send + 'static,
 {
     Router::new()
         .route("/metrics", get(move || scrape(render.clone())))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+        // Liveness: answering at all is the proof; it stays 200 while the daemon shuts down, so
+        // a liveness probe never kills a daemon that is finishing its uploads.
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || ready(readiness.clone())))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") })
         .layer(map_response(close_after))
+}
+
+/// 200 `ready`, or 503 naming what is not (no detail beyond that: this port has no token).
+async fn ready(readiness: Readiness) -> Response {
+    match readiness.check() {
+        Ok(()) => "ready\n".into_response(),
+        Err(not_ready) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {not_ready}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn close_after(mut response: Response) -> Response {
@@ -63,14 +84,14 @@ where
 }
 
 /// Serves until the task is aborted. `render` produces the body for each scrape, or an error
-/// message (answered with 500).
-pub async fn serve<F, Fut>(listener: TcpListener, render: F)
+/// message (answered with 500); `/readyz` answers from `readiness`.
+pub async fn serve<F, Fut>(listener: TcpListener, readiness: Readiness, render: F)
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<String, String>> + Send + 'static,
 {
     // axum retries failed accepts itself; returning at all means the listener is unusable.
-    if let Err(err) = axum::serve(listener, router(render)).await {
+    if let Err(err) = axum::serve(listener, router(readiness, render)).await {
         tracing::warn!(error = %err, "metrics: the /metrics server stopped");
     }
 }
@@ -103,7 +124,10 @@ mod tests {
     async fn answers_scrapes_failures_and_other_requests() -> std::io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let up = tokio::spawn(serve(listener, || async { Ok("up 1\n".to_string()) }));
+        let readiness = Readiness::new(&[]);
+        let up = tokio::spawn(serve(listener, readiness, || async {
+            Ok("up 1\n".to_string())
+        }));
 
         let reply = request(addr, "GET /metrics HTTP/1.1").await?;
         assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
@@ -124,7 +148,9 @@ mod tests {
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let down = tokio::spawn(serve(listener, || async { Err("no status".to_string()) }));
+        let down = tokio::spawn(serve(listener, Readiness::new(&[]), || async {
+            Err("no status".to_string())
+        }));
         let reply = request(addr, "GET /metrics HTTP/1.1").await?;
         assert!(reply.starts_with("HTTP/1.1 500"), "{reply}");
         assert!(
@@ -132,6 +158,51 @@ mod tests {
             "{reply}"
         );
         down.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn healthz_is_live_and_readyz_follows_readiness() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let readiness = Readiness::new(&["ingester unreachable", "store unreachable"]);
+        let server = tokio::spawn(serve(listener, readiness.clone(), || async {
+            Ok(String::new())
+        }));
+        let ok =
+            |reply: &str, body: &str| reply.starts_with("HTTP/1.1 200") && reply.ends_with(body);
+        let refused = |reply: &str, body: &str| {
+            reply.starts_with("HTTP/1.1 503 Service Unavailable") && reply.ends_with(body)
+        };
+
+        let reply = request(addr, "GET /healthz HTTP/1.1").await?;
+        assert!(ok(&reply, "\r\n\r\nok\n"), "{reply}");
+        let reply = request(addr, "GET /readyz HTTP/1.1").await?;
+        assert!(
+            refused(
+                &reply,
+                "\r\n\r\nnot ready: ingester unreachable, store unreachable\n"
+            ),
+            "{reply}"
+        );
+        readiness.set("ingester unreachable", true);
+        let reply = request(addr, "GET /readyz HTTP/1.1").await?;
+        assert!(refused(&reply, "not ready: store unreachable\n"), "{reply}");
+        readiness.set("store unreachable", true);
+        let reply = request(addr, "GET /readyz HTTP/1.1").await?;
+        assert!(ok(&reply, "\r\n\r\nready\n"), "{reply}");
+        // HEAD, as some load balancers probe.
+        let reply = request(addr, "HEAD /readyz HTTP/1.1").await?;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+        readiness.stopping();
+        let reply = request(addr, "GET /readyz HTTP/1.1").await?;
+        assert!(refused(&reply, "not ready: shutting down\n"), "{reply}");
+        let reply = request(addr, "GET /healthz HTTP/1.1").await?;
+        assert!(ok(&reply, "ok\n"), "live while shutting down: {reply}");
+        let reply = request(addr, "POST /readyz HTTP/1.1").await?;
+        assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+        server.abort();
         Ok(())
     }
 

@@ -14,6 +14,7 @@ mod fairness;
 mod full_disk;
 mod harness_selftest;
 mod ops;
+mod probes;
 mod resume;
 mod rule_delete;
 mod rules_edit;

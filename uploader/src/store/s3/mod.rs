@@ -579,13 +579,25 @@ where
     }
 }
 
+/// [`UploadError::StoreUnreachable`] when the store could not be reached, timed out, cut its
+/// answer off or failed on its side (5xx); [`UploadError::Store`] when it answered with a
+/// refusal, or the request could not even be built here.
 fn sdk_error<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> UploadError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    UploadError::Store {
-        op,
-        message: describe_sdk_error(&err),
+    let message = describe_sdk_error(&err);
+    let unreachable = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(ctx) => ctx.raw().status().is_server_error(),
+        _ => false,
+    };
+    if unreachable {
+        UploadError::StoreUnreachable { op, message }
+    } else {
+        UploadError::Store { op, message }
     }
 }
 

@@ -1,4 +1,5 @@
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents, SharedCredentialsProvider};
@@ -362,4 +363,90 @@ async fn part_reader_cuts_exact_parts_and_reports_body_errors() {
             .expect("fits"),
         Bytes::from_static(b"abc")
     );
+}
+
+/// A loopback "store" that answers every request with `status` (and an S3 error body), for as
+/// long as the returned task runs; its endpoint URL.
+async fn answering(status: &'static str) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Enough to take the request head and the small body; the answer does not
+                // depend on them.
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await;
+                let body = "<Error><Code>Refused</Code><Message>by the test</Message></Error>";
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok((url, task))
+}
+
+async fn put_to(endpoint: String) -> UploadError {
+    let target = S3Target {
+        endpoint,
+        region: "us-east-1".into(),
+        path_style: true,
+        checksum: RequestChecksum::Crc32c,
+    };
+    // One attempt: the SDK's retries would only slow the test down.
+    let config = client_config(&shared(), &target)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    let store = S3Store::from_client_config(config, &target, 8 << 20, 8 << 20);
+    let req = PutRequest {
+        bucket: "bucket".into(),
+        key: "k".into(),
+        metadata: Vec::new(),
+        content_type: "application/gzip".into(),
+        total_len: 11,
+    };
+    store
+        .put_object(&req, body(vec![b"hello ", b"world"]))
+        .await
+        .expect_err("the store refuses or cannot be reached")
+}
+
+/// What the readiness probes call "store unreachable": no answer, or a failure on the store's
+/// side; a refusal is an answer.
+#[tokio::test]
+async fn store_errors_tell_an_unreachable_store_from_a_refusal() -> std::io::Result<()> {
+    let (refusing, task) = answering("403 Forbidden").await?;
+    let err = put_to(refusing).await;
+    assert!(matches!(err, UploadError::Store { .. }), "{err:?}");
+    assert!(err.to_string().contains("HTTP 403"), "{err}");
+    task.abort();
+
+    let (failing, task) = answering("503 Service Unavailable").await?;
+    let err = put_to(failing).await;
+    assert!(
+        matches!(err, UploadError::StoreUnreachable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+    task.abort();
+
+    // A store that hangs up on every connection (kept bound, so no other process can answer).
+    let hanging_up = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", hanging_up.local_addr()?);
+    let task = tokio::spawn(async move {
+        while let Ok((conn, _)) = hanging_up.accept().await {
+            drop(conn);
+        }
+    });
+    let err = put_to(url).await;
+    assert!(
+        matches!(err, UploadError::StoreUnreachable { .. }),
+        "{err:?}"
+    );
+    task.abort();
+    Ok(())
 }
