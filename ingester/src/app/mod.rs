@@ -40,6 +40,8 @@ pub mod rules;
 pub mod sealed_page;
 mod status;
 
+pub use status::RuleMetrics;
+
 /// A running rule: its task, and what the app shares with the task.
 struct RuleHandle {
     spool: Arc<RuleSpool>,
@@ -121,7 +123,7 @@ impl IngesterApp {
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
         let spool = self.open_spool(stored)?;
-        self.start_task(stored, spool, Arc::new(RuleStats::default()))
+        self.start_task(stored, spool, Arc::new(RuleStats::new()))
     }
 
     /// Opens (or recovers) a rule's spool and queues the segments it left closed. Once per rule
