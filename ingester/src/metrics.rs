@@ -191,7 +191,7 @@ pub fn render(scrape: &Scrape) -> String {
     }
     registry.register(
         "rule_state",
-        "1 for the rule's current state (running, paused, error)",
+        "1 for the rule's current state (running, paused, blocked, error)",
         state,
     );
 
@@ -267,6 +267,8 @@ mod tests {
                 messages_acked: 9,
                 quarantined_segments: 1,
                 backlog_age_ms: 1500,
+                broker_backlog_known: true,
+                broker_backlog_messages: 42,
                 ..v1::RuleStatus::default()
             }],
             uptime_secs: 7,
@@ -295,6 +297,7 @@ mod tests {
             "tdmq_backup_ingester_quarantined_segments_total{rule=\"orders\"} 1",
             "tdmq_backup_ingester_backlog_age_seconds{rule=\"orders\"} 1.5",
             "tdmq_backup_ingester_consumer_connected{rule=\"orders\"} 1",
+            "tdmq_backup_ingester_broker_backlog_messages{rule=\"orders\"} 42",
             "tdmq_backup_ingester_rule_state{rule=\"orders\",state=\"running\"} 1",
             "tdmq_backup_ingester_spool_disk_full 0",
             "tdmq_backup_ingester_uptime_seconds 7",
