@@ -8,6 +8,7 @@ mod cli;
 mod consumer;
 mod crash;
 mod decode_faults;
+mod deploy_files;
 mod dir_format;
 mod failover;
 mod fairness;
