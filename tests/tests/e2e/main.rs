@@ -14,6 +14,7 @@ mod failover;
 mod fairness;
 mod full_disk;
 mod harness_selftest;
+mod metrics;
 mod ops;
 mod resume;
 mod rule_delete;
