@@ -8,6 +8,8 @@ pub struct RuleStats {
     pub connected: AtomicBool,
     pub disk_full: AtomicBool,
     pub messages_consumed: AtomicU64,
+    /// Payload bytes of the messages counted in `messages_consumed`; read by `/metrics`.
+    pub consumed_bytes: AtomicU64,
     pub duplicates_dropped: AtomicU64,
     pub segments_stored: AtomicU64,
     pub messages_acked: AtomicU64,
@@ -23,6 +25,9 @@ pub struct RuleStats {
     /// was reported at all.
     pub broker_backlog: AtomicU64,
     pub broker_backlog_known: AtomicBool,
+    /// When these stats began: the rule's start in this process (a consumer restarted by an
+    /// edit keeps them). Before the first stored object, "nothing stored since" this.
+    pub since_ms: u64,
     text: Mutex<TextStats>,
 }
 
@@ -45,6 +50,14 @@ pub struct TextStats {
 }
 
 impl RuleStats {
+    /// Stats of a rule starting now.
+    pub fn new() -> RuleStats {
+        RuleStats {
+            since_ms: proto::types::time::now_millis(),
+            ..RuleStats::default()
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

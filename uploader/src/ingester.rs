@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use proto::auth::SendToken;
-use proto::v1::{ListSealedRequest, SegmentInfo, SegmentRef};
+use proto::v1::{ListSealedReply, ListSealedRequest, SegmentInfo, SegmentRef};
 use proto::IngesterClient;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
@@ -79,16 +79,17 @@ pub async fn connect(
     }
 }
 
-/// Sealed segments, oldest first; long-polls up to `wait_ms` when none is ready.
+/// Sealed segments, oldest first, and (from ingesters that send them) the names of the rules
+/// running; long-polls up to `wait_ms` when none is ready.
 pub async fn list_sealed(
     client: &mut Client,
     max: u32,
     wait_ms: u32,
-) -> Result<Vec<SegmentInfo>, UploadError> {
+) -> Result<ListSealedReply, UploadError> {
     let call = client.list_sealed(ListSealedRequest { max, wait_ms });
     let deadline = Duration::from_millis(u64::from(wait_ms)) + LIST_GRACE;
     match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner().segments),
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(UploadError::Ingester(format!(
             "ListSealed: {}",
             status_text(&status)

@@ -120,8 +120,13 @@ impl Puller {
                 _ = shutdown.changed() => continue,
             };
             let segments = match listed {
-                Ok(segments) => {
+                Ok(reply) => {
                     self.ctx.status.ingester_reachable();
+                    if let Some(rules) = &reply.rules {
+                        // A deleted rule's series leave /metrics.
+                        self.ctx.status.retain_rules(&rules.names);
+                    }
+                    let segments = reply.segments;
                     list_failures = 0;
                     self.sweep_if_due(&mut client).await;
                     segments
@@ -244,7 +249,10 @@ impl Puller {
             return;
         }
         self.next_sweep = Some(Instant::now() + multipart::SWEEP_INTERVAL);
-        match ingester::list_sealed(client, multipart::SWEEP_LIST_MAX, 0).await {
+        match ingester::list_sealed(client, multipart::SWEEP_LIST_MAX, 0)
+            .await
+            .map(|reply| reply.segments)
+        {
             Ok(all) if all.len() < multipart::SWEEP_LIST_MAX as usize => {
                 let aborted =
                     multipart::sweep(&self.ctx.stores, &self.ctx.journal, &all, &self.in_flight)

@@ -1,6 +1,7 @@
 //! What the uploader reports over its own gRPC service: counters, uploads in flight, the last
-//! error and whether the ingester is reachable. Error texts come from `UploadError`, which holds
-//! no credentials.
+//! error and whether the ingester is reachable; and, for `/metrics` only, the same counters per
+//! rule with the time of each rule's last stored object. Error texts come from `UploadError`,
+//! which holds no credentials.
 //!
 //! Also its readiness for the probes (`grpc.health.v1`, `/readyz`): ready while the ingester
 //! answers ListSealed and the object store is not known to be unreachable. Both are learnt from
@@ -30,6 +31,19 @@ struct Inner {
     last_error: String,
     last_error_at: String,
     in_flight: BTreeMap<(String, u64), InFlight>,
+    /// Per rule, for `/metrics`; a rule the ingester no longer runs is dropped
+    /// ([`StatusState::retain_rules`]). The totals above keep counting what it did.
+    rules: BTreeMap<String, RuleCounters>,
+}
+
+/// One rule's share of the counters, since the uploader started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub segments_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub upload_failures: u64,
+    /// Unix ms of the last object this uploader stored and committed for the rule; 0: none yet.
+    pub last_stored_ms: u64,
 }
 
 struct InFlight {
@@ -136,17 +150,42 @@ impl StatusState {
             .remove(&(rule.to_string(), segment_no));
     }
 
-    pub fn record_stored(&self, bytes: u64) {
+    /// One of `rule`'s segments is stored and committed.
+    pub fn record_stored(&self, rule: &str, bytes: u64) {
         let mut inner = self.lock();
         inner.segments_uploaded += 1;
         inner.bytes_uploaded += bytes;
+        let counters = inner.rules.entry(rule.to_string()).or_default();
+        counters.segments_uploaded += 1;
+        counters.bytes_uploaded += bytes;
+        counters.last_stored_ms = now_millis();
     }
 
-    pub fn record_failure(&self, error: &str) {
+    /// An attempt at one of `rule`'s segments failed (it is retried).
+    pub fn record_failure(&self, rule: &str, error: &str) {
         let mut inner = self.lock();
         inner.upload_failures += 1;
         inner.last_error = error.to_string();
         inner.last_error_at = rfc3339_from_millis(now_millis());
+        inner
+            .rules
+            .entry(rule.to_string())
+            .or_default()
+            .upload_failures += 1;
+    }
+
+    /// Drops the per-rule counters of every rule not in `running` (what the ingester runs now),
+    /// so that a deleted rule's series leave `/metrics`.
+    pub fn retain_rules(&self, running: &[String]) {
+        let running: std::collections::HashSet<&str> = running.iter().map(String::as_str).collect();
+        self.lock()
+            .rules
+            .retain(|name, _| running.contains(name.as_str()));
+    }
+
+    /// The per-rule counters, by rule name.
+    pub fn rule_counters(&self) -> BTreeMap<String, RuleCounters> {
+        self.lock().rules.clone()
     }
 
     pub fn snapshot(&self) -> UploaderStatusReply {
@@ -221,8 +260,8 @@ mod tests {
         assert_eq!(snap.in_flight[0].bytes_sent, 4);
         assert_eq!(snap.in_flight[0].attempt, 2);
         s.upload_finished("orders", 3);
-        s.record_stored(10);
-        s.record_failure("PutObject failed: boom");
+        s.record_stored("orders", 10);
+        s.record_failure("orders", "PutObject failed: boom");
         s.ingester_unreachable("connection refused");
         let snap = s.snapshot();
         assert!(snap.in_flight.is_empty());
@@ -259,5 +298,28 @@ mod tests {
         assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
         s.ingester_reachable();
         assert_eq!(reason(&s), Ok(()));
+    }
+
+    #[test]
+    fn counts_per_rule_and_forgets_rules_the_ingester_no_longer_runs() {
+        let s = StatusState::new("file:///tmp/x".into());
+        let before = now_millis();
+        s.record_stored("a", 10);
+        s.record_stored("a", 5);
+        s.record_stored("b", 7);
+        s.record_failure("b", "boom");
+        let rules = s.rule_counters();
+        assert_eq!(
+            (rules["a"].segments_uploaded, rules["a"].bytes_uploaded),
+            (2, 15)
+        );
+        assert_eq!(rules["a"].upload_failures, 0);
+        assert_eq!(rules["b"].upload_failures, 1);
+        assert!(rules["a"].last_stored_ms >= before);
+        s.retain_rules(&["b".to_string()]);
+        assert_eq!(s.rule_counters().keys().collect::<Vec<_>>(), ["b"]);
+        // The totals still count what the deleted rule's segments were.
+        let snap = s.snapshot();
+        assert_eq!((snap.segments_uploaded, snap.bytes_uploaded), (3, 22));
     }
 }

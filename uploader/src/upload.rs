@@ -83,7 +83,7 @@ pub async fn upload_segment(
     match result {
         Ok((outcome, upload_ms, source)) => {
             ctx.local_reads.forget(seg);
-            ctx.status.record_stored(seg.file_bytes);
+            ctx.status.record_stored(&seg.rule, seg.file_bytes);
             ctx.status.observe_upload(started.elapsed());
             tracing::info!(
                 key = %seg.object_key,
@@ -105,8 +105,10 @@ pub async fn upload_segment(
         Err(err) => {
             let text = crate::error::error_chain(&err);
             tracing::warn!(error = %text, attempt, "upload failed");
-            ctx.status
-                .record_failure(&format!("{}/{}: {text}", seg.rule, seg.segment_no));
+            ctx.status.record_failure(
+                &seg.rule,
+                &format!("{}/{}: {text}", seg.rule, seg.segment_no),
+            );
             committer::report_failure(client, seg, &text, attempt).await;
             if matches!(err, UploadError::CommitDeferred(_)) {
                 Outcome::Uncommitted(text)

@@ -124,7 +124,8 @@ impl proto::Ingester for IngesterService {
         let req = req.into_inner();
         let wait = Duration::from_millis(u64::from(req.wait_ms.min(30_000)));
         let segments = self.app.list_sealed(req.max as usize, wait).await;
-        Ok(Response::new(ListSealedReply { segments }))
+        let rules = Some(self.app.rule_names().await);
+        Ok(Response::new(ListSealedReply { segments, rules }))
     }
 
     type ReadSegmentStream =

@@ -56,6 +56,14 @@ impl IngesterApp {
         collect().await
     }
 
+    /// The names of the rules running now, sorted; ListSealed sends them along so that an
+    /// uploader drops a deleted rule's metrics.
+    pub async fn rule_names(&self) -> v1::RuleNames {
+        let mut names: Vec<String> = self.running.lock().await.keys().cloned().collect();
+        names.sort();
+        v1::RuleNames { names }
+    }
+
     /// Streams a sealed segment file, checking its CRC32C as it goes. A mismatch quarantines the
     /// file (it is rewritten from the spool) and ends the stream with DATA_LOSS.
     pub async fn read_segment(

@@ -46,6 +46,7 @@ pub const SPOOL_NOT_OPEN: &str = "spool not open";
 pub const RULES_NOT_LOADED: &str = "rules not loaded";
 /// ... while the spool database refuses writes until its reopen (`database`).
 pub const SPOOL_REFUSING_WRITES: &str = "spool database refusing writes";
+pub use status::RuleMetrics;
 
 /// A running rule: its task, and what the app shares with the task.
 struct RuleHandle {
@@ -141,7 +142,7 @@ impl IngesterApp {
 
     fn start_rule(&self, stored: &StoredRule) -> Result<RuleHandle> {
         let spool = self.open_spool(stored)?;
-        self.start_task(stored, spool, Arc::new(RuleStats::default()))
+        self.start_task(stored, spool, Arc::new(RuleStats::new()))
     }
 
     /// Opens (or recovers) a rule's spool and queues the segments it left closed. Once per rule

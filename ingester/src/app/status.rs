@@ -1,5 +1,5 @@
 //! Read-back for operators and `/metrics`: `status` (a rule's state, from what its task
-//! reports: [`rule_state`]), `segments`, `logs`, and the upload failures per rule.
+//! reports: [`rule_state`]), `segments`, `logs`, and what only `/metrics` shows per rule.
 
 use proto::v1;
 
@@ -7,6 +7,19 @@ use super::history::HistoryEntry;
 use super::IngesterApp;
 use crate::error::{IngesterError, Result};
 use crate::stats::{RuleStats, TextStats};
+
+/// A rule's counters that only `/metrics` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleMetrics {
+    pub name: String,
+    /// Failures the uploader reported.
+    pub upload_failures: u64,
+    /// Payload bytes of the messages consumed.
+    pub consumed_bytes: u64,
+    /// When the rule's last object was stored, or, before its first since the rule started in
+    /// this process, that start (unix ms): nothing was stored since at least then.
+    pub nothing_stored_since_ms: u64,
+}
 
 impl IngesterApp {
     pub async fn status(&self, name: Option<&str>) -> Result<v1::StatusReply> {
@@ -77,15 +90,34 @@ impl IngesterApp {
         })
     }
 
-    /// Upload failures the uploader reported, per rule (not in the status reply; for `/metrics`).
-    pub async fn upload_failures(&self) -> Vec<(String, u64)> {
+    /// What `/metrics` shows per rule besides the status reply, by rule name.
+    pub async fn rule_metrics(&self) -> Vec<RuleMetrics> {
         let running = self.running.lock().await;
-        let mut out: Vec<(String, u64)> = running
+        let mut out: Vec<RuleMetrics> = running
             .iter()
-            .map(|(name, h)| (name.clone(), RuleStats::get(&h.stats.upload_failures)))
+            .map(|(name, h)| {
+                let stored_ms = h.stats.text().last_stored_at_ms;
+                RuleMetrics {
+                    name: name.clone(),
+                    upload_failures: RuleStats::get(&h.stats.upload_failures),
+                    consumed_bytes: RuleStats::get(&h.stats.consumed_bytes),
+                    // Nothing stored yet since the rule started here: at least since then.
+                    nothing_stored_since_ms: if stored_ms > 0 {
+                        stored_ms
+                    } else {
+                        h.stats.since_ms
+                    },
+                }
+            })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Free bytes on `data_dir`'s filesystem (`None`: it cannot say) and the reserve below which
+    /// consumption pauses (`disk_reserve_bytes`), for `/metrics`.
+    pub fn spool_disk(&self) -> (Option<u64>, u64) {
+        (self.disk.free_bytes(), self.disk.reserve())
     }
 
     /// The rule's segments in the spool, for `segments`.

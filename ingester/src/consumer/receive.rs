@@ -149,6 +149,7 @@ impl RuleTask {
         }
         match seen.check(&id) {
             Redelivery::New => {
+                RuleStats::add(&self.stats.consumed_bytes, msg.payload.data.len() as u64);
                 let incoming = to_incoming(msg, id);
                 intake.bytes += incoming.json_len;
                 intake.batch.push(incoming);

@@ -2,9 +2,9 @@
 //! and fail the same way: open their own directory by its format stamp ([`dir_format`]), read
 //! their TLS and token files ([`tls`], [`token_file`]), check the settings they share
 //! ([`settings`]), log to stderr ([`logging`]), serve `/metrics`, `/healthz` and `/readyz`
-//! ([`metrics_http`]), answer probes and discovery over gRPC ([`health`]), stop on SIGINT/SIGTERM
-//! ([`shutdown`]), die at an armed crash point ([`failpoint`]) and report a fatal error as one
-//! line with exit code 1 ([`fatal`]).
+//! ([`metrics_http`]) with their build and process metrics ([`process_metrics`]), answer probes
+//! and discovery over gRPC ([`health`]), stop on SIGINT/SIGTERM ([`shutdown`]), die at an armed
+//! crash point ([`failpoint`]) and report a fatal error as one line with exit code 1 ([`fatal`]).
 //!
 //! `proto` stays the pure contract (types, wire rules, no IO); this crate is its IO-doing
 //! neighbour. It is not a grab-bag for code two crates happen to share: what belongs here is what
@@ -17,6 +17,7 @@ pub mod fatal;
 pub mod health;
 pub mod logging;
 pub mod metrics_http;
+pub mod process_metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod tls;

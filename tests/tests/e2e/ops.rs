@@ -273,7 +273,7 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
 
     let uploaded = sample(
         &uploader_body,
-        "tdmq_backup_uploader_segments_uploaded_total",
+        &format!("tdmq_backup_uploader_segments_uploaded_total{label}"),
     )?;
     assert_eq!(
         uploaded, stored,
@@ -287,9 +287,17 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
         uploaded,
         "{uploader_body}"
     );
-    assert!(sample(&uploader_body, "tdmq_backup_uploader_uploaded_bytes_total")? > 0.0);
+    assert!(
+        sample(
+            &uploader_body,
+            &format!("tdmq_backup_uploader_uploaded_bytes_total{label}")
+        )? > 0.0
+    );
     sample(&uploader_body, "tdmq_backup_uploader_uploads_in_flight")?;
-    sample(&uploader_body, "tdmq_backup_uploader_upload_failures_total")?;
+    sample(
+        &uploader_body,
+        &format!("tdmq_backup_uploader_upload_failures_total{label}"),
+    )?;
     assert_no_secret("ingester /metrics", &ingester_body);
     assert_no_secret("uploader /metrics", &uploader_body);
 

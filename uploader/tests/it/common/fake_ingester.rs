@@ -129,7 +129,11 @@ impl proto::Ingester for Fake {
         if segments.is_empty() {
             tokio::time::sleep(Duration::from_millis(u64::from(req.wait_ms).min(200))).await;
         }
-        Ok(Response::new(ListSealedReply { segments }))
+        // Like an ingester older than `rules`: the uploader keeps every rule's metrics.
+        Ok(Response::new(ListSealedReply {
+            segments,
+            rules: None,
+        }))
     }
 
     type ReadSegmentStream = Pin<Box<dyn Stream<Item = Result<SegmentChunk, Status>> + Send>>;
