@@ -60,6 +60,10 @@ mod tests {
         // A newer position is sent at once.
         assert!(reacks.due("t", &id(700), t0 + Duration::from_millis(10)));
         // After the interval the same position again, in case the last one was lost.
-        assert!(reacks.due("t", &id(700), t0 + REACK_INTERVAL + Duration::from_millis(10)));
+        assert!(reacks.due(
+            "t",
+            &id(700),
+            t0 + REACK_INTERVAL + Duration::from_millis(10)
+        ));
     }
 }

@@ -44,10 +44,12 @@ pub fn find(last_entries: &[(i32, Option<(u64, u64)>)], seen: &Seen) -> Option<W
 /// (one deleted and created again, or another cluster, means a new connection), and need not
 /// be checked again until the next one.
 pub fn proves_reach(last_entries: &[(i32, Option<(u64, u64)>)], seen: &Seen) -> bool {
-    last_entries.iter().all(|&(partition, last)| match seen.last(partition) {
-        None => true,
-        Some(spooled) => last.is_some_and(|last| last >= (spooled.ledger, spooled.entry)),
-    })
+    last_entries
+        .iter()
+        .all(|&(partition, last)| match seen.last(partition) {
+            None => true,
+            Some(spooled) => last.is_some_and(|last| last >= (spooled.ledger, spooled.entry)),
+        })
 }
 
 impl WentBack {

@@ -465,7 +465,8 @@ async fn a_full_spool_is_not_mistaken_for_a_lost_connection() -> anyhow::Result<
     while watched.elapsed() < Duration::from_secs(16) {
         let status = stack.rule_status(rule)?;
         assert_eq!(
-            status["consumer_connected"], true,
+            status["consumer_connected"],
+            true,
             "a full spool was reported as a lost connection after {:?}: {status}",
             watched.elapsed()
         );
