@@ -33,6 +33,13 @@ pub(super) struct Intake {
     pub(super) received: usize,
     /// Messages published before the rule's start time (dropped, see [`RuleTask::take`]).
     pub(super) before_start: u64,
+    /// A partition's stream went back below what it delivered before: a redelivery burst, or
+    /// pulsar-rs's consumer engine subscribed again by itself after its connection broke (on a
+    /// broker that may have lost the topic).
+    pub(super) rewound: bool,
+    /// The read took everything the consumers had buffered (it did not stop at a batch cap), so
+    /// their engines are not stuck behind a full queue.
+    pub(super) drained: bool,
 }
 
 /// Redeliveries dropped from one batch before encoding.
@@ -138,6 +145,9 @@ impl RuleTask {
             }
         }
         let part = &mut consumers.parts[index];
+        if part.last_decoded.is_some_and(|last| id < last) {
+            intake.rewound = true;
+        }
         part.last_decoded = Some(id);
         if let StartPosition::Timestamp(start_ms) = self.rule.start {
             // The seek by publish time is not honoured by every broker: until a partition's

@@ -43,7 +43,6 @@ impl RuleTask {
         // A batch that could not be spooled yet (disk full, IO error): retried before reading more.
         let mut pending: Option<Vec<Incoming>> = None;
         let mut ask_broker_backlog = true;
-        let mut last_id_answers = true;
         // The broker's ends proved that its topic reaches what was spooled: a redelivery on
         // this connection is one (see `source_reset::proves_reach`).
         let mut ids_proven = ids_proven;
@@ -127,7 +126,10 @@ impl RuleTask {
                     }
                     // Take whatever else is already buffered: one durable write for all.
                     while intake.received < MAX_BATCH && intake.bytes < MAX_BATCH_BYTES {
-                        let Some(item) = consumers.try_next() else { break };
+                        let Some(item) = consumers.try_next() else {
+                            intake.drained = true;
+                            break;
+                        };
                         if let Some(end) = self.take(consumers, item, &seen, &mut intake) {
                             return end;
                         }
@@ -135,22 +137,28 @@ impl RuleTask {
                     if intake.before_start > 0 {
                         RuleStats::add(&self.stats.before_start_dropped, intake.before_start);
                     }
-                    let Intake { batch, redelivered, bytes, .. } = intake;
                     // A message at or below what was spooled is a redelivery only if the broker's
-                    // topic still reaches that far: asked before anything of the batch is
-                    // spooled or acknowledged again (see `source_reset`).
-                    // Asked at most until the broker's answer proves it: at subscribe time
-                    // usually (see `RuleConsumers::add`), so a busy connection never waits on it.
-                    if redelivered.duplicates > 0 && last_id_answers && !ids_proven {
-                        let last_entries = consumers.last_entries().await;
-                        let seen = self.spool.seen();
-                        if last_entries.iter().all(|(_, last)| last.is_none()) {
-                            // Not asked again on this connection: each try may take seconds.
-                            last_id_answers = false;
-                        } else if let Some(went_back) = source_reset::find(&last_entries, &seen) {
-                            return ConsumeEnd::WentBack(went_back);
-                        } else {
-                            ids_proven = source_reset::proves_reach(&last_entries, &seen);
+                    // topic still reaches that far (see `source_reset`). Asked while the broker's answer has not proved it since the stream last went
+                    // back: pulsar-rs's engine resubscribes by itself after a broken connection,
+                    // so a broker that lost the topic can look like a redelivery on the same
+                    // consumer. Asked only after a read that drained the queues, so the request
+                    // does not wait behind a full one; until proved, nothing is acknowledged again.
+                    let Intake { batch, mut redelivered, bytes, rewound, drained, .. } = intake;
+                    if rewound {
+                        ids_proven = false;
+                    }
+                    if redelivered.duplicates > 0 && !ids_proven {
+                        if drained && consumers.answers_last_id() {
+                            let seen = self.spool.seen();
+                            if let Some(last_entries) = consumers.last_entries().await {
+                                if let Some(went_back) = source_reset::find(&last_entries, &seen) {
+                                    return ConsumeEnd::WentBack(went_back);
+                                }
+                                ids_proven = source_reset::proves_reach(&last_entries, &seen);
+                            }
+                        }
+                        if !ids_proven {
+                            redelivered.reack.clear();
                         }
                     }
                     self.drop_redelivered(redelivered, consumers, &mut reacks).await;

@@ -255,16 +255,29 @@ impl RuleConsumers {
         Ok(added)
     }
 
-    /// Each partition's last message as the broker tells it (ledger, entry), or `None` where it
-    /// does not say (an empty topic, a broker without the command, no answer in time). Waits
-    /// on the consumer engines: call it with the receive queues drained, or expect a timeout.
-    pub async fn last_entries(&mut self) -> Vec<(i32, Option<(u64, u64)>)> {
+    /// Each partition's last message as the broker tells it (ledger, entry), `None` for an
+    /// empty partition or one whose broker did not answer; `None` overall when no partition's
+    /// broker answered (without the command, or no answer in time). Waits on the consumer
+    /// engines: call it with the receive queues drained, or expect a timeout.
+    pub async fn last_entries(&mut self) -> Option<Vec<(i32, Option<(u64, u64)>)>> {
         // All partitions at once: a broker that never answers costs one timeout, not one each.
         let asks = self.parts.iter_mut().map(|part| async move {
             let last = last_entry(&part.topic, &mut part.consumer).await;
-            (part.partition, last.ok().flatten())
+            (part.partition, last)
         });
-        futures::future::join_all(asks).await
+        let answers = futures::future::join_all(asks).await;
+        answers.iter().any(|(_, last)| last.is_ok()).then(|| {
+            answers
+                .into_iter()
+                .map(|(partition, last)| (partition, last.ok().flatten()))
+                .collect()
+        })
+    }
+
+    /// Whether the broker answered for a partition's last message when subscribing (a broker
+    /// that does not is not asked mid-stream either).
+    pub fn answers_last_id(&self) -> bool {
+        self.last_id_answers
     }
 
     /// Each partition's last message as the broker named it right after subscribing.
@@ -421,25 +434,24 @@ impl RuleConsumers {
     }
 }
 
-/// A partition's last entry (ledger, entry) as the broker names it: `Ok(None)` when it does
-/// not say (an empty topic, a broker without the command), `Err` when it did not answer in
-/// time.
-async fn last_entry(
-    topic: &str,
-    consumer: &mut PulsarConsumer,
-) -> Result<Option<(u64, u64)>, tokio::time::error::Elapsed> {
-    let asked = tokio::time::timeout(LAST_ID_TIMEOUT, consumer.get_last_message_id()).await?;
-    Ok(match asked {
+/// A partition's last entry (ledger, entry) as the broker names it: `Ok(None)` for an empty
+/// topic, `Err` when the broker did not answer in time or refused the command.
+async fn last_entry(topic: &str, consumer: &mut PulsarConsumer) -> Result<Option<(u64, u64)>, ()> {
+    match tokio::time::timeout(LAST_ID_TIMEOUT, consumer.get_last_message_id()).await {
         // An empty topic's "last" entry is -1 (u64::MAX on the wire): nothing to compare.
-        Ok(ids) => ids
+        Ok(Ok(ids)) => Ok(ids
             .first()
             .map(|id| (id.ledger_id, id.entry_id))
-            .filter(|&(ledger, entry)| ledger != u64::MAX && entry != u64::MAX),
-        Err(err) => {
+            .filter(|&(ledger, entry)| ledger != u64::MAX && entry != u64::MAX)),
+        Ok(Err(err)) => {
             debug!(topic = %topic, error = %err, "the broker did not name the last message");
-            None
+            Err(())
         }
-    })
+        Err(_) => {
+            debug!(topic = %topic, "the broker did not name the last message in time");
+            Err(())
+        }
+    }
 }
 
 fn unknown_topic(topic: &str) -> pulsar::error::ConsumerError {
