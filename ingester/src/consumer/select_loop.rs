@@ -21,6 +21,11 @@ use crate::spool::Incoming;
 use crate::stats::RuleStats;
 
 const CONNECTION_CHECK_EVERY: u32 = 25;
+/// How long a mid-stream ask for the partitions' last ids may hold the loop, and how long after
+/// one that got no answer the next may be made: a busy consumer engine answers late, and
+/// waiting longer, or asking after every read, turned a redelivery storm into a trickle.
+const MID_STREAM_LAST_ID_TIMEOUT: Duration = Duration::from_millis(500);
+const LAST_ID_RETRY: Duration = Duration::from_secs(5);
 /// Ticks between looks at the topic's partition count (partitions added later are consumed).
 const PARTITION_CHECK_EVERY: u32 = 150;
 
@@ -50,6 +55,7 @@ impl RuleTask {
         // the consumer engines free to answer a request (see `check_connections`).
         let mut queues_read = true;
         let mut reacks = Reacks::default();
+        let mut next_last_id_ask: Option<tokio::time::Instant> = None;
         loop {
             let can_read = pending.is_none() && !self.paused && !self.spool_full().await;
             queues_read &= can_read;
@@ -142,23 +148,26 @@ impl RuleTask {
                     // back: pulsar-rs's engine resubscribes by itself after a broken connection,
                     // so a broker that lost the topic can look like a redelivery on the same
                     // consumer. Asked only after a read that drained the queues, so the request
-                    // does not wait behind a full one; until proved, nothing is acknowledged again.
-                    let Intake { batch, mut redelivered, bytes, rewound, drained, .. } = intake;
+                    // does not wait behind a full one. (Redeliveries are acknowledged again
+                    // meanwhile: pulsar-lite starves a consumer that leaves them unacknowledged.)
+                    let Intake { batch, redelivered, bytes, rewound, drained, .. } = intake;
                     if rewound {
                         ids_proven = false;
                     }
-                    if redelivered.duplicates > 0 && !ids_proven {
-                        if drained && consumers.answers_last_id() {
-                            let seen = self.spool.seen();
-                            if let Some(last_entries) = consumers.last_entries().await {
+                    let may_ask = next_last_id_ask.is_none_or(|at| tokio::time::Instant::now() >= at);
+                    if redelivered.duplicates > 0 && !ids_proven && drained && may_ask && consumers.answers_last_id() {
+                        let seen = self.spool.seen();
+                        match consumers.last_entries(MID_STREAM_LAST_ID_TIMEOUT).await {
+                            Some(last_entries) => {
+                                next_last_id_ask = None;
                                 if let Some(went_back) = source_reset::find(&last_entries, &seen) {
                                     return ConsumeEnd::WentBack(went_back);
                                 }
                                 ids_proven = source_reset::proves_reach(&last_entries, &seen);
                             }
-                        }
-                        if !ids_proven {
-                            redelivered.reack.clear();
+                            // Messages still queued ahead of the request in pulsar-rs (a broker
+                            // that sends more than the permits): asked again a while later.
+                            None => next_last_id_ask = Some(tokio::time::Instant::now() + LAST_ID_RETRY),
                         }
                     }
                     self.drop_redelivered(redelivered, consumers, &mut reacks).await;

@@ -188,7 +188,7 @@ impl RuleConsumers {
         // pulsar-rs's consumer engine, which answers only after it has handed every message
         // ahead of it to a queue that nothing reads until this returns.
         let last_at_subscribe = if self.last_id_answers {
-            let last = last_entry(&topic, &mut consumer).await;
+            let last = last_entry(&topic, &mut consumer, LAST_ID_TIMEOUT).await;
             self.last_id_answers = last.is_ok();
             last.ok().flatten()
         } else {
@@ -259,10 +259,13 @@ impl RuleConsumers {
     /// empty partition or one whose broker did not answer; `None` overall when no partition's
     /// broker answered (without the command, or no answer in time). Waits on the consumer
     /// engines: call it with the receive queues drained, or expect a timeout.
-    pub async fn last_entries(&mut self) -> Option<Vec<(i32, Option<(u64, u64)>)>> {
+    pub async fn last_entries(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Vec<(i32, Option<(u64, u64)>)>> {
         // All partitions at once: a broker that never answers costs one timeout, not one each.
         let asks = self.parts.iter_mut().map(|part| async move {
-            let last = last_entry(&part.topic, &mut part.consumer).await;
+            let last = last_entry(&part.topic, &mut part.consumer, timeout).await;
             (part.partition, last)
         });
         let answers = futures::future::join_all(asks).await;
@@ -436,8 +439,12 @@ impl RuleConsumers {
 
 /// A partition's last entry (ledger, entry) as the broker names it: `Ok(None)` for an empty
 /// topic, `Err` when the broker did not answer in time or refused the command.
-async fn last_entry(topic: &str, consumer: &mut PulsarConsumer) -> Result<Option<(u64, u64)>, ()> {
-    match tokio::time::timeout(LAST_ID_TIMEOUT, consumer.get_last_message_id()).await {
+async fn last_entry(
+    topic: &str,
+    consumer: &mut PulsarConsumer,
+    timeout: Duration,
+) -> Result<Option<(u64, u64)>, ()> {
+    match tokio::time::timeout(timeout, consumer.get_last_message_id()).await {
         // An empty topic's "last" entry is -1 (u64::MAX on the wire): nothing to compare.
         Ok(Ok(ids)) => Ok(ids
             .first()
