@@ -42,3 +42,26 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpReply> {
         body: body.to_string(),
     })
 }
+
+/// `GET /metrics` from `addr`: the body, or an error unless it answered 200.
+pub async fn metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let reply = get(addr, "/metrics").await?;
+    if reply.status != 200 {
+        bail!(
+            "GET /metrics from {addr} answered {}: {}",
+            reply.status,
+            reply.body
+        );
+    }
+    Ok(reply.body)
+}
+
+/// The value of the sample `series` (name plus labels, exactly as exposed) in a scrape's body.
+pub fn sample(body: &str, series: &str) -> anyhow::Result<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .with_context(|| format!("no {series} in:\n{body}"))?
+        .trim()
+        .parse::<f64>()
+        .with_context(|| format!("{series} is not a number"))
+}

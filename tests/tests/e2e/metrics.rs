@@ -7,13 +7,11 @@
 //! from it (scrapes, the store's objects) is plain data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use harness::{produce, read_all, sample_messages};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use harness::{http, produce, read_all, sample_messages};
 use tokio::sync::OnceCell;
 
 use crate::util::{unique_topic, Extra, Stack, BUCKET};
@@ -27,40 +25,6 @@ const ONLY_SOMETIMES: [(&str, &str); 1] = [(
     "tdmq_backup_ingester_broker_backlog_messages",
     "only for brokers that answer consumer stats; pulsar-lite does not (its rendering is covered by the ingester's unit test)",
 )];
-
-/// `GET /metrics` over a plain TCP connection; the body.
-async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the metrics port {addr}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .context("metrics did not answer")??;
-    let Some((head, body)) = response.split_once("\r\n\r\n") else {
-        bail!("not an HTTP response: {response}");
-    };
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("metrics answered {head}");
-    }
-    Ok(body.to_string())
-}
-
-/// The value of the sample `series` (name plus labels, exactly as exposed).
-fn value(body: &str, series: &str) -> anyhow::Result<f64> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .with_context(|| format!("no {series} in:\n{body}"))?
-        .trim()
-        .parse::<f64>()
-        .with_context(|| format!("{series} is not a number"))
-}
 
 /// The names a query uses for each family of the scrape, from its `# TYPE` lines: a counter's
 /// samples end in `_total`, an info's in `_info`; a histogram is queried by its `_bucket`,
@@ -192,8 +156,8 @@ async fn backup_two_rules() -> anyhow::Result<Run> {
         entry.0 += 1;
         entry.1 += object.content_length;
     }
-    let ingester = scrape(ingester_metrics).await?;
-    let uploader = scrape(uploader_metrics).await?;
+    let ingester = http::metrics(ingester_metrics).await?;
+    let uploader = http::metrics(uploader_metrics).await?;
 
     let out = stack.ctl(&["rule", "delete", DELETED]);
     if !out.status.success() {
@@ -208,7 +172,7 @@ async fn backup_two_rules() -> anyhow::Result<Run> {
         // The uploader learns of the deletion from its next ListSealed (a second or so).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let body = scrape(addr).await?;
+            let body = http::metrics(addr).await?;
             if !body.contains(&label) {
                 gone.push(body);
                 break;
@@ -247,7 +211,7 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
         assert!(objects >= 2, "{rule}: {objects} objects");
         let objects = objects as f64;
         assert_eq!(
-            value(
+            http::sample(
                 uploader,
                 &format!("tdmq_backup_uploader_segments_uploaded_total{l}")
             )?,
@@ -255,7 +219,7 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
             "{rule}: stored objects\n{uploader}"
         );
         assert_eq!(
-            value(
+            http::sample(
                 uploader,
                 &format!("tdmq_backup_uploader_uploaded_bytes_total{l}")
             )?,
@@ -263,14 +227,14 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
             "{rule}: stored bytes\n{uploader}"
         );
         assert_eq!(
-            value(
+            http::sample(
                 uploader,
                 &format!("tdmq_backup_uploader_upload_failures_total{l}")
             )?,
             0.0
         );
         assert_eq!(
-            value(
+            http::sample(
                 ingester,
                 &format!("tdmq_backup_ingester_segments_stored_total{l}")
             )?,
@@ -278,7 +242,7 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
             "{rule}\n{ingester}"
         );
         // Every produced message was received at least once; redeliveries are left out.
-        let consumed = value(
+        let consumed = http::sample(
             ingester,
             &format!("tdmq_backup_ingester_consumed_bytes_total{l}"),
         )?;
@@ -296,7 +260,7 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
             } else {
                 ingester
             };
-            let at = value(body, &series)?;
+            let at = http::sample(body, &series)?;
             assert!(
                 at >= run.started - 1.0 && at <= run.finished + 1.0,
                 "{series} = {at}, not within the run ({} .. {})",
@@ -310,18 +274,18 @@ async fn per_rule_series_match_the_store_and_a_deleted_rule_leaves_both_daemons(
             "tdmq_backup_build_info{{version=\"{}\",daemon=\"{daemon}\"}}",
             proto::VERSION
         );
-        assert_eq!(value(body, &build)?, 1.0, "{body}");
-        assert!(value(body, "process_resident_memory_bytes")? > 0.0);
-        assert!(value(body, "process_open_fds")? > 0.0);
-        assert!(value(body, "process_max_fds")? >= value(body, "process_open_fds")?);
-        assert!(value(body, "process_threads")? >= 1.0);
-        let started = value(body, "process_start_time_seconds")?;
+        assert_eq!(http::sample(body, &build)?, 1.0, "{body}");
+        assert!(http::sample(body, "process_resident_memory_bytes")? > 0.0);
+        assert!(http::sample(body, "process_open_fds")? > 0.0);
+        assert!(http::sample(body, "process_max_fds")? >= http::sample(body, "process_open_fds")?);
+        assert!(http::sample(body, "process_threads")? >= 1.0);
+        let started = http::sample(body, "process_start_time_seconds")?;
         assert!(
             started <= run.started + 1.0 && started > run.started - 600.0,
             "{daemon} started at {started}, the run at {}",
             run.started
         );
-        value(body, "process_cpu_seconds_total")?;
+        http::sample(body, "process_cpu_seconds_total")?;
     }
 
     // The deleted rule is gone from both; the other one is still there.

@@ -2,15 +2,13 @@
 //! `/metrics` endpoints, and secrets (the Pulsar token, the control-plane token) kept out of
 //! every reply, log line and error.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use harness::{produce, sample_messages};
+use anyhow::Context;
+use harness::{http, produce, sample_messages};
 use proto::auth::{SendToken, UNAUTHENTICATED};
 use proto::types::Secret;
 use proto::v1;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Endpoint;
 
 use crate::util::{unique_topic, Extra, Stack};
@@ -19,40 +17,6 @@ const PULSAR_TOKEN: &str = "pulsar-role-tok-7Qx2-never-shown";
 const CONTROL_TOKEN: &str = "ctl-plane-tok-9Zk4-never-shown";
 const RULE: &str = "ops-bk";
 const MESSAGES: usize = 300;
-
-/// `GET /metrics` over a plain TCP connection; the body.
-async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the metrics port {addr}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .context("metrics did not answer")??;
-    let Some((head, body)) = response.split_once("\r\n\r\n") else {
-        bail!("not an HTTP response: {response}");
-    };
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("metrics answered {head}");
-    }
-    Ok(body.to_string())
-}
-
-/// The value of the sample `series` (name plus labels, exactly as exposed).
-fn sample(body: &str, series: &str) -> anyhow::Result<f64> {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .with_context(|| format!("no {series} in:\n{body}"))?
-        .trim()
-        .parse::<f64>()
-        .with_context(|| format!("{series} is not a number"))
-}
 
 fn channel_endpoint(url: &str) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(5)))
@@ -233,45 +197,45 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
     assert!(up.ingester_reachable, "{up:?}");
 
     // 4. /metrics on both daemons agree with what happened.
-    let ingester_body = scrape(ingester_metrics).await?;
-    let uploader_body = scrape(uploader_metrics).await?;
+    let ingester_body = http::metrics(ingester_metrics).await?;
+    let uploader_body = http::metrics(uploader_metrics).await?;
     let label = format!("{{rule=\"{RULE}\"}}");
-    let acked = sample(
+    let acked = http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_messages_acked_total{label}"),
     )?;
     assert_eq!(acked, MESSAGES as f64, "{ingester_body}");
-    let consumed = sample(
+    let consumed = http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_messages_consumed_total{label}"),
     )?;
     assert!(consumed >= MESSAGES as f64, "{ingester_body}");
     assert_eq!(
-        sample(
+        http::sample(
             &ingester_body,
             &format!("tdmq_backup_ingester_spooled_messages{label}")
         )?,
         0.0
     );
-    let stored = sample(
+    let stored = http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_segments_stored_total{label}"),
     )?;
     assert!(stored >= (MESSAGES / 100) as f64, "{ingester_body}");
-    sample(
+    http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_backlog_age_seconds{label}"),
     )?;
-    sample(
+    http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_upload_failures_total{label}"),
     )?;
-    sample(
+    http::sample(
         &ingester_body,
         &format!("tdmq_backup_ingester_quarantined_segments_total{label}"),
     )?;
 
-    let uploaded = sample(
+    let uploaded = http::sample(
         &uploader_body,
         &format!("tdmq_backup_uploader_segments_uploaded_total{label}"),
     )?;
@@ -280,7 +244,7 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
         "every stored segment was uploaded by this uploader:\n{uploader_body}"
     );
     assert_eq!(
-        sample(
+        http::sample(
             &uploader_body,
             "tdmq_backup_uploader_upload_duration_seconds_count"
         )?,
@@ -288,13 +252,13 @@ async fn control_plane_token_is_required_metrics_count_and_no_secret_is_ever_sho
         "{uploader_body}"
     );
     assert!(
-        sample(
+        http::sample(
             &uploader_body,
             &format!("tdmq_backup_uploader_uploaded_bytes_total{label}")
         )? > 0.0
     );
-    sample(&uploader_body, "tdmq_backup_uploader_uploads_in_flight")?;
-    sample(
+    http::sample(&uploader_body, "tdmq_backup_uploader_uploads_in_flight")?;
+    http::sample(
         &uploader_body,
         &format!("tdmq_backup_uploader_upload_failures_total{label}"),
     )?;
