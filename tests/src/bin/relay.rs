@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use harness::relay::FlowAccounting;
 use harness::Relay;
 
 /// Makes pulsar-lite readable by pulsar-rs clients (adds the optional payload checksum and
@@ -19,6 +20,16 @@ struct Args {
     /// The pulsar-lite broker to forward to.
     #[arg(long, default_value = "127.0.0.1:6650")]
     broker: SocketAddr,
+    /// How flow permits reach pulsar-lite: `per-message` counts them as an Apache Pulsar broker
+    /// does; `passthrough` leaves pulsar-lite's own per-entry count.
+    #[arg(long, value_enum, default_value_t = Permits::PerMessage)]
+    permits: Permits,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Permits {
+    PerMessage,
+    Passthrough,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -32,7 +43,11 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let relay = Relay::start_on(args.listen, args.broker)
+    let accounting = match args.permits {
+        Permits::PerMessage => FlowAccounting::PerMessage,
+        Permits::Passthrough => FlowAccounting::Passthrough,
+    };
+    let relay = Relay::start_with_accounting(args.listen, args.broker, accounting)
         .with_context(|| format!("starting the relay on {}", args.listen))?;
     tracing::info!(url = %relay.url(), broker = %args.broker, "relay running");
 

@@ -10,7 +10,10 @@
 //! * a `LookupTopicResponse` gets its broker URLs replaced by the relay's own URL, otherwise the
 //!   client would look the topic up and then connect to the broker directly, bypassing the relay.
 //!
-//! Frames from the client to the broker pass through byte for byte.
+//! Frames from the client to the broker pass through byte for byte, except CommandFlow: pulsar-lite
+//! counts flow permits per entry where an Apache Pulsar broker counts them per message, so the
+//! relay keeps the client's message permits and grants pulsar-lite entries the way an Apache
+//! broker reads them ([`flow`]; [`FlowAccounting::Passthrough`] turns that off).
 //!
 //! For tests of entries a client cannot decode, a relay started with [`Faults`] also damages the
 //! compressed payload of chosen MESSAGE frames (metadata kept, checksum computed over the damaged
@@ -40,6 +43,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+
+mod flow;
+use flow::ConnectionFlow;
+pub use flow::FlowAccounting;
 
 /// The magic number that starts the optional checksum block of a payload frame.
 const MAGIC_CRC32C: [u8; 2] = [0x0e, 0x01];
@@ -79,7 +86,7 @@ impl Relay {
     /// synchronous code, it does not depend on the flavour of the caller's runtime, and dropping
     /// that runtime is what tears down every connection task at once.
     pub fn start_on(listen: SocketAddr, broker_addr: SocketAddr) -> anyhow::Result<Relay> {
-        Self::start_with(listen, broker_addr, None)
+        Self::start_with(listen, broker_addr, None, FlowAccounting::default())
     }
 
     /// Starts a relay on a free loopback port that also damages entries as `faults` says.
@@ -91,13 +98,24 @@ impl Relay {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             broker_addr,
             Some(faults),
+            FlowAccounting::default(),
         )
+    }
+
+    /// Starts a relay listening on `listen` that passes flow permits on as `accounting` says.
+    pub fn start_with_accounting(
+        listen: SocketAddr,
+        broker_addr: SocketAddr,
+        accounting: FlowAccounting,
+    ) -> anyhow::Result<Relay> {
+        Self::start_with(listen, broker_addr, None, accounting)
     }
 
     fn start_with(
         listen: SocketAddr,
         broker_addr: SocketAddr,
         faults: Option<Arc<Faults>>,
+        accounting: FlowAccounting,
     ) -> anyhow::Result<Relay> {
         let std_listener = std::net::TcpListener::bind(listen)
             .with_context(|| format!("relay: binding {listen}"))?;
@@ -126,7 +144,7 @@ impl Relay {
                         }
                     };
                     tokio::select! {
-                        () = accept_loop(listener, broker_addr, relay_url, faults) => {}
+                        () = accept_loop(listener, broker_addr, relay_url, faults, accounting) => {}
                         _ = shutdown_rx => {}
                     }
                 });
@@ -183,6 +201,7 @@ async fn accept_loop(
     broker_addr: SocketAddr,
     relay_url: String,
     faults: Option<Arc<Faults>>,
+    accounting: FlowAccounting,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -200,8 +219,14 @@ async fn accept_loop(
         let relay_url = relay_url.clone();
         let faults = faults.clone();
         connections.spawn(async move {
-            if let Err(error) =
-                relay_connection(client, broker_addr, &relay_url, faults.as_deref()).await
+            if let Err(error) = relay_connection(
+                client,
+                broker_addr,
+                &relay_url,
+                faults.as_deref(),
+                accounting,
+            )
+            .await
             {
                 tracing::debug!(%peer, error = format!("{error:#}"), "relay: connection ended");
             }
@@ -215,6 +240,7 @@ async fn relay_connection(
     broker_addr: SocketAddr,
     relay_url: &str,
     faults: Option<&Faults>,
+    accounting: FlowAccounting,
 ) -> anyhow::Result<()> {
     let (mut broker, early_bytes) = dial_broker(&mut client, broker_addr).await?;
     broker
@@ -226,11 +252,43 @@ async fn relay_connection(
     let (mut client_read, mut client_write) = client.into_split();
     let (mut broker_read, mut broker_write) = broker.into_split();
 
+    // Flow permits counted per message (see `flow`): the client's CommandFlow frames stop here
+    // and the relay sends pulsar-lite its own, from either direction's task, through `grants`.
+    let flow = Mutex::new(ConnectionFlow::default());
+    let (grants_tx, mut grants_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let upstream = async {
-        tokio::io::copy(&mut client_read, &mut broker_write)
-            .await
-            .context("client to broker")?;
-        anyhow::Ok(())
+        if accounting == FlowAccounting::Passthrough {
+            tokio::io::copy(&mut client_read, &mut broker_write)
+                .await
+                .context("client to broker")?;
+            return anyhow::Ok(());
+        }
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            tokio::select! {
+                Some(grant) = grants_rx.recv() => {
+                    broker_write.write_all(&grant).await.context("writing to broker")?;
+                }
+                read = client_read.read_buf(&mut buf) => {
+                    if read.context("reading from client")? == 0 {
+                        return anyhow::Ok(());
+                    }
+                    while let Some(frame) = take_frame(&mut buf)? {
+                        let mut grants = Vec::new();
+                        let forward = flow
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .from_client(&frame, |consumer, entries| grants.push(flow::flow_frame(consumer, entries)));
+                        if forward {
+                            broker_write.write_all(&frame).await.context("writing to broker")?;
+                        }
+                        for grant in grants {
+                            broker_write.write_all(&grant).await.context("writing to broker")?;
+                        }
+                    }
+                }
+            }
+        }
     };
     let downstream = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -242,6 +300,16 @@ async fn relay_connection(
                     .write_all(&out)
                     .await
                     .context("writing to client")?;
+                if accounting == FlowAccounting::PerMessage {
+                    let grant = flow
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .from_broker(&frame);
+                    if let Some((consumer, entries)) = grant {
+                        // The upstream task ends (and drops the receiver) only with the connection.
+                        let _ = grants_tx.send(flow::flow_frame(consumer, entries));
+                    }
+                }
             }
             let n = broker_read
                 .read_buf(&mut buf)
