@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use std::sync::Arc;
 
-use super::relay::{Faults, Relay};
+use super::relay::{Faults, FlowAccounting, Relay};
 use crate::ports::PortHold;
 
 /// Environment variable naming the pulsar-lite binary; overrides the `.venv` lookup.
@@ -39,6 +39,19 @@ pub struct PulsarLite {
     /// broker is down, so a restart gets it back and no other process can take it meanwhile.
     hold: PortHold,
     dir: TempDir,
+}
+
+/// How the relay passes flow permits on: `PULSAR_LITE_RELAY_PERMITS=passthrough` leaves
+/// pulsar-lite's per-entry count (to reproduce figures measured before the relay counted per
+/// message); unset or `per-message`, the Apache Pulsar way (`relay::FlowAccounting`).
+fn relay_accounting() -> anyhow::Result<FlowAccounting> {
+    match std::env::var("PULSAR_LITE_RELAY_PERMITS").as_deref() {
+        Err(_) | Ok("per-message") => Ok(FlowAccounting::PerMessage),
+        Ok("passthrough") => Ok(FlowAccounting::Passthrough),
+        Ok(other) => anyhow::bail!(
+            "PULSAR_LITE_RELAY_PERMITS={other:?}: expected `per-message` or `passthrough`"
+        ),
+    }
 }
 
 impl PulsarLite {
@@ -98,7 +111,11 @@ impl PulsarLite {
         }
         let relay = match &faults {
             Some(faults) => Relay::start_with_faults(addr, faults.clone()),
-            None => Relay::start(addr),
+            None => Relay::start_with_accounting(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                addr,
+                relay_accounting()?,
+            ),
         }
         .context("starting the relay")?;
         Ok(PulsarLite {
