@@ -9,6 +9,7 @@
 //! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service;
 //! - [`manifest`]: the bucket's record of what was stored (written before each commit).
 
+pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod committer;
@@ -113,7 +114,14 @@ pub async fn run(
     let server = tokio::spawn(
         server
             .add_service(proto::UploaderServer::with_interceptor(
-                UploaderService::new(status),
+                UploaderService::new(status).with_auditor(audit::Auditor {
+                    ctx: ctx.clone(),
+                    ingester: ingester::lazy(
+                        &config.ingester,
+                        config.ingester_tls.clone(),
+                        &token.send,
+                    )?,
+                }),
                 token.require.clone(),
             ))
             .add_service(health)
