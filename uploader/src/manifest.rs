@@ -56,11 +56,25 @@ pub fn entry_key_of(seg: &SegmentInfo) -> Result<String, UploadError> {
         .map_err(|e| UploadError::Segment(format!("window start {:?}: {e}", seg.window_start)))?
         .with_timezone(&Utc);
     Ok(manifest::entry_key(
-        &seg.prefix,
+        &prefix_of(seg),
         &seg.rule,
         window_start,
         &seg.object_key,
     ))
+}
+
+/// The rule's prefix. An ingester older than the manifest sends neither prefix nor topic; its
+/// keys are all `{prefix}{tenant}/{namespace}/{topic}/YYYY/MM/DD/HH/{name}`, so the prefix is
+/// what precedes the last eight parts.
+fn prefix_of(seg: &SegmentInfo) -> String {
+    if !seg.topic.is_empty() {
+        return seg.prefix.clone();
+    }
+    let parts: Vec<&str> = seg.object_key.split('/').collect();
+    match parts.len().checked_sub(8) {
+        Some(n) if n > 0 => format!("{}/", parts[..n].join("/")),
+        _ => String::new(),
+    }
 }
 
 /// Writes `seg`'s entry (its object is stored, with `etag`). Called before the segment is
@@ -332,6 +346,18 @@ mod tests {
             .await
             .expect("read");
         assert!(other.entries.is_empty() && other.files.is_empty());
+    }
+
+    #[test]
+    fn an_older_ingesters_segment_gets_its_prefix_from_the_key() {
+        let mut seg = segment(0, "2026-11-24T02:40:00.000Z");
+        seg.topic.clear();
+        seg.prefix.clear();
+        assert!(entry_key_of(&seg).expect("key").starts_with("p/.tdmq-backup/manifest/r/2026/11/24/02/"));
+        seg.object_key = "public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
+        assert!(entry_key_of(&seg).expect("key").starts_with(".tdmq-backup/manifest/r/"));
+        seg.object_key = "a/b/public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
+        assert!(entry_key_of(&seg).expect("key").starts_with("a/b/.tdmq-backup/"));
     }
 
     #[tokio::test]
