@@ -353,11 +353,17 @@ mod tests {
         let mut seg = segment(0, "2026-11-24T02:40:00.000Z");
         seg.topic.clear();
         seg.prefix.clear();
-        assert!(entry_key_of(&seg).expect("key").starts_with("p/.tdmq-backup/manifest/r/2026/11/24/02/"));
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with("p/.tdmq-backup/manifest/r/2026/11/24/02/"));
         seg.object_key = "public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
-        assert!(entry_key_of(&seg).expect("key").starts_with(".tdmq-backup/manifest/r/"));
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with(".tdmq-backup/manifest/r/"));
         seg.object_key = "a/b/public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
-        assert!(entry_key_of(&seg).expect("key").starts_with("a/b/.tdmq-backup/"));
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with("a/b/.tdmq-backup/"));
     }
 
     #[tokio::test]

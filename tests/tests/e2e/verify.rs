@@ -307,3 +307,92 @@ async fn verify_passes_a_complete_backup_and_names_every_damage() -> anyhow::Res
     );
     Ok(())
 }
+
+/// kill -9 of the uploader after it stored an object and before it wrote the object's manifest
+/// entry: that segment is not committed (so not acknowledged) at the crash; after the restart
+/// the entry is written before the commit, and verify finds the backup complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_store_and_commit_leaves_no_acknowledged_object_without_its_entry(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let topic = unique_topic("verify-crash");
+    let full_topic = format!("persistent://public/default/{topic}");
+    stack.create_rule(
+        "vc",
+        &topic,
+        &["--prefix", "c/", "--window", "1h", "--max-messages", "100"],
+    )?;
+    stack.uploader_extra = crate::util::Extra::failpoint("uploader:after_put@2");
+    if let Some(mut old) = stack.uploader.take() {
+        old.kill9()?;
+    }
+    stack.start_uploader().await?;
+    let messages = sample_messages(500, 5);
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let uploader = stack.uploader.as_mut().context("the uploader runs")?;
+        if uploader.try_status()?.is_some() {
+            assert!(
+                uploader
+                    .log()
+                    .contains("failpoint uploader:after_put reached"),
+                "{}",
+                uploader.log()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failpoint was never reached"
+        );
+        let _ = stack.ctl(&["rule", "flush", "vc"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // At the crash: every object without an entry belongs to a segment still waiting (sealed,
+    // not committed, so nothing of it is acknowledged on Pulsar).
+    let client = stack.s3.client();
+    let objects = list(&client, &format!("c/public/default/{topic}/")).await?;
+    let entries = list(&client, "c/.tdmq-backup/manifest/vc/").await?;
+    let named: BTreeSet<String> = entries
+        .iter()
+        .filter_map(|(k, _)| {
+            k.rsplit('/')
+                .next()
+                .map(|n| n.trim_end_matches(".json").to_string())
+        })
+        .collect();
+    let without: Vec<&String> = objects
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !named.contains(k.rsplit('/').next().unwrap_or_default()))
+        .collect();
+    assert!(
+        !without.is_empty(),
+        "the crash came after a PUT: {objects:?} {entries:?}"
+    );
+    let segments = stack.ctl_json_async(&["segments", "vc"]).await?;
+    for key in &without {
+        let segment = segments["segments"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["object_key"] == key.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(segment["state"], "sealed", "{key}: {segments}");
+    }
+
+    stack.uploader_extra = crate::util::Extra::default();
+    stack.uploader = None;
+    stack.start_uploader().await?;
+    stack
+        .wait_until_backed_up("vc", messages.len() as u64, Duration::from_secs(120))
+        .await?;
+    let objects = list(&client, &format!("c/public/default/{topic}/")).await?;
+    let entries = list(&client, "c/.tdmq-backup/manifest/vc/").await?;
+    assert_eq!(entries.len(), objects.len(), "{objects:?} {entries:?}");
+    let (code, v, stderr) = verify_json(&stack, &["vc", "--deep"]).await?;
+    assert_eq!(code, 0, "{v}\n{stderr}");
+    assert_eq!(v["messages"], messages.len() as u64, "{v}");
+    Ok(())
+}
