@@ -136,6 +136,100 @@ pub async fn write_rollup(
     .await
 }
 
+/// The hours of a rule that can no longer change: those before the hour of the oldest window
+/// among its segments not yet stored (open, sealing or sealed: their entries are still to come),
+/// and before the previous hour (a margin for the clocks of the two hosts).
+pub fn final_before(unfinished_windows: &[DateTime<Utc>], now: DateTime<Utc>) -> DateTime<Utc> {
+    let margin = manifest::hour_of(now - chrono::Duration::hours(1));
+    unfinished_windows
+        .iter()
+        .map(|t| manifest::hour_of(*t))
+        .min()
+        .map_or(margin, |oldest| oldest.min(margin))
+}
+
+/// Writes the rollup of every hour before `before` whose per-object entries a rollup does not
+/// hold yet (one LIST, then a GET per entry of those hours). The per-object entries stay: readers
+/// skip the ones a rollup holds, so planning costs a GET per hour, and the uploader needs no
+/// permission to delete. An hour with a document that cannot be read is left as it is. Returns
+/// how many rollups were written.
+pub async fn roll_up(
+    store: &Store,
+    bucket: &str,
+    prefix: &str,
+    rule: &str,
+    before: DateTime<Utc>,
+) -> Result<usize, UploadError> {
+    let rule_prefix = manifest::rule_prefix(prefix, rule);
+    let files = store.list_objects(bucket, &rule_prefix).await?;
+    let mut hours: std::collections::BTreeMap<DateTime<Utc>, (Option<String>, Vec<String>)> =
+        std::collections::BTreeMap::new();
+    for file in files {
+        match manifest::parse_key(&rule_prefix, &file.key) {
+            Some(ManifestKey::Rollup { hour }) if hour < before => {
+                hours.entry(hour).or_default().0 = Some(file.key);
+            }
+            Some(ManifestKey::Entry { hour }) if hour < before => {
+                hours.entry(hour).or_default().1.push(file.key);
+            }
+            _ => {}
+        }
+    }
+    let mut written = 0;
+    for (hour, (rollup_key, entry_keys)) in hours {
+        let mut entries = Vec::new();
+        if let Some(key) = rollup_key {
+            let doc = read_documents(store, bucket, vec![key.clone()]).await?;
+            match doc.into_iter().next().map(|(_, d)| {
+                d.and_then(|b| {
+                    serde_json::from_slice::<ManifestRollup>(&b).map_err(|e| e.to_string())
+                })
+            }) {
+                Some(Ok(rollup)) => entries = rollup.entries,
+                _ => {
+                    tracing::warn!(%key, "manifest rollup cannot be read; leaving its hour as it is");
+                    continue;
+                }
+            }
+        }
+        let folder = manifest::hour_prefix(prefix, rule, hour);
+        let held: std::collections::HashSet<String> = entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{folder}{}.json",
+                    e.key.rsplit('/').next().unwrap_or(&e.key)
+                )
+            })
+            .collect();
+        let missing: Vec<String> = entry_keys
+            .into_iter()
+            .filter(|k| !held.contains(k))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut readable = true;
+        for (key, doc) in read_documents(store, bucket, missing).await? {
+            match doc.and_then(|b| {
+                serde_json::from_slice::<ManifestEntry>(&b).map_err(|e| e.to_string())
+            }) {
+                Ok(entry) => entries.push(entry),
+                Err(error) => {
+                    tracing::warn!(%key, %error, "manifest entry cannot be read; not rolling its hour up");
+                    readable = false;
+                }
+            }
+        }
+        if !readable {
+            continue;
+        }
+        write_rollup(store, bucket, prefix, rule, hour, entries).await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
 /// A manifest document that could not be read as one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damaged {
@@ -346,6 +440,75 @@ mod tests {
             .await
             .expect("read");
         assert!(other.entries.is_empty() && other.files.is_empty());
+    }
+
+    #[test]
+    fn an_hour_is_final_once_nothing_of_it_can_still_be_stored() {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("t")
+                .with_timezone(&Utc)
+        };
+        let now = t("2026-11-24T05:20:00Z");
+        assert_eq!(final_before(&[], now), t("2026-11-24T04:00:00Z"));
+        assert_eq!(
+            final_before(&[t("2026-11-24T02:40:00Z"), t("2026-11-24T05:00:00Z")], now),
+            t("2026-11-24T02:00:00Z")
+        );
+        assert_eq!(
+            final_before(&[t("2026-11-24T05:10:00Z")], now),
+            t("2026-11-24T04:00:00Z")
+        );
+    }
+
+    #[tokio::test]
+    async fn final_hours_are_rolled_up_once_and_read_back_with_one_get_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::File(FileStore::new(dir.path()));
+        let segs = [
+            segment(0, "2026-11-24T02:40:00.000Z"),
+            segment(1, "2026-11-24T02:45:00.000Z"),
+            segment(2, "2026-11-24T03:00:00.000Z"),
+        ];
+        for seg in &segs {
+            write_entry(&store, seg, "\"e\"").await.expect("entry");
+        }
+        let before = DateTime::parse_from_rfc3339("2026-11-24T03:00:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            1
+        );
+        // Nothing new in the hour: not written again.
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            0
+        );
+        let listing = read_entries(&store, "b", "p/", "r", None, None)
+            .await
+            .expect("read");
+        assert_eq!(listing.entries.len(), 3);
+        // LIST, the 02:00 rollup, the 03:00 entry.
+        assert_eq!(listing.requests, 3);
+        // A late entry in a rolled-up hour (a retry) joins the rollup next time.
+        write_entry(&store, &segment(3, "2026-11-24T02:50:00.000Z"), "\"e\"")
+            .await
+            .expect("entry");
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            1
+        );
+        let listing = read_entries(&store, "b", "p/", "r", None, None)
+            .await
+            .expect("read");
+        assert_eq!((listing.entries.len(), listing.requests), (4, 3));
     }
 
     #[test]

@@ -138,9 +138,14 @@ impl Auditor {
                 }
                 Err(err) => {
                     tracing::warn!(rule = %rule.name, error = %err, "verify could not finish");
-                    Err(tonic::Status::unavailable(format!(
-                        "verify could not finish: {err}"
-                    )))
+                    let text = format!("verify could not finish: {err}");
+                    Err(match err {
+                        // The store answered, and refused (e.g. no GetObject or list permission).
+                        UploadError::Store { .. } | UploadError::EndpointNotAllowed(_) => {
+                            tonic::Status::failed_precondition(text)
+                        }
+                        _ => tonic::Status::unavailable(text),
+                    })
                 }
             };
             let _ = tx.send(event).await;
