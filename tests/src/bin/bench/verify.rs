@@ -33,15 +33,30 @@ impl Bench {
             .create_rule_async("bench", &topic, &["--prefix", "v/", "--window", "1h"])
             .await?;
         let client = stack.s3.client();
-        let written: Vec<u64> = futures::stream::iter(0..objects)
+        let written: Vec<(u64, Value)> = futures::stream::iter(0..objects)
             .map(|i| put_object(&client, &short, i))
             .buffer_unordered(16)
             .try_collect()
             .await?;
-        let bytes: u64 = written.iter().sum();
+        let bytes: u64 = written.iter().map(|(size, _)| size).sum();
 
         let mut rows = Vec::new();
-        for deep in [false, true] {
+        for (deep, rolled_up) in [(false, false), (true, false), (false, true)] {
+            if rolled_up {
+                // The hour's rollup, as the uploader writes it once the hour is final: the
+                // per-object entries stay, but are no longer read.
+                let rollup = json!({
+                    "format": 1, "rule": "bench", "hour": "2026-11-24T02:00:00.000Z",
+                    "entries": written.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+                });
+                client
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key("v/.tdmq-backup/manifest/bench/2026/11/24/02/_hour.json")
+                    .body(ByteStream::from(serde_json::to_vec(&rollup)?))
+                    .send()
+                    .await?;
+            }
             let mut args = vec!["verify", "bench"];
             if deep {
                 args.push("--deep");
@@ -53,7 +68,12 @@ impl Bench {
                 bail!("verify did not see the {objects} intact objects: {v}");
             }
             rows.push(Row {
-                scenario: if deep { "verify --deep" } else { "verify" }.into(),
+                scenario: match (deep, rolled_up) {
+                    (true, _) => "verify --deep",
+                    (false, false) => "verify",
+                    (false, true) => "verify, rolled up",
+                }
+                .into(),
                 messages: objects * RECORDS,
                 bytes,
                 seconds,
@@ -70,8 +90,12 @@ impl Bench {
 }
 
 /// Writes object `i` (ids `5:i*100 ..` of a non-partitioned topic) and its manifest entry;
-/// returns the object's size.
-async fn put_object(client: &aws_sdk_s3::Client, topic: &str, i: u64) -> anyhow::Result<u64> {
+/// returns the object's size and the entry.
+async fn put_object(
+    client: &aws_sdk_s3::Client,
+    topic: &str,
+    i: u64,
+) -> anyhow::Result<(u64, Value)> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     for r in 0..RECORDS {
         let entry = i * RECORDS + r;
@@ -132,5 +156,5 @@ async fn put_object(client: &aws_sdk_s3::Client, topic: &str, i: u64) -> anyhow:
         .body(ByteStream::from(serde_json::to_vec(&entry)?))
         .send()
         .await?;
-    Ok(size)
+    Ok((size, entry))
 }
