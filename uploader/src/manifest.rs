@@ -321,13 +321,22 @@ pub async fn read_entries(
 
 /// The rules with a manifest under `prefix` in `bucket` (for reading a backup whose rule is
 /// gone: then [`read_entries`] for each, or those of one topic). One LIST of the manifest folder.
-pub async fn rules_in(store: &Store, bucket: &str, prefix: &str) -> Result<Vec<String>, UploadError> {
+pub async fn rules_in(
+    store: &Store,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<String>, UploadError> {
     let root = format!("{prefix}{}manifest/", manifest::RESERVED_DIR);
     let mut rules: Vec<String> = store
         .list_objects(bucket, &root)
         .await?
         .iter()
-        .filter_map(|o| o.key.strip_prefix(&root)?.split_once('/').map(|(rule, _)| rule.to_string()))
+        .filter_map(|o| {
+            o.key
+                .strip_prefix(&root)?
+                .split_once('/')
+                .map(|(rule, _)| rule.to_string())
+        })
         .collect();
     rules.dedup();
     Ok(rules)
@@ -450,7 +459,10 @@ mod tests {
             .await
             .expect("read");
         assert!(none.entries.is_empty());
-        assert_eq!(rules_in(&store, "b", "p/").await.expect("rules"), vec!["r".to_string()]);
+        assert_eq!(
+            rules_in(&store, "b", "p/").await.expect("rules"),
+            vec!["r".to_string()]
+        );
         let other = read_entries(&store, "b", "p/", "r2", None, None)
             .await
             .expect("read");
