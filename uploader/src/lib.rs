@@ -6,8 +6,10 @@
 //! - [`puller`]: the loop (list sealed → upload → commit, with per-segment backoff);
 //! - [`upload`]: one attempt at one segment; [`verify`]: length and CRC32C while streaming;
 //! - [`ingester`] / [`committer`]: the hand-off RPCs;
-//! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service.
+//! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service;
+//! - [`manifest`]: the bucket's record of what was stored (written before each commit).
 
+pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod committer;
@@ -15,9 +17,11 @@ pub mod config;
 pub mod error;
 pub mod ingester;
 pub mod local_read;
+pub mod manifest;
 pub mod metrics;
 pub mod multipart;
 pub mod puller;
+pub mod rollup;
 pub mod status;
 pub mod store;
 pub mod upload;
@@ -108,10 +112,15 @@ pub async fn run(
     let health = edge::health::health_server(readiness.clone(), &own);
     let (reflection_v1, reflection_v1alpha) =
         edge::health::reflection(&own).context("building the server reflection service")?;
+    let ingester_client =
+        ingester::lazy(&config.ingester, config.ingester_tls.clone(), &token.send)?;
     let server = tokio::spawn(
         server
             .add_service(proto::UploaderServer::with_interceptor(
-                UploaderService::new(status),
+                UploaderService::new(status).with_auditor(audit::Auditor {
+                    ctx: ctx.clone(),
+                    ingester: ingester_client.clone(),
+                }),
                 token.require.clone(),
             ))
             .add_service(health)
@@ -133,6 +142,7 @@ pub async fn run(
     // on port 0 learns where it listens (the bound /metrics address is in "serving /metrics").
     tracing::info!(listen = %addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
 
+    let rollups = tokio::spawn(rollup::run(ctx.clone(), ingester_client, stop_rx.clone()));
     let pipeline = puller::run_pipeline(
         PullerSettings {
             ingester: config.ingester.clone(),
@@ -158,6 +168,8 @@ pub async fn run(
     if let Some(task) = metrics {
         task.abort();
     }
+    // A rollup cut short is written again at the next start.
+    rollups.abort();
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %error::error_chain(&err), "status service failed"),

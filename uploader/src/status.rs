@@ -221,11 +221,21 @@ impl StatusState {
 /// The `Uploader` gRPC service.
 pub struct UploaderService {
     state: Arc<StatusState>,
+    /// Verify (absent in tests of the status alone).
+    auditor: Option<crate::audit::Auditor>,
 }
 
 impl UploaderService {
     pub fn new(state: Arc<StatusState>) -> UploaderService {
-        UploaderService { state }
+        UploaderService {
+            state,
+            auditor: None,
+        }
+    }
+
+    pub fn with_auditor(mut self, auditor: crate::audit::Auditor) -> UploaderService {
+        self.auditor = Some(auditor);
+        self
     }
 }
 
@@ -236,6 +246,22 @@ impl proto::Uploader for UploaderService {
         _request: tonic::Request<UploaderStatusRequest>,
     ) -> Result<tonic::Response<UploaderStatusReply>, tonic::Status> {
         Ok(tonic::Response::new(self.state.snapshot()))
+    }
+
+    type VerifyStream = crate::audit::VerifyStream;
+
+    async fn verify(
+        &self,
+        request: tonic::Request<proto::v1::VerifyRequest>,
+    ) -> Result<tonic::Response<Self::VerifyStream>, tonic::Status> {
+        let auditor = self
+            .auditor
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unimplemented("verify is not served here"))?;
+        auditor
+            .verify(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 }
 

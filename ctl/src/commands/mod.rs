@@ -5,6 +5,7 @@ pub mod logs;
 pub mod rule;
 pub mod segments;
 pub mod status;
+pub mod verify;
 
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::client::{self, Auth, Daemon, Tls};
@@ -100,6 +101,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Status { name, .. } => status::run(&ctx, name).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Segments { name } => segments::run(&ctx, name).await,
+        Command::Verify {
+            name,
+            from,
+            to,
+            deep,
+        } => {
+            verify::run(
+                &ctx,
+                verify::VerifyArgs {
+                    name,
+                    from,
+                    to,
+                    deep,
+                },
+            )
+            .await
+        }
         Command::Completions { .. } => {
             anyhow::bail!("completions are printed by `execute`, not run as a command")
         }

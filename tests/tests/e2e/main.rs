@@ -23,3 +23,4 @@ mod rules_edit;
 mod security;
 mod tls;
 mod util;
+mod verify;
