@@ -76,3 +76,7 @@ echo "== first 2 records of $first (lines cut at 300 characters):"
 total=$(cd "$OUT/store" && find demo-bucket -type f -name '*.jsonl.gz' -exec zcat {} + | wc -l)
 echo "== $total records in the store, $acked messages acknowledged on Pulsar (produced $COUNT)"
 [ "$acked" -ge "$COUNT" ] || { echo "demo: not everything was backed up; see $OUT/*.log" >&2; exit 1; }
+echo "== verify: every object the rule stored is in the store, intact, and the message ids have no gaps"
+set -x
+"$BIN/tdmq-backup" verify demo-orders
+{ set +x; } 2>/dev/null
