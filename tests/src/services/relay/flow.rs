@@ -100,7 +100,7 @@ pub struct ConnectionFlow {
 impl ConnectionFlow {
     /// What to do with a frame from the client: `true` to forward it, `false` to keep it back
     /// (a CommandFlow, whose permits the relay now holds); `grant` receives entry permits to send.
-    pub fn from_client(&mut self, frame: &[u8], mut grant: impl FnMut(u64, u32)) -> bool {
+    pub fn on_client_frame(&mut self, frame: &[u8], mut grant: impl FnMut(u64, u32)) -> bool {
         let Some(command) = payloadless_command(frame) else {
             return true;
         };
@@ -121,7 +121,7 @@ impl ConnectionFlow {
     }
 
     /// Counts a frame from the broker; returns the entry permits to send for it, if any.
-    pub fn from_broker(&mut self, frame: &[u8]) -> Option<(u64, u32)> {
+    pub fn on_broker_frame(&mut self, frame: &[u8]) -> Option<(u64, u32)> {
         let (consumer_id, messages) = delivered_entry(frame)?;
         let consumer = self.consumers.get_mut(&consumer_id)?;
         consumer
@@ -286,8 +286,8 @@ mod tests {
         frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
         frame.extend_from_slice(&encoded);
         let mut grants = Vec::new();
-        assert!(connection.from_client(&frame, |c, p| grants.push((c, p))));
-        assert!(!connection.from_client(&flow_frame(7, 1000), |c, p| grants.push((c, p))));
+        assert!(connection.on_client_frame(&frame, |c, p| grants.push((c, p))));
+        assert!(!connection.on_client_frame(&flow_frame(7, 1000), |c, p| grants.push((c, p))));
         assert_eq!(grants, vec![(7, 1)]);
         assert_eq!(
             payloadless_command(&flow_frame(7, 1))
@@ -322,6 +322,6 @@ mod tests {
         frame.extend_from_slice(&cmd);
         frame.extend_from_slice(&payload);
         assert_eq!(delivered_entry(&frame), Some((7, 3)));
-        assert_eq!(connection.from_broker(&frame), Some((7, 1)));
+        assert_eq!(connection.on_broker_frame(&frame), Some((7, 1)));
     }
 }

@@ -278,7 +278,7 @@ async fn relay_connection(
                         let forward = flow
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .from_client(&frame, |consumer, entries| grants.push(flow::flow_frame(consumer, entries)));
+                            .on_client_frame(&frame, |consumer, entries| grants.push(flow::flow_frame(consumer, entries)));
                         if forward {
                             broker_write.write_all(&frame).await.context("writing to broker")?;
                         }
@@ -304,7 +304,7 @@ async fn relay_connection(
                     let grant = flow
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .from_broker(&frame);
+                        .on_broker_frame(&frame);
                     if let Some((consumer, entries)) = grant {
                         // The upstream task ends (and drops the receiver) only with the connection.
                         let _ = grants_tx.send(flow::flow_frame(consumer, entries));
