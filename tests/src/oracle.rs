@@ -312,6 +312,26 @@ fn field_mismatches(record: &Value, expected: &SampleMessage) -> Vec<String> {
     if key != &want_key {
         out.push(format!("key {key} != expected {want_key}"));
     }
+    let key_encoding = record.get("key_encoding").unwrap_or(&Value::Null);
+    let want_encoding = if expected.key_base64 && expected.key.is_some() {
+        Value::from("base64")
+    } else {
+        Value::Null
+    };
+    if key_encoding != &want_encoding {
+        out.push(format!(
+            "key_encoding {key_encoding} != expected {want_encoding}"
+        ));
+    }
+    let ordering_key = record.get("ordering_key").unwrap_or(&Value::Null);
+    let want_ordering = expected.ordering_key.as_ref().map_or(Value::Null, |k| {
+        Value::from(base64::engine::general_purpose::STANDARD.encode(k))
+    });
+    if ordering_key != &want_ordering {
+        out.push(format!(
+            "ordering_key {ordering_key} != expected {want_ordering}"
+        ));
+    }
 
     let properties: Option<BTreeMap<String, String>> = match record.get("properties") {
         None | Some(Value::Null) => Some(BTreeMap::new()),

@@ -435,6 +435,7 @@ async fn large_messages_cross_the_relay() -> anyhow::Result<()> {
                 key: Some(format!("big-{i}")),
                 properties: Default::default(),
                 event_time: None,
+                ..Default::default()
             }
         })
         .collect();
