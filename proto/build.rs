@@ -26,6 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".tdmq_backup.v1.LogEntry", "#[derive(serde::Serialize)]")
         .type_attribute(".tdmq_backup.v1.SegmentInfo", "#[derive(serde::Serialize)]")
         .type_attribute(
+            ".tdmq_backup.v1.PartitionSpan",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(
             ".tdmq_backup.v1.UploaderStatusReply",
             "#[derive(serde::Serialize)]",
         )

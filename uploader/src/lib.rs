@@ -6,7 +6,8 @@
 //! - [`puller`]: the loop (list sealed → upload → commit, with per-segment backoff);
 //! - [`upload`]: one attempt at one segment; [`verify`]: length and CRC32C while streaming;
 //! - [`ingester`] / [`committer`]: the hand-off RPCs;
-//! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service.
+//! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service;
+//! - [`manifest`]: the bucket's record of what was stored (written before each commit).
 
 pub mod auth;
 pub mod backoff;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod ingester;
 pub mod local_read;
+pub mod manifest;
 pub mod metrics;
 pub mod multipart;
 pub mod puller;

@@ -11,6 +11,7 @@ use crate::committer::{self, Commit};
 use crate::error::UploadError;
 use crate::ingester::{self, Client};
 use crate::local_read::LocalReads;
+use crate::manifest;
 use crate::multipart::{self, Journal};
 use crate::status::StatusState;
 use crate::store::{
@@ -172,6 +173,8 @@ async fn store_segment(
             tracing::info!(key = %seg.object_key, "object already stored; committing it");
             // A crash between CompleteMultipartUpload and removing the state leaves a record.
             multipart::forget(&ctx.stores, &ctx.journal, &seg.rule, seg.segment_no).await;
+            // The crash may also have come before the manifest entry was written.
+            manifest::write_entry(&store, seg, &head.etag).await?;
             return Ok((head.etag, Source::AlreadyStored));
         }
         Ok(_) => {}
@@ -200,6 +203,8 @@ async fn store_segment(
         }
     };
     edge::failpoint::hit("uploader:after_put");
+    // Before the commit: every segment Pulsar acknowledges has its entry in the manifest.
+    manifest::write_entry(&store, seg, &outcome.etag).await?;
     Ok((outcome.etag, source))
 }
 

@@ -11,7 +11,7 @@ use super::keys::{key, partition_suffix, segment_key, to_json, COUNTERS, WATERMA
 use super::log_record::LogEncoder;
 use super::record_log::LogWrite;
 use super::redelivery::{classify, Redelivery};
-use super::{Position, RuleSpool, SegmentMeta, SegmentState, State, Target};
+use super::{Position, RuleSpool, SegmentMeta, SegmentState, Span, State, Target};
 use crate::error::{IngesterError, Result};
 use crate::segment::cutter::Placement;
 
@@ -217,6 +217,9 @@ impl RuleSpool {
                     times_quarantined: 0,
                     log_crc32c: 0,
                     log_bytes: 0,
+                    partitions: BTreeMap::new(),
+                    newest_publish_ms: msg.publish_time_ms,
+                    source_changes: 0,
                 });
             }
             let policy = state.policy;
@@ -251,7 +254,18 @@ impl RuleSpool {
                 open.record_bytes += len;
                 open.last_id = Some(msg.id);
                 open.oldest_publish_ms = open.oldest_publish_ms.min(msg.publish_time_ms);
-                if msg.completes_entry() {
+                open.newest_publish_ms = open.newest_publish_ms.max(msg.publish_time_ms);
+                let completes = msg.completes_entry();
+                match open.partitions.get_mut(&partition) {
+                    Some(span) => span.extend(msg.id, msg.publish_time_ms, completes),
+                    None => {
+                        open.partitions.insert(
+                            partition,
+                            Span::start(msg.id, msg.publish_time_ms, completes),
+                        );
+                    }
+                }
+                if completes {
                     advance(&mut open.ack_positions, partition, msg);
                 }
                 policy.is_full(&open.stats())
@@ -296,6 +310,7 @@ impl RuleSpool {
         }
         meta.state = SegmentState::Closed;
         meta.target = state.target.clone();
+        meta.source_changes = state.counters.source_changes;
         let first_id = meta
             .first_id
             .ok_or_else(|| IngesterError::Corrupt("segment without first id".into()))?;

@@ -84,7 +84,7 @@ mod tests;
 pub use ack::{AckPlan, CommitOutcome};
 pub use append::{AppendOutcome, Incoming};
 pub use redelivery::{Redelivery, Seen};
-pub use state::{Position, SegmentMeta, SegmentState, Target};
+pub use state::{Position, SegmentMeta, SegmentState, Span, Target};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

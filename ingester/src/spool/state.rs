@@ -120,6 +120,49 @@ pub struct SegmentMeta {
     /// The length of the segment's record log that the spool knows to be durable.
     #[serde(default)]
     pub log_bytes: u64,
+    /// Per partition, the range of messages the segment holds (for the bucket's manifest).
+    /// Empty in segments opened before the field existed.
+    #[serde(default)]
+    pub partitions: BTreeMap<i32, Span>,
+    /// The newest publish time among the segment's messages (0 in segments opened before it).
+    #[serde(default)]
+    pub newest_publish_ms: u64,
+    /// The rule's source changes when the segment was closed (part of its object key).
+    #[serde(default)]
+    pub source_changes: u32,
+}
+
+/// One partition's messages in one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub first: MessageId,
+    pub last: MessageId,
+    pub messages: u64,
+    /// Whether `last` is the last message of its Pulsar entry.
+    pub last_completes_entry: bool,
+    pub oldest_publish_ms: u64,
+    pub newest_publish_ms: u64,
+}
+
+impl Span {
+    pub fn start(id: MessageId, publish_ms: u64, completes_entry: bool) -> Span {
+        Span {
+            first: id,
+            last: id,
+            messages: 1,
+            last_completes_entry: completes_entry,
+            oldest_publish_ms: publish_ms,
+            newest_publish_ms: publish_ms,
+        }
+    }
+
+    pub fn extend(&mut self, id: MessageId, publish_ms: u64, completes_entry: bool) {
+        self.last = id;
+        self.messages += 1;
+        self.last_completes_entry = completes_entry;
+        self.oldest_publish_ms = self.oldest_publish_ms.min(publish_ms);
+        self.newest_publish_ms = self.newest_publish_ms.max(publish_ms);
+    }
 }
 
 impl SegmentMeta {
@@ -162,6 +205,33 @@ impl SegmentMeta {
             },
             // Only ListSealed names it (for an uploader on this host).
             file_path: String::new(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(&partition, span)| proto::v1::PartitionSpan {
+                    partition,
+                    first_message_id: span.first.to_string(),
+                    last_message_id: span.last.to_string(),
+                    messages: span.messages,
+                    last_completes_entry: span.last_completes_entry,
+                    min_publish_time: rfc3339_from_millis(span.oldest_publish_ms),
+                    max_publish_time: rfc3339_from_millis(span.newest_publish_ms),
+                })
+                .collect(),
+            min_publish_time: if self.messages > 0 {
+                rfc3339_from_millis(self.oldest_publish_ms)
+            } else {
+                String::new()
+            },
+            // Unknown for a segment opened before the field existed.
+            max_publish_time: if self.newest_publish_ms > 0 {
+                rfc3339_from_millis(self.newest_publish_ms)
+            } else {
+                String::new()
+            },
+            source_changes: self.source_changes,
+            prefix: self.target.prefix.clone(),
+            topic: self.target.topic.clone(),
         }
     }
 }

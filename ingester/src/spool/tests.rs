@@ -203,6 +203,39 @@ async fn a_batch_split_across_segments_is_acked_only_when_complete() -> Result<(
     Ok(())
 }
 
+#[tokio::test]
+async fn segments_know_each_partitions_range_for_the_manifest() -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+    let db = open_db(&dir.path().join("db"))?;
+    let spool = open_spool(&db, dir.path(), 2)?;
+    spool
+        .append(
+            &[msg(1, 0, 3), msg(1, 1, 3), msg(1, 2, 3), msg(2, -1, 0)],
+            5,
+        )
+        .await?;
+    let segments = spool.segments();
+    let info: Vec<_> = segments.iter().map(|m| m.to_proto("r1")).collect();
+    assert_eq!(info.len(), 2);
+    let (a, b) = (&info[0].partitions[0], &info[1].partitions[0]);
+    assert_eq!(
+        (a.first_message_id.as_str(), a.last_message_id.as_str()),
+        ("1:1:-1:0", "1:1:-1:1")
+    );
+    assert_eq!(a.messages, 2);
+    // The batch of entry 1 goes on in the next segment.
+    assert!(!a.last_completes_entry);
+    assert_eq!(
+        (b.first_message_id.as_str(), b.last_message_id.as_str()),
+        ("1:1:-1:2", "1:2:-1:-1")
+    );
+    assert!(b.last_completes_entry);
+    assert_eq!(b.min_publish_time, "1970-01-01T00:00:01.001Z");
+    assert_eq!(info[1].max_publish_time, "1970-01-01T00:00:01.002Z");
+    assert_eq!(info[0].prefix, segments[0].target.prefix);
+    Ok(())
+}
+
 /// The spool's keys of rule r1, as they are now.
 fn snapshot(db: &Database) -> Result<Vec<(sled::IVec, sled::IVec)>> {
     let tree = db.open_tree(SPOOL_TREE)?;

@@ -1,4 +1,5 @@
 pub mod dir_format;
+pub mod manifest;
 pub mod message_id;
 pub mod object_key;
 pub mod record;

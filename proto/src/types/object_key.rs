@@ -60,6 +60,12 @@ impl TopicName {
                 return Err(format!("topic {input:?} has an invalid {what} {part:?}"));
             }
         }
+        // The manifest lives in `{prefix}.tdmq-backup/`; a tenant of that name would share it.
+        if tenant == super::manifest::RESERVED_TENANT {
+            return Err(format!(
+                "topic {input:?}: the tenant name {tenant:?} is reserved for tdmq-backup's manifest"
+            ));
+        }
         if topic.contains("-partition-") {
             return Err(format!(
                 "topic {input:?} names one partition; give the partitioned topic's name"
@@ -134,6 +140,7 @@ mod tests {
         assert!(TopicName::parse("a/b").is_err());
         assert!(TopicName::parse("persistent://a//c").is_err());
         assert!(TopicName::parse("orders-partition-3").is_err());
+        assert!(TopicName::parse("persistent://.tdmq-backup/ns/t").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{Body, ObjectHead, PutOutcome, PutRequest};
+use super::{Body, ListedObject, ObjectHead, PutOutcome, PutRequest};
 use crate::error::UploadError;
 
 const TMP_DIR: &str = ".tmp";
@@ -150,6 +150,107 @@ impl FileStore {
             etag,
             metadata,
         }))
+    }
+}
+
+impl FileStore {
+    /// Every object whose key starts with `prefix`, ordered by key; the ETag from the metadata
+    /// file (empty for an object copied in by hand).
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ListedObject>, UploadError> {
+        check_bucket(bucket)?;
+        let bucket_dir = self.root.join(bucket);
+        // Walk from the deepest folder the prefix names whole.
+        let start = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let mut out = Vec::new();
+        let mut dirs = vec![(bucket_dir.join(start), start.to_string())];
+        while let Some((dir, rel)) = dirs.pop() {
+            let mut read = match tokio::fs::read_dir(&dir).await {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(UploadError::io("listing", &dir, e)),
+            };
+            while let Some(item) = read
+                .next_entry()
+                .await
+                .map_err(|e| UploadError::io("listing", &dir, e))?
+            {
+                let name = item.file_name().to_string_lossy().into_owned();
+                let key = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                // The store's own scratch space is no object.
+                if rel.is_empty() && name == TMP_DIR {
+                    continue;
+                }
+                let file_type = item
+                    .file_type()
+                    .await
+                    .map_err(|e| UploadError::io("listing", item.path(), e))?;
+                if file_type.is_dir() {
+                    if key.starts_with(prefix) || prefix.starts_with(&key) {
+                        dirs.push((item.path(), key));
+                    }
+                } else if file_type.is_file() && key.starts_with(prefix) {
+                    let size = item
+                        .metadata()
+                        .await
+                        .map_err(|e| UploadError::io("reading", item.path(), e))?
+                        .len();
+                    let etag = match tokio::fs::read(self.meta_path(bucket, &key)).await {
+                        Ok(bytes) => serde_json::from_slice::<MetaFile>(&bytes)
+                            .map(|m| m.etag)
+                            .unwrap_or_default(),
+                        Err(_) => String::new(),
+                    };
+                    out.push(ListedObject { key, size, etag });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Body>, UploadError> {
+        let path = self.object_path(bucket, key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(UploadError::io("opening", &path, e)),
+        };
+        let stream = futures::stream::unfold(Some((file, path)), |state| async move {
+            use tokio::io::AsyncReadExt as _;
+            let (mut file, path) = state?;
+            let mut buf = vec![0u8; 256 << 10];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), Some((file, path))))
+                }
+                Err(e) => Some((Err(UploadError::io("reading", &path, e)), None)),
+            }
+        });
+        Ok(Some(stream.boxed()))
+    }
+
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), UploadError> {
+        let path = self.object_path(bucket, key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(UploadError::io("deleting", &path, e)),
+        }
+        let _ = tokio::fs::remove_file(self.meta_path(bucket, key)).await;
+        Ok(())
     }
 }
 

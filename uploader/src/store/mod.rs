@@ -45,6 +45,15 @@ pub struct PutOutcome {
     pub etag: String,
 }
 
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// As the store lists it (quoted on S3); empty when the store keeps none.
+    pub etag: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectHead {
     pub size: u64,
@@ -354,6 +363,60 @@ impl Store {
         match self {
             Store::S3(s) => s.head_object(bucket, key).await,
             Store::File(f) => f.head_object(bucket, key).await,
+        }
+    }
+
+    /// Every object whose key starts with `prefix`, ordered by key (all pages).
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ListedObject>, UploadError> {
+        match self {
+            Store::S3(s) => s.list_objects(bucket, prefix).await,
+            Store::File(f) => f.list_objects(bucket, prefix).await,
+        }
+    }
+
+    /// The object's bytes as they arrive; `None` when there is no such object.
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Body>, UploadError> {
+        match self {
+            Store::S3(s) => s.get_object(bucket, key).await,
+            Store::File(f) => f.get_object(bucket, key).await,
+        }
+    }
+
+    /// The whole object, refused above `limit` bytes (for small documents such as the
+    /// manifest's); `None` when there is no such object.
+    pub async fn get_small_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<Bytes>, UploadError> {
+        use futures::StreamExt as _;
+        let Some(mut body) = self.get_object(bucket, key).await? else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.len() > limit {
+                return Err(UploadError::Store {
+                    op: "GetObject",
+                    message: format!("{key} is larger than {limit} bytes"),
+                });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Some(Bytes::from(data)))
+    }
+
+    /// Deleting an object that is not there succeeds.
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), UploadError> {
+        match self {
+            Store::S3(s) => s.delete_object(bucket, key).await,
+            Store::File(f) => f.delete_object(bucket, key).await,
         }
     }
 }

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use super::list_parts_root::ListPartsRootFix;
 use super::part_buffers::PartBuffers;
 use super::{
-    Body, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum, S3Target,
-    FALLBACK_REGION,
+    Body, ListedObject, ObjectHead, PayloadSigning, PutOutcome, PutRequest, RequestChecksum,
+    S3Target, FALLBACK_REGION,
 };
 use crate::config::Credentials;
 use crate::error::UploadError;
@@ -536,6 +536,97 @@ impl S3Store {
                 }
             }
         }
+    }
+}
+
+impl S3Store {
+    /// ListObjectsV2, every page.
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ListedObject>, UploadError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("ListObjectsV2", e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                out.push(ListedObject {
+                    key: key.to_string(),
+                    size: object
+                        .size()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                    etag: object.e_tag().unwrap_or_default().to_string(),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Body>, UploadError> {
+        match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let stream = futures::stream::unfold(Some(out.body), |body| async move {
+                    let mut body = body?;
+                    match body.next().await {
+                        Some(Ok(bytes)) => Some((Ok(bytes), Some(body))),
+                        Some(Err(err)) => Some((
+                            Err(UploadError::StoreUnreachable {
+                                op: "GetObject",
+                                message: format!("reading the object failed: {err}"),
+                            }),
+                            None,
+                        )),
+                        None => None,
+                    }
+                });
+                Ok(Some(stream.boxed()))
+            }
+            Err(err) => {
+                let not_found = err.as_service_error().is_some_and(|e| e.is_no_such_key())
+                    || err
+                        .raw_response()
+                        .is_some_and(|r| r.status().as_u16() == 404);
+                if not_found {
+                    Ok(None)
+                } else {
+                    Err(sdk_error("GetObject", err))
+                }
+            }
+        }
+    }
+
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), UploadError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error("DeleteObject", e))
     }
 }
 
