@@ -16,12 +16,13 @@ use futures::future::{Either, Ready};
 use proto::auth::{RequireToken, UNAUTHENTICATED};
 use tonic::body::Body;
 
-/// The methods only the uploader calls.
-const SEGMENT_METHODS: [&str; 4] = [
+/// The methods only the uploader calls (the segment hand-off, and a restore job's messages).
+const SEGMENT_METHODS: [&str; 5] = [
     "/tdmq_backup.v1.Ingester/ListSealed",
     "/tdmq_backup.v1.Ingester/ReadSegment",
     "/tdmq_backup.v1.Ingester/CommitSegment",
     "/tdmq_backup.v1.Ingester/ReportUploadFailure",
+    "/tdmq_backup.v1.Ingester/RestoreProduce",
 ];
 
 /// Which token a call to `path` needs.

@@ -2,3 +2,4 @@
 //! uploader reads back from the store.
 
 pub mod producer;
+pub mod targets;
