@@ -166,6 +166,9 @@ struct Slot {
     file: Mutex<JobFile>,
     /// What the operator asked for last: "running", "paused" or "cancelled".
     wanted: watch::Sender<String>,
+    /// Held by the task running the job: a `resume` while the paused task is still finishing
+    /// its batch waits for it instead of producing beside it.
+    runner: tokio::sync::Mutex<()>,
 }
 
 pub struct RestoreManager {
@@ -291,6 +294,7 @@ impl RestoreManager {
             let slot = Arc::new(Slot {
                 wanted: watch::channel(wanted.to_string()).0,
                 file: Mutex::new(file.clone()),
+                runner: tokio::sync::Mutex::new(()),
             });
             manager
                 .jobs
@@ -398,6 +402,7 @@ impl RestoreManager {
         let slot = Arc::new(Slot {
             wanted: watch::channel("running".to_string()).0,
             file: Mutex::new(file.clone()),
+            runner: tokio::sync::Mutex::new(()),
         });
         {
             let mut jobs = self
@@ -475,7 +480,9 @@ impl RestoreManager {
             file.reason.clear();
         }
         self.save(&mut file)?;
-        let _ = slot.wanted.send(to_state.to_string());
+        // `send_replace`, not `send`: with no task running (a paused job) there is no receiver,
+        // and `send` would then leave the old value for the next task to read.
+        slot.wanted.send_replace(to_state.to_string());
         let reply = file.to_proto();
         drop(file);
         // A paused job's task stopped at its last confirmed batch; a failed one's ended.
@@ -497,13 +504,18 @@ impl RestoreManager {
 
     /// Runs a job until it is done, failed, paused or cancelled (or the uploader stops).
     async fn run(self: Arc<Self>, slot: Arc<Slot>) {
-        let job = slot
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spec
-            .job
-            .clone();
+        let _runner = slot.runner.lock().await;
+        let (job, state) = {
+            let f = slot
+                .file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (f.spec.job.clone(), f.state.clone())
+        };
+        // The task this one waited for may have finished the job meanwhile.
+        if state != "running" {
+            return;
+        }
         match self.run_job(&slot).await {
             Ok(Some(state)) => {
                 let _ = self.update(&slot, |f| {
@@ -559,6 +571,12 @@ impl RestoreManager {
             return Ok(None);
         };
         let mut throttle = Throttle::new(spec.rate);
+        // A fifth of a second's worth at a limited rate, so a pause takes effect soon and
+        // the rate is kept smoothly rather than in bursts.
+        let batch_size = match spec.rate {
+            0 => BATCH,
+            rate => usize::try_from(rate / 5).unwrap_or(BATCH).clamp(1, BATCH),
+        };
         for (index, part) in file.parts.iter().enumerate() {
             if part.position >= part.messages {
                 continue;
@@ -587,7 +605,7 @@ impl RestoreManager {
                     } else {
                         batch.push(to_message(record, here, part.target_partition));
                     }
-                    if batch.len() + skipped as usize >= BATCH {
+                    if batch.len() + skipped as usize >= batch_size {
                         if !self
                             .flush(
                                 slot,
@@ -639,7 +657,10 @@ impl RestoreManager {
         skipped: &mut u64,
         pos: u64,
     ) -> Result<bool, String> {
-        if *wanted.borrow() != "running" || *self.shutdown.borrow() {
+        let stopped = |wanted: &watch::Receiver<String>| {
+            *wanted.borrow() != "running" || *self.shutdown.borrow()
+        };
+        if stopped(wanted) {
             return Ok(false);
         }
         let (job, source_partition) = {
@@ -652,6 +673,9 @@ impl RestoreManager {
         let produced = batch.len() as u64;
         if !batch.is_empty() {
             throttle.wait(batch.len()).await;
+            if stopped(wanted) {
+                return Ok(false);
+            }
             let request = RestoreProduceRequest {
                 job: job.clone(),
                 source_partition,

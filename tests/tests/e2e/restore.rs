@@ -405,7 +405,14 @@ async fn time_range_partitions_pause_resume_and_cancel() -> anyhow::Result<()> {
         let show = stack.ctl_json(&["restore", "show", "slow"])?;
         Ok((show["produced"].as_u64() > a2.as_u64()).then_some(()))
     })
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "--- uploader:\n{}\n--- ingester:\n{}",
+            stack.log_tail("uploader.log"),
+            stack.log_tail("ingester.log")
+        )
+    })?;
     assert_eq!(
         stack.ctl_json(&["restore", "cancel", "slow"])?["state"],
         "cancelled"
