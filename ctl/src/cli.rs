@@ -201,7 +201,7 @@ pub enum RestoreCommand {
       --token-file ./target-token.txt --from 2026-11-24T00:00:00Z --rate 5000/s
   tdmq-backup restore create orders-back --rule orders-backup --to-topic orders \\
       --service-url pulsar://10.0.0.9:6650 --dry-run")]
-    Create(RestoreCreateArgs),
+    Create(Box<RestoreCreateArgs>),
     /// Every restore job with its state and progress.
     List,
     /// One job: state (and why it failed), plan and progress per source partition.

@@ -58,6 +58,30 @@ impl fmt::Debug for RuleSpec {
     }
 }
 
+impl fmt::Debug for RestoreTargetRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let RestoreTargetRequest {
+            job,
+            to_topic,
+            service_url,
+            token,
+            dry_run,
+        } = self;
+        let token: &dyn fmt::Debug = if token.is_empty() {
+            &None::<()>
+        } else {
+            &format_args!("{REDACTED}")
+        };
+        f.debug_struct("RestoreTargetRequest")
+            .field("job", job)
+            .field("to_topic", to_topic)
+            .field("service_url", service_url)
+            .field("token", token)
+            .field("dry_run", dry_run)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::v1::{CreateRuleRequest, EditRuleRequest, RuleSpec};
@@ -101,28 +125,18 @@ mod tests {
         };
         assert!(format!("{without:?}").contains("token: None"));
     }
-}
 
-impl fmt::Debug for RestoreTargetRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let RestoreTargetRequest {
-            job,
-            to_topic,
-            service_url,
-            token,
-            dry_run,
-        } = self;
-        let token: &dyn fmt::Debug = if token.is_empty() {
-            &None::<()>
-        } else {
-            &format_args!("{REDACTED}")
+    #[test]
+    fn a_restore_target_token_is_not_printed() {
+        let req = crate::v1::RestoreTargetRequest {
+            job: "j".into(),
+            token: "tok-secret".into(),
+            ..Default::default()
         };
-        f.debug_struct("RestoreTargetRequest")
-            .field("job", job)
-            .field("to_topic", to_topic)
-            .field("service_url", service_url)
-            .field("token", token)
-            .field("dry_run", dry_run)
-            .finish()
+        let shown = format!("{req:?}");
+        assert!(
+            !shown.contains("tok-secret") && shown.contains("***"),
+            "{shown}"
+        );
     }
 }

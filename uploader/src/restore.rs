@@ -192,6 +192,10 @@ fn ms_of(t: Option<DateTime<Utc>>) -> Option<u64> {
     t.and_then(|t| u64::try_from(t.timestamp_millis()).ok())
 }
 
+/// An object of a partition's plan: its order (source, first id of the partition), key and
+/// message count.
+type PlannedObject = ((u32, (u64, u64, i32)), String, u64);
+
 /// The plan of a job: per selected source partition, the objects holding it, ordered by the
 /// partition's first message id (source changes first: ids of different sources are not
 /// comparable), and where it goes in the target.
@@ -205,7 +209,7 @@ fn plan(
         .flat_map(|e| e.partitions.iter().map(|p| p.partition))
         .max()
         .map_or(0, |max| u32::try_from(max + 1).unwrap_or(0));
-    let mut by_part: BTreeMap<i32, Vec<((u32, (u64, u64, i32)), String, u64)>> = BTreeMap::new();
+    let mut by_part: BTreeMap<i32, Vec<PlannedObject>> = BTreeMap::new();
     for e in entries {
         if e.partitions.is_empty() {
             return Err(RestoreError::Invalid(format!(
@@ -605,8 +609,8 @@ impl RestoreManager {
                     } else {
                         batch.push(to_message(record, here, part.target_partition));
                     }
-                    if batch.len() + skipped as usize >= batch_size {
-                        if !self
+                    if batch.len() + skipped as usize >= batch_size
+                        && !self
                             .flush(
                                 slot,
                                 &mut client,
@@ -618,9 +622,8 @@ impl RestoreManager {
                                 pos,
                             )
                             .await?
-                        {
-                            return Ok(None);
-                        }
+                    {
+                        return Ok(None);
                     }
                 }
             }

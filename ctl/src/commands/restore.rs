@@ -17,7 +17,7 @@ use crate::table::{self, Column, Layout};
 
 pub async fn run(ctx: &Ctx, cmd: RestoreCommand) -> anyhow::Result<Report> {
     match cmd {
-        RestoreCommand::Create(args) => create(ctx, args).await,
+        RestoreCommand::Create(args) => create(ctx, *args).await,
         RestoreCommand::List => {
             let mut uploader = ctx.uploader().await?;
             let reply = uploader

@@ -17,7 +17,7 @@ use harness::services::pulsar_lite::PulsarLite;
 fn message(i: u64) -> OutMessage {
     OutMessage {
         sequence_id: 1000 + i,
-        payload: if i % 3 == 0 {
+        payload: if i.is_multiple_of(3) {
             vec![0xff, 0x00, i as u8]
         } else {
             format!("m{i}").into_bytes()
@@ -28,12 +28,12 @@ fn message(i: u64) -> OutMessage {
             _ => Some("/wAB".to_string()),
         },
         key_base64: i % 4 >= 2,
-        ordering_key: (i % 2 == 0).then(|| vec![0, 0xfe, i as u8]),
+        ordering_key: i.is_multiple_of(2).then(|| vec![0, 0xfe, i as u8]),
         properties: vec![
             ("z".to_string(), i.to_string()),
             ("a".to_string(), "é \" x".to_string()),
         ],
-        event_time_ms: (i % 5 != 0).then_some(1_700_000_000_000 + i),
+        event_time_ms: (!i.is_multiple_of(5)).then_some(1_700_000_000_000 + i),
     }
 }
 
