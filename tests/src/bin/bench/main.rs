@@ -5,7 +5,7 @@
 //! them with the real `tdmq-backup` CLI, and prints one table at the end. Never a test: numbers
 //! depend on the machine. See docs/benchmarks.md for what each scenario measures and how.
 //!
-//! Each scenario has its module (`baseline`, `e2e`, `uploader`, `latency`, `sizes`, `rules`,
+//! Each scenario has its module (`baseline`, `e2e`, `uploader`, `latency`, `sizes`, `rules`, `restore`,
 //! `big`); `stack` starts the harness's [`harness::Stack`] they run on, `process` reads the
 //! daemons' /proc figures, `messages` makes the payloads, and `table` prints the results.
 //!
@@ -21,6 +21,7 @@ mod e2e;
 mod latency;
 mod messages;
 mod process;
+mod restore;
 mod rules;
 mod sizes;
 mod stack;
@@ -48,7 +49,7 @@ const MIB: usize = 1 << 20;
 )]
 struct Args {
     /// `all`, or a comma list of
-    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,steady
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,steady,restore
     /// (`steady` is not part of `all`: it runs the end-to-end backup --steady-runs times).
     #[arg(long, default_value = "all")]
     scenarios: String,
@@ -82,7 +83,7 @@ struct Args {
 }
 
 /// What `all` runs; `steady` besides.
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "baseline",
     "e2e",
     "uploader",
@@ -92,6 +93,7 @@ const ALL: [&str; 9] = [
     "sizes",
     "rules",
     "big",
+    "restore",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -195,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "sizes" => bench.sizes().await,
             "rules" => bench.rules().await,
             "big" => bench.big().await,
+            "restore" => bench.restore(KB, bench.n / 2).await,
             "steady" => {
                 bench
                     .steady((args.steady_messages / scale).max(100), args.steady_runs)
