@@ -427,3 +427,87 @@ async fn time_range_partitions_pause_resume_and_cancel() -> anyhow::Result<()> {
     assert_eq!(states, ["done", "cancelled"], "{list}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_p_goes_to_partition_p_in_order() -> anyhow::Result<()> {
+    let pulsar = harness::PulsarLite::start_with_partitions(2).await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
+    let sent = sample_messages(1_200, 41);
+    backed_up(&stack, "parts-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("parts"));
+    let plan = stack.ctl_json(&[
+        "restore",
+        "create",
+        "parts",
+        "--rule",
+        "parts-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
+        "--dry-run",
+    ])?;
+    assert_eq!(plan["target_partitions"], 2, "{plan}");
+    let mapping: Vec<(i64, i64)> = plan["partitions"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| {
+                    (
+                        p["source_partition"].as_i64().unwrap_or(-9),
+                        p["target_partition"].as_i64().unwrap_or(-9),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(mapping, [(0, 0), (1, 1)], "{plan}");
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "parts",
+        "--rule",
+        "parts-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
+    ])?;
+    wait_for_state(&stack, "parts", "done", Duration::from_secs(120)).await?;
+    let by_payload: HashMap<&[u8], &SampleMessage> =
+        sent.iter().map(|m| (m.payload.as_slice(), m)).collect();
+    let mut total = 0;
+    for p in 0..2i32 {
+        let planned = plan["partitions"][p as usize]["messages"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        let got = consume(
+            &stack,
+            &format!("{to}-partition-{p}"),
+            planned,
+            Duration::from_secs(2),
+        )
+        .await?;
+        assert_eq!(got.len(), planned, "partition {p}");
+        let mut want = Vec::new();
+        for g in &got {
+            let id: proto::types::MessageId = g.properties[MESSAGE_ID].parse()?;
+            assert_eq!(
+                id.partition, p,
+                "a message of source partition {} in target partition {p}",
+                id.partition
+            );
+            want.push(
+                (*by_payload
+                    .get(g.payload.as_slice())
+                    .context("a sent payload")?)
+                .clone(),
+            );
+        }
+        assert_restored(&want, &got, &format!("restore-parts-{p}"));
+        total += got.len();
+    }
+    assert_eq!(total, sent.len());
+    Ok(())
+}
