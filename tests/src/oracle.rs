@@ -408,14 +408,21 @@ mod tests {
                 "base64",
             ),
         };
-        json!({
+        let mut r = json!({
             "message_id": id,
             "key": m.key,
             "properties": m.properties,
             "event_time": m.event_time.and_then(format_time_ms),
             "payload": payload,
             "payload_encoding": encoding,
-        })
+        });
+        if m.key_base64 {
+            r["key_encoding"] = json!("base64");
+        }
+        if let Some(k) = &m.ordering_key {
+            r["ordering_key"] = json!(base64::engine::general_purpose::STANDARD.encode(k));
+        }
+        r
     }
 
     fn object(key: &str, records: Vec<Value>) -> BackupObject {

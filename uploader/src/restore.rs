@@ -192,6 +192,16 @@ fn ms_of(t: Option<DateTime<Utc>>) -> Option<u64> {
     t.and_then(|t| u64::try_from(t.timestamp_millis()).ok())
 }
 
+/// How many partitions the backed-up topic has (0: not partitioned), as far as the manifest
+/// shows.
+fn source_partitions(entries: &[ManifestEntry]) -> u32 {
+    entries
+        .iter()
+        .flat_map(|e| e.partitions.iter().map(|p| p.partition))
+        .max()
+        .map_or(0, |max| u32::try_from(max + 1).unwrap_or(0))
+}
+
 /// An object of a partition's plan: its order (source, first id of the partition), key and
 /// message count.
 type PlannedObject = ((u32, (u64, u64, i32)), String, u64);
@@ -200,15 +210,11 @@ type PlannedObject = ((u32, (u64, u64, i32)), String, u64);
 /// partition's first message id (source changes first: ids of different sources are not
 /// comparable), and where it goes in the target.
 fn plan(
-    entries: &[ManifestEntry],
+    entries: &[&ManifestEntry],
+    source_partitions: u32,
     selected: &[i32],
     target_partitions: u32,
 ) -> Result<Vec<PartPlan>, RestoreError> {
-    let source_partitions = entries
-        .iter()
-        .flat_map(|e| e.partitions.iter().map(|p| p.partition))
-        .max()
-        .map_or(0, |max| u32::try_from(max + 1).unwrap_or(0));
     let mut by_part: BTreeMap<i32, Vec<PlannedObject>> = BTreeMap::new();
     for e in entries {
         if e.partitions.is_empty() {
@@ -354,14 +360,29 @@ impl RestoreManager {
             .stores
             .store_for(&req.endpoint, &req.region)
             .await?;
+        // All of the rule's entries, not only those of the time range: the source's partition
+        // count (which decides whether partition p can go to partition p) is the whole topic's.
         let listing =
-            crate::manifest::read_entries(&store, &req.bucket, &req.prefix, &req.rule, from, to)
+            crate::manifest::read_entries(&store, &req.bucket, &req.prefix, &req.rule, None, None)
                 .await?;
-        let parts = plan(&listing.entries, &req.partitions, req.target_partitions)?;
-        let selected: Vec<&ManifestEntry> = listing
+        let in_range: Vec<&ManifestEntry> = listing
             .entries
             .iter()
-            .filter(|e| parts.iter().any(|p| p.objects.contains(&e.key)))
+            .filter(|e| e.published_within(from, to))
+            .collect();
+        let parts = plan(
+            &in_range,
+            source_partitions(&listing.entries),
+            &req.partitions,
+            req.target_partitions,
+        )?;
+        let planned: std::collections::HashSet<&str> = parts
+            .iter()
+            .flat_map(|p| p.objects.iter().map(String::as_str))
+            .collect();
+        let selected: Vec<&ManifestEntry> = in_range
+            .into_iter()
+            .filter(|e| planned.contains(e.key.as_str()))
             .collect();
         let now = rfc3339_from_millis(now_millis());
         let mut file = JobFile {
@@ -493,8 +514,41 @@ impl RestoreManager {
         if to_state == "running" {
             tokio::spawn(self.clone().run(slot));
         }
+        if to_state == "cancelled" {
+            tokio::spawn(self.clone().drop_target(job.to_string()));
+        }
         info!(job, action, "restore job {to_state}");
         Ok(reply)
+    }
+
+    /// Asks the ingester to forget a finished job's target and token (best effort: a target
+    /// left behind is dropped by the next `restore cancel`, and holds no messages).
+    async fn drop_target(self: Arc<Self>, job: String) {
+        let mut shutdown = self.shutdown.clone();
+        let client = crate::ingester::connect(
+            &self.link.url,
+            self.link.tls.clone(),
+            &self.link.auth,
+            self.link.backoff,
+            &self.ctx.status,
+            &mut shutdown,
+        )
+        .await;
+        let result = match client {
+            Ok(Some(mut client)) => client
+                .drop_restore_target(proto::v1::RestoreJobName { job: job.clone() })
+                .await
+                .map(|_| ())
+                .map_err(|s| crate::error::status_text(&s)),
+            Ok(None) => return,
+            Err(err) => Err(err.to_string()),
+        };
+        match result {
+            Ok(()) => info!(job = %job, "the ingester forgot the restore target"),
+            Err(error) => {
+                warn!(job = %job, error = %error, "the restore target could not be dropped")
+            }
+        }
     }
 
     fn update(&self, slot: &Slot, f: impl FnOnce(&mut JobFile)) -> Result<(), RestoreError> {
@@ -528,6 +582,7 @@ impl RestoreManager {
                     }
                 });
                 info!(job = %job, state, "restore job ended");
+                self.clone().drop_target(job).await;
             }
             Ok(None) => {}
             Err(reason) => {
@@ -855,7 +910,10 @@ mod tests {
             entry("a-1_9", 0, &[(0, "1:9:0:-1", 1)]),
             entry("b-new-source", 1, &[(0, "1:1:0:-1", 3)]),
         ];
-        let parts = plan(&entries, &[], 2).expect("plan");
+        let all: Vec<&ManifestEntry> = entries.iter().collect();
+        let n = source_partitions(&entries);
+        assert_eq!(n, 2);
+        let parts = plan(&all, n, &[], 2).expect("plan");
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].objects, ["a-1_9", "a-1_10", "b-new-source"]);
         assert_eq!(parts[0].messages, 9);
@@ -863,14 +921,14 @@ mod tests {
         assert_eq!(parts[1].target_partition, 1);
         // Other partition counts: by key; a plain target: the topic itself; a selection.
         assert_eq!(
-            plan(&entries, &[], 3).expect("plan")[0].target_partition,
+            plan(&all, n, &[], 3).expect("plan")[0].target_partition,
             BY_KEY
         );
         assert_eq!(
-            plan(&entries, &[], 0).expect("plan")[1].target_partition,
+            plan(&all, n, &[], 0).expect("plan")[1].target_partition,
             PLAIN
         );
-        let only = plan(&entries, &[1], 2).expect("plan");
+        let only = plan(&all, n, &[1], 2).expect("plan");
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].objects, ["a-1_10"]);
     }

@@ -3,8 +3,8 @@
 //! token) to the ingester, which alone holds Pulsar credentials.
 
 use proto::v1::{
-    CreateRestoreRequest, ListRestoresRequest, RestoreJob, RestoreJobName, RestoreJobRef,
-    RestoreTargetRequest, RuleName,
+    CreateRestoreRequest, ListRestoresRequest, RestoreJob, RestoreJobRef, RestoreTargetRequest,
+    RuleName,
 };
 use serde_json::Value;
 
@@ -57,16 +57,11 @@ pub async fn run(ctx: &Ctx, cmd: RestoreCommand) -> anyhow::Result<Report> {
         }
         RestoreCommand::Cancel { job } => {
             let mut uploader = ctx.uploader().await?;
+            // The uploader owns the job: it also makes the ingester forget the target's token.
             let reply = uploader
-                .cancel_restore(RestoreJobRef { job: job.clone() })
+                .cancel_restore(RestoreJobRef { job })
                 .await
                 .on(&ctx.uploader)?;
-            // The job is over: the ingester need not keep the target's token.
-            let mut ingester = ctx.ingester().await?;
-            ingester
-                .drop_restore_target(RestoreJobName { job })
-                .await
-                .on(&ctx.ingester)?;
             Ok(job_report(&reply.job.unwrap_or_default(), &ctx.layout))
         }
     }

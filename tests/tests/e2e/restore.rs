@@ -222,6 +222,14 @@ async fn a_backup_restored_into_another_topic_keeps_every_field_and_the_order() 
     let ids: Vec<u64> = got.iter().map(|g| g.sequence_id).collect();
     assert_eq!(ids, (0..3_000).collect::<Vec<u64>>());
 
+    // Done: the ingester forgot the target and its token.
+    crate::util::eventually("the target dropped", Duration::from_secs(20), || {
+        Ok(stack
+            .log_tail("ingester.log")
+            .contains("restore target and token dropped job=back")
+            .then_some(()))
+    })
+    .await?;
     // The token is in no reply and no log.
     let listed = stack.ctl(&["-o", "json", "restore", "list"]);
     let shown = String::from_utf8_lossy(&listed.stdout);
