@@ -519,3 +519,63 @@ async fn partition_p_goes_to_partition_p_in_order() -> anyhow::Result<()> {
     assert_eq!(total, sent.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let sent = sample_messages(1_000, 43);
+    backed_up(&stack, "gone-bk", &sent).await?;
+    let objects = harness::read_all(&stack.s3.client(), crate::util::BUCKET, "").await?;
+    let victim = objects
+        .iter()
+        .map(|o| o.key.clone())
+        .filter(|k| !k.contains(".tdmq-backup/"))
+        .nth(1)
+        .context("a second object")?;
+    let client = stack.s3.client();
+    let body = client
+        .get_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .send()
+        .await?
+        .body
+        .collect()
+        .await?
+        .into_bytes();
+    client
+        .delete_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .send()
+        .await?;
+
+    let to = format!("persistent://public/default/{}", unique_topic("gone"));
+    stack.ctl_json(&[
+        "restore", "create", "gone", "--rule", "gone-bk", "--to-topic", &to,
+        "--service-url", &target(&stack),
+    ])?;
+    let failed = crate::util::eventually("the job to fail", Duration::from_secs(60), || {
+        let show = stack.ctl_json(&["restore", "show", "gone"])?;
+        Ok((show["state"] == "failed").then_some(show))
+    })
+    .await?;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&victim) && reason.contains("not in the bucket"), "{failed}");
+    let table = String::from_utf8_lossy(&stack.ctl(&["restore", "show", "gone"]).stdout).into_owned();
+    assert!(table.contains("failed") && table.contains(&victim), "{table}");
+
+    // Put back, resumed: everything arrives, the part before the gap once.
+    client
+        .put_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .body(body.into())
+        .send()
+        .await?;
+    assert_eq!(stack.ctl_json(&["restore", "resume", "gone"])?["state"], "running");
+    wait_for_state(&stack, "gone", "done", Duration::from_secs(60)).await?;
+    let got = consume(&stack, &to, sent.len(), Duration::from_secs(2)).await?;
+    assert_restored(&sent, &got, "restore-gone--1");
+    Ok(())
+}
