@@ -181,6 +181,32 @@ Examples:
     /// manifest lists, the ingester produces them.
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// Check that everything the rule stored is in the bucket and intact, and that its
+    /// message ids are continuous (runs on the uploader, which holds the store credentials).
+    #[command(
+        after_help = "Without --deep: a LIST of the rule's manifest and of its topic folder, a GET per \
+manifest entry, and a HEAD only where the listing cannot tell; --deep also reads, decompresses and \
+parses every object. Exits 0 when all is well, 3 when it found problems (missing, corrupt, gap, \
+overlap, duplicate, unexpected), another status when it could not run.
+
+Examples:
+  tdmq-backup verify orders-backup
+  tdmq-backup verify orders-backup --from 2026-11-24T00:00:00Z --to 2026-11-25T00:00:00Z --deep
+  tdmq-backup verify orders-backup -o json"
+    )]
+    Verify {
+        /// The rule.
+        name: String,
+        /// Only objects holding messages published at or after this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// Only objects holding messages published at or before this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        to: Option<String>,
+        /// Also read every object: size, CRC32C, every record parsed, ids and counts.
+        #[arg(long)]
+        deep: bool,
+    },
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(after_help = "Examples:\n  \
 tdmq-backup completions bash > /etc/bash_completion.d/tdmq-backup\n  \

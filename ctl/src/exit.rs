@@ -15,6 +15,8 @@ pub enum Exit {
     /// A daemon refused the call: invalid or conflicting input, a missing or wrong token, a
     /// precondition (e.g. segments not yet stored).
     Refused,
+    /// `verify` ran and found problems in the backup.
+    Problems,
 }
 
 impl Exit {
@@ -25,6 +27,7 @@ impl Exit {
             Exit::NotFound => 4,
             Exit::Unreachable => 5,
             Exit::Refused => 6,
+            Exit::Problems => 3,
         }
     }
 }
@@ -132,8 +135,9 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        // 0 is success, 2 the parser's usage error, 3 `verify`'s "found problems".
+        // 0 is success, 2 the parser's usage error; 3 only for `verify`'s "found problems".
         assert!(!codes.contains(&0) && !codes.contains(&2) && !codes.contains(&3));
+        assert_eq!(Exit::Problems.code(), 3);
     }
 
     #[test]

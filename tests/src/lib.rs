@@ -24,7 +24,9 @@ pub use certs::{CertFiles, TestCerts};
 pub use daemon_log::stored_segment_sources;
 pub use daemons::{bin_path, ctl, wait_for_log, Daemon};
 pub use drain::{assert_subscription_drained, backlog_before_marker};
-pub use oracle::{check_exactly_once, read_all, read_dir_store, BackupObject, Report};
+pub use oracle::{
+    check_exactly_once, is_manifest_key, read_all, read_dir_store, BackupObject, Report,
+};
 pub use ports::{PortHold, PortKeeper};
 pub use producer::{produce, produce_zlib, sample_messages, SampleMessage};
 pub use services::fault_proxy::{FaultProxy, Mode as FaultMode};

@@ -45,7 +45,16 @@ pub struct Report {
     pub max_record_bytes_per_object: u64,
 }
 
-/// Reads every object under `prefix` in `bucket`, sorted by key.
+/// Whether `key` is one of tdmq-backup's own files (the manifest, under `{prefix}.tdmq-backup/`)
+/// rather than a backup object.
+pub fn is_manifest_key(key: &str) -> bool {
+    key.starts_with(".tdmq-backup/")
+        || key.contains("/.tdmq-backup/")
+        || key.contains(".tdmq-backup/manifest/")
+}
+
+/// Reads every backup object under `prefix` in `bucket` (the manifest's files left out),
+/// sorted by key.
 pub async fn read_all(
     client: &aws_sdk_s3::Client,
     bucket: &str,
@@ -65,7 +74,8 @@ pub async fn read_all(
         keys.extend(
             page.contents()
                 .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
+                .filter_map(|o| o.key().map(str::to_owned))
+                .filter(|key| !is_manifest_key(key)),
         );
         match page.next_continuation_token() {
             Some(token) if page.is_truncated().unwrap_or(false) => {

@@ -79,6 +79,29 @@ pub async fn connect(
     }
 }
 
+/// A client that connects on its first call (and again after a broken connection): for the
+/// Uploader service's own calls to the ingester (verify asks it for the rule).
+pub fn lazy(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+    auth: &SendToken,
+) -> Result<Client, UploadError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| UploadError::config("ingester", format!("{url:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(LIST_GRACE);
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls)
+            .map_err(|e| UploadError::config("ingester_ca", error_chain(&e)))?,
+        None => endpoint,
+    };
+    Ok(
+        IngesterClient::with_interceptor(endpoint.connect_lazy(), auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE),
+    )
+}
+
 /// Sealed segments, oldest first, and (from ingesters that send them) the names of the rules
 /// running; long-polls up to `wait_ms` when none is ready.
 pub async fn list_sealed(

@@ -9,6 +9,7 @@
 //! - [`store`]: the S3 and file backends; [`status`]: the Uploader gRPC service;
 //! - [`manifest`]: the bucket's record of what was stored (written before each commit).
 
+pub mod audit;
 pub mod auth;
 pub mod backoff;
 pub mod committer;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod multipart;
 pub mod puller;
 pub mod restore;
+pub mod rollup;
 pub mod status;
 pub mod store;
 pub mod upload;
@@ -123,10 +125,17 @@ pub async fn run(
     let health = edge::health::health_server(readiness.clone(), &own);
     let (reflection_v1, reflection_v1alpha) =
         edge::health::reflection(&own).context("building the server reflection service")?;
+    let ingester_client =
+        ingester::lazy(&config.ingester, config.ingester_tls.clone(), &token.send)?;
     let server = tokio::spawn(
         server
             .add_service(proto::UploaderServer::with_interceptor(
-                UploaderService::new(status).with_restore(restore),
+                UploaderService::new(status)
+                    .with_restore(restore)
+                    .with_auditor(audit::Auditor {
+                        ctx: ctx.clone(),
+                        ingester: ingester_client.clone(),
+                    }),
                 token.require.clone(),
             ))
             .add_service(health)
@@ -148,6 +157,7 @@ pub async fn run(
     // on port 0 learns where it listens (the bound /metrics address is in "serving /metrics").
     tracing::info!(listen = %addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
 
+    let rollups = tokio::spawn(rollup::run(ctx.clone(), ingester_client, stop_rx.clone()));
     let pipeline = puller::run_pipeline(
         PullerSettings {
             ingester: config.ingester.clone(),
@@ -173,6 +183,8 @@ pub async fn run(
     if let Some(task) = metrics {
         task.abort();
     }
+    // A rollup cut short is written again at the next start.
+    rollups.abort();
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %error::error_chain(&err), "status service failed"),

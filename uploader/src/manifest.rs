@@ -56,11 +56,25 @@ pub fn entry_key_of(seg: &SegmentInfo) -> Result<String, UploadError> {
         .map_err(|e| UploadError::Segment(format!("window start {:?}: {e}", seg.window_start)))?
         .with_timezone(&Utc);
     Ok(manifest::entry_key(
-        &seg.prefix,
+        &prefix_of(seg),
         &seg.rule,
         window_start,
         &seg.object_key,
     ))
+}
+
+/// The rule's prefix. An ingester older than the manifest sends neither prefix nor topic; its
+/// keys are all `{prefix}{tenant}/{namespace}/{topic}/YYYY/MM/DD/HH/{name}`, so the prefix is
+/// what precedes the last eight parts.
+fn prefix_of(seg: &SegmentInfo) -> String {
+    if !seg.topic.is_empty() {
+        return seg.prefix.clone();
+    }
+    let parts: Vec<&str> = seg.object_key.split('/').collect();
+    match parts.len().checked_sub(8) {
+        Some(n) if n > 0 => format!("{}/", parts[..n].join("/")),
+        _ => String::new(),
+    }
 }
 
 /// Writes `seg`'s entry (its object is stored, with `etag`). Called before the segment is
@@ -120,6 +134,100 @@ pub async fn write_rollup(
         body,
     )
     .await
+}
+
+/// The hours of a rule that can no longer change: those before the hour of the oldest window
+/// among its segments not yet stored (open, sealing or sealed: their entries are still to come),
+/// and before the previous hour (a margin for the clocks of the two hosts).
+pub fn final_before(unfinished_windows: &[DateTime<Utc>], now: DateTime<Utc>) -> DateTime<Utc> {
+    let margin = manifest::hour_of(now - chrono::Duration::hours(1));
+    unfinished_windows
+        .iter()
+        .map(|t| manifest::hour_of(*t))
+        .min()
+        .map_or(margin, |oldest| oldest.min(margin))
+}
+
+/// Writes the rollup of every hour before `before` whose per-object entries a rollup does not
+/// hold yet (one LIST, then a GET per entry of those hours). The per-object entries stay: readers
+/// skip the ones a rollup holds, so planning costs a GET per hour, and the uploader needs no
+/// permission to delete. An hour with a document that cannot be read is left as it is. Returns
+/// how many rollups were written.
+pub async fn roll_up(
+    store: &Store,
+    bucket: &str,
+    prefix: &str,
+    rule: &str,
+    before: DateTime<Utc>,
+) -> Result<usize, UploadError> {
+    let rule_prefix = manifest::rule_prefix(prefix, rule);
+    let files = store.list_objects(bucket, &rule_prefix).await?;
+    let mut hours: std::collections::BTreeMap<DateTime<Utc>, (Option<String>, Vec<String>)> =
+        std::collections::BTreeMap::new();
+    for file in files {
+        match manifest::parse_key(&rule_prefix, &file.key) {
+            Some(ManifestKey::Rollup { hour }) if hour < before => {
+                hours.entry(hour).or_default().0 = Some(file.key);
+            }
+            Some(ManifestKey::Entry { hour }) if hour < before => {
+                hours.entry(hour).or_default().1.push(file.key);
+            }
+            _ => {}
+        }
+    }
+    let mut written = 0;
+    for (hour, (rollup_key, entry_keys)) in hours {
+        let mut entries = Vec::new();
+        if let Some(key) = rollup_key {
+            let doc = read_documents(store, bucket, vec![key.clone()]).await?;
+            match doc.into_iter().next().map(|(_, d)| {
+                d.and_then(|b| {
+                    serde_json::from_slice::<ManifestRollup>(&b).map_err(|e| e.to_string())
+                })
+            }) {
+                Some(Ok(rollup)) => entries = rollup.entries,
+                _ => {
+                    tracing::warn!(%key, "manifest rollup cannot be read; leaving its hour as it is");
+                    continue;
+                }
+            }
+        }
+        let folder = manifest::hour_prefix(prefix, rule, hour);
+        let held: std::collections::HashSet<String> = entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{folder}{}.json",
+                    e.key.rsplit('/').next().unwrap_or(&e.key)
+                )
+            })
+            .collect();
+        let missing: Vec<String> = entry_keys
+            .into_iter()
+            .filter(|k| !held.contains(k))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut readable = true;
+        for (key, doc) in read_documents(store, bucket, missing).await? {
+            match doc.and_then(|b| {
+                serde_json::from_slice::<ManifestEntry>(&b).map_err(|e| e.to_string())
+            }) {
+                Ok(entry) => entries.push(entry),
+                Err(error) => {
+                    tracing::warn!(%key, %error, "manifest entry cannot be read; not rolling its hour up");
+                    readable = false;
+                }
+            }
+        }
+        if !readable {
+            continue;
+        }
+        write_rollup(store, bucket, prefix, rule, hour, entries).await?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// A manifest document that could not be read as one.
@@ -209,6 +317,29 @@ pub async fn read_entries(
         .collect();
     listing.files = files;
     Ok(listing)
+}
+
+/// The rules with a manifest under `prefix` in `bucket` (for reading a backup whose rule is
+/// gone: then [`read_entries`] for each, or those of one topic). One LIST of the manifest folder.
+pub async fn rules_in(
+    store: &Store,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<String>, UploadError> {
+    let root = format!("{prefix}{}manifest/", manifest::RESERVED_DIR);
+    let mut rules: Vec<String> = store
+        .list_objects(bucket, &root)
+        .await?
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix(&root)?
+                .split_once('/')
+                .map(|(rule, _)| rule.to_string())
+        })
+        .collect();
+    rules.dedup();
+    Ok(rules)
 }
 
 /// GETs `keys`, a few at once; a document that vanished or cannot be read is an `Err` text
@@ -328,10 +459,101 @@ mod tests {
             .await
             .expect("read");
         assert!(none.entries.is_empty());
+        assert_eq!(
+            rules_in(&store, "b", "p/").await.expect("rules"),
+            vec!["r".to_string()]
+        );
         let other = read_entries(&store, "b", "p/", "r2", None, None)
             .await
             .expect("read");
         assert!(other.entries.is_empty() && other.files.is_empty());
+    }
+
+    #[test]
+    fn an_hour_is_final_once_nothing_of_it_can_still_be_stored() {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("t")
+                .with_timezone(&Utc)
+        };
+        let now = t("2026-11-24T05:20:00Z");
+        assert_eq!(final_before(&[], now), t("2026-11-24T04:00:00Z"));
+        assert_eq!(
+            final_before(&[t("2026-11-24T02:40:00Z"), t("2026-11-24T05:00:00Z")], now),
+            t("2026-11-24T02:00:00Z")
+        );
+        assert_eq!(
+            final_before(&[t("2026-11-24T05:10:00Z")], now),
+            t("2026-11-24T04:00:00Z")
+        );
+    }
+
+    #[tokio::test]
+    async fn final_hours_are_rolled_up_once_and_read_back_with_one_get_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::File(FileStore::new(dir.path()));
+        let segs = [
+            segment(0, "2026-11-24T02:40:00.000Z"),
+            segment(1, "2026-11-24T02:45:00.000Z"),
+            segment(2, "2026-11-24T03:00:00.000Z"),
+        ];
+        for seg in &segs {
+            write_entry(&store, seg, "\"e\"").await.expect("entry");
+        }
+        let before = DateTime::parse_from_rfc3339("2026-11-24T03:00:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            1
+        );
+        // Nothing new in the hour: not written again.
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            0
+        );
+        let listing = read_entries(&store, "b", "p/", "r", None, None)
+            .await
+            .expect("read");
+        assert_eq!(listing.entries.len(), 3);
+        // LIST, the 02:00 rollup, the 03:00 entry.
+        assert_eq!(listing.requests, 3);
+        // A late entry in a rolled-up hour (a retry) joins the rollup next time.
+        write_entry(&store, &segment(3, "2026-11-24T02:50:00.000Z"), "\"e\"")
+            .await
+            .expect("entry");
+        assert_eq!(
+            roll_up(&store, "b", "p/", "r", before)
+                .await
+                .expect("roll up"),
+            1
+        );
+        let listing = read_entries(&store, "b", "p/", "r", None, None)
+            .await
+            .expect("read");
+        assert_eq!((listing.entries.len(), listing.requests), (4, 3));
+    }
+
+    #[test]
+    fn an_older_ingesters_segment_gets_its_prefix_from_the_key() {
+        let mut seg = segment(0, "2026-11-24T02:40:00.000Z");
+        seg.topic.clear();
+        seg.prefix.clear();
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with("p/.tdmq-backup/manifest/r/2026/11/24/02/"));
+        seg.object_key = "public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with(".tdmq-backup/manifest/r/"));
+        seg.object_key = "a/b/public/default/t/2026/11/24/02/r-x.jsonl.gz".into();
+        assert!(entry_key_of(&seg)
+            .expect("key")
+            .starts_with("a/b/.tdmq-backup/"));
     }
 
     #[tokio::test]

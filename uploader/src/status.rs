@@ -222,6 +222,8 @@ impl StatusState {
 pub struct UploaderService {
     state: Arc<StatusState>,
     restore: Option<Arc<crate::restore::RestoreManager>>,
+    /// Verify (absent in tests of the status alone).
+    auditor: Option<crate::audit::Auditor>,
 }
 
 impl UploaderService {
@@ -229,7 +231,13 @@ impl UploaderService {
         UploaderService {
             state,
             restore: None,
+            auditor: None,
         }
+    }
+
+    pub fn with_auditor(mut self, auditor: crate::audit::Auditor) -> UploaderService {
+        self.auditor = Some(auditor);
+        self
     }
 
     pub fn with_restore(mut self, restore: Arc<crate::restore::RestoreManager>) -> UploaderService {
@@ -312,6 +320,22 @@ impl proto::Uploader for UploaderService {
             self.restore()?
                 .control(&request.into_inner().job, "cancel")?,
         )
+    }
+
+    type VerifyStream = crate::audit::VerifyStream;
+
+    async fn verify(
+        &self,
+        request: tonic::Request<proto::v1::VerifyRequest>,
+    ) -> Result<tonic::Response<Self::VerifyStream>, tonic::Status> {
+        let auditor = self
+            .auditor
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unimplemented("verify is not served here"))?;
+        auditor
+            .verify(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 }
 

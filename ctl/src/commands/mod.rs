@@ -6,6 +6,7 @@ pub mod restore;
 pub mod rule;
 pub mod segments;
 pub mod status;
+pub mod verify;
 
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::client::{self, Auth, Daemon, Tls};
@@ -102,6 +103,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Segments { name } => segments::run(&ctx, name).await,
         Command::Restore(cmd) => restore::run(&ctx, cmd).await,
+        Command::Verify {
+            name,
+            from,
+            to,
+            deep,
+        } => {
+            verify::run(
+                &ctx,
+                verify::VerifyArgs {
+                    name,
+                    from,
+                    to,
+                    deep,
+                },
+            )
+            .await
+        }
         Command::Completions { .. } => {
             anyhow::bail!("completions are printed by `execute`, not run as a command")
         }

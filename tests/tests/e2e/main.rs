@@ -25,3 +25,4 @@ mod rules_edit;
 mod security;
 mod tls;
 mod util;
+mod verify;

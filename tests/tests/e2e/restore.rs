@@ -521,7 +521,8 @@ async fn partition_p_goes_to_partition_p_in_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -> anyhow::Result<()> {
+async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -> anyhow::Result<()>
+{
     let stack = Stack::start().await?;
     let sent = sample_messages(1_000, 43);
     backed_up(&stack, "gone-bk", &sent).await?;
@@ -552,8 +553,15 @@ async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -
 
     let to = format!("persistent://public/default/{}", unique_topic("gone"));
     stack.ctl_json(&[
-        "restore", "create", "gone", "--rule", "gone-bk", "--to-topic", &to,
-        "--service-url", &target(&stack),
+        "restore",
+        "create",
+        "gone",
+        "--rule",
+        "gone-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
     ])?;
     let failed = crate::util::eventually("the job to fail", Duration::from_secs(60), || {
         let show = stack.ctl_json(&["restore", "show", "gone"])?;
@@ -561,9 +569,16 @@ async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -
     })
     .await?;
     let reason = failed["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(&victim) && reason.contains("not in the bucket"), "{failed}");
-    let table = String::from_utf8_lossy(&stack.ctl(&["restore", "show", "gone"]).stdout).into_owned();
-    assert!(table.contains("failed") && table.contains(&victim), "{table}");
+    assert!(
+        reason.contains(&victim) && reason.contains("not in the bucket"),
+        "{failed}"
+    );
+    let table =
+        String::from_utf8_lossy(&stack.ctl(&["restore", "show", "gone"]).stdout).into_owned();
+    assert!(
+        table.contains("failed") && table.contains(&victim),
+        "{table}"
+    );
 
     // Put back, resumed: everything arrives, the part before the gap once.
     client
@@ -573,7 +588,10 @@ async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -
         .body(body.into())
         .send()
         .await?;
-    assert_eq!(stack.ctl_json(&["restore", "resume", "gone"])?["state"], "running");
+    assert_eq!(
+        stack.ctl_json(&["restore", "resume", "gone"])?["state"],
+        "running"
+    );
     wait_for_state(&stack, "gone", "done", Duration::from_secs(60)).await?;
     let got = consume(&stack, &to, sent.len(), Duration::from_secs(2)).await?;
     assert_restored(&sent, &got, "restore-gone--1");

@@ -334,6 +334,7 @@ pub fn resolve_target(
     })
 }
 
+#[derive(Clone)]
 pub enum Store {
     S3(S3Store),
     File(FileStore),

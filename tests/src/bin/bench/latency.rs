@@ -67,7 +67,7 @@ impl Bench {
             let listed = client.list_objects_v2().bucket(BUCKET).send().await?;
             let now = now_ms();
             for o in listed.contents() {
-                if let Some(key) = o.key() {
+                if let Some(key) = o.key().filter(|k| !harness::is_manifest_key(k)) {
                     seen.entry(key.to_string()).or_insert(now);
                 }
             }

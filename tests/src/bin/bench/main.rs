@@ -5,8 +5,8 @@
 //! them with the real `tdmq-backup` CLI, and prints one table at the end. Never a test: numbers
 //! depend on the machine. See docs/benchmarks.md for what each scenario measures and how.
 //!
-//! Each scenario has its module (`baseline`, `e2e`, `uploader`, `latency`, `sizes`, `rules`, `restore`,
-//! `big`); `stack` starts the harness's [`harness::Stack`] they run on, `process` reads the
+//! Each scenario has its module (`baseline`, `e2e`, `uploader`, `latency`, `sizes`, `rules`,
+//! `big`, `verify`, `restore`); `stack` starts the harness's [`harness::Stack`] they run on, `process` reads the
 //! daemons' /proc figures, `messages` makes the payloads, and `table` prints the results.
 //!
 //! ```text
@@ -28,6 +28,7 @@ mod stack;
 mod steady;
 mod table;
 mod uploader;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,7 +50,7 @@ const MIB: usize = 1 << 20;
 )]
 struct Args {
     /// `all`, or a comma list of
-    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,steady,restore
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,restore,steady
     /// (`steady` is not part of `all`: it runs the end-to-end backup --steady-runs times).
     #[arg(long, default_value = "all")]
     scenarios: String,
@@ -83,7 +84,7 @@ struct Args {
 }
 
 /// What `all` runs; `steady` besides.
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "baseline",
     "e2e",
     "uploader",
@@ -94,6 +95,7 @@ const ALL: [&str; 10] = [
     "rules",
     "big",
     "restore",
+    "verify",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -198,6 +200,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "rules" => bench.rules().await,
             "big" => bench.big().await,
             "restore" => bench.restore(KB, bench.n / 2).await,
+            "verify" => bench.verify().await,
             "steady" => {
                 bench
                     .steady((args.steady_messages / scale).max(100), args.steady_runs)

@@ -212,6 +212,9 @@ pub async fn stored_bytes(stack: &Stack) -> anyhow::Result<(u64, u64)> {
     let (mut n, mut bytes) = (0u64, 0u64);
     while let Some(page) = pages.next().await {
         for o in page?.contents() {
+            if o.key().is_some_and(harness::is_manifest_key) {
+                continue;
+            }
             n += 1;
             bytes += o.size().unwrap_or(0).max(0) as u64;
         }

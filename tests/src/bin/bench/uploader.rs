@@ -161,7 +161,12 @@ impl Bench {
         loop {
             if stored_s.is_none() {
                 let listed = store.list_objects_v2().bucket(BUCKET).send().await?;
-                if listed.contents().len() >= segments.len() {
+                let objects = listed
+                    .contents()
+                    .iter()
+                    .filter(|o| !o.key().is_some_and(harness::is_manifest_key))
+                    .count();
+                if objects >= segments.len() {
                     stored_s = Some(started.elapsed().as_secs_f64());
                 }
                 if started.elapsed() > timeout_for(count * KB) {
