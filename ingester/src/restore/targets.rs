@@ -94,7 +94,7 @@ impl RestoreTargets {
         self.db.open_tree("restore_targets")?.remove(job)?;
         self.db.open_tree("restore_tokens")?.remove(job)?;
         self.db.flush_async().await?;
-        info!(job, "restore target and token dropped");
+        info!(job = %job, "restore target and token dropped");
         Ok(())
     }
 

@@ -63,6 +63,9 @@ async fn consume(
         .await
         .context("subscribing to the target")?;
     let mut got = Vec::new();
+    // pulsar-lite redelivers now and then (docs/dependencies.md §3): a message seen again under
+    // its broker id is a redelivery to this consumer, not a message the restore produced twice.
+    let mut seen = std::collections::HashSet::new();
     loop {
         let wait = if got.len() < count {
             Duration::from_secs(30)
@@ -77,6 +80,11 @@ async fn consume(
             ),
             Ok(next) => next.context("the consumer ended")??,
         };
+        let id = next.message_id();
+        if !seen.insert((id.ledger_id, id.entry_id, id.batch_index, id.partition)) {
+            consumer.ack(&next).await?;
+            continue;
+        }
         let meta = next.metadata();
         got.push(Got {
             producer_name: meta.producer_name.clone(),
