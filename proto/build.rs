@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Segment chunks stay `Bytes` from the socket to the part buffer (no copy per chunk).
         .bytes(".tdmq_backup.v1.SegmentChunk.data")
         // Messages with a secret field get a hand-written Debug (src/redacted_debug.rs).
-        .skip_debug([".tdmq_backup.v1.RuleSpec"])
+        .skip_debug([
+            ".tdmq_backup.v1.RuleSpec",
+            ".tdmq_backup.v1.RestoreTargetRequest",
+        ])
         // What ctl prints with `--output json` is these messages as they are: one definition
         // of the fields, in the .proto, so the JSON cannot drift from the wire.
         .type_attribute(".tdmq_backup.v1.Rule", "#[derive(serde::Serialize)]")
@@ -31,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .type_attribute(
             ".tdmq_backup.v1.UploaderStatusReply",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(".tdmq_backup.v1.RestoreJob", "#[derive(serde::Serialize)]")
+        .type_attribute(
+            ".tdmq_backup.v1.RestorePartition",
             "#[derive(serde::Serialize)]",
         )
         .type_attribute(

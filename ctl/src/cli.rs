@@ -177,6 +177,10 @@ Examples:
         /// The rule.
         name: String,
     },
+    /// Put a rule's backup back into a topic: the uploader reads the objects the rule's
+    /// manifest lists, the ingester produces them.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
     /// Check that everything the rule stored is in the bucket and intact, and that its
     /// message ids are continuous (runs on the uploader, which holds the store credentials).
     #[command(
@@ -212,6 +216,85 @@ tdmq-backup completions fish > ~/.config/fish/completions/tdmq-backup.fish")]
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Plan a restore job and start it (or, with --dry-run, only print the plan).
+    #[command(after_help = "Examples:
+  tdmq-backup restore create orders-back --rule orders-backup \\
+      --to-topic persistent://public/default/orders --service-url pulsar://10.0.0.9:6650 \\
+      --token-file ./target-token.txt --from 2026-11-24T00:00:00Z --rate 5000/s
+  tdmq-backup restore create orders-back --rule orders-backup --to-topic orders \\
+      --service-url pulsar://10.0.0.9:6650 --dry-run")]
+    Create(Box<RestoreCreateArgs>),
+    /// Every restore job with its state and progress.
+    List,
+    /// One job: state (and why it failed), plan and progress per source partition.
+    Show {
+        /// The job.
+        job: String,
+    },
+    /// Stop a running job after its current batch; `resume` goes on from there.
+    Pause {
+        /// The job.
+        job: String,
+    },
+    /// Go on with a paused or failed job from its last confirmed batch.
+    Resume {
+        /// The job.
+        job: String,
+    },
+    /// Stop a job for good and forget its target's token.
+    Cancel {
+        /// The job.
+        job: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreCreateArgs {
+    /// The job's name (letters, digits, - and _).
+    pub job: String,
+    /// The rule whose backup to restore (its bucket, region, prefix and manifest).
+    #[arg(long, value_name = "NAME")]
+    pub rule: String,
+    /// The topic to produce to (a short name means public/default).
+    #[arg(long, value_name = "TOPIC")]
+    pub to_topic: String,
+    /// The target cluster: pulsar://host:port.
+    #[arg(long, value_name = "URL")]
+    pub service_url: String,
+    /// File holding the target's Pulsar token (sent to the ingester only).
+    #[arg(long = "token-file", value_name = "F", conflicts_with = "token_env")]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the target's Pulsar token.
+    #[arg(long = "token-env", value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Only messages published at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// Only messages published at or before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub to: Option<String>,
+    /// Only these source partitions, like 0,1,3.
+    #[arg(long, value_name = "0,1,..", value_delimiter = ',')]
+    pub partitions: Vec<i32>,
+    /// At most this many messages per second, like 5000/s (default: no limit).
+    #[arg(long, value_name = "N/s", value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// Print the plan (objects, messages, time range, target partitions); produce nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--rate N/s` (or plain N).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let n = text.strip_suffix("/s").unwrap_or(text);
+    match n.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a rate like 5000/s")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

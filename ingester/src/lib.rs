@@ -27,6 +27,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod metrics;
+pub mod restore;
 pub mod scoped_auth;
 pub mod seal;
 pub mod segment;

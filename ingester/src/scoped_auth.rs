@@ -16,12 +16,16 @@ use futures::future::{Either, Ready};
 use proto::auth::{RequireToken, UNAUTHENTICATED};
 use tonic::body::Body;
 
-/// The methods only the uploader calls.
-const SEGMENT_METHODS: [&str; 4] = [
+/// The methods only the uploader calls (the segment hand-off, and a restore job's messages and
+/// the end of its target: the uploader owns the job, so it drops the target when the job is done
+/// or cancelled).
+const SEGMENT_METHODS: [&str; 6] = [
     "/tdmq_backup.v1.Ingester/ListSealed",
     "/tdmq_backup.v1.Ingester/ReadSegment",
     "/tdmq_backup.v1.Ingester/CommitSegment",
     "/tdmq_backup.v1.Ingester/ReportUploadFailure",
+    "/tdmq_backup.v1.Ingester/RestoreProduce",
+    "/tdmq_backup.v1.Ingester/DropRestoreTarget",
 ];
 
 /// Which token a call to `path` needs.

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::v1::RuleSpec;
+use crate::v1::{RestoreTargetRequest, RuleSpec};
 
 /// What a `{:?}` shows instead of a secret that is set.
 const REDACTED: &str = "Some(***)";
@@ -58,6 +58,30 @@ impl fmt::Debug for RuleSpec {
     }
 }
 
+impl fmt::Debug for RestoreTargetRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let RestoreTargetRequest {
+            job,
+            to_topic,
+            service_url,
+            token,
+            dry_run,
+        } = self;
+        let token: &dyn fmt::Debug = if token.is_empty() {
+            &None::<()>
+        } else {
+            &format_args!("{REDACTED}")
+        };
+        f.debug_struct("RestoreTargetRequest")
+            .field("job", job)
+            .field("to_topic", to_topic)
+            .field("service_url", service_url)
+            .field("token", token)
+            .field("dry_run", dry_run)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::v1::{CreateRuleRequest, EditRuleRequest, RuleSpec};
@@ -100,5 +124,19 @@ mod tests {
             ..spec()
         };
         assert!(format!("{without:?}").contains("token: None"));
+    }
+
+    #[test]
+    fn a_restore_target_token_is_not_printed() {
+        let req = crate::v1::RestoreTargetRequest {
+            job: "j".into(),
+            token: "tok-secret".into(),
+            ..Default::default()
+        };
+        let shown = format!("{req:?}");
+        assert!(
+            !shown.contains("tok-secret") && shown.contains("***"),
+            "{shown}"
+        );
     }
 }

@@ -74,6 +74,7 @@ pub async fn backlog_before_marker(
         key: None,
         properties: Default::default(),
         event_time: None,
+        ..Default::default()
     };
     crate::producer::produce(url, topic, &[message], false).await?;
     let deadline = tokio::time::Instant::now() + timeout;

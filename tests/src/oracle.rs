@@ -322,6 +322,26 @@ fn field_mismatches(record: &Value, expected: &SampleMessage) -> Vec<String> {
     if key != &want_key {
         out.push(format!("key {key} != expected {want_key}"));
     }
+    let key_encoding = record.get("key_encoding").unwrap_or(&Value::Null);
+    let want_encoding = if expected.key_base64 && expected.key.is_some() {
+        Value::from("base64")
+    } else {
+        Value::Null
+    };
+    if key_encoding != &want_encoding {
+        out.push(format!(
+            "key_encoding {key_encoding} != expected {want_encoding}"
+        ));
+    }
+    let ordering_key = record.get("ordering_key").unwrap_or(&Value::Null);
+    let want_ordering = expected.ordering_key.as_ref().map_or(Value::Null, |k| {
+        Value::from(base64::engine::general_purpose::STANDARD.encode(k))
+    });
+    if ordering_key != &want_ordering {
+        out.push(format!(
+            "ordering_key {ordering_key} != expected {want_ordering}"
+        ));
+    }
 
     let properties: Option<BTreeMap<String, String>> = match record.get("properties") {
         None | Some(Value::Null) => Some(BTreeMap::new()),
@@ -398,14 +418,21 @@ mod tests {
                 "base64",
             ),
         };
-        json!({
+        let mut r = json!({
             "message_id": id,
             "key": m.key,
             "properties": m.properties,
             "event_time": m.event_time.and_then(format_time_ms),
             "payload": payload,
             "payload_encoding": encoding,
-        })
+        });
+        if m.key_base64 {
+            r["key_encoding"] = json!("base64");
+        }
+        if let Some(k) = &m.ordering_key {
+            r["ordering_key"] = json!(base64::engine::general_purpose::STANDARD.encode(k));
+        }
+        r
     }
 
     fn object(key: &str, records: Vec<Value>) -> BackupObject {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use anyhow::Context;
+use base64::Engine as _;
 use pulsar::producer::{Message, ProducerOptions};
 use pulsar::{ConnectionRetryOptions, Pulsar, TokioExecutor};
 use rand::rngs::StdRng;
@@ -24,10 +25,13 @@ const SEND_WINDOW: usize = 2_000;
 const EVENT_TIME_BASE_MS: u64 = 1_700_000_000_000;
 
 /// One message to produce, and what the backup must reproduce for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SampleMessage {
     pub payload: Vec<u8>,
+    /// For a byte key ([`SampleMessage::key_base64`]), its base64 text, as Pulsar carries it.
     pub key: Option<String>,
+    pub key_base64: bool,
+    pub ordering_key: Option<Vec<u8>>,
     pub properties: BTreeMap<String, String>,
     /// Milliseconds since the Unix epoch.
     pub event_time: Option<u64>,
@@ -44,6 +48,8 @@ impl SampleMessage {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             partition_key: self.key.clone(),
+            partition_key_b64_encoded: self.key_base64.then_some(true),
+            ordering_key: self.ordering_key.clone(),
             event_time: self.event_time,
             ..Default::default()
         }
@@ -87,9 +93,25 @@ pub fn sample_message(index: usize, seed: u64) -> SampleMessage {
     let event_time = rng
         .gen_bool(0.5)
         .then(|| EVENT_TIME_BASE_MS + index as u64 * 1_000 + rng.gen_range(0..1_000));
+    // Every ninth keyed message has a byte key (not UTF-8), every fifth an ordering key; drawn
+    // after everything else so the other fields are what they were before these existed.
+    let key_base64 = key.is_some() && index % 9 == 4;
+    let key = if key_base64 {
+        let bytes = [&[0xff, 0x00][..], &(index as u32).to_be_bytes()].concat();
+        Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        key
+    };
+    let ordering_key = (index % 5 == 3).then(|| {
+        let mut k = vec![0x00, 0xfe];
+        k.extend_from_slice(&rng.gen::<[u8; 4]>());
+        k
+    });
     SampleMessage {
         payload,
         key,
+        key_base64,
+        ordering_key,
         properties,
         event_time,
     }

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod multipart;
 pub mod puller;
+pub mod restore;
 pub mod rollup;
 pub mod status;
 pub mod store;
@@ -98,6 +99,18 @@ pub async fn run(
         // Only reachable with allow_unauthenticated = true (the config refuses it otherwise).
         tracing::warn!(listen = %addr, "no control-plane token although listen is beyond loopback (allow_unauthenticated = true): anyone who reaches the port can read the uploader's status");
     }
+    let restore = restore::RestoreManager::open(
+        config.state_dir(),
+        ctx.clone(),
+        restore::IngesterLink {
+            url: config.ingester.clone(),
+            tls: config.ingester_tls.clone(),
+            auth: token.send.clone(),
+            backoff: Backoff::new(config.max_backoff),
+        },
+        stop_rx.clone(),
+    )
+    .context("opening the restore jobs")?;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.daemon.tls {
         tracing::info!(cert = %tls.cert.display(), "serving gRPC over TLS");
@@ -117,10 +130,12 @@ pub async fn run(
     let server = tokio::spawn(
         server
             .add_service(proto::UploaderServer::with_interceptor(
-                UploaderService::new(status).with_auditor(audit::Auditor {
-                    ctx: ctx.clone(),
-                    ingester: ingester_client.clone(),
-                }),
+                UploaderService::new(status)
+                    .with_restore(restore)
+                    .with_auditor(audit::Auditor {
+                        ctx: ctx.clone(),
+                        ingester: ingester_client.clone(),
+                    }),
                 token.require.clone(),
             ))
             .add_service(health)

@@ -221,6 +221,7 @@ impl StatusState {
 /// The `Uploader` gRPC service.
 pub struct UploaderService {
     state: Arc<StatusState>,
+    restore: Option<Arc<crate::restore::RestoreManager>>,
     /// Verify (absent in tests of the status alone).
     auditor: Option<crate::audit::Auditor>,
 }
@@ -229,6 +230,7 @@ impl UploaderService {
     pub fn new(state: Arc<StatusState>) -> UploaderService {
         UploaderService {
             state,
+            restore: None,
             auditor: None,
         }
     }
@@ -237,6 +239,25 @@ impl UploaderService {
         self.auditor = Some(auditor);
         self
     }
+
+    pub fn with_restore(mut self, restore: Arc<crate::restore::RestoreManager>) -> UploaderService {
+        self.restore = Some(restore);
+        self
+    }
+
+    fn restore(&self) -> Result<&Arc<crate::restore::RestoreManager>, tonic::Status> {
+        self.restore
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unimplemented("restore is not served here"))
+    }
+}
+
+type RestoreResult = Result<tonic::Response<proto::v1::RestoreReply>, tonic::Status>;
+
+fn restore_reply(job: proto::v1::RestoreJob) -> RestoreResult {
+    Ok(tonic::Response::new(proto::v1::RestoreReply {
+        job: Some(job),
+    }))
 }
 
 #[tonic::async_trait]
@@ -246,6 +267,59 @@ impl proto::Uploader for UploaderService {
         _request: tonic::Request<UploaderStatusRequest>,
     ) -> Result<tonic::Response<UploaderStatusReply>, tonic::Status> {
         Ok(tonic::Response::new(self.state.snapshot()))
+    }
+
+    async fn create_restore(
+        &self,
+        request: tonic::Request<proto::v1::CreateRestoreRequest>,
+    ) -> RestoreResult {
+        restore_reply(self.restore()?.create(request.into_inner()).await?)
+    }
+
+    async fn list_restores(
+        &self,
+        _request: tonic::Request<proto::v1::ListRestoresRequest>,
+    ) -> Result<tonic::Response<proto::v1::ListRestoresReply>, tonic::Status> {
+        Ok(tonic::Response::new(proto::v1::ListRestoresReply {
+            jobs: self.restore()?.list(),
+        }))
+    }
+
+    async fn get_restore(
+        &self,
+        request: tonic::Request<proto::v1::RestoreJobRef>,
+    ) -> RestoreResult {
+        restore_reply(self.restore()?.get(&request.into_inner().job)?)
+    }
+
+    async fn pause_restore(
+        &self,
+        request: tonic::Request<proto::v1::RestoreJobRef>,
+    ) -> RestoreResult {
+        restore_reply(
+            self.restore()?
+                .control(&request.into_inner().job, "pause")?,
+        )
+    }
+
+    async fn resume_restore(
+        &self,
+        request: tonic::Request<proto::v1::RestoreJobRef>,
+    ) -> RestoreResult {
+        restore_reply(
+            self.restore()?
+                .control(&request.into_inner().job, "resume")?,
+        )
+    }
+
+    async fn cancel_restore(
+        &self,
+        request: tonic::Request<proto::v1::RestoreJobRef>,
+    ) -> RestoreResult {
+        restore_reply(
+            self.restore()?
+                .control(&request.into_inner().job, "cancel")?,
+        )
     }
 
     type VerifyStream = crate::audit::VerifyStream;

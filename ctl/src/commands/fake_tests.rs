@@ -213,6 +213,27 @@ impl Ingester for Fake {
     async fn report_upload_failure(&self, _: Request<UploadFailure>) -> Reply<Empty> {
         Err(Status::unimplemented("not in the fake"))
     }
+
+    async fn set_restore_target(
+        &self,
+        _: Request<RestoreTargetRequest>,
+    ) -> Result<Response<RestoreTargetReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn drop_restore_target(
+        &self,
+        _: Request<RestoreJobName>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn restore_produce(
+        &self,
+        _: Request<RestoreProduceRequest>,
+    ) -> Result<Response<RestoreProduceReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
 }
 
 /// Serves `fake` on 127.0.0.1:<ephemeral>; returns its URL.

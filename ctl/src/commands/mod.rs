@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod logs;
+pub mod restore;
 pub mod rule;
 pub mod segments;
 pub mod status;
@@ -101,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Status { name, .. } => status::run(&ctx, name).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Segments { name } => segments::run(&ctx, name).await,
+        Command::Restore(cmd) => restore::run(&ctx, cmd).await,
         Command::Verify {
             name,
             from,

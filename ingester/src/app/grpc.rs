@@ -155,4 +155,30 @@ impl proto::Ingester for IngesterService {
         self.app.report_failure(&req.into_inner()).await?;
         Ok(Response::new(Empty {}))
     }
+
+    async fn set_restore_target(
+        &self,
+        req: Request<RestoreTargetRequest>,
+    ) -> Reply<RestoreTargetReply> {
+        let partitions = self.app.restore.set(&req.into_inner()).await?;
+        Ok(Response::new(RestoreTargetReply { partitions }))
+    }
+
+    async fn drop_restore_target(&self, req: Request<RestoreJobName>) -> Reply<Empty> {
+        self.app.restore.drop_target(&req.into_inner().job).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn restore_produce(
+        &self,
+        req: Request<RestoreProduceRequest>,
+    ) -> Reply<RestoreProduceReply> {
+        let req = req.into_inner();
+        let producer_name = self
+            .app
+            .restore
+            .produce(&req.job, req.source_partition, req.messages)
+            .await?;
+        Ok(Response::new(RestoreProduceReply { producer_name }))
+    }
 }

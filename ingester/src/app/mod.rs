@@ -79,6 +79,8 @@ pub struct IngesterApp {
     /// Ready once the spool is open and the rules started; not while the database refuses
     /// writes; never again once shutting down. Read by the probes.
     readiness: edge::health::Readiness,
+    /// Restore jobs' targets and producers.
+    pub restore: crate::restore::targets::RestoreTargets,
 }
 
 impl IngesterApp {
@@ -105,6 +107,7 @@ impl IngesterApp {
         let spool_id = crate::spool::spool_id::load_or_create(&db.handle()?)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
+        let restore = crate::restore::targets::RestoreTargets::open(&db)?;
         let sealer = crate::seal::spawn(history.clone());
         let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
         readiness.set(SPOOL_NOT_OPEN, true);
@@ -122,6 +125,7 @@ impl IngesterApp {
             spool_id,
             node_id,
             readiness,
+            restore,
         });
         for stored in app.rules.list()? {
             let name = stored.config.name.clone();

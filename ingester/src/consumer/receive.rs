@@ -216,6 +216,8 @@ fn to_incoming(mut msg: PulsarMessage, id: MessageId) -> Incoming {
         publish_time_ms: meta.publish_time,
         event_time_ms: meta.event_time,
         key: meta.partition_key.as_deref(),
+        key_base64: meta.partition_key_b64_encoded.unwrap_or(false),
+        ordering_key: meta.ordering_key.as_deref(),
         properties: &properties,
         producer_name: &meta.producer_name,
         sequence_id,

@@ -242,6 +242,8 @@ mod tests {
                 sequence_id: n,
                 payload: payload.as_bytes(),
                 chunk: None,
+                key_base64: false,
+                ordering_key: None,
                 encryption: None,
             };
             let mut body = Vec::new();
@@ -308,6 +310,8 @@ mod tests {
                 num_chunks: Some(3000),
                 total_size: None,
             }),
+            key_base64: false,
+            ordering_key: None,
             encryption: None,
         };
         let expected: Vec<u8> = (0..payloads.len())

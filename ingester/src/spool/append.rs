@@ -56,6 +56,8 @@ impl Incoming {
             sequence_id: self.id.entry,
             payload: payload.as_bytes(),
             chunk: None,
+            key_base64: false,
+            ordering_key: None,
             encryption: None,
         };
         let mut body = Vec::new();

@@ -8,6 +8,13 @@
 //! message its producer split) and `encryption` (an end-to-end-encrypted payload's keys). The
 //! client reassembles and decrypts neither, so the record keeps what doing it later takes; a
 //! message without them gives the same bytes as before they existed.
+//!
+//! Two more follow `key` only when the message has them, for the same reason: `key_encoding`
+//! (`"base64"` when the producer set a byte key, which Pulsar carries as its base64 text with a
+//! flag) and `ordering_key` (bytes, base64). Restore needs both to put a message back as it was.
+//!
+//! [`decode_record`] reads a line back (restore, `verify --deep`), old lines without the later
+//! members included.
 
 use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
@@ -26,6 +33,10 @@ pub struct RecordFields<'a> {
     /// Pulsar's event time; 0 or absent means none.
     pub event_time_ms: Option<u64>,
     pub key: Option<&'a str>,
+    /// The key is the base64 text of a byte key (Pulsar's `partition_key_b64_encoded`).
+    pub key_base64: bool,
+    /// Pulsar's `ordering_key` (bytes; Key_Shared subscriptions order by it instead of the key).
+    pub ordering_key: Option<&'a [u8]>,
     pub properties: &'a [(&'a str, &'a str)],
     pub producer_name: &'a str,
     pub sequence_id: u64,
@@ -134,6 +145,11 @@ struct Line<'a> {
     publish_time: String,
     event_time: Option<String>,
     key: Option<&'a str>,
+    // Left out when absent, like `chunk` below, so that other records keep their old bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordering_key: Option<Base64<'a>>,
     properties: Properties<'a>,
     producer_name: &'a str,
     sequence_id: u64,
@@ -174,6 +190,8 @@ pub fn encode_record_into(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
             .filter(|&t| t > 0)
             .map(rfc3339_from_millis),
         key: fields.key,
+        key_encoding: key_encoding(fields),
+        ordering_key: fields.ordering_key.map(Base64),
         properties: Properties(fields.properties),
         producer_name: fields.producer_name,
         sequence_id: fields.sequence_id,
@@ -190,6 +208,13 @@ pub fn encode_record_into(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
     }
     out.push(b'\n');
 }
+
+/// The record's `key_encoding`: only a byte key has one.
+fn key_encoding(fields: &RecordFields<'_>) -> Option<&'static str> {
+    (fields.key_base64 && fields.key.is_some()).then_some(KEY_BASE64)
+}
+
+const KEY_BASE64: &str = "base64";
 
 /// Keys of [`Line`] in serialisation order, the optional `chunk` and `encryption` left out; they
 /// need no escaping.
@@ -230,6 +255,12 @@ const CHUNK_FIXED_LEN: u64 = 1
 /// `,"encryption":` and the encryption object without its values.
 const ENCRYPTION_FIXED_LEN: u64 =
     1 + "encryption".len() as u64 + 3 + object_fixed_len(&["keys", "algorithm", "param"]);
+
+/// `,"key_encoding":"base64"`.
+const KEY_ENCODING_LEN: u64 = 1 + "key_encoding".len() as u64 + 3 + 2 + KEY_BASE64.len() as u64;
+
+/// `,"ordering_key":` without its value.
+const ORDERING_KEY_FIXED_LEN: u64 = 1 + "ordering_key".len() as u64 + 3;
 
 /// One key of `encryption.keys` without its values.
 const ENCRYPTION_KEY_FIXED_LEN: u64 = object_fixed_len(&["name", "value", "metadata"]);
@@ -347,7 +378,11 @@ pub fn record_json_len(fields: &RecordFields<'_>) -> u64 {
         .event_time_ms
         .filter(|&t| t > 0)
         .map_or(NULL_LEN, timestamp_len);
-    let key = fields.key.map_or(NULL_LEN, |k| json_str_len(k.as_bytes()));
+    let key = fields.key.map_or(NULL_LEN, |k| json_str_len(k.as_bytes()))
+        + key_encoding(fields).map_or(0, |_| KEY_ENCODING_LEN)
+        + fields
+            .ordering_key
+            .map_or(0, |k| ORDERING_KEY_FIXED_LEN + base64_len(k));
     let properties = properties_len(fields.properties);
     let (payload, payload_encoding) = match std::str::from_utf8(fields.payload) {
         Ok(_) => (json_str_len(fields.payload), "utf8"),
@@ -385,6 +420,8 @@ mod tests {
             publish_time_ms: 1_795_488_259_913,
             event_time_ms: None,
             key: Some("k1"),
+            key_base64: false,
+            ordering_key: None,
             properties: props,
             producer_name: "p-1",
             sequence_id: 7,
@@ -484,6 +521,36 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&encode_record(&f)).expect("json");
         assert!(v.get("chunk").is_none());
         assert_eq!(v["encryption"]["keys"][0]["value"], "3q2+7w==");
+    }
+
+    /// A byte key and an ordering key follow `key`; a record without them is as before.
+    #[test]
+    fn byte_key_and_ordering_key_follow_the_key_when_present() {
+        let mut f = fields(b"x", &[]);
+        f.key = Some("AAH/");
+        f.key_base64 = true;
+        f.ordering_key = Some(&[0xfe, 0x00]);
+        let line = String::from_utf8(encode_record(&f)).unwrap_or_default();
+        assert!(
+            line.contains(
+                r#""key":"AAH/","key_encoding":"base64","ordering_key":"/gA=","properties":{}"#
+            ),
+            "{line}"
+        );
+        assert_eq!(record_json_len(&f), line.len() as u64);
+        // A text key with an ordering key; a base64 flag without a key says nothing.
+        f.key_base64 = false;
+        let line = String::from_utf8(encode_record(&f)).unwrap_or_default();
+        assert!(
+            line.contains(r#""key":"AAH/","ordering_key":"/gA=","#),
+            "{line}"
+        );
+        f.key = None;
+        f.key_base64 = true;
+        f.ordering_key = None;
+        let line = String::from_utf8(encode_record(&f)).unwrap_or_default();
+        assert!(line.contains(r#""key":null,"properties""#), "{line}");
+        assert_eq!(record_json_len(&f), line.len() as u64);
     }
 
     #[test]
@@ -677,6 +744,7 @@ mod tests {
                 .collect();
             let algorithm = rng.string(&alphabet);
             let param = rng.bytes(&alphabet);
+            let ordering_key = rng.bytes(&alphabet);
             let encryption = EncryptionFields {
                 keys: key_parts
                     .iter()
@@ -700,6 +768,8 @@ mod tests {
                 publish_time_ms: rng.millis(),
                 event_time_ms,
                 key: key.as_deref(),
+                key_base64: rng.below(3) == 0,
+                ordering_key: (rng.below(3) == 0).then_some(ordering_key.as_slice()),
                 properties: &props,
                 producer_name: &producer,
                 sequence_id: rng.u64_value(),

@@ -99,6 +99,7 @@ fn chunks_of(whole: &[u8], uuid: &str, num_chunks: usize, encrypted: Option<&Val
                     key: None,
                     properties,
                     event_time: None,
+                    ..Default::default()
                 },
                 chunk: Some(chunk),
                 encryption: encrypted.cloned(),
@@ -117,6 +118,7 @@ fn encrypted(ciphertext: Vec<u8>, key: Option<&str>, encryption: Value) -> Sent 
             key: key.map(str::to_owned),
             properties,
             event_time: Some(1_700_000_123_456),
+            ..Default::default()
         },
         chunk: None,
         encryption: Some(encryption),

@@ -77,6 +77,7 @@ fn random_messages(n: usize, seed: u64) -> Vec<SampleMessage> {
                 key: None,
                 properties: Default::default(),
                 event_time: None,
+                ..Default::default()
             }
         })
         .collect()

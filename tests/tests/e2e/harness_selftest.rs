@@ -186,7 +186,7 @@ fn record_line(id: &str, m: &SampleMessage) -> String {
             "base64",
         ),
     };
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "message_id": id,
         "topic": "persistent://public/default/t",
         "publish_time": "2026-01-01T00:00:00.000Z",
@@ -198,6 +198,14 @@ fn record_line(id: &str, m: &SampleMessage) -> String {
         "payload": payload,
         "payload_encoding": encoding,
     });
+    // The record's extensions, as the ingester writes them (present only when the message has them).
+    if m.key_base64 {
+        record["key_encoding"] = serde_json::json!("base64");
+    }
+    if let Some(k) = &m.ordering_key {
+        record["ordering_key"] =
+            serde_json::json!(base64::engine::general_purpose::STANDARD.encode(k));
+    }
     format!("{record}\n")
 }
 
@@ -435,6 +443,7 @@ async fn large_messages_cross_the_relay() -> anyhow::Result<()> {
                 key: Some(format!("big-{i}")),
                 properties: Default::default(),
                 event_time: None,
+                ..Default::default()
             }
         })
         .collect();

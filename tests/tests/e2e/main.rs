@@ -17,6 +17,8 @@ mod harness_selftest;
 mod metrics;
 mod ops;
 mod probes;
+mod restore;
+mod restore_producer;
 mod resume;
 mod rule_delete;
 mod rules_edit;

@@ -33,6 +33,7 @@ fn big_messages(seed: u64) -> Vec<SampleMessage> {
                 key: None,
                 properties: BTreeMap::new(),
                 event_time: None,
+                ..Default::default()
             }
         })
         .collect()

@@ -174,19 +174,20 @@ async fn verify_passes_a_complete_backup_and_names_every_damage() -> anyhow::Res
             .unwrap_or_default()
             .to_string();
         let newer = last_entry.as_ref().is_none_or(|e| {
-            let prev: Vec<u64> = e["partitions"][0]["last_message_id"]
-                .as_str()
-                .unwrap_or_default()
-                .split(':')
-                .take(2)
-                .filter_map(|n| n.parse().ok())
-                .collect();
-            let this: Vec<u64> = last
-                .split(':')
-                .take(2)
-                .filter_map(|n| n.parse().ok())
-                .collect();
-            this > prev
+            // Ledger, entry and batch index: two objects may end inside the same entry.
+            let position = |id: &str| -> Vec<i64> {
+                id.split(':')
+                    .enumerate()
+                    .filter(|(i, _)| *i != 2)
+                    .filter_map(|(_, n)| n.parse().ok())
+                    .collect()
+            };
+            let prev = position(
+                e["partitions"][0]["last_message_id"]
+                    .as_str()
+                    .unwrap_or_default(),
+            );
+            position(&last) > prev
         });
         if newer {
             last_entry = Some(entry);

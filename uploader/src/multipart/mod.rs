@@ -318,7 +318,7 @@ impl Journal {
     }
 }
 
-fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<(), UploadError> {
+pub(crate) fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<(), UploadError> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(|e| UploadError::io("creating", dir, e))?;
     let name = path

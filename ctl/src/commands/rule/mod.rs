@@ -6,7 +6,7 @@
 //! - [`waiting`]: what a command that waits shows (`flush --wait`, a drain's progress).
 
 mod delete;
-mod file;
+pub(crate) mod file;
 mod waiting;
 
 use delete::delete;

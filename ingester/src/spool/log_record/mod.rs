@@ -17,13 +17,15 @@
 //!            varint(len(key) + 1) key (0 = no key),
 //!            varint property_count, (string key, string value) × count,
 //!            varint sequence_id, payload (the rest of the frame)
-//! extras   = varint kinds (bit 0: chunk, bit 1: encryption), [chunk] [encryption]
+//! extras   = varint kinds (bit 0: chunk, bit 1: encryption, bit 2: keys), [chunk] [encryption]
+//!            [keys]
 //! chunk    = opt_string uuid, opt_i32 chunk_id, opt_i32 num_chunks, opt_i32 total_size
 //! encryption = varint key_count, (string name, bytes value, varint metadata_count,
 //!              (string key, string value) × metadata_count) × key_count,
 //!              opt_string algorithm, opt_bytes param
 //! string   = varint(len) UTF-8 bytes
 //! bytes    = varint(len) bytes
+//! keys     = u8 key_base64 (0 or 1), opt_bytes ordering_key
 //! opt_string, opt_bytes = varint(len + 1) bytes (0 = absent)
 //! opt_i32  = varint(zigzag(value) + 1) (0 = absent)
 //! ```
@@ -32,7 +34,8 @@
 //! follows; bit 2: extras follow (the message is a chunk or encrypted, see
 //! [`proto::types::record::ChunkFields`]). The first record of a log (and the first after a restart)
 //! carries both names. Bit 2 came later: a log written before it has no frame with it and reads
-//! as it always did, and frames without extras are written exactly as before.
+//! as it always did, and frames without extras are written exactly as before. The `keys` extra
+//! (a byte key, an ordering key) came later still, the same way.
 
 use proto::types::record::{
     encode_record_into, ChunkFields, EncryptionFields, EncryptionKey, RecordFields,
@@ -45,7 +48,8 @@ const EXTRAS: u8 = 4;
 const KNOWN_FLAGS: u8 = NEW_TOPIC | NEW_PRODUCER | EXTRAS;
 const CHUNK: u64 = 1;
 const ENCRYPTION: u64 = 2;
-const KNOWN_EXTRAS: u64 = CHUNK | ENCRYPTION;
+const KEYS: u64 = 4;
+const KNOWN_EXTRAS: u64 = CHUNK | ENCRYPTION | KEYS;
 /// Far above any Pulsar message (5 MB by default): a larger length is damage, and waiting for
 /// the rest of such a frame would hold the whole log in memory.
 const MAX_FRAME: usize = 256 << 20;
@@ -64,8 +68,10 @@ pub struct LogRecordError {
 /// extras follow), which `append` merges into the frame's flags byte, so a body costs no byte
 /// more in the log. The extras come next, then the frame's `body` as in the module doc.
 pub fn encode_body(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
+    let has_keys = fields.key_base64 || fields.ordering_key.is_some();
     let kinds = u64::from(fields.chunk.is_some()) * CHUNK
-        + u64::from(fields.encryption.is_some()) * ENCRYPTION;
+        + u64::from(fields.encryption.is_some()) * ENCRYPTION
+        + u64::from(has_keys) * KEYS;
     if kinds == 0 {
         out.push(0);
     } else {
@@ -90,6 +96,10 @@ pub fn encode_body(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
             }
             put_opt_bytes(out, encryption.algorithm.map(str::as_bytes));
             put_opt_bytes(out, encryption.param);
+        }
+        if has_keys {
+            out.push(u8::from(fields.key_base64));
+            put_opt_bytes(out, fields.ordering_key);
         }
     }
     let id = fields.message_id;
@@ -258,10 +268,10 @@ impl LogDecoder {
             let producer = r.str().ok_or_else(|| err("producer name"))?;
             self.producer_name = Some(producer.to_string());
         }
-        let (chunk, encryption) = if flags & EXTRAS != 0 {
+        let extras = if flags & EXTRAS != 0 {
             read_extras(&mut r).map_err(|what| err(&what))?
         } else {
-            (None, None)
+            Extras::default()
         };
         let message_id = MessageId {
             ledger: r.varint().ok_or_else(|| err("ledger id"))?,
@@ -297,12 +307,14 @@ impl LogDecoder {
             publish_time_ms,
             event_time_ms: Some(event_time_ms).filter(|&t| t > 0),
             key,
+            key_base64: extras.key_base64,
+            ordering_key: extras.ordering_key,
             properties,
             producer_name,
             sequence_id,
             payload,
-            chunk,
-            encryption: encryption.as_ref(),
+            chunk: extras.chunk,
+            encryption: extras.encryption.as_ref(),
         };
         encode_record_into(&fields, json);
         Ok(())
@@ -317,9 +329,15 @@ impl LogDecoder {
 }
 
 /// What a frame's extras hold.
-type Extras<'a> = (Option<ChunkFields<'a>>, Option<EncryptionFields<'a>>);
+#[derive(Default)]
+struct Extras<'a> {
+    chunk: Option<ChunkFields<'a>>,
+    encryption: Option<EncryptionFields<'a>>,
+    key_base64: bool,
+    ordering_key: Option<&'a [u8]>,
+}
 
-/// The chunk and encryption of a frame with extras; `Err` names what is damaged.
+/// The chunk, encryption and keys of a frame with extras; `Err` names what is damaged.
 fn read_extras<'a>(r: &mut Reader<'a>) -> Result<Extras<'a>, String> {
     let what = |s: &str| s.to_string();
     let kinds = r.varint().ok_or_else(|| what("extras"))?;
@@ -366,7 +384,25 @@ fn read_extras<'a>(r: &mut Reader<'a>) -> Result<Extras<'a>, String> {
     } else {
         None
     };
-    Ok((chunk, encryption))
+    let (key_base64, ordering_key) = if kinds & KEYS != 0 {
+        let key_base64 = match r.byte() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(what("key encoding")),
+        };
+        (
+            key_base64,
+            r.opt_bytes().ok_or_else(|| what("ordering key"))?,
+        )
+    } else {
+        (false, None)
+    };
+    Ok(Extras {
+        chunk,
+        encryption,
+        key_base64,
+        ordering_key,
+    })
 }
 
 /// The JSON line of one record given in parts (topic, producer name, body), as the segment file

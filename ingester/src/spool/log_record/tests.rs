@@ -25,6 +25,8 @@ fn fields<'a>(
         sequence_id: n.wrapping_mul(977),
         payload,
         chunk: None,
+        key_base64: false,
+        ordering_key: None,
         encryption: None,
     }
 }
@@ -111,6 +113,12 @@ fn sample_with_extras() -> Vec<RecordFields<'static>> {
     let mut empty = records[0];
     empty.encryption = Some(&EMPTY_ENCRYPTION);
     records.push(empty);
+    // A byte key alone, an ordering key alone, both with a chunk, an empty ordering key.
+    records[1].key_base64 = true;
+    records[2].ordering_key = Some(&[0, 0xff, 7]);
+    records[3].key_base64 = true;
+    records[3].ordering_key = Some(b"ok");
+    records[6].ordering_key = Some(&[]);
     records
 }
 
@@ -176,6 +184,17 @@ fn chunks_and_encryption_round_trip_to_their_json_lines() {
         lines[6]["encryption"],
         serde_json::json!({"keys":[],"algorithm":null,"param":null})
     );
+    assert_eq!(lines[1]["key_encoding"], "base64");
+    assert!(lines[1].get("ordering_key").is_none());
+    assert!(lines[2].get("key_encoding").is_none());
+    assert_eq!(lines[2]["ordering_key"], "AP8H");
+    assert_eq!(lines[3]["ordering_key"], "b2s=");
+    assert!(
+        lines[3].get("key_encoding").is_none(),
+        "no key, no key_encoding"
+    );
+    assert_eq!(lines[6]["ordering_key"], "");
+    assert!(lines[5].get("ordering_key").is_none() && lines[5].get("key_encoding").is_none());
 }
 
 /// Frames of messages without extras are what the encoder wrote before extras existed, and
@@ -209,6 +228,8 @@ fn logs_written_before_extras_existed_still_decode() {
         sequence_id: 5,
         payload: b"hi",
         chunk: None,
+        key_base64: false,
+        ordering_key: None,
         encryption: None,
     };
     let two = RecordFields {
@@ -295,12 +316,14 @@ fn damage_is_named_not_panicked_on() {
     // Extras of a kind this version does not know.
     let mut one = Vec::new();
     let mut body = Vec::new();
-    encode_body(&records[1], &mut body);
+    let mut chunk_only = records[1];
+    chunk_only.key_base64 = false;
+    encode_body(&chunk_only, &mut body);
     LogEncoder::default().append("t", "p", &body, &mut one);
     let kinds_at = 1 + 1 + 2 + 2; // length, flags, "t", "p"
     assert_eq!(one[1], NEW_TOPIC | NEW_PRODUCER | EXTRAS);
     assert_eq!(u64::from(one[kinds_at]), CHUNK);
-    one[kinds_at] = 4;
+    one[kinds_at] = 8;
     let err = LogDecoder::default()
         .decode(&one, &mut Vec::new())
         .expect_err("unknown extras");

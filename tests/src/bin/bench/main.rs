@@ -6,7 +6,7 @@
 //! depend on the machine. See docs/benchmarks.md for what each scenario measures and how.
 //!
 //! Each scenario has its module (`baseline`, `e2e`, `uploader`, `latency`, `sizes`, `rules`,
-//! `big`, `verify`); `stack` starts the harness's [`harness::Stack`] they run on, `process` reads the
+//! `big`, `verify`, `restore`); `stack` starts the harness's [`harness::Stack`] they run on, `process` reads the
 //! daemons' /proc figures, `messages` makes the payloads, and `table` prints the results.
 //!
 //! ```text
@@ -21,6 +21,7 @@ mod e2e;
 mod latency;
 mod messages;
 mod process;
+mod restore;
 mod rules;
 mod sizes;
 mod stack;
@@ -49,7 +50,7 @@ const MIB: usize = 1 << 20;
 )]
 struct Args {
     /// `all`, or a comma list of
-    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,steady
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,restore,steady
     /// (`steady` is not part of `all`: it runs the end-to-end backup --steady-runs times).
     #[arg(long, default_value = "all")]
     scenarios: String,
@@ -83,7 +84,7 @@ struct Args {
 }
 
 /// What `all` runs; `steady` besides.
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "baseline",
     "e2e",
     "uploader",
@@ -93,6 +94,7 @@ const ALL: [&str; 10] = [
     "sizes",
     "rules",
     "big",
+    "restore",
     "verify",
 ];
 
@@ -197,6 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "sizes" => bench.sizes().await,
             "rules" => bench.rules().await,
             "big" => bench.big().await,
+            "restore" => bench.restore(KB, bench.n / 2).await,
             "verify" => bench.verify().await,
             "steady" => {
                 bench

@@ -36,6 +36,7 @@ impl Payloads {
             key: Some(format!("k{}", index % 16)),
             properties: [("seq".to_string(), index.to_string())].into(),
             event_time: None,
+            ..Default::default()
         }
     }
 }

@@ -207,6 +207,27 @@ impl proto::Ingester for Fake {
         self.failures.lock().expect("fake").push(req.into_inner());
         Ok(Response::new(Empty {}))
     }
+
+    async fn set_restore_target(
+        &self,
+        _: Request<RestoreTargetRequest>,
+    ) -> Result<Response<RestoreTargetReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn drop_restore_target(
+        &self,
+        _: Request<RestoreJobName>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn restore_produce(
+        &self,
+        _: Request<RestoreProduceRequest>,
+    ) -> Result<Response<RestoreProduceReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
 }
 
 /// Serves `fake` on 127.0.0.1:0; its URL.

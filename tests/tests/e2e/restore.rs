@@ -1,0 +1,607 @@
+//! `restore`: a rule's backup put back into another topic through the real daemons and CLI,
+//! checked by consuming the target topic with a client: payload bytes, key (text and bytes),
+//! ordering key, properties, event time and order, plus the original id and publish time as
+//! properties, the producer name and the sequence ids (pulsar-lite has no deduplication, so
+//! idempotence shows as what a deduplicating broker would key on).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use harness::{produce, sample_messages, SampleMessage};
+use pulsar::consumer::{ConsumerOptions, InitialPosition};
+use pulsar::{Consumer, SubType, TokioExecutor};
+use serde_json::Value;
+
+use crate::util::{unique_topic, Stack};
+
+const MESSAGE_ID: &str = "tdmq-backup.message-id";
+const PUBLISH_TIME: &str = "tdmq-backup.publish-time";
+
+/// One message as the target topic holds it.
+#[derive(Debug, Clone)]
+struct Got {
+    producer_name: String,
+    sequence_id: u64,
+    payload: Vec<u8>,
+    key: Option<String>,
+    key_base64: bool,
+    ordering_key: Option<Vec<u8>>,
+    properties: BTreeMap<String, String>,
+    event_time: Option<u64>,
+}
+
+/// Backs `messages` up under rule `rule` (objects of at most 500 messages) and waits until all
+/// are stored.
+async fn backed_up(stack: &Stack, rule: &str, messages: &[SampleMessage]) -> anyhow::Result<()> {
+    let topic = unique_topic("src");
+    let full = format!("persistent://public/default/{topic}");
+    produce(&stack.pulsar.url(), &full, messages, true).await?;
+    stack.create_rule(rule, &topic, &["--window", "1h", "--max-messages", "500"])?;
+    stack
+        .wait_until_backed_up(rule, messages.len() as u64, Duration::from_secs(180))
+        .await?;
+    Ok(())
+}
+
+/// Reads messages from `topic` until `count` arrived, then until none arrives for `quiet`.
+async fn consume(
+    stack: &Stack,
+    topic: &str,
+    count: usize,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Got>> {
+    let pulsar = harness::producer::client(&stack.pulsar.url()).await?;
+    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
+        .consumer()
+        .with_topic(topic)
+        .with_subscription(format!("check-{}", rand::random::<u32>()))
+        .with_subscription_type(SubType::Exclusive)
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
+        .build()
+        .await
+        .context("subscribing to the target")?;
+    let mut got = Vec::new();
+    // pulsar-lite redelivers now and then (docs/dependencies.md §3): a message seen again under
+    // its broker id is a redelivery to this consumer, not a message the restore produced twice.
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let wait = if got.len() < count {
+            Duration::from_secs(30)
+        } else {
+            quiet
+        };
+        let next = match tokio::time::timeout(wait, consumer.next()).await {
+            Err(_) if got.len() >= count => return Ok(got),
+            Err(_) => bail!(
+                "{} of {count} messages on {topic} after 30 s of nothing",
+                got.len()
+            ),
+            Ok(next) => next.context("the consumer ended")??,
+        };
+        let id = next.message_id();
+        if !seen.insert((id.ledger_id, id.entry_id, id.batch_index, id.partition)) {
+            consumer.ack(&next).await?;
+            continue;
+        }
+        let meta = next.metadata();
+        got.push(Got {
+            producer_name: meta.producer_name.clone(),
+            sequence_id: meta.sequence_id,
+            payload: next.payload.data.clone(),
+            key: meta.partition_key.clone(),
+            key_base64: meta.partition_key_b64_encoded.unwrap_or(false),
+            ordering_key: meta.ordering_key.clone(),
+            properties: meta
+                .properties
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            event_time: meta.event_time,
+        });
+        consumer.ack(&next).await?;
+    }
+}
+
+/// Checks that `got[i]` is `sent[i]` as a restore must put it back.
+fn assert_restored(sent: &[SampleMessage], got: &[Got], producer: &str) {
+    assert_eq!(got.len(), sent.len());
+    let mut last_id = None;
+    for (i, (want, got)) in sent.iter().zip(got).enumerate() {
+        assert_eq!(got.payload, want.payload, "message {i}: payload");
+        assert_eq!(got.key, want.key, "message {i}: key");
+        assert_eq!(got.key_base64, want.key_base64, "message {i}: byte key");
+        assert_eq!(
+            got.ordering_key, want.ordering_key,
+            "message {i}: ordering key"
+        );
+        assert_eq!(got.event_time, want.event_time, "message {i}: event time");
+        let mut props = got.properties.clone();
+        let id = props
+            .remove(MESSAGE_ID)
+            .expect("the original id as a property");
+        let published = props
+            .remove(PUBLISH_TIME)
+            .expect("the publish time as a property");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&published).is_ok(),
+            "{published}"
+        );
+        assert_eq!(props, want.properties, "message {i}: properties");
+        assert_eq!(got.producer_name, producer, "message {i}");
+        // Order kept: the original ids increase (one partition, one ledger here).
+        let id: proto::types::MessageId = id.parse().expect("a message id");
+        if let Some(last) = last_id {
+            assert!(id.is_after(&last), "message {i}: {id} after {last}");
+        }
+        last_id = Some(id);
+    }
+}
+
+async fn wait_for_state(
+    stack: &Stack,
+    job: &str,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let show = stack.ctl_json_async(&["restore", "show", job]).await?;
+        if show["state"] == state {
+            return Ok(show);
+        }
+        if show["state"] == "failed" || tokio::time::Instant::now() > deadline {
+            bail!(
+                "job {job} is not {state}: {show}\n--- uploader:\n{}\n--- ingester:\n{}",
+                stack.log_tail("uploader.log"),
+                stack.log_tail("ingester.log")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn target(stack: &Stack) -> String {
+    format!("pulsar://{}", stack.pulsar.broker_addr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_into_another_topic_keeps_every_field_and_the_order() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let sent = sample_messages(3_000, 17);
+    assert!(sent.iter().any(|m| m.key_base64) && sent.iter().any(|m| m.ordering_key.is_some()));
+    assert!(sent
+        .iter()
+        .any(|m| std::str::from_utf8(&m.payload).is_err()));
+    backed_up(&stack, "orders-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("restored"));
+    let url = target(&stack);
+
+    // A dry run plans and records nothing.
+    let plan = stack.ctl_json(&[
+        "restore",
+        "create",
+        "dry",
+        "--rule",
+        "orders-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--dry-run",
+    ])?;
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert_eq!(plan["messages"], 3_000, "{plan}");
+    assert!(
+        plan["objects"].as_u64().unwrap_or(0) >= 6,
+        "500 per object: {plan}"
+    );
+    assert_eq!(plan["target_partitions"], 0, "{plan}");
+    assert_eq!(plan["partitions"][0]["target_partition"], -1, "{plan}");
+    assert!(
+        !plan["min_publish_time"].as_str().unwrap_or("").is_empty(),
+        "{plan}"
+    );
+    assert_eq!(stack.ctl_json(&["restore", "list"])?, serde_json::json!([]));
+
+    let token_file = stack.path("target-token");
+    std::fs::write(&token_file, "target-secret-token-42\n")?;
+    let created = stack.ctl_json(&[
+        "restore",
+        "create",
+        "back",
+        "--rule",
+        "orders-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--token-file",
+        &token_file.to_string_lossy(),
+    ])?;
+    assert_eq!(created["state"], "running", "{created}");
+    let done = wait_for_state(&stack, "back", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], 3_000, "{done}");
+    let got = consume(&stack, &to, 3_000, Duration::from_secs(2)).await?;
+    assert_restored(&sent, &got, "restore-back--1");
+    // The sequence ids are the positions in the plan: 0, 1, 2, ...
+    let ids: Vec<u64> = got.iter().map(|g| g.sequence_id).collect();
+    assert_eq!(ids, (0..3_000).collect::<Vec<u64>>());
+
+    // Done: the ingester forgot the target and its token.
+    crate::util::eventually("the target dropped", Duration::from_secs(20), || {
+        Ok(stack
+            .log_tail("ingester.log")
+            .contains("restore target and token dropped job=back")
+            .then_some(()))
+    })
+    .await?;
+    // The token is in no reply and no log.
+    let listed = stack.ctl(&["-o", "json", "restore", "list"]);
+    let shown = String::from_utf8_lossy(&listed.stdout);
+    assert!(shown.contains("\"done\""), "{shown}");
+    for text in [
+        shown.to_string(),
+        stack.log_tail("ingester.log"),
+        stack.log_tail("uploader.log"),
+    ] {
+        assert!(!text.contains("target-secret-token-42"));
+    }
+    // A finished job cannot be paused.
+    let out = stack.ctl(&["restore", "pause", "back"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("done"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_survives_kill9_of_both_daemons_and_duplicates_at_most_a_batch(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let sent = sample_messages(3_000, 23);
+    backed_up(&stack, "crash-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("restored"));
+    let url = target(&stack);
+    // Slow enough to be killed in the middle.
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "crashy",
+        "--rule",
+        "crash-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--rate",
+        "600/s",
+    ])?;
+    for _ in 0..2 {
+        let before = stack.ctl_json_async(&["restore", "show", "crashy"]).await?["produced"]
+            .as_u64()
+            .unwrap_or(0);
+        crate::util::eventually("the job to move on", Duration::from_secs(30), || {
+            let show = stack.ctl_json(&["restore", "show", "crashy"])?;
+            Ok((show["produced"].as_u64().unwrap_or(0) >= before + 500).then_some(()))
+        })
+        .await?;
+        stack.ingester.as_mut().context("ingester")?.kill9()?;
+        stack.uploader.as_mut().context("uploader")?.kill9()?;
+        stack.start_ingester().await?;
+        stack.start_uploader().await?;
+    }
+    let done = wait_for_state(&stack, "crashy", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"].as_u64(), Some(3_000), "{done}");
+
+    let got = consume(&stack, &to, 3_000, Duration::from_secs(3)).await?;
+    // Every message arrived; a repeat is one the broker had not confirmed before a kill, sent
+    // again with the same producer name and sequence id (which a deduplicating broker drops).
+    let mut first_seen: HashMap<String, (String, u64)> = HashMap::new();
+    let mut duplicates = 0;
+    let mut unique = Vec::new();
+    for g in &got {
+        let id = g
+            .properties
+            .get(MESSAGE_ID)
+            .cloned()
+            .context("message id property")?;
+        match first_seen.get(&id) {
+            Some(first) => {
+                duplicates += 1;
+                assert_eq!(first, &(g.producer_name.clone(), g.sequence_id), "{id}");
+            }
+            None => {
+                first_seen.insert(id, (g.producer_name.clone(), g.sequence_id));
+                unique.push(g.clone());
+            }
+        }
+    }
+    println!(
+        "restore through two kills: {} delivered, {duplicates} repeated",
+        got.len()
+    );
+    assert!(
+        duplicates <= 2 * 500,
+        "at most the batch in flight at each of two kills: {duplicates}"
+    );
+    assert_restored(&sent, &unique, "restore-crashy--1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_range_partitions_pause_resume_and_cancel() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let topic = unique_topic("src");
+    let full = format!("persistent://public/default/{topic}");
+    let all = sample_messages(1_500, 31);
+    let (a, rest) = all.split_at(500);
+    let (b, c) = rest.split_at(500);
+    // Three bursts a few hundred milliseconds apart: the middle one is selected by time.
+    produce(&stack.pulsar.url(), &full, a, true).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    produce(&stack.pulsar.url(), &full, b, true).await?;
+    let to_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(&stack.pulsar.url(), &full, c, true).await?;
+    stack.create_rule(
+        "range-bk",
+        &topic,
+        &["--window", "1h", "--max-messages", "400"],
+    )?;
+    stack
+        .wait_until_backed_up("range-bk", 1_500, Duration::from_secs(180))
+        .await?;
+
+    let to = format!("persistent://public/default/{}", unique_topic("middle"));
+    let url = target(&stack);
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "middle",
+        "--rule",
+        "range-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--from",
+        &from,
+        "--to",
+        &to_time,
+        "--partitions=-1",
+    ])?;
+    let done = wait_for_state(&stack, "middle", "done", Duration::from_secs(60)).await?;
+    assert_eq!(done["produced"], 500, "{done}");
+    assert_eq!(
+        done["skipped"].as_u64().unwrap_or(0) + 500,
+        done["messages"].as_u64().unwrap_or(0),
+        "{done}"
+    );
+    let got = consume(&stack, &to, 500, Duration::from_secs(2)).await?;
+    assert_restored(b, &got, "restore-middle--1");
+
+    // Pause, resume, cancel a slow job.
+    let to = format!("persistent://public/default/{}", unique_topic("slow"));
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "slow",
+        "--rule",
+        "range-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--rate",
+        "300/s",
+    ])?;
+    crate::util::eventually("some progress", Duration::from_secs(30), || {
+        let show = stack.ctl_json(&["restore", "show", "slow"])?;
+        Ok((show["produced"].as_u64().unwrap_or(0) > 0).then_some(()))
+    })
+    .await?;
+    let paused = stack.ctl_json(&["restore", "pause", "slow"])?;
+    assert_eq!(paused["state"], "paused");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a1 = stack.ctl_json(&["restore", "show", "slow"])?["produced"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a2 = stack.ctl_json(&["restore", "show", "slow"])?["produced"].clone();
+    assert_eq!(a1, a2, "nothing produced while paused");
+    assert_eq!(
+        stack.ctl_json(&["restore", "resume", "slow"])?["state"],
+        "running"
+    );
+    crate::util::eventually("progress after resume", Duration::from_secs(30), || {
+        let show = stack.ctl_json(&["restore", "show", "slow"])?;
+        Ok((show["produced"].as_u64() > a2.as_u64()).then_some(()))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "--- uploader:\n{}\n--- ingester:\n{}",
+            stack.log_tail("uploader.log"),
+            stack.log_tail("ingester.log")
+        )
+    })?;
+    assert_eq!(
+        stack.ctl_json(&["restore", "cancel", "slow"])?["state"],
+        "cancelled"
+    );
+    let out = stack.ctl(&["restore", "resume", "slow"]);
+    assert!(!out.status.success(), "a cancelled job stays cancelled");
+    let list = stack.ctl_json(&["restore", "list"])?;
+    let states: Vec<&str> = list
+        .as_array()
+        .map(|jobs| jobs.iter().filter_map(|j| j["state"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(states, ["done", "cancelled"], "{list}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_p_goes_to_partition_p_in_order() -> anyhow::Result<()> {
+    let pulsar = harness::PulsarLite::start_with_partitions(2).await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
+    let sent = sample_messages(1_200, 41);
+    backed_up(&stack, "parts-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("parts"));
+    let plan = stack.ctl_json(&[
+        "restore",
+        "create",
+        "parts",
+        "--rule",
+        "parts-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
+        "--dry-run",
+    ])?;
+    assert_eq!(plan["target_partitions"], 2, "{plan}");
+    let mapping: Vec<(i64, i64)> = plan["partitions"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| {
+                    (
+                        p["source_partition"].as_i64().unwrap_or(-9),
+                        p["target_partition"].as_i64().unwrap_or(-9),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(mapping, [(0, 0), (1, 1)], "{plan}");
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "parts",
+        "--rule",
+        "parts-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
+    ])?;
+    wait_for_state(&stack, "parts", "done", Duration::from_secs(120)).await?;
+    let by_payload: HashMap<&[u8], &SampleMessage> =
+        sent.iter().map(|m| (m.payload.as_slice(), m)).collect();
+    let mut total = 0;
+    for p in 0..2i32 {
+        let planned = plan["partitions"][p as usize]["messages"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        let got = consume(
+            &stack,
+            &format!("{to}-partition-{p}"),
+            planned,
+            Duration::from_secs(2),
+        )
+        .await?;
+        assert_eq!(got.len(), planned, "partition {p}");
+        let mut want = Vec::new();
+        for g in &got {
+            let id: proto::types::MessageId = g.properties[MESSAGE_ID].parse()?;
+            assert_eq!(
+                id.partition, p,
+                "a message of source partition {} in target partition {p}",
+                id.partition
+            );
+            want.push(
+                (*by_payload
+                    .get(g.payload.as_slice())
+                    .context("a sent payload")?)
+                .clone(),
+            );
+        }
+        assert_restored(&want, &got, &format!("restore-parts-{p}"));
+        total += got.len();
+    }
+    assert_eq!(total, sent.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let sent = sample_messages(1_000, 43);
+    backed_up(&stack, "gone-bk", &sent).await?;
+    let objects = harness::read_all(&stack.s3.client(), crate::util::BUCKET, "").await?;
+    let victim = objects
+        .iter()
+        .map(|o| o.key.clone())
+        .filter(|k| !k.contains(".tdmq-backup/"))
+        .nth(1)
+        .context("a second object")?;
+    let client = stack.s3.client();
+    let body = client
+        .get_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .send()
+        .await?
+        .body
+        .collect()
+        .await?
+        .into_bytes();
+    client
+        .delete_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .send()
+        .await?;
+
+    let to = format!("persistent://public/default/{}", unique_topic("gone"));
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "gone",
+        "--rule",
+        "gone-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &target(&stack),
+    ])?;
+    let failed = crate::util::eventually("the job to fail", Duration::from_secs(60), || {
+        let show = stack.ctl_json(&["restore", "show", "gone"])?;
+        Ok((show["state"] == "failed").then_some(show))
+    })
+    .await?;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&victim) && reason.contains("not in the bucket"),
+        "{failed}"
+    );
+    let table =
+        String::from_utf8_lossy(&stack.ctl(&["restore", "show", "gone"]).stdout).into_owned();
+    assert!(
+        table.contains("failed") && table.contains(&victim),
+        "{table}"
+    );
+
+    // Put back, resumed: everything arrives, the part before the gap once.
+    client
+        .put_object()
+        .bucket(crate::util::BUCKET)
+        .key(&victim)
+        .body(body.into())
+        .send()
+        .await?;
+    assert_eq!(
+        stack.ctl_json(&["restore", "resume", "gone"])?["state"],
+        "running"
+    );
+    wait_for_state(&stack, "gone", "done", Duration::from_secs(60)).await?;
+    let got = consume(&stack, &to, sent.len(), Duration::from_secs(2)).await?;
+    assert_restored(&sent, &got, "restore-gone--1");
+    Ok(())
+}
