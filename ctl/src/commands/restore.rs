@@ -68,17 +68,7 @@ pub async fn run(ctx: &Ctx, cmd: RestoreCommand) -> anyhow::Result<Report> {
 }
 
 async fn create(ctx: &Ctx, args: RestoreCreateArgs) -> anyhow::Result<Report> {
-    let token = match (&args.token_file, &args.token_env) {
-        (Some(path), _) => Some(TokenSource::File {
-            what: "--token-file".into(),
-            path: path.clone(),
-        }),
-        (None, Some(var)) => Some(TokenSource::Env {
-            what: "--token-env".into(),
-            var: var.clone(),
-        }),
-        (None, None) => None,
-    };
+    let token = TokenSource::from_flags(args.token_file.as_ref(), args.token_env.as_ref());
     let token = token.map(|t| t.read()).transpose()?.unwrap_or_default();
     let to_topic = proto::types::TopicName::parse(&args.to_topic)
         .map_err(|e| anyhow::anyhow!("--to-topic: {e}"))?

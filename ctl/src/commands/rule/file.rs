@@ -17,6 +17,21 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
+    /// The source that `--token-file` / `--token-env` name (clap makes them exclusive).
+    pub fn from_flags(file: Option<&PathBuf>, env: Option<&String>) -> Option<TokenSource> {
+        match (file, env) {
+            (Some(path), _) => Some(TokenSource::File {
+                what: "--token-file".into(),
+                path: path.clone(),
+            }),
+            (None, Some(var)) => Some(TokenSource::Env {
+                what: "--token-env".into(),
+                var: var.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+
     /// The token, trimmed. Errors name the flag/key and the path or variable, never the value.
     pub fn read(&self) -> anyhow::Result<String> {
         match self {

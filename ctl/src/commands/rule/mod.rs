@@ -332,17 +332,7 @@ fn flags_spec(f: &SpecFlags) -> (RuleSpecInput, Option<TokenSource>) {
         endpoint: f.endpoint.clone(),
         compression: f.compression.clone(),
     };
-    let token = match (&f.token_file, &f.token_env) {
-        (Some(path), _) => Some(TokenSource::File {
-            what: "--token-file".into(),
-            path: path.clone(),
-        }),
-        (None, Some(var)) => Some(TokenSource::Env {
-            what: "--token-env".into(),
-            var: var.clone(),
-        }),
-        (None, None) => None,
-    };
+    let token = TokenSource::from_flags(f.token_file.as_ref(), f.token_env.as_ref());
     (spec, token)
 }
 
