@@ -17,6 +17,7 @@ mod harness_selftest;
 mod metrics;
 mod ops;
 mod probes;
+mod query_recipes;
 mod restore;
 mod restore_producer;
 mod resume;
