@@ -15,8 +15,9 @@ fi
 if [ ! -x .venv/bin/moto_server ] || ! .venv/bin/python -c 'import crc32c' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'crc32c==2.9.post0' >&2
 fi
-# DuckDB runs the user guide's query recipes in the tests (tests/recipes/duckdb_recipes.py).
-if ! .venv/bin/python -c 'import duckdb' 2>/dev/null; then
-  .venv/bin/pip install --quiet --disable-pip-version-check 'duckdb==2.0.1' >&2
+# DuckDB runs the user guide's query recipes in the tests (tests/recipes/duckdb_recipes.py);
+# kubernetes-validate checks deploy/kubernetes against the API schemas, offline.
+if ! .venv/bin/python -c 'import duckdb' 2>/dev/null || [ ! -x .venv/bin/kubernetes-validate ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'duckdb==2.0.1' 'kubernetes-validate==1.37.0' >&2
 fi
 .venv/bin/python -c 'import pulsar_lite,os;print(os.path.join(os.path.dirname(pulsar_lite.__file__),"bin","pulsar-lite"))'

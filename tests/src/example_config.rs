@@ -47,3 +47,19 @@ pub fn assert_names_every_key(file: &str, daemon: &str, text: &str, command: &cl
         "examples/{file} shows keys the {daemon} does not know: {unknown:?}"
     );
 }
+
+/// The text of `entry` (a `NAME: |` block) in the ConfigMap of the Kubernetes manifest `yaml`,
+/// without its indentation; panics when the manifest has no such entry.
+pub fn configmap_entry(yaml: &str, entry: &str) -> String {
+    let header = format!("{entry}: |");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != header);
+    let Some(first) = lines.next() else {
+        panic!("the Kubernetes manifest has no ConfigMap entry {entry}");
+    };
+    let indent = first.len() - first.trim_start().len() + 2;
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

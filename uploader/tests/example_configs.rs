@@ -63,3 +63,23 @@ fn the_examples_name_every_key_and_no_other() {
         );
     }
 }
+
+#[test]
+fn the_kubernetes_configmaps_uploader_config_loads_through_the_real_loader() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/tdmq-backup.yaml");
+    let manifest =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = example_config::configmap_entry(&manifest, "uploader.toml");
+    let args = Args::try_parse_from(["tdmq-backup-uploader"]).expect("no flags");
+    let c = UploaderConfig::build(args, Some(&text), Credentials::DefaultChain)
+        .unwrap_or_else(|e| panic!("the ConfigMap's uploader.toml: {e}"));
+    // The ingester in the same pod; the sealed files on the shared volume, where it mounts them.
+    assert_eq!(c.ingester, "http://127.0.0.1:7601");
+    assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:7602");
+    assert!(c.daemon.auth_token_file.is_some());
+    assert_eq!(
+        c.ingester_data_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/tdmq-backup/ingester"))
+    );
+}

@@ -1,4 +1,5 @@
-//! The monitoring files in `deploy/`: the Prometheus alert rules pass `promtool check rules` and
+//! The files in `deploy/`. The Kubernetes manifests are valid API objects (`kubernetes-validate`,
+//! installed into `.venv` by scripts/setup-test-services.sh). The Prometheus alert rules pass `promtool check rules` and
 //! their unit tests (`promtool test rules`, which prove that "nothing stored for 15 minutes"
 //! fires when it should and not otherwise), and the Grafana dashboard is a dashboard whose
 //! queries parse. That they name only exposed metrics is checked against real scrapes in
@@ -191,5 +192,54 @@ fn the_dashboard_picks_its_data_source_and_rules_and_its_queries_parse() -> anyh
         checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
         "{checked}"
     );
+    Ok(())
+}
+
+/// The Kubernetes manifests are valid objects of the API they name, checked strictly (no
+/// unknown fields, so a misspelt probe or mount is caught) by `kubernetes-validate` against the
+/// oldest and the newest Kubernetes versions it knows that the manifests support. The daemons'
+/// configs inside the ConfigMap are loaded by their real loaders in the ingester's and the
+/// uploader's `example_configs` tests.
+#[test]
+fn the_kubernetes_manifests_are_valid_for_the_api_they_name() -> anyhow::Result<()> {
+    let root = repo_root();
+    let validator = root.join(".venv/bin/kubernetes-validate");
+    let manifests: Vec<PathBuf> = std::fs::read_dir(root.join("deploy/kubernetes"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    anyhow::ensure!(!manifests.is_empty(), "no manifests in deploy/kubernetes");
+    for version in ["1.27.0", "1.33.0"] {
+        let out = Command::new(&validator)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&manifests)
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (scripts/setup-test-services.sh installs it)",
+                    validator.display()
+                )
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("kubernetes-validate (Kubernetes {version}) failed:\n{text}");
+        }
+        // Every object checked: the StatefulSet, its ConfigMap and the Services.
+        for kind in [
+            "statefulset/tdmq-backup",
+            "configmap/tdmq-backup-config",
+            "service/tdmq-backup",
+        ] {
+            anyhow::ensure!(
+                text.contains(&format!("passed for resource {kind}")),
+                "{kind} not validated:\n{text}"
+            );
+        }
+    }
     Ok(())
 }
