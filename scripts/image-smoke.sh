@@ -3,7 +3,8 @@
 # docs/user-guide.md "Container image" runs it:
 #   pulsar-lite broker + relay (on this host) → ingester container ──gRPC──▶ uploader container
 #   → file:// store on a bind-mounted directory
-# The two daemons run in separate containers on a user-defined network, listen on 0.0.0.0 with
+# The two daemons run in separate containers on a user-defined network, with a read-only root
+# filesystem (as deploy/kubernetes sets readOnlyRootFilesystem), listen on 0.0.0.0 with
 # the control-plane token file mounted read-only, and reach each other by container name; ctl runs
 # in a third container. First the image's contents are checked (binaries, user, volumes, CA
 # certificates). Then it creates a rule, produces COUNT messages, and waits until every one is
@@ -92,14 +93,14 @@ ready() { # container, daemon: waits for the daemon's "ready" log line
   echo "image-smoke.sh: $1 did not start" >&2; exit 1
 }
 start_ingester() {
-  "$ENGINE" run -d --name "$ING" --network "$NET" -p 127.0.0.1::7611 \
+  "$ENGINE" run -d --read-only --name "$ING" --network "$NET" -p 127.0.0.1::7611 \
     -v "$VOL_ING:/var/lib/tdmq-backup/ingester" -v "$OUT/etc:/etc/tdmq-backup:ro" \
     "$IMAGE" tdmq-backup-ingester --config /etc/tdmq-backup/ingester.toml \
     --listen 0.0.0.0:7601 --metrics-listen 0.0.0.0:7611 --node-id smoke >/dev/null
   ready "$ING" ingester
 }
 start_uploader() { # extra run options
-  "$ENGINE" run -d --name "$UPL" --network "$NET" "$@" \
+  "$ENGINE" run -d --read-only --name "$UPL" --network "$NET" "$@" \
     -v "$VOL_UPL:/var/lib/tdmq-backup/uploader" -v "$OUT/etc:/etc/tdmq-backup:ro" \
     -v "$OUT/store:/backup" \
     "$IMAGE" tdmq-backup-uploader --config /etc/tdmq-backup/uploader.toml \
