@@ -20,7 +20,8 @@ pub const DEFAULT_UPLOADER: &str = "http://127.0.0.1:7602";
     args_override_self = true
 )]
 pub struct Cli {
-    /// The ingester's gRPC address.
+    /// The ingester's gRPC address. Several (repeated, or a comma-separated list): rule
+    /// commands, `status`, `logs` and `segments` go to every one; `restore` to the first.
     // `global` so `tdmq-backup status --ingester URL` works too; the contract's position (before
     // the command) keeps working.
     #[arg(
@@ -29,9 +30,11 @@ pub struct Cli {
         env = "TDMQ_BACKUP_INGESTER",
         help_heading = "Global options",
         default_value = DEFAULT_INGESTER,
-        value_name = "URL"
+        value_name = "URL",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
     )]
-    pub ingester: String,
+    pub ingester: Vec<String>,
 
     /// The uploader's gRPC address (used by `status`).
     #[arg(
@@ -128,7 +131,7 @@ pub enum OutputFormat {
 
 // Built once per process; boxing the big variant would only add noise.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Create, inspect, change and remove backup rules.
     #[command(subcommand)]
@@ -218,7 +221,7 @@ tdmq-backup completions fish > ~/.config/fish/completions/tdmq-backup.fish")]
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum RestoreCommand {
     /// Plan a restore job and start it (or, with --dry-run, only print the plan).
     #[command(after_help = "Examples:
@@ -252,7 +255,7 @@ pub enum RestoreCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RestoreCreateArgs {
     /// The job's name (letters, digits, - and _).
     pub job: String,
@@ -297,7 +300,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     }
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum RuleCommand {
     /// Create a rule from flags or from a TOML file.
     #[command(after_help = "Examples:
@@ -379,7 +382,7 @@ Examples:
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
     /// The rule's name (2-60 of a-z 0-9 _ -, starting with a letter). With --from-file it
     /// replaces the file's `name`.
@@ -397,7 +400,7 @@ pub struct CreateArgs {
     pub spec: SpecFlags,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
     /// The rule file: the keys of `rule create --from-file`, `name` included.
     #[arg(short = 'f', long = "file", value_name = "RULE.toml")]
@@ -408,7 +411,7 @@ pub struct ApplyArgs {
     pub unsubscribe: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EditArgs {
     /// The rule to change (names are immutable).
     pub name: String,
@@ -429,7 +432,7 @@ pub struct EditArgs {
 
 /// Every rule field as a flag. All optional here: create checks the required ones client-side
 /// (naming the field), edit sends only what was given.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct SpecFlags {
     /// pulsar://host:port or pulsar+ssl://host:port
     #[arg(long, value_name = "URL")]
@@ -488,7 +491,7 @@ pub struct SpecFlags {
     pub compression: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DeleteArgs {
     /// The rule.
     pub name: String,
@@ -511,7 +514,7 @@ pub struct DeleteArgs {
     pub drain_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LogsArgs {
     /// The rule.
     pub name: String,

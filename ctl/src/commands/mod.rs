@@ -1,6 +1,7 @@
 //! One module per command group. Each command returns a [`Report`]; main prints it.
 
 pub mod completions;
+mod fleet;
 pub mod logs;
 pub mod restore;
 pub mod rule;
@@ -14,8 +15,13 @@ use crate::output::Report;
 use crate::table::Layout;
 
 /// What every command needs from the global flags.
+#[derive(Clone)]
 pub struct Ctx {
+    /// The ingester a command talks to: the first `--ingester` (or, when several are listed and
+    /// the command goes to each, the one this copy is for).
     pub ingester: Daemon,
+    /// Every `--ingester` listed, in order, each once.
+    pub ingesters: Vec<Daemon>,
     pub uploader: Daemon,
     pub auth: Auth,
     pub tls: Tls,
@@ -27,8 +33,26 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let mut urls: Vec<&str> = Vec::new();
+        for url in cli.ingester.iter().map(|u| u.trim()) {
+            if url.is_empty() {
+                anyhow::bail!(
+                    "--ingester: an empty URL in the list {:?}",
+                    cli.ingester.join(",")
+                );
+            }
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        let ingesters: Vec<Daemon> = urls.into_iter().map(Daemon::ingester).collect();
+        let ingester = ingesters
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Daemon::ingester(crate::cli::DEFAULT_INGESTER));
         Ok(Ctx {
-            ingester: Daemon::ingester(&cli.ingester),
+            ingester,
+            ingesters,
             uploader: Daemon::uploader(&cli.uploader),
             auth: Auth::from_token_file(cli.control_token_file())?,
             tls: Tls {
@@ -87,6 +111,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Option<Report>> {
         }
         Command::Logs(args) if args.follow => {
             let ctx = Ctx::new(&cli)?;
+            if ctx.ingesters.len() > 1 {
+                anyhow::bail!(
+                    "logs --follow follows one ingester: give one --ingester (without --follow, \
+                     logs merges every listed ingester's history)"
+                );
+            }
             logs::follow(&ctx, args).await?;
             Ok(None)
         }
@@ -97,12 +127,30 @@ pub async fn execute(cli: Cli) -> anyhow::Result<Option<Report>> {
 /// Runs a command that prints one result (a `--watch`/`--follow` command prints its first).
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let ctx = Ctx::new(&cli)?;
-    match cli.command {
-        Command::Rule(cmd) => rule::run(&ctx, cmd).await,
-        Command::Status { name, .. } => status::run(&ctx, name).await,
-        Command::Logs(args) => logs::run(&ctx, args).await,
-        Command::Segments { name } => segments::run(&ctx, name).await,
-        Command::Restore(cmd) => restore::run(&ctx, cmd).await,
+    if ctx.ingesters.len() > 1 {
+        match &cli.command {
+            Command::Rule(_) | Command::Segments { .. } => {
+                return fleet::each_ingester(&ctx, |one| run_on(one, cli.command.clone())).await;
+            }
+            Command::Status { name, .. } => return fleet::status(&ctx, name.clone()).await,
+            Command::Logs(args) => return fleet::logs(&ctx, args.clone()).await,
+            // Restore sends the target to the first ingester (the one the uploader talks to);
+            // verify and completions do not involve the ingesters.
+            Command::Restore(_) | Command::Verify { .. } | Command::Completions { .. } => {}
+        }
+    }
+    run_on(ctx, cli.command).await
+}
+
+/// Runs `command` with `ctx`'s one ingester.
+async fn run_on(ctx: Ctx, command: Command) -> anyhow::Result<Report> {
+    let ctx = &ctx;
+    match command {
+        Command::Rule(cmd) => rule::run(ctx, cmd).await,
+        Command::Status { name, .. } => status::run(ctx, name).await,
+        Command::Logs(args) => logs::run(ctx, args).await,
+        Command::Segments { name } => segments::run(ctx, name).await,
+        Command::Restore(cmd) => restore::run(ctx, cmd).await,
         Command::Verify {
             name,
             from,
@@ -110,7 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
             deep,
         } => {
             verify::run(
-                &ctx,
+                ctx,
                 verify::VerifyArgs {
                     name,
                     from,

@@ -29,7 +29,7 @@ pub async fn watch(ctx: &Ctx, name: Option<String>, every: Duration) -> anyhow::
     let mut first = true;
     loop {
         // A daemon down still gives a page: show it, and keep watching.
-        let fetched = match run(ctx, name.clone()).await {
+        let fetched = match fetch(ctx, name.clone()).await {
             Err(e) if e.downcast_ref::<Partial>().is_some() => match e.downcast::<Partial>() {
                 Ok(partial) => Ok(partial.report),
                 Err(e) => Err(e),
@@ -103,6 +103,15 @@ fn watch_page(
     }
 }
 
+/// One status page: of the one ingester, or of every listed one.
+async fn fetch(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
+    if ctx.ingesters.len() > 1 {
+        super::fleet::status(ctx, name).await
+    } else {
+        run(ctx, name).await
+    }
+}
+
 pub async fn run(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
     // Ask both at once: a dead uploader costs its connect timeout, not that plus the ingester's.
     let (ingester, uploader) = tokio::join!(ingester_status(ctx, name), uploader_status(ctx));
@@ -169,7 +178,7 @@ fn unreachable_ingester_text(
     format!("ingester: {error}\n{uploader_line}\n\nno rule status: the ingester holds the rules")
 }
 
-async fn ingester_status(
+pub(super) async fn ingester_status(
     ctx: &Ctx,
     name: Option<String>,
 ) -> anyhow::Result<proto::v1::StatusReply> {
@@ -184,7 +193,7 @@ async fn ingester_status(
 const UPLOADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The uploader's reply, or the one-line reason it could not be had.
-async fn uploader_status(ctx: &Ctx) -> Result<UploaderStatusReply, String> {
+pub(super) async fn uploader_status(ctx: &Ctx) -> Result<UploaderStatusReply, String> {
     let call = async {
         let mut client = ctx.uploader().await?;
         client

@@ -15,13 +15,13 @@ use crate::producer::SampleMessage;
 impl Stack {
     /// The CLI's command line for `args`: this stack's daemons, token file and extra flags
     /// first.
+    /// `--ingester` in `args` replaces the stack's own (ctl sends to every one listed).
     pub fn ctl_args(&self, args: &[&str]) -> Vec<String> {
-        let mut full = vec![
-            "--ingester".to_string(),
-            self.ingester_url(),
-            "--uploader".into(),
-            self.uploader_url(),
-        ];
+        let mut full = Vec::new();
+        if !args.contains(&"--ingester") {
+            full.extend(["--ingester".to_string(), self.ingester_url()]);
+        }
+        full.extend(["--uploader".to_string(), self.uploader_url()]);
         if let Some(file) = &self.ctl_token_file {
             full.push("--token-file".into());
             full.push(file.to_string_lossy().into_owned());

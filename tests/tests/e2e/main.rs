@@ -24,6 +24,7 @@ mod resume;
 mod rule_delete;
 mod rules_edit;
 mod security;
+mod several_ingesters;
 mod tls;
 mod util;
 mod verify;

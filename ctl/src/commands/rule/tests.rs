@@ -85,11 +85,36 @@ fn token_file_and_token_env_conflict() {
 }
 
 #[test]
+fn several_ingesters_repeated_or_as_a_list_before_or_after_the_command() {
+    let cli = Cli::try_parse_from([
+        "tdmq-backup",
+        "--ingester",
+        "http://a:1",
+        "--ingester",
+        "http://b:2,http://c:3",
+        "status",
+    ])
+    .expect("parses");
+    // Listed, not "the last one wins" as for the other global options.
+    assert_eq!(cli.ingester, ["http://a:1", "http://b:2", "http://c:3"]);
+    let cli = Cli::try_parse_from([
+        "tdmq-backup",
+        "status",
+        "--ingester",
+        "http://a:1",
+        "--ingester",
+        "http://b:2,http://c:3",
+    ])
+    .expect("parses");
+    assert_eq!(cli.ingester, ["http://a:1", "http://b:2", "http://c:3"]);
+}
+
+#[test]
 fn globals_and_defaults() {
     let cli = Cli::try_parse_from(["tdmq-backup", "rule", "list"]).expect("parses");
     // Defaults unless the environment overrides them (CI may set these).
     if std::env::var_os("TDMQ_BACKUP_INGESTER").is_none() {
-        assert_eq!(cli.ingester, "http://127.0.0.1:7601");
+        assert_eq!(cli.ingester, ["http://127.0.0.1:7601"]);
     }
     if std::env::var_os("TDMQ_BACKUP_UPLOADER").is_none() {
         assert_eq!(cli.uploader, "http://127.0.0.1:7602");
@@ -105,7 +130,7 @@ fn globals_and_defaults() {
         "orders",
     ])
     .expect("parses");
-    assert_eq!(cli.ingester, "http://h:1");
+    assert_eq!(cli.ingester, ["http://h:1"]);
     assert_eq!(cli.output, OutputFormat::Json);
     // --output also works after the command.
     let cli = Cli::try_parse_from(["tdmq-backup", "segments", "orders", "--output", "json"])

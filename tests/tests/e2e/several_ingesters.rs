@@ -1,0 +1,170 @@
+//! ctl with several ingesters (`--ingester A --ingester B`, or `--ingester A,B`): rule commands
+//! go to each, `status` and `logs` put both together, and an ingester that is down is named
+//! while the other still gets the command.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use harness::{produce, sample_messages};
+use serde_json::Value;
+
+use crate::util::{eventually, unique_topic, Stack};
+
+fn exit_code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn json_of(out: &std::process::Output) -> anyhow::Result<Value> {
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "no JSON (exit {:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_sends_rule_commands_to_every_ingester_and_merges_status_and_logs() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let a = stack.ingester_url();
+    let mut ingester_b = stack.spawn_ingester("ingester-b", 0)?;
+    let b = format!(
+        "http://{}",
+        ingester_b.wait_ready(stack.ready_timeout).await?
+    );
+    let mut uploader_b = stack.spawn_uploader("uploader-b", &b)?;
+    uploader_b.wait_ready(stack.ready_timeout).await?;
+    let both = format!("{a},{b}");
+
+    // One create, as a comma-separated list: both ingesters hold the rule.
+    let topic = unique_topic("fleet");
+    let mut create = vec![
+        "--ingester".to_string(),
+        both.clone(),
+        "-o".into(),
+        "json".into(),
+    ];
+    create.extend(stack.create_rule_args("fleet", &topic, &["--window", "1s"]));
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let out = stack.ctl(&create);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = json_of(&out)?;
+    let answers = created["ingesters"].as_array().context("ingesters")?;
+    assert_eq!(answers.len(), 2, "{created}");
+    for (answer, url) in answers.iter().zip([&a, &b]) {
+        assert_eq!(answer["url"], url.as_str(), "{created}");
+        assert_eq!(answer["ok"], true, "{created}");
+        assert_eq!(answer["result"]["name"], "fleet", "{created}");
+    }
+    for url in [&a, &b] {
+        let list = stack.ctl_json(&["--ingester", url, "rule", "list"])?;
+        assert!(list.to_string().contains("\"fleet\""), "{url}: {list}");
+    }
+
+    // Failover: one of them consumes; every message is stored once.
+    let messages = sample_messages(400, 41);
+    produce(
+        &stack.pulsar.url(),
+        &format!("persistent://public/default/{topic}"),
+        &messages,
+        true,
+    )
+    .await?;
+    let status = eventually(
+        "both ingesters' counts to add up",
+        Duration::from_secs(120),
+        || {
+            let out = stack.ctl(&["--ingester", &a, "--ingester", &b, "-o", "json", "status"]);
+            let status = json_of(&out)?;
+            let acked: u64 = status["rules"]
+                .as_array()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .filter_map(|r| r["messages_acked"].as_u64())
+                        .sum()
+                })
+                .unwrap_or(0);
+            Ok((exit_code(&out) == 0 && acked == 400).then_some(status))
+        },
+    )
+    .await?;
+    let rules = status["rules"].as_array().context("rules")?;
+    assert_eq!(rules.len(), 2, "{status}");
+    let urls: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| r["ingester"].as_str())
+        .collect();
+    assert_eq!(urls, [a.as_str(), b.as_str()], "{status}");
+    assert_eq!(
+        status["ingesters"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(status["uploader"]["reachable"], true, "{status}");
+    let table = stack.ctl(&["--ingester", &both, "status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&format!("ingester {a}: version")), "{text}");
+    assert!(text.contains(&format!("ingester {b}: version")), "{text}");
+    assert!(
+        text.contains(&format!("fleet ({})", &b["http://".len()..])),
+        "{text}"
+    );
+
+    // logs: both histories, newest first, each entry naming its ingester.
+    let logs = stack.ctl_json(&["--ingester", &both, "logs", "fleet"])?;
+    let entries = logs["entries"].as_array().context("entries")?;
+    assert!(entries.iter().any(|e| e["kind"] == "stored"), "{logs}");
+    let times: Vec<&str> = entries.iter().filter_map(|e| e["at"].as_str()).collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(times, sorted, "newest first");
+    for url in [&a, &b] {
+        assert!(
+            entries.iter().any(|e| e["ingester"] == url.as_str()),
+            "{url}: {logs}"
+        );
+    }
+
+    // B down: `rule pause` still pauses A, names B and exits "unreachable" (5).
+    ingester_b.kill9()?;
+    let out = stack.ctl(&["--ingester", &both, "-o", "json", "rule", "pause", "fleet"]);
+    assert_eq!(
+        exit_code(&out),
+        5,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 of 2 ingesters failed") && stderr.contains(&b),
+        "{stderr}"
+    );
+    let paused = json_of(&out)?;
+    assert_eq!(paused["ingesters"][0]["ok"], true, "{paused}");
+    assert_eq!(paused["ingesters"][1]["ok"], false, "{paused}");
+    assert_eq!(paused["ingesters"][1]["exit"], 5, "{paused}");
+    let a_status = stack.ctl_json(&["--ingester", &a, "status", "fleet"])?;
+    assert_eq!(a_status["rules"][0]["state"], "paused", "{a_status}");
+
+    // status: what A and the uploader say, B named as unreachable, exit 5.
+    let out = stack.ctl(&["--ingester", &both, "-o", "json", "status"]);
+    assert_eq!(exit_code(&out), 5);
+    let status = json_of(&out)?;
+    assert_eq!(status["ingesters"][0]["reachable"], true, "{status}");
+    assert_eq!(status["ingesters"][1]["reachable"], false, "{status}");
+    assert_eq!(
+        status["rules"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    Ok(())
+}
