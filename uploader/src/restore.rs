@@ -887,6 +887,7 @@ mod tests {
             max_publish_time: String::new(),
             source,
             segment_no: 0,
+            topic: String::new(),
             partitions: spans
                 .iter()
                 .map(|&(partition, first, messages)| PartitionSpan {
