@@ -121,6 +121,9 @@ struct JobFile {
     min_publish_time: String,
     max_publish_time: String,
     parts: Vec<PartPlan>,
+    /// Objects fetched, over all runs (saved with the next progress step).
+    #[serde(default)]
+    objects_read: u64,
     created_at: String,
     updated_at: String,
 }
@@ -162,6 +165,7 @@ impl JobFile {
             region: self.spec.region.clone(),
             source_topic: self.spec.source_topic.clone(),
             manifest_rules: self.spec.manifest_rules.clone(),
+            objects_read: self.objects_read,
         }
     }
 }
@@ -518,6 +522,7 @@ impl RestoreManager {
                 .max()
                 .unwrap_or_default(),
             parts,
+            objects_read: 0,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -749,6 +754,10 @@ impl RestoreManager {
                 .filter(|&i| parts[i].objects.get(cursors[i].next) == Some(&key))
                 .collect();
             let records = read_object(&store, &spec.bucket, &key).await?;
+            slot.file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .objects_read += 1;
             let mut in_object = vec![0u64; parts.len()];
             for line in records.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let record = decode_record(line).map_err(|e| format!("{key}: {e}"))?;

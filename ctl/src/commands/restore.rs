@@ -267,7 +267,10 @@ fn job_report(job: &RestoreJob, layout: &Layout) -> Report {
     pairs.extend([
         ("to_topic", job.to_topic.clone()),
         ("target_partitions", job.target_partitions.to_string()),
-        ("objects", job.objects.to_string()),
+        (
+            "objects",
+            format!("{} ({} read so far)", job.objects, job.objects_read),
+        ),
         ("messages", job.messages.to_string()),
         ("produced", job.produced.to_string()),
         ("skipped", job.skipped.to_string()),
