@@ -796,7 +796,6 @@ async fn a_backup_restored_by_bucket_prefix_and_topic_after_its_rule_is_gone() -
     );
     let created = run(with("dr/", &source, &["--rate", "800/s"]))?;
     assert_eq!(created["state"], "running", "{created}");
-    drop(run);
     // Killed mid-way: the resumed job reads the same bucket, prefix and topic from its own
     // file (there is no rule to look them up in).
     crate::util::eventually("some progress", Duration::from_secs(30), || {
