@@ -774,6 +774,20 @@ async fn a_backup_restored_by_bucket_prefix_and_topic_after_its_rule_is_gone() -
         assert!(!out.status.success(), "{args:?} accepted");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // Flags: the rule and the bucket group together, or part of the group, are refused naming
+    // the flags.
+    let both = refused(with("dr/", &source, &["--rule", "other-rule"]));
+    assert!(
+        both.contains("--rule conflicts with --bucket, --region, --prefix, --topic"),
+        "{both}"
+    );
+    let partial = refused(
+        base.iter()
+            .chain(&["--topic", "x"])
+            .map(|a| a.to_string())
+            .collect(),
+    );
+    assert!(partial.contains("also needs --prefix"), "{partial}");
     // Errors that name why: no manifest under the prefix; no object of the topic.
     let empty = refused(with("elsewhere/", &source, &["--dry-run"]));
     assert!(empty.contains("no tdmq-backup manifest under"), "{empty}");
