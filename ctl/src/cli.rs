@@ -229,7 +229,10 @@ pub enum RestoreCommand {
       --to-topic persistent://public/default/orders --service-url pulsar://10.0.0.9:6650 \\
       --token-file ./target-token.txt --from 2026-11-24T00:00:00Z --rate 5000/s
   tdmq-backup restore create orders-back --rule orders-backup --to-topic orders \\
-      --service-url pulsar://10.0.0.9:6650 --dry-run")]
+      --service-url pulsar://10.0.0.9:6650 --dry-run
+  tdmq-backup restore create orders-dr --bucket backup-1250000000 --region ap-shanghai \\
+      --prefix backup/ --topic persistent://public/default/orders --to-topic orders \\
+      --service-url pulsar://10.0.0.9:6650 --token-file ./target-token.txt")]
     Create(Box<RestoreCreateArgs>),
     /// Every restore job with its state and progress.
     List,
@@ -259,9 +262,22 @@ pub enum RestoreCommand {
 pub struct RestoreCreateArgs {
     /// The job's name (letters, digits, - and _).
     pub job: String,
-    /// The rule whose backup to restore (its bucket, region, prefix and manifest).
+    /// The rule whose backup to restore (its bucket, region, prefix and manifest). Or, for a
+    /// backup whose rule is not here, --bucket, --region, --prefix and --topic.
     #[arg(long, value_name = "NAME")]
-    pub rule: String,
+    pub rule: Option<String>,
+    /// The bucket a backup is in (with --region, --prefix and --topic, instead of --rule).
+    #[arg(long, value_name = "B")]
+    pub bucket: Option<String>,
+    /// The bucket's region (the uploader reads it with its own endpoint and credentials).
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    /// The backup's prefix, as its rule had it: ending with / (--prefix "" for none).
+    #[arg(long, value_name = "P/")]
+    pub prefix: Option<String>,
+    /// The backed-up topic to replay (a short name means public/default).
+    #[arg(long, value_name = "SOURCE")]
+    pub topic: Option<String>,
     /// The topic to produce to (a short name means public/default).
     #[arg(long, value_name = "TOPIC")]
     pub to_topic: String,

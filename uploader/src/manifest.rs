@@ -34,6 +34,7 @@ pub fn entry_of(seg: &SegmentInfo, etag: &str) -> ManifestEntry {
         max_publish_time: seg.max_publish_time.clone(),
         source: seg.source_changes,
         segment_no: seg.segment_no,
+        topic: seg.topic.clone(),
         partitions: seg
             .partitions
             .iter()

@@ -86,6 +86,12 @@ struct Spec {
     to: String,
     partitions: Vec<i32>,
     rate: u64,
+    /// The bucket/prefix form: the topic replayed (`rule` is then empty).
+    #[serde(default)]
+    source_topic: String,
+    /// Whose manifests listed the objects (the rule itself in the `--rule` form).
+    #[serde(default)]
+    manifest_rules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -94,6 +100,10 @@ struct PartPlan {
     target_partition: i32,
     /// Object keys holding this partition's messages, in message order.
     objects: Vec<String>,
+    /// This partition's messages in each of `objects` (empty in jobs planned before it was
+    /// recorded): a resumed job skips the objects its position is past without reading them.
+    #[serde(default)]
+    counts: Vec<u64>,
     messages: u64,
     /// Records of this partition done: produced and confirmed, or left out by the time range.
     position: u64,
@@ -111,6 +121,9 @@ struct JobFile {
     min_publish_time: String,
     max_publish_time: String,
     parts: Vec<PartPlan>,
+    /// Objects fetched, over all runs (saved with the next progress step).
+    #[serde(default)]
+    objects_read: u64,
     created_at: String,
     updated_at: String,
 }
@@ -149,6 +162,10 @@ impl JobFile {
                 .collect(),
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
+            region: self.spec.region.clone(),
+            source_topic: self.spec.source_topic.clone(),
+            manifest_rules: self.spec.manifest_rules.clone(),
+            objects_read: self.objects_read,
         }
     }
 }
@@ -253,11 +270,73 @@ fn plan(
                 source_partition: partition,
                 target_partition,
                 messages: objects.iter().map(|(_, _, n)| n).sum(),
+                counts: objects.iter().map(|(_, _, n)| *n).collect(),
                 objects: objects.into_iter().map(|(_, key, _)| key).collect(),
                 ..PartPlan::default()
             }
         })
         .collect())
+}
+
+/// The bucket/prefix form: the manifest entries of `topic` under `prefix`, and the rule whose
+/// manifest holds them. The rules are those with a manifest folder under the prefix (one LIST);
+/// a backup older than the manifest has none, and is refused rather than planned from the
+/// objects' keys, whose shape a later layout may change.
+async fn entries_of_topic(
+    store: &crate::store::Store,
+    bucket: &str,
+    prefix: &str,
+    topic: &str,
+) -> Result<(String, Vec<ManifestEntry>), RestoreError> {
+    let topic = proto::types::TopicName::parse(topic)
+        .map_err(|e| RestoreError::Invalid(format!("--topic {topic:?}: {e}")))?;
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        return Err(RestoreError::Invalid(format!(
+            "--prefix {prefix:?} must end with / (the rule's prefix as it was given)"
+        )));
+    }
+    let manifests = format!("{prefix}{}manifest/", proto::types::manifest::RESERVED_DIR);
+    let rules = crate::manifest::rules_in(store, bucket, prefix).await?;
+    if rules.is_empty() {
+        return Err(RestoreError::Invalid(format!(
+            "no tdmq-backup manifest under {bucket}/{manifests}: check --bucket and --prefix; a \
+             backup stored before the manifest existed can only be restored with --rule while \
+             its rule exists"
+        )));
+    }
+    let mut found = Vec::new();
+    for rule in &rules {
+        let listing =
+            crate::manifest::read_entries(store, bucket, prefix, rule, None, None).await?;
+        let of_topic: Vec<ManifestEntry> = listing
+            .entries
+            .into_iter()
+            .filter(|e| e.is_of_topic(prefix, &topic))
+            .collect();
+        if !of_topic.is_empty() {
+            found.push((rule.clone(), of_topic));
+        }
+    }
+    match found.len() {
+        0 => Err(RestoreError::Invalid(format!(
+            "the manifests under {bucket}/{manifests} (rules {}) list no object of topic {}",
+            rules.join(", "),
+            topic.full_name()
+        ))),
+        1 => Ok(found.remove(0)),
+        // Two rules of one topic may hold the same messages (and their ids need not be
+        // comparable): replaying both would repeat them.
+        _ => Err(RestoreError::Invalid(format!(
+            "topic {} was backed up by more than one rule under {bucket}/{prefix} ({}); restore \
+             one of them with --rule, or give each rule its own prefix",
+            topic.full_name(),
+            found
+                .iter()
+                .map(|(rule, _)| rule.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 impl RestoreManager {
@@ -345,9 +424,24 @@ impl RestoreManager {
     ) -> Result<RestoreJob, RestoreError> {
         proto::types::rule::validate_name(&req.job)
             .map_err(|e| RestoreError::Invalid(format!("job: {e}")))?;
-        if req.rule.is_empty() || req.bucket.is_empty() {
+        match (req.rule.is_empty(), req.source_topic.is_empty()) {
+            (false, false) => {
+                return Err(RestoreError::Invalid(
+                    "a restore names either the rule or the backed-up topic, not both".into(),
+                ))
+            }
+            (true, true) => {
+                return Err(RestoreError::Invalid(
+                    "a restore needs the rule whose manifest lists the objects, or the bucket, \
+                     prefix and topic of a backup"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if req.bucket.is_empty() {
             return Err(RestoreError::Invalid(
-                "a restore needs the rule whose manifest lists the objects, and its bucket".into(),
+                "a restore needs the backup's bucket".into(),
             ));
         }
         if !req.dry_run && self.slot(&req.job).is_ok() {
@@ -360,19 +454,29 @@ impl RestoreManager {
             .stores
             .store_for(&req.endpoint, &req.region)
             .await?;
-        // All of the rule's entries, not only those of the time range: the source's partition
+        // All of the backup's entries, not only those of the time range: the source's partition
         // count (which decides whether partition p can go to partition p) is the whole topic's.
-        let listing =
-            crate::manifest::read_entries(&store, &req.bucket, &req.prefix, &req.rule, None, None)
-                .await?;
-        let in_range: Vec<&ManifestEntry> = listing
-            .entries
+        let (manifest_rule, entries) = if req.rule.is_empty() {
+            entries_of_topic(&store, &req.bucket, &req.prefix, &req.source_topic).await?
+        } else {
+            let listing = crate::manifest::read_entries(
+                &store,
+                &req.bucket,
+                &req.prefix,
+                &req.rule,
+                None,
+                None,
+            )
+            .await?;
+            (req.rule.clone(), listing.entries)
+        };
+        let in_range: Vec<&ManifestEntry> = entries
             .iter()
             .filter(|e| e.published_within(from, to))
             .collect();
         let parts = plan(
             &in_range,
-            source_partitions(&listing.entries),
+            source_partitions(&entries),
             &req.partitions,
             req.target_partitions,
         )?;
@@ -399,6 +503,8 @@ impl RestoreManager {
                 to: req.to,
                 partitions: req.partitions,
                 rate: req.rate,
+                source_topic: req.source_topic,
+                manifest_rules: vec![manifest_rule],
             },
             state: "pending".into(),
             reason: String::new(),
@@ -416,6 +522,7 @@ impl RestoreManager {
                 .max()
                 .unwrap_or_default(),
             parts,
+            objects_read: 0,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -636,66 +743,92 @@ impl RestoreManager {
             0 => BATCH,
             rate => usize::try_from(rate / 5).unwrap_or(BATCH).clamp(1, BATCH),
         };
-        for (index, part) in file.parts.iter().enumerate() {
-            if part.position >= part.messages {
-                continue;
-            }
-            // Position of the next record of this partition, counted from the plan's start.
-            let mut pos = 0u64;
-            let mut batch: Vec<RestoreMessage> = Vec::new();
-            let mut skipped = 0u64;
-            for key in &part.objects {
-                let records = read_object(&store, &spec.bucket, key).await?;
-                for line in records.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    let record = decode_record(line).map_err(|e| format!("{key}: {e}"))?;
-                    if record.message_id.partition != part.source_partition
-                        && !(part.source_partition == -1 && record.message_id.partition < 0)
-                    {
-                        continue;
-                    }
-                    let here = pos;
-                    pos += 1;
-                    if here < part.position {
-                        continue;
-                    }
-                    let t = record.publish_time_ms;
-                    if from.is_some_and(|f| t < f) || to.is_some_and(|x| t > x) {
-                        skipped += 1;
-                    } else {
-                        batch.push(to_message(record, here, part.target_partition));
-                    }
-                    if batch.len() + skipped as usize >= batch_size
-                        && !self
-                            .flush(
-                                slot,
-                                &mut client,
-                                &mut wanted,
-                                &mut throttle,
-                                index,
-                                &mut batch,
-                                &mut skipped,
-                                pos,
-                            )
-                            .await?
-                    {
-                        return Ok(None);
-                    }
+        let parts = &file.parts;
+        let mut cursors: Vec<Cursor> = parts.iter().map(Cursor::start).collect();
+        let occurrences = occurrences(parts);
+        // Each object once per run, although it holds several partitions: it is read when it
+        // is next for every partition still to read it, and its records go to their partitions'
+        // batches (at most `batch_size` waiting per partition: memory stays bounded).
+        while let Some(key) = next_object(parts, &cursors, &occurrences) {
+            let readers: Vec<usize> = (0..parts.len())
+                .filter(|&i| parts[i].objects.get(cursors[i].next) == Some(&key))
+                .collect();
+            let records = read_object(&store, &spec.bucket, &key).await?;
+            slot.file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .objects_read += 1;
+            let mut in_object = vec![0u64; parts.len()];
+            for line in records.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let record = decode_record(line).map_err(|e| format!("{key}: {e}"))?;
+                let partition = record.message_id.partition.max(-1);
+                let Some(&index) = readers
+                    .iter()
+                    .find(|&&i| parts[i].source_partition == partition)
+                else {
+                    continue;
+                };
+                in_object[index] += 1;
+                let cursor = &mut cursors[index];
+                let here = cursor.pos;
+                cursor.pos += 1;
+                if here < parts[index].position {
+                    continue;
+                }
+                let t = record.publish_time_ms;
+                if from.is_some_and(|f| t < f) || to.is_some_and(|x| t > x) {
+                    cursor.skipped += 1;
+                } else {
+                    cursor
+                        .batch
+                        .push(to_message(record, here, parts[index].target_partition));
+                }
+                if cursor.batch.len() + cursor.skipped as usize >= batch_size
+                    && !self
+                        .flush(
+                            slot,
+                            &mut client,
+                            &mut wanted,
+                            &mut throttle,
+                            index,
+                            &mut cursor.batch,
+                            &mut cursor.skipped,
+                            cursor.pos,
+                        )
+                        .await?
+                {
+                    return Ok(None);
                 }
             }
-            if !self
-                .flush(
-                    slot,
-                    &mut client,
-                    &mut wanted,
-                    &mut throttle,
-                    index,
-                    &mut batch,
-                    &mut skipped,
-                    pos,
-                )
-                .await?
-            {
-                return Ok(None);
+            for &index in &readers {
+                let part = &parts[index];
+                let cursor = &mut cursors[index];
+                // A resumed job skips objects by these counts: they must be the object's.
+                if let Some(&planned) = part.counts.get(cursor.next) {
+                    if planned != in_object[index] {
+                        return Err(format!(
+                            "{key} holds {} messages of partition {}, the manifest says {planned}",
+                            in_object[index], part.source_partition
+                        ));
+                    }
+                }
+                cursor.next += 1;
+                if cursor.next == part.objects.len()
+                    && !self
+                        .flush(
+                            slot,
+                            &mut client,
+                            &mut wanted,
+                            &mut throttle,
+                            index,
+                            &mut cursor.batch,
+                            &mut cursor.skipped,
+                            cursor.pos,
+                        )
+                        .await?
+                {
+                    return Ok(None);
+                }
             }
         }
         Ok(Some("done"))
@@ -780,6 +913,78 @@ impl RestoreManager {
         .map_err(|e| e.to_string())?;
         Ok(true)
     }
+}
+
+/// Where a running job is in one partition of its plan.
+struct Cursor {
+    /// Index of the next object of the partition to read.
+    next: usize,
+    /// Position (in the partition's records, from the plan's start) of the next record read.
+    pos: u64,
+    /// Read, not yet produced.
+    batch: Vec<RestoreMessage>,
+    /// Left out by the time range since the last progress step.
+    skipped: u64,
+}
+
+impl Cursor {
+    /// Past the objects the partition's progress has gone through (when the plan has the
+    /// counts; a job planned without them reads from its first object and skips by position).
+    fn start(part: &PartPlan) -> Cursor {
+        let mut cursor = Cursor {
+            next: 0,
+            pos: 0,
+            batch: Vec::new(),
+            skipped: 0,
+        };
+        if part.counts.len() == part.objects.len() {
+            while let Some(&n) = part.counts.get(cursor.next) {
+                if cursor.pos + n > part.position {
+                    break;
+                }
+                cursor.pos += n;
+                cursor.next += 1;
+            }
+        } else if part.position >= part.messages {
+            cursor.next = part.objects.len();
+        }
+        cursor
+    }
+}
+
+/// Per object key, where it is in each partition's list: (partition index, object index).
+fn occurrences(parts: &[PartPlan]) -> HashMap<String, Vec<(usize, usize)>> {
+    let mut map: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    for (p, part) in parts.iter().enumerate() {
+        for (i, key) in part.objects.iter().enumerate() {
+            map.entry(key.clone()).or_default().push((p, i));
+        }
+    }
+    map
+}
+
+/// The object to read next: one that is next for every partition still to read it, so it is
+/// read once. Objects are cut from one stream of messages, so such an object always exists in
+/// a plan from one rule's manifest; should the partitions' orders ever cross, the first
+/// partition's next object is read, and read again when another partition reaches it.
+fn next_object(
+    parts: &[PartPlan],
+    cursors: &[Cursor],
+    occurrences: &HashMap<String, Vec<(usize, usize)>>,
+) -> Option<String> {
+    let heads = || {
+        parts
+            .iter()
+            .zip(cursors)
+            .filter_map(|(part, cursor)| part.objects.get(cursor.next))
+    };
+    let once = heads().find(|key| {
+        // Every partition holding it has it next, or has read it already.
+        occurrences
+            .get(*key)
+            .is_none_or(|at| at.iter().all(|&(p, i)| i <= cursors[p].next))
+    });
+    once.or_else(|| heads().next()).cloned()
 }
 
 /// The records of an object, uncompressed.
@@ -887,6 +1092,7 @@ mod tests {
             max_publish_time: String::new(),
             source,
             segment_no: 0,
+            topic: String::new(),
             partitions: spans
                 .iter()
                 .map(|&(partition, first, messages)| PartitionSpan {
@@ -931,6 +1137,77 @@ mod tests {
         let only = plan(&all, n, &[1], 2).expect("plan");
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].objects, ["a-1_10"]);
+    }
+
+    /// The keys `next_object` picks until every partition has read all its objects.
+    fn reading_order(parts: &[PartPlan]) -> Vec<String> {
+        let mut cursors: Vec<Cursor> = parts.iter().map(Cursor::start).collect();
+        let at = occurrences(parts);
+        let mut read = Vec::new();
+        while let Some(key) = next_object(parts, &cursors, &at) {
+            for (part, cursor) in parts.iter().zip(cursors.iter_mut()) {
+                if part.objects.get(cursor.next) == Some(&key) {
+                    cursor.next += 1;
+                }
+            }
+            read.push(key);
+        }
+        read
+    }
+
+    #[test]
+    fn each_object_is_read_once_for_all_its_partitions() {
+        // Three partitions cut into four objects; partition 2 is not in "b", 0 not in "d".
+        let entries = [
+            entry(
+                "a",
+                0,
+                &[(0, "1:1:0:-1", 3), (1, "2:1:1:-1", 3), (2, "3:1:2:-1", 2)],
+            ),
+            entry("b", 0, &[(0, "1:4:0:-1", 3), (1, "2:4:1:-1", 1)]),
+            entry(
+                "c",
+                0,
+                &[(0, "1:7:0:-1", 1), (1, "2:5:1:-1", 2), (2, "3:3:2:-1", 4)],
+            ),
+            entry("d", 0, &[(1, "2:7:1:-1", 2), (2, "3:7:2:-1", 1)]),
+        ];
+        let all: Vec<&ManifestEntry> = entries.iter().collect();
+        let parts = plan(&all, 3, &[], 2).expect("plan");
+        assert_eq!(parts[0].counts, [3, 3, 1]);
+        assert_eq!(reading_order(&parts), ["a", "b", "c", "d"]);
+
+        // Orders that cross (never from one rule's stream; a hand-made bucket could): each
+        // partition still gets its objects in its order; those behind the crossing are read
+        // again for the partition that reaches them later.
+        let mut crossed = parts.clone();
+        crossed[1].objects = vec!["c".into(), "a".into(), "b".into(), "d".into()];
+        let order = reading_order(&crossed);
+        assert_eq!(order, ["a", "b", "c", "a", "b", "d"]);
+        for part in &crossed {
+            let mut want = part.objects.iter();
+            let mut next = want.next();
+            for key in &order {
+                if Some(key) == next {
+                    next = want.next();
+                }
+            }
+            assert_eq!(next, None, "{order:?} reads {:?} in order", part.objects);
+        }
+
+        // A resumed partition starts past the objects its position has gone through.
+        let mut resumed = parts[0].clone();
+        resumed.position = 6;
+        let cursor = Cursor::start(&resumed);
+        assert_eq!((cursor.next, cursor.pos), (2, 6));
+        resumed.position = 5;
+        let cursor = Cursor::start(&resumed);
+        assert_eq!((cursor.next, cursor.pos), (1, 3));
+        // Planned before the counts were kept: from the first object, or done.
+        resumed.counts.clear();
+        assert_eq!(Cursor::start(&resumed).next, 0);
+        resumed.position = 7;
+        assert_eq!(Cursor::start(&resumed).next, 3);
     }
 
     #[test]

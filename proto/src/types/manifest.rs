@@ -95,6 +95,11 @@ pub struct ManifestEntry {
     /// the manifest: their continuity cannot be checked without `--deep`.
     #[serde(default)]
     pub partitions: Vec<PartitionSpan>,
+    /// The backed-up topic's full name (`persistent://tenant/namespace/topic`), so a backup can
+    /// be replayed by topic without its rule. Empty in entries written before it was recorded:
+    /// [`ManifestEntry::is_of_topic`] then reads the topic from the object key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
 }
 
 impl ManifestEntry {
@@ -111,6 +116,21 @@ impl ManifestEntry {
             return true;
         };
         from.is_none_or(|from| max >= from) && to.is_none_or(|to| min <= to)
+    }
+
+    /// Whether the object holds messages of `topic`, stored by a rule whose prefix is `prefix`.
+    /// Entries that name no topic (written before the field existed) are matched by the
+    /// contract's key layout, `{prefix}{tenant}/{namespace}/{topic}/...`; persistence is not in
+    /// the key, so there only tenant, namespace and name count.
+    pub fn is_of_topic(&self, prefix: &str, topic: &super::TopicName) -> bool {
+        if !self.topic.is_empty() {
+            return super::TopicName::parse(&self.topic)
+                .is_ok_and(|t| t.full_name() == topic.full_name());
+        }
+        self.key.starts_with(&format!(
+            "{prefix}{}/{}/{}/",
+            topic.tenant, topic.namespace, topic.topic
+        ))
     }
 }
 
@@ -228,6 +248,7 @@ mod tests {
             max_publish_time: max.into(),
             source: 0,
             segment_no: 1,
+            topic: String::new(),
             partitions: vec![],
         }
     }
@@ -297,6 +318,27 @@ mod tests {
         assert!(e.published_within(None, Some(at(2, 10))));
         assert!(!e.published_within(None, Some(at(2, 9))));
         assert!(entry("k", "", "").published_within(Some(at(3, 0)), Some(at(4, 0))));
+    }
+
+    #[test]
+    fn an_entry_is_of_its_recorded_topic_or_else_of_the_topic_in_its_key() {
+        let orders = crate::types::TopicName::parse("orders").expect("topic");
+        let other = crate::types::TopicName::parse("t1/ns/orders").expect("topic");
+        let mut e = entry(
+            "bk/public/default/orders/2026/11/24/02/r-x.jsonl.gz",
+            "",
+            "",
+        );
+        assert!(e.is_of_topic("bk/", &orders));
+        assert!(!e.is_of_topic("", &orders));
+        assert!(!e.is_of_topic("bk/", &other));
+        // A recorded topic wins over the key (whatever shape later keys take).
+        e.topic = "persistent://t1/ns/orders".into();
+        assert!(e.is_of_topic("bk/", &other));
+        assert!(!e.is_of_topic("bk/", &orders));
+        // Written only when known: older readers see the same document as before.
+        let json = serde_json::to_string(&entry("k", "", "")).expect("json");
+        assert!(!json.contains("\"topic\""), "{json}");
     }
 
     #[test]

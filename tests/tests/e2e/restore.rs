@@ -35,14 +35,26 @@ struct Got {
 /// Backs `messages` up under rule `rule` (objects of at most 500 messages) and waits until all
 /// are stored.
 async fn backed_up(stack: &Stack, rule: &str, messages: &[SampleMessage]) -> anyhow::Result<()> {
+    backed_up_with(stack, rule, messages, &[]).await.map(|_| ())
+}
+
+/// [`backed_up`] with more `rule create` flags; returns the source topic's full name.
+async fn backed_up_with(
+    stack: &Stack,
+    rule: &str,
+    messages: &[SampleMessage],
+    extra: &[&str],
+) -> anyhow::Result<String> {
     let topic = unique_topic("src");
     let full = format!("persistent://public/default/{topic}");
     produce(&stack.pulsar.url(), &full, messages, true).await?;
-    stack.create_rule(rule, &topic, &["--window", "1h", "--max-messages", "500"])?;
+    let mut flags = vec!["--window", "1h", "--max-messages", "500"];
+    flags.extend(extra);
+    stack.create_rule(rule, &topic, &flags)?;
     stack
         .wait_until_backed_up(rule, messages.len() as u64, Duration::from_secs(180))
         .await?;
-    Ok(())
+    Ok(full)
 }
 
 /// Reads messages from `topic` until `count` arrived, then until none arrives for `quiet`.
@@ -52,7 +64,17 @@ async fn consume(
     count: usize,
     quiet: Duration,
 ) -> anyhow::Result<Vec<Got>> {
-    let pulsar = harness::producer::client(&stack.pulsar.url()).await?;
+    consume_from(&stack.pulsar.url(), topic, count, quiet).await
+}
+
+/// [`consume`] from the broker at `url` (another cluster than the stack's).
+async fn consume_from(
+    url: &str,
+    topic: &str,
+    count: usize,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Got>> {
+    let pulsar = harness::producer::client(url).await?;
     let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
         .consumer()
         .with_topic(topic)
@@ -603,5 +625,225 @@ async fn a_job_missing_an_object_fails_naming_it_and_resumes_once_it_is_back() -
     wait_for_state(&stack, "gone", "done", Duration::from_secs(60)).await?;
     let got = consume(&stack, &to, sent.len(), Duration::from_secs(2)).await?;
     assert_restored(&sent, &got, "restore-gone--1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_partition_backup_restored_into_two_partitions_keeps_each_key_together_in_order(
+) -> anyhow::Result<()> {
+    let pulsar = harness::PulsarLite::start_with_partitions(3).await?;
+    let stack = Stack::builder().pulsar(pulsar).start().await?;
+    // The target is another cluster whose topics have two partitions: routing by key.
+    let other = harness::PulsarLite::start_with_partitions(2).await?;
+    let sent = sample_messages(1_500, 47);
+    backed_up(&stack, "keys-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("rekeyed"));
+    let url = format!("pulsar://{}", other.broker_addr());
+    let args = [
+        "restore",
+        "create",
+        "rekey",
+        "--rule",
+        "keys-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+    ];
+    let plan = stack.ctl_json(&[&args[..], &["--dry-run"]].concat())?;
+    assert_eq!(plan["target_partitions"], 2, "{plan}");
+    let targets: Vec<i64> = plan["partitions"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|p| p["target_partition"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        targets,
+        [-2, -2, -2],
+        "three source partitions, by key: {plan}"
+    );
+    stack.ctl_json(&args)?;
+    let done = wait_for_state(&stack, "rekey", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], 1_500, "{done}");
+    // Each object holds all three partitions and is fetched once, not once per partition.
+    assert_eq!(done["objects_read"], done["objects"], "{done}");
+    assert!(done["objects"].as_u64() >= Some(3), "{done}");
+
+    // Every message once, in one of the two partitions.
+    let by_payload: HashMap<&[u8], &SampleMessage> =
+        sent.iter().map(|m| (m.payload.as_slice(), m)).collect();
+    let mut seen = std::collections::HashSet::new();
+    // Per key: the target partitions it landed in, and its original ids in arrival order.
+    let mut keys: HashMap<
+        String,
+        (
+            std::collections::BTreeSet<i32>,
+            Vec<proto::types::MessageId>,
+        ),
+    > = HashMap::new();
+    for p in 0..2i32 {
+        let got = consume_from(
+            &other.url(),
+            &format!("{to}-partition-{p}"),
+            1,
+            Duration::from_secs(3),
+        )
+        .await?;
+        assert!(got.len() > 100, "partition {p} has {} messages", got.len());
+        for g in &got {
+            let want = by_payload
+                .get(g.payload.as_slice())
+                .context("a payload that was sent")?;
+            assert_eq!(g.key, want.key);
+            let id: proto::types::MessageId = g.properties[MESSAGE_ID].parse()?;
+            assert!(seen.insert(id), "{id} arrived twice");
+            assert_eq!(g.producer_name, format!("restore-rekey-{}", id.partition));
+            if let Some(key) = &g.key {
+                let entry = keys.entry(key.clone()).or_default();
+                entry.0.insert(p);
+                entry.1.push(id);
+            }
+        }
+    }
+    assert_eq!(seen.len(), sent.len(), "every message arrived");
+    assert!(keys.len() > 10, "{} keys", keys.len());
+    for (key, (partitions, ids)) in &keys {
+        assert_eq!(
+            partitions.len(),
+            1,
+            "key {key:?} in target partitions {partitions:?}"
+        );
+        // Within each source partition, the key's messages arrived in the order they were
+        // published (ids of different source partitions are not comparable).
+        for pair in ids.windows(2) {
+            if pair[0].partition == pair[1].partition {
+                assert!(
+                    pair[1].is_after(&pair[0]),
+                    "key {key:?}: {} after {}",
+                    pair[1],
+                    pair[0]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_by_bucket_prefix_and_topic_after_its_rule_is_gone() -> anyhow::Result<()>
+{
+    let mut stack = Stack::start().await?;
+    let sent = sample_messages(1_200, 53);
+    let source = backed_up_with(&stack, "gone-rule", &sent, &["--prefix", "dr/"]).await?;
+    // Another rule's backup under the same prefix, of another topic: not replayed.
+    backed_up_with(
+        &stack,
+        "other-rule",
+        &sample_messages(300, 54),
+        &["--prefix", "dr/"],
+    )
+    .await?;
+    stack.ctl_json(&["rule", "delete", "gone-rule"])?;
+    let to = format!("persistent://public/default/{}", unique_topic("dr"));
+    let url = target(&stack);
+    let base = [
+        "restore",
+        "create",
+        "dr",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+        "--bucket",
+        crate::util::BUCKET,
+        "--region",
+        "us-east-1",
+    ];
+    let with = |prefix: &str, topic: &str, extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(&["--prefix", prefix, "--topic", topic])
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let refused = |args: Vec<String>| -> String {
+        let out = stack.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!out.status.success(), "{args:?} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Flags: the rule and the bucket group together, or part of the group, are refused naming
+    // the flags.
+    let both = refused(with("dr/", &source, &["--rule", "other-rule"]));
+    assert!(
+        both.contains("--rule conflicts with --bucket, --region, --prefix, --topic"),
+        "{both}"
+    );
+    let partial = refused(
+        base.iter()
+            .chain(&["--topic", "x"])
+            .map(|a| a.to_string())
+            .collect(),
+    );
+    assert!(partial.contains("also needs --prefix"), "{partial}");
+    // Errors that name why: no manifest under the prefix; no object of the topic.
+    let empty = refused(with("elsewhere/", &source, &["--dry-run"]));
+    assert!(empty.contains("no tdmq-backup manifest under"), "{empty}");
+    let unknown = refused(with("dr/", "never-backed-up", &["--dry-run"]));
+    assert!(
+        unknown.contains("list no object of topic persistent://public/default/never-backed-up")
+            && unknown.contains("gone-rule"),
+        "{unknown}"
+    );
+
+    let run =
+        |args: Vec<String>| stack.ctl_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let plan = run(with("dr/", &source, &["--dry-run"]))?;
+    assert_eq!(plan["messages"], 1_200, "{plan}");
+    assert_eq!(plan["source_topic"], source.as_str(), "{plan}");
+    assert_eq!(
+        plan["manifest_rules"],
+        serde_json::json!(["gone-rule"]),
+        "{plan}"
+    );
+    let created = run(with("dr/", &source, &["--rate", "800/s"]))?;
+    assert_eq!(created["state"], "running", "{created}");
+    // Killed mid-way: the resumed job reads the same bucket, prefix and topic from its own
+    // file (there is no rule to look them up in).
+    crate::util::eventually("some progress", Duration::from_secs(30), || {
+        let show = stack.ctl_json(&["restore", "show", "dr"])?;
+        Ok((show["produced"].as_u64().unwrap_or(0) >= 300).then_some(()))
+    })
+    .await?;
+    stack.uploader.as_mut().context("uploader")?.kill9()?;
+    stack.start_uploader().await?;
+    let done = wait_for_state(&stack, "dr", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], 1_200, "{done}");
+    assert_eq!(done["bucket"], crate::util::BUCKET, "{done}");
+    assert_eq!(done["prefix"], "dr/", "{done}");
+    let got = consume(&stack, &to, 1_200, Duration::from_secs(2)).await?;
+    // A kill repeats at most the batch that was in flight; what a deduplicating broker drops.
+    let mut ids = std::collections::HashSet::new();
+    let unique: Vec<Got> = got
+        .iter()
+        .filter(|g| ids.insert(g.properties.get(MESSAGE_ID).cloned()))
+        .cloned()
+        .collect();
+    assert!(
+        got.len() - unique.len() <= 500,
+        "{} repeated",
+        got.len() - unique.len()
+    );
+    assert_restored(&sent, &unique, "restore-dr--1");
+    // show and list name the source.
+    let shown = String::from_utf8_lossy(&stack.ctl(&["restore", "show", "dr"]).stdout).into_owned();
+    assert!(
+        shown.contains(&format!("{source} in {}/dr/", crate::util::BUCKET)),
+        "{shown}"
+    );
+    let listed = String::from_utf8_lossy(&stack.ctl(&["restore", "list"]).stdout).into_owned();
+    assert!(listed.contains(&source), "{listed}");
     Ok(())
 }

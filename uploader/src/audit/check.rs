@@ -395,6 +395,7 @@ mod tests {
             max_publish_time: String::new(),
             source: 0,
             segment_no: 0,
+            topic: String::new(),
             partitions: spans
                 .iter()
                 .map(

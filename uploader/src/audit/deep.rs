@@ -283,6 +283,7 @@ mod tests {
             max_publish_time: String::new(),
             source: 0,
             segment_no: 0,
+            topic: String::new(),
             partitions: vec![PartitionSpan {
                 partition: -1,
                 first_message_id: first.into(),
