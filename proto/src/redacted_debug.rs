@@ -31,6 +31,8 @@ impl fmt::Debug for RuleSpec {
             endpoint,
             subscription_type,
             compression,
+            compression_level,
+            layout,
         } = self;
         let token: &dyn fmt::Debug = match token {
             Some(_) => &format_args!("{REDACTED}"),
@@ -54,6 +56,8 @@ impl fmt::Debug for RuleSpec {
             .field("endpoint", endpoint)
             .field("subscription_type", subscription_type)
             .field("compression", compression)
+            .field("compression_level", compression_level)
+            .field("layout", layout)
             .finish()
     }
 }

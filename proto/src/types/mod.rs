@@ -14,6 +14,6 @@ pub use object_key::{object_key, SegmentName, TopicName};
 pub use record::{encode_record, ChunkFields, EncryptionFields, EncryptionKey, RecordFields};
 pub use record_read::{decode_record, Record, RecordError};
 pub use rule::{
-    Compression, RuleConfig, RuleError, RuleSpecInput, StartPosition, SubscriptionKind,
+    Compression, KeyLayout, RuleConfig, RuleError, RuleSpecInput, StartPosition, SubscriptionKind,
 };
 pub use secret::Secret;

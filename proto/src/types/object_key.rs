@@ -1,6 +1,7 @@
-//! Object key layout: `{prefix}{tenant}/{namespace}/{topic}/{YYYY}/{MM}/{DD}/{HH}/{name}`.
+//! Object key layout: `{prefix}{tenant}/{namespace}/{topic}/{YYYY}/{MM}/{DD}/{HH}/{name}`, or
+//! with the rule's `layout = "hive"` `{prefix}{tenant}/{namespace}/{topic}/dt={YYYY}-{MM}-{DD}/hour={HH}/{name}`.
 //!
-//! `{name}` is `{rule}-{window start}-{first message id}-{spool id}{.jsonl.gz|.jsonl}`: derived
+//! `{name}` is `{rule}-{window start}-{first message id}-{spool id}{.jsonl.gz|.jsonl.zst|.jsonl}`: derived
 //! only from what a closed segment already fixes, so a retry or a restart writes the very same
 //! key and a replay overwrites its object instead of adding a second one. The spool id (fixed
 //! for an ingester's data dir) keeps two ingesters of one Failover subscription from ever
@@ -12,7 +13,7 @@
 use chrono::{DateTime, Utc};
 
 use super::message_id::MessageId;
-use super::rule::Compression;
+use super::rule::{Compression, KeyLayout};
 
 /// `persistent://tenant/namespace/topic`, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +103,7 @@ pub struct SegmentName<'a> {
     /// How many times the rule's source changed before the segment's messages were read.
     pub source_changes: u32,
     pub compression: Compression,
+    pub layout: KeyLayout,
 }
 
 /// The object key of a sealed segment.
@@ -116,7 +118,7 @@ pub fn object_key(prefix: &str, topic: &TopicName, name: &SegmentName<'_>) -> St
         topic.tenant,
         topic.namespace,
         topic.topic,
-        name.window_start.format("%Y/%m/%d/%H"),
+        name.layout.date_path(name.window_start),
         name.rule,
         name.window_start.format("%Y%m%dT%H%M%SZ"),
         name.first_message_id.file_stem(),
@@ -163,6 +165,7 @@ mod tests {
             spool_id: "5f3a9c01",
             source_changes: 0,
             compression: Compression::Gzip,
+            layout: KeyLayout::Plain,
         };
         assert_eq!(
             object_key("backup/", &topic, &name),
@@ -185,6 +188,16 @@ mod tests {
         assert_eq!(
             object_key("", &topic, &moved),
             "public/default/orders/2026/11/24/02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01-s2.jsonl"
+        );
+        // Hive: the same name, the date as `dt=`/`hour=` folders; zstd ends `.jsonl.zst`.
+        let hive = SegmentName {
+            layout: KeyLayout::Hive,
+            compression: Compression::Zstd,
+            ..name
+        };
+        assert_eq!(
+            object_key("backup/", &topic, &hive),
+            "backup/public/default/orders/dt=2026-11-24/hour=02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl.zst"
         );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {data_dir}/segments/{rule}/{segment_no:020}.log              the record log (spool)
-//! {data_dir}/segments/{rule}/{segment_no:020}.jsonl[.gz]       the sealed file
+//! {data_dir}/segments/{rule}/{segment_no:020}.jsonl[.gz|.zst]  the sealed file
 //! {data_dir}/segments/{rule}/{segment_no:020}.preseal.tmp      compressed ahead of the seal
 //! {data_dir}/segments/{rule}/{segment_no:020}.seal.{n}.tmp     one seal attempt's file
 //! {data_dir}/quarantine/{rule}/…                               damaged sealed files set aside
@@ -74,7 +74,7 @@ mod tests {
     fn every_name_parses_back_to_its_segment() {
         let n = 42;
         assert_eq!(parse_name(&log_name(n)), Some((n, false)));
-        for compression in [Compression::Gzip, Compression::None] {
+        for compression in Compression::ALL {
             assert_eq!(parse_name(&sealed_name(n, compression)), Some((n, false)));
         }
         assert_eq!(parse_name(&preseal_name(n)), Some((n, true)));

@@ -1,9 +1,15 @@
 #[test]
 fn content_encoding_and_file_names_round_trip() {
     use super::Compression;
-    for c in [Compression::Gzip, Compression::None] {
+    for c in Compression::ALL {
         assert_eq!(Compression::from_content_encoding(c.content_encoding()), c);
+        assert_eq!(Compression::parse(c.as_str()), Some(c));
+        assert_eq!(Compression::from_key(&format!("a/b{}", c.extension())), c);
     }
+    assert_eq!(
+        Compression::Zstd.segment_file_name(42),
+        "00000000000000000042.jsonl.zst"
+    );
     assert_eq!(
         Compression::Gzip.segment_file_name(42),
         "00000000000000000042.jsonl.gz"
@@ -226,7 +232,37 @@ fn each_bad_field_is_named() {
         (
             "compression",
             RuleSpecInput {
+                compression: Some("lz4".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "compression_level",
+            RuleSpecInput {
                 compression: Some("zstd".into()),
+                compression_level: Some(20),
+                ..valid_input()
+            },
+        ),
+        (
+            "compression_level",
+            RuleSpecInput {
+                compression_level: Some(0),
+                ..valid_input()
+            },
+        ),
+        (
+            "compression_level",
+            RuleSpecInput {
+                compression: Some("none".into()),
+                compression_level: Some(3),
+                ..valid_input()
+            },
+        ),
+        (
+            "layout",
+            RuleSpecInput {
+                layout: Some("daily".into()),
                 ..valid_input()
             },
         ),
@@ -397,6 +433,83 @@ fn changed_fields_names_what_differs() {
     };
     assert_eq!(a.changed_fields(&b), vec!["prefix", "window"]);
     assert!(a.changed_fields(&a).is_empty());
+}
+
+#[test]
+fn levels_are_checked_per_compression_and_default_when_unset() {
+    let at = |compression: &str, level: Option<u32>| RuleSpecInput {
+        compression: Some(compression.into()),
+        compression_level: level,
+        ..valid_input()
+    };
+    let rule = at("zstd", None).validate().expect("valid");
+    assert_eq!((rule.compression, rule.level()), (Compression::Zstd, 3));
+    let rule = at("zstd", Some(19)).validate().expect("valid");
+    assert_eq!(rule.level(), 19);
+    assert_eq!(at("gzip", None).validate().expect("valid").level(), 1);
+    assert_eq!(at("gzip", Some(9)).validate().expect("valid").level(), 9);
+    assert_eq!(at("none", None).validate().expect("valid").level(), 0);
+    let err = at("gzip", Some(12))
+        .validate()
+        .expect_err("gzip stops at 9");
+    assert_eq!(err.field, "compression_level");
+    assert_eq!(
+        err.message,
+        "compression_level 12 must be between 1 and 9 for gzip"
+    );
+    let err = at("none", Some(1))
+        .validate()
+        .expect_err("none has no level");
+    assert!(
+        err.message.contains("only gzip and zstd have levels"),
+        "{err}"
+    );
+    // Hive layout round-trips through the stored form.
+    let hive = RuleSpecInput {
+        layout: Some("hive".into()),
+        ..at("zstd", Some(7))
+    }
+    .validate()
+    .expect("valid");
+    assert_eq!(hive.layout, KeyLayout::Hive);
+    assert_eq!(hive.to_input().validate(), Ok(hive.clone()));
+    let shown = hive.to_rule(RuleState::default());
+    assert_eq!(
+        (
+            shown.compression.as_str(),
+            shown.compression_level,
+            shown.layout.as_str()
+        ),
+        ("zstd", 7, "hive")
+    );
+    assert_eq!(RuleSpecInput::from(&shown).validate(), Ok(hive));
+}
+
+#[test]
+fn a_new_compression_without_a_level_drops_the_old_level() {
+    let zstd9 = RuleSpecInput {
+        compression: Some("zstd".into()),
+        compression_level: Some(9),
+        ..valid_input()
+    };
+    let gzip = zstd9.clone().overlay(RuleSpecInput {
+        compression: Some("gzip".into()),
+        ..RuleSpecInput::default()
+    });
+    assert_eq!(gzip.validate().expect("valid").level(), 1);
+    let gzip5 = zstd9.clone().overlay(RuleSpecInput {
+        compression: Some("gzip".into()),
+        compression_level: Some(5),
+        ..RuleSpecInput::default()
+    });
+    assert_eq!(gzip5.validate().expect("valid").level(), 5);
+    // Only the level: the compression stays.
+    let zstd4 = zstd9.overlay(RuleSpecInput {
+        compression_level: Some(4),
+        ..RuleSpecInput::default()
+    });
+    let rule = zstd4.validate().expect("valid");
+    assert_eq!((rule.compression, rule.level()), (Compression::Zstd, 4));
 }
 
 #[test]
