@@ -69,18 +69,20 @@ impl RuleSpool {
     /// Nothing here is durable or trusted: `seal_blocking` checks what the writer read.
     pub fn feed_blocking(&self) -> Result<()> {
         self.presealing.feed_queued.store(false, Ordering::SeqCst);
-        let (writer, upto, compression) = {
+        let (writer, upto, codec) = {
             let mut presealing = self.presealing.lock();
             let generation = self.generation.load(Ordering::SeqCst);
             presealing.retain(|_, (started, _)| *started == generation);
             // Under the presealing lock: a segment seen open here cannot be sealed before the
             // writer is in the map, so its seal finds the writer.
-            let (segment_no, upto, compression) = {
+            let (segment_no, upto, codec) = {
                 let state = self.lock();
                 match &state.open {
-                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => {
-                        (open.segment_no, open.log_bytes, state.target.compression())
-                    }
+                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => (
+                        open.segment_no,
+                        open.log_bytes,
+                        (state.target.compression(), state.target.level()),
+                    ),
                     _ => return Ok(()),
                 }
             };
@@ -94,7 +96,8 @@ impl RuleSpool {
                         self.segments_dir
                             .join(segment_files::preseal_name(segment_no)),
                         segment_no,
-                        compression,
+                        codec.0,
+                        codec.1,
                         generation,
                     )?;
                     let writer: Preseal = Arc::new(Mutex::new(Some(writer)));
@@ -102,17 +105,17 @@ impl RuleSpool {
                     writer
                 }
             };
-            (writer, upto, compression)
+            (writer, upto, codec)
         };
         let mut guard = lock_preseal(&writer);
         let Some(current) = guard.as_mut() else {
             return Ok(()); // its seal took it meanwhile
         };
-        let fed = if current.compression() == compression {
+        let fed = if current.codec() == codec {
             current.feed(&self.logs, upto)
         } else {
             Err(IngesterError::FailedPrecondition(
-                "the rule's compression changed".into(),
+                "the rule's compression or its level changed".into(),
             ))
         };
         if fed.is_err() {

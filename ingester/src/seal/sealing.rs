@@ -40,13 +40,13 @@ impl RuleSpool {
                 _ => return Ok(()),
             }
         };
-        let compression = meta.target.compression();
+        let codec = (meta.target.compression(), meta.target.level());
         let generation = self.generation.load(Ordering::SeqCst);
         let mut writer = None;
         if let Some(preseal) = self.presealing.take(segment_no) {
             // Waits for a feed still running on it.
             if let Some(pre) = lock_preseal(&preseal).take() {
-                if pre.generation == generation && pre.compression() == compression {
+                if pre.generation == generation && pre.codec() == codec {
                     writer = Some(pre);
                 } else {
                     discard(pre);
@@ -60,7 +60,8 @@ impl RuleSpool {
                     SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed),
                 )),
                 segment_no,
-                compression,
+                codec.0,
+                codec.1,
                 generation,
             )
         };

@@ -1,7 +1,9 @@
 //! Writes a segment file (the object's exact bytes) from a record log, in as many steps as it
 //! takes: the open segment's log is compressed while records are still being appended
 //! (presealing), so closing a large segment leaves only its tail to compress, and that is done
-//! on every core (`parallel_gzip`).
+//! on every core (`parallel_gzip`). zstd is one streaming encoder on the writer's thread: it
+//! compresses several times faster than gzip at its fastest level, so the seal's tail is
+//! short without more threads (see docs/benchmarks.md for the CPU it took).
 //!
 //! The log's compact records (`crate::spool::log_record`) are turned into the object's JSON
 //! lines on the way.
@@ -47,12 +49,14 @@ pub struct Written {
 
 enum Output {
     Gzip(ParallelGzip<HashingWriter<BufWriter<File>>>),
+    Zstd(zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>),
     Plain(HashingWriter<BufWriter<File>>),
 }
 
 pub struct SegmentWriter {
     segment_no: u64,
     compression: Compression,
+    level: u32,
     tmp: PathBuf,
     out: Output,
     log: Option<File>,
@@ -69,22 +73,36 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
+    /// A writer of `tmp`, compressing at `level` (ignored for [`Compression::None`]).
     pub fn create(
         tmp: PathBuf,
         segment_no: u64,
         compression: Compression,
+        level: u32,
         generation: u64,
     ) -> Result<SegmentWriter> {
         let file = File::create(&tmp)
             .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
         let sink = HashingWriter::new(BufWriter::with_capacity(BUFFER, file));
         let out = match compression {
-            Compression::Gzip => Output::Gzip(ParallelGzip::new(sink, gzip_workers())),
+            Compression::Gzip => Output::Gzip(ParallelGzip::new(sink, gzip_workers(), level)),
+            Compression::Zstd => {
+                let level = i32::try_from(level).unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL);
+                let mut encoder = zstd::stream::write::Encoder::new(sink, level)
+                    .map_err(|e| IngesterError::io(format!("zstd level {level}"), e))?;
+                // The frame's own checksum: a reader (zstd -t, python-zstandard) then tells a
+                // damaged object from a good one without our metadata.
+                encoder
+                    .include_checksum(true)
+                    .map_err(|e| IngesterError::io("zstd checksum flag", e))?;
+                Output::Zstd(encoder)
+            }
             Compression::None => Output::Plain(sink),
         };
         Ok(SegmentWriter {
             segment_no,
             compression,
+            level,
             tmp,
             out,
             log: None,
@@ -100,6 +118,12 @@ impl SegmentWriter {
 
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    /// The compression and level it writes: a file written with other ones is not the
+    /// segment's file any more once the rule changed them.
+    pub fn codec(&self) -> (Compression, u32) {
+        (self.compression, self.level)
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -144,6 +168,7 @@ impl SegmentWriter {
             self.json_bytes += self.json.len() as u64;
             let written = match &mut self.out {
                 Output::Gzip(gz) => gz.write_all(&self.json),
+                Output::Zstd(zst) => zst.write_all(&self.json),
                 Output::Plain(out) => out.write_all(&self.json),
             };
             written.map_err(|e| IngesterError::io(format!("writing {}", self.tmp.display()), e))?;
@@ -164,6 +189,7 @@ impl SegmentWriter {
         let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
         let sink = match self.out {
             Output::Gzip(gz) => gz.finish().map_err(io)?,
+            Output::Zstd(zst) => zst.finish().map_err(io)?,
             Output::Plain(out) => out,
         };
         let (file_crc32c, file_bytes, writer) = sink.finish();
@@ -265,7 +291,7 @@ mod tests {
             bytes: bytes.clone(),
         }])?;
         let tmp = dir.path().join("x.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0, 0)?;
         writer.feed(&logs, ends[1])?;
         let done = writer.finish()?;
         assert_eq!((done.log_bytes, done.lines), (ends[1], 2));
@@ -278,6 +304,17 @@ mod tests {
 
     #[test]
     fn a_compact_log_fed_in_steps_becomes_the_records_json_lines() -> Result<()> {
+        for (compression, level) in [
+            (Compression::Gzip, 1),
+            (Compression::Zstd, 3),
+            (Compression::Zstd, 19),
+        ] {
+            fed_in_steps_round_trips(compression, level)?;
+        }
+        Ok(())
+    }
+
+    fn fed_in_steps_round_trips(compression: Compression, level: u32) -> Result<()> {
         use crate::spool::log_record::{encode_body, LogEncoder};
         use proto::types::{encode_record, ChunkFields, MessageId, RecordFields};
 
@@ -318,7 +355,7 @@ mod tests {
             .flat_map(|i| encode_record(&fields(i)))
             .collect();
         let tmp = dir.path().join("00000000000000000004.preseal.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 4, Compression::Gzip, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 4, compression, level, 0)?;
         let mut encoder = LogEncoder::default();
         let (mut log_len, mut crc) = (0u64, 0u32);
         for (batch, range) in [0..700, 700..701, 701..2999, 2999..3000]
@@ -354,8 +391,25 @@ mod tests {
         );
         let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
         let mut json = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&file[..]), &mut json)
-            .map_err(|e| IngesterError::io("gunzip", e))?;
+        let decoded = match compression {
+            Compression::Gzip => {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&file[..]), &mut json)
+            }
+            // zstd's own decoder, single frame: the writer ends one frame, with its checksum.
+            Compression::Zstd => zstd::stream::read::Decoder::new(&file[..])
+                .map(|d| d.single_frame())
+                .and_then(|mut d| std::io::Read::read_to_end(&mut d, &mut json)),
+            Compression::None => {
+                json.extend_from_slice(&file);
+                Ok(json.len())
+            }
+        };
+        decoded.map_err(|e| IngesterError::io("decompressing", e))?;
+        if compression == Compression::Zstd {
+            // Frame header descriptor: bit 2 is the content checksum flag.
+            assert_eq!(&file[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+            assert_ne!(file[4] & 0b100, 0, "the frame carries its checksum");
+        }
         assert_eq!(
             String::from_utf8_lossy(&json),
             String::from_utf8_lossy(&expected)
@@ -375,7 +429,7 @@ mod tests {
             bytes: bytes[..bytes.len() - 1].to_vec(),
         }])?;
         let tmp = dir.path().join("y.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 2, Compression::None, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 2, Compression::None, 0, 0)?;
         writer.feed(&logs, 100)?;
         let err = writer.finish().expect_err("cut inside a record");
         assert!(err.to_string().contains("ends inside a record"), "{err}");

@@ -329,6 +329,7 @@ impl RuleSpool {
                 spool_id: &self.spool_id,
                 source_changes: state.counters.source_changes,
                 compression: meta.target.compression(),
+                layout: meta.target.layout,
             },
         );
         batch.insert(segment_key(&self.rule, meta.segment_no), to_json(&meta)?);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use proto::types::{Compression, MessageId, RuleConfig};
+use proto::types::{Compression, KeyLayout, MessageId, RuleConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::segment::cutter::{CutPolicy, OpenStats};
@@ -59,6 +59,11 @@ pub struct Target {
     pub prefix: String,
     pub topic: String,
     pub compression: Option<Compression>,
+    /// `None`: the compression's default (and every segment closed before levels existed).
+    #[serde(default)]
+    pub compression_level: Option<u32>,
+    #[serde(default)]
+    pub layout: KeyLayout,
 }
 
 impl Target {
@@ -71,11 +76,19 @@ impl Target {
             prefix: rule.prefix.clone(),
             topic: rule.topic.clone(),
             compression: Some(rule.compression),
+            compression_level: rule.compression_level,
+            layout: rule.layout,
         }
     }
 
     pub fn compression(&self) -> Compression {
         self.compression.unwrap_or_default()
+    }
+
+    /// The level to compress at.
+    pub fn level(&self) -> u32 {
+        self.compression_level
+            .unwrap_or_else(|| self.compression().default_level())
     }
 }
 
