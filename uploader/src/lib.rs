@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backoff;
+pub mod codec;
 pub mod committer;
 pub mod config;
 pub mod error;

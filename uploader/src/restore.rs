@@ -10,7 +10,6 @@
 //! again; on a broker without deduplication at most the last unconfirmed batch arrives twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -998,15 +997,8 @@ async fn read_object(
         .await
         .map_err(|e| format!("reading {key}: {e}"))?
         .ok_or_else(|| format!("{key} is in the manifest but not in the bucket"))?;
-    if key.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format!("{key}: not gzip: {e}"))?;
-        Ok(out)
-    } else {
-        Ok(bytes.to_vec())
-    }
+    let compression = crate::codec::compression_of("", key);
+    crate::codec::decompress(compression, key, &bytes).map_err(|e| e.to_string())
 }
 
 /// A record as the message to produce: its own fields, plus its original id and publish time.

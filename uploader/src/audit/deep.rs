@@ -2,13 +2,13 @@
 //! every record parsed, each partition's ids and count against the entry's.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 
 use futures::StreamExt as _;
 use proto::types::manifest::ManifestEntry;
 use proto::types::MessageId;
 
 use super::check::{follows, Kind, Problem};
+use crate::codec::StreamDecoder;
 use crate::error::UploadError;
 use crate::store::Body;
 
@@ -141,11 +141,6 @@ impl std::io::Write for Records {
     }
 }
 
-enum Decoder {
-    Gzip(Box<flate2::write::MultiGzDecoder<Records>>),
-    Plain(Records),
-}
-
 /// Reads `body` (the object of `entry`) to its end and returns what does not match, and how
 /// many bytes were read.
 pub async fn check_object(
@@ -156,14 +151,17 @@ pub async fn check_object(
         key: entry.key.clone(),
         ..Records::default()
     };
-    let mut decoder = if entry.content_encoding == "gzip" {
-        Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(records)))
-    } else {
-        Decoder::Plain(records)
+    let compression = crate::codec::compression_of(&entry.content_encoding, &entry.key);
+    let mut undecodable: Option<String> = None;
+    let mut decoder = match StreamDecoder::new(compression, records) {
+        Ok(decoder) => Some(decoder),
+        Err(err) => {
+            undecodable = Some(err.to_string());
+            None
+        }
     };
     let mut crc = 0u32;
     let mut size = 0u64;
-    let mut undecodable: Option<String> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         crc = crc32c::crc32c_append(crc, &chunk);
@@ -171,26 +169,23 @@ pub async fn check_object(
         if undecodable.is_some() {
             continue;
         }
-        let written = match &mut decoder {
-            Decoder::Gzip(d) => d.write_all(&chunk),
-            Decoder::Plain(r) => r.write_all(&chunk),
-        };
-        if let Err(err) = written {
+        if let Some(Err(err)) = decoder.as_mut().map(|d| d.write_all(&chunk)) {
             undecodable = Some(err.to_string());
         }
     }
-    let mut records = match decoder {
-        Decoder::Gzip(d) => match d.finish() {
-            Ok(records) => records,
-            Err(err) => {
-                undecodable.get_or_insert(err.to_string());
-                Records {
-                    key: entry.key.clone(),
-                    ..Records::default()
-                }
+    let mut records = match decoder.map(StreamDecoder::finish) {
+        Some(Ok(records)) => records,
+        Some(Err(err)) => {
+            undecodable.get_or_insert(err.to_string());
+            Records {
+                key: entry.key.clone(),
+                ..Records::default()
             }
+        }
+        None => Records {
+            key: entry.key.clone(),
+            ..Records::default()
         },
-        Decoder::Plain(r) => r,
     };
     let mut problems = Vec::new();
     let corrupt = |detail: String| Problem::object(Kind::Corrupt, &entry.key, detail);
@@ -256,6 +251,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use proto::types::manifest::{PartitionSpan, FORMAT};
+    use std::io::Write as _;
 
     fn line(id: &str) -> String {
         format!("{{\"message_id\":\"{id}\",\"topic\":\"t\",\"payload\":\"x\"}}\n")
@@ -344,5 +340,36 @@ mod tests {
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
         let (problems, _) = check_object(&e, body(bytes)).await.expect("read");
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn a_zstd_object_is_read_by_its_content_encoding() {
+        let text: String = (0..5).map(|e| line(&format!("1:{e}:-1:-1"))).collect();
+        let bytes = zstd::encode_all(text.as_bytes(), 3).expect("zstd");
+        let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
+        e.content_encoding = "zstd".into();
+        let (problems, _) = check_object(&e, body(bytes.clone())).await.expect("read");
+        assert_eq!(problems, vec![]);
+
+        // Read as gzip (what it was before zstd existed), it is named undecodable.
+        e.content_encoding = "gzip".into();
+        let (problems, _) = check_object(&e, body(bytes.clone())).await.expect("read");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.detail.contains("cannot be decompressed")),
+            "{problems:?}"
+        );
+
+        // Cut inside the frame.
+        e.content_encoding = "zstd".into();
+        let cut = bytes[..bytes.len() - 4].to_vec();
+        let (problems, _) = check_object(&e, body(cut)).await.expect("read");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.detail.contains("cannot be decompressed")),
+            "{problems:?}"
+        );
     }
 }

@@ -65,10 +65,11 @@ pub struct ObjectHead {
 /// header: HTTP clients would then decompress on download and users would get `.gz` files that
 /// are not gzip.
 pub fn content_type_for(content_encoding: &str) -> &'static str {
-    if content_encoding == "gzip" {
-        "application/gzip"
-    } else {
-        "application/x-ndjson"
+    match content_encoding {
+        "gzip" => "application/gzip",
+        // RFC 8878's media type for a zstd frame.
+        "zstd" => "application/zstd",
+        _ => "application/x-ndjson",
     }
 }
 
@@ -824,6 +825,7 @@ mod tests {
     #[test]
     fn content_type_never_implies_decompression() {
         assert_eq!(content_type_for("gzip"), "application/gzip");
+        assert_eq!(content_type_for("zstd"), "application/zstd");
         assert_eq!(content_type_for("identity"), "application/x-ndjson");
     }
 
