@@ -407,8 +407,8 @@ pub struct CreateArgs {
 
     /// Read the rule from a TOML file. Keys: name service_url topic subscription
     /// subscription_type bucket region prefix window max_messages max_bytes start cluster role
-    /// endpoint compression, plus token_file (relative to the file) or token_env. Flags given as
-    /// well replace the file's values.
+    /// endpoint compression compression_level layout, plus token_file (relative to the file)
+    /// or token_env. Flags given as well replace the file's values.
     #[arg(long, value_name = "RULE.toml")]
     pub from_file: Option<PathBuf>,
 
@@ -502,9 +502,17 @@ pub struct SpecFlags {
     /// allowed_endpoints (a file:// endpoint only ever comes from the uploader's own config).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// gzip (default) or none.
-    #[arg(long, value_name = "gzip|none")]
+    /// gzip (default; objects end .jsonl.gz), zstd (.jsonl.zst) or none (.jsonl).
+    #[arg(long, value_name = "gzip|zstd|none")]
     pub compression: Option<String>,
+    /// gzip 1..=9 (default 1), zstd 1..=19 (default 3). A new --compression without it uses
+    /// the new compression's default.
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+    /// Where keys put the date: plain (default) YYYY/MM/DD/HH/, or hive dt=YYYY-MM-DD/hour=HH/
+    /// (partition columns for DuckDB, Spark, Athena, Trino).
+    #[arg(long, value_name = "plain|hive")]
+    pub layout: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -222,6 +222,15 @@ pub fn rule_text(r: &Rule, state: &str) -> String {
             if r.has_token { "set" } else { "none" }.to_string(),
         ),
         ("compression", r.compression.clone()),
+        (
+            "compression_level",
+            if r.compression_level == 0 {
+                "-".to_string()
+            } else {
+                r.compression_level.to_string()
+            },
+        ),
+        ("layout", r.layout.clone()),
         ("created_at", r.created_at.clone()),
         ("updated_at", r.updated_at.clone()),
     ])
@@ -249,10 +258,31 @@ pub fn rules_text(rules: &[Rule], states: &[RuleStatus], layout: &Layout) -> Str
                 r.bucket.clone(),
                 r.prefix.clone(),
                 secs(r.window_secs),
+                objects_cell(r),
             ]
         })
         .collect();
     table::render(&RULE_COLUMNS, &rows, layout)
+}
+
+/// How a rule writes its objects, in a few characters: `gzip:1 plain`, `zstd:3 hive`,
+/// `none plain`.
+fn objects_cell(r: &Rule) -> String {
+    let compression = if r.compression.is_empty() {
+        "gzip"
+    } else {
+        r.compression.as_str()
+    };
+    let layout = if r.layout.is_empty() {
+        "plain"
+    } else {
+        r.layout.as_str()
+    };
+    if r.compression_level == 0 {
+        format!("{compression} {layout}")
+    } else {
+        format!("{compression}:{} {layout}", r.compression_level)
+    }
 }
 
 pub fn status_text(
@@ -359,7 +389,7 @@ const LOG_COLUMNS: [Column; 5] = [
     // Keys lose their middle to fit; an error is always whole (`render_rows`).
     Column::middle("KEY/ERROR"),
 ];
-const RULE_COLUMNS: [Column; 7] = [
+const RULE_COLUMNS: [Column; 8] = [
     Column::keep("NAME"),
     Column::keep("STATE"),
     Column::middle("TOPIC"),
@@ -367,6 +397,7 @@ const RULE_COLUMNS: [Column; 7] = [
     Column::keep("BUCKET"),
     Column::keep("PREFIX").wide(),
     Column::keep("WINDOW"),
+    Column::keep("OBJECTS").wide(),
 ];
 const STATUS_COLUMNS: [Column; 10] = [
     Column::keep("NAME"),
@@ -528,6 +559,8 @@ mod tests {
             has_token: true,
             subscription_type: "failover".into(),
             compression: "gzip".into(),
+            compression_level: 1,
+            layout: "plain".into(),
             ..Rule::default()
         }
     }
@@ -594,6 +627,24 @@ mod tests {
         assert_no_token_key(&list);
         let text = rule_text(&sample_rule(), "running");
         assert!(text.contains("token:") && text.contains("set"));
+        let zstd_hive = Rule {
+            compression: "zstd".into(),
+            compression_level: 7,
+            layout: "hive".into(),
+            ..sample_rule()
+        };
+        let v = rule_json(&zstd_hive, "running");
+        assert_eq!(
+            (&v["compression"], &v["compression_level"], &v["layout"]),
+            (&json!("zstd"), &json!(7), &json!("hive"))
+        );
+        let text = rule_text(&zstd_hive, "running");
+        assert!(
+            text.contains("compression_level:") && text.contains("layout:"),
+            "{text}"
+        );
+        assert_eq!(objects_cell(&zstd_hive), "zstd:7 hive");
+        assert_eq!(objects_cell(&sample_rule()), "gzip:1 plain");
     }
 
     #[test]

@@ -331,6 +331,8 @@ fn flags_spec(f: &SpecFlags) -> (RuleSpecInput, Option<TokenSource>) {
         role: f.role.clone(),
         endpoint: f.endpoint.clone(),
         compression: f.compression.clone(),
+        compression_level: f.compression_level,
+        layout: f.layout.clone(),
     };
     let token = TokenSource::from_flags(f.token_file.as_ref(), f.token_env.as_ref());
     (spec, token)

@@ -184,6 +184,30 @@ fn sizes_and_durations_pass_through_as_typed() {
 }
 
 #[test]
+fn analyst_options_reach_the_spec() {
+    let cli = parse(&[
+        "--compression",
+        "zstd",
+        "--compression-level",
+        "9",
+        "--layout",
+        "hive",
+    ])
+    .expect("parses");
+    let (spec, _) = create_spec(create_args(cli)).expect("valid");
+    let p = spec.into_spec(None);
+    assert_eq!(
+        (
+            p.compression.as_deref(),
+            p.compression_level,
+            p.layout.as_deref()
+        ),
+        (Some("zstd"), Some(9), Some("hive"))
+    );
+    assert!(parse(&["--compression-level", "high"]).is_err());
+}
+
+#[test]
 fn bad_prefix_is_refused_client_side_with_its_message() {
     let cli = parse(&["--prefix", "logs"]).expect("parses");
     let err = create_spec(create_args(cli)).expect_err("refused");
