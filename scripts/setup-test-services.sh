@@ -3,7 +3,8 @@
 # pulsar-lite (a Pulsar-protocol broker, from PyPI) and moto's S3 server (a second, independent
 # S3 implementation the uploader's store tests also run against; `crc32c` makes it store real
 # CRC32C checksums). The in-process S3 server (s3s-fs) is a Rust dev-dependency and needs no
-# install. Prints the broker binary's path; moto's is .venv/bin/moto_server (MOTO_SERVER_BIN).
+# install. `zstandard` (python-zstandard) is the independent reader the tests check zstd
+# objects with. Prints the broker binary's path; moto's is .venv/bin/moto_server (MOTO_SERVER_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -19,5 +20,8 @@ fi
 # kubernetes-validate checks deploy/kubernetes against the API schemas, offline.
 if ! .venv/bin/python -c 'import duckdb' 2>/dev/null || [ ! -x .venv/bin/kubernetes-validate ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check 'duckdb==2.0.1' 'kubernetes-validate==1.37.0' >&2
+fi
+if ! .venv/bin/python -c 'import zstandard' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'zstandard==0.25.0' >&2
 fi
 .venv/bin/python -c 'import pulsar_lite,os;print(os.path.join(os.path.dirname(pulsar_lite.__file__),"bin","pulsar-lite"))'

@@ -15,6 +15,7 @@ pub mod http;
 pub mod oracle;
 pub mod ports;
 pub mod producer;
+pub mod python;
 pub mod services;
 pub mod stack;
 

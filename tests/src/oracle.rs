@@ -110,7 +110,7 @@ pub async fn read_all(
 /// Reads every object of `bucket` in a `file://` store rooted at `root` (object `K` is the file
 /// `root/bucket/K`), sorted by key.
 ///
-/// Only files named like objects (`.jsonl` / `.jsonl.gz`) are read, so temporary files and
+/// Only files named like objects (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`) are read, so temporary files and
 /// metadata sidecars the store may keep next to them are not mistaken for objects.
 pub fn read_dir_store(root: &Path, bucket: &str) -> anyhow::Result<Vec<BackupObject>> {
     let bucket_dir = root.join(bucket);
@@ -126,7 +126,7 @@ pub fn read_dir_store(root: &Path, bucket: &str) -> anyhow::Result<Vec<BackupObj
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        if !(key.ends_with(".jsonl") || key.ends_with(".jsonl.gz")) {
+        if !(key.ends_with(".jsonl") || key.ends_with(".jsonl.gz") || key.ends_with(".jsonl.zst")) {
             continue;
         }
         let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -152,7 +152,8 @@ fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
-/// Decodes one object's bytes: gunzip if the key ends in `.gz`, then one JSON value a line.
+/// Decodes one object's bytes: gunzip if the key ends in `.gz`, unzstd if in `.zst` (with the
+/// zstd crate's decoder, not the uploader's code), then one JSON value a line.
 pub fn decode_object(
     key: String,
     metadata: HashMap<String, String>,
@@ -164,10 +165,12 @@ pub fn decode_object(
             .read_to_end(&mut text)
             .with_context(|| format!("gunzipping {key}"))?;
         text
+    } else if key.ends_with(".zst") {
+        zstd::stream::decode_all(body).with_context(|| format!("unzstding {key}"))?
     } else if key.ends_with(".jsonl") {
         body.to_vec()
     } else {
-        bail!("object {key} ends in neither .jsonl nor .jsonl.gz");
+        bail!("object {key} ends in neither .jsonl, .jsonl.gz nor .jsonl.zst");
     };
     let text = String::from_utf8(text).with_context(|| format!("{key} is not UTF-8"))?;
     if !text.is_empty() && !text.ends_with('\n') {

@@ -21,7 +21,7 @@ const PUBLISH_TIME: &str = "tdmq-backup.publish-time";
 
 /// One message as the target topic holds it.
 #[derive(Debug, Clone)]
-struct Got {
+pub(crate) struct Got {
     producer_name: String,
     sequence_id: u64,
     payload: Vec<u8>,
@@ -58,7 +58,7 @@ async fn backed_up_with(
 }
 
 /// Reads messages from `topic` until `count` arrived, then until none arrives for `quiet`.
-async fn consume(
+pub(crate) async fn consume(
     stack: &Stack,
     topic: &str,
     count: usize,
@@ -127,7 +127,7 @@ async fn consume_from(
 }
 
 /// Checks that `got[i]` is `sent[i]` as a restore must put it back.
-fn assert_restored(sent: &[SampleMessage], got: &[Got], producer: &str) {
+pub(crate) fn assert_restored(sent: &[SampleMessage], got: &[Got], producer: &str) {
     assert_eq!(got.len(), sent.len());
     let mut last_id = None;
     for (i, (want, got)) in sent.iter().zip(got).enumerate() {
@@ -161,7 +161,7 @@ fn assert_restored(sent: &[SampleMessage], got: &[Got], producer: &str) {
     }
 }
 
-async fn wait_for_state(
+pub(crate) async fn wait_for_state(
     stack: &Stack,
     job: &str,
     state: &str,
@@ -184,7 +184,7 @@ async fn wait_for_state(
     }
 }
 
-fn target(stack: &Stack) -> String {
+pub(crate) fn target(stack: &Stack) -> String {
     format!("pulsar://{}", stack.pulsar.broker_addr())
 }
 

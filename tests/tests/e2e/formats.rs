@@ -1,0 +1,283 @@
+//! The rule options for analysts (`--compression gzip|zstd|none`, `--compression-level`,
+//! `--layout plain|hive`) through the real pipeline: the objects' keys and bytes as a reader
+//! outside tdmq-backup sees them (python-zstandard for zstd), and `verify` and `restore` reading
+//! them back.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_s3::primitives::ByteStream;
+use harness::{check_exactly_once, produce, read_all, sample_messages};
+use serde_json::Value;
+
+use crate::restore::{assert_restored, consume, target, wait_for_state};
+use crate::util::{unique_topic, Stack, BUCKET};
+
+/// Reads every `.jsonl.zst` file in the directory `argv[1]` with python-zstandard (streaming:
+/// the ingester's frames do not record their size up front) and prints, as JSON, each file's
+/// frame parameters and the message ids of its records.
+const PYTHON_READER: &str = r#"
+import json, os, sys
+import zstandard
+out = {}
+for name in sorted(os.listdir(sys.argv[1])):
+    data = open(os.path.join(sys.argv[1], name), "rb").read()
+    params = zstandard.get_frame_parameters(data)
+    with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as r:
+        text = r.read().decode("utf-8")
+    assert text.endswith("\n"), name
+    ids = [json.loads(line)["message_id"] for line in text.splitlines()]
+    out[name] = {"has_checksum": bool(params.has_checksum), "ids": ids}
+print(json.dumps(out))
+"#;
+
+async fn ctl_exit_json(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, Value)> {
+    let mut full = vec!["--output", "json"];
+    full.extend_from_slice(args);
+    let out = tokio::process::Command::new(stack.bin("tdmq-backup"))
+        .args(stack.ctl_args(&full))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let json = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{args:?} printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status.code().unwrap_or(-1), json))
+}
+
+/// `dt=YYYY-MM-DD/hour=HH/{name}` whose date is the window start the name carries
+/// (`{rule}-YYYYMMDDTHHMMSSZ-…`).
+fn assert_hive_key(rest: &str, rule: &str, extension: &str) {
+    let parts: Vec<&str> = rest.split('/').collect();
+    assert_eq!(parts.len(), 3, "{rest}");
+    let (dt, hour, name) = (parts[0], parts[1], parts[2]);
+    let stamp = name
+        .strip_prefix(&format!("{rule}-"))
+        .and_then(|n| n.get(..16))
+        .unwrap_or_else(|| panic!("{rest}: no window start in the name"));
+    let start = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .unwrap_or_else(|e| panic!("{rest}: {e}"));
+    assert_eq!(dt, start.format("dt=%Y-%m-%d").to_string(), "{rest}");
+    assert_eq!(hour, start.format("hour=%H").to_string(), "{rest}");
+    assert!(name.ends_with(extension), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let topic = unique_topic("zh");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let messages = sample_messages(1_500, 23);
+    produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
+
+    // Refused whole, naming the field, before anything is created.
+    let out = stack.ctl(
+        &stack
+            .create_rule_args(
+                "zh",
+                &topic,
+                &["--compression", "zstd", "--compression-level", "22"],
+            )
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compression_level 22 must be between 1 and 19 for zstd"),
+        "{err}"
+    );
+
+    let rule = stack.create_rule(
+        "zh",
+        &topic,
+        &[
+            "--prefix",
+            "e2e/",
+            "--window",
+            "1h",
+            "--max-messages",
+            "300",
+            "--compression",
+            "zstd",
+            "--compression-level",
+            "6",
+            "--layout",
+            "hive",
+        ],
+    )?;
+    assert_eq!(
+        (
+            &rule["compression"],
+            &rule["compression_level"],
+            &rule["layout"]
+        ),
+        (&Value::from("zstd"), &Value::from(6), &Value::from("hive")),
+        "{rule}"
+    );
+    stack
+        .wait_until_backed_up("zh", messages.len() as u64, Duration::from_secs(180))
+        .await?;
+
+    let client = stack.s3.client();
+    let objects = read_all(&client, BUCKET, "e2e/").await?;
+    let report = check_exactly_once(&objects, &messages)?;
+    assert!(report.objects >= 5, "{report:?}");
+    let folder = format!("e2e/public/default/{topic}/");
+    for o in &objects {
+        let rest = o
+            .key
+            .strip_prefix(&folder)
+            .unwrap_or_else(|| panic!("{} outside {folder}", o.key));
+        assert_hive_key(rest, "zh", ".jsonl.zst");
+    }
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key(&objects[0].key)
+        .send()
+        .await?;
+    assert_eq!(head.content_type(), Some("application/zstd"));
+
+    // python-zstandard reads the very bytes in the bucket: the same records, frames checksummed.
+    let dir = stack.path("zst-objects");
+    std::fs::create_dir_all(&dir)?;
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    for (i, o) in objects.iter().enumerate() {
+        let body = client
+            .get_object()
+            .bucket(BUCKET)
+            .key(&o.key)
+            .send()
+            .await?
+            .body
+            .collect()
+            .await?
+            .into_bytes();
+        std::fs::write(dir.join(format!("{i:04}.jsonl.zst")), &body)?;
+        for r in &o.records {
+            want.insert(r["message_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let printed = harness::python::run_script(PYTHON_READER, &[&dir.to_string_lossy()]).await?;
+    let read: Value = serde_json::from_str(&printed)?;
+    let files = read.as_object().context("an object per file")?;
+    assert_eq!(files.len(), objects.len());
+    let mut got: BTreeSet<String> = BTreeSet::new();
+    for (name, file) in files {
+        assert_eq!(file["has_checksum"], true, "{name}");
+        for id in file["ids"].as_array().into_iter().flatten() {
+            got.insert(id.as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(got.len(), messages.len());
+    assert_eq!(got, want);
+
+    // verify, light and deep, reads the hive keys from the manifest and the zstd bytes.
+    for args in [vec!["verify", "zh"], vec!["verify", "zh", "--deep"]] {
+        let (code, v) = ctl_exit_json(&stack, &args).await?;
+        assert_eq!(code, 0, "{args:?}: {v}");
+        assert_eq!(v["messages"], messages.len() as u64, "{v}");
+        assert_eq!(v["problems"], Value::Array(vec![]), "{v}");
+    }
+    // An object in a hive folder the rule did not write is unexpected; one damaged is corrupt.
+    let stray = format!("{folder}dt=2026-01-01/hour=00/copied-by-hand.jsonl.zst");
+    client
+        .put_object()
+        .bucket(BUCKET)
+        .key(&stray)
+        .body(ByteStream::from(b"not zstd".to_vec()))
+        .send()
+        .await?;
+    let (code, v) = ctl_exit_json(&stack, &["verify", "zh"]).await?;
+    assert_eq!(code, 3, "{v}");
+    let kinds: Vec<(String, String)> = v["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap_or_default().to_string(),
+                p["key"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, vec![("unexpected".to_string(), stray)], "{v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_switched_from_gzip_to_zstd_verifies_deep_and_restores_both() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let topic = unique_topic("sw");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let sent = sample_messages(2_000, 29);
+    let (first, second) = sent.split_at(1_000);
+    produce(&stack.pulsar.url(), &full_topic, first, true).await?;
+    stack.create_rule("sw", &topic, &["--window", "1h", "--max-messages", "400"])?;
+    stack
+        .wait_until_backed_up("sw", first.len() as u64, Duration::from_secs(180))
+        .await?;
+    let edited = stack.ctl_json(&["rule", "edit", "sw", "--compression", "zstd"])?;
+    let shown = stack.ctl_json(&["rule", "show", "sw"])?;
+    assert_eq!(
+        (&shown["compression"], &shown["compression_level"]),
+        (&Value::from("zstd"), &Value::from(3)),
+        "{edited}\n{shown}"
+    );
+    produce(&stack.pulsar.url(), &full_topic, second, true).await?;
+    stack
+        .wait_until_backed_up("sw", sent.len() as u64, Duration::from_secs(180))
+        .await?;
+
+    let client = stack.s3.client();
+    let objects = read_all(&client, BUCKET, "").await?;
+    check_exactly_once(&objects, &sent)?;
+    let gz = objects
+        .iter()
+        .filter(|o| o.key.ends_with(".jsonl.gz"))
+        .count();
+    let zst = objects
+        .iter()
+        .filter(|o| o.key.ends_with(".jsonl.zst"))
+        .count();
+    assert!(gz >= 3 && zst >= 3, "{gz} gzip and {zst} zstd objects");
+    // Plain layout: the date as YYYY/MM/DD/HH.
+    for o in &objects {
+        let parts: Vec<&str> = o.key.split('/').collect();
+        assert_eq!(parts.len(), 8, "{}", o.key);
+        assert!(
+            parts[3].len() == 4 && parts[3].parse::<u32>().is_ok(),
+            "{}",
+            o.key
+        );
+    }
+
+    let (code, v) = ctl_exit_json(&stack, &["verify", "sw", "--deep"]).await?;
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["problems"], Value::Array(vec![]), "{v}");
+
+    let to = format!("persistent://public/default/{}", unique_topic("sw-back"));
+    let url = target(&stack);
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        "swb",
+        "--rule",
+        "sw",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+    ])?;
+    let done = wait_for_state(&stack, "swb", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], 2_000, "{done}");
+    let got = consume(&stack, &to, 2_000, Duration::from_secs(2)).await?;
+    assert_restored(&sent, &got, "restore-swb--1");
+    Ok(())
+}
