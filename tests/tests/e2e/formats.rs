@@ -32,6 +32,34 @@ for name in sorted(os.listdir(sys.argv[1])):
 print(json.dumps(out))
 "#;
 
+/// The user guide's hive-layout DuckDB query: the ```sql block whose first line is this.
+const GUIDE_HIVE_TITLE: &str = "-- duckdb (hive layout):";
+/// The documented topic folder and day, replaced by the local copy's and the objects' day.
+const DOC_TOPIC_URL: &str = "s3://backup-1250000000/pulsar/pulsar-xxxxxxxx/prod/orders/";
+const DOC_DAY: &str = "DATE '2026-11-24'";
+
+/// Runs the SQL in `argv[1]` in DuckDB and prints its rows as JSON (dates as ISO text).
+const DUCKDB_RUNNER: &str = r#"
+import json, sys
+import duckdb
+con = duckdb.connect()
+rows = con.execute(sys.argv[1]).fetchall()
+print(json.dumps([[v.isoformat() if hasattr(v, "isoformat") else v for v in r] for r in rows]))
+"#;
+
+fn guide_hive_query() -> anyhow::Result<String> {
+    let guide = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/user-guide.md");
+    let text = std::fs::read_to_string(&guide)?;
+    let start = text
+        .find(&format!("```sql\n{GUIDE_HIVE_TITLE}"))
+        .context("the user guide has no hive-layout DuckDB query")?
+        + "```sql\n".len();
+    let len = text[start..]
+        .find("```")
+        .context("unterminated sql block")?;
+    Ok(text[start..start + len].to_string())
+}
+
 async fn ctl_exit_json(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, Value)> {
     let mut full = vec!["--output", "json"];
     full.extend_from_slice(args);
@@ -177,6 +205,67 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
     }
     assert_eq!(got.len(), messages.len());
     assert_eq!(got, want);
+
+    // The user guide's DuckDB query over hive folders, run as printed on a copy of the objects
+    // kept under their keys (as `aws s3 sync` leaves them).
+    let local = stack.path("synced");
+    for o in &objects {
+        let body = client
+            .get_object()
+            .bucket(BUCKET)
+            .key(&o.key)
+            .send()
+            .await?
+            .body
+            .collect()
+            .await?
+            .into_bytes();
+        let path = local.join(&o.key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &body)?;
+    }
+    let dates: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix(&folder)?;
+            let mut parts = rest.split('/');
+            let dt = parts.next()?.strip_prefix("dt=")?.to_string();
+            let hour = parts.next()?.strip_prefix("hour=")?.to_string();
+            Some((dt, hour))
+        })
+        .collect();
+    let (day, _) = dates.iter().next().context("a date")?.clone();
+    let query = guide_hive_query()?
+        .replace(
+            DOC_TOPIC_URL,
+            &format!(
+                "{}/",
+                local.join(&folder).to_string_lossy().trim_end_matches('/')
+            ),
+        )
+        .replace(DOC_DAY, &format!("DATE '{day}'"));
+    let printed = harness::python::run_script(DUCKDB_RUNNER, &[&query]).await?;
+    let rows: Vec<(String, u32, u64, u64)> = serde_json::from_str(&printed)?;
+    let want_rows: Vec<(String, u32)> = dates
+        .iter()
+        .filter(|(dt, _)| *dt == day)
+        .map(|(dt, hour)| (dt.clone(), hour.parse().unwrap_or(u32::MAX)))
+        .collect();
+    assert_eq!(
+        rows.iter()
+            .map(|(dt, hour, _, _)| (dt.clone(), *hour))
+            .collect::<Vec<_>>(),
+        want_rows
+    );
+    let on_day: u64 = objects
+        .iter()
+        .filter(|o| o.key.contains(&format!("/dt={day}/")))
+        .map(|o| o.records.len() as u64)
+        .sum();
+    assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), on_day);
+    assert_eq!(rows.iter().map(|r| r.3).sum::<u64>(), on_day);
 
     // verify, light and deep, reads the hive keys from the manifest and the zstd bytes.
     for args in [vec!["verify", "zh"], vec!["verify", "zh", "--deep"]] {
