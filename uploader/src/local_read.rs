@@ -398,6 +398,17 @@ mod shape_tests {
         ));
         let plain = seg("orders", 42, "identity");
         assert!(ok("/d/segments/orders/00000000000000000042.jsonl", &plain));
+        let zst = seg("orders", 42, "zstd");
+        assert!(ok(
+            "/d/segments/orders/00000000000000000042.jsonl.zst",
+            &zst
+        ));
+        // A zstd segment's path must end .jsonl.zst: not the gzip or the plain file's name.
+        assert!(!ok(
+            "/d/segments/orders/00000000000000000042.jsonl.gz",
+            &zst
+        ));
+        assert!(!ok("/d/segments/orders/00000000000000000042.jsonl", &zst));
         for bad in [
             "/etc/shadow",
             "/root/.ssh/id_ed25519",
