@@ -8,7 +8,7 @@
 //! committing stay RPCs.
 //!
 //! Only a path shaped like the ingester's own sealed files is opened
-//! (`…/segments/{rule}/{segment_no:020}.jsonl[.gz]`, no `..`), never through a symlink in place
+//! (`…/segments/{rule}/{segment_no:020}.jsonl[.gz|.zst]`, no `..`), never through a symlink in place
 //! of the file (`O_NOFOLLOW`), and, when `ingester_data_dir` is configured, only if the file's
 //! directory really is `{ingester_data_dir}/segments/{rule}` once every symlink on the way is
 //! resolved: the uploader trusts its ingester with object content, not with choosing which of
@@ -143,7 +143,7 @@ fn id_of(seg: &SegmentInfo) -> SegmentId {
 }
 
 /// `path` must be where the ingester keeps `seg`'s sealed file:
-/// `/…/segments/{rule}/{segment_no:020}{.jsonl.gz|.jsonl}`, absolute, without `..`.
+/// `/…/segments/{rule}/{segment_no:020}{.jsonl.gz|.jsonl.zst|.jsonl}`, absolute, without `..`.
 fn check_shape(path: &Path, seg: &SegmentInfo) -> Result<(), String> {
     if !path.is_absolute() {
         return Err("not an absolute path".into());
