@@ -705,3 +705,53 @@ async fn a_pulsar_ssl_target_is_reached_over_tls_with_the_ingester_s_pulsar_ca_f
     assert_restored(&sent, &got, "restore-over-tls--1");
     Ok(())
 }
+
+/// The uploader sends a `RestoreProduce` call again when it did not get the answer (a lost
+/// connection, or it was restarted before it recorded the progress). The ingester sends only
+/// what the broker has not confirmed on that lane, so even a broker without deduplication gets
+/// each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_again_produces_nothing_the_broker_confirmed() -> anyhow::Result<()> {
+    use proto::v1::{RestoreMessage, RestoreProduceRequest, RestoreTargetRequest};
+    let stack = Stack::start().await?;
+    let to = format!("persistent://public/default/{}", unique_topic("retried"));
+    let channel = tonic::transport::Endpoint::from_shared(stack.ingester_url())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut ingester = proto::IngesterClient::new(channel);
+    ingester
+        .set_restore_target(RestoreTargetRequest {
+            job: "again".into(),
+            to_topic: to.clone(),
+            service_url: target(&stack),
+            token: String::new(),
+            dry_run: false,
+        })
+        .await?;
+    let call = |positions: std::ops::Range<u64>| RestoreProduceRequest {
+        job: "again".into(),
+        source_partition: -1,
+        messages: positions
+            .map(|i| RestoreMessage {
+                sequence_id: i,
+                target_partition: -1,
+                payload: format!("m{i}").into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    ingester.restore_produce(call(0..100)).await?;
+    // The same call again, then one that starts inside it.
+    ingester.restore_produce(call(0..100)).await?;
+    ingester.restore_produce(call(50..150)).await?;
+
+    let got = consume(&stack, &to, 150, Duration::from_secs(3)).await?;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+        .collect();
+    let want: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, want);
+    Ok(())
+}
