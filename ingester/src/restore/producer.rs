@@ -584,62 +584,88 @@ impl SequencedProducer {
     /// One SEND: a lone message as itself, several as one batch entry whose single-message
     /// metadata keep each message's sequence id, key, ordering key, properties and event time.
     async fn write_batch(&mut self, batch: &[OutMessage]) -> Result<()> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        let Some(parts) = send_parts(batch, self.producer_id, &self.name)? else {
             return Ok(());
-        };
-        let mut meta = MessageMetadata {
-            producer_name: self.name.clone(),
-            sequence_id: first.sequence_id,
-            publish_time: proto::types::time::now_millis(),
-            ..Default::default()
-        };
-        let mut send = CommandSend {
-            producer_id: self.producer_id,
-            sequence_id: first.sequence_id,
-            num_messages: Some(1),
-            ..Default::default()
-        };
-        let payload;
-        let payload_ref: &[u8] = if let [m] = batch {
-            meta.properties = key_values(&m.properties);
-            meta.partition_key = m.key.clone();
-            meta.partition_key_b64_encoded = m.key_base64.then_some(true);
-            meta.ordering_key = m.ordering_key.clone();
-            meta.event_time = m.event_time_ms;
-            &m.payload
-        } else {
-            let n = i32::try_from(batch.len())
-                .map_err(|_| ProduceError::Protocol("batch size".into()))?;
-            payload = encode_batch(batch)?;
-            meta.num_messages_in_batch = Some(n);
-            // What a deduplicating broker records for the entry: it drops a batch whose
-            // highest sequence id it has already persisted from this producer name.
-            meta.highest_sequence_id = Some(last.sequence_id);
-            meta.uncompressed_size = u32::try_from(payload.len()).ok();
-            // The broker routes an entry to a Key_Shared consumer by the entry's key: when all
-            // messages of the batch share one, the entry carries it too (as the Java client's
-            // key-based batching does); a batch of mixed keys goes by no key.
-            if batch
-                .iter()
-                .all(|m| m.key == first.key && m.key_base64 == first.key_base64)
-            {
-                meta.partition_key = first.key.clone();
-                meta.partition_key_b64_encoded = first.key_base64.then_some(true);
-            }
-            if batch.iter().all(|m| m.ordering_key == first.ordering_key) {
-                meta.ordering_key = first.ordering_key.clone();
-            }
-            send.num_messages = Some(n);
-            send.highest_sequence_id = Some(last.sequence_id);
-            &payload
         };
         let command = BaseCommand {
             r#type: Type::Send as i32,
-            send: Some(send),
+            send: Some(parts.send),
             ..Default::default()
         };
-        self.conn.write_send(command, &meta, payload_ref).await
+        self.conn
+            .write_send(command, &parts.meta, &parts.payload)
+            .await
     }
+}
+
+/// One SEND as it goes on the wire: the command, the entry's metadata and its payload.
+struct SendParts<'a> {
+    send: CommandSend,
+    meta: MessageMetadata,
+    payload: std::borrow::Cow<'a, [u8]>,
+}
+
+/// The SEND of `batch` (None when it is empty).
+fn send_parts<'a>(
+    batch: &'a [OutMessage],
+    producer_id: u64,
+    producer_name: &str,
+) -> Result<Option<SendParts<'a>>> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Ok(None);
+    };
+    let mut meta = MessageMetadata {
+        producer_name: producer_name.to_string(),
+        sequence_id: first.sequence_id,
+        publish_time: proto::types::time::now_millis(),
+        ..Default::default()
+    };
+    let mut send = CommandSend {
+        producer_id,
+        sequence_id: first.sequence_id,
+        num_messages: Some(1),
+        ..Default::default()
+    };
+    if let [m] = batch {
+        meta.properties = key_values(&m.properties);
+        meta.partition_key = m.key.clone();
+        meta.partition_key_b64_encoded = m.key_base64.then_some(true);
+        meta.ordering_key = m.ordering_key.clone();
+        meta.event_time = m.event_time_ms;
+        let payload = std::borrow::Cow::Borrowed(&m.payload[..]);
+        return Ok(Some(SendParts {
+            send,
+            meta,
+            payload,
+        }));
+    }
+    let n = i32::try_from(batch.len()).map_err(|_| ProduceError::Protocol("batch size".into()))?;
+    let payload = encode_batch(batch)?;
+    meta.num_messages_in_batch = Some(n);
+    // What a deduplicating broker records for the entry: it drops a batch whose highest
+    // sequence id it has already persisted from this producer name.
+    meta.highest_sequence_id = Some(last.sequence_id);
+    meta.uncompressed_size = u32::try_from(payload.len()).ok();
+    // The broker routes an entry to a Key_Shared consumer by the entry's key: when all messages
+    // of the batch share one, the entry carries it too (as the Java client's key-based batching
+    // does); a batch of mixed keys goes by no key.
+    if batch
+        .iter()
+        .all(|m| m.key == first.key && m.key_base64 == first.key_base64)
+    {
+        meta.partition_key = first.key.clone();
+        meta.partition_key_b64_encoded = first.key_base64.then_some(true);
+    }
+    if batch.iter().all(|m| m.ordering_key == first.ordering_key) {
+        meta.ordering_key = first.ordering_key.clone();
+    }
+    send.num_messages = Some(n);
+    send.highest_sequence_id = Some(last.sequence_id);
+    Ok(Some(SendParts {
+        send,
+        meta,
+        payload: std::borrow::Cow::Owned(payload),
+    }))
 }
 
 /// A [`SequencedProducer::send`] that failed, and how far the broker had confirmed.
@@ -806,6 +832,69 @@ mod tests {
                 .collect();
             assert_eq!(props, want.properties);
         }
+    }
+
+    #[test]
+    fn a_batch_entry_names_its_first_and_last_sequence_id_and_a_shared_key_only() {
+        let keyed = |seq: u64, key: &str, ordering: u8| OutMessage {
+            sequence_id: seq,
+            payload: vec![1, 2, 3],
+            key: Some(key.to_string()),
+            ordering_key: Some(vec![ordering]),
+            ..Default::default()
+        };
+        let batch = [keyed(7, "a", 1), keyed(8, "a", 1), keyed(10, "a", 1)];
+        let SendParts {
+            send,
+            meta,
+            payload,
+        } = send_parts(&batch, 3, "restore-j-0")
+            .expect("encodes")
+            .expect("not empty");
+        assert_eq!((send.producer_id, send.sequence_id), (3, 7));
+        assert_eq!(send.highest_sequence_id, Some(10));
+        assert_eq!(send.num_messages, Some(3));
+        assert_eq!(meta.producer_name, "restore-j-0");
+        assert_eq!((meta.sequence_id, meta.highest_sequence_id), (7, Some(10)));
+        assert_eq!(meta.num_messages_in_batch, Some(3));
+        assert_eq!(meta.uncompressed_size, Some(payload.len() as u32));
+        // One key (and ordering key) throughout: the entry carries it for Key_Shared routing.
+        assert_eq!(meta.partition_key.as_deref(), Some("a"));
+        assert_eq!(meta.ordering_key, Some(vec![1]));
+        let ids: Vec<_> = parse_batch(&payload)
+            .iter()
+            .map(|(m, _)| m.sequence_id)
+            .collect();
+        assert_eq!(ids, vec![Some(7), Some(8), Some(10)]);
+
+        // Mixed keys: the entry has none; each message keeps its own.
+        let batch = [keyed(1, "a", 1), keyed(2, "b", 1)];
+        let SendParts { meta, payload, .. } =
+            send_parts(&batch, 3, "p").expect("encodes").expect("some");
+        assert_eq!(meta.partition_key, None);
+        assert_eq!(meta.ordering_key, Some(vec![1]));
+        let keys: Vec<_> = parse_batch(&payload)
+            .into_iter()
+            .map(|(m, _)| m.partition_key)
+            .collect();
+        assert_eq!(keys, vec![Some("a".to_string()), Some("b".to_string())]);
+
+        // A lone message goes as itself.
+        let SendParts {
+            send,
+            meta,
+            payload,
+        } = send_parts(&batch[..1], 3, "p")
+            .expect("encodes")
+            .expect("some");
+        assert_eq!(
+            (send.num_messages, send.highest_sequence_id),
+            (Some(1), None)
+        );
+        assert_eq!(meta.num_messages_in_batch, None);
+        assert_eq!(meta.partition_key.as_deref(), Some("a"));
+        assert_eq!(&payload[..], &[1, 2, 3]);
+        assert!(send_parts(&[], 3, "p").expect("empty is fine").is_none());
     }
 
     #[test]
