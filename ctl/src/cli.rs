@@ -281,7 +281,7 @@ pub struct RestoreCreateArgs {
     /// The topic to produce to (a short name means public/default).
     #[arg(long, value_name = "TOPIC")]
     pub to_topic: String,
-    /// The target cluster: pulsar://host:port.
+    /// The target cluster: pulsar://host:port or pulsar+ssl://host:port.
     #[arg(long, value_name = "URL")]
     pub service_url: String,
     /// File holding the target's Pulsar token (sent to the ingester only).

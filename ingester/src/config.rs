@@ -96,6 +96,11 @@ pub struct Args {
     /// [default: the host name]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_NODE_ID", value_name = "NAME")]
     pub node_id: Option<String>,
+    /// PEM CA certificate(s) trusted for `pulsar+ssl://` brokers (rules' consumers and restore
+    /// targets) besides the public roots; for a cluster with a private CA.
+    /// [default: the public roots only]
+    #[arg(long, env = "TDMQ_BACKUP_INGESTER_PULSAR_CA_FILE", value_name = "FILE")]
+    pub pulsar_ca_file: Option<PathBuf>,
 }
 
 /// Room for a few batches of received messages (4 MB each) and for the database, whose file
@@ -121,6 +126,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     node_id: Option<String>,
+    pulsar_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +146,8 @@ pub struct IngesterConfig {
     /// The uploader's own token (segment hand-off only); read at start-up like auth_token_file.
     pub uploader_token_file: Option<PathBuf>,
     pub node_id: String,
+    /// `pulsar_ca_file`, read and checked at start.
+    pub pulsar_trust: crate::source::trust::PulsarTrust,
 }
 
 impl IngesterConfig {
@@ -211,9 +219,16 @@ impl IngesterConfig {
             None => default_node_id(),
         };
         validate_node_id(&node_id)?;
+        let pulsar_trust = match args.pulsar_ca_file.or(file.pulsar_ca_file) {
+            Some(path) if !is_empty_path(&path) => {
+                crate::source::trust::PulsarTrust::from_file(&path)?
+            }
+            _ => crate::source::trust::PulsarTrust::default(),
+        };
         Ok(IngesterConfig {
             daemon,
             node_id,
+            pulsar_trust,
             max_spool_bytes,
             disk_reserve_bytes,
             receiver_queue,
@@ -275,6 +290,25 @@ mod tests {
     fn args(list: &[&str]) -> Args {
         Args::try_parse_from(std::iter::once("tdmq-backup-ingester").chain(list.iter().copied()))
             .expect("args parse")
+    }
+
+    #[test]
+    fn pulsar_ca_file_is_read_and_checked_at_start() -> anyhow::Result<()> {
+        let config = IngesterConfig::from_args(args(&[]))?;
+        assert!(config.pulsar_trust.ca_pem().is_none());
+        let dir = tempfile::tempdir()?;
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate\n")?;
+        let bad = bad.to_string_lossy().into_owned();
+        let err = IngesterConfig::from_args(args(&["--pulsar-ca-file", &bad]))
+            .err()
+            .context("a file without a certificate is refused")?;
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!("pulsar_ca_file {bad}: holds no PEM certificate")),
+            "{text}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub async fn run(
             disk_reserve_bytes: config.disk_reserve_bytes,
         },
         config.node_id.clone(),
+        config.pulsar_trust.clone(),
     )
     .await
     .with_context(|| format!("opening the spool in {}", config.data_dir.display()))?;

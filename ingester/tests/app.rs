@@ -19,6 +19,7 @@ async fn app(dir: &std::path::Path) -> std::sync::Arc<IngesterApp> {
             disk_reserve_bytes: 0,
         },
         "test-node".to_string(),
+        ingester::source::trust::PulsarTrust::default(),
     )
     .await
     .expect("the ingester opens")

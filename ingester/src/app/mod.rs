@@ -23,6 +23,7 @@ use self::rules::{RuleStore, StoredRule};
 use crate::consumer::{Command, ConsumerLimits, RuleTask};
 use crate::error::{IngesterError, Result};
 use crate::seal::SealerHandle;
+use crate::source::trust::PulsarTrust;
 use crate::spool::db::Database;
 use crate::spool::disk::DiskSpace;
 use crate::spool::RuleSpool;
@@ -71,6 +72,8 @@ pub struct IngesterApp {
     running: Mutex<HashMap<String, RuleHandle>>,
     started: Instant,
     limits: ConsumerLimits,
+    /// What `pulsar+ssl://` brokers' certificates are checked against (`pulsar_ca_file`).
+    trust: PulsarTrust,
     /// The spool's filesystem: every rule pauses before it is full.
     disk: Arc<DiskSpace>,
     spool_id: String,
@@ -90,6 +93,7 @@ impl IngesterApp {
         history_max_entries: usize,
         limits: ConsumerLimits,
         node_id: String,
+        trust: PulsarTrust,
     ) -> Result<Arc<IngesterApp>> {
         let readiness = edge::health::Readiness::new(&[SPOOL_NOT_OPEN, RULES_NOT_LOADED]);
         std::fs::create_dir_all(&data_dir).map_err(|e| {
@@ -107,7 +111,7 @@ impl IngesterApp {
         let spool_id = crate::spool::spool_id::load_or_create(&db.handle()?)?;
         let rules = Arc::new(RuleStore::open(&db)?);
         let history = Arc::new(History::open(&db, history_max_entries)?);
-        let restore = crate::restore::targets::RestoreTargets::open(&db)?;
+        let restore = crate::restore::targets::RestoreTargets::open(&db, trust.clone())?;
         let sealer = crate::seal::spawn(history.clone());
         let disk = Arc::new(DiskSpace::new(data_dir.clone(), limits.disk_reserve_bytes));
         readiness.set(SPOOL_NOT_OPEN, true);
@@ -122,6 +126,7 @@ impl IngesterApp {
             started: Instant::now(),
             disk,
             limits,
+            trust,
             spool_id,
             node_id,
             readiness,
@@ -184,6 +189,7 @@ impl IngesterApp {
             token,
             paused: stored.paused,
             limits: self.limits,
+            trust: self.trust.clone(),
             consumer_name: format!("tdmq-backup-{}-{}", stored.config.name, self.node_id),
             start_applied: stored.start_applied,
             spool: spool.clone(),

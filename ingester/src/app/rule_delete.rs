@@ -59,6 +59,7 @@ impl IngesterApp {
             let subscription = SubscriptionRef {
                 rule: &stored.config,
                 token: token.as_ref(),
+                trust: &self.trust,
             };
             if let Err(err) = subscription.remove().await {
                 let paused = if stored.paused {

@@ -73,6 +73,7 @@ impl IngesterApp {
                 let old_subscription = SubscriptionRef {
                     rule: &stored.config,
                     token: token.as_ref(),
+                    trust: &self.trust,
                 };
                 if let Err(err) = old_subscription.remove().await {
                     let refused = IngesterError::FailedPrecondition(format!(
@@ -365,7 +366,14 @@ mod tests {
             receiver_queue_bytes: 0,
             disk_reserve_bytes: 0,
         };
-        let app = IngesterApp::open(dir.path().join("data"), 100, limits, "n1".into()).await?;
+        let app = IngesterApp::open(
+            dir.path().join("data"),
+            100,
+            limits,
+            "n1".into(),
+            crate::source::trust::PulsarTrust::default(),
+        )
+        .await?;
         let spec = |name: &str| v1::RuleSpec {
             name: name.into(),
             ..v1::RuleSpec::default()

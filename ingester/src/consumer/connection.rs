@@ -19,6 +19,7 @@ use crate::source::client;
 use crate::source::decode_fault::DecodeFault;
 use crate::source::partition_consumers::{ConsumerSettings, RuleConsumers};
 use crate::source::source_reset::{self, WentBack};
+use crate::source::trust::PulsarTrust;
 
 /// A connect attempt taking longer than this is recorded as an outage.
 const SLOW_CONNECT: Duration = Duration::from_secs(5);
@@ -66,6 +67,7 @@ impl RuleTask {
             let connect = connect(
                 self.rule.service_url.clone(),
                 self.token.clone(),
+                self.trust.clone(),
                 self.settings(permits),
                 self.seek_to_ms(),
             );
@@ -262,6 +264,7 @@ impl RuleTask {
 async fn connect(
     service_url: String,
     token: Option<Secret>,
+    trust: PulsarTrust,
     settings: ConsumerSettings,
     seek_to_ms: Option<u64>,
 ) -> Result<RuleConsumers, pulsar::Error> {
@@ -275,6 +278,6 @@ async fn connect(
         keep_alive: Duration::from_secs(10),
         ..ConnectionRetryOptions::default()
     };
-    let pulsar = client::connect(service_url, token.as_ref(), retry).await?;
+    let pulsar = client::connect(service_url, token.as_ref(), &trust, retry).await?;
     RuleConsumers::connect(pulsar, settings, seek_to_ms).await
 }

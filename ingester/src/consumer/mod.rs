@@ -70,6 +70,8 @@ pub struct RuleTask {
     pub token: Option<Secret>,
     pub paused: bool,
     pub limits: ConsumerLimits,
+    /// What a `pulsar+ssl://` broker's certificate is checked against.
+    pub trust: crate::source::trust::PulsarTrust,
     /// Pulsar's consumer name for this ingester's consumers (distinct per ingester).
     pub consumer_name: String,
     pub start_applied: bool,

@@ -10,23 +10,37 @@
 //! (connect, lookup, partitioned metadata, producer, send, ping) on the binary protocol itself,
 //! with pulsar-rs's own generated protocol types.
 //!
-//! One producer, one connection, one task: [`SequencedProducer::send`] writes a batch and reads
-//! until every message of it is confirmed (answering the broker's pings meanwhile). Any failure
-//! ends the producer; the caller makes a new one, which sends again what was not confirmed.
-//! Plain `pulsar://` only (no TLS yet).
+//! Messages go as batch entries, as a Java or pulsar-rs producer sends them: one SEND carries up
+//! to [`BATCH_MAX_MESSAGES`] messages, each with its own single-message metadata (its sequence id,
+//! key, ordering key, properties, event time), and the SEND's `sequence_id` and
+//! `highest_sequence_id` are the batch's first and last position, which is what a deduplicating
+//! broker compares. One entry per batch rather than per message is most of restore's speed.
+//!
+//! One producer, one connection, one task: [`SequencedProducer::send`] keeps up to
+//! [`MAX_IN_FLIGHT`] batches unconfirmed, reads the broker's receipts (answering its pings
+//! meanwhile) and returns once every batch is confirmed. Any failure ends the producer and says
+//! how far the broker confirmed; the caller makes a new one, which sends what was not confirmed.
+//!
+//! `pulsar+ssl://` targets are reached over TLS with what the rules' consumers trust
+//! ([`PulsarTrust`]: the public roots, plus `pulsar_ca_file`), the broker's name verified, and
+//! the token sent inside the TLS session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost013::Message as _;
 use pulsar::message::proto::{
     base_command::Type, command_lookup_topic_response::LookupType, BaseCommand, CommandConnect,
     CommandLookupTopic, CommandPartitionedTopicMetadata, CommandPong, CommandProducer, CommandSend,
-    KeyValue, MessageMetadata,
+    KeyValue, MessageMetadata, SingleMessageMetadata,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 use proto::types::Secret;
+
+use crate::source::trust::PulsarTrust;
 
 /// Far above a Pulsar frame (5 MB messages by default): a larger size is a broken stream.
 const MAX_FRAME: usize = 64 << 20;
@@ -35,15 +49,24 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redirects followed on one lookup before giving up.
 const MAX_REDIRECTS: usize = 8;
 const MAGIC_CRC32C: [u8; 2] = [0x0e, 0x01];
+/// A batch entry holds at most this many messages and about this many payload bytes: the Java
+/// client's defaults (`batchingMaxMessages`, `batchingMaxBytes`), far below the broker's 5 MB.
+const BATCH_MAX_MESSAGES: usize = 1000;
+const BATCH_MAX_BYTES: usize = 128 * 1024;
+/// Batches written before the oldest of them is confirmed: the second hides the round trip of
+/// the first, and a failure leaves at most these unconfirmed.
+pub const MAX_IN_FLIGHT: usize = 2;
 /// The version pulsar-rs speaks; every command used here is older.
 const PROTOCOL_VERSION: i32 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    #[error(
-        "service URL {0:?} is not pulsar://HOST:PORT (pulsar+ssl is not supported by restore yet)"
-    )]
+    #[error("service URL {0:?} is not pulsar://HOST:PORT or pulsar+ssl://HOST:PORT")]
     Url(String),
+    #[error("TLS to {addr}: {detail}")]
+    Tls { addr: String, detail: String },
+    #[error("the broker has no pulsar+ssl:// URL for {0} (its lookup answered only a plain one)")]
+    NoTlsUrl(String),
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: String,
@@ -73,36 +96,131 @@ pub struct OutMessage {
     pub event_time_ms: Option<u64>,
 }
 
-/// `pulsar://host:port` → `host:port`.
-fn address(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("pulsar://")
-        .ok_or_else(|| ProduceError::Url(url.to_string()))?;
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        return Err(ProduceError::Url(url.to_string()));
-    }
-    Ok(rest.to_string())
+/// Where a connection goes: `host:port`, and whether over TLS (`pulsar+ssl://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
 }
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint> {
+        let bad = || ProduceError::Url(url.to_string());
+        let (rest, tls) = match url.strip_prefix("pulsar+ssl://") {
+            Some(rest) => (rest, true),
+            None => (url.strip_prefix("pulsar://").ok_or_else(bad)?, false),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || host.contains('/') || port == 0 {
+            return Err(bad());
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What every connection of one target shares: the service URL it starts from, the token and,
+/// for `pulsar+ssl://`, the TLS client configuration.
+struct Dialer<'a> {
+    service: Endpoint,
+    token: Option<&'a Secret>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl<'a> Dialer<'a> {
+    fn new(service_url: &str, token: Option<&'a Secret>, trust: &PulsarTrust) -> Result<Self> {
+        let service = Endpoint::parse(service_url)?;
+        let tls = if service.tls {
+            Some(trust.client_config().map_err(|e| ProduceError::Tls {
+                addr: service.addr(),
+                detail: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        Ok(Dialer {
+            service,
+            token,
+            tls,
+        })
+    }
+
+    /// The broker URL of a lookup answer for this target's scheme: a `pulsar+ssl://` target
+    /// goes on over TLS or not at all (as pulsar-rs's lookup does).
+    fn broker_of(
+        &self,
+        plain: Option<String>,
+        tls: Option<String>,
+        topic: &str,
+    ) -> Result<Endpoint> {
+        let url = if self.service.tls {
+            tls.ok_or_else(|| ProduceError::NoTlsUrl(topic.to_string()))?
+        } else {
+            plain.ok_or_else(|| ProduceError::Protocol("a lookup without a broker URL".into()))?
+        };
+        Endpoint::parse(&url)
+    }
+
+    async fn open(&self, to: &Endpoint, proxy_to: Option<&Endpoint>) -> Result<Conn> {
+        let addr = to.addr();
+        let tcp = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ProduceError::Timeout(REPLY_TIMEOUT))?
+            .map_err(|source| ProduceError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let tls_err = |detail: String| ProduceError::Tls {
+                    addr: addr.clone(),
+                    detail,
+                };
+                let name = rustls::pki_types::ServerName::try_from(to.host.clone())
+                    .map_err(|e| tls_err(e.to_string()))?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(REPLY_TIMEOUT, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| ProduceError::Timeout(REPLY_TIMEOUT))?
+                    // The handshake's own words: an unknown issuer, a name not in the
+                    // certificate, a broker that does not speak TLS.
+                    .map_err(|e| tls_err(e.to_string()))?;
+                Box::new(tls)
+            }
+        };
+        Conn::handshake(stream, self.token, proxy_to.map(Endpoint::addr)).await
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A connected, handshaken connection.
 struct Conn {
-    stream: BufWriter<TcpStream>,
+    stream: BufWriter<Box<dyn Stream>>,
     next_request: u64,
 }
 
 impl Conn {
-    async fn open(addr: &str, token: Option<&Secret>, proxy_to: Option<String>) -> Result<Conn> {
-        let tcp = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ProduceError::Timeout(REPLY_TIMEOUT))?
-            .map_err(|source| ProduceError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        tcp.set_nodelay(true)?;
+    async fn handshake(
+        stream: Box<dyn Stream>,
+        token: Option<&Secret>,
+        proxy_to: Option<String>,
+    ) -> Result<Conn> {
         let mut conn = Conn {
-            stream: BufWriter::new(tcp),
+            stream: BufWriter::new(stream),
             next_request: 0,
         };
         let connect = CommandConnect {
@@ -243,8 +361,14 @@ fn request_id_of(c: &BaseCommand) -> Option<u64> {
 }
 
 /// How many partitions `topic` has (0: not partitioned).
-pub async fn partitions(service_url: &str, token: Option<&Secret>, topic: &str) -> Result<u32> {
-    let mut conn = Conn::open(&address(service_url)?, token, None).await?;
+pub async fn partitions(
+    service_url: &str,
+    token: Option<&Secret>,
+    trust: &PulsarTrust,
+    topic: &str,
+) -> Result<u32> {
+    let dialer = Dialer::new(service_url, token, trust)?;
+    let mut conn = dialer.open(&dialer.service, None).await?;
     let id = conn.request_id();
     let reply = conn
         .request(
@@ -273,9 +397,9 @@ pub async fn partitions(service_url: &str, token: Option<&Secret>, topic: &str) 
 }
 
 /// The connection to the broker that owns `topic` (one partition or a plain topic).
-async fn connect_owner(service_url: &str, token: Option<&Secret>, topic: &str) -> Result<Conn> {
-    let service = address(service_url)?;
-    let mut conn = Conn::open(&service, token, None).await?;
+async fn connect_owner(dialer: &Dialer<'_>, topic: &str) -> Result<Conn> {
+    let service = &dialer.service;
+    let mut conn = dialer.open(service, None).await?;
     let mut authoritative = false;
     for _ in 0..MAX_REDIRECTS {
         let id = conn.request_id();
@@ -300,27 +424,31 @@ async fn connect_owner(service_url: &str, token: Option<&Secret>, topic: &str) -
                 .lookup_topic_response
                 .ok_or_else(|| ProduceError::Protocol(format!("{kind:?} to a lookup")))?
         };
-        let broker = r.broker_service_url.clone().unwrap_or_default();
-        match r.response() {
-            LookupType::Failed => return Err(refused("the topic lookup", r.message)),
+        let response = r.response();
+        if response == LookupType::Failed {
+            return Err(refused("the topic lookup", r.message));
+        }
+        let broker = dialer.broker_of(r.broker_service_url, r.broker_service_url_tls, topic)?;
+        let proxied = r.proxy_through_service_url.unwrap_or(false);
+        match response {
+            LookupType::Failed => unreachable!("answered above"),
             LookupType::Redirect => {
                 authoritative = r.authoritative.unwrap_or(false);
-                conn = if r.proxy_through_service_url.unwrap_or(false) {
-                    Conn::open(&service, token, Some(broker)).await?
+                conn = if proxied {
+                    dialer.open(service, Some(&broker)).await?
                 } else {
-                    Conn::open(&address(&broker)?, token, None).await?
+                    dialer.open(&broker, None).await?
                 };
             }
             LookupType::Connect => {
-                if r.proxy_through_service_url.unwrap_or(false) {
-                    return Conn::open(&service, token, Some(broker)).await;
+                if proxied {
+                    return dialer.open(service, Some(&broker)).await;
                 }
-                let owner = address(&broker)?;
                 // Already on the owner: keep this connection.
-                if owner == service {
+                if broker.addr() == service.addr() {
                     return Ok(conn);
                 }
-                return Conn::open(&owner, token, None).await;
+                return dialer.open(&broker, None).await;
             }
         }
     }
@@ -341,10 +469,12 @@ impl SequencedProducer {
     pub async fn create(
         service_url: &str,
         token: Option<&Secret>,
+        trust: &PulsarTrust,
         topic: &str,
         name: &str,
     ) -> Result<SequencedProducer> {
-        let mut conn = connect_owner(service_url, token, topic).await?;
+        let dialer = Dialer::new(service_url, token, trust)?;
+        let mut conn = connect_owner(&dialer, topic).await?;
         let id = conn.request_id();
         let producer_id = 1;
         let reply = conn
@@ -392,48 +522,50 @@ impl SequencedProducer {
         &self.name
     }
 
-    /// Sends `messages` and returns once the broker confirmed every one of them.
-    pub async fn send(&mut self, messages: &[OutMessage]) -> Result<()> {
-        let mut pending: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        for m in messages {
-            let command = BaseCommand {
-                r#type: Type::Send as i32,
-                send: Some(CommandSend {
-                    producer_id: self.producer_id,
-                    sequence_id: m.sequence_id,
-                    num_messages: Some(1),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let meta = MessageMetadata {
-                producer_name: self.name.clone(),
-                sequence_id: m.sequence_id,
-                publish_time: proto::types::time::now_millis(),
-                properties: m
-                    .properties
-                    .iter()
-                    .map(|(k, v)| KeyValue {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
-                partition_key: m.key.clone(),
-                partition_key_b64_encoded: m.key_base64.then_some(true),
-                ordering_key: m.ordering_key.clone(),
-                event_time: m.event_time_ms,
-                ..Default::default()
-            };
-            self.conn.write_send(command, &meta, &m.payload).await?;
-            pending.insert(m.sequence_id);
-        }
-        self.conn.stream.flush().await?;
-        while !pending.is_empty() {
+    /// Sends `messages` (sequence ids increasing) as batch entries, at most [`MAX_IN_FLIGHT`]
+    /// of them unconfirmed at a time, and returns once the broker confirmed every one. On an
+    /// error, `confirmed` says how far the broker got: the highest sequence id of the batches it
+    /// confirmed (the caller need not send those again).
+    pub async fn send(&mut self, messages: &[OutMessage]) -> std::result::Result<(), SendFailed> {
+        let mut confirmed = None;
+        self.send_batches(messages, &mut confirmed)
+            .await
+            .map_err(|error| SendFailed { error, confirmed })
+    }
+
+    async fn send_batches(
+        &mut self,
+        messages: &[OutMessage],
+        confirmed: &mut Option<u64>,
+    ) -> Result<()> {
+        let batches = cut_batches(messages, BATCH_MAX_MESSAGES, BATCH_MAX_BYTES);
+        let mut next = 0;
+        // (first, last) sequence id of each batch written and not yet confirmed, oldest first.
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = Default::default();
+        while next < batches.len() || !in_flight.is_empty() {
+            if next < batches.len() && in_flight.len() < MAX_IN_FLIGHT {
+                while next < batches.len() && in_flight.len() < MAX_IN_FLIGHT {
+                    let batch = batches[next];
+                    self.write_batch(batch).await?;
+                    if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+                        in_flight.push_back((first.sequence_id, last.sequence_id));
+                    }
+                    next += 1;
+                }
+                self.conn.stream.flush().await?;
+            }
             let reply = self.conn.read_reply().await?;
             match reply.r#type() {
                 Type::SendReceipt => {
-                    if let Some(r) = reply.send_receipt {
-                        pending.remove(&r.sequence_id);
+                    // The broker echoes the SEND's sequence id: the batch's first. Receipts come
+                    // in order; one for no batch in flight (a stale one) is ignored.
+                    let Some(r) = reply.send_receipt else {
+                        continue;
+                    };
+                    if let Some(i) = in_flight.iter().position(|(f, _)| *f == r.sequence_id) {
+                        if let Some((_, last)) = in_flight.remove(i) {
+                            *confirmed = Some(confirmed.map_or(last, |c| c.max(last)));
+                        }
                     }
                 }
                 Type::SendError => {
@@ -448,23 +580,341 @@ impl SequencedProducer {
         }
         Ok(())
     }
+
+    /// One SEND: a lone message as itself, several as one batch entry whose single-message
+    /// metadata keep each message's sequence id, key, ordering key, properties and event time.
+    async fn write_batch(&mut self, batch: &[OutMessage]) -> Result<()> {
+        let Some(parts) = send_parts(batch, self.producer_id, &self.name)? else {
+            return Ok(());
+        };
+        let command = BaseCommand {
+            r#type: Type::Send as i32,
+            send: Some(parts.send),
+            ..Default::default()
+        };
+        self.conn
+            .write_send(command, &parts.meta, &parts.payload)
+            .await
+    }
+}
+
+/// One SEND as it goes on the wire: the command, the entry's metadata and its payload.
+struct SendParts<'a> {
+    send: CommandSend,
+    meta: MessageMetadata,
+    payload: std::borrow::Cow<'a, [u8]>,
+}
+
+/// The SEND of `batch` (None when it is empty).
+fn send_parts<'a>(
+    batch: &'a [OutMessage],
+    producer_id: u64,
+    producer_name: &str,
+) -> Result<Option<SendParts<'a>>> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Ok(None);
+    };
+    let mut meta = MessageMetadata {
+        producer_name: producer_name.to_string(),
+        sequence_id: first.sequence_id,
+        publish_time: proto::types::time::now_millis(),
+        ..Default::default()
+    };
+    let mut send = CommandSend {
+        producer_id,
+        sequence_id: first.sequence_id,
+        num_messages: Some(1),
+        ..Default::default()
+    };
+    if let [m] = batch {
+        meta.properties = key_values(&m.properties);
+        meta.partition_key = m.key.clone();
+        meta.partition_key_b64_encoded = m.key_base64.then_some(true);
+        meta.ordering_key = m.ordering_key.clone();
+        meta.event_time = m.event_time_ms;
+        let payload = std::borrow::Cow::Borrowed(&m.payload[..]);
+        return Ok(Some(SendParts {
+            send,
+            meta,
+            payload,
+        }));
+    }
+    let n = i32::try_from(batch.len()).map_err(|_| ProduceError::Protocol("batch size".into()))?;
+    let payload = encode_batch(batch)?;
+    meta.num_messages_in_batch = Some(n);
+    // What a deduplicating broker records for the entry: it drops a batch whose highest
+    // sequence id it has already persisted from this producer name.
+    meta.highest_sequence_id = Some(last.sequence_id);
+    meta.uncompressed_size = u32::try_from(payload.len()).ok();
+    // The broker routes an entry to a Key_Shared consumer by the entry's key: when all messages
+    // of the batch share one, the entry carries it too (as the Java client's key-based batching
+    // does); a batch of mixed keys goes by no key.
+    if batch
+        .iter()
+        .all(|m| m.key == first.key && m.key_base64 == first.key_base64)
+    {
+        meta.partition_key = first.key.clone();
+        meta.partition_key_b64_encoded = first.key_base64.then_some(true);
+    }
+    if batch.iter().all(|m| m.ordering_key == first.ordering_key) {
+        meta.ordering_key = first.ordering_key.clone();
+    }
+    send.num_messages = Some(n);
+    send.highest_sequence_id = Some(last.sequence_id);
+    Ok(Some(SendParts {
+        send,
+        meta,
+        payload: std::borrow::Cow::Owned(payload),
+    }))
+}
+
+/// A [`SequencedProducer::send`] that failed, and how far the broker had confirmed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SendFailed {
+    pub error: ProduceError,
+    /// The highest sequence id of the batches the broker confirmed before the failure.
+    pub confirmed: Option<u64>,
+}
+
+fn key_values(properties: &[(String, String)]) -> Vec<KeyValue> {
+    properties
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+/// Splits `messages` in order into batches of at most `max_messages` and about `max_bytes` of
+/// payload (a message larger than that is a batch by itself).
+fn cut_batches(
+    messages: &[OutMessage],
+    max_messages: usize,
+    max_bytes: usize,
+) -> Vec<&[OutMessage]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, m) in messages.iter().enumerate() {
+        let full = i - start >= max_messages || (i > start && bytes + m.payload.len() > max_bytes);
+        if full {
+            batches.push(&messages[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += m.payload.len();
+    }
+    if start < messages.len() {
+        batches.push(&messages[start..]);
+    }
+    batches
+}
+
+/// A batch entry's payload: for each message, the size of its single-message metadata (u32,
+/// big endian), that metadata, then its payload.
+fn encode_batch(batch: &[OutMessage]) -> Result<Vec<u8>> {
+    let size: usize = batch.iter().map(|m| m.payload.len() + 64).sum();
+    let mut out = Vec::with_capacity(size);
+    for m in batch {
+        let single = SingleMessageMetadata {
+            properties: key_values(&m.properties),
+            partition_key: m.key.clone(),
+            partition_key_b64_encoded: m.key_base64.then_some(true),
+            ordering_key: m.ordering_key.clone(),
+            event_time: m.event_time_ms,
+            sequence_id: Some(m.sequence_id),
+            payload_size: i32::try_from(m.payload.len())
+                .map_err(|_| ProduceError::Protocol("payload size".into()))?,
+            ..Default::default()
+        };
+        let encoded = single.encode_to_vec();
+        out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        out.extend_from_slice(&encoded);
+        out.extend_from_slice(&m.payload);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn message(sequence_id: u64, size: usize) -> OutMessage {
+        OutMessage {
+            sequence_id,
+            payload: vec![sequence_id as u8; size],
+            ..Default::default()
+        }
+    }
+
+    fn sequence_ids(batch: &[OutMessage]) -> Vec<u64> {
+        batch.iter().map(|m| m.sequence_id).collect()
+    }
+
     #[test]
-    fn only_plain_pulsar_urls() {
-        assert_eq!(address("pulsar://h:6650").ok().as_deref(), Some("h:6650"));
-        assert_eq!(address("pulsar://h:6650/").ok().as_deref(), Some("h:6650"));
+    fn batches_are_cut_in_order_by_count_and_bytes_and_a_large_message_goes_alone() {
+        let messages: Vec<_> = (0..7).map(|i| message(i, 10)).collect();
+        let batches = cut_batches(&messages, 3, 1_000);
+        let ids: Vec<_> = batches.iter().map(|b| sequence_ids(b)).collect();
+        assert_eq!(ids, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+
+        let messages = vec![
+            message(10, 40),
+            message(11, 40),
+            message(12, 40),
+            message(13, 500),
+            message(14, 10),
+        ];
+        let batches = cut_batches(&messages, 100, 100);
+        let ids: Vec<_> = batches.iter().map(|b| sequence_ids(b)).collect();
+        assert_eq!(ids, vec![vec![10, 11], vec![12], vec![13], vec![14]]);
+        assert!(cut_batches(&[], 10, 10).is_empty());
+    }
+
+    /// Reads a batch entry's payload back the way a consumer does (as pulsar-rs's
+    /// `parse_batched_message`, which is private to the crate).
+    fn parse_batch(mut payload: &[u8]) -> Vec<(SingleMessageMetadata, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !payload.is_empty() {
+            let (size, rest) = payload.split_at(4);
+            let size = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize;
+            let (meta, rest) = rest.split_at(size);
+            let meta = SingleMessageMetadata::decode(meta).expect("single metadata");
+            let (data, rest) = rest.split_at(meta.payload_size as usize);
+            out.push((meta, data.to_vec()));
+            payload = rest;
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_keeps_every_message_s_sequence_id_and_fields() {
+        let batch = vec![
+            OutMessage {
+                sequence_id: 41,
+                payload: vec![0xff, 0, 1],
+                key: Some("/wAB".into()),
+                key_base64: true,
+                ordering_key: Some(vec![0, 0xfe]),
+                properties: vec![("z".into(), "1".into()), ("a".into(), "é".into())],
+                event_time_ms: Some(1_700_000_000_000),
+            },
+            OutMessage {
+                sequence_id: 43,
+                payload: b"second".to_vec(),
+                key: Some("k".into()),
+                ..Default::default()
+            },
+            OutMessage {
+                sequence_id: 44,
+                payload: Vec::new(),
+                ..Default::default()
+            },
+        ];
+        let parsed = parse_batch(&encode_batch(&batch).expect("encodes"));
+        assert_eq!(parsed.len(), 3);
+        for (want, (meta, data)) in batch.iter().zip(&parsed) {
+            assert_eq!(meta.sequence_id, Some(want.sequence_id));
+            assert_eq!(data, &want.payload);
+            assert_eq!(meta.partition_key, want.key);
+            assert_eq!(
+                meta.partition_key_b64_encoded.unwrap_or(false),
+                want.key_base64
+            );
+            assert_eq!(meta.ordering_key, want.ordering_key);
+            assert_eq!(meta.event_time, want.event_time_ms);
+            let props: Vec<_> = meta
+                .properties
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect();
+            assert_eq!(props, want.properties);
+        }
+    }
+
+    #[test]
+    fn a_batch_entry_names_its_first_and_last_sequence_id_and_a_shared_key_only() {
+        let keyed = |seq: u64, key: &str, ordering: u8| OutMessage {
+            sequence_id: seq,
+            payload: vec![1, 2, 3],
+            key: Some(key.to_string()),
+            ordering_key: Some(vec![ordering]),
+            ..Default::default()
+        };
+        let batch = [keyed(7, "a", 1), keyed(8, "a", 1), keyed(10, "a", 1)];
+        let SendParts {
+            send,
+            meta,
+            payload,
+        } = send_parts(&batch, 3, "restore-j-0")
+            .expect("encodes")
+            .expect("not empty");
+        assert_eq!((send.producer_id, send.sequence_id), (3, 7));
+        assert_eq!(send.highest_sequence_id, Some(10));
+        assert_eq!(send.num_messages, Some(3));
+        assert_eq!(meta.producer_name, "restore-j-0");
+        assert_eq!((meta.sequence_id, meta.highest_sequence_id), (7, Some(10)));
+        assert_eq!(meta.num_messages_in_batch, Some(3));
+        assert_eq!(meta.uncompressed_size, Some(payload.len() as u32));
+        // One key (and ordering key) throughout: the entry carries it for Key_Shared routing.
+        assert_eq!(meta.partition_key.as_deref(), Some("a"));
+        assert_eq!(meta.ordering_key, Some(vec![1]));
+        let ids: Vec<_> = parse_batch(&payload)
+            .iter()
+            .map(|(m, _)| m.sequence_id)
+            .collect();
+        assert_eq!(ids, vec![Some(7), Some(8), Some(10)]);
+
+        // Mixed keys: the entry has none; each message keeps its own.
+        let batch = [keyed(1, "a", 1), keyed(2, "b", 1)];
+        let SendParts { meta, payload, .. } =
+            send_parts(&batch, 3, "p").expect("encodes").expect("some");
+        assert_eq!(meta.partition_key, None);
+        assert_eq!(meta.ordering_key, Some(vec![1]));
+        let keys: Vec<_> = parse_batch(&payload)
+            .into_iter()
+            .map(|(m, _)| m.partition_key)
+            .collect();
+        assert_eq!(keys, vec![Some("a".to_string()), Some("b".to_string())]);
+
+        // A lone message goes as itself.
+        let SendParts {
+            send,
+            meta,
+            payload,
+        } = send_parts(&batch[..1], 3, "p")
+            .expect("encodes")
+            .expect("some");
+        assert_eq!(
+            (send.num_messages, send.highest_sequence_id),
+            (Some(1), None)
+        );
+        assert_eq!(meta.num_messages_in_batch, None);
+        assert_eq!(meta.partition_key.as_deref(), Some("a"));
+        assert_eq!(&payload[..], &[1, 2, 3]);
+        assert!(send_parts(&[], 3, "p").expect("empty is fine").is_none());
+    }
+
+    #[test]
+    fn pulsar_and_pulsar_ssl_urls() {
+        let e = |url: &str| Endpoint::parse(url).ok().map(|e| (e.addr(), e.tls));
+        assert_eq!(e("pulsar://h:6650"), Some(("h:6650".into(), false)));
+        assert_eq!(e("pulsar://h:6650/"), Some(("h:6650".into(), false)));
+        assert_eq!(e("pulsar+ssl://h:6651"), Some(("h:6651".into(), true)));
         for bad in [
-            "pulsar+ssl://h:6651",
             "http://h:80",
             "pulsar://h",
             "pulsar://",
+            "pulsar+ssl://h:x",
+            "pulsar://h:0",
+            "pulsar://:6650",
         ] {
-            assert!(matches!(address(bad), Err(ProduceError::Url(_))), "{bad}");
+            assert!(
+                matches!(Endpoint::parse(bad), Err(ProduceError::Url(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::producer::{self, OutMessage, SequencedProducer};
 use crate::error::{IngesterError, Result};
+use crate::source::trust::PulsarTrust;
 use crate::spool::db::Database;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,9 +32,24 @@ pub const BY_KEY: i32 = -2;
 
 type ProducerKey = (String, i32, i32);
 
+/// What the ingester knows of one (job, source partition, target partition) while it runs.
+#[derive(Default)]
+struct Lane {
+    /// None after a failure (or a call cut short): the next call connects afresh.
+    producer: Option<SequencedProducer>,
+    /// The highest sequence id the broker confirmed on this lane. Sequence ids increase along a
+    /// lane, so a message at or below it is one the broker has: a retried call (after a lost
+    /// connection, or an uploader restarted before it recorded the progress) skips it rather
+    /// than producing it twice. Memory only: after an ingester restart the uploader's recorded
+    /// progress is the bound (at most its last unrecorded call is sent again).
+    confirmed: Option<u64>,
+}
+
 pub struct RestoreTargets {
     db: Arc<Database>,
-    producers: Mutex<HashMap<ProducerKey, SequencedProducer>>,
+    /// What a `pulsar+ssl://` target's certificate is checked against (as the rules' brokers').
+    trust: PulsarTrust,
+    lanes: Mutex<HashMap<ProducerKey, Lane>>,
 }
 
 /// The producer name of a job's source partition: fixed, so that a broker with deduplication
@@ -47,12 +63,13 @@ fn refused(err: producer::ProduceError) -> IngesterError {
 }
 
 impl RestoreTargets {
-    pub fn open(db: &Arc<Database>) -> Result<RestoreTargets> {
+    pub fn open(db: &Arc<Database>, trust: PulsarTrust) -> Result<RestoreTargets> {
         db.open_tree("restore_targets")?;
         db.open_tree("restore_tokens")?;
         Ok(RestoreTargets {
             db: db.clone(),
-            producers: Mutex::new(HashMap::new()),
+            trust,
+            lanes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -66,9 +83,10 @@ impl RestoreTargets {
             ));
         }
         let token = (!req.token.is_empty()).then(|| Secret::new(req.token.clone()));
-        let partitions = producer::partitions(&req.service_url, token.as_ref(), &req.to_topic)
-            .await
-            .map_err(refused)?;
+        let partitions =
+            producer::partitions(&req.service_url, token.as_ref(), &self.trust, &req.to_topic)
+                .await
+                .map_err(refused)?;
         if !req.dry_run {
             let target = StoredTarget {
                 to_topic: req.to_topic.clone(),
@@ -84,13 +102,15 @@ impl RestoreTargets {
                 None => tokens.remove(&req.job)?,
             };
             self.db.flush_async().await?;
+            // A new target is a new job: nothing confirmed under an earlier job of that name.
+            self.lanes.lock().await.retain(|(j, _, _), _| *j != req.job);
             info!(job = %req.job, to_topic = %req.to_topic, partitions, "restore target recorded");
         }
         Ok(partitions)
     }
 
     pub async fn drop_target(&self, job: &str) -> Result<()> {
-        self.producers.lock().await.retain(|(j, _, _), _| j != job);
+        self.lanes.lock().await.retain(|(j, _, _), _| j != job);
         self.db.open_tree("restore_targets")?.remove(job)?;
         self.db.open_tree("restore_tokens")?.remove(job)?;
         self.db.flush_async().await?;
@@ -161,27 +181,48 @@ impl RestoreTargets {
                 None => by_target.push((target_partition, vec![out])),
             }
         }
-        let mut producers = self.producers.lock().await;
-        for (target_partition, list) in by_target {
+        let mut lanes = self.lanes.lock().await;
+        for (target_partition, mut list) in by_target {
             let key = (job.to_string(), source_partition, target_partition);
-            if !producers.contains_key(&key) {
-                let topic = if target_partition < 0 {
-                    target.to_topic.clone()
-                } else {
-                    format!("{}-partition-{target_partition}", target.to_topic)
-                };
-                let p =
-                    SequencedProducer::create(&target.service_url, token.as_ref(), &topic, &name)
-                        .await
-                        .map_err(refused)?;
-                producers.insert(key.clone(), p);
-            }
-            let Some(p) = producers.get_mut(&key) else {
-                continue;
+            let lane = lanes.entry(key).or_default();
+            // Taken out while it sends: if this call is dropped half way (the uploader went
+            // away), the producer goes with it rather than being reused mid-frame.
+            let mut p = match lane.producer.take() {
+                Some(p) => p,
+                None => {
+                    let topic = if target_partition < 0 {
+                        target.to_topic.clone()
+                    } else {
+                        format!("{}-partition-{target_partition}", target.to_topic)
+                    };
+                    let p = SequencedProducer::create(
+                        &target.service_url,
+                        token.as_ref(),
+                        &self.trust,
+                        &topic,
+                        &name,
+                    )
+                    .await
+                    .map_err(refused)?;
+                    // A deduplicating broker says what it has persisted from this name.
+                    lane.confirmed = lane.confirmed.max(p.last_sequence_id());
+                    p
+                }
             };
-            if let Err(err) = p.send(&list).await {
-                producers.remove(&key);
-                return Err(refused(err));
+            if let Some(confirmed) = lane.confirmed {
+                list.retain(|m| m.sequence_id > confirmed);
+            }
+            match p.send(&list).await {
+                Ok(()) => {
+                    if let Some(last) = list.last() {
+                        lane.confirmed = lane.confirmed.max(Some(last.sequence_id));
+                    }
+                    lane.producer = Some(p);
+                }
+                Err(failed) => {
+                    lane.confirmed = lane.confirmed.max(failed.confirmed);
+                    return Err(refused(failed.error));
+                }
             }
         }
         Ok(name)

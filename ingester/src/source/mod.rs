@@ -11,4 +11,5 @@ pub mod decode_fault;
 pub mod partition_consumers;
 pub mod record_extras;
 pub mod source_reset;
+pub mod trust;
 pub mod unsubscribe;

@@ -15,6 +15,7 @@ use pulsar::{ConnectionRetryOptions, Consumer, TokioExecutor};
 use tracing::{debug, info};
 
 use super::client;
+use super::trust::PulsarTrust;
 
 /// How long removing may take in all. The broker may still be closing the rule's own consumer
 /// (pulsar-rs closes a dropped consumer in the background), and it refuses to remove a
@@ -31,6 +32,7 @@ pub struct UnsubscribeError(String);
 pub struct SubscriptionRef<'a> {
     pub rule: &'a RuleConfig,
     pub token: Option<&'a Secret>,
+    pub trust: &'a PulsarTrust,
 }
 
 impl SubscriptionRef<'_> {
@@ -76,7 +78,8 @@ impl SubscriptionRef<'_> {
             keep_alive: Duration::from_secs(10),
             ..ConnectionRetryOptions::default()
         };
-        let pulsar = client::connect(self.rule.service_url.clone(), self.token, retry).await?;
+        let pulsar =
+            client::connect(self.rule.service_url.clone(), self.token, self.trust, retry).await?;
         let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
             .consumer()
             .with_topic(self.rule.topic.clone())

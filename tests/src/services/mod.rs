@@ -2,5 +2,6 @@
 
 pub mod fault_proxy;
 pub mod pulsar_lite;
+pub mod pulsar_tls;
 pub mod relay;
 pub mod s3;

@@ -24,6 +24,8 @@ const PUBLISH_TIME: &str = "tdmq-backup.publish-time";
 pub(crate) struct Got {
     producer_name: String,
     sequence_id: u64,
+    /// Messages in the entry this one came in.
+    in_batch: i32,
     payload: Vec<u8>,
     key: Option<String>,
     key_base64: bool,
@@ -110,7 +112,8 @@ async fn consume_from(
         let meta = next.metadata();
         got.push(Got {
             producer_name: meta.producer_name.clone(),
-            sequence_id: meta.sequence_id,
+            sequence_id: sequence_id(meta, id.batch_index)?,
+            in_batch: meta.num_messages_in_batch.unwrap_or(1),
             payload: next.payload.data.clone(),
             key: meta.partition_key.clone(),
             key_base64: meta.partition_key_b64_encoded.unwrap_or(false),
@@ -124,6 +127,31 @@ async fn consume_from(
         });
         consumer.ack(&next).await?;
     }
+}
+
+/// A message's own sequence id. pulsar-rs hands every message of a batch entry the entry's
+/// metadata, whose sequence id is the batch's first (a Java client reports each message's own,
+/// from its single-message metadata). The restore producer gives a batch's messages their
+/// positions; where those are consecutive (one target topic, no time range, as in these tests)
+/// the i-th message's is the first + i, and no more than the entry's `highest_sequence_id`.
+fn sequence_id(
+    meta: &pulsar::message::proto::MessageMetadata,
+    batch_index: Option<i32>,
+) -> anyhow::Result<u64> {
+    let Some(n) = meta.num_messages_in_batch else {
+        return Ok(meta.sequence_id);
+    };
+    let index = u64::try_from(batch_index.unwrap_or(0))?;
+    let highest = meta
+        .highest_sequence_id
+        .context("a batch entry without highest_sequence_id")?;
+    let id = meta.sequence_id + index;
+    anyhow::ensure!(
+        id <= highest && index < u64::try_from(n)?,
+        "message {index} of a batch of {n} from {} to {highest}",
+        meta.sequence_id
+    );
+    Ok(id)
 }
 
 /// Checks that `got[i]` is `sent[i]` as a restore must put it back.
@@ -251,6 +279,9 @@ async fn a_backup_restored_into_another_topic_keeps_every_field_and_the_order() 
     // The sequence ids are the positions in the plan: 0, 1, 2, ...
     let ids: Vec<u64> = got.iter().map(|g| g.sequence_id).collect();
     assert_eq!(ids, (0..3_000).collect::<Vec<u64>>());
+    // ... sent as batch entries (one entry per message was the slow way).
+    let batched = got.iter().filter(|g| g.in_batch > 1).count();
+    assert!(batched >= 2_900, "{batched} of 3,000 in batches");
 
     // Done: the ingester forgot the target and its token.
     crate::util::eventually("the target dropped", Duration::from_secs(20), || {
@@ -845,5 +876,124 @@ async fn a_backup_restored_by_bucket_prefix_and_topic_after_its_rule_is_gone() -
     );
     let listed = String::from_utf8_lossy(&stack.ctl(&["restore", "list"]).stdout).into_owned();
     assert!(listed.contains(&source), "{listed}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulsar_ssl_target_is_reached_over_tls_with_the_ingester_s_pulsar_ca_file(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    // The broker's certificate (for localhost) comes from a private CA the ingester is told
+    // about with pulsar_ca_file; an impostor's, from another CA, is refused.
+    let certs = harness::TestCerts::generate("restore test CA", "pulsar broker")?;
+    let files = certs.write(stack.dir.path())?;
+    stack.ingester_extra = crate::util::Extra {
+        args: vec![
+            "--pulsar-ca-file".into(),
+            files.ca.to_string_lossy().into_owned(),
+        ],
+        env: Vec::new(),
+    };
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let broker = stack.pulsar.broker_addr();
+    let front = harness::services::pulsar_tls::PulsarTlsFront::start(broker, &certs).await?;
+    let impostor_certs = harness::TestCerts::generate("another CA", "impostor")?;
+    let impostor =
+        harness::services::pulsar_tls::PulsarTlsFront::start(broker, &impostor_certs).await?;
+
+    let sent = sample_messages(1_000, 31);
+    backed_up(&stack, "tls-bk", &sent).await?;
+    let to = format!("persistent://public/default/{}", unique_topic("restored"));
+
+    let out = stack.ctl(&[
+        "restore",
+        "create",
+        "impostor",
+        "--rule",
+        "tls-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &impostor.url(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("TLS to localhost:") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+
+    let token_file = stack.path("target-token");
+    std::fs::write(&token_file, "tls-target-token-7\n")?;
+    let created = stack.ctl_json(&[
+        "restore",
+        "create",
+        "over-tls",
+        "--rule",
+        "tls-bk",
+        "--to-topic",
+        &to,
+        "--service-url",
+        &front.url(),
+        "--token-file",
+        &token_file.to_string_lossy(),
+    ])?;
+    assert_eq!(created["state"], "running", "{created}");
+    let done = wait_for_state(&stack, "over-tls", "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], 1_000, "{done}");
+    // Read back in plain text through the relay: every field as it was backed up.
+    let got = consume(&stack, &to, 1_000, Duration::from_secs(2)).await?;
+    assert_restored(&sent, &got, "restore-over-tls--1");
+    Ok(())
+}
+
+/// The uploader sends a `RestoreProduce` call again when it did not get the answer (a lost
+/// connection, or it was restarted before it recorded the progress). The ingester sends only
+/// what the broker has not confirmed on that lane, so even a broker without deduplication gets
+/// each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_again_produces_nothing_the_broker_confirmed() -> anyhow::Result<()> {
+    use proto::v1::{RestoreMessage, RestoreProduceRequest, RestoreTargetRequest};
+    let stack = Stack::start().await?;
+    let to = format!("persistent://public/default/{}", unique_topic("retried"));
+    let channel = tonic::transport::Endpoint::from_shared(stack.ingester_url())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut ingester = proto::IngesterClient::new(channel);
+    ingester
+        .set_restore_target(RestoreTargetRequest {
+            job: "again".into(),
+            to_topic: to.clone(),
+            service_url: target(&stack),
+            token: String::new(),
+            dry_run: false,
+        })
+        .await?;
+    let call = |positions: std::ops::Range<u64>| RestoreProduceRequest {
+        job: "again".into(),
+        source_partition: -1,
+        messages: positions
+            .map(|i| RestoreMessage {
+                sequence_id: i,
+                target_partition: -1,
+                payload: format!("m{i}").into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    ingester.restore_produce(call(0..100)).await?;
+    // The same call again, then one that starts inside it.
+    ingester.restore_produce(call(0..100)).await?;
+    ingester.restore_produce(call(50..150)).await?;
+
+    let got = consume(&stack, &to, 150, Duration::from_secs(3)).await?;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.payload).into_owned())
+        .collect();
+    let want: Vec<String> = (0..150).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, want);
     Ok(())
 }

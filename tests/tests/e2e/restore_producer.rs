@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use ingester::restore::producer::{partitions, OutMessage, SequencedProducer};
+use ingester::source::trust::PulsarTrust;
 use pulsar::consumer::{ConsumerOptions, InitialPosition};
 use pulsar::{Consumer, SubType, TokioExecutor};
 
@@ -41,10 +42,11 @@ fn message(i: u64) -> OutMessage {
 async fn messages_arrive_with_the_given_producer_name_sequence_ids_and_fields() -> anyhow::Result<()>
 {
     let broker = PulsarLite::start().await?;
+    let trust = PulsarTrust::default();
     let topic = "persistent://public/default/restore-target";
     // The producer speaks to the broker itself; consumers go through the relay (pulsar-rs).
     let service = format!("pulsar://{}", broker.broker_addr());
-    assert_eq!(partitions(&service, None, topic).await?, 0);
+    assert_eq!(partitions(&service, None, &trust, topic).await?, 0);
 
     let pulsar = harness::producer::client(&broker.url()).await?;
     let mut consumer: Consumer<Vec<u8>, TokioExecutor> = pulsar
@@ -57,14 +59,18 @@ async fn messages_arrive_with_the_given_producer_name_sequence_ids_and_fields() 
         .await
         .context("subscribing")?;
 
-    let sent: Vec<OutMessage> = (0..200).map(message).collect();
-    let mut producer = SequencedProducer::create(&service, None, topic, "restore-job1-p0").await?;
+    let sent: Vec<OutMessage> = (0..201).map(message).collect();
+    let mut producer =
+        SequencedProducer::create(&service, None, &trust, topic, "restore-job1-p0").await?;
     assert_eq!(producer.name(), "restore-job1-p0");
     producer.send(&sent[..120]).await?;
     drop(producer);
-    // A new connection under the same name goes on with the ids it is given.
-    let mut producer = SequencedProducer::create(&service, None, topic, "restore-job1-p0").await?;
-    producer.send(&sent[120..]).await?;
+    // A new connection under the same name goes on with the ids it is given; a lone message
+    // goes as itself, not as a batch of one.
+    let mut producer =
+        SequencedProducer::create(&service, None, &trust, topic, "restore-job1-p0").await?;
+    producer.send(&sent[120..200]).await?;
+    producer.send(&sent[200..]).await?;
 
     // pulsar-lite redelivers now and then (docs/dependencies.md §3): a message seen again under
     // its broker id is a redelivery, not something produced twice.
@@ -83,7 +89,21 @@ async fn messages_arrive_with_the_given_producer_name_sequence_ids_and_fields() 
         };
         let meta = got.metadata();
         assert_eq!(meta.producer_name, "restore-job1-p0");
-        assert_eq!(meta.sequence_id, want.sequence_id);
+        // Two batch entries and a plain one. pulsar-rs gives a batch's messages the entry's
+        // sequence id (the first); the ids sent here are consecutive, so the batch index
+        // finds each one's (its own single-message metadata is checked in the unit tests).
+        let (entry_first, entry_last, entry_size) = match want.sequence_id {
+            1000..=1119 => (1000, 1119, Some(120)),
+            1120..=1199 => (1120, 1199, Some(80)),
+            _ => (1200, 1200, None),
+        };
+        assert_eq!(meta.sequence_id, entry_first);
+        assert_eq!(meta.num_messages_in_batch, entry_size);
+        if entry_size.is_some() {
+            assert_eq!(meta.highest_sequence_id, Some(entry_last));
+            let index = got.message_id().batch_index.context("a batch index")?;
+            assert_eq!(entry_first + index as u64, want.sequence_id);
+        }
         assert_eq!(got.payload.data, want.payload);
         assert_eq!(meta.partition_key, want.key);
         assert_eq!(
@@ -107,21 +127,23 @@ async fn messages_arrive_with_the_given_producer_name_sequence_ids_and_fields() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_are_counted_and_each_partition_is_produced_to_by_name() -> anyhow::Result<()> {
     let broker = PulsarLite::start_with_partitions(3).await?;
+    let trust = PulsarTrust::default();
     let service = format!("pulsar://{}", broker.broker_addr());
     let topic = "persistent://public/default/restore-parted";
-    assert_eq!(partitions(&service, None, topic).await?, 3);
+    assert_eq!(partitions(&service, None, &trust, topic).await?, 3);
     let mut p = SequencedProducer::create(
         &service,
         None,
+        &trust,
         &format!("{topic}-partition-2"),
         "restore-job2-p2",
     )
     .await?;
     p.send(&[message(1), message(2)]).await?;
-    let err = SequencedProducer::create("pulsar+ssl://h:1", None, topic, "x")
+    let err = SequencedProducer::create("pulsar://h", None, &trust, topic, "x")
         .await
         .err()
-        .context("TLS URLs are refused")?;
-    assert!(err.to_string().contains("pulsar+ssl"), "{err}");
+        .context("a URL without a port is refused")?;
+    assert!(err.to_string().contains("pulsar+ssl://HOST:PORT"), "{err}");
     Ok(())
 }

@@ -316,3 +316,43 @@ async fn backs_up_to_an_https_store_with_a_private_ca() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A rule whose service URL is `pulsar+ssl://`: the ingester's consumers verify the broker's
+/// certificate against the public roots plus `pulsar_ca_file` (here the test CA, which signed
+/// the certificate of a TLS front for pulsar-lite), and back the topic up as over plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_reads_a_pulsar_ssl_broker_trusted_through_pulsar_ca_file() -> anyhow::Result<()> {
+    let mut stack = Stack::services().await?;
+    let certs = TestCerts::generate("pulsar test CA", "pulsar broker")?;
+    let files = certs.write(stack.dir.path())?;
+    stack.ingester_extra = Extra {
+        args: vec!["--pulsar-ca-file".into(), text(&files.ca)],
+        env: Vec::new(),
+    };
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    // In front of the relay, which makes pulsar-lite's MESSAGE frames readable by pulsar-rs.
+    let front =
+        harness::services::pulsar_tls::PulsarTlsFront::start(stack.pulsar.relay_addr(), &certs)
+            .await?;
+    let rule = "ssl-bk";
+    let topic = format!("persistent://public/default/{}", unique_topic("ssl"));
+    let messages = sample_messages(MESSAGES, 43);
+    produce(&stack.pulsar.url(), &topic, &messages, true).await?;
+    let mut args = stack.create_rule_args(rule, &topic, &["--max-messages", "100"]);
+    let at = args
+        .iter()
+        .position(|a| a == "--service-url")
+        .context("--service-url")?;
+    args[at + 1] = front.url();
+    assert!(args[at + 1].starts_with("pulsar+ssl://localhost:"));
+    stack.ctl_json(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    stack
+        .wait_until_backed_up(rule, MESSAGES as u64, Duration::from_secs(90))
+        .await?;
+    let objects = stack
+        .wait_until_stored(rule, &messages, Duration::from_secs(60))
+        .await?;
+    assert_eq!(check_exactly_once(&objects, &messages)?.records, MESSAGES);
+    Ok(())
+}

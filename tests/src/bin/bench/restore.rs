@@ -81,7 +81,7 @@ impl Bench {
             .uploader
             .as_ref()
             .and_then(crate::process::peak_rss_kb);
-        row.notes = "restore create → done: manifest plan, GET + gunzip, RestoreProduce batches of 500, one message per SEND, receipts awaited per batch; ratio vs raw produce".into();
+        row.notes = "restore create → done: manifest plan, GET + gunzip, RestoreProduce calls of 500, batch entries of ≤ 1,000 messages or 128 KB, 2 in flight, each call returns once all are confirmed; ratio vs raw produce".into();
         Ok(vec![raw, row])
     }
 }
