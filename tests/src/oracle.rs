@@ -53,6 +53,31 @@ pub fn is_manifest_key(key: &str) -> bool {
         || key.contains(".tdmq-backup/manifest/")
 }
 
+/// Every object under `prefix` in `bucket` (the manifest's files too), as (key, size), in the
+/// store's listing order.
+pub async fn list_objects(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.with_context(|| format!("listing s3://{bucket}/{prefix}"))?;
+        for o in page.contents() {
+            if let Some(key) = o.key() {
+                out.push((key.to_string(), o.size().unwrap_or(0)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every backup object under `prefix` in `bucket` (the manifest's files left out),
 /// sorted by key.
 pub async fn read_all(
@@ -60,30 +85,12 @@ pub async fn read_all(
     bucket: &str,
     prefix: &str,
 ) -> anyhow::Result<Vec<BackupObject>> {
-    let mut keys = Vec::new();
-    let mut continuation: Option<String> = None;
-    loop {
-        let page = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(continuation.take())
-            .send()
-            .await
-            .with_context(|| format!("listing s3://{bucket}/{prefix}"))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned))
-                .filter(|key| !is_manifest_key(key)),
-        );
-        match page.next_continuation_token() {
-            Some(token) if page.is_truncated().unwrap_or(false) => {
-                continuation = Some(token.to_owned())
-            }
-            _ => break,
-        }
-    }
+    let mut keys: Vec<String> = list_objects(client, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !is_manifest_key(key))
+        .collect();
     keys.sort();
 
     let mut objects = Vec::with_capacity(keys.len());

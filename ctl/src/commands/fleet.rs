@@ -48,22 +48,27 @@ where
     answers
 }
 
-/// `report`, or a [`Partial`] failure naming each ingester that failed.
-fn finish(report: Report, answers: &[Answer]) -> anyhow::Result<Report> {
-    let failures: Vec<(Exit, String)> = answers
+/// Who failed and why, as `finish` reports it: (exit status, "ingester URL: why").
+type Failures = Vec<(Exit, String)>;
+
+fn failures_of(answers: &[Answer]) -> Failures {
+    answers
         .iter()
         .filter_map(|a| match &a.outcome {
             Err((exit, error)) => Some((*exit, format!("ingester {}: {error}", a.url))),
             Ok(_) => None,
         })
-        .collect();
+        .collect()
+}
+
+/// `report`, or a [`Partial`] failure naming each of the `asked` daemons that failed.
+fn finish(report: Report, failures: Failures, asked: usize) -> anyhow::Result<Report> {
     let Some((first_exit, _)) = failures.first() else {
         return Ok(report);
     };
     let error = format!(
-        "{} of {} ingesters failed: {}",
+        "{} of {asked} ingesters failed: {}",
         failures.len(),
-        answers.len(),
         failures
             .iter()
             .map(|(_, e)| e.as_str())
@@ -119,7 +124,7 @@ where
         json: json!({ "ingesters": docs }),
         text: text.join("\n\n"),
     };
-    finish(report, &answers)
+    finish(report, failures_of(&answers), answers.len())
 }
 
 /// `logs NAME` from every ingester: the entries of all of them, newest first, each with the
@@ -153,7 +158,7 @@ pub async fn logs(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<Report> {
         json: json!({ "entries": entries }),
         text: text.join("\n\n"),
     };
-    finish(report, &answers)
+    finish(report, failures_of(&answers), answers.len())
 }
 
 /// `status [NAME]` of every ingester and the uploader, asked at once: one line per ingester,
@@ -172,7 +177,7 @@ pub async fn status(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
     let mut rules_json = Vec::new();
     let mut lines = Vec::new();
     let mut merged = proto::v1::StatusReply::default();
-    let mut answers = Vec::new();
+    let mut failures = Failures::new();
     for (daemon, reply) in ctx.ingesters.iter().zip(replies) {
         let url = daemon.url.as_str();
         match reply {
@@ -195,22 +200,12 @@ pub async fn status(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
                     row.name = format!("{} ({})", rule.name, host_port(url));
                     merged.rules.push(row);
                 }
-                answers.push(Answer {
-                    url: url.into(),
-                    outcome: Ok(Report {
-                        json: Value::Null,
-                        text: String::new(),
-                    }),
-                });
             }
             Err(e) => {
                 let error = one_line(&format!("{e:#}"));
                 lines.push(format!("ingester {url}: {error}"));
                 ingesters_json.push(json!({ "reachable": false, "url": url, "error": error }));
-                answers.push(Answer {
-                    url: url.into(),
-                    outcome: Err((exit::of(&e), error)),
-                });
+                failures.push((exit::of(&e), format!("ingester {url}: {error}")));
             }
         }
     }
@@ -226,13 +221,16 @@ pub async fn status(ctx: &Ctx, name: Option<String>) -> anyhow::Result<Report> {
         }),
         text: format!("{}\n{body}", lines.join("\n")),
     };
-    if let Err(error) = &uploader {
-        answers.push(Answer {
-            url: ctx.uploader.url.clone(),
-            outcome: Err((Exit::Unreachable, error.clone())),
-        });
+    match (finish(report, failures, ctx.ingesters.len()), uploader) {
+        // Every ingester answered; the uploader did not (it is shown in the report).
+        (Ok(report), Err(error)) => Err(Partial {
+            report,
+            exit: Exit::Unreachable,
+            error,
+        }
+        .into()),
+        (result, _) => result,
     }
-    finish(report, &answers)
 }
 
 /// `host:port` of a URL, for a table cell.

@@ -27,24 +27,15 @@ fn workspace_root() -> PathBuf {
 async fn sync_objects(stack: &Stack, prefix: &str, dir: &Path) -> anyhow::Result<usize> {
     let client = stack.s3.client();
     let mut copied = 0;
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(BUCKET)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for object in page?.contents() {
-            let key = object.key().context("listed object without a key")?;
-            let body = client.get_object().bucket(BUCKET).key(key).send().await?;
-            let bytes = body.body.collect().await?.into_bytes();
-            let path = dir.join(key);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, &bytes)?;
-            copied += 1;
+    for (key, _) in harness::oracle::list_objects(&client, BUCKET, prefix).await? {
+        let body = client.get_object().bucket(BUCKET).key(&key).send().await?;
+        let bytes = body.body.collect().await?.into_bytes();
+        let path = dir.join(&key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
         }
+        std::fs::write(&path, &bytes)?;
+        copied += 1;
     }
     Ok(copied)
 }

@@ -35,22 +35,7 @@ async fn verify_json(stack: &Stack, args: &[&str]) -> anyhow::Result<(i32, Value
 }
 
 async fn list(client: &aws_sdk_s3::Client, prefix: &str) -> anyhow::Result<Vec<(String, i64)>> {
-    let mut out = Vec::new();
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(BUCKET)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for o in page?.contents() {
-            out.push((
-                o.key().unwrap_or_default().to_string(),
-                o.size().unwrap_or(0),
-            ));
-        }
-    }
-    Ok(out)
+    harness::oracle::list_objects(client, BUCKET, prefix).await
 }
 
 async fn get(client: &aws_sdk_s3::Client, key: &str) -> anyhow::Result<Vec<u8>> {
