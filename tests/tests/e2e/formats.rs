@@ -173,8 +173,11 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
     assert_eq!(head.content_type(), Some("application/zstd"));
 
     // python-zstandard reads the very bytes in the bucket: the same records, frames checksummed.
+    // Each object twice: numbered in one folder for the zstandard reader, and under its key (as
+    // `aws s3 sync` leaves them) for the user guide's DuckDB query below.
     let dir = stack.path("zst-objects");
     std::fs::create_dir_all(&dir)?;
+    let local = stack.path("synced");
     let mut want: BTreeSet<String> = BTreeSet::new();
     for (i, o) in objects.iter().enumerate() {
         let body = client
@@ -188,6 +191,11 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
             .await?
             .into_bytes();
         std::fs::write(dir.join(format!("{i:04}.jsonl.zst")), &body)?;
+        let path = local.join(&o.key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &body)?;
         for r in &o.records {
             want.insert(r["message_id"].as_str().unwrap_or_default().to_string());
         }
@@ -206,26 +214,7 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
     assert_eq!(got.len(), messages.len());
     assert_eq!(got, want);
 
-    // The user guide's DuckDB query over hive folders, run as printed on a copy of the objects
-    // kept under their keys (as `aws s3 sync` leaves them).
-    let local = stack.path("synced");
-    for o in &objects {
-        let body = client
-            .get_object()
-            .bucket(BUCKET)
-            .key(&o.key)
-            .send()
-            .await?
-            .body
-            .collect()
-            .await?
-            .into_bytes();
-        let path = local.join(&o.key);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, &body)?;
-    }
+    // The user guide's DuckDB query over hive folders, run as printed on the synced copy.
     let dates: BTreeSet<(String, String)> = objects
         .iter()
         .filter_map(|o| {
