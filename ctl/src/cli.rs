@@ -407,7 +407,7 @@ pub struct CreateArgs {
 
     /// Read the rule from a TOML file. Keys: name service_url topic subscription
     /// subscription_type bucket region prefix window max_messages max_bytes start cluster role
-    /// endpoint compression compression_level layout, plus token_file (relative to the file)
+    /// endpoint compression compression_level layout format, plus token_file (relative to the file)
     /// or token_env. Flags given as well replace the file's values.
     #[arg(long, value_name = "RULE.toml")]
     pub from_file: Option<PathBuf>,
@@ -502,7 +502,8 @@ pub struct SpecFlags {
     /// allowed_endpoints (a file:// endpoint only ever comes from the uploader's own config).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// gzip (default; objects end .jsonl.gz), zstd (.jsonl.zst) or none (.jsonl).
+    /// gzip (default; objects end .jsonl.gz), zstd (.jsonl.zst) or none (.jsonl). With
+    /// --format parquet it compresses the file's pages instead (default zstd).
     #[arg(long, value_name = "gzip|zstd|none")]
     pub compression: Option<String>,
     /// gzip 1..=9 (default 1), zstd 1..=19 (default 3). A new --compression without it uses
@@ -513,6 +514,11 @@ pub struct SpecFlags {
     /// (partition columns for DuckDB, Spark, Athena, Trino).
     #[arg(long, value_name = "plain|hive")]
     pub layout: Option<String>,
+    /// jsonl (default): JSON Lines; parquet: Parquet files (.parquet) with typed columns
+    /// (timestamps, raw payload bytes, properties as a map). A new --format without
+    /// --compression uses the new format's default compression.
+    #[arg(long, value_name = "jsonl|parquet")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

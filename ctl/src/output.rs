@@ -231,6 +231,14 @@ pub fn rule_text(r: &Rule, state: &str) -> String {
             },
         ),
         ("layout", r.layout.clone()),
+        (
+            "format",
+            if r.format.is_empty() {
+                "jsonl".to_string()
+            } else {
+                r.format.clone()
+            },
+        ),
         ("created_at", r.created_at.clone()),
         ("updated_at", r.updated_at.clone()),
     ])
@@ -266,7 +274,7 @@ pub fn rules_text(rules: &[Rule], states: &[RuleStatus], layout: &Layout) -> Str
 }
 
 /// How a rule writes its objects, in a few characters: `gzip:1 plain`, `zstd:3 hive`,
-/// `none plain`.
+/// `none plain`, `parquet zstd:3 hive` (JSON Lines goes without saying).
 fn objects_cell(r: &Rule) -> String {
     let compression = if r.compression.is_empty() {
         "gzip"
@@ -278,10 +286,15 @@ fn objects_cell(r: &Rule) -> String {
     } else {
         r.layout.as_str()
     };
-    if r.compression_level == 0 {
-        format!("{compression} {layout}")
+    let format = if r.format.is_empty() || r.format == "jsonl" {
+        String::new()
     } else {
-        format!("{compression}:{} {layout}", r.compression_level)
+        format!("{} ", r.format)
+    };
+    if r.compression_level == 0 {
+        format!("{format}{compression} {layout}")
+    } else {
+        format!("{format}{compression}:{} {layout}", r.compression_level)
     }
 }
 
@@ -561,6 +574,7 @@ mod tests {
             compression: "gzip".into(),
             compression_level: 1,
             layout: "plain".into(),
+            format: "jsonl".into(),
             ..Rule::default()
         }
     }

@@ -33,6 +33,7 @@ impl fmt::Debug for RuleSpec {
             compression,
             compression_level,
             layout,
+            format,
         } = self;
         let token: &dyn fmt::Debug = match token {
             Some(_) => &format_args!("{REDACTED}"),
@@ -58,6 +59,7 @@ impl fmt::Debug for RuleSpec {
             .field("compression", compression)
             .field("compression_level", compression_level)
             .field("layout", layout)
+            .field("format", format)
             .finish()
     }
 }

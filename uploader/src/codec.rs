@@ -1,6 +1,6 @@
-//! Reading an object's records back: the one place that knows how each compression is undone,
-//! so `verify --deep`, restore and anything else that reads objects accept every format a rule
-//! can write (gzip, zstd, none).
+//! Reading an object's records back: the one place that knows how each compression is undone
+//! and how each format is parsed, so `verify --deep`, restore and anything else that reads
+//! objects accept everything a rule can write (JSON Lines in gzip, zstd or none; Parquet).
 //!
 //! gzip is read with a multi-member decoder (concatenated members are one valid `.gz` file, and
 //! other tools write them); zstd likewise reads every frame of the object, and fails on a cut
@@ -8,7 +8,9 @@
 
 use std::io::{Read as _, Write};
 
-use proto::types::Compression;
+use bytes::Bytes;
+use proto::types::parquet_record::read_records;
+use proto::types::{decode_record, Compression, Format, Record};
 
 /// An object whose bytes are not what its compression says.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,22 @@ pub fn compression_of(content_encoding: &str, key: &str) -> Compression {
     } else {
         Compression::from_content_encoding(content_encoding)
     }
+}
+
+/// Every record of an object read whole into memory, in the object's order: its JSON lines (in
+/// any compression) or its Parquet rows. An error names the key and what is wrong.
+pub fn records_of(key: &str, bytes: Bytes) -> Result<Vec<Record>, String> {
+    if Format::from_key(key) == Format::Parquet {
+        return read_records(bytes)
+            .map_err(|e| format!("{key}: {e}"))?
+            .map(|record| record.map_err(|e| format!("{key}: {e}")))
+            .collect();
+    }
+    let text = decompress(compression_of("", key), key, &bytes).map_err(|e| e.to_string())?;
+    text.split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| decode_record(line).map_err(|e| format!("{key}: {e}")))
+        .collect()
 }
 
 /// The uncompressed bytes of a whole object read into memory.

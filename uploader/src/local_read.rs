@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use proto::types::Compression;
+use proto::types::{Compression, Format};
 use proto::v1::SegmentInfo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -154,8 +154,10 @@ fn check_shape(path: &Path, seg: &SegmentInfo) -> Result<(), String> {
     {
         return Err("the path has a `..` component".into());
     }
-    let file_name =
-        Compression::from_content_encoding(&seg.content_encoding).segment_file_name(seg.segment_no);
+    let file_name = Format::from_key(&seg.object_key).segment_file_name(
+        Compression::from_content_encoding(&seg.content_encoding),
+        seg.segment_no,
+    );
     let rule_dir = path.parent();
     let segments_dir = rule_dir.and_then(Path::parent);
     if name_of(Some(path)) != Some(file_name.as_str())

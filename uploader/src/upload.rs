@@ -226,7 +226,7 @@ pub fn put_request(seg: &SegmentInfo) -> PutRequest {
         bucket: seg.bucket.clone(),
         key: seg.object_key.clone(),
         metadata: object_metadata(seg),
-        content_type: content_type_for(&seg.content_encoding).to_string(),
+        content_type: content_type_for(&seg.content_encoding, &seg.object_key).to_string(),
         total_len: seg.file_bytes,
     }
 }

@@ -78,11 +78,9 @@ impl RuleSpool {
             let (segment_no, upto, codec) = {
                 let state = self.lock();
                 match &state.open {
-                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => (
-                        open.segment_no,
-                        open.log_bytes,
-                        (state.target.compression(), state.target.level()),
-                    ),
+                    Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => {
+                        (open.segment_no, open.log_bytes, state.target.codec())
+                    }
                     _ => return Ok(()),
                 }
             };
@@ -96,8 +94,7 @@ impl RuleSpool {
                         self.segments_dir
                             .join(segment_files::preseal_name(segment_no)),
                         segment_no,
-                        codec.0,
-                        codec.1,
+                        codec,
                         generation,
                     )?;
                     let writer: Preseal = Arc::new(Mutex::new(Some(writer)));
@@ -115,7 +112,7 @@ impl RuleSpool {
             current.feed(&self.logs, upto)
         } else {
             Err(IngesterError::FailedPrecondition(
-                "the rule's compression or its level changed".into(),
+                "the rule's format, compression or level changed".into(),
             ))
         };
         if fed.is_err() {

@@ -40,7 +40,7 @@ impl RuleSpool {
                 _ => return Ok(()),
             }
         };
-        let codec = (meta.target.compression(), meta.target.level());
+        let codec = meta.target.codec();
         let generation = self.generation.load(Ordering::SeqCst);
         let mut writer = None;
         if let Some(preseal) = self.presealing.take(segment_no) {
@@ -60,8 +60,7 @@ impl RuleSpool {
                     SEAL_ATTEMPTS.fetch_add(1, Ordering::Relaxed),
                 )),
                 segment_no,
-                codec.0,
-                codec.1,
+                codec,
                 generation,
             )
         };

@@ -6,7 +6,8 @@
 //! short without more threads (see docs/benchmarks.md for the CPU it took).
 //!
 //! The log's compact records (`crate::spool::log_record`) are turned into the object's JSON
-//! lines on the way.
+//! lines on the way, or into the rows of a Parquet file (`proto::types::parquet_record`), which
+//! writes a row group whenever one is full: memory stays bounded either way.
 //!
 //! A writer tracks what it read: offset, CRC32C and record count of the log bytes. Sealing checks
 //! them against the spool's meta before the file is renamed into place, so a writer that read
@@ -16,8 +17,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::spool::log_record::LogDecoder;
-use proto::types::Compression;
+use crate::spool::log_record::{LogDecoder, RecordSink};
+use proto::types::parquet_record::{ParquetRecordError, ParquetRecordWriter};
+use proto::types::record::record_json_len;
+use proto::types::{Compression, Format, RecordFields};
 
 use crate::error::{IngesterError, Result};
 use crate::segment::parallel_gzip::ParallelGzip;
@@ -47,16 +50,62 @@ pub struct Written {
     pub file_crc32c: u32,
 }
 
+/// How a segment's file is written: its format, and the compression (and level) of the whole
+/// file (JSON Lines) or of its pages (Parquet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    pub format: Format,
+    pub compression: Compression,
+    pub level: u32,
+}
+
+type Sink = HashingWriter<BufWriter<File>>;
+
 enum Output {
-    Gzip(ParallelGzip<HashingWriter<BufWriter<File>>>),
-    Zstd(zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>),
-    Plain(HashingWriter<BufWriter<File>>),
+    Gzip(ParallelGzip<Sink>),
+    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+    Plain(Sink),
+    Parquet(Box<ParquetRows>),
+}
+
+/// The Parquet writer as a [`RecordSink`]: it keeps the first error it meets (a full disk, say)
+/// for `feed` to return, and counts the records' JSON bytes, which `max_bytes` and the segment's
+/// `record_bytes` are measured in whatever the format.
+struct ParquetRows {
+    writer: ParquetRecordWriter<Sink>,
+    error: Option<ParquetRecordError>,
+    json_bytes: u64,
+}
+
+impl RecordSink for ParquetRows {
+    fn record(&mut self, fields: &RecordFields<'_>) {
+        self.json_bytes += record_json_len(fields);
+        if self.error.is_none() {
+            if let Err(err) = self.writer.push(fields) {
+                self.error = Some(err);
+            }
+        }
+    }
+}
+
+/// A Parquet writer's error as the IO error it may stand for, so a full disk is still seen as
+/// one.
+fn parquet_io(err: ParquetRecordError) -> std::io::Error {
+    use parquet::errors::ParquetError;
+    if let ParquetRecordError::Parquet(ParquetError::External(inner)) = &err {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+    }
+    std::io::Error::other(err.to_string())
 }
 
 pub struct SegmentWriter {
     segment_no: u64,
-    compression: Compression,
-    level: u32,
+    codec: Codec,
     tmp: PathBuf,
     out: Output,
     log: Option<File>,
@@ -73,20 +122,36 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// A writer of `tmp`, compressing at `level` (ignored for [`Compression::None`]).
+    /// A writer of `tmp` in `codec` (the level is ignored for [`Compression::None`]).
     pub fn create(
         tmp: PathBuf,
         segment_no: u64,
-        compression: Compression,
-        level: u32,
+        codec: Codec,
         generation: u64,
     ) -> Result<SegmentWriter> {
+        let Codec {
+            format,
+            compression,
+            level,
+        } = codec;
         let file = File::create(&tmp)
             .map_err(|e| IngesterError::io(format!("creating {}", tmp.display()), e))?;
         let sink = HashingWriter::new(BufWriter::with_capacity(BUFFER, file));
-        let out = match compression {
-            Compression::Gzip => Output::Gzip(ParallelGzip::new(sink, gzip_workers(), level)),
-            Compression::Zstd => {
+        let out = match (format, compression) {
+            (Format::Parquet, _) => Output::Parquet(Box::new(ParquetRows {
+                writer: ParquetRecordWriter::new(sink, compression, level).map_err(|e| {
+                    IngesterError::io(
+                        format!("starting Parquet file {}", tmp.display()),
+                        parquet_io(e),
+                    )
+                })?,
+                error: None,
+                json_bytes: 0,
+            })),
+            (Format::Jsonl, Compression::Gzip) => {
+                Output::Gzip(ParallelGzip::new(sink, gzip_workers(), level))
+            }
+            (Format::Jsonl, Compression::Zstd) => {
                 let level = i32::try_from(level).unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL);
                 let mut encoder = zstd::stream::write::Encoder::new(sink, level)
                     .map_err(|e| IngesterError::io(format!("zstd level {level}"), e))?;
@@ -97,12 +162,11 @@ impl SegmentWriter {
                     .map_err(|e| IngesterError::io("zstd checksum flag", e))?;
                 Output::Zstd(encoder)
             }
-            Compression::None => Output::Plain(sink),
+            (Format::Jsonl, Compression::None) => Output::Plain(sink),
         };
         Ok(SegmentWriter {
             segment_no,
-            compression,
-            level,
+            codec,
             tmp,
             out,
             log: None,
@@ -117,13 +181,13 @@ impl SegmentWriter {
     }
 
     pub fn compression(&self) -> Compression {
-        self.compression
+        self.codec.compression
     }
 
-    /// The compression and level it writes: a file written with other ones is not the
+    /// The format, compression and level it writes: a file written with other ones is not the
     /// segment's file any more once the rule changed them.
-    pub fn codec(&self) -> (Compression, u32) {
-        (self.compression, self.level)
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -161,17 +225,28 @@ impl SegmentWriter {
             let chunk = &buf[..n];
             self.log_crc32c = crc32c::crc32c_append(self.log_crc32c, chunk);
             self.log_bytes += n as u64;
+            let corrupt = |e| IngesterError::Corrupt(format!("record log {}: {e}", path.display()));
+            let writing = |e| IngesterError::io(format!("writing {}", self.tmp.display()), e);
+            if let Output::Parquet(rows) = &mut self.out {
+                self.lines += self.decoder.decode(chunk, rows.as_mut()).map_err(corrupt)?;
+                if let Some(err) = rows.error.take() {
+                    return Err(writing(parquet_io(err)));
+                }
+                continue;
+            }
             self.json.clear();
-            self.lines += self.decoder.decode(chunk, &mut self.json).map_err(|e| {
-                IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
-            })?;
+            self.lines += self
+                .decoder
+                .decode(chunk, &mut self.json)
+                .map_err(corrupt)?;
             self.json_bytes += self.json.len() as u64;
             let written = match &mut self.out {
                 Output::Gzip(gz) => gz.write_all(&self.json),
                 Output::Zstd(zst) => zst.write_all(&self.json),
                 Output::Plain(out) => out.write_all(&self.json),
+                Output::Parquet(_) => Ok(()),
             };
-            written.map_err(|e| IngesterError::io(format!("writing {}", self.tmp.display()), e))?;
+            written.map_err(writing)?;
         }
         Ok(())
     }
@@ -187,10 +262,15 @@ impl SegmentWriter {
         }
         let tmp = self.tmp;
         let io = |e| IngesterError::io(format!("writing {}", tmp.display()), e);
+        let mut json_bytes = self.json_bytes;
         let sink = match self.out {
             Output::Gzip(gz) => gz.finish().map_err(io)?,
             Output::Zstd(zst) => zst.finish().map_err(io)?,
             Output::Plain(out) => out,
+            Output::Parquet(rows) => {
+                json_bytes = rows.json_bytes;
+                rows.writer.finish().map_err(|e| io(parquet_io(e)))?
+            }
         };
         let (file_crc32c, file_bytes, writer) = sink.finish();
         let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
@@ -199,7 +279,7 @@ impl SegmentWriter {
             log_bytes: self.log_bytes,
             log_crc32c: self.log_crc32c,
             lines: self.lines,
-            json_bytes: self.json_bytes,
+            json_bytes,
             file_bytes,
             file_crc32c,
         })
@@ -244,6 +324,14 @@ impl<W: Write> Write for HashingWriter<W> {
 mod tests {
     use super::*;
     use crate::spool::record_log::LogWrite;
+
+    fn jsonl(compression: Compression, level: u32) -> Codec {
+        Codec {
+            format: Format::Jsonl,
+            compression,
+            level,
+        }
+    }
 
     /// A log of `count` small records, and each record's end offset in it.
     fn small_log(count: u64) -> (Vec<u8>, Vec<u64>) {
@@ -291,7 +379,7 @@ mod tests {
             bytes: bytes.clone(),
         }])?;
         let tmp = dir.path().join("x.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 1, Compression::None, 0, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 1, jsonl(Compression::None, 0), 0)?;
         writer.feed(&logs, ends[1])?;
         let done = writer.finish()?;
         assert_eq!((done.log_bytes, done.lines), (ends[1], 2));
@@ -355,7 +443,7 @@ mod tests {
             .flat_map(|i| encode_record(&fields(i)))
             .collect();
         let tmp = dir.path().join("00000000000000000004.preseal.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 4, compression, level, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 4, jsonl(compression, level), 0)?;
         let mut encoder = LogEncoder::default();
         let (mut log_len, mut crc) = (0u64, 0u32);
         for (batch, range) in [0..700, 700..701, 701..2999, 2999..3000]
@@ -429,11 +517,101 @@ mod tests {
             bytes: bytes[..bytes.len() - 1].to_vec(),
         }])?;
         let tmp = dir.path().join("y.tmp");
-        let mut writer = SegmentWriter::create(tmp.clone(), 2, Compression::None, 0, 0)?;
+        let mut writer = SegmentWriter::create(tmp.clone(), 2, jsonl(Compression::None, 0), 0)?;
         writer.feed(&logs, 100)?;
         let err = writer.finish().expect_err("cut inside a record");
         assert!(err.to_string().contains("ends inside a record"), "{err}");
         assert!(!tmp.exists(), "no temporary file left");
+        Ok(())
+    }
+
+    #[test]
+    fn a_compact_log_fed_in_steps_becomes_a_parquet_file_of_its_records() -> Result<()> {
+        use crate::spool::log_record::{encode_body, LogEncoder};
+        use proto::types::parquet_record::read_records;
+        use proto::types::{MessageId, RecordFields};
+
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let logs = RecordLogs::new(dir.path().to_path_buf());
+        let payloads: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                if i % 3 == 0 {
+                    i.to_be_bytes().to_vec() // not UTF-8 for some
+                } else {
+                    format!("{{\"n\":{i}}}").into_bytes()
+                }
+            })
+            .collect();
+        let props = [("p", "v")];
+        let fields = |i: usize| RecordFields {
+            message_id: MessageId {
+                ledger: 1,
+                entry: i as u64,
+                partition: 0,
+                batch_index: -1,
+            },
+            topic: "persistent://t/n/a-partition-0",
+            publish_time_ms: 1_764_000_000_000 + i as u64,
+            event_time_ms: i.is_multiple_of(2).then_some(1_700_000_000_000),
+            key: Some("k"),
+            properties: if i.is_multiple_of(5) { &[] } else { &props },
+            producer_name: "producer-1",
+            sequence_id: i as u64,
+            payload: &payloads[i],
+            chunk: None,
+            key_base64: false,
+            ordering_key: None,
+            encryption: None,
+        };
+        let tmp = dir.path().join("00000000000000000009.preseal.tmp");
+        let codec = Codec {
+            format: Format::Parquet,
+            compression: Compression::Zstd,
+            level: 3,
+        };
+        let mut writer = SegmentWriter::create(tmp.clone(), 9, codec, 0)?;
+        let mut encoder = LogEncoder::default();
+        let mut log_len = 0u64;
+        let mut json_len = 0u64;
+        for (batch, range) in [0..999, 999..2000].into_iter().enumerate() {
+            let mut bytes = Vec::new();
+            for i in range {
+                let mut body = Vec::new();
+                encode_body(&fields(i), &mut body);
+                encoder.append(fields(i).topic, "producer-1", &body, &mut bytes);
+                json_len += record_json_len(&fields(i));
+            }
+            log_len += bytes.len() as u64;
+            logs.append_durably(&[LogWrite {
+                segment_no: 9,
+                fresh: batch == 0,
+                bytes,
+            }])?;
+            writer.feed(&logs, log_len.saturating_sub(5))?;
+        }
+        writer.feed(&logs, log_len)?;
+        let done = writer.finish()?;
+        assert_eq!((done.log_bytes, done.lines), (log_len, 2000));
+        assert_eq!(
+            done.json_bytes, json_len,
+            "record bytes are JSON bytes in every format"
+        );
+        let file = std::fs::read(&tmp).map_err(|e| IngesterError::io("reading", e))?;
+        assert_eq!(done.file_bytes, file.len() as u64);
+        assert_eq!(done.file_crc32c, crc32c::crc32c(&file));
+        let records = read_records(bytes::Bytes::from(file))
+            .map_err(|e| IngesterError::Corrupt(e.to_string()))?;
+        let mut n = 0;
+        for (i, record) in records.enumerate() {
+            let record = record.map_err(|e| IngesterError::Corrupt(e.to_string()))?;
+            let f = fields(i);
+            assert_eq!(record.message_id, f.message_id);
+            assert_eq!(record.payload, f.payload);
+            assert_eq!(record.event_time_ms, f.event_time_ms);
+            assert_eq!(record.properties.len(), f.properties.len());
+            n += 1;
+        }
+        assert_eq!(n, 2000);
         Ok(())
     }
 }

@@ -329,6 +329,7 @@ impl RuleSpool {
                 spool_id: &self.spool_id,
                 source_changes: state.counters.source_changes,
                 compression: meta.target.compression(),
+                format: meta.target.format,
                 layout: meta.target.layout,
             },
         );

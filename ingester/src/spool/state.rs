@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use proto::types::{Compression, KeyLayout, MessageId, RuleConfig};
+use proto::types::{Compression, Format, KeyLayout, MessageId, RuleConfig};
+
+use crate::segment::segment_writer::Codec;
 use serde::{Deserialize, Serialize};
 
 use crate::segment::cutter::{CutPolicy, OpenStats};
@@ -64,6 +66,9 @@ pub struct Target {
     pub compression_level: Option<u32>,
     #[serde(default)]
     pub layout: KeyLayout,
+    /// JSON Lines in segments closed before formats existed.
+    #[serde(default)]
+    pub format: Format,
 }
 
 impl Target {
@@ -78,6 +83,7 @@ impl Target {
             compression: Some(rule.compression),
             compression_level: rule.compression_level,
             layout: rule.layout,
+            format: rule.format,
         }
     }
 
@@ -89,6 +95,16 @@ impl Target {
     pub fn level(&self) -> u32 {
         self.compression_level
             .unwrap_or_else(|| self.compression().default_level())
+    }
+
+    /// How the segment's file is written: a file written otherwise is not the segment's file
+    /// once the rule changed any of them.
+    pub fn codec(&self) -> Codec {
+        Codec {
+            format: self.format,
+            compression: self.compression(),
+            level: self.level(),
+        }
     }
 }
 
@@ -210,7 +226,7 @@ impl SegmentMeta {
             region: self.target.region.clone(),
             endpoint: self.target.endpoint.clone(),
             cluster: self.target.cluster.clone(),
-            content_encoding: compression.content_encoding().into(),
+            content_encoding: self.target.format.content_encoding(compression).into(),
             sealed_at: if self.sealed_at_ms > 0 {
                 rfc3339_from_millis(self.sealed_at_ms)
             } else {
@@ -269,5 +285,9 @@ pub(super) fn policy_of(rule: &RuleConfig) -> CutPolicy {
 
 /// Where a segment's file is (sealed or not) in the rule's segment folder.
 pub(super) fn segment_path(dir: &Path, meta: &SegmentMeta) -> PathBuf {
-    dir.join(meta.target.compression().segment_file_name(meta.segment_no))
+    dir.join(
+        meta.target
+            .format
+            .segment_file_name(meta.target.compression(), meta.segment_no),
+    )
 }

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 
 use super::message_id::MessageId;
-use super::rule::{Compression, KeyLayout};
+use super::rule::{Compression, Format, KeyLayout};
 
 /// `persistent://tenant/namespace/topic`, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +103,7 @@ pub struct SegmentName<'a> {
     /// How many times the rule's source changed before the segment's messages were read.
     pub source_changes: u32,
     pub compression: Compression,
+    pub format: Format,
     pub layout: KeyLayout,
 }
 
@@ -123,7 +124,7 @@ pub fn object_key(prefix: &str, topic: &TopicName, name: &SegmentName<'_>) -> St
         name.window_start.format("%Y%m%dT%H%M%SZ"),
         name.first_message_id.file_stem(),
         name.spool_id,
-        name.compression.extension(),
+        name.format.extension(name.compression),
     )
 }
 
@@ -165,6 +166,7 @@ mod tests {
             spool_id: "5f3a9c01",
             source_changes: 0,
             compression: Compression::Gzip,
+            format: Format::Jsonl,
             layout: KeyLayout::Plain,
         };
         assert_eq!(
@@ -198,6 +200,14 @@ mod tests {
         assert_eq!(
             object_key("backup/", &topic, &hive),
             "backup/public/default/orders/dt=2026-11-24/hour=02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.jsonl.zst"
+        );
+        let parquet = SegmentName {
+            format: Format::Parquet,
+            ..hive
+        };
+        assert_eq!(
+            object_key("backup/", &topic, &parquet),
+            "backup/public/default/orders/dt=2026-11-24/hour=02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.parquet"
         );
     }
 }

@@ -4,15 +4,14 @@
 //!
 //! ```text
 //! {data_dir}/segments/{rule}/{segment_no:020}.log              the record log (spool)
-//! {data_dir}/segments/{rule}/{segment_no:020}.jsonl[.gz|.zst]  the sealed file
+//! {data_dir}/segments/{rule}/{segment_no:020}.jsonl[.gz|.zst]  the sealed file (JSON Lines)
+//! {data_dir}/segments/{rule}/{segment_no:020}.parquet          the sealed file (Parquet)
 //! {data_dir}/segments/{rule}/{segment_no:020}.preseal.tmp      compressed ahead of the seal
 //! {data_dir}/segments/{rule}/{segment_no:020}.seal.{n}.tmp     one seal attempt's file
 //! {data_dir}/quarantine/{rule}/…                               damaged sealed files set aside
 //! ```
 
 use std::path::{Path, PathBuf};
-
-use super::rule::Compression;
 
 /// The folder of every rule's segment files, under the data directory.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -38,9 +37,10 @@ pub fn log_name(segment_no: u64) -> String {
     format!("{segment_no:020}.{LOG_EXTENSION}")
 }
 
-/// The sealed file's name (what the uploader reads and checks).
-pub fn sealed_name(segment_no: u64, compression: Compression) -> String {
-    format!("{segment_no:020}{}", compression.extension())
+/// The sealed file's name (what the uploader reads and checks), ending in its object's
+/// `extension` (`Format::extension`).
+pub fn sealed_name(segment_no: u64, extension: &str) -> String {
+    format!("{segment_no:020}{extension}")
 }
 
 /// The file a segment is compressed into ahead of its seal.
@@ -74,15 +74,12 @@ mod tests {
     fn every_name_parses_back_to_its_segment() {
         let n = 42;
         assert_eq!(parse_name(&log_name(n)), Some((n, false)));
-        for compression in Compression::ALL {
-            assert_eq!(parse_name(&sealed_name(n, compression)), Some((n, false)));
+        for extension in [".jsonl.gz", ".jsonl.zst", ".jsonl", ".parquet"] {
+            assert_eq!(parse_name(&sealed_name(n, extension)), Some((n, false)));
         }
         assert_eq!(parse_name(&preseal_name(n)), Some((n, true)));
         assert_eq!(parse_name(&seal_attempt_name(n, 7)), Some((n, true)));
-        assert_eq!(
-            sealed_name(3, Compression::Gzip),
-            "00000000000000000003.jsonl.gz"
-        );
+        assert_eq!(sealed_name(3, ".jsonl.gz"), "00000000000000000003.jsonl.gz");
         assert_eq!(parse_name("notes.txt"), None);
         assert_eq!(parse_name("42.log"), None, "too few digits");
     }

@@ -1,11 +1,16 @@
 //! `verify --deep`: one object read whole — its bytes against the manifest's size and CRC32C,
 //! every record parsed, each partition's ids and count against the entry's.
+//!
+//! JSON Lines are checked as they stream in. A Parquet object can only be read from its footer,
+//! so it is streamed into an unnamed temporary file first (never whole into memory) and read
+//! from there one row group at a time.
 
 use std::collections::BTreeMap;
 
 use futures::StreamExt as _;
 use proto::types::manifest::ManifestEntry;
-use proto::types::MessageId;
+use proto::types::parquet_record::read_records;
+use proto::types::{Format, MessageId};
 
 use super::check::{follows, Kind, Problem};
 use crate::codec::StreamDecoder;
@@ -47,17 +52,18 @@ impl Records {
                     .parse::<MessageId>()
                     .map_err(|e| e.to_string())
             });
-        let id = match id {
-            Ok(id) => id,
-            Err(err) => {
-                self.note(
-                    Kind::Corrupt,
-                    None,
-                    format!("record {} cannot be read: {err}", self.lines),
-                );
-                return;
-            }
-        };
+        match id {
+            Ok(id) => self.seen(id),
+            Err(err) => self.note(
+                Kind::Corrupt,
+                None,
+                format!("record {} cannot be read: {err}", self.lines),
+            ),
+        }
+    }
+
+    /// Record number `self.lines` has `id`: checks it follows its partition's last one.
+    fn seen(&mut self, id: MessageId) {
         match self.partitions.get_mut(&id.partition) {
             None => {
                 self.partitions.insert(
@@ -153,12 +159,24 @@ pub async fn check_object(
     };
     let compression = crate::codec::compression_of(&entry.content_encoding, &entry.key);
     let mut undecodable: Option<String> = None;
-    let mut decoder = match StreamDecoder::new(compression, records) {
-        Ok(decoder) => Some(decoder),
-        Err(err) => {
-            undecodable = Some(err.to_string());
-            None
+    let parquet = Format::from_key(&entry.key) == Format::Parquet;
+    let mut decoder = if parquet {
+        None
+    } else {
+        match StreamDecoder::new(compression, records) {
+            Ok(decoder) => Some(decoder),
+            Err(err) => {
+                undecodable = Some(err.to_string());
+                None
+            }
         }
+    };
+    let mut parquet_file = if parquet {
+        Some(tempfile::tempfile().map_err(|e| {
+            UploadError::io("creating a temporary file in", std::env::temp_dir(), e)
+        })?)
+    } else {
+        None
     };
     let mut crc = 0u32;
     let mut size = 0u64;
@@ -172,6 +190,23 @@ pub async fn check_object(
         if let Some(Err(err)) = decoder.as_mut().map(|d| d.write_all(&chunk)) {
             undecodable = Some(err.to_string());
         }
+        if let Some(file) = parquet_file.as_mut() {
+            std::io::Write::write_all(file, &chunk).map_err(|e| {
+                UploadError::io("writing a temporary file in", std::env::temp_dir(), e)
+            })?;
+        }
+    }
+    if let Some(file) = parquet_file {
+        let mut read = Records {
+            key: entry.key.clone(),
+            ..Records::default()
+        };
+        if undecodable.is_none() {
+            if let Err(err) = parquet_rows(file, &mut read) {
+                undecodable = Some(err);
+            }
+        }
+        decoder = Some(StreamDecoder::Plain(read));
     }
     let mut records = match decoder.map(StreamDecoder::finish) {
         Some(Ok(records)) => records,
@@ -203,7 +238,12 @@ pub async fn check_object(
         )));
     }
     if let Some(err) = undecodable {
-        problems.push(corrupt(format!("cannot be decompressed: {err}")));
+        let what = if parquet {
+            "cannot be read as Parquet"
+        } else {
+            "cannot be decompressed"
+        };
+        problems.push(corrupt(format!("{what}: {err}")));
         return Ok((problems, size));
     }
     if !records.carry.is_empty() {
@@ -244,6 +284,26 @@ pub async fn check_object(
     }
     problems.append(&mut records.problems);
     Ok((problems, size))
+}
+
+/// Reads every row of the Parquet object in `file` into `records`; `Err` when the file is not
+/// Parquet or not ours. A row that cannot be read is noted as one, like a JSON line.
+fn parquet_rows(mut file: std::fs::File, records: &mut Records) -> Result<(), String> {
+    use std::io::{Seek as _, SeekFrom};
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let rows = read_records(file).map_err(|e| e.to_string())?;
+    for row in rows {
+        records.lines += 1;
+        match row {
+            Ok(record) => records.seen(record.message_id),
+            Err(err) => records.note(
+                Kind::Corrupt,
+                None,
+                format!("record {} cannot be read: {err}", records.lines),
+            ),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -369,6 +429,67 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.detail.contains("cannot be decompressed")),
+            "{problems:?}"
+        );
+    }
+
+    fn parquet(entries: &[u64]) -> Vec<u8> {
+        use proto::types::parquet_record::ParquetRecordWriter;
+        let mut writer = ParquetRecordWriter::new(Vec::new(), proto::types::Compression::Zstd, 3)
+            .expect("writer");
+        for &entry in entries {
+            writer
+                .push(&proto::types::RecordFields {
+                    message_id: MessageId {
+                        ledger: 1,
+                        entry,
+                        partition: -1,
+                        batch_index: -1,
+                    },
+                    topic: "t",
+                    publish_time_ms: 1,
+                    event_time_ms: None,
+                    key: None,
+                    key_base64: false,
+                    ordering_key: None,
+                    properties: &[],
+                    producer_name: "p",
+                    sequence_id: entry,
+                    payload: b"x",
+                    chunk: None,
+                    encryption: None,
+                })
+                .expect("push");
+        }
+        writer.finish().expect("finish")
+    }
+
+    #[tokio::test]
+    async fn a_parquet_object_is_read_row_by_row_and_damage_is_named() {
+        let bytes = parquet(&[0, 1, 2, 3, 4]);
+        let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
+        e.key = "a/b.parquet".into();
+        e.content_encoding = "identity".into();
+        let (problems, read) = check_object(&e, body(bytes.clone())).await.expect("read");
+        assert_eq!(problems, vec![]);
+        assert_eq!(read, bytes.len() as u64);
+
+        // A row missing: a gap named by the ids around it.
+        let bytes = parquet(&[0, 1, 3, 4]);
+        let mut gap = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 4);
+        gap.key = e.key.clone();
+        let (problems, _) = check_object(&gap, body(bytes)).await.expect("read");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].kind, Kind::Gap);
+
+        // Cut short: its footer is gone, so it is not Parquet any more.
+        let bytes = parquet(&[0, 1, 2, 3, 4]);
+        let cut = bytes[..bytes.len() - 20].to_vec();
+        let (problems, _) = check_object(&e, body(cut)).await.expect("read");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.detail.contains("cannot be read as Parquet")),
             "{problems:?}"
         );
     }

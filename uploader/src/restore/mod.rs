@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use proto::types::manifest::ManifestEntry;
 use proto::types::time::{now_millis, rfc3339_from_millis};
-use proto::types::{decode_record, MessageId};
+use proto::types::MessageId;
 use proto::v1::{
     CreateRestoreRequest, RestoreJob, RestoreMessage, RestorePartition, RestoreProduceRequest,
     RestoreProperty,

@@ -100,8 +100,7 @@ impl RestoreManager {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .objects_read += 1;
             let mut in_object = vec![0u64; parts.len()];
-            for line in records.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let record = decode_record(line).map_err(|e| format!("{key}: {e}"))?;
+            for record in records {
                 let partition = record.message_id.partition.max(-1);
                 let Some(&index) = readers
                     .iter()
@@ -316,19 +315,18 @@ pub(super) fn next_object(
     once.or_else(|| heads().next()).cloned()
 }
 
-/// The records of an object, uncompressed.
+/// The records of an object, in its order, whatever its format.
 async fn read_object(
     store: &crate::store::Store,
     bucket: &str,
     key: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<proto::types::Record>, String> {
     let bytes = store
         .get_small_object(bucket, key, MAX_OBJECT)
         .await
         .map_err(|e| format!("reading {key}: {e}"))?
         .ok_or_else(|| format!("{key} is in the manifest but not in the bucket"))?;
-    let compression = crate::codec::compression_of("", key);
-    crate::codec::decompress(compression, key, &bytes).map_err(|e| e.to_string())
+    crate::codec::records_of(key, bytes)
 }
 
 /// A record as the message to produce: its own fields, plus its original id and publish time.

@@ -61,10 +61,14 @@ pub struct ObjectHead {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Content type for a segment's content encoding. Deliberately never a `Content-Encoding: gzip`
-/// header: HTTP clients would then decompress on download and users would get `.gz` files that
-/// are not gzip.
-pub fn content_type_for(content_encoding: &str) -> &'static str {
+/// Content type for a segment's object, by its key (Parquet) or its content encoding.
+/// Deliberately never a `Content-Encoding: gzip` header: HTTP clients would then decompress on
+/// download and users would get `.gz` files that are not gzip.
+pub fn content_type_for(content_encoding: &str, key: &str) -> &'static str {
+    if proto::types::Format::from_key(key) == proto::types::Format::Parquet {
+        // The media type IANA registered for Parquet in 2024.
+        return "application/vnd.apache.parquet";
+    }
     match content_encoding {
         "gzip" => "application/gzip",
         // RFC 8878's media type for a zstd frame.

@@ -230,9 +230,16 @@ fn endpoint_parsing() {
 
 #[test]
 fn content_type_never_implies_decompression() {
-    assert_eq!(content_type_for("gzip"), "application/gzip");
-    assert_eq!(content_type_for("zstd"), "application/zstd");
-    assert_eq!(content_type_for("identity"), "application/x-ndjson");
+    assert_eq!(content_type_for("gzip", "a.jsonl.gz"), "application/gzip");
+    assert_eq!(content_type_for("zstd", "a.jsonl.zst"), "application/zstd");
+    assert_eq!(
+        content_type_for("identity", "a.jsonl"),
+        "application/x-ndjson"
+    );
+    assert_eq!(
+        content_type_for("identity", "a.parquet"),
+        "application/vnd.apache.parquet"
+    );
 }
 
 #[test]

@@ -173,7 +173,21 @@ impl LogEncoder {
     }
 }
 
-/// Turns a log's frames into JSON lines, in as many pieces of the log as it takes (a frame may
+/// Where [`LogDecoder`] puts the records it decodes: JSON lines appended to a buffer, or rows of a
+/// Parquet file. It cannot refuse one: a sink that fails keeps its error for its owner to see
+/// (the log itself was fine).
+pub trait RecordSink {
+    fn record(&mut self, fields: &RecordFields<'_>);
+}
+
+/// Each record as its JSON line, newline included.
+impl RecordSink for Vec<u8> {
+    fn record(&mut self, fields: &RecordFields<'_>) {
+        encode_record_into(fields, self);
+    }
+}
+
+/// Turns a log's frames into records, in as many pieces of the log as it takes (a frame may
 /// span two pieces: its start is kept until the rest arrives).
 #[derive(Debug, Default)]
 pub struct LogDecoder {
@@ -186,9 +200,13 @@ pub struct LogDecoder {
 }
 
 impl LogDecoder {
-    /// Decodes every complete frame of `piece` (after what an earlier piece left over), appending
-    /// each record's JSON line to `json`; returns how many records it decoded.
-    pub fn decode(&mut self, piece: &[u8], json: &mut Vec<u8>) -> Result<u64, LogRecordError> {
+    /// Decodes every complete frame of `piece` (after what an earlier piece left over), handing
+    /// each record to `sink` (a `Vec<u8>` gets JSON lines); returns how many records it decoded.
+    pub fn decode<S: RecordSink>(
+        &mut self,
+        piece: &[u8],
+        json: &mut S,
+    ) -> Result<u64, LogRecordError> {
         if self.partial.is_empty() {
             let (records, used) = self.decode_frames(piece, json)?;
             self.partial.extend_from_slice(&piece[used..]);
@@ -208,10 +226,10 @@ impl LogDecoder {
         self.partial.is_empty()
     }
 
-    fn decode_frames(
+    fn decode_frames<S: RecordSink>(
         &mut self,
         buf: &[u8],
-        json: &mut Vec<u8>,
+        json: &mut S,
     ) -> Result<(u64, usize), LogRecordError> {
         let mut pos = 0usize;
         let mut records = 0u64;
@@ -243,12 +261,12 @@ impl LogDecoder {
         Ok((records, pos))
     }
 
-    fn decode_frame<'a>(
+    fn decode_frame<'a, S: RecordSink>(
         &mut self,
         frame: &'a [u8],
         at: usize,
         properties: &mut Vec<(&'a str, &'a str)>,
-        json: &mut Vec<u8>,
+        json: &mut S,
     ) -> Result<(), LogRecordError> {
         let offset = self.offset + at as u64;
         let err = |what: &str| LogRecordError {
@@ -316,7 +334,7 @@ impl LogDecoder {
             chunk: extras.chunk,
             encryption: extras.encryption.as_ref(),
         };
-        encode_record_into(&fields, json);
+        json.record(&fields);
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use fields::{
     validate_bucket, validate_endpoint, validate_label, validate_prefix, validate_region,
     validate_service_url, validate_subscription, validate_topic,
 };
-pub use output::{Compression, KeyLayout};
+pub use output::{Compression, Format, KeyLayout, PARQUET_EXTENSION};
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_MESSAGES: u64 = 5000;
@@ -131,6 +131,8 @@ pub struct RuleSpecInput {
     /// gzip 1..=9 (default 1), zstd 1..=19 (default 3); not with `none`.
     pub compression_level: Option<u32>,
     pub layout: Option<String>,
+    /// `jsonl` (default) or `parquet`.
+    pub format: Option<String>,
 }
 
 /// A validated rule, as the ingester stores it. Holds no secret: the token is kept apart.
@@ -157,6 +159,9 @@ pub struct RuleConfig {
     pub compression_level: Option<u32>,
     #[serde(default)]
     pub layout: KeyLayout,
+    /// Rules stored before formats existed are JSON Lines.
+    #[serde(default)]
+    pub format: Format,
 }
 
 /// Every field of [`RuleSpecInput`] but `name`, once: `optional_spec_fields!(m, args)` expands to
@@ -181,7 +186,8 @@ macro_rules! optional_spec_fields {
             endpoint,
             compression,
             compression_level,
-            layout
+            layout,
+            format
         )
     };
 }
@@ -230,6 +236,7 @@ impl From<&crate::v1::Rule> for RuleSpecInput {
             // 0: no level (`none`, or an ingester older than levels).
             compression_level: Some(rule.compression_level).filter(|&l| l != 0),
             layout: text(&rule.layout),
+            format: text(&rule.format),
         }
     }
 }
@@ -267,8 +274,13 @@ impl RuleSpecInput {
     }
 
     /// Fields set in `patch` replace ours. A new compression without a level drops our level:
-    /// a level means something only for the compression it was given with.
+    /// a level means something only for the compression it was given with. Likewise a new
+    /// format without a compression drops ours, so it gets the format's own default.
     pub fn overlay(mut self, patch: RuleSpecInput) -> RuleSpecInput {
+        if patch.format.is_some() && patch.format != self.format && patch.compression.is_none() {
+            self.compression = None;
+            self.compression_level = None;
+        }
         if patch.compression.is_some()
             && patch.compression != self.compression
             && patch.compression_level.is_none()
@@ -367,8 +379,17 @@ impl RuleSpecInput {
             None => StartPosition::Earliest,
             Some(text) => StartPosition::parse(text).map_err(|m| invalid("start", m))?,
         };
+        let format = match self.format.as_deref() {
+            None => Format::Jsonl,
+            Some(text) => Format::parse(text).ok_or_else(|| {
+                invalid(
+                    "format",
+                    format!("format {text:?} must be jsonl or parquet"),
+                )
+            })?,
+        };
         let compression = match self.compression.as_deref() {
-            None => Compression::Gzip,
+            None => format.default_compression(),
             Some(text) => Compression::parse(text).ok_or_else(|| {
                 invalid(
                     "compression",
@@ -435,6 +456,7 @@ impl RuleSpecInput {
             compression,
             compression_level,
             layout,
+            format,
         })
     }
 }
@@ -472,6 +494,7 @@ impl RuleConfig {
             compression: self.compression.as_str().to_string(),
             compression_level: self.level(),
             layout: self.layout.as_str().to_string(),
+            format: self.format.as_str().to_string(),
             paused: state.paused,
             created_at: rfc3339_from_millis(state.created_at_ms),
             updated_at: rfc3339_from_millis(state.updated_at_ms),
@@ -498,6 +521,7 @@ impl RuleConfig {
             compression: Some(self.compression.as_str().into()),
             compression_level: self.compression_level,
             layout: Some(self.layout.as_str().into()),
+            format: Some(self.format.as_str().into()),
         }
     }
 

@@ -1,5 +1,5 @@
-//! How a rule's objects are written: their compression (and level) and the layout of the date
-//! in their keys.
+//! How a rule's objects are written: their format, their compression (and level) and the
+//! layout of the date in their keys.
 
 use serde::{Deserialize, Serialize};
 
@@ -88,10 +88,75 @@ impl Compression {
             Compression::None => 0,
         }
     }
+}
+
+/// What an object is: JSON Lines (compressed whole by [`Compression`]) or Parquet (whose pages
+/// are compressed inside the file by the rule's compression, zstd unless the rule says
+/// otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Jsonl,
+    Parquet,
+}
+
+/// A Parquet object's name ends so, whatever compresses its pages.
+pub const PARQUET_EXTENSION: &str = ".parquet";
+
+impl Format {
+    pub const ALL: [Format; 2] = [Format::Jsonl, Format::Parquet];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+
+    /// The compression a rule of this format gets when it names none: gzip for JSON Lines (what
+    /// the ingester has always written), zstd for Parquet (what engines read fastest, and
+    /// smaller than gzip).
+    pub fn default_compression(self) -> Compression {
+        match self {
+            Format::Jsonl => Compression::Gzip,
+            Format::Parquet => Compression::Zstd,
+        }
+    }
+
+    /// How an object's name ends: `.parquet`, or the JSON Lines extension of `compression`.
+    pub fn extension(self, compression: Compression) -> &'static str {
+        match self {
+            Format::Jsonl => compression.extension(),
+            Format::Parquet => PARQUET_EXTENSION,
+        }
+    }
+
+    /// The format an object key's (or file name's) extension says it is in.
+    pub fn from_key(key: &str) -> Format {
+        if key.ends_with(PARQUET_EXTENSION) {
+            Format::Parquet
+        } else {
+            Format::Jsonl
+        }
+    }
+
+    /// `SegmentInfo.content_encoding` of an object of this format: a Parquet file compresses
+    /// its pages itself, so as a whole it is `identity`.
+    pub fn content_encoding(self, compression: Compression) -> &'static str {
+        match self {
+            Format::Jsonl => compression.content_encoding(),
+            Format::Parquet => Compression::None.content_encoding(),
+        }
+    }
 
     /// A sealed segment's file name (see [`super::segment_files`]).
-    pub fn segment_file_name(self, segment_no: u64) -> String {
-        crate::types::segment_files::sealed_name(segment_no, self)
+    pub fn segment_file_name(self, compression: Compression, segment_no: u64) -> String {
+        crate::types::segment_files::sealed_name(segment_no, self.extension(compression))
     }
 }
 

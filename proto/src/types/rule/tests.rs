@@ -1,22 +1,37 @@
 #[test]
 fn content_encoding_and_file_names_round_trip() {
-    use super::Compression;
+    use super::{Compression, Format};
     for c in Compression::ALL {
         assert_eq!(Compression::from_content_encoding(c.content_encoding()), c);
         assert_eq!(Compression::parse(c.as_str()), Some(c));
         assert_eq!(Compression::from_key(&format!("a/b{}", c.extension())), c);
+        assert_eq!(
+            Format::from_key(&format!("a/b{}", c.extension())),
+            Format::Jsonl
+        );
+        // A Parquet object is one file whatever compresses its pages.
+        assert_eq!(Format::Parquet.extension(c), ".parquet");
+        assert_eq!(Format::Parquet.content_encoding(c), "identity");
     }
+    for f in Format::ALL {
+        assert_eq!(Format::parse(f.as_str()), Some(f));
+    }
+    assert_eq!(Format::from_key("a/b.parquet"), Format::Parquet);
     assert_eq!(
-        Compression::Zstd.segment_file_name(42),
+        Format::Jsonl.segment_file_name(Compression::Zstd, 42),
         "00000000000000000042.jsonl.zst"
     );
     assert_eq!(
-        Compression::Gzip.segment_file_name(42),
+        Format::Jsonl.segment_file_name(Compression::Gzip, 42),
         "00000000000000000042.jsonl.gz"
     );
     assert_eq!(
-        Compression::None.segment_file_name(7),
+        Format::Jsonl.segment_file_name(Compression::None, 7),
         "00000000000000000007.jsonl"
+    );
+    assert_eq!(
+        Format::Parquet.segment_file_name(Compression::Zstd, 7),
+        "00000000000000000007.parquet"
     );
 }
 
@@ -263,6 +278,13 @@ fn each_bad_field_is_named() {
             "layout",
             RuleSpecInput {
                 layout: Some("daily".into()),
+                ..valid_input()
+            },
+        ),
+        (
+            "format",
+            RuleSpecInput {
+                format: Some("csv".into()),
                 ..valid_input()
             },
         ),
@@ -652,4 +674,71 @@ fn rules_beyond_the_consoles_limits_are_noted_not_refused() {
     assert!(notes[0].starts_with("window 30s is shorter"), "{notes:?}");
     assert!(notes[1].starts_with("max_messages 20000"), "{notes:?}");
     assert!(notes[2].starts_with("max_bytes 1000000000"), "{notes:?}");
+}
+
+#[test]
+fn parquet_pages_are_zstd_unless_the_rule_names_a_compression() -> Result<(), RuleError> {
+    let parquet = RuleSpecInput {
+        format: Some("parquet".into()),
+        ..valid_input()
+    }
+    .validate()?;
+    assert_eq!(
+        (parquet.format, parquet.compression),
+        (Format::Parquet, Compression::Zstd)
+    );
+    let gzip_pages = RuleSpecInput {
+        format: Some("parquet".into()),
+        compression: Some("gzip".into()),
+        compression_level: Some(6),
+        ..valid_input()
+    }
+    .validate()?;
+    assert_eq!(
+        (gzip_pages.compression, gzip_pages.level()),
+        (Compression::Gzip, 6)
+    );
+    let jsonl = valid_input().validate()?;
+    assert_eq!(
+        (jsonl.format, jsonl.compression),
+        (Format::Jsonl, Compression::Gzip)
+    );
+    // Shown and re-applied as written.
+    assert_eq!(parquet.to_input().validate()?, parquet);
+    assert_eq!(parquet.to_rule(RuleState::default()).format, "parquet");
+    Ok(())
+}
+
+#[test]
+fn a_new_format_without_a_compression_takes_the_formats_default() -> Result<(), RuleError> {
+    let stored = RuleSpecInput {
+        compression: Some("gzip".into()),
+        compression_level: Some(6),
+        ..valid_input()
+    }
+    .validate()?
+    .to_input();
+    let edited = stored
+        .clone()
+        .overlay(RuleSpecInput {
+            format: Some("parquet".into()),
+            ..RuleSpecInput::default()
+        })
+        .validate()?;
+    assert_eq!(
+        (edited.format, edited.compression, edited.level()),
+        (Format::Parquet, Compression::Zstd, 3)
+    );
+    let kept = stored
+        .overlay(RuleSpecInput {
+            format: Some("parquet".into()),
+            compression: Some("gzip".into()),
+            ..RuleSpecInput::default()
+        })
+        .validate()?;
+    assert_eq!(
+        (kept.format, kept.compression),
+        (Format::Parquet, Compression::Gzip)
+    );
+    Ok(())
 }
