@@ -17,6 +17,7 @@ mod full_disk;
 mod harness_selftest;
 mod metrics;
 mod ops;
+mod parquet;
 mod probes;
 mod query_recipes;
 mod restore;

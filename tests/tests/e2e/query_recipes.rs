@@ -138,6 +138,21 @@ async fn the_user_guides_duckdb_recipes_answer_right_on_a_real_backup() -> anyho
         &topic,
         &["--prefix", "pulsar/", "--window", "1h"],
     )?;
+    // A second rule on its own subscription writes the same messages as Parquet into the same
+    // folder, for the Parquet recipe.
+    let mut parquet_rule = stack.create_rule_args(
+        "recipes-pq",
+        &topic,
+        &[
+            "--prefix", "pulsar/", "--window", "1h", "--format", "parquet",
+        ],
+    );
+    let sub = parquet_rule
+        .iter()
+        .position(|a| a == "--subscription")
+        .context("a --subscription argument")?;
+    parquet_rule[sub + 1] = "tdmq-backup-parquet".into();
+    stack.ctl_json(&parquet_rule.iter().map(String::as_str).collect::<Vec<_>>())?;
     produce(&stack.pulsar.url(), &full_topic, early, true).await?;
     // Every early message is published (its send confirmed) before `boundary`, every late one
     // after it: the broker stamps publish times on this machine's clock, in milliseconds.
@@ -147,9 +162,11 @@ async fn the_user_guides_duckdb_recipes_answer_right_on_a_real_backup() -> anyho
         tokio::task::yield_now().await;
     }
     produce(&stack.pulsar.url(), &full_topic, late, true).await?;
-    stack
-        .wait_until_backed_up("recipes", messages.len() as u64, Duration::from_secs(180))
-        .await?;
+    for rule in ["recipes", "recipes-pq"] {
+        stack
+            .wait_until_backed_up(rule, messages.len() as u64, Duration::from_secs(180))
+            .await?;
+    }
 
     let copy = tempfile::tempdir()?;
     let objects = sync_objects(&stack, "pulsar/", copy.path()).await?;
@@ -260,5 +277,31 @@ async fn the_user_guides_duckdb_recipes_answer_right_on_a_real_backup() -> anyho
         "parquet recipe: {parquet:?}"
     );
     ensure!(workdir.path().join("orders.parquet").is_file());
+
+    // The Parquet rule's objects, read as they are: all of them once, and the time range holds
+    // exactly the late messages' payloads, binary ones included, as raw bytes.
+    let title = "Parquet objects, read as they are";
+    assert_eq!(
+        rows(&recipes, title, 0)?,
+        &vec![serde_json::json!([600, 600])],
+        "parquet count recipe"
+    );
+    let in_range = rows(&recipes, title, 1)?;
+    let got: BTreeSet<Vec<u8>> = in_range
+        .iter()
+        .map(|r| hex_field(r, 3)?.context("payload is null"))
+        .collect::<anyhow::Result<_>>()?;
+    let want: BTreeSet<Vec<u8>> = late.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(in_range.len(), late.len(), "parquet time-range row count");
+    assert_eq!(got, want, "parquet time-range payloads");
+    let traces: BTreeSet<String> = in_range
+        .iter()
+        .filter_map(|r| r[2].as_str().map(str::to_string))
+        .collect();
+    let late_traces: BTreeSet<String> = late
+        .iter()
+        .filter_map(|m| m.properties.get("trace-id").cloned())
+        .collect();
+    assert_eq!(traces, late_traces, "parquet properties map");
     Ok(())
 }
