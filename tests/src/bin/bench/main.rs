@@ -18,6 +18,7 @@
 mod baseline;
 mod big;
 mod e2e;
+mod formats;
 mod latency;
 mod messages;
 mod process;
@@ -50,8 +51,9 @@ const MIB: usize = 1 << 20;
 )]
 struct Args {
     /// `all`, or a comma list of
-    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,restore,steady
-    /// (`steady` is not part of `all`: it runs the end-to-end backup --steady-runs times).
+    /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,restore,steady,formats
+    /// (`steady` and `formats` are not part of `all`: `steady` runs the end-to-end backup
+    /// --steady-runs times, `formats` once per object format with --formats-messages).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Messages (1 KB each) for the baseline and end-to-end runs; other scenarios scale from it.
@@ -81,6 +83,9 @@ struct Args {
     /// 1 KB messages per `steady` run.
     #[arg(long, default_value_t = 300_000)]
     steady_messages: usize,
+    /// 1 KB messages per `formats` run (one per format; DuckDB then queries them all).
+    #[arg(long, default_value_t = 1_000_000)]
+    formats_messages: usize,
 }
 
 /// What `all` runs; `steady` besides.
@@ -124,8 +129,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect()
     };
     for s in &scenarios {
-        if !ALL.contains(&s.as_str()) && s != "steady" {
-            bail!("unknown scenario {s:?}: expected all or a comma list of {ALL:?} or steady");
+        if !ALL.contains(&s.as_str()) && s != "steady" && s != "formats" {
+            bail!(
+                "unknown scenario {s:?}: expected all or a comma list of {ALL:?}, steady or formats"
+            );
         }
     }
     let bin_dir = match &args.bin_dir {
@@ -204,6 +211,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "steady" => {
                 bench
                     .steady((args.steady_messages / scale).max(100), args.steady_runs)
+                    .await
+            }
+            "formats" => {
+                bench
+                    .formats((args.formats_messages / scale).max(100))
                     .await
             }
             _ => unreachable!("checked above"),

@@ -33,9 +33,9 @@ struct Run {
 }
 
 #[derive(Deserialize)]
-struct OfficialResult {
-    seconds: f64,
-    deliveries: u64,
+pub struct OfficialResult {
+    pub seconds: f64,
+    pub deliveries: u64,
 }
 
 impl Bench {
@@ -130,7 +130,7 @@ impl Bench {
 
 /// Runs `scripts/bench/official_consume.py` with the venv's Python (`BENCH_PYTHON` overrides;
 /// `scripts/bench.sh` installs pulsar-client there).
-async fn official_consume(
+pub async fn official_consume(
     url: &str,
     topic: &str,
     subscription: &str,

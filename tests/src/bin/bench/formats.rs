@@ -1,0 +1,174 @@
+//! What each object format costs and gives: the same end-to-end backup written as gzip JSON
+//! Lines, zstd JSON Lines and Parquet, each on a fresh stack with the official client's raw
+//! consume+ack rate on the same broker as its baseline; then DuckDB's time for a count and for
+//! a time-range filter over the objects stored (read straight from the S3 server's directory).
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::messages::{preload, topic_name};
+use crate::process::{write_bytes, CpuSnapshot};
+use crate::stack::{finish_row, stored_bytes, timeout_for, wait_backed_up, Bench, BUCKET};
+use crate::steady::official_consume;
+use crate::table::{mb_of_kb, Judged, Row};
+use crate::KB;
+
+/// The formats compared: label, rule flags, object extension, and the end-to-end target as a
+/// fraction of the official client's rate (the issue's).
+const FORMATS: [(&str, &[&str], &str, f64); 3] = [
+    ("gzip JSONL", &[], ".jsonl.gz", 0.0),
+    ("zstd JSONL", &["--compression", "zstd"], ".jsonl.zst", 0.7),
+    ("Parquet", &["--format", "parquet"], ".parquet", 0.5),
+];
+
+/// What `scripts/bench/duckdb_query.py` printed.
+#[derive(Deserialize)]
+struct QueryTimes {
+    count: u64,
+    count_s: f64,
+    range_count: u64,
+    range_s: f64,
+}
+
+impl Bench {
+    /// One row per format, `count` 1 KB messages each.
+    pub async fn formats(&self, count: usize) -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for (label, flags, extension, target) in FORMATS {
+            eprintln!("   {label}");
+            rows.push(
+                self.format_run(count, label, flags, extension, target)
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+
+    async fn format_run(
+        &self,
+        count: usize,
+        label: &str,
+        flags: &[&str],
+        extension: &str,
+        target: f64,
+    ) -> anyhow::Result<Row> {
+        let mut stack = self.stack("formats").await?;
+        let topic = topic_name("formats");
+        let url = stack.pulsar.url();
+        let preload_from = chrono::Utc::now();
+        let produce_s = preload(&url, &topic, count, KB).await?;
+        let preload_to = chrono::Utc::now();
+        let official = official_consume(&url, &topic, "official", count).await;
+        let official_msg_s = official.as_ref().ok().map(|o| count as f64 / o.seconds);
+
+        stack.start_ingester().await?;
+        stack.start_uploader().await?;
+        let before = (
+            stack.ingester.as_ref().and_then(write_bytes),
+            CpuSnapshot::take(&stack),
+        );
+        let started = Instant::now();
+        stack.create_rule_async("bench", &topic, flags).await?;
+        let expected = [("bench".to_string(), count as u64)].into();
+        let backed = wait_backed_up(&stack, &expected, timeout_for(count * KB)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let mut row = Row {
+            scenario: format!("formats: {label}"),
+            messages: count as u64,
+            bytes: (count * KB) as u64,
+            seconds,
+            ..Default::default()
+        };
+        row.ratio = official_msg_s.map(|o| row.msg_per_s() / o);
+        let (_, stored) = stored_bytes(&stack).await?;
+        finish_row(&mut stack, &mut row, before, &[topic], started, &backed).await?;
+
+        // The middle tenth of the time the messages were published in.
+        let span = preload_to - preload_from;
+        let from = preload_from + span * 9 / 20;
+        let to = preload_from + span * 11 / 20;
+        let objects = stack.s3.data_dir().join(BUCKET);
+        let query = duckdb_query(&objects, extension, from, to).await;
+        anyhow::ensure!(
+            query.as_ref().map_or(true, |q| q.count == count as u64),
+            "DuckDB counted {} messages, {count} were backed up",
+            query.as_ref().map_or(0, |q| q.count)
+        );
+        let query_note = match &query {
+            Ok(q) => format!(
+                "DuckDB count {:.2} s, time-range filter {:.2} s ({} rows)",
+                q.count_s, q.range_s, q.range_count
+            ),
+            Err(err) => format!("DuckDB not measured: {err:#}"),
+        };
+        let official_note = match (&official, official_msg_s) {
+            (Ok(o), Some(rate)) => {
+                format!(
+                    "official client {rate:.0} msg/s ({} deliveries)",
+                    o.deliveries
+                )
+            }
+            (Err(err), _) => format!("official client not measured: {err:#}"),
+            _ => String::new(),
+        };
+        row.notes = format!(
+            "{official_note}; {:.1} MB stored ({:.2} × payload); {query_note}; {}; preload {produce_s:.1} s",
+            stored as f64 / 1e6,
+            stored as f64 / row.bytes.max(1) as f64,
+            row.notes
+        );
+        if target > 0.0 {
+            let what = format!("{label} ≥ {target} × official client");
+            row.judged.push(Judged {
+                target: what,
+                figure: row.ratio,
+                met: row.ratio.is_some_and(|r| r >= target),
+                count: false,
+            });
+        }
+        let rss = [row.peak_rss_ingester_kb, row.peak_rss_uploader_kb]
+            .into_iter()
+            .flatten()
+            .map(mb_of_kb)
+            .fold(None, |max: Option<f64>, mb| {
+                Some(max.map_or(mb, |m| m.max(mb)))
+            });
+        row.judged.push(Judged {
+            target: format!("{label}: peak RSS ≤ 150 MB per daemon"),
+            figure: rss,
+            met: rss.is_some_and(|mb| mb <= 150.0),
+            count: false,
+        });
+        Ok(row)
+    }
+}
+
+/// Runs `scripts/bench/duckdb_query.py` over every object ending `extension` under `dir`.
+async fn duckdb_query(
+    dir: &std::path::Path,
+    extension: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<QueryTimes> {
+    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let script = "scripts/bench/duckdb_query.py";
+    let glob = format!("{}/**/*{extension}", dir.display());
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f+00").to_string();
+    let out = tokio::process::Command::new(&python)
+        .args([script, &glob, &time(from), &time(to)])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {python} {script}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("{script} printed {line:?}"))
+}
