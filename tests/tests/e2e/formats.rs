@@ -11,8 +11,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use harness::{check_exactly_once, produce, read_all, sample_messages};
 use serde_json::Value;
 
-use crate::restore::{assert_restored, consume, target, wait_for_state};
-use crate::util::{unique_topic, Stack, BUCKET};
+use crate::restore::restore_rule_and_check;
+use crate::util::{refused_rule_create, unique_topic, Stack, BUCKET};
 
 /// Reads every `.jsonl.zst` file in the directory `argv[1]` with python-zstandard (streaming:
 /// the ingester's frames do not record their size up front) and prints, as JSON, each file's
@@ -103,19 +103,12 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
     produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
 
     // Refused whole, naming the field, before anything is created.
-    let out = stack.ctl(
-        &stack
-            .create_rule_args(
-                "zh",
-                &topic,
-                &["--compression", "zstd", "--compression-level", "22"],
-            )
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+    let err = refused_rule_create(
+        &stack,
+        "zh",
+        &topic,
+        &["--compression", "zstd", "--compression-level", "22"],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("compression_level 22 must be between 1 and 19 for zstd"),
         "{err}"
@@ -340,22 +333,5 @@ async fn a_rule_switched_from_gzip_to_zstd_verifies_deep_and_restores_both() -> 
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["problems"], Value::Array(vec![]), "{v}");
 
-    let to = format!("persistent://public/default/{}", unique_topic("sw-back"));
-    let url = target(&stack);
-    stack.ctl_json(&[
-        "restore",
-        "create",
-        "swb",
-        "--rule",
-        "sw",
-        "--to-topic",
-        &to,
-        "--service-url",
-        &url,
-    ])?;
-    let done = wait_for_state(&stack, "swb", "done", Duration::from_secs(120)).await?;
-    assert_eq!(done["produced"], 2_000, "{done}");
-    let got = consume(&stack, &to, 2_000, Duration::from_secs(2)).await?;
-    assert_restored(&sent, &got, "restore-swb--1");
-    Ok(())
+    restore_rule_and_check(&stack, "swb", "sw", &sent).await
 }

@@ -12,8 +12,8 @@ use harness::oracle::{format_time_ms, is_manifest_key, list_objects, BackupObjec
 use harness::{check_exactly_once, produce, sample_messages};
 use serde_json::{json, Value};
 
-use crate::restore::{assert_restored, consume, target, wait_for_state};
-use crate::util::{unique_topic, Stack, BUCKET};
+use crate::restore::restore_rule_and_check;
+use crate::util::{refused_rule_create, unique_topic, Stack, BUCKET};
 
 /// Reads every Parquet file under the directory `argv[1]` with DuckDB and prints, as JSON, the
 /// column types, every row (file, position, typed values as plain JSON), and per row group
@@ -98,15 +98,7 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
     produce(&stack.pulsar.url(), &full_topic, &messages, true).await?;
 
     // An unknown format is refused, naming the field and the choices.
-    let out = stack.ctl(
-        &stack
-            .create_rule_args("pq", &topic, &["--format", "csv"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_rule_create(&stack, "pq", &topic, &["--format", "csv"]);
     assert!(
         err.contains("format \"csv\" must be jsonl or parquet"),
         "{err}"
@@ -220,23 +212,7 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
     }
 
     // Restore replays them, every field and the order kept.
-    let to = format!("persistent://public/default/{}", unique_topic("pq-back"));
-    let url = target(&stack);
-    stack.ctl_json(&[
-        "restore",
-        "create",
-        "pqb",
-        "--rule",
-        "pq",
-        "--to-topic",
-        &to,
-        "--service-url",
-        &url,
-    ])?;
-    let done = wait_for_state(&stack, "pqb", "done", Duration::from_secs(120)).await?;
-    assert_eq!(done["produced"], messages.len() as u64, "{done}");
-    let got = consume(&stack, &to, messages.len(), Duration::from_secs(2)).await?;
-    assert_restored(&messages, &got, "restore-pqb--1");
+    restore_rule_and_check(&stack, "pqb", "pq", &messages).await?;
 
     // A damaged object is named by verify --deep: not Parquet any more.
     let victim = &keys[keys.len() / 2];

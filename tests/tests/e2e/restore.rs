@@ -212,6 +212,34 @@ pub(crate) async fn wait_for_state(
     }
 }
 
+/// Restores all of rule `rule`'s backup into a new topic as job `job`, waits until it is done,
+/// and checks the topic holds `sent`, every field and the order kept.
+pub(crate) async fn restore_rule_and_check(
+    stack: &Stack,
+    job: &str,
+    rule: &str,
+    sent: &[SampleMessage],
+) -> anyhow::Result<()> {
+    let to = format!("persistent://public/default/{}", unique_topic(job));
+    let url = target(stack);
+    stack.ctl_json(&[
+        "restore",
+        "create",
+        job,
+        "--rule",
+        rule,
+        "--to-topic",
+        &to,
+        "--service-url",
+        &url,
+    ])?;
+    let done = wait_for_state(stack, job, "done", Duration::from_secs(120)).await?;
+    assert_eq!(done["produced"], sent.len() as u64, "{done}");
+    let got = consume(stack, &to, sent.len(), Duration::from_secs(2)).await?;
+    assert_restored(sent, &got, &format!("restore-{job}--1"));
+    Ok(())
+}
+
 pub(crate) fn target(stack: &Stack) -> String {
     format!("pulsar://{}", stack.pulsar.broker_addr())
 }

@@ -11,6 +11,18 @@ pub fn unique_topic(stem: &str) -> String {
     format!("{stem}-{}", rand::random::<u32>())
 }
 
+/// Runs `rule create NAME` on `topic` with `extra` flags, expects it refused, and returns what
+/// ctl printed on stderr (the error naming the field).
+pub fn refused_rule_create(stack: &Stack, name: &str, topic: &str, extra: &[&str]) -> String {
+    let args = stack.create_rule_args(name, topic, extra);
+    let out = stack.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !out.status.success(),
+        "rule create {extra:?} was not refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Polls `check` until it returns Some or the timeout passes.
 pub async fn eventually<T>(
     what: &str,

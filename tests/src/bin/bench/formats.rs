@@ -4,10 +4,8 @@
 //! a time-range filter (the middle tenth of the publish times) over the objects stored, read
 //! straight from the S3 server's directory.
 
-use std::process::Stdio;
 use std::time::Instant;
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use crate::messages::{preload, topic_name};
@@ -161,21 +159,6 @@ impl Bench {
 
 /// Runs `scripts/bench/duckdb_query.py` over every object ending `extension` under `dir`.
 async fn duckdb_query(dir: &std::path::Path, extension: &str) -> anyhow::Result<QueryTimes> {
-    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let script = "scripts/bench/duckdb_query.py";
     let glob = format!("{}/**/*{extension}", dir.display());
-    let out = tokio::process::Command::new(&python)
-        .args([script, &glob])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {python} {script}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{script} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("{script} printed {line:?}"))
+    crate::script::run_json("scripts/bench/duckdb_query.py", &[&glob]).await
 }

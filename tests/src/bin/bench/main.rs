@@ -24,6 +24,7 @@ mod messages;
 mod process;
 mod restore;
 mod rules;
+mod script;
 mod sizes;
 mod stack;
 mod steady;

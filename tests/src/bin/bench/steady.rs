@@ -3,10 +3,8 @@
 //! each run, then the median, the worst and the spread, and what makes a run slow: consumer
 //! reconnects, stalls (no progress for over a second while messages wait) and redeliveries.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use crate::baseline::consume_all;
@@ -136,22 +134,11 @@ pub async fn official_consume(
     subscription: &str,
     count: usize,
 ) -> anyhow::Result<OfficialResult> {
-    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let script = "scripts/bench/official_consume.py";
-    let out = tokio::process::Command::new(&python)
-        .args([script, url, topic, subscription, &count.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {python} {script}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{script} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("{script} printed {line:?}"))
+    crate::script::run_json(
+        "scripts/bench/official_consume.py",
+        &[url, topic, subscription, &count.to_string()],
+    )
+    .await
 }
 
 /// Consumer reconnects in an ingester log: connections after a rule's first, and the Pulsar
