@@ -53,6 +53,27 @@ pub fn is_manifest_key(key: &str) -> bool {
         || key.contains(".tdmq-backup/manifest/")
 }
 
+/// The bytes of the object `key` in `bucket`, as stored.
+pub async fn object_bytes(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .with_context(|| format!("reading s3://{bucket}/{key}"))?;
+    let body = object
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("reading s3://{bucket}/{key}"))?;
+    Ok(body.into_bytes().to_vec())
+}
+
 /// Every object under `prefix` in `bucket` (the manifest's files too), as (key, size), in the
 /// store's listing order.
 pub async fn list_objects(

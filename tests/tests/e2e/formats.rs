@@ -173,16 +173,7 @@ async fn zstd_hive_objects_are_read_by_python_zstandard_and_verify_passes() -> a
     let local = stack.path("synced");
     let mut want: BTreeSet<String> = BTreeSet::new();
     for (i, o) in objects.iter().enumerate() {
-        let body = client
-            .get_object()
-            .bucket(BUCKET)
-            .key(&o.key)
-            .send()
-            .await?
-            .body
-            .collect()
-            .await?
-            .into_bytes();
+        let body = harness::oracle::object_bytes(&client, BUCKET, &o.key).await?;
         std::fs::write(dir.join(format!("{i:04}.jsonl.zst")), &body)?;
         let path = local.join(&o.key);
         if let Some(parent) = path.parent() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use harness::oracle::{format_time_ms, is_manifest_key, list_objects, BackupObject};
+use harness::oracle::{format_time_ms, is_manifest_key, list_objects, object_bytes, BackupObject};
 use harness::{check_exactly_once, produce, sample_messages};
 use serde_json::{json, Value};
 
@@ -216,17 +216,7 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
 
     // A damaged object is named by verify --deep: not Parquet any more.
     let victim = &keys[keys.len() / 2];
-    let bytes = client
-        .get_object()
-        .bucket(BUCKET)
-        .key(victim)
-        .send()
-        .await?
-        .body
-        .collect()
-        .await?
-        .into_bytes();
-    let mut damaged = bytes.to_vec();
+    let mut damaged = object_bytes(&client, BUCKET, victim).await?;
     let tail = damaged.len() - 6;
     damaged[tail] ^= 0xff; // inside the footer's length
     client

@@ -28,8 +28,7 @@ async fn sync_objects(stack: &Stack, prefix: &str, dir: &Path) -> anyhow::Result
     let client = stack.s3.client();
     let mut copied = 0;
     for (key, _) in harness::oracle::list_objects(&client, BUCKET, prefix).await? {
-        let body = client.get_object().bucket(BUCKET).key(&key).send().await?;
-        let bytes = body.body.collect().await?.into_bytes();
+        let bytes = harness::oracle::object_bytes(&client, BUCKET, &key).await?;
         let path = dir.join(&key);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
