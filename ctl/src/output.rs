@@ -659,6 +659,14 @@ mod tests {
         );
         assert_eq!(objects_cell(&zstd_hive), "zstd:7 hive");
         assert_eq!(objects_cell(&sample_rule()), "gzip:1 plain");
+        let parquet = Rule {
+            format: "parquet".into(),
+            compression_level: 3,
+            ..zstd_hive
+        };
+        assert_eq!(objects_cell(&parquet), "parquet zstd:3 hive");
+        assert!(rule_text(&parquet, "running").contains("parquet"));
+        assert_eq!(rule_json(&parquet, "running")["format"], json!("parquet"));
     }
 
     #[test]
