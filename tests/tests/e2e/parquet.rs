@@ -238,3 +238,48 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
     assert!(!named.is_empty(), "{v}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_switched_from_json_lines_to_parquet_verifies_deep_and_restores_both(
+) -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let topic = unique_topic("jp");
+    let full_topic = format!("persistent://public/default/{topic}");
+    let sent = sample_messages(2_000, 41);
+    let (first, second) = sent.split_at(1_000);
+    produce(&stack.pulsar.url(), &full_topic, first, true).await?;
+    stack.create_rule("jp", &topic, &["--window", "1h", "--max-messages", "400"])?;
+    stack
+        .wait_until_backed_up("jp", first.len() as u64, Duration::from_secs(180))
+        .await?;
+    // A new format without a compression takes the format's own: zstd pages.
+    stack.ctl_json(&["rule", "edit", "jp", "--format", "parquet"])?;
+    let shown = stack.ctl_json(&["rule", "show", "jp"])?;
+    assert_eq!(
+        (&shown["format"], &shown["compression"]),
+        (&Value::from("parquet"), &Value::from("zstd")),
+        "{shown}"
+    );
+    produce(&stack.pulsar.url(), &full_topic, second, true).await?;
+    stack
+        .wait_until_backed_up("jp", sent.len() as u64, Duration::from_secs(180))
+        .await?;
+
+    let client = stack.s3.client();
+    let keys: Vec<String> = list_objects(&client, BUCKET, "")
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !is_manifest_key(key))
+        .collect();
+    let gz = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).count();
+    let parquet = keys.iter().filter(|k| k.ends_with(".parquet")).count();
+    assert!(gz >= 3 && parquet >= 3, "{keys:?}");
+    assert_eq!(gz + parquet, keys.len(), "{keys:?}");
+
+    let v = stack.ctl_json(&["verify", "jp", "--deep"])?;
+    assert_eq!(v["messages"], sent.len() as u64, "{v}");
+    assert_eq!(v["problems"], Value::Array(vec![]), "{v}");
+    // Both kinds replayed in one job, in the order they were consumed.
+    restore_rule_and_check(&stack, "jpb", "jp", &sent).await
+}
