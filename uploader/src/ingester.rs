@@ -57,7 +57,7 @@ pub async fn connect(
         }
         match endpoint.connect().await {
             Ok(channel) => {
-                status.ingester_reachable();
+                status.ingester_reachable(url);
                 tracing::info!(ingester = url, "connected to the ingester");
                 return Ok(Some(
                     IngesterClient::with_interceptor(channel, auth.clone())
@@ -68,7 +68,7 @@ pub async fn connect(
                 attempt = attempt.saturating_add(1);
                 let text = error_chain(&err);
                 let delay = backoff.delay_now(attempt);
-                status.ingester_unreachable(&text);
+                status.ingester_unreachable(url, &text);
                 tracing::warn!(ingester = url, error = %text, retry_in = ?delay, "ingester unreachable");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

@@ -73,13 +73,32 @@ pub async fn run(
 
     let settings = StoreSettings::from_config(&config);
     let status = Arc::new(StatusState::new(settings.describe()));
-    let ctx = Arc::new(UploadContext {
-        stores: StoreRouter::new(settings),
-        status: status.clone(),
-        journal: multipart::Journal::new(config.state_dir()),
-        local_reads: LocalReads::new(config.read_local)
-            .with_ingester_data_dir(config.ingester_data_dir.clone()),
-    });
+    status.expect_ingesters(&config.ingesters);
+    let stores = Arc::new(StoreRouter::new(settings));
+    // One pipeline per ingester, sharing the stores (and so the memory budget of their parts).
+    let contexts: Vec<Arc<UploadContext>> = config
+        .ingesters
+        .iter()
+        .map(|url| {
+            Arc::new(UploadContext {
+                ingester: url.clone(),
+                stores: stores.clone(),
+                status: status.clone(),
+                journal: if config.ingesters.len() == 1 {
+                    multipart::Journal::new(config.state_dir())
+                } else {
+                    multipart::Journal::for_ingester(config.state_dir(), url)
+                },
+                local_reads: LocalReads::new(config.read_local)
+                    .with_ingester_data_dir(config.ingester_data_dir.clone()),
+            })
+        })
+        .collect();
+    // The first ingester's: restore produces through it, verify asks it for the rule.
+    let ctx = contexts
+        .first()
+        .cloned()
+        .context("the uploader has no ingester")?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let addr = listener
@@ -90,9 +109,11 @@ pub async fn run(
         tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(metrics::serve(listener, status.clone()))
     });
-    if sends_token && proto::auth::token_travels_in_clear(&config.ingester) {
-        // Still sent: the network underneath may be encrypted (a VPN, a service mesh).
-        tracing::warn!(ingester = %config.ingester, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
+    for url in &config.ingesters {
+        if sends_token && proto::auth::token_travels_in_clear(url) {
+            // Still sent: the network underneath may be encrypted (a VPN, a service mesh).
+            tracing::warn!(ingester = %url, "the control-plane token goes to the ingester unencrypted (plain http:// beyond loopback); serve TLS there (tls_cert, tls_key) and use an https:// ingester URL");
+        }
     }
     if token.require.is_enabled() {
         tracing::info!("control-plane token required on every gRPC call but health checks and reflection, and sent to the ingester");
@@ -156,20 +177,39 @@ pub async fn run(
     );
     // Like the ingester's "ingester ready listen=ADDR": the bound address, so whoever started it
     // on port 0 learns where it listens (the bound /metrics address is in "serving /metrics").
-    tracing::info!(listen = %addr, ingester = %config.ingester, store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
+    tracing::info!(listen = %addr, ingester = %config.ingesters.join(","), store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
 
-    let rollups = tokio::spawn(rollup::run(ctx.clone(), ingester_client, stop_rx.clone()));
-    let pipeline = puller::run_pipeline(
-        PullerSettings {
-            ingester: config.ingester.clone(),
-            ingester_tls: config.ingester_tls.clone(),
-            auth: token.send.clone(),
-            concurrency: config.concurrency,
-            backoff: Backoff::new(config.max_backoff),
-        },
-        ctx,
-        stop_rx,
-    );
+    let mut rollups = vec![tokio::spawn(rollup::run(
+        ctx.clone(),
+        ingester_client,
+        stop_rx.clone(),
+    ))];
+    let mut pipelines = Vec::new();
+    for context in contexts {
+        if !Arc::ptr_eq(&context, &ctx) {
+            let client =
+                ingester::lazy(&context.ingester, config.ingester_tls.clone(), &token.send)?;
+            rollups.push(tokio::spawn(rollup::run(
+                context.clone(),
+                client,
+                stop_rx.clone(),
+            )));
+        }
+        pipelines.push(puller::run_pipeline(
+            PullerSettings {
+                ingester: context.ingester.clone(),
+                ingester_tls: config.ingester_tls.clone(),
+                auth: token.send.clone(),
+                concurrency: config.concurrency,
+                backoff: Backoff::new(config.max_backoff),
+            },
+            context,
+            stop_rx.clone(),
+        ));
+    }
+    drop(stop_rx);
+    // Every pipeline to its end; the first failure ends the uploader (as one pipeline's did).
+    let pipeline = async move { futures::future::try_join_all(pipelines).await.map(|_| ()) };
     tokio::pin!(pipeline);
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -185,7 +225,9 @@ pub async fn run(
         task.abort();
     }
     // A rollup cut short is written again at the next start.
-    rollups.abort();
+    for task in rollups {
+        task.abort();
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %error::error_chain(&err), "status service failed"),

@@ -190,7 +190,7 @@ mod tests {
         assert!(text.contains("daemon=\"uploader\"}"), "{text}");
 
         // A rule the ingester no longer runs: its series go.
-        state.retain_rules(&["orders".to_string()]);
+        state.retain_rules("http://a", &["orders".to_string()]);
         let text = render(
             &state.snapshot(),
             &state.rule_counters(),

@@ -121,10 +121,12 @@ impl Puller {
             };
             let segments = match listed {
                 Ok(reply) => {
-                    self.ctx.status.ingester_reachable();
+                    self.ctx.status.ingester_reachable(&self.ctx.ingester);
                     if let Some(rules) = &reply.rules {
                         // A deleted rule's series leave /metrics.
-                        self.ctx.status.retain_rules(&rules.names);
+                        self.ctx
+                            .status
+                            .retain_rules(&self.ctx.ingester, &rules.names);
                     }
                     let segments = reply.segments;
                     list_failures = 0;
@@ -135,7 +137,9 @@ impl Puller {
                     list_failures = list_failures.saturating_add(1);
                     let delay = self.settings.backoff.delay_now(list_failures);
                     let text = err.to_string();
-                    self.ctx.status.ingester_unreachable(&text);
+                    self.ctx
+                        .status
+                        .ingester_unreachable(&self.ctx.ingester, &text);
                     tracing::warn!(error = %text, retry_in = ?delay, "listing sealed segments failed");
                     self.pause(delay, shutdown).await;
                     continue;
@@ -171,7 +175,10 @@ impl Puller {
                 .retries
                 .get(&key)
                 .map_or(1, |r| r.attempts.saturating_add(1));
-            let progress = self.ctx.status.upload_started(&seg, attempt);
+            let progress = self
+                .ctx
+                .status
+                .upload_started(&self.ctx.ingester, &seg, attempt);
             self.in_flight.insert(key.clone());
             let ctx = self.ctx.clone();
             // Channels are cheap to clone and multiplex over one connection.
@@ -210,7 +217,9 @@ impl Puller {
             }
         };
         self.in_flight.remove(&key);
-        self.ctx.status.upload_finished(&key.0, key.1);
+        self.ctx
+            .status
+            .upload_finished(&self.ctx.ingester, &key.0, key.1);
         match outcome {
             Outcome::Committed => {
                 self.retries.remove(&key);

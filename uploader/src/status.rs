@@ -23,14 +23,18 @@ use proto::v1::{SegmentInfo, UploadInFlight, UploaderStatusReply, UploaderStatus
 
 #[derive(Default)]
 struct Inner {
-    ingester_reachable: bool,
-    ingester_error: String,
+    /// Per ingester URL: `None` while it answers, else why it does not (or `not contacted yet`).
+    ingesters: BTreeMap<String, Option<String>>,
+    /// Per ingester URL, the rules it ran at its last listing.
+    running: BTreeMap<String, Vec<String>>,
     segments_uploaded: u64,
     bytes_uploaded: u64,
     upload_failures: u64,
     last_error: String,
     last_error_at: String,
-    in_flight: BTreeMap<(String, u64), InFlight>,
+    /// By (ingester URL, rule, segment number): two ingesters may number their segments of one
+    /// rule alike.
+    in_flight: BTreeMap<(String, String, u64), InFlight>,
     /// Per rule, for `/metrics`; a rule the ingester no longer runs is dropped
     /// ([`StatusState::retain_rules`]). The totals above keep counting what it did.
     rules: BTreeMap<String, RuleCounters>,
@@ -103,17 +107,30 @@ impl StatusState {
         &self.readiness
     }
 
-    pub fn ingester_reachable(&self) {
+    /// The ingesters this uploader serves (the `ingester` key), each not contacted yet.
+    pub fn expect_ingesters(&self, urls: &[String]) {
         let mut inner = self.lock();
-        inner.ingester_reachable = true;
-        inner.ingester_error.clear();
-        self.readiness.set(INGESTER_UNREACHABLE, true);
+        for url in urls {
+            inner
+                .ingesters
+                .entry(url.clone())
+                .or_insert_with(|| Some("not contacted yet".into()));
+        }
+        self.readiness.set(INGESTER_UNREACHABLE, false);
     }
 
-    pub fn ingester_unreachable(&self, error: &str) {
+    pub fn ingester_reachable(&self, url: &str) {
         let mut inner = self.lock();
-        inner.ingester_reachable = false;
-        inner.ingester_error = error.to_string();
+        inner.ingesters.insert(url.to_string(), None);
+        let all = inner.ingesters.values().all(Option::is_none);
+        self.readiness.set(INGESTER_UNREACHABLE, all);
+    }
+
+    pub fn ingester_unreachable(&self, url: &str, error: &str) {
+        let mut inner = self.lock();
+        inner
+            .ingesters
+            .insert(url.to_string(), Some(error.to_string()));
         self.readiness.set(INGESTER_UNREACHABLE, false);
     }
 
@@ -129,10 +146,15 @@ impl StatusState {
     }
 
     /// Registers an upload; the returned counter is advanced as bytes stream to the store.
-    pub fn upload_started(&self, seg: &SegmentInfo, attempt: u32) -> Arc<AtomicU64> {
+    pub fn upload_started(
+        &self,
+        ingester: &str,
+        seg: &SegmentInfo,
+        attempt: u32,
+    ) -> Arc<AtomicU64> {
         let bytes_sent = Arc::new(AtomicU64::new(0));
         self.lock().in_flight.insert(
-            (seg.rule.clone(), seg.segment_no),
+            (ingester.to_string(), seg.rule.clone(), seg.segment_no),
             InFlight {
                 object_key: seg.object_key.clone(),
                 file_bytes: seg.file_bytes,
@@ -144,10 +166,10 @@ impl StatusState {
         bytes_sent
     }
 
-    pub fn upload_finished(&self, rule: &str, segment_no: u64) {
+    pub fn upload_finished(&self, ingester: &str, rule: &str, segment_no: u64) {
         self.lock()
             .in_flight
-            .remove(&(rule.to_string(), segment_no));
+            .remove(&(ingester.to_string(), rule.to_string(), segment_no));
     }
 
     /// One of `rule`'s segments is stored and committed.
@@ -174,13 +196,22 @@ impl StatusState {
             .upload_failures += 1;
     }
 
-    /// Drops the per-rule counters of every rule not in `running` (what the ingester runs now),
-    /// so that a deleted rule's series leave `/metrics`.
-    pub fn retain_rules(&self, running: &[String]) {
-        let running: std::collections::HashSet<&str> = running.iter().map(String::as_str).collect();
-        self.lock()
-            .rules
-            .retain(|name, _| running.contains(name.as_str()));
+    /// `ingester` runs `running` now: drops the per-rule counters of every rule that no
+    /// ingester runs any more, so that a deleted rule's series leave `/metrics`.
+    pub fn retain_rules(&self, ingester: &str, running: &[String]) {
+        let mut inner = self.lock();
+        inner.running.insert(ingester.to_string(), running.to_vec());
+        // Until every ingester has said what it runs, a rule may be another's.
+        if inner
+            .ingesters
+            .keys()
+            .any(|url| !inner.running.contains_key(url))
+        {
+            return;
+        }
+        let any: std::collections::HashSet<String> =
+            inner.running.values().flatten().cloned().collect();
+        inner.rules.retain(|name, _| any.contains(name));
     }
 
     /// The per-rule counters, by rule name.
@@ -193,8 +224,9 @@ impl StatusState {
         UploaderStatusReply {
             version: proto::VERSION.to_string(),
             uptime_secs: self.started.elapsed().as_secs(),
-            ingester_reachable: inner.ingester_reachable,
-            ingester_error: inner.ingester_error.clone(),
+            ingester_reachable: !inner.ingesters.is_empty()
+                && inner.ingesters.values().all(Option::is_none),
+            ingester_error: ingester_error(&inner.ingesters),
             segments_uploaded: inner.segments_uploaded,
             bytes_uploaded: inner.bytes_uploaded,
             upload_failures: inner.upload_failures,
@@ -203,7 +235,7 @@ impl StatusState {
             in_flight: inner
                 .in_flight
                 .iter()
-                .map(|((rule, segment_no), f)| UploadInFlight {
+                .map(|((_, rule, segment_no), f)| UploadInFlight {
                     rule: rule.clone(),
                     segment_no: *segment_no,
                     object_key: f.object_key.clone(),
@@ -339,6 +371,21 @@ impl proto::Uploader for UploaderService {
     }
 }
 
+/// Why the ingesters do not all answer: the one ingester's error as it is, or with several,
+/// each failing one's as `URL: error`, `; `-separated. Empty while they all answer.
+fn ingester_error(ingesters: &BTreeMap<String, Option<String>>) -> String {
+    let failing = ingesters
+        .iter()
+        .filter_map(|(url, error)| Some((url, error.as_ref()?)));
+    if ingesters.len() == 1 {
+        return failing.map(|(_, e)| e.clone()).next().unwrap_or_default();
+    }
+    failing
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,16 +400,16 @@ mod tests {
             file_bytes: 10,
             ..SegmentInfo::default()
         };
-        let sent = s.upload_started(&seg, 2);
+        let sent = s.upload_started("http://a", &seg, 2);
         sent.fetch_add(4, Ordering::Relaxed);
         let snap = s.snapshot();
         assert_eq!(snap.in_flight.len(), 1);
         assert_eq!(snap.in_flight[0].bytes_sent, 4);
         assert_eq!(snap.in_flight[0].attempt, 2);
-        s.upload_finished("orders", 3);
+        s.upload_finished("http://a", "orders", 3);
         s.record_stored("orders", 10);
         s.record_failure("orders", "PutObject failed: boom");
-        s.ingester_unreachable("connection refused");
+        s.ingester_unreachable("http://a", "connection refused");
         let snap = s.snapshot();
         assert!(snap.in_flight.is_empty());
         assert_eq!(
@@ -385,18 +432,18 @@ mod tests {
         // Not before the ingester first answered; the store counts as reachable until a
         // request says otherwise.
         assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
-        s.ingester_reachable();
+        s.ingester_reachable("http://a");
         assert_eq!(reason(&s), Ok(()));
         s.store_unreachable();
         assert_eq!(reason(&s), Err(STORE_UNREACHABLE.to_string()));
-        s.ingester_unreachable("connection refused");
+        s.ingester_unreachable("http://a", "connection refused");
         assert_eq!(
             reason(&s),
             Err(format!("{INGESTER_UNREACHABLE}, {STORE_UNREACHABLE}"))
         );
         s.store_reachable();
         assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
-        s.ingester_reachable();
+        s.ingester_reachable("http://a");
         assert_eq!(reason(&s), Ok(()));
     }
 
@@ -416,10 +463,50 @@ mod tests {
         assert_eq!(rules["a"].upload_failures, 0);
         assert_eq!(rules["b"].upload_failures, 1);
         assert!(rules["a"].last_stored_ms >= before);
-        s.retain_rules(&["b".to_string()]);
+        s.retain_rules("http://a", &["b".to_string()]);
         assert_eq!(s.rule_counters().keys().collect::<Vec<_>>(), ["b"]);
         // The totals still count what the deleted rule's segments were.
         let snap = s.snapshot();
         assert_eq!((snap.segments_uploaded, snap.bytes_uploaded), (3, 22));
+    }
+
+    #[test]
+    fn with_several_ingesters_ready_only_while_every_one_answers_and_the_error_names_it() {
+        let s = StatusState::new("file:///tmp/x".into());
+        let urls = ["http://a:1".to_string(), "http://b:2".to_string()];
+        s.expect_ingesters(&urls);
+        let reason = |s: &StatusState| s.readiness().check().map_err(|e| e.to_string());
+        s.ingester_reachable(&urls[0]);
+        assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
+        let snap = s.snapshot();
+        assert!(!snap.ingester_reachable);
+        assert_eq!(snap.ingester_error, "http://b:2: not contacted yet");
+        s.ingester_reachable(&urls[1]);
+        assert_eq!(reason(&s), Ok(()));
+        assert!(s.snapshot().ingester_reachable);
+        s.ingester_unreachable(&urls[1], "connection refused");
+        assert_eq!(
+            s.snapshot().ingester_error,
+            "http://b:2: connection refused"
+        );
+        assert_eq!(reason(&s), Err(INGESTER_UNREACHABLE.to_string()));
+
+        // A rule is forgotten only when no ingester runs it any more; the same segment number
+        // of one rule on two ingesters is two uploads in flight.
+        s.record_stored("only-a", 1);
+        s.record_stored("only-b", 1);
+        s.retain_rules(&urls[0], &["only-a".to_string()]);
+        s.retain_rules(&urls[1], &["only-b".to_string()]);
+        assert_eq!(s.rule_counters().len(), 2);
+        let seg = SegmentInfo {
+            rule: "r".into(),
+            segment_no: 1,
+            ..SegmentInfo::default()
+        };
+        s.upload_started(&urls[0], &seg, 1);
+        s.upload_started(&urls[1], &seg, 1);
+        assert_eq!(s.snapshot().in_flight.len(), 2);
+        s.upload_finished(&urls[0], "r", 1);
+        assert_eq!(s.snapshot().in_flight.len(), 1);
     }
 }

@@ -20,9 +20,13 @@ use crate::store::{
 use crate::verify::{self, Expected};
 
 pub struct UploadContext {
-    pub stores: StoreRouter,
+    /// The ingester whose sealed segments this context uploads (one pipeline per ingester).
+    pub ingester: String,
+    /// Shared by every ingester's pipeline: one part budget bounds the uploader's memory.
+    pub stores: Arc<StoreRouter>,
     pub status: Arc<StatusState>,
-    /// Resumable multipart state in `state_dir/multipart/`.
+    /// Resumable multipart state in `state_dir/multipart/` (a folder per ingester when there
+    /// are several: their segment numbers overlap).
     pub journal: Journal,
     /// Sealed files read from this host's disk instead of over ReadSegment.
     pub local_reads: LocalReads,

@@ -168,3 +168,103 @@ async fn ctl_sends_rule_commands_to_every_ingester_and_merges_status_and_logs() 
     );
     Ok(())
 }
+
+/// `rule status NAME` on one ingester, as JSON: (messages acknowledged, still spooled).
+fn acked_on(stack: &Stack, ingester: &str, rule: &str) -> anyhow::Result<(u64, u64)> {
+    let status = stack.ctl_json(&["--ingester", ingester, "status", rule])?;
+    let r = &status["rules"][0];
+    Ok((
+        r["messages_acked"].as_u64().unwrap_or(0),
+        r["spooled_messages"].as_u64().unwrap_or(u64::MAX),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uploader_serves_several_ingesters_and_names_the_one_that_is_down(
+) -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    // The stack's own uploader serves A only: replaced by one that serves A and B.
+    stack.uploader = None;
+    let a = stack.ingester_url();
+    let mut ingester_b = stack.spawn_ingester("ingester-b", 0)?;
+    let b = format!(
+        "http://{}",
+        ingester_b.wait_ready(stack.ready_timeout).await?
+    );
+    let mut uploader = stack.spawn_uploader("uploader-ab", &format!("{a},{b}"))?;
+    stack.uploader_port = uploader.wait_ready(stack.ready_timeout).await?.port();
+    stack.uploader = Some(uploader);
+
+    // The same rule name on both, each on its own topic and prefix, in segments of 50: both
+    // ingesters number their segments 1, 2, … and the uploader must keep them apart.
+    let topics = [unique_topic("two-a"), unique_topic("two-b")];
+    let sent = [sample_messages(600, 43), sample_messages(600, 47)];
+    for ((url, topic), prefix) in [&a, &b].into_iter().zip(&topics).zip(["a/", "b/"]) {
+        let mut create = vec!["--ingester".to_string(), url.clone()];
+        create.extend(stack.create_rule_args(
+            "two",
+            topic,
+            &["--prefix", prefix, "--window", "1h", "--max-messages", "50"],
+        ));
+        stack.ctl_json(&create.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    for (topic, messages) in topics.iter().zip(&sent) {
+        produce(
+            &stack.pulsar.url(),
+            &format!("persistent://public/default/{topic}"),
+            messages,
+            true,
+        )
+        .await?;
+    }
+    for url in [&a, &b] {
+        eventually("every message stored", Duration::from_secs(120), || {
+            let _ = stack.ctl(&["--ingester", url, "rule", "flush", "two"]);
+            let (acked, spooled) = acked_on(&stack, url, "two")?;
+            Ok((acked >= 600 && spooled == 0).then_some(()))
+        })
+        .await?;
+    }
+    let client = stack.s3.client();
+    for (prefix, messages) in ["a/", "b/"].into_iter().zip(&sent) {
+        let objects = harness::read_all(&client, harness::stack::BUCKET, prefix).await?;
+        let report = harness::check_exactly_once(&objects, messages)?;
+        assert!(report.objects >= 12, "{prefix}: {report:?}");
+    }
+    let status = stack.ctl_json(&["status"])?;
+    assert_eq!(status["uploader"]["ingester_reachable"], true, "{status}");
+
+    // B down: the uploader says which ingester it cannot reach, and still serves A.
+    ingester_b.kill9()?;
+    let status = eventually("the uploader to name B", Duration::from_secs(60), || {
+        let status = stack.ctl_json(&["status"])?;
+        let error = status["uploader"]["ingester_error"].as_str().unwrap_or("");
+        Ok((status["uploader"]["ingester_reachable"] == false && error.contains(b.as_str()))
+            .then_some(status))
+    })
+    .await?;
+    assert!(
+        !status["uploader"]["ingester_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(a.as_str()),
+        "{status}"
+    );
+    let more = sample_messages(700, 43);
+    produce(
+        &stack.pulsar.url(),
+        &format!("persistent://public/default/{}", topics[0]),
+        &more[600..],
+        true,
+    )
+    .await?;
+    eventually("A's new messages stored", Duration::from_secs(120), || {
+        let _ = stack.ctl(&["--ingester", &a, "rule", "flush", "two"]);
+        let (acked, spooled) = acked_on(&stack, &a, "two")?;
+        Ok((acked >= 700 && spooled == 0).then_some(()))
+    })
+    .await?;
+    let objects = harness::read_all(&client, harness::stack::BUCKET, "a/").await?;
+    harness::check_exactly_once(&objects, &more)?;
+    Ok(())
+}

@@ -40,7 +40,8 @@ pub struct Args {
     /// TOML config file (see examples/uploader.toml).
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Ingester gRPC URL [default: http://127.0.0.1:7601].
+    /// Ingester gRPC URL, or several as a comma-separated list (one upload pipeline each)
+    /// [default: http://127.0.0.1:7601].
     #[arg(long, env = "TDMQ_BACKUP_UPLOADER_INGESTER")]
     pub ingester: Option<String>,
     /// Address of the uploader's status gRPC service [default: 127.0.0.1:7602].
@@ -171,7 +172,7 @@ pub struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    ingester: Option<String>,
+    ingester: Option<ListOrText>,
     listen: Option<String>,
     state_dir: Option<PathBuf>,
     endpoint: Option<String>,
@@ -291,7 +292,10 @@ impl Credentials {
 pub struct UploaderConfig {
     /// listen, log_format, metrics_listen, auth_token_file, allow_unauthenticated, TLS.
     pub daemon: DaemonSettings,
+    /// The first of `ingesters`: the one restore and verify talk to.
     pub ingester: String,
+    /// Every ingester this uploader serves, in the order given, without repeats.
+    pub ingesters: Vec<String>,
     pub state_dir: PathBuf,
     /// Overrides every rule's store when set.
     pub endpoint: Option<StoreEndpoint>,
@@ -344,11 +348,14 @@ impl UploaderConfig {
             None => FileConfig::default(),
         };
 
-        let ingester = args
-            .ingester
-            .or(file.ingester)
-            .unwrap_or_else(|| DEFAULT_INGESTER.into());
-        validate_ingester(&ingester)?;
+        let ingesters = ingester_list(match args.ingester {
+            Some(text) => split_list(&text),
+            None => file
+                .ingester
+                .map(ListOrText::into_list)
+                .unwrap_or_else(|| vec![DEFAULT_INGESTER.into()]),
+        })?;
+        let ingester = ingesters[0].clone();
 
         let listen_text = args
             .listen
@@ -506,6 +513,7 @@ impl UploaderConfig {
             ingester_tls,
             ingester_token_file,
             ingester,
+            ingesters,
             state_dir,
             endpoint,
             allowed_endpoints,
@@ -530,6 +538,37 @@ impl UploaderConfig {
 
 fn parse_size(field: &'static str, text: &str) -> Result<u64, UploadError> {
     proto::types::rule::parse_size(text).map_err(|m| UploadError::config(field, m))
+}
+
+/// The `ingester` key's URLs, checked: at least one, each http:// or https://, all of one scheme
+/// (`ingester_ca` and `ingester_tls_domain` apply to every one), repeats dropped.
+fn ingester_list(urls: Vec<String>) -> Result<Vec<String>, UploadError> {
+    let mut out: Vec<String> = Vec::new();
+    for url in urls.into_iter().map(|u| u.trim().to_string()) {
+        if url.is_empty() {
+            continue;
+        }
+        validate_ingester(&url)?;
+        if !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    let Some(first) = out.first() else {
+        return Err(UploadError::config(
+            "ingester",
+            format!("names no ingester (give a URL like {DEFAULT_INGESTER}, or several separated by commas)"),
+        ));
+    };
+    let https = |u: &str| u.starts_with("https://");
+    if let Some(other) = out.iter().find(|u| https(u) != https(first)) {
+        return Err(UploadError::config(
+            "ingester",
+            format!(
+                "{first:?} and {other:?} mix http:// and https://: the ingesters of one uploader share one TLS setting (ingester_ca, ingester_tls_domain)"
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn validate_ingester(url: &str) -> Result<(), UploadError> {

@@ -440,3 +440,41 @@ fn credentials_prefer_cos_and_stay_secret() {
         Credentials::DefaultChain
     );
 }
+
+#[test]
+fn ingester_takes_a_list_in_the_file_or_a_comma_list_on_the_command_line() {
+    let file = build(
+        &[],
+        Some("ingester = [\"http://a:7601\", \"http://b:7601\", \"http://a:7601\"]\n"),
+    )
+    .expect("a list");
+    assert_eq!(
+        file.ingesters,
+        ["http://a:7601", "http://b:7601"],
+        "repeats dropped"
+    );
+    assert_eq!(
+        file.ingester, "http://a:7601",
+        "the first is restore's and verify's"
+    );
+    let flag = build(&["--ingester", "http://a:7601, http://b:7601"], None).expect("a flag list");
+    assert_eq!(flag.ingesters, file.ingesters);
+    let one = build(&[], Some("ingester = \"http://a:7601\"\n")).expect("one as text");
+    assert_eq!(one.ingesters, ["http://a:7601"]);
+    assert_eq!(
+        build(&[], None).expect("defaults").ingesters,
+        ["http://127.0.0.1:7601"]
+    );
+    for bad in [
+        "ingester = []\n",
+        "ingester = [\"http://a:7601\", \"b:7601\"]\n",
+        "ingester = [\"http://a:7601\", \"https://b:7601\"]\n",
+    ] {
+        assert_eq!(field_of(build(&[], Some(bad))), "ingester", "{bad}");
+    }
+    let mixed = build(&["--ingester", "http://a:1,https://b:2"], None).expect_err("mixed");
+    assert!(
+        mixed.to_string().contains("mix http:// and https://"),
+        "{mixed}"
+    );
+}

@@ -207,6 +207,19 @@ impl Journal {
         }
     }
 
+    /// The records of one of several ingesters' uploads: `state_dir/multipart/{ingester}/`
+    /// (the URL with every character but letters and digits as `_`), since two ingesters'
+    /// segment numbers overlap.
+    pub fn for_ingester(state_dir: &Path, url: &str) -> Journal {
+        let name: String = url
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Journal {
+            dir: state_dir.join(DIR).join(name),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
