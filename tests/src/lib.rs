@@ -13,6 +13,7 @@ pub mod drain;
 pub mod example_config;
 pub mod http;
 pub mod oracle;
+pub mod parquet_object;
 pub mod ports;
 pub mod producer;
 pub mod python;

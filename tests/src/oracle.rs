@@ -138,7 +138,7 @@ pub async fn read_all(
 /// Reads every object of `bucket` in a `file://` store rooted at `root` (object `K` is the file
 /// `root/bucket/K`), sorted by key.
 ///
-/// Only files named like objects (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`) are read, so temporary files and
+/// Only files named like objects (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`, `.parquet`) are read, so temporary files and
 /// metadata sidecars the store may keep next to them are not mistaken for objects.
 pub fn read_dir_store(root: &Path, bucket: &str) -> anyhow::Result<Vec<BackupObject>> {
     let bucket_dir = root.join(bucket);
@@ -154,7 +154,10 @@ pub fn read_dir_store(root: &Path, bucket: &str) -> anyhow::Result<Vec<BackupObj
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        if !(key.ends_with(".jsonl") || key.ends_with(".jsonl.gz") || key.ends_with(".jsonl.zst")) {
+        if ![".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet"]
+            .iter()
+            .any(|ext| key.ends_with(ext))
+        {
             continue;
         }
         let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -197,8 +200,20 @@ pub fn decode_object(
         zstd::stream::decode_all(body).with_context(|| format!("unzstding {key}"))?
     } else if key.ends_with(".jsonl") {
         body.to_vec()
+    } else if key.ends_with(".parquet") {
+        let records = crate::parquet_object::records(&key, body)?;
+        // What `max_bytes` counts: the records' JSON Lines bytes (these are close to them).
+        let record_bytes = records.iter().map(|r| r.to_string().len() as u64 + 1).sum();
+        return Ok(BackupObject {
+            key,
+            metadata,
+            records,
+            content_length: body.len() as u64,
+            content_crc32c: format!("{:08x}", crc32c::crc32c(body)),
+            record_bytes,
+        });
     } else {
-        bail!("object {key} ends in neither .jsonl, .jsonl.gz nor .jsonl.zst");
+        bail!("object {key} ends in neither .jsonl, .jsonl.gz, .jsonl.zst nor .parquet");
     };
     let text = String::from_utf8(text).with_context(|| format!("{key} is not UTF-8"))?;
     if !text.is_empty() && !text.ends_with('\n') {

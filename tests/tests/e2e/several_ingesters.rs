@@ -180,8 +180,8 @@ fn acked_on(stack: &Stack, ingester: &str, rule: &str) -> anyhow::Result<(u64, u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_uploader_serves_several_ingesters_and_names_the_one_that_is_down(
-) -> anyhow::Result<()> {
+async fn one_uploader_serves_several_ingesters_and_names_the_one_that_is_down() -> anyhow::Result<()>
+{
     let mut stack = Stack::start().await?;
     // The stack's own uploader serves A only: replaced by one that serves A and B.
     stack.uploader = None;
@@ -239,8 +239,10 @@ async fn one_uploader_serves_several_ingesters_and_names_the_one_that_is_down(
     let status = eventually("the uploader to name B", Duration::from_secs(60), || {
         let status = stack.ctl_json(&["status"])?;
         let error = status["uploader"]["ingester_error"].as_str().unwrap_or("");
-        Ok((status["uploader"]["ingester_reachable"] == false && error.contains(b.as_str()))
-            .then_some(status))
+        Ok(
+            (status["uploader"]["ingester_reachable"] == false && error.contains(b.as_str()))
+                .then_some(status),
+        )
     })
     .await?;
     assert!(
