@@ -99,13 +99,13 @@ pub async fn list_objects(
     Ok(out)
 }
 
-/// Reads every backup object under `prefix` in `bucket` (the manifest's files left out),
-/// sorted by key.
-pub async fn read_all(
+/// The keys of every backup object under `prefix` in `bucket` (the manifest's files left out),
+/// sorted.
+pub async fn backup_keys(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
-) -> anyhow::Result<Vec<BackupObject>> {
+) -> anyhow::Result<Vec<String>> {
     let mut keys: Vec<String> = list_objects(client, bucket, prefix)
         .await?
         .into_iter()
@@ -113,6 +113,17 @@ pub async fn read_all(
         .filter(|key| !is_manifest_key(key))
         .collect();
     keys.sort();
+    Ok(keys)
+}
+
+/// Reads every backup object under `prefix` in `bucket` (the manifest's files left out),
+/// sorted by key.
+pub async fn read_all(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<BackupObject>> {
+    let keys = backup_keys(client, bucket, prefix).await?;
 
     let mut objects = Vec::with_capacity(keys.len());
     for key in keys {

@@ -125,7 +125,7 @@ pub async fn run(
         config.state_dir(),
         ctx.clone(),
         restore::IngesterLink {
-            url: config.ingester.clone(),
+            url: ctx.ingester.clone(),
             tls: config.ingester_tls.clone(),
             auth: token.send.clone(),
             backoff: Backoff::new(config.max_backoff),
@@ -147,8 +147,7 @@ pub async fn run(
     let health = edge::health::health_server(readiness.clone(), &own);
     let (reflection_v1, reflection_v1alpha) =
         edge::health::reflection(&own).context("building the server reflection service")?;
-    let ingester_client =
-        ingester::lazy(&config.ingester, config.ingester_tls.clone(), &token.send)?;
+    let ingester_client = ingester::lazy(&ctx.ingester, config.ingester_tls.clone(), &token.send)?;
     let server = tokio::spawn(
         server
             .add_service(proto::UploaderServer::with_interceptor(
@@ -157,6 +156,7 @@ pub async fn run(
                     .with_auditor(audit::Auditor {
                         ctx: ctx.clone(),
                         ingester: ingester_client.clone(),
+                        scratch_dir: config.state_dir().to_path_buf(),
                     }),
                 token.require.clone(),
             ))
@@ -179,22 +179,15 @@ pub async fn run(
     // on port 0 learns where it listens (the bound /metrics address is in "serving /metrics").
     tracing::info!(listen = %addr, ingester = %config.ingesters.join(","), store = %ctx.stores.settings().describe(), version = proto::VERSION, "uploader ready");
 
-    let mut rollups = vec![tokio::spawn(rollup::run(
-        ctx.clone(),
-        ingester_client,
-        stop_rx.clone(),
-    ))];
+    let mut rollups = Vec::new();
     let mut pipelines = Vec::new();
     for context in contexts {
-        if !Arc::ptr_eq(&context, &ctx) {
-            let client =
-                ingester::lazy(&context.ingester, config.ingester_tls.clone(), &token.send)?;
-            rollups.push(tokio::spawn(rollup::run(
-                context.clone(),
-                client,
-                stop_rx.clone(),
-            )));
-        }
+        let client = ingester::lazy(&context.ingester, config.ingester_tls.clone(), &token.send)?;
+        rollups.push(tokio::spawn(rollup::run(
+            context.clone(),
+            client,
+            stop_rx.clone(),
+        )));
         pipelines.push(puller::run_pipeline(
             PullerSettings {
                 ingester: context.ingester.clone(),

@@ -32,7 +32,7 @@ fn the_examples_load_through_the_real_loader() {
     for name in EXAMPLES {
         let c = load(name);
         assert_eq!(c.daemon.listen.to_string(), "127.0.0.1:7602", "{name}");
-        assert_eq!(c.ingester, "http://127.0.0.1:7601", "{name}");
+        assert_eq!(c.ingester(), "http://127.0.0.1:7601", "{name}");
         assert!(c.daemon.auth_token_file.is_some(), "{name}");
         assert_eq!(
             c.daemon.metrics_listen.map(|a| a.to_string()).as_deref(),
@@ -75,7 +75,7 @@ fn the_kubernetes_configmaps_uploader_config_loads_through_the_real_loader() {
     let c = UploaderConfig::build(args, Some(&text), Credentials::DefaultChain)
         .unwrap_or_else(|e| panic!("the ConfigMap's uploader.toml: {e}"));
     // The ingester in the same pod; the sealed files on the shared volume, where it mounts them.
-    assert_eq!(c.ingester, "http://127.0.0.1:7601");
+    assert_eq!(c.ingester(), "http://127.0.0.1:7601");
     assert_eq!(c.daemon.listen.to_string(), "0.0.0.0:7602");
     assert!(c.daemon.auth_token_file.is_some());
     assert_eq!(

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use harness::oracle::{format_time_ms, is_manifest_key, list_objects, object_bytes, BackupObject};
+use harness::oracle::{backup_keys, format_time_ms, object_bytes, BackupObject};
 use harness::{check_exactly_once, produce, sample_messages};
 use serde_json::{json, Value};
 
 use crate::restore::restore_rule_and_check;
-use crate::util::{refused_rule_create, unique_topic, Stack, BUCKET};
+use crate::util::{refused_rule_create, unique_topic, Extra, Stack, BUCKET};
 
 /// Reads every Parquet file under the directory `argv[1]` with DuckDB and prints, as JSON, the
 /// column types, every row (file, position, typed values as plain JSON), and per row group
@@ -91,7 +91,18 @@ fn record_of(row: &[Value]) -> anyhow::Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_restore_read_them(
 ) -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+    let mut stack = Stack::services().await?;
+    // As under a read-only root filesystem (deploy/kubernetes): the system's temporary directory
+    // is unusable, so `verify --deep` must stage Parquet objects in the uploader's state_dir.
+    stack.uploader_extra = Extra {
+        args: Vec::new(),
+        env: vec![(
+            "TMPDIR".into(),
+            stack.path("no-such-tmp").to_string_lossy().into_owned(),
+        )],
+    };
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
     let topic = unique_topic("pq");
     let full_topic = format!("persistent://public/default/{topic}");
     let messages = sample_messages(2_000, 37);
@@ -131,12 +142,7 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
 
     // Every object is a .parquet file in hive folders, typed as Parquet for HTTP clients.
     let client = stack.s3.client();
-    let keys: Vec<String> = list_objects(&client, BUCKET, "pq/")
-        .await?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| !is_manifest_key(key))
-        .collect();
+    let keys: Vec<String> = backup_keys(&client, BUCKET, "pq/").await?;
     assert!(keys.len() >= 5, "{keys:?}");
     let local = stack.path("synced");
     let mut sizes: HashMap<String, (u64, String)> = HashMap::new();
@@ -203,6 +209,29 @@ async fn parquet_objects_are_read_by_duckdb_with_typed_columns_and_verify_and_re
     assert_eq!(objects.len(), keys.len());
     let report = check_exactly_once(&objects, &messages)?;
     assert!(report.max_records_per_object <= 400, "{report:?}");
+    // Each object's metadata describes it as for JSON Lines: rule, count, first and last id, and
+    // the CRC32C of the bytes as stored.
+    for object in harness::read_all(&client, BUCKET, "pq/").await? {
+        let md = &object.metadata;
+        let id = |i: usize| object.records[i]["message_id"].as_str().map(str::to_string);
+        assert_eq!(md.get("rule").map(String::as_str), Some("pq"), "{md:?}");
+        assert_eq!(
+            md.get("message-count"),
+            Some(&object.records.len().to_string()),
+            "{md:?}"
+        );
+        assert_eq!(md.get("first-message-id").cloned(), id(0), "{md:?}");
+        assert_eq!(
+            md.get("last-message-id").cloned(),
+            id(object.records.len() - 1),
+            "{md:?}"
+        );
+        assert_eq!(
+            md.get("content-crc32c"),
+            Some(&object.content_crc32c),
+            "{md:?}"
+        );
+    }
 
     // verify, light and deep, reads Parquet objects from the manifest as it does JSON Lines.
     for args in [vec!["verify", "pq"], vec!["verify", "pq", "--deep"]] {
@@ -266,12 +295,7 @@ async fn a_rule_switched_from_json_lines_to_parquet_verifies_deep_and_restores_b
         .await?;
 
     let client = stack.s3.client();
-    let keys: Vec<String> = list_objects(&client, BUCKET, "")
-        .await?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| !is_manifest_key(key))
-        .collect();
+    let keys: Vec<String> = backup_keys(&client, BUCKET, "").await?;
     let gz = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).count();
     let parquet = keys.iter().filter(|k| k.ends_with(".parquet")).count();
     assert!(gz >= 3 && parquet >= 3, "{keys:?}");

@@ -147,36 +147,39 @@ impl std::io::Write for Records {
     }
 }
 
+/// Where an object's bytes go as they stream in: JSON lines are decompressed and checked on the
+/// way; a Parquet object, readable only from its footer, is staged in an unnamed file.
+enum Reading {
+    Lines(StreamDecoder<Records>),
+    Parquet(std::fs::File),
+}
+
 /// Reads `body` (the object of `entry`) to its end and returns what does not match, and how
-/// many bytes were read.
+/// many bytes were read. A Parquet object is staged in an unnamed file in `scratch_dir`.
 pub async fn check_object(
     entry: &ManifestEntry,
     mut body: Body,
+    scratch_dir: &std::path::Path,
 ) -> Result<(Vec<Problem>, u64), UploadError> {
-    let records = Records {
+    let empty = || Records {
         key: entry.key.clone(),
         ..Records::default()
     };
-    let compression = crate::codec::compression_of(&entry.content_encoding, &entry.key);
-    let mut undecodable: Option<String> = None;
     let parquet = Format::from_key(&entry.key) == Format::Parquet;
-    let mut decoder = if parquet {
-        None
+    let mut undecodable: Option<String> = None;
+    let mut reading = if parquet {
+        let file = tempfile::tempfile_in(scratch_dir)
+            .map_err(|e| UploadError::io("creating a temporary file in", scratch_dir, e))?;
+        Some(Reading::Parquet(file))
     } else {
-        match StreamDecoder::new(compression, records) {
-            Ok(decoder) => Some(decoder),
+        let compression = crate::codec::compression_of(&entry.content_encoding, &entry.key);
+        match StreamDecoder::new(compression, empty()) {
+            Ok(decoder) => Some(Reading::Lines(decoder)),
             Err(err) => {
                 undecodable = Some(err.to_string());
                 None
             }
         }
-    };
-    let mut parquet_file = if parquet {
-        Some(tempfile::tempfile().map_err(|e| {
-            UploadError::io("creating a temporary file in", std::env::temp_dir(), e)
-        })?)
-    } else {
-        None
     };
     let mut crc = 0u32;
     let mut size = 0u64;
@@ -184,44 +187,30 @@ pub async fn check_object(
         let chunk = chunk?;
         crc = crc32c::crc32c_append(crc, &chunk);
         size += chunk.len() as u64;
-        if undecodable.is_some() {
-            continue;
-        }
-        if let Some(Err(err)) = decoder.as_mut().map(|d| d.write_all(&chunk)) {
-            undecodable = Some(err.to_string());
-        }
-        if let Some(file) = parquet_file.as_mut() {
-            std::io::Write::write_all(file, &chunk).map_err(|e| {
-                UploadError::io("writing a temporary file in", std::env::temp_dir(), e)
-            })?;
+        match &mut reading {
+            Some(Reading::Lines(decoder)) if undecodable.is_none() => {
+                if let Err(err) = decoder.write_all(&chunk) {
+                    undecodable = Some(err.to_string());
+                }
+            }
+            Some(Reading::Parquet(file)) => std::io::Write::write_all(file, &chunk)
+                .map_err(|e| UploadError::io("writing a temporary file in", scratch_dir, e))?,
+            _ => {}
         }
     }
-    if let Some(file) = parquet_file {
-        let mut read = Records {
-            key: entry.key.clone(),
-            ..Records::default()
-        };
-        if undecodable.is_none() {
-            if let Err(err) = parquet_rows(file, &mut read) {
-                undecodable = Some(err);
-            }
+    let read = match reading {
+        _ if undecodable.is_some() => Ok(empty()),
+        Some(Reading::Lines(decoder)) => decoder.finish().map_err(|e| e.to_string()),
+        Some(Reading::Parquet(file)) => {
+            let mut read = empty();
+            parquet_rows(file, &mut read).map(|()| read)
         }
-        decoder = Some(StreamDecoder::Plain(read));
-    }
-    let mut records = match decoder.map(StreamDecoder::finish) {
-        Some(Ok(records)) => records,
-        Some(Err(err)) => {
-            undecodable.get_or_insert(err.to_string());
-            Records {
-                key: entry.key.clone(),
-                ..Records::default()
-            }
-        }
-        None => Records {
-            key: entry.key.clone(),
-            ..Records::default()
-        },
+        None => Ok(empty()),
     };
+    let mut records = read.unwrap_or_else(|err| {
+        undecodable = Some(err);
+        empty()
+    });
     let mut problems = Vec::new();
     let corrupt = |detail: String| Problem::object(Kind::Corrupt, &entry.key, detail);
     if size != entry.size {
@@ -367,13 +356,17 @@ mod tests {
         let text: String = (0..5).map(|e| line(&format!("1:{e}:-1:-1"))).collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
-        let (problems, read) = check_object(&e, body(bytes.clone())).await.expect("read");
+        let (problems, read) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems, vec![]);
         assert_eq!(read, bytes.len() as u64);
 
         // Truncated: size, checksum and decompression all fail.
         let cut = bytes[..bytes.len() - 10].to_vec();
-        let (problems, _) = check_object(&e, body(cut)).await.expect("read");
+        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert!(
             problems.iter().all(|p| p.kind == Kind::Corrupt) && problems.len() >= 2,
             "{problems:?}"
@@ -386,7 +379,9 @@ mod tests {
             .collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 4);
-        let (problems, _) = check_object(&e, body(bytes)).await.expect("read");
+        let (problems, _) = check_object(&e, body(bytes), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].kind, Kind::Gap);
         assert_eq!(
@@ -398,7 +393,9 @@ mod tests {
         let text: String = (0..3).map(|e| line(&format!("1:{e}:-1:-1"))).collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
-        let (problems, _) = check_object(&e, body(bytes)).await.expect("read");
+        let (problems, _) = check_object(&e, body(bytes), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
@@ -408,12 +405,16 @@ mod tests {
         let bytes = zstd::encode_all(text.as_bytes(), 3).expect("zstd");
         let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
         e.content_encoding = "zstd".into();
-        let (problems, _) = check_object(&e, body(bytes.clone())).await.expect("read");
+        let (problems, _) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems, vec![]);
 
         // Read as gzip (what it was before zstd existed), it is named undecodable.
         e.content_encoding = "gzip".into();
-        let (problems, _) = check_object(&e, body(bytes.clone())).await.expect("read");
+        let (problems, _) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert!(
             problems
                 .iter()
@@ -424,7 +425,9 @@ mod tests {
         // Cut inside the frame.
         e.content_encoding = "zstd".into();
         let cut = bytes[..bytes.len() - 4].to_vec();
-        let (problems, _) = check_object(&e, body(cut)).await.expect("read");
+        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert!(
             problems
                 .iter()
@@ -470,7 +473,9 @@ mod tests {
         let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
         e.key = "a/b.parquet".into();
         e.content_encoding = "identity".into();
-        let (problems, read) = check_object(&e, body(bytes.clone())).await.expect("read");
+        let (problems, read) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems, vec![]);
         assert_eq!(read, bytes.len() as u64);
 
@@ -478,14 +483,18 @@ mod tests {
         let bytes = parquet(&[0, 1, 3, 4]);
         let mut gap = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 4);
         gap.key = e.key.clone();
-        let (problems, _) = check_object(&gap, body(bytes)).await.expect("read");
+        let (problems, _) = check_object(&gap, body(bytes), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].kind, Kind::Gap);
 
         // Cut short: its footer is gone, so it is not Parquet any more.
         let bytes = parquet(&[0, 1, 2, 3, 4]);
         let cut = bytes[..bytes.len() - 20].to_vec();
-        let (problems, _) = check_object(&e, body(cut)).await.expect("read");
+        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
+            .await
+            .expect("read");
         assert!(
             problems
                 .iter()

@@ -45,6 +45,9 @@ pub type VerifyStream =
 pub struct Auditor {
     pub ctx: Arc<UploadContext>,
     pub ingester: Client,
+    /// Where `--deep` stages a Parquet object while it reads it: the uploader's state_dir,
+    /// writable where the system's temporary directory may not be (a read-only root).
+    pub scratch_dir: std::path::PathBuf,
 }
 
 /// What one run is asked.
@@ -124,9 +127,10 @@ impl Auditor {
             .await
             .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
         let (tx, rx) = mpsc::channel(64);
+        let scratch_dir = self.scratch_dir.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = run(&store, &rule, &others, &selection, &tx).await;
+            let outcome = run(&store, &rule, &others, &selection, &scratch_dir, &tx).await;
             let event = match outcome {
                 Ok(mut summary) => {
                     summary.elapsed_ms =
@@ -144,6 +148,8 @@ impl Auditor {
                         UploadError::Store { .. } | UploadError::EndpointNotAllowed(_) => {
                             tonic::Status::failed_precondition(text)
                         }
+                        // This host's own disk, not something out of reach.
+                        UploadError::Io { .. } => tonic::Status::internal(text),
                         _ => tonic::Status::unavailable(text),
                     })
                 }
@@ -208,6 +214,7 @@ async fn run(
     rule: &Rule,
     others: &[String],
     selection: &Selection,
+    scratch_dir: &std::path::Path,
     tx: &Events,
 ) -> Result<VerifySummary, UploadError> {
     let mut summary = VerifySummary {
@@ -356,7 +363,8 @@ async fn run(
                             Ok::<_, UploadError>((check::presence(&entry, None), Vec::new(), 0))
                         }
                         Some(body) => {
-                            let (problems, read) = deep::check_object(&entry, body).await?;
+                            let (problems, read) =
+                                deep::check_object(&entry, body, scratch_dir).await?;
                             Ok((Presence::Intact, problems, read))
                         }
                     }

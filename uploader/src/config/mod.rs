@@ -292,9 +292,7 @@ impl Credentials {
 pub struct UploaderConfig {
     /// listen, log_format, metrics_listen, auth_token_file, allow_unauthenticated, TLS.
     pub daemon: DaemonSettings,
-    /// The first of `ingesters`: the one restore and verify talk to.
-    pub ingester: String,
-    /// Every ingester this uploader serves, in the order given, without repeats.
+    /// Every ingester this uploader serves, in the order given, without repeats; never empty.
     pub ingesters: Vec<String>,
     pub state_dir: PathBuf,
     /// Overrides every rule's store when set.
@@ -355,7 +353,6 @@ impl UploaderConfig {
                 .map(ListOrText::into_list)
                 .unwrap_or_else(|| vec![DEFAULT_INGESTER.into()]),
         })?;
-        let ingester = ingesters[0].clone();
 
         let listen_text = args
             .listen
@@ -502,8 +499,9 @@ impl UploaderConfig {
             .ingester_token_file
             .or(file.ingester_token_file)
             .filter(|p| !p.as_os_str().is_empty());
+        // All of one scheme (ingester_list): the first stands for every one.
         let ingester_tls = ingester_tls(
-            &ingester,
+            &ingesters[0],
             args.ingester_ca.or(file.ingester_ca),
             args.ingester_tls_domain.or(file.ingester_tls_domain),
         )?;
@@ -512,7 +510,6 @@ impl UploaderConfig {
             daemon,
             ingester_tls,
             ingester_token_file,
-            ingester,
             ingesters,
             state_dir,
             endpoint,
@@ -533,6 +530,13 @@ impl UploaderConfig {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The first of `ingesters`: the one restore and verify talk to.
+    pub fn ingester(&self) -> &str {
+        self.ingesters
+            .first()
+            .map_or(DEFAULT_INGESTER, String::as_str)
     }
 }
 

@@ -22,7 +22,7 @@ fn field_of(result: Result<UploaderConfig, UploadError>) -> &'static str {
 #[test]
 fn defaults() {
     let c = build(&[], None).expect("defaults are valid");
-    assert_eq!(c.ingester, "http://127.0.0.1:7601");
+    assert_eq!(c.ingester(), "http://127.0.0.1:7601");
     assert_eq!(c.daemon.listen, "127.0.0.1:7602".parse().expect("literal"));
     assert_eq!(c.state_dir, PathBuf::from("./uploader-state"));
     assert_eq!(c.endpoint, None);
@@ -64,7 +64,7 @@ fn file_values_and_flags_win() {
             .expect("valid")
             .read_local
     );
-    assert_eq!(c.ingester, "http://ingester:7601");
+    assert_eq!(c.ingester(), "http://ingester:7601");
     assert_eq!(
         c.endpoint,
         Some(StoreEndpoint::S3 {
@@ -454,7 +454,8 @@ fn ingester_takes_a_list_in_the_file_or_a_comma_list_on_the_command_line() {
         "repeats dropped"
     );
     assert_eq!(
-        file.ingester, "http://a:7601",
+        file.ingester(),
+        "http://a:7601",
         "the first is restore's and verify's"
     );
     let flag = build(&["--ingester", "http://a:7601, http://b:7601"], None).expect("a flag list");

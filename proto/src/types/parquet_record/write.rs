@@ -216,6 +216,17 @@ impl Arena {
         self.block.extend_from_slice(bytes);
         ByteArray::from(self.block.split().freeze())
     }
+
+    /// `value`'s text, written straight into the block (no String per value).
+    fn text(&mut self, value: impl std::fmt::Display) -> ByteArray {
+        use std::fmt::Write as _;
+        if self.block.capacity() - self.block.len() < 64 {
+            self.block = BytesMut::with_capacity(ARENA_BLOCK);
+        }
+        // Writing into memory cannot fail; a longer text grows the block.
+        let _ = write!(self.block, "{value}");
+        ByteArray::from(self.block.split().freeze())
+    }
 }
 
 /// One row group's rows, column by column.
@@ -248,11 +259,11 @@ fn signed(n: u64) -> i64 {
 
 impl Columns {
     fn push(&mut self, f: &RecordFields<'_>) {
+        let id = self.arena.text(f.message_id);
+        let mut bytes = 48 + id.len() + f.topic.len() + f.producer_name.len() + f.payload.len();
+        self.message_id.push(id);
         let arena = &mut self.arena;
         let mut value = |b: &[u8]| arena.value(b);
-        let id = f.message_id.to_string();
-        let mut bytes = 48 + id.len() + f.topic.len() + f.producer_name.len() + f.payload.len();
-        self.message_id.push(value(id.as_bytes()));
         self.topic.push(value(f.topic.as_bytes()));
         self.publish_time.push(signed(f.publish_time_ms));
         self.event_time
