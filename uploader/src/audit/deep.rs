@@ -341,6 +341,13 @@ mod tests {
         }
     }
 
+    /// `check_object` of `bytes` as `e`'s object, staged (if Parquet) in the temp dir.
+    async fn checked(e: &ManifestEntry, bytes: Vec<u8>) -> (Vec<Problem>, u64) {
+        check_object(e, body(bytes), &std::env::temp_dir())
+            .await
+            .expect("read")
+    }
+
     fn body(bytes: Vec<u8>) -> Body {
         // Split in two to cross a chunk boundary mid-record.
         let half = bytes.len() / 2;
@@ -356,17 +363,13 @@ mod tests {
         let text: String = (0..5).map(|e| line(&format!("1:{e}:-1:-1"))).collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
-        let (problems, read) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, read) = checked(&e, bytes.clone()).await;
         assert_eq!(problems, vec![]);
         assert_eq!(read, bytes.len() as u64);
 
         // Truncated: size, checksum and decompression all fail.
         let cut = bytes[..bytes.len() - 10].to_vec();
-        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, cut).await;
         assert!(
             problems.iter().all(|p| p.kind == Kind::Corrupt) && problems.len() >= 2,
             "{problems:?}"
@@ -379,9 +382,7 @@ mod tests {
             .collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 4);
-        let (problems, _) = check_object(&e, body(bytes), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, bytes).await;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].kind, Kind::Gap);
         assert_eq!(
@@ -393,9 +394,7 @@ mod tests {
         let text: String = (0..3).map(|e| line(&format!("1:{e}:-1:-1"))).collect();
         let bytes = gzip(&text);
         let e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
-        let (problems, _) = check_object(&e, body(bytes), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, bytes).await;
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
@@ -405,16 +404,12 @@ mod tests {
         let bytes = zstd::encode_all(text.as_bytes(), 3).expect("zstd");
         let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
         e.content_encoding = "zstd".into();
-        let (problems, _) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, bytes.clone()).await;
         assert_eq!(problems, vec![]);
 
         // Read as gzip (what it was before zstd existed), it is named undecodable.
         e.content_encoding = "gzip".into();
-        let (problems, _) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, bytes.clone()).await;
         assert!(
             problems
                 .iter()
@@ -425,9 +420,7 @@ mod tests {
         // Cut inside the frame.
         e.content_encoding = "zstd".into();
         let cut = bytes[..bytes.len() - 4].to_vec();
-        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, cut).await;
         assert!(
             problems
                 .iter()
@@ -473,9 +466,7 @@ mod tests {
         let mut e = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 5);
         e.key = "a/b.parquet".into();
         e.content_encoding = "identity".into();
-        let (problems, read) = check_object(&e, body(bytes.clone()), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, read) = checked(&e, bytes.clone()).await;
         assert_eq!(problems, vec![]);
         assert_eq!(read, bytes.len() as u64);
 
@@ -483,18 +474,14 @@ mod tests {
         let bytes = parquet(&[0, 1, 3, 4]);
         let mut gap = entry(&bytes, "1:0:-1:-1", "1:4:-1:-1", 4);
         gap.key = e.key.clone();
-        let (problems, _) = check_object(&gap, body(bytes), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&gap, bytes).await;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].kind, Kind::Gap);
 
         // Cut short: its footer is gone, so it is not Parquet any more.
         let bytes = parquet(&[0, 1, 2, 3, 4]);
         let cut = bytes[..bytes.len() - 20].to_vec();
-        let (problems, _) = check_object(&e, body(cut), &std::env::temp_dir())
-            .await
-            .expect("read");
+        let (problems, _) = checked(&e, cut).await;
         assert!(
             problems
                 .iter()
