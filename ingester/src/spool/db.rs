@@ -144,10 +144,9 @@ impl Database {
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
             match open_sled(&self.path, self.cache_capacity) {
-                Err(IngesterError::Db(sled::Error::Io(err)))
-                    if err.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
-                {
+                // `open_sled` names a held lock DataDirInUse; here the holder is most likely the
+                // old instance's own threads, about to let go.
+                Err(IngesterError::DataDirInUse { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 opened => break opened?,
@@ -241,6 +240,24 @@ pub(crate) mod tests {
         db.flush()?;
         assert!(!db.needs_reopen());
         assert_eq!(db.generation(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reopen_waits_for_the_old_instance_to_let_go_of_its_lock() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let db = open_in(&dir.path().join("db"));
+        // What sled's own threads do after the last handle is dropped: hold the files a moment.
+        let held = db.open_tree("t")?;
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        db.reopen()?;
+        release
+            .join()
+            .map_err(|_| IngesterError::Corrupt("release thread panicked".into()))?;
+        assert!(!db.needs_reopen());
         Ok(())
     }
 
