@@ -407,7 +407,7 @@ pub struct CreateArgs {
 
     /// Read the rule from a TOML file. Keys: name service_url topic subscription
     /// subscription_type bucket region prefix window max_messages max_bytes start cluster role
-    /// endpoint compression compression_level layout format, plus token_file (relative to the file)
+    /// endpoint compression compression_level layout format fence, plus token_file (relative to the file)
     /// or token_env. Flags given as well replace the file's values.
     #[arg(long, value_name = "RULE.toml")]
     pub from_file: Option<PathBuf>,
@@ -519,6 +519,12 @@ pub struct SpecFlags {
     /// --compression uses the new format's default compression.
     #[arg(long, value_name = "jsonl|parquet")]
     pub format: Option<String>,
+    /// Several ingesters share the subscription (a partitioned topic spread over hosts, or a
+    /// standby): one segment per partition, keys derived from the messages, conditional
+    /// creates in the store, so a partition that moves is still stored exactly once.
+    /// --fence alone means true; --fence=false turns it off.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub fence: Option<bool>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -239,6 +239,7 @@ pub fn rule_text(r: &Rule, state: &str) -> String {
                 r.format.clone()
             },
         ),
+        ("fence", r.fence.to_string()),
         ("created_at", r.created_at.clone()),
         ("updated_at", r.updated_at.clone()),
     ])
@@ -291,10 +292,14 @@ fn objects_cell(r: &Rule) -> String {
     } else {
         format!("{} ", r.format)
     };
+    let fence = if r.fence { " fenced" } else { "" };
     if r.compression_level == 0 {
-        format!("{format}{compression} {layout}")
+        format!("{format}{compression} {layout}{fence}")
     } else {
-        format!("{format}{compression}:{} {layout}", r.compression_level)
+        format!(
+            "{format}{compression}:{} {layout}{fence}",
+            r.compression_level
+        )
     }
 }
 

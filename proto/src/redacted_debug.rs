@@ -34,6 +34,7 @@ impl fmt::Debug for RuleSpec {
             compression_level,
             layout,
             format,
+            fence,
         } = self;
         let token: &dyn fmt::Debug = match token {
             Some(_) => &format_args!("{REDACTED}"),
@@ -60,6 +61,7 @@ impl fmt::Debug for RuleSpec {
             .field("compression_level", compression_level)
             .field("layout", layout)
             .field("format", format)
+            .field("fence", fence)
             .finish()
     }
 }

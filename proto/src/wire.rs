@@ -14,6 +14,10 @@ pub enum CommitOutcome {
     Committed,
     /// It already was: a retried commit, or another uploader's.
     AlreadyCommitted,
+    /// A fenced segment another ingester's object holds in full: stored by that one.
+    Covered,
+    /// A fenced segment another ingester's object holds the start of: the rest is sealed again.
+    Trimmed,
 }
 
 impl CommitOutcome {
@@ -21,14 +25,21 @@ impl CommitOutcome {
         match self {
             CommitOutcome::Committed => "committed",
             CommitOutcome::AlreadyCommitted => "already_committed",
+            CommitOutcome::Covered => "covered",
+            CommitOutcome::Trimmed => "trimmed",
         }
     }
 
     /// `None` for an outcome this version does not know (from a newer ingester).
     pub fn parse(text: &str) -> Option<CommitOutcome> {
-        [CommitOutcome::Committed, CommitOutcome::AlreadyCommitted]
-            .into_iter()
-            .find(|outcome| outcome.as_str() == text)
+        [
+            CommitOutcome::Committed,
+            CommitOutcome::AlreadyCommitted,
+            CommitOutcome::Covered,
+            CommitOutcome::Trimmed,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == text)
     }
 }
 

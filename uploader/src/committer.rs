@@ -20,6 +20,8 @@ pub struct Commit<'a> {
     pub etag: &'a str,
     pub upload_ms: u64,
     pub attempts: u32,
+    /// A fenced segment's key is another ingester's object: its last message id.
+    pub covered_through: Option<&'a str>,
 }
 
 /// Returns the ingester's outcome as it says it (a newer ingester may name one this version does
@@ -35,6 +37,7 @@ pub async fn commit(client: &mut Client, c: Commit<'_>) -> Result<String, Upload
         // The ingester checks these against what it sealed before it frees the segment.
         file_bytes: c.segment.file_bytes,
         content_crc32c: c.segment.content_crc32c.clone(),
+        covered_through: c.covered_through.unwrap_or_default().to_string(),
     };
     let backoff = Backoff::new(Duration::from_secs(2));
     let mut last = String::new();

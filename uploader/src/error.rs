@@ -53,6 +53,11 @@ pub enum UploadError {
     )]
     TooLargeForSinglePut { len: u64, threshold: u64 },
 
+    /// A conditional create (`If-None-Match: *`) found the key taken: another writer's object
+    /// is there (HTTP 412, or 409 when the two writes overlapped).
+    #[error("{op}: the key is taken by another object")]
+    KeyTaken { op: &'static str },
+
     /// An object-store request failed although the store answered (a refusal below 500, an
     /// answer of no use); `message` is the SDK's display chain.
     #[error("{op} failed: {message}")]

@@ -102,6 +102,7 @@ async fn put_document(
         metadata: Vec::new(),
         content_type: "application/json".into(),
         total_len: body.len() as u64,
+        if_absent: false,
     };
     let body = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
     store.put_object(&request, body).await.map(|_| ())

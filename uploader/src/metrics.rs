@@ -70,6 +70,12 @@ pub fn render(
         "Failed upload attempts (each is retried)",
         &|r| r.upload_failures,
     );
+    per_rule(
+        registry,
+        "fence_conflicts",
+        "Fenced segments whose key already held another ingester's object (what it holds was dropped from the segment)",
+        &|r| r.fence_conflicts,
+    );
     let last_stored = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for (rule, counters) in rules.iter().filter(|(_, c)| c.last_stored_ms > 0) {
         // Milliseconds → seconds; exact for any date this side of year 285,000.

@@ -46,6 +46,8 @@ pub struct RuleCounters {
     pub segments_uploaded: u64,
     pub bytes_uploaded: u64,
     pub upload_failures: u64,
+    /// Fenced segments whose key another ingester's object held (see `upload::Placed`).
+    pub fence_conflicts: u64,
     /// Unix ms of the last object this uploader stored and committed for the rule; 0: none yet.
     pub last_stored_ms: u64,
 }
@@ -181,6 +183,15 @@ impl StatusState {
         counters.segments_uploaded += 1;
         counters.bytes_uploaded += bytes;
         counters.last_stored_ms = now_millis();
+    }
+
+    /// A fenced segment of `rule` found its key holding another ingester's object.
+    pub fn record_fenced(&self, rule: &str) {
+        self.lock()
+            .rules
+            .entry(rule.to_string())
+            .or_default()
+            .fence_conflicts += 1;
     }
 
     /// An attempt at one of `rule`'s segments failed (it is retried).

@@ -15,7 +15,8 @@ use crate::manifest;
 use crate::multipart::{self, Journal};
 use crate::status::StatusState;
 use crate::store::{
-    content_type_for, Body, FileStore, PutOutcome, PutRequest, Store, StoreRouter, Target,
+    content_type_for, Body, FileStore, ObjectHead, PutOutcome, PutRequest, Store, StoreRouter,
+    Target,
 };
 use crate::verify::{self, Expected};
 
@@ -70,7 +71,7 @@ pub async fn upload_segment(
     let started = Instant::now();
     let stored = store_segment(ctx, client, seg, progress).await;
     let result = match stored {
-        Ok((etag, source)) => {
+        Ok(Placed::Ours { etag, source }) => {
             let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             edge::failpoint::hit("uploader:before_commit");
             let commit = Commit {
@@ -78,10 +79,35 @@ pub async fn upload_segment(
                 etag: &etag,
                 upload_ms,
                 attempts: attempt,
+                covered_through: None,
             };
             committer::commit(client, commit)
                 .await
                 .map(|outcome| (outcome, upload_ms, source))
+        }
+        Ok(Placed::Theirs { etag, through }) => {
+            let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let commit = Commit {
+                segment: seg,
+                etag: &etag,
+                upload_ms,
+                attempts: attempt,
+                covered_through: Some(&through),
+            };
+            return match committer::commit(client, commit).await {
+                Ok(outcome) => {
+                    ctx.local_reads.forget(seg);
+                    ctx.status.record_fenced(&seg.rule);
+                    tracing::info!(
+                        key = %seg.object_key,
+                        through = %through,
+                        outcome = %outcome,
+                        "the key holds another ingester's object; what it holds is dropped here"
+                    );
+                    Outcome::Committed
+                }
+                Err(err) => failed(ctx, client, seg, attempt, err).await,
+            };
         }
         Err(err) => Err(err),
     };
@@ -107,20 +133,60 @@ pub async fn upload_segment(
             tracing::warn!(error = %message, "segment quarantined by the ingester; skipping it");
             Outcome::Quarantined(message)
         }
-        Err(err) => {
-            let text = crate::error::error_chain(&err);
-            tracing::warn!(error = %text, attempt, "upload failed");
-            ctx.status.record_failure(
-                &seg.rule,
-                &format!("{}/{}: {text}", seg.rule, seg.segment_no),
-            );
-            committer::report_failure(client, seg, &text, attempt).await;
-            if matches!(err, UploadError::CommitDeferred(_)) {
-                Outcome::Uncommitted(text)
-            } else {
-                Outcome::Failed(text)
-            }
-        }
+        Err(err) => failed(ctx, client, seg, attempt, err).await,
+    }
+}
+
+/// Reports a failed attempt (logs, status, the ingester's history).
+async fn failed(
+    ctx: &UploadContext,
+    client: &mut Client,
+    seg: &SegmentInfo,
+    attempt: u32,
+    err: UploadError,
+) -> Outcome {
+    let text = crate::error::error_chain(&err);
+    tracing::warn!(error = %text, attempt, "upload failed");
+    ctx.status.record_failure(
+        &seg.rule,
+        &format!("{}/{}: {text}", seg.rule, seg.segment_no),
+    );
+    committer::report_failure(client, seg, &text, attempt).await;
+    if matches!(err, UploadError::CommitDeferred(_)) {
+        Outcome::Uncommitted(text)
+    } else {
+        Outcome::Failed(text)
+    }
+}
+
+/// What the store holds at the segment's key once the attempt is done with it.
+enum Placed {
+    /// This segment's object: written now, or found there.
+    Ours { etag: String, source: Source },
+    /// A fenced segment's key holds another ingester's object, whose last message is `through`.
+    Theirs { etag: String, through: String },
+}
+
+/// Whether the object at the segment's key is this segment's: same size and checksum.
+fn is_ours(head: &ObjectHead, seg: &SegmentInfo) -> bool {
+    head.size == seg.file_bytes && head.metadata.get("content-crc32c") == Some(&seg.content_crc32c)
+}
+
+/// Another writer's object at a fenced segment's key, by the last message id it holds.
+fn theirs(seg: &SegmentInfo, head: &ObjectHead) -> Result<Placed, UploadError> {
+    match head.metadata.get("last-message-id") {
+        Some(through) if !through.is_empty() => Ok(Placed::Theirs {
+            etag: head.etag.clone(),
+            through: through.clone(),
+        }),
+        _ => Err(UploadError::Store {
+            op: "HeadObject",
+            message: format!(
+                "{} is another writer's object without last-message-id metadata: which messages \
+                 it holds cannot be told",
+                seg.object_key
+            ),
+        }),
     }
 }
 
@@ -145,13 +211,14 @@ impl Source {
     }
 }
 
-/// Returns the object's ETag once the store has it, and where its bytes were read from.
+/// Returns the object's ETag once the store has it, and where its bytes were read from; or, for
+/// a fenced segment whose key another ingester's object holds, what that object holds.
 async fn store_segment(
     ctx: &UploadContext,
     client: &mut Client,
     seg: &SegmentInfo,
     progress: Arc<AtomicU64>,
-) -> Result<(String, Source), UploadError> {
+) -> Result<Placed, UploadError> {
     check_segment(seg)?;
     let expected = Expected {
         len: seg.file_bytes,
@@ -170,17 +237,10 @@ async fn store_segment(
         ctx.status.store_reachable();
     }
     match head {
-        Ok(Some(head))
-            if head.size == seg.file_bytes
-                && head.metadata.get("content-crc32c") == Some(&seg.content_crc32c) =>
-        {
-            tracing::info!(key = %seg.object_key, "object already stored; committing it");
-            // A crash between CompleteMultipartUpload and removing the state leaves a record.
-            multipart::forget(&ctx.stores, &ctx.journal, &seg.rule, seg.segment_no).await;
-            // The crash may also have come before the manifest entry was written.
-            manifest::write_entry(&store, seg, &head.etag).await?;
-            return Ok((head.etag, Source::AlreadyStored));
+        Ok(Some(head)) if is_ours(&head, seg) => {
+            return already_stored(ctx, &store, seg, head).await;
         }
+        Ok(Some(head)) if seg.fenced => return theirs(seg, &head),
         Ok(_) => {}
         // HEAD may be denied by a put-only policy; the upload itself is what matters.
         Err(err) => tracing::debug!(error = %err, "HEAD before upload failed; uploading"),
@@ -199,6 +259,20 @@ async fn store_segment(
     }
     let outcome = match outcome {
         Ok(outcome) => outcome,
+        Err(UploadError::KeyTaken { op }) => {
+            // Written first by another ingester (or by an earlier attempt of this one).
+            return match store.head_object(&seg.bucket, &seg.object_key).await? {
+                Some(head) if is_ours(&head, seg) => already_stored(ctx, &store, seg, head).await,
+                Some(head) => theirs(seg, &head),
+                None => Err(UploadError::Store {
+                    op,
+                    message: format!(
+                        "{} was refused as taken, but HEAD finds no object there",
+                        seg.object_key
+                    ),
+                }),
+            };
+        }
         Err(err) => {
             if source == Source::LocalFile {
                 ctx.local_reads.refuse(seg);
@@ -209,7 +283,29 @@ async fn store_segment(
     edge::failpoint::hit("uploader:after_put");
     // Before the commit: every segment Pulsar acknowledges has its entry in the manifest.
     manifest::write_entry(&store, seg, &outcome.etag).await?;
-    Ok((outcome.etag, source))
+    Ok(Placed::Ours {
+        etag: outcome.etag,
+        source,
+    })
+}
+
+/// The segment's object is there already (a crash, or a failed commit, after the store confirmed
+/// it): commit it without sending it again.
+async fn already_stored(
+    ctx: &UploadContext,
+    store: &Store,
+    seg: &SegmentInfo,
+    head: ObjectHead,
+) -> Result<Placed, UploadError> {
+    tracing::info!(key = %seg.object_key, "object already stored; committing it");
+    // A crash between CompleteMultipartUpload and removing the state leaves a record.
+    multipart::forget(&ctx.stores, &ctx.journal, &seg.rule, seg.segment_no).await;
+    // The crash may also have come before the manifest entry was written.
+    manifest::write_entry(store, seg, &head.etag).await?;
+    Ok(Placed::Ours {
+        etag: head.etag,
+        source: Source::AlreadyStored,
+    })
 }
 
 /// Whether writing the object reached the store, for the readiness probes: yes when it was
@@ -232,6 +328,9 @@ pub fn put_request(seg: &SegmentInfo) -> PutRequest {
         metadata: object_metadata(seg),
         content_type: content_type_for(&seg.content_encoding, &seg.object_key).to_string(),
         total_len: seg.file_bytes,
+        // A fenced segment's key may be another ingester's: whoever stores it first is the
+        // only one that does.
+        if_absent: seg.fenced,
     }
 }
 

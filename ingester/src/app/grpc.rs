@@ -145,6 +145,8 @@ impl proto::Ingester for IngesterService {
         let outcome = match outcome {
             CommitOutcome::Committed => proto::wire::CommitOutcome::Committed,
             CommitOutcome::AlreadyCommitted => proto::wire::CommitOutcome::AlreadyCommitted,
+            CommitOutcome::Covered => proto::wire::CommitOutcome::Covered,
+            CommitOutcome::Trimmed => proto::wire::CommitOutcome::Trimmed,
         };
         Ok(Response::new(CommitSegmentReply {
             outcome: outcome.as_str().into(),

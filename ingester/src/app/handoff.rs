@@ -20,7 +20,7 @@ use super::history::{self, HistoryEntry};
 use super::sealed_page;
 use super::IngesterApp;
 use crate::error::{IngesterError, Result};
-use crate::spool::{CommitOutcome, RuleSpool};
+use crate::spool::{CommitOutcome, CoverOutcome, RuleSpool};
 use crate::stats::RuleStats;
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -185,6 +185,9 @@ impl IngesterApp {
                 commit_check::check_against(req, meta).map_err(IngesterError::InvalidRequest)?;
             }
         }
+        if !req.covered_through.is_empty() {
+            return self.cover(spool, req, ack_ready).await;
+        }
         let outcome = spool
             .mark_stored(req.segment_no, &req.etag, req.upload_ms, req.attempts)
             .await?;
@@ -208,6 +211,54 @@ impl IngesterApp {
             // not taken yet is kept, and several coalesce into one look at the spool.
             ack_ready.notify_one();
         }
+        Ok(outcome)
+    }
+
+    /// A fenced segment whose key another ingester's object holds (`covered_through`: that
+    /// object's last message id): see `RuleSpool::cover`.
+    async fn cover(
+        &self,
+        spool: Arc<RuleSpool>,
+        req: &v1::CommitSegmentRequest,
+        ack_ready: Arc<tokio::sync::Notify>,
+    ) -> Result<CommitOutcome> {
+        let through: proto::types::MessageId = req.covered_through.parse().map_err(|e| {
+            IngesterError::InvalidRequest(format!(
+                "covered_through {:?} is not a message id: {e}",
+                req.covered_through
+            ))
+        })?;
+        let segment_no = req.segment_no;
+        let covering = spool.clone();
+        let cover = tokio::task::spawn_blocking(move || covering.cover(segment_no, through))
+            .await
+            .map_err(|e| {
+                IngesterError::io("covering a segment", std::io::Error::other(e.to_string()))
+            })??;
+        for &no in &cover.to_seal {
+            self.sealer.seal(spool.clone(), no);
+        }
+        let outcome = match cover.outcome {
+            CoverOutcome::AlreadyCommitted => return Ok(CommitOutcome::AlreadyCommitted),
+            CoverOutcome::Covered => CommitOutcome::Covered,
+            CoverOutcome::Trimmed => CommitOutcome::Trimmed,
+        };
+        let text = match outcome {
+            CommitOutcome::Covered => format!(
+                "segment {segment_no}: another ingester's {} holds all of it (through {through})",
+                req.object_key
+            ),
+            _ => format!(
+                "segment {segment_no}: another ingester's {} holds it through {through}; the rest is sealed again",
+                req.object_key
+            ),
+        };
+        tracing::info!(rule = %req.rule, segment = segment_no, "{text}");
+        let mut entry = HistoryEntry::event(HistoryKind::Info, text);
+        entry.segment_no = segment_no;
+        entry.object_key = req.object_key.clone();
+        self.record(&req.rule, entry);
+        ack_ready.notify_one();
         Ok(outcome)
     }
 

@@ -124,17 +124,20 @@ impl RuleTask {
         full
     }
 
+    /// Closes the open segments that are due (all if `force`) and seals them; returns the
+    /// newest one closed.
     pub(super) async fn close_if_due(&mut self, force: bool) -> Option<u64> {
         match self
             .spool
             .close_open(proto::types::time::now_millis(), force)
             .await
         {
-            Ok(Some(segment_no)) => {
-                self.sealer.seal(self.spool.clone(), segment_no);
-                Some(segment_no)
+            Ok(closed) => {
+                for &segment_no in &closed {
+                    self.sealer.seal(self.spool.clone(), segment_no);
+                }
+                closed.into_iter().max()
             }
-            Ok(None) => None,
             Err(err) => {
                 warn!(rule = %self.rule.name, error = %err, "closing the open segment failed");
                 self.stats

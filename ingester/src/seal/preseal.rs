@@ -77,7 +77,8 @@ impl RuleSpool {
             // writer is in the map, so its seal finds the writer.
             let (segment_no, upto, codec) = {
                 let state = self.lock();
-                match &state.open {
+                // The biggest open segment (a fenced rule has one per partition).
+                match state.open.values().max_by_key(|open| open.record_bytes) {
                     Some(open) if open.record_bytes >= PRESEAL_MIN_BYTES => {
                         (open.segment_no, open.log_bytes, state.target.codec())
                     }

@@ -46,7 +46,10 @@ impl RuleSpool {
         if let Some(preseal) = self.presealing.take(segment_no) {
             // Waits for a feed still running on it.
             if let Some(pre) = lock_preseal(&preseal).take() {
-                if pre.generation == generation && pre.codec() == codec {
+                if pre.generation == generation
+                    && pre.codec() == codec
+                    && pre.skip_through() == meta.skip_through
+                {
                     writer = Some(pre);
                 } else {
                     discard(pre);
@@ -63,6 +66,7 @@ impl RuleSpool {
                 codec,
                 generation,
             )
+            .map(|writer| writer.skipping_through(meta.skip_through))
         };
         let written = match writer {
             Some(presealed) => match self.complete(&meta, presealed) {
@@ -90,10 +94,15 @@ impl RuleSpool {
         // store and commit a file the restarted spool seals again, differently).
         let sealed = {
             let state = self.lock();
-            let Some(meta) = state.segments.get(&segment_no) else {
+            let Some(current) = state.segments.get(&segment_no) else {
                 return Ok(());
             };
-            let mut sealed = meta.clone();
+            // Cut meanwhile (`RuleSpool::cover`): this file holds records that are not the
+            // segment's any more; the seal queued by the cut writes the right one.
+            if current.state != SegmentState::Closed || current.skip_through != meta.skip_through {
+                return Ok(());
+            }
+            let mut sealed = current.clone();
             sealed.state = SegmentState::Sealed;
             // What the object really holds; `json_len` predicted it record by record.
             if sealed.record_bytes != written.json_bytes {

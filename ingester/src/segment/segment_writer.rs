@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::spool::log_record::{LogDecoder, RecordSink};
 use proto::types::parquet_record::{ParquetRecordError, ParquetRecordWriter};
 use proto::types::record::record_json_len;
-use proto::types::{Compression, Format, RecordFields};
+use proto::types::{Compression, Format, MessageId, RecordFields};
 
 use crate::error::{IngesterError, Result};
 use crate::segment::parallel_gzip::ParallelGzip;
@@ -115,6 +115,8 @@ pub struct SegmentWriter {
     json_bytes: u64,
     /// Turns the log's frames into JSON lines.
     decoder: LogDecoder,
+    /// Records of the log at or before this id are left out (see `SegmentMeta::skip_through`).
+    skip_through: Option<MessageId>,
     /// The JSON lines of one piece of the log, handed to the compressor at once.
     json: Vec<u8>,
     /// The spool's generation when this writer started (see `RuleSpool::reload`).
@@ -175,9 +177,21 @@ impl SegmentWriter {
             lines: 0,
             json_bytes: 0,
             decoder: LogDecoder::default(),
+            skip_through: None,
             json: Vec::new(),
             generation,
         })
+    }
+
+    /// Leaves out the log's records at or before `through` in its partition.
+    pub fn skipping_through(mut self, through: Option<MessageId>) -> SegmentWriter {
+        self.skip_through = through;
+        self
+    }
+
+    /// What it leaves out: a writer made for other records is not the segment's any more.
+    pub fn skip_through(&self) -> Option<MessageId> {
+        self.skip_through
     }
 
     pub fn compression(&self) -> Compression {
@@ -228,7 +242,10 @@ impl SegmentWriter {
             let corrupt = |e| IngesterError::Corrupt(format!("record log {}: {e}", path.display()));
             let writing = |e| IngesterError::io(format!("writing {}", self.tmp.display()), e);
             if let Output::Parquet(rows) = &mut self.out {
-                self.lines += self.decoder.decode(chunk, rows.as_mut()).map_err(corrupt)?;
+                self.lines += self
+                    .decoder
+                    .decode_after(chunk, rows.as_mut(), self.skip_through)
+                    .map_err(corrupt)?;
                 if let Some(err) = rows.error.take() {
                     return Err(writing(parquet_io(err)));
                 }
@@ -237,7 +254,7 @@ impl SegmentWriter {
             self.json.clear();
             self.lines += self
                 .decoder
-                .decode(chunk, &mut self.json)
+                .decode_after(chunk, &mut self.json, self.skip_through)
                 .map_err(corrupt)?;
             self.json_bytes += self.json.len() as u64;
             let written = match &mut self.out {

@@ -20,6 +20,11 @@ pub struct AckPlan {
 pub enum CommitOutcome {
     Committed,
     AlreadyCommitted,
+    /// Fenced, and another ingester's object at its key holds all of it.
+    Covered,
+    /// Fenced, and another ingester's object at its key holds its start: the rest is sealed
+    /// again under its own key.
+    Trimmed,
 }
 
 impl RuleSpool {
@@ -150,7 +155,7 @@ impl RuleSpool {
         tree.apply_batch(batch)?;
         drop(tree);
         self.db.flush()?;
-        state.open = None;
+        state.open.clear();
         state.segments.clear();
         if let Err(err) = std::fs::remove_dir_all(&self.segments_dir) {
             if err.kind() != std::io::ErrorKind::NotFound {

@@ -8,10 +8,9 @@ use chrono::{TimeZone, Utc};
 use proto::types::{object_key, MessageId, SegmentName, TopicName};
 
 use super::keys::{key, partition_suffix, segment_key, to_json, COUNTERS, WATERMARK};
-use super::log_record::LogEncoder;
 use super::record_log::LogWrite;
 use super::redelivery::{classify, Redelivery};
-use super::{Position, RuleSpool, SegmentMeta, SegmentState, Span, State, Target};
+use super::{lane_of, Position, RuleSpool, SegmentMeta, SegmentState, Span, State, Target};
 use crate::error::{IngesterError, Result};
 use crate::segment::cutter::Placement;
 
@@ -177,60 +176,70 @@ impl RuleSpool {
                 }
             }
             let len = msg.json_len;
-            let placement =
-                state
-                    .policy
-                    .place(state.open.as_ref().map(|o| o.stats()).as_ref(), now_ms, len);
+            let lane = lane_of(state.fence, partition);
+            let open_stats = state
+                .open
+                .get(&lane)
+                .filter(|open| may_close(open))
+                .map(|open| open.stats());
+            let placement = state.policy.place(open_stats.as_ref(), now_ms, len);
             if placement == Placement::CloseThenAppend {
-                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch, lane)? {
                     outcome.closed.push(closed);
                 }
             }
             let seq = state.counters.next_seq;
             state.counters.next_seq += 1;
-            if state.open.is_none() {
+            if !state.open.contains_key(&lane) {
                 let segment_no = state.counters.next_segment;
                 state.counters.next_segment += 1;
                 let window_start_ms = state.policy.window_start(now_ms);
-                state.open = Some(SegmentMeta {
-                    segment_no,
-                    state: SegmentState::Open,
-                    window_start_ms,
-                    opened_at_ms: now_ms,
-                    first_seq: seq,
-                    last_seq: seq,
-                    messages: 0,
-                    record_bytes: 0,
-                    first_id: Some(msg.id),
-                    last_id: None,
-                    oldest_publish_ms: msg.publish_time_ms,
-                    ack_positions: BTreeMap::new(),
-                    target: Target::default(),
-                    object_key: String::new(),
-                    file_bytes: 0,
-                    crc32c: 0,
-                    sealed_at_ms: 0,
-                    stored_at_ms: 0,
-                    etag: String::new(),
-                    upload_ms: 0,
-                    attempts: 0,
-                    times_quarantined: 0,
-                    log_crc32c: 0,
-                    log_bytes: 0,
-                    partitions: BTreeMap::new(),
-                    newest_publish_ms: msg.publish_time_ms,
-                    source_changes: 0,
-                });
+                let fenced = state.fence;
+                state.open.insert(
+                    lane,
+                    SegmentMeta {
+                        segment_no,
+                        state: SegmentState::Open,
+                        window_start_ms,
+                        opened_at_ms: now_ms,
+                        first_seq: seq,
+                        last_seq: seq,
+                        messages: 0,
+                        record_bytes: 0,
+                        first_id: Some(msg.id),
+                        last_id: None,
+                        oldest_publish_ms: msg.publish_time_ms,
+                        ack_positions: BTreeMap::new(),
+                        target: Target::default(),
+                        object_key: String::new(),
+                        file_bytes: 0,
+                        crc32c: 0,
+                        sealed_at_ms: 0,
+                        stored_at_ms: 0,
+                        etag: String::new(),
+                        upload_ms: 0,
+                        attempts: 0,
+                        times_quarantined: 0,
+                        log_crc32c: 0,
+                        log_bytes: 0,
+                        partitions: BTreeMap::new(),
+                        newest_publish_ms: msg.publish_time_ms,
+                        source_changes: 0,
+                        fenced,
+                        first_publish_ms: msg.publish_time_ms,
+                        skip_through: None,
+                    },
+                );
             }
             let policy = state.policy;
             let full = {
-                let State { open, encoder, .. } = &mut *state;
-                let open = open.as_mut().ok_or_else(|| {
+                let State { open, encoders, .. } = &mut *state;
+                let open = open.get_mut(&lane).ok_or_else(|| {
                     IngesterError::Corrupt("open segment vanished while appending".into())
                 })?;
-                let write = match writes.last_mut() {
-                    Some(write) if write.segment_no == open.segment_no => write,
-                    _ => {
+                let write = match writes.iter().position(|w| w.segment_no == open.segment_no) {
+                    Some(at) => &mut writes[at],
+                    None => {
                         writes.push(LogWrite {
                             segment_no: open.segment_no,
                             fresh: open.messages == 0,
@@ -242,10 +251,7 @@ impl RuleSpool {
                     }
                 };
                 let start = write.bytes.len();
-                let encoder = match encoder {
-                    Some((no, encoder)) if *no == open.segment_no => encoder,
-                    _ => &mut encoder.insert((open.segment_no, LogEncoder::default())).1,
-                };
+                let encoder = encoders.entry(open.segment_no).or_default();
                 open.log_bytes +=
                     encoder.append(&msg.topic, &msg.producer_name, &msg.body, &mut write.bytes);
                 open.log_crc32c = crc32c::crc32c_append(open.log_crc32c, &write.bytes[start..]);
@@ -268,7 +274,7 @@ impl RuleSpool {
                 if completes {
                     advance(&mut open.ack_positions, partition, msg);
                 }
-                policy.is_full(&open.stats())
+                policy.is_full(&open.stats()) && may_close(open)
             };
             advance(&mut state.watermarks, partition, msg);
             if !dirty_partitions.contains(&partition) {
@@ -276,7 +282,7 @@ impl RuleSpool {
             }
             outcome.accepted += 1;
             if full {
-                if let Some(closed) = self.close_open_locked(&mut state, &mut batch)? {
+                if let Some(closed) = self.close_open_locked(&mut state, &mut batch, lane)? {
                     outcome.closed.push(closed);
                 }
             }
@@ -292,18 +298,26 @@ impl RuleSpool {
                 );
             }
         }
-        if let Some(open) = &state.open {
-            batch.insert(segment_key(&self.rule, open.segment_no), to_json(open)?);
+        for open in state.open.values() {
+            if writes.iter().any(|w| w.segment_no == open.segment_no) {
+                batch.insert(segment_key(&self.rule, open.segment_no), to_json(open)?);
+            }
         }
         batch.insert(key(COUNTERS, &self.rule, &[]), to_json(&state.counters)?);
         Ok((outcome, writes, batch))
     }
 
     /// open → closed, inside an append or a close: fixes the record range and the object key.
-    fn close_open_locked(&self, state: &mut State, batch: &mut sled::Batch) -> Result<Option<u64>> {
-        let Some(mut meta) = state.open.take() else {
+    pub(super) fn close_open_locked(
+        &self,
+        state: &mut State,
+        batch: &mut sled::Batch,
+        lane: i32,
+    ) -> Result<Option<u64>> {
+        let Some(mut meta) = state.open.remove(&lane) else {
             return Ok(None);
         };
+        state.encoders.remove(&meta.segment_no);
         if meta.messages == 0 {
             batch.remove(segment_key(&self.rule, meta.segment_no));
             return Ok(None);
@@ -311,53 +325,83 @@ impl RuleSpool {
         meta.state = SegmentState::Closed;
         meta.target = state.target.clone();
         meta.source_changes = state.counters.source_changes;
-        let first_id = meta
-            .first_id
-            .ok_or_else(|| IngesterError::Corrupt("segment without first id".into()))?;
-        let window_start = Utc
-            .timestamp_millis_opt(i64::try_from(meta.window_start_ms).unwrap_or(i64::MAX))
-            .single()
-            .ok_or_else(|| IngesterError::Corrupt("window start out of range".into()))?;
-        let topic = TopicName::parse(&meta.target.topic).map_err(IngesterError::Corrupt)?;
-        meta.object_key = object_key(
-            &meta.target.prefix,
-            &topic,
-            &SegmentName {
-                rule: &self.rule,
-                window_start,
-                first_message_id: &first_id,
-                spool_id: &self.spool_id,
-                source_changes: state.counters.source_changes,
-                compression: meta.target.compression(),
-                format: meta.target.format,
-                layout: meta.target.layout,
-            },
-        );
+        meta.object_key = self.key_of(&meta)?;
         batch.insert(segment_key(&self.rule, meta.segment_no), to_json(&meta)?);
         let segment_no = meta.segment_no;
         state.segments.insert(segment_no, meta);
         Ok(Some(segment_no))
     }
 
-    /// Closes the open segment if `force`, or if its window has ended. Returns its number.
-    pub async fn close_open(&self, now_ms: u64, force: bool) -> Result<Option<u64>> {
+    /// The object key of a closed segment: from its window start and this data dir's id, or for
+    /// a fenced one from its messages alone.
+    pub(super) fn key_of(&self, meta: &SegmentMeta) -> Result<String> {
+        let first_id = meta
+            .first_id
+            .ok_or_else(|| IngesterError::Corrupt("segment without first id".into()))?;
+        let key_ms = if meta.fenced {
+            meta.first_publish_ms
+        } else {
+            meta.window_start_ms
+        };
+        let key_time = Utc
+            .timestamp_millis_opt(i64::try_from(key_ms).unwrap_or(i64::MAX))
+            .single()
+            .ok_or_else(|| IngesterError::Corrupt("segment time out of range".into()))?;
+        let topic = TopicName::parse(&meta.target.topic).map_err(IngesterError::Corrupt)?;
+        Ok(object_key(
+            &meta.target.prefix,
+            &topic,
+            &SegmentName {
+                rule: &self.rule,
+                key_time,
+                first_message_id: &first_id,
+                spool_id: (!meta.fenced).then_some(self.spool_id.as_str()),
+                source_changes: meta.source_changes,
+                compression: meta.target.compression(),
+                format: meta.target.format,
+                layout: meta.target.layout,
+            },
+        ))
+    }
+
+    /// Closes the open segments whose window has ended, or all of them if `force` (a fenced
+    /// one only where a Pulsar entry ends). Returns their numbers.
+    pub async fn close_open(&self, now_ms: u64, force: bool) -> Result<Vec<u64>> {
         let closed = {
             let mut state = self.lock();
-            let due = match &state.open {
-                Some(open) => force || state.policy.is_due(&open.stats(), now_ms),
-                None => false,
-            };
-            if !due {
-                return Ok(None);
+            let due: Vec<i32> = state
+                .open
+                .iter()
+                .filter(|(_, open)| {
+                    (force || state.policy.is_due(&open.stats(), now_ms)) && may_close(open)
+                })
+                .map(|(&lane, _)| lane)
+                .collect();
+            if due.is_empty() {
+                return Ok(Vec::new());
             }
             let mut batch = sled::Batch::default();
-            let closed = self.close_open_locked(&mut state, &mut batch)?;
+            let mut closed = Vec::new();
+            for lane in due {
+                closed.extend(self.close_open_locked(&mut state, &mut batch, lane)?);
+            }
             self.tree()?.apply_batch(batch)?;
             closed
         };
         self.db.flush_async().await?;
         Ok(closed)
     }
+}
+
+/// Whether the open segment may end after its last record: a fenced segment only where a Pulsar
+/// entry ends, so the next one (this ingester's, or the next owner's after the broker redelivers
+/// from the last acknowledged entry) starts at an entry's first message, the same id on either.
+fn may_close(open: &SegmentMeta) -> bool {
+    !open.fenced
+        || open
+            .partitions
+            .values()
+            .all(|span| span.last_completes_entry)
 }
 
 /// Moves a partition's position to `msg`. Per message on the append path: the topic string is

@@ -27,7 +27,8 @@ struct Loaded {
     counters: Counters,
     watermarks: BTreeMap<i32, Position>,
     acked: BTreeMap<i32, Position>,
-    open: Option<SegmentMeta>,
+    /// By lane (see [`super::lane_of`]).
+    open: BTreeMap<i32, SegmentMeta>,
     /// Every segment that is not open, by number.
     segments: BTreeMap<u64, SegmentMeta>,
     /// The closed segments, to be sealed.
@@ -43,7 +44,7 @@ fn load(tree: &sled::Tree, rule: &str, logs: &RecordLogs, segments_dir: &Path) -
     };
     let watermarks = load_positions(tree, WATERMARK, rule)?;
     let acked = load_positions(tree, ACKED, rule)?;
-    let mut open = None;
+    let mut open = BTreeMap::new();
     let mut segments = BTreeMap::new();
     let mut to_seal = Vec::new();
     for item in tree.scan_prefix(key(SEGMENT, rule, &[])) {
@@ -52,7 +53,7 @@ fn load(tree: &sled::Tree, rule: &str, logs: &RecordLogs, segments_dir: &Path) -
         match meta.state {
             SegmentState::Open => {
                 logs.truncate(meta.segment_no, meta.log_bytes)?;
-                open = Some(meta);
+                open.insert(meta.lane(), meta);
             }
             SegmentState::Closed => {
                 to_seal.push(meta.segment_no);
@@ -119,8 +120,7 @@ impl RuleSpool {
         let loaded = load(&tree, &name, &logs, &segments_dir)?;
         // Only here, never at a reload: a reload may run while a seal writes its temporary file.
         logs.sweep(|no| {
-            loaded.segments.contains_key(&no)
-                || loaded.open.as_ref().is_some_and(|o| o.segment_no == no)
+            loaded.segments.contains_key(&no) || loaded.open.values().any(|o| o.segment_no == no)
         })?;
         let spool = RuleSpool {
             rule: name,
@@ -136,11 +136,12 @@ impl RuleSpool {
                 counters: loaded.counters,
                 policy: policy_of(rule),
                 target: Target::of(rule),
+                fence: rule.fence,
                 watermarks: loaded.watermarks,
                 acked: loaded.acked,
                 open: loaded.open,
                 segments: loaded.segments,
-                encoder: None,
+                encoders: BTreeMap::new(),
             }),
             sealed_notify,
             appending: Arc::default(),
@@ -159,7 +160,7 @@ impl RuleSpool {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut state = self.lock();
         let loaded = load(tree, &self.rule, &self.logs, &self.segments_dir)?;
-        state.encoder = None;
+        state.encoders.clear();
         state.counters = loaded.counters;
         state.watermarks = loaded.watermarks;
         state.acked = loaded.acked;

@@ -72,6 +72,7 @@ pub mod spool_id;
 
 mod ack;
 mod append;
+mod fence;
 pub(crate) mod keys;
 mod load;
 mod redelivery;
@@ -83,6 +84,7 @@ mod tests;
 
 pub use ack::{AckPlan, CommitOutcome};
 pub use append::{AppendOutcome, Incoming};
+pub use fence::{Cover, CoverOutcome};
 pub use redelivery::{Redelivery, Seen};
 pub use state::{Position, SegmentMeta, SegmentState, Span, Target};
 
@@ -123,14 +125,30 @@ pub(crate) struct State {
     counters: Counters,
     policy: CutPolicy,
     pub(crate) target: Target,
+    /// The rule is fenced (several ingesters share its subscription): a segment per partition.
+    fence: bool,
     watermarks: BTreeMap<i32, Position>,
     acked: BTreeMap<i32, Position>,
-    pub(crate) open: Option<SegmentMeta>,
+    /// The open segments by lane: one, [`ALL_PARTITIONS`], unless the rule is fenced, then one
+    /// per partition (see [`lane_of`]).
+    pub(crate) open: BTreeMap<i32, SegmentMeta>,
     /// Every segment that is not open, by number (= consumption order).
     pub(crate) segments: BTreeMap<u64, SegmentMeta>,
-    /// The open segment's number and what its log last wrote of topic and producer name. Reset
-    /// whenever the log may have been cut back: a fresh encoder writes both again.
-    encoder: Option<(u64, LogEncoder)>,
+    /// Per open segment, what its log last wrote of topic and producer name. Reset whenever the
+    /// log may have been cut back: a fresh encoder writes both again.
+    encoders: BTreeMap<u64, LogEncoder>,
+}
+
+/// The lane of an unfenced rule's one open segment, whatever the partition.
+pub(crate) const ALL_PARTITIONS: i32 = i32::MIN;
+
+/// Which open segment a message of `partition` goes to.
+pub(crate) fn lane_of(fenced: bool, partition: i32) -> i32 {
+    if fenced {
+        partition
+    } else {
+        ALL_PARTITIONS
+    }
 }
 
 pub struct RuleSpool {
@@ -184,6 +202,7 @@ impl RuleSpool {
         let mut state = self.lock();
         state.policy = policy_of(rule);
         state.target = Target::of(rule);
+        state.fence = rule.fence;
     }
 
     /// Where `meta`'s segment file is (sealed or not).
@@ -194,29 +213,44 @@ impl RuleSpool {
     pub fn segments(&self) -> Vec<SegmentMeta> {
         let state = self.lock();
         let mut all: Vec<SegmentMeta> = state.segments.values().cloned().collect();
-        all.extend(state.open.clone());
+        all.extend(state.open.values().cloned());
+        all.sort_by_key(|meta| meta.segment_no);
         all
     }
 
+    /// The sealed segments the uploader may store now: of a fenced partition only the oldest
+    /// one not yet stored, since a conflict on it may cut the ones after it (`fence.rs`).
     pub fn sealed(&self) -> Vec<SegmentMeta> {
         let state = self.lock();
-        state
-            .segments
-            .values()
-            .filter(|m| m.state == SegmentState::Sealed)
-            .cloned()
-            .collect()
+        let mut waiting = std::collections::BTreeSet::new();
+        let mut sealed = Vec::new();
+        for meta in state.segments.values() {
+            if let Some(partition) = meta.fenced_partition() {
+                if meta.state == SegmentState::Stored || !waiting.insert(partition) {
+                    continue;
+                }
+            }
+            if meta.state == SegmentState::Sealed {
+                sealed.push(meta.clone());
+            }
+        }
+        sealed
     }
 
+    /// The oldest open segment (an unfenced rule has only one).
     pub fn open_segment(&self) -> Option<SegmentMeta> {
-        self.lock().open.clone()
+        self.lock()
+            .open
+            .values()
+            .min_by_key(|meta| meta.segment_no)
+            .cloned()
     }
 
     pub fn stats(&self) -> SpoolStats {
         let state = self.lock();
         let mut stats = SpoolStats::default();
         let mut oldest = u64::MAX;
-        for meta in state.segments.values().chain(state.open.iter()) {
+        for meta in state.segments.values().chain(state.open.values()) {
             stats.spooled_messages += meta.messages;
             stats.spooled_bytes += meta.record_bytes;
             oldest = oldest.min(meta.oldest_publish_ms);
@@ -228,9 +262,13 @@ impl RuleSpool {
             }
         }
         stats.closed_segments = state.segments.len() as u64;
-        if let Some(open) = &state.open {
-            stats.open_segment_messages = open.messages;
-            stats.open_segment_opened_at_ms = open.opened_at_ms;
+        for open in state.open.values() {
+            stats.open_segment_messages += open.messages;
+            if stats.open_segment_opened_at_ms == 0
+                || open.opened_at_ms < stats.open_segment_opened_at_ms
+            {
+                stats.open_segment_opened_at_ms = open.opened_at_ms;
+            }
         }
         stats.oldest_publish_ms = if oldest == u64::MAX { 0 } else { oldest };
         stats
@@ -239,6 +277,6 @@ impl RuleSpool {
     /// Whether anything is not yet acknowledged.
     pub fn is_empty(&self) -> bool {
         let state = self.lock();
-        state.segments.is_empty() && state.open.as_ref().is_none_or(|o| o.messages == 0)
+        state.segments.is_empty() && state.open.values().all(|o| o.messages == 0)
     }
 }

@@ -159,6 +159,19 @@ pub struct SegmentMeta {
     /// The rule's source changes when the segment was closed (part of its object key).
     #[serde(default)]
     pub source_changes: u32,
+    /// Opened while the rule was fenced: one partition's messages, cut where an entry ends, its
+    /// key derived from them alone (see `proto::types::object_key`).
+    #[serde(default)]
+    pub fenced: bool,
+    /// The publish time of the segment's first message (a fenced segment's key is dated by it);
+    /// 0 in segments opened before the field existed.
+    #[serde(default)]
+    pub first_publish_ms: u64,
+    /// Records of the log at or below this id are not the segment's: another ingester's object
+    /// holds them (a fenced segment cut to the rest, see `RuleSpool::cover`). The log stays as
+    /// it was written; sealing skips them.
+    #[serde(default)]
+    pub skip_through: Option<MessageId>,
 }
 
 /// One partition's messages in one segment.
@@ -195,6 +208,20 @@ impl Span {
 }
 
 impl SegmentMeta {
+    /// Which open segment this is while it is open (see [`super::lane_of`]).
+    pub(crate) fn lane(&self) -> i32 {
+        super::lane_of(
+            self.fenced,
+            self.first_id
+                .map_or(super::ALL_PARTITIONS, |id| id.partition),
+        )
+    }
+
+    /// A fenced segment's one partition.
+    pub fn fenced_partition(&self) -> Option<i32> {
+        self.first_id.filter(|_| self.fenced).map(|id| id.partition)
+    }
+
     pub(super) fn stats(&self) -> OpenStats {
         OpenStats {
             window_start_ms: self.window_start_ms,
@@ -261,6 +288,7 @@ impl SegmentMeta {
             source_changes: self.source_changes,
             prefix: self.target.prefix.clone(),
             topic: self.target.topic.clone(),
+            fenced: self.fenced,
         }
     }
 }

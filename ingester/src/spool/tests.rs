@@ -289,7 +289,7 @@ async fn after_a_reopen_the_spool_rereads_before_it_writes() -> Result<()> {
         .append(&[msg(3, -1, 0), msg(4, -1, 0), msg(5, -1, 0)], 9)
         .await?;
     assert_eq!((out.accepted, out.duplicates), (3, 0));
-    assert_eq!(spool.close_open(10, true).await?, Some(0));
+    assert_eq!(spool.close_open(10, true).await?, vec![0]);
     spool.seal_blocking(0)?;
     let (meta, path) = spool.sealed_file(0)?;
     assert_eq!(meta.messages, 5);

@@ -9,6 +9,11 @@
 //! (service URL, topic or subscription) the name ends `-s{n}` before the extension: the new
 //! source numbers its messages afresh (a fresh cluster starts again at ledger 0), so its first
 //! segment could otherwise get the very key of an object the old source filled.
+//!
+//! A fenced rule's segment (several ingesters share the subscription) is named by its messages
+//! alone, `{rule}-{first publish time}-{first message id}[-s{n}]{ext}`, dated by its first
+//! message's publish time: every ingester that stores those messages derives the same key, and
+//! the store's conditional create lets only the first one write it.
 
 use chrono::{DateTime, Utc};
 
@@ -97,9 +102,13 @@ impl TopicName {
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentName<'a> {
     pub rule: &'a str,
-    pub window_start: DateTime<Utc>,
+    /// The date path's and the name's time: the window start, or for a fenced segment its first
+    /// message's publish time.
+    pub key_time: DateTime<Utc>,
     pub first_message_id: &'a MessageId,
-    pub spool_id: &'a str,
+    /// This data dir's id; `None` for a fenced segment, whose key must not depend on which
+    /// ingester wrote it.
+    pub spool_id: Option<&'a str>,
     /// How many times the rule's source changed before the segment's messages were read.
     pub source_changes: u32,
     pub compression: Compression,
@@ -115,15 +124,15 @@ pub fn object_key(prefix: &str, topic: &TopicName, name: &SegmentName<'_>) -> St
         String::new()
     };
     format!(
-        "{prefix}{}/{}/{}/{}/{}-{}-{}-{}{source}{}",
+        "{prefix}{}/{}/{}/{}/{}-{}-{}{}{source}{}",
         topic.tenant,
         topic.namespace,
         topic.topic,
-        name.layout.date_path(name.window_start),
+        name.layout.date_path(name.key_time),
         name.rule,
-        name.window_start.format("%Y%m%dT%H%M%SZ"),
+        name.key_time.format("%Y%m%dT%H%M%SZ"),
         name.first_message_id.file_stem(),
-        name.spool_id,
+        name.spool_id.map(|id| format!("-{id}")).unwrap_or_default(),
         name.format.extension(name.compression),
     )
 }
@@ -161,9 +170,9 @@ mod tests {
         };
         let name = SegmentName {
             rule: "orders-bk",
-            window_start: start,
+            key_time: start,
             first_message_id: &id,
-            spool_id: "5f3a9c01",
+            spool_id: Some("5f3a9c01"),
             source_changes: 0,
             compression: Compression::Gzip,
             format: Format::Jsonl,
@@ -208,6 +217,20 @@ mod tests {
         assert_eq!(
             object_key("backup/", &topic, &parquet),
             "backup/public/default/orders/dt=2026-11-24/hour=02/r1-20261124T024000Z-12_34_-1_0-5f3a9c01.parquet"
+        );
+        // Fenced: no spool id, so two ingesters holding the same messages name them alike.
+        let publish = Utc
+            .with_ymd_and_hms(2026, 11, 24, 3, 5, 9)
+            .single()
+            .expect("time");
+        let fenced = SegmentName {
+            key_time: publish,
+            spool_id: None,
+            ..name
+        };
+        assert_eq!(
+            object_key("", &topic, &fenced),
+            "public/default/orders/2026/11/24/03/r1-20261124T030509Z-12_34_-1_0.jsonl"
         );
     }
 }

@@ -238,6 +238,7 @@ async fn a_commit_must_name_the_sealed_object_key_size_and_checksum() -> anyhow:
         attempts: 1,
         file_bytes: seg.file_bytes,
         content_crc32c: seg.content_crc32c.clone(),
+        covered_through: String::new(),
     };
     // Nothing was stored: a commit that names no object must not free the segment.
     let status = client

@@ -367,7 +367,17 @@ pub async fn upload(
 ) -> Result<PutOutcome, UploadError> {
     let running = router.part_budget().begin();
     let (mut rec, reusable) = prepare(store, router, journal, identity, req).await?;
-    match send_parts(store, journal, &mut rec, &reusable, body, &running).await {
+    match send_parts(
+        store,
+        journal,
+        &mut rec,
+        &reusable,
+        body,
+        &running,
+        req.if_absent,
+    )
+    .await
+    {
         Ok(outcome) => {
             if let Err(err) = journal
                 .remove(&rec.identity.rule, rec.identity.segment_no)
@@ -379,9 +389,12 @@ pub async fn upload(
             Ok(outcome)
         }
         Err(err) => {
+            // A taken key will stay taken: the parts are of no use any more.
             let discard = matches!(
                 err,
-                UploadError::Integrity(_) | UploadError::Quarantined { .. }
+                UploadError::Integrity(_)
+                    | UploadError::Quarantined { .. }
+                    | UploadError::KeyTaken { .. }
             ) || must_start_over(&err);
             if discard {
                 tracing::warn!(
@@ -549,6 +562,7 @@ async fn send_parts(
     reusable: &BTreeMap<i32, UploadedPart>,
     body: Body,
     running: &RunningUpload,
+    if_absent: bool,
 ) -> Result<PutOutcome, UploadError> {
     let part_size = usize::try_from(rec.identity.part_size).unwrap_or(usize::MAX);
     let mut reader = PartReader::new(body, store.part_buffers().clone());
@@ -630,7 +644,9 @@ async fn send_parts(
         parts = rec.parts.len(),
         "completing the multipart upload"
     );
-    store.complete_multipart(&rec.multipart_state()).await
+    store
+        .complete_multipart(&rec.multipart_state(), if_absent)
+        .await
 }
 
 /// An UploadPart running on its own task while the next part is read; aborted if dropped

@@ -57,6 +57,11 @@ impl FileStore {
         mut body: Body,
     ) -> Result<PutOutcome, UploadError> {
         let object_path = self.object_path(&req.bucket, &req.key)?;
+        // Checked before the metadata is written, then again by the link below (which a
+        // second writer of the key cannot pass): one host's uploaders meet here.
+        if req.if_absent && tokio::fs::try_exists(&object_path).await.unwrap_or(false) {
+            return Err(UploadError::KeyTaken { op: "writing" });
+        }
         let tmp_dir = self.root.join(&req.bucket).join(TMP_DIR);
         create_dir(&tmp_dir).await?;
         let tmp_path = tmp_dir.join(format!("{:016x}.part", rand::random::<u64>()));
@@ -117,7 +122,18 @@ impl FileStore {
         if let Some(parent) = object_path.parent() {
             create_dir(parent).await?;
         }
-        if let Err(e) = tokio::fs::rename(&tmp_path, &object_path).await {
+        if req.if_absent {
+            // A link, unlike a rename, never replaces an existing file.
+            let linked = tokio::fs::hard_link(&tmp_path, &object_path).await;
+            let _ = tokio::fs::remove_file(&tmp_path).await;
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(UploadError::KeyTaken { op: "writing" })
+                }
+                Err(e) => return Err(UploadError::io("linking into", &object_path, e)),
+            }
+        } else if let Err(e) = tokio::fs::rename(&tmp_path, &object_path).await {
             let _ = tokio::fs::remove_file(&tmp_path).await;
             return Err(UploadError::io("renaming into", &object_path, e));
         }
@@ -362,11 +378,38 @@ mod tests {
             ],
             content_type: "application/x-ndjson".into(),
             total_len: len,
+            if_absent: false,
         }
     }
 
     fn body(items: Vec<Result<Bytes, UploadError>>) -> Body {
         futures::stream::iter(items).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_conditional_create_leaves_another_writers_object_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(dir.path());
+        let key = "public/default/orders/2026/11/24/02/r1-20261124T020000Z-7_5_0_-1.jsonl";
+        let mut req = request(key, 3);
+        req.if_absent = true;
+        store
+            .put_object(&req, body(vec![Ok(Bytes::from_static(b"one"))]))
+            .await
+            .expect("the key is free");
+        let err = store
+            .put_object(&req, body(vec![Ok(Bytes::from_static(b"two"))]))
+            .await
+            .expect_err("taken");
+        assert!(matches!(err, UploadError::KeyTaken { .. }), "{err}");
+        let path = dir.path().join("backup-1250000000").join(key);
+        assert_eq!(std::fs::read(&path).expect("object file"), b"one");
+        // An ordinary put still replaces (a retry of the same segment).
+        store
+            .put_object(&request(key, 3), body(vec![Ok(Bytes::from_static(b"two"))]))
+            .await
+            .expect("replaced");
+        assert_eq!(std::fs::read(&path).expect("object file"), b"two");
     }
 
     #[tokio::test]

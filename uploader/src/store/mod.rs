@@ -38,6 +38,9 @@ pub struct PutRequest {
     pub metadata: Vec<(String, String)>,
     pub content_type: String,
     pub total_len: u64,
+    /// Create the object only if its key is free (`If-None-Match: *`): a fenced segment's key
+    /// may be another ingester's ([`UploadError::KeyTaken`] when it is).
+    pub if_absent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -142,6 +142,7 @@ fn request(seg: &SegmentInfo) -> PutRequest {
         metadata: vec![("content-crc32c".into(), seg.content_crc32c.clone())],
         content_type: "application/gzip".into(),
         total_len: seg.file_bytes,
+        if_absent: false,
     }
 }
 

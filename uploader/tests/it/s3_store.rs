@@ -109,6 +109,7 @@ fn request(key: &str, len: usize, crc_hex: &str) -> PutRequest {
         ],
         content_type: "application/gzip".into(),
         total_len: len as u64,
+        if_absent: false,
     }
 }
 
@@ -426,4 +427,57 @@ async fn wrong_secret_is_refused_without_leaking_it() {
     let text = uploader::error::error_chain(&err);
     assert!(text.contains("PutObject"), "{text}");
     assert!(!text.contains("not-the-right-secret"), "{text}");
+}
+
+/// A fenced segment's object is created only where its key is free (`If-None-Match: *`, on the
+/// single PUT and on CompleteMultipartUpload): a second writer is told the key is taken, the
+/// first object stays as it was, and the refused multipart upload leaves no parts behind.
+#[tokio::test]
+async fn a_conditional_create_never_replaces_another_writers_object() {
+    let server = serve().await;
+    let recorder = Recorder::default();
+    let up = uploader(&server, &recorder, RequestChecksum::Crc32c).await;
+    let key = "public/default/orders/2026/11/24/02/r1-20261124T020000Z-7_5_0_-1.jsonl.gz";
+    let first = random_bytes(1000, 7);
+    let crc = crc32c::crc32c(&first);
+    let mut req = request(key, first.len(), &format!("{crc:08x}"));
+    req.if_absent = true;
+    up.store
+        .put_object(&req, body(&first, crc))
+        .await
+        .expect("the key is free");
+
+    let second = random_bytes(900, 8);
+    let crc2 = crc32c::crc32c(&second);
+    let mut req2 = request(key, second.len(), &format!("{crc2:08x}"));
+    req2.if_absent = true;
+    let err = up
+        .store
+        .put_object(&req2, body(&second, crc2))
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, UploadError::KeyTaken { .. }), "{err}");
+    assert_eq!(stored_file(&server, key).as_deref(), Some(&first[..]));
+
+    let big = random_bytes(11 * MIB, 9);
+    let crc3 = crc32c::crc32c(&big);
+    let mut req3 = request(key, big.len(), &format!("{crc3:08x}"));
+    req3.if_absent = true;
+    let err = up.multipart(&req3, &big, crc3).await.expect_err("taken");
+    assert!(matches!(err, UploadError::KeyTaken { .. }), "{err}");
+    assert_eq!(stored_file(&server, key).as_deref(), Some(&first[..]));
+    assert!(
+        up.journal.list().await.is_empty(),
+        "the refused upload is aborted"
+    );
+    let sent: Vec<String> = recorder
+        .requests()
+        .into_iter()
+        .filter(|(m, uri, _)| m == "POST" && uri.contains("uploadId="))
+        .flat_map(|(_, _, headers)| headers)
+        .collect();
+    assert!(
+        sent.iter().any(|h| h == "if-none-match"),
+        "CompleteMultipartUpload carries If-None-Match: {sent:?}"
+    );
 }

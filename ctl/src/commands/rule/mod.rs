@@ -334,6 +334,7 @@ fn flags_spec(f: &SpecFlags) -> (RuleSpecInput, Option<TokenSource>) {
         compression_level: f.compression_level,
         layout: f.layout.clone(),
         format: f.format.clone(),
+        fence: f.fence,
     };
     let token = TokenSource::from_flags(f.token_file.as_ref(), f.token_env.as_ref());
     (spec, token)

@@ -187,6 +187,49 @@ impl RecordSink for Vec<u8> {
     }
 }
 
+/// Hands on only the records after `through` in its partition: a fenced segment cut to what
+/// another ingester's object does not hold (its log keeps the records it no longer owns).
+pub struct After<'s, S> {
+    pub sink: &'s mut S,
+    pub through: MessageId,
+    pub skipped: u64,
+}
+
+impl<S: RecordSink> RecordSink for After<'_, S> {
+    fn record(&mut self, fields: &RecordFields<'_>) {
+        let id = &fields.message_id;
+        if id.partition == self.through.partition && !id.is_after(&self.through) {
+            self.skipped += 1;
+        } else {
+            self.sink.record(fields);
+        }
+    }
+}
+
+impl LogDecoder {
+    /// [`LogDecoder::decode`], leaving out the records at or before `skip_through` (in its
+    /// partition); returns how many it handed on.
+    pub fn decode_after<S: RecordSink>(
+        &mut self,
+        piece: &[u8],
+        sink: &mut S,
+        skip_through: Option<MessageId>,
+    ) -> Result<u64, LogRecordError> {
+        match skip_through {
+            None => self.decode(piece, sink),
+            Some(through) => {
+                let mut after = After {
+                    sink,
+                    through,
+                    skipped: 0,
+                };
+                let decoded = self.decode(piece, &mut after)?;
+                Ok(decoded - after.skipped)
+            }
+        }
+    }
+}
+
 /// Turns a log's frames into records, in as many pieces of the log as it takes (a frame may
 /// span two pieces: its start is kept until the rest arrives).
 #[derive(Debug, Default)]

@@ -133,6 +133,8 @@ pub struct RuleSpecInput {
     pub layout: Option<String>,
     /// `jsonl` (default) or `parquet`.
     pub format: Option<String>,
+    /// Several ingesters share the subscription (default false).
+    pub fence: Option<bool>,
 }
 
 /// A validated rule, as the ingester stores it. Holds no secret: the token is kept apart.
@@ -162,6 +164,11 @@ pub struct RuleConfig {
     /// Rules stored before formats existed are JSON Lines.
     #[serde(default)]
     pub format: Format,
+    /// Several ingesters share the subscription: a segment per partition, cut only where a Pulsar
+    /// entry ends, under a key derived from its messages alone and stored by a conditional
+    /// create, so whichever ingester stores a range first is the only one that does.
+    #[serde(default)]
+    pub fence: bool,
 }
 
 /// Every field of [`RuleSpecInput`] but `name`, once: `optional_spec_fields!(m, args)` expands to
@@ -187,7 +194,8 @@ macro_rules! optional_spec_fields {
             compression,
             compression_level,
             layout,
-            format
+            format,
+            fence
         )
     };
 }
@@ -237,6 +245,7 @@ impl From<&crate::v1::Rule> for RuleSpecInput {
             compression_level: Some(rule.compression_level).filter(|&l| l != 0),
             layout: text(&rule.layout),
             format: text(&rule.format),
+            fence: Some(rule.fence).filter(|&f| f),
         }
     }
 }
@@ -457,6 +466,7 @@ impl RuleSpecInput {
             compression_level,
             layout,
             format,
+            fence: self.fence.unwrap_or(false),
         })
     }
 }
@@ -495,6 +505,7 @@ impl RuleConfig {
             compression_level: self.level(),
             layout: self.layout.as_str().to_string(),
             format: self.format.as_str().to_string(),
+            fence: self.fence,
             paused: state.paused,
             created_at: rfc3339_from_millis(state.created_at_ms),
             updated_at: rfc3339_from_millis(state.updated_at_ms),
@@ -522,6 +533,7 @@ impl RuleConfig {
             compression_level: self.compression_level,
             layout: Some(self.layout.as_str().into()),
             format: Some(self.format.as_str().into()),
+            fence: Some(self.fence),
         }
     }
 

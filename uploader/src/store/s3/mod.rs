@@ -37,7 +37,7 @@ use super::{
 use crate::config::Credentials;
 use crate::error::UploadError;
 pub use sdk_errors::describe_sdk_error;
-use sdk_errors::{answered_unusably, is_no_such_upload, sdk_error, start_over};
+use sdk_errors::{answered_unusably, is_key_taken, is_no_such_upload, sdk_error, start_over};
 
 /// S3 and COS both stop at 10,000 parts.
 pub const MAX_PARTS: usize = 10_000;
@@ -277,7 +277,8 @@ impl S3Store {
             .bucket(&req.bucket)
             .key(&req.key)
             .set_metadata(Some(metadata_map(req)))
-            .content_type(&req.content_type);
+            .content_type(&req.content_type)
+            .set_if_none_match(req.if_absent.then(|| "*".to_string()));
         let request = match self.checksum {
             RequestChecksum::Md5 => request.content_md5(content_md5(&data)),
             RequestChecksum::Crc32c => request
@@ -295,7 +296,13 @@ impl S3Store {
         };
         let out = request.send().await;
         self.buffers.give_back(sent);
-        let out = out.map_err(|e| sdk_error("PutObject", e))?;
+        let out = out.map_err(|e| {
+            if req.if_absent && is_key_taken(&e) {
+                UploadError::KeyTaken { op: "PutObject" }
+            } else {
+                sdk_error("PutObject", e)
+            }
+        })?;
         Ok(PutOutcome {
             etag: out.e_tag().unwrap_or_default().to_string(),
         })
@@ -438,10 +445,12 @@ impl S3Store {
         Ok(PartList::Listed(parts))
     }
 
-    /// CompleteMultipartUpload with `state.parts` (which must be 1..=n in order).
+    /// CompleteMultipartUpload with `state.parts` (which must be 1..=n in order); with
+    /// `if_absent` only if no object has the key ([`UploadError::KeyTaken`] when one has).
     pub async fn complete_multipart(
         &self,
         state: &MultipartState,
+        if_absent: bool,
     ) -> Result<PutOutcome, UploadError> {
         let parts = state
             .parts
@@ -465,9 +474,15 @@ impl S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_none_match(if_absent.then(|| "*".to_string()))
             .send()
             .await
             .map_err(|e| {
+                if if_absent && is_key_taken(&e) {
+                    return UploadError::KeyTaken {
+                        op: "CompleteMultipartUpload",
+                    };
+                }
                 let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
                 let refused = matches!(code, "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall");
                 if is_no_such_upload(&e) || refused {

@@ -17,6 +17,12 @@ pub(super) fn is_no_such_upload<E: ProvideErrorMetadata>(
             .is_some_and(|r| r.status().as_u16() == 404)
 }
 
+/// A conditional create refused: 412 Precondition Failed, or 409 ConditionalRequestConflict
+/// (S3's answer when another write to the key was in progress).
+pub(super) fn is_key_taken<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(err, SdkError::ServiceError(ctx) if matches!(ctx.raw().status().as_u16(), 409 | 412))
+}
+
 /// The store answered in full, and the answer is no use: a body the SDK cannot read (moto's
 /// 200 was one) or a refusal below 500. Unreachable stores, timeouts, answers cut off while
 /// being read and 5xx are passing troubles.

@@ -87,6 +87,7 @@ async fn capture_put_with(
         metadata: vec![("rule".into(), "orders-backup".into())],
         content_type: "application/gzip".into(),
         total_len: 11,
+        if_absent: false,
     };
     let err = store
         .put_object(&req, body(vec![b"hello ", b"world"]))
@@ -257,6 +258,7 @@ async fn put_object_refuses_an_object_above_the_multipart_threshold() {
         metadata: Vec::new(),
         content_type: "application/gzip".into(),
         total_len: 12,
+        if_absent: false,
     };
     let untouched: Body = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> {
         panic!("the body of a refused object must not be read")
@@ -408,6 +410,7 @@ async fn put_to(endpoint: String) -> UploadError {
         metadata: Vec::new(),
         content_type: "application/gzip".into(),
         total_len: 11,
+        if_absent: false,
     };
     store
         .put_object(&req, body(vec![b"hello ", b"world"]))
