@@ -229,12 +229,7 @@ impl IngesterApp {
             ))
         })?;
         let segment_no = req.segment_no;
-        let covering = spool.clone();
-        let cover = tokio::task::spawn_blocking(move || covering.cover(segment_no, through))
-            .await
-            .map_err(|e| {
-                IngesterError::io("covering a segment", std::io::Error::other(e.to_string()))
-            })??;
+        let cover = spool.cover(segment_no, through).await?;
         for &no in &cover.to_seal {
             self.sealer.seal(spool.clone(), no);
         }

@@ -66,8 +66,27 @@ impl RecordSink for Rest {
 impl RuleSpool {
     /// Drops what another ingester's object (its last message `through`) holds from the fenced
     /// segment `segment_no`, sealed here under the same key, and from every later segment of
-    /// its partition. Blocking IO (it reads the segments' logs): run it on a blocking thread.
-    pub fn cover(&self, segment_no: u64, through: MessageId) -> Result<Cover> {
+    /// its partition. After any append in progress (its records must be in the logs read here).
+    pub async fn cover(
+        self: &std::sync::Arc<Self>,
+        segment_no: u64,
+        through: MessageId,
+    ) -> Result<Cover> {
+        let appending = self.appending.clone().lock_owned().await;
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _appending = appending;
+            spool.cover_blocking(segment_no, through)
+        })
+        .await
+        .map_err(|e| {
+            IngesterError::io("covering a segment", std::io::Error::other(e.to_string()))
+        })?
+    }
+
+    /// [`RuleSpool::cover`]'s blocking part: every change is worked out (reading the logs)
+    /// before any is made, so a failure leaves the spool as it was.
+    fn cover_blocking(&self, segment_no: u64, through: MessageId) -> Result<Cover> {
         let mut state = self.lock();
         let partition = match state.segments.get(&segment_no) {
             None => return Ok(already()),
@@ -97,19 +116,22 @@ impl RuleSpool {
         let now = proto::types::time::now_millis();
         let mut to_seal = Vec::new();
         let mut outcome = CoverOutcome::Trimmed;
-        let numbers: Vec<u64> = state
-            .segments
-            .values()
-            .filter(|m| m.fenced_partition() == Some(partition) && m.state != SegmentState::Stored)
-            .map(|m| m.segment_no)
-            .collect();
-        for no in numbers {
-            let Some(meta) = state.segments.get(&no).cloned() else {
+        let mut changes = Vec::new();
+        for meta in state.segments.values() {
+            if meta.fenced_partition() != Some(partition) || meta.state == SegmentState::Stored {
                 continue;
-            };
-            let Some(changed) = self.without_through(&meta, through, now)? else {
-                continue;
-            };
+            }
+            if let Some(changed) = self.without_through(meta, through, now)? {
+                changes.push(changed);
+            }
+        }
+        let lane = lane_of(true, partition);
+        let open_change = match state.open.get(&lane) {
+            Some(open) if open.fenced => self.without_through(open, through, now)?,
+            _ => None,
+        };
+        for changed in changes {
+            let no = changed.segment_no;
             if no == segment_no && changed.state == SegmentState::Stored {
                 outcome = CoverOutcome::Covered;
             }
@@ -119,14 +141,9 @@ impl RuleSpool {
             batch.insert(segment_key(&self.rule, no), to_json(&changed)?);
             state.segments.insert(no, changed);
         }
-        self.cover_open(
-            &mut state,
-            &mut batch,
-            partition,
-            through,
-            now,
-            &mut to_seal,
-        )?;
+        if let Some(changed) = open_change {
+            self.cover_open(&mut state, &mut batch, lane, changed)?;
+        }
         raise_watermark(&mut state, &mut batch, &self.rule, partition, through)?;
         self.tree()?.apply_batch(batch)?;
         drop(state);
@@ -143,21 +160,9 @@ impl RuleSpool {
         &self,
         state: &mut State,
         batch: &mut sled::Batch,
-        partition: i32,
-        through: MessageId,
-        now: u64,
-        to_seal: &mut Vec<u64>,
+        lane: i32,
+        changed: SegmentMeta,
     ) -> Result<()> {
-        let lane = lane_of(true, partition);
-        let Some(open) = state.open.get(&lane).cloned() else {
-            return Ok(());
-        };
-        if !open.fenced {
-            return Ok(());
-        }
-        let Some(changed) = self.without_through(&open, through, now)? else {
-            return Ok(());
-        };
         if changed.state == SegmentState::Stored {
             // Nothing of it is left to store: close it (its key as any closed one's) as stored.
             let Some(no) = self.close_open_locked(state, batch, lane)? else {
@@ -165,11 +170,11 @@ impl RuleSpool {
             };
             if let Some(closed) = state.segments.get_mut(&no) {
                 closed.state = SegmentState::Stored;
-                closed.stored_at_ms = now;
+                closed.stored_at_ms = changed.stored_at_ms;
                 closed.skip_through = changed.skip_through;
+                closed.ack_positions = changed.ack_positions;
                 batch.insert(segment_key(&self.rule, no), to_json(closed)?);
             }
-            to_seal.retain(|&n| n != no);
             return Ok(());
         }
         batch.insert(
@@ -201,6 +206,13 @@ impl RuleSpool {
             // An open one is closed as stored by `cover_open`.
             changed.state = SegmentState::Stored;
             changed.stored_at_ms = now;
+            // Acknowledged where the other object ends, not where this segment did: the next
+            // owner of the partition starts after the acknowledged message, and must start where
+            // an object ends, or its first segment would overlap the other object under a key
+            // of its own (the fence meets only at segment starts).
+            if let Some(position) = changed.ack_positions.get_mut(&through.partition) {
+                position.id = through;
+            }
             return Ok(Some(changed));
         }
         let rest = self.rest_of_log(meta, through)?;
@@ -434,7 +446,7 @@ mod tests {
         let first_key = segment(&spool, 0).object_key;
 
         // The other object holds entries 0..=4: segment 0 is covered, 1 keeps entry 5 only.
-        let cover = spool.cover(0, id(0, 4, -1))?;
+        let cover = spool.cover(0, id(0, 4, -1)).await?;
         assert_eq!(cover.outcome, CoverOutcome::Covered);
         assert_eq!(cover.to_seal, vec![1]);
         assert_eq!(segment(&spool, 0).state, SegmentState::Stored);
@@ -457,13 +469,13 @@ mod tests {
         );
         // A repeated commit changes nothing.
         assert_eq!(
-            spool.cover(0, id(0, 4, -1))?.outcome,
+            spool.cover(0, id(0, 4, -1)).await?.outcome,
             CoverOutcome::AlreadyCommitted
         );
 
         // Another object holds everything through entry 12: the rest, the open segment too, is
         // stored by it, and its redeliveries are dropped here.
-        let cover = spool.cover(1, id(0, 12, -1))?;
+        let cover = spool.cover(1, id(0, 12, -1)).await?;
         assert_eq!(cover.outcome, CoverOutcome::Covered);
         assert!(cover.to_seal.is_empty());
         assert!(spool.open_segment().is_none());
@@ -473,7 +485,9 @@ mod tests {
             .all(|m| m.state == SegmentState::Stored));
         let plan = spool.ack_plan().expect("all acknowledgeable");
         assert_eq!(plan.positions.len(), 1);
-        assert_eq!(plan.positions[0].id, id(0, 9, -1));
+        // Acknowledged where the other object ends (12), though this spool got only to 9: the
+        // partition's next owner starts where an object ends.
+        assert_eq!(plan.positions[0].id, id(0, 12, -1));
         let again = spool.append(&[msg(0, 12, -1, 0)], 9).await?;
         assert_eq!((again.accepted, again.duplicates), (0, 1));
         let next = spool.append(&[msg(0, 13, -1, 0)], 9).await?;
@@ -497,7 +511,10 @@ mod tests {
             .await?
             .closed;
         spool.seal_blocking(closed[0])?;
-        let err = spool.cover(closed[0], id(0, 1, -1)).expect_err("refused");
+        let err = spool
+            .cover(closed[0], id(0, 1, -1))
+            .await
+            .expect_err("refused");
         assert!(err.to_string().contains("not fenced"), "{err}");
         Ok(())
     }

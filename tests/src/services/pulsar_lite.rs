@@ -276,7 +276,8 @@ fn spawn_broker(binary: &Path, dir: &Path, addr: SocketAddr) -> anyhow::Result<C
         .arg("--db-path")
         .arg(dir.join("data"))
         .arg("--log-level")
-        .arg("warn")
+        // A failure to understand from the broker's side: PULSAR_LITE_LOG_LEVEL=debug.
+        .arg(std::env::var("PULSAR_LITE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log)

@@ -145,6 +145,17 @@ impl Stack {
     /// is `{dir}/{name}.log`, listening on 127.0.0.1:`port` (0: a port it picks and reports).
     /// The stack's own is [`Stack::start_ingester`]; this also starts others (a standby).
     pub fn spawn_ingester(&self, name: &str, port: u16) -> anyhow::Result<Daemon> {
+        self.spawn_ingester_with(name, port, &[])
+    }
+
+    /// [`Stack::spawn_ingester`] with more arguments (`--node-id b`: several ingesters of one
+    /// host told apart by the broker).
+    pub fn spawn_ingester_with(
+        &self,
+        name: &str,
+        port: u16,
+        more: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let mut args = vec![
             "--data-dir".to_string(),
             self.path(name).to_string_lossy().into_owned(),
@@ -152,6 +163,7 @@ impl Stack {
             format!("127.0.0.1:{port}"),
         ];
         args.extend(self.ingester_extra.args.iter().cloned());
+        args.extend(more.iter().map(|a| a.to_string()));
         let mut envs = vec![("RUST_LOG".to_string(), "info,pulsar=warn".to_string())];
         envs.extend(self.ingester_extra.env.iter().cloned());
         Daemon::spawn_bin(

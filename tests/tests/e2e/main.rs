@@ -12,6 +12,7 @@ mod deploy_files;
 mod dir_format;
 mod failover;
 mod fairness;
+mod fence;
 mod formats;
 mod full_disk;
 mod harness_selftest;
