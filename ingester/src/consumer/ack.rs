@@ -43,7 +43,7 @@ impl RuleTask {
         edge::failpoint::hit("ingester:after_ack");
         match self.spool.free(&plan).await {
             Ok(freed) => {
-                let messages: u64 = freed.iter().map(|m| m.messages).sum();
+                let messages: u64 = freed.iter().map(|m| m.messages + m.covered_messages).sum();
                 RuleStats::add(&self.stats.messages_acked, messages);
                 debug!(rule = %self.rule.name, segments = freed.len(), messages, "acknowledged and freed");
             }

@@ -228,6 +228,7 @@ impl RuleSpool {
                         fenced,
                         first_publish_ms: msg.publish_time_ms,
                         skip_through: None,
+                        covered_messages: 0,
                     },
                 );
             }

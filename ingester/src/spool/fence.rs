@@ -224,6 +224,7 @@ impl RuleSpool {
         };
         changed.first_id = Some(first_id);
         changed.first_publish_ms = first_publish_ms;
+        changed.covered_messages += meta.messages.saturating_sub(rest.messages);
         changed.messages = rest.messages;
         changed.record_bytes = rest.json_bytes;
         changed.oldest_publish_ms = rest.oldest_publish_ms;
@@ -453,6 +454,10 @@ mod tests {
         let cut = segment(&spool, 1);
         assert_eq!(cut.state, SegmentState::Closed);
         assert_eq!((cut.first_id, cut.messages), (Some(id(0, 5, -1)), 1));
+        assert_eq!(
+            cut.covered_messages, 2,
+            "entries 3 and 4 are the other object's"
+        );
         assert!(cut.object_key.contains("-7_5_0_-1"), "{}", cut.object_key);
         assert_ne!(cut.object_key, first_key);
         spool.seal_blocking(1)?;

@@ -172,6 +172,10 @@ pub struct SegmentMeta {
     /// it was written; sealing skips them.
     #[serde(default)]
     pub skip_through: Option<MessageId>,
+    /// Records of the log left out by `skip_through`: acknowledged with the segment all the
+    /// same (another ingester's object holds them), so `messages_acked` counts them.
+    #[serde(default)]
+    pub covered_messages: u64,
 }
 
 /// One partition's messages in one segment.

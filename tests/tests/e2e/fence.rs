@@ -42,14 +42,14 @@ async fn start_uploader(stack: &Stack, host: &str, url: &str) -> anyhow::Result<
     Ok(uploader)
 }
 
-/// Waits (flushing) until the host's rule consumed `expected` messages and spools nothing: what
-/// it did not store itself another ingester's objects hold (acknowledged all the same).
+/// Waits (flushing) until the host's rule acknowledged `expected` messages (what another
+/// ingester's objects hold counts: acknowledged all the same) and spools nothing.
 async fn drained(stack: &Stack, host: &Host, expected: u64) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let _ = stack.ctl(&["--ingester", &host.url, "rule", "flush", "fr"]);
         let s = rule_status(stack, &host.url, "fr")?;
-        if s["messages_consumed"].as_u64() >= Some(expected) && s["spooled_messages"] == 0 {
+        if s["messages_acked"].as_u64() >= Some(expected) && s["spooled_messages"] == 0 {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -194,7 +194,7 @@ async fn two_ingesters_holding_the_same_messages_store_each_once() -> anyhow::Re
             let _ = stack.ctl(&["--ingester", &a, "rule", "flush", "fr"]);
             let s = rule_status(&stack, &a, "fr")?;
             Ok(
-                (s["messages_consumed"].as_u64() >= Some(1_200) && s["spooled_messages"] == 0)
+                (s["messages_acked"].as_u64() >= Some(1_200) && s["spooled_messages"] == 0)
                     .then_some(()),
             )
         },
