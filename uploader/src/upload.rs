@@ -71,48 +71,39 @@ pub async fn upload_segment(
     let started = Instant::now();
     let stored = store_segment(ctx, client, seg, progress).await;
     let result = match stored {
-        Ok(Placed::Ours { etag, source }) => {
+        Ok(placed) => {
             let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             edge::failpoint::hit("uploader:before_commit");
+            let (etag, covered_through) = match &placed {
+                Placed::Ours { etag, .. } => (etag, None),
+                Placed::Theirs { etag, through } => (etag, Some(through.as_str())),
+            };
             let commit = Commit {
                 segment: seg,
-                etag: &etag,
+                etag,
                 upload_ms,
                 attempts: attempt,
-                covered_through: None,
+                covered_through,
             };
             committer::commit(client, commit)
                 .await
-                .map(|outcome| (outcome, upload_ms, source))
-        }
-        Ok(Placed::Theirs { etag, through }) => {
-            let upload_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let commit = Commit {
-                segment: seg,
-                etag: &etag,
-                upload_ms,
-                attempts: attempt,
-                covered_through: Some(&through),
-            };
-            return match committer::commit(client, commit).await {
-                Ok(outcome) => {
-                    ctx.local_reads.forget(seg);
-                    ctx.status.record_fenced(&seg.rule);
-                    tracing::info!(
-                        key = %seg.object_key,
-                        through = %through,
-                        outcome = %outcome,
-                        "the key holds another ingester's object; what it holds is dropped here"
-                    );
-                    Outcome::Committed
-                }
-                Err(err) => failed(ctx, client, seg, attempt, err).await,
-            };
+                .map(|outcome| (outcome, upload_ms, placed))
         }
         Err(err) => Err(err),
     };
     match result {
-        Ok((outcome, upload_ms, source)) => {
+        Ok((outcome, _, Placed::Theirs { through, .. })) => {
+            ctx.local_reads.forget(seg);
+            ctx.status.record_fenced(&seg.rule);
+            tracing::info!(
+                key = %seg.object_key,
+                through = %through,
+                outcome = %outcome,
+                "the key holds another ingester's object; what it holds is dropped here"
+            );
+            Outcome::Committed
+        }
+        Ok((outcome, upload_ms, Placed::Ours { source, .. })) => {
             ctx.local_reads.forget(seg);
             ctx.status.record_stored(&seg.rule, seg.file_bytes);
             ctx.status.observe_upload(started.elapsed());
@@ -182,8 +173,9 @@ fn theirs(seg: &SegmentInfo, head: &ObjectHead) -> Result<Placed, UploadError> {
         _ => Err(UploadError::Store {
             op: "HeadObject",
             message: format!(
-                "{} is another writer's object without last-message-id metadata: which messages \
-                 it holds cannot be told",
+                "{} already holds an object without last-message-id metadata (not written by \
+                 tdmq-backup?), so which messages it holds cannot be told; the segment stays in \
+                 the spool until that object is moved away",
                 seg.object_key
             ),
         }),

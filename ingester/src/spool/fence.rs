@@ -39,9 +39,9 @@ pub struct Cover {
     pub to_seal: Vec<u64>,
 }
 
-/// The records of a log after `through` (its partition's), counted as a segment counts them.
+/// The records a log decoder hands on (those after the cut: [`LogDecoder::decode_after`]),
+/// counted as a segment counts them.
 struct Rest {
-    through: MessageId,
     first: Option<(MessageId, u64)>,
     messages: u64,
     json_bytes: u64,
@@ -52,9 +52,6 @@ struct Rest {
 impl RecordSink for Rest {
     fn record(&mut self, fields: &RecordFields<'_>) {
         let id = fields.message_id;
-        if id.partition == self.through.partition && !id.is_after(&self.through) {
-            return;
-        }
         self.first.get_or_insert((id, fields.publish_time_ms));
         self.messages += 1;
         self.json_bytes += record_json_len(fields);
@@ -108,8 +105,10 @@ impl RuleSpool {
         };
         if through.partition != partition {
             return Err(IngesterError::InvalidRequest(format!(
-                "covered_through {through} is not of partition {partition}, segment \
-                 {segment_no}'s"
+                "covered_through {through} is a message of partition {}, but segment {segment_no} \
+                 holds partition {partition}'s: the object it names cannot hold this segment's \
+                 messages",
+                through.partition
             )));
         }
         let mut batch = sled::Batch::default();
@@ -253,7 +252,6 @@ impl RuleSpool {
         let file = std::fs::File::open(&path).map_err(|e| io("opening", e))?;
         let mut reader = std::io::BufReader::new(file).take(meta.log_bytes);
         let mut rest = Rest {
-            through,
             first: None,
             messages: 0,
             json_bytes: 0,
@@ -267,9 +265,11 @@ impl RuleSpool {
             if n == 0 {
                 break;
             }
-            decoder.decode(&buf[..n], &mut rest).map_err(|e| {
-                IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
-            })?;
+            decoder
+                .decode_after(&buf[..n], &mut rest, Some(through))
+                .map_err(|e| {
+                    IngesterError::Corrupt(format!("record log {}: {e}", path.display()))
+                })?;
         }
         if rest.oldest_publish_ms == u64::MAX {
             rest.oldest_publish_ms = 0;
@@ -312,24 +312,17 @@ mod tests {
     use std::sync::Arc;
 
     use proto::types::{MessageId, RuleSpecInput};
-    use tokio::sync::Notify;
 
     use super::*;
-    use crate::spool::test_support::{open_db, read_payloads};
+    use crate::spool::test_support::{
+        open_db, open_spool, open_spool_for, read_payloads, rule_spec,
+    };
     use crate::spool::Incoming;
 
     fn fenced_rule(max_messages: u64) -> proto::types::RuleConfig {
         RuleSpecInput {
-            name: Some("r1".into()),
-            service_url: Some("pulsar://127.0.0.1:6650".into()),
-            topic: Some("orders".into()),
-            subscription: Some("s".into()),
-            bucket: Some("bucket-1".into()),
-            region: Some("ap-guangzhou".into()),
-            window: Some("60s".into()),
-            max_messages: Some(max_messages),
             fence: Some(true),
-            ..RuleSpecInput::default()
+            ..rule_spec(max_messages)
         }
         .validate()
         .expect("valid rule")
@@ -359,15 +352,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, max_messages: u64) -> Result<Arc<RuleSpool>> {
-        let db = open_db(&dir.join("db"))?;
-        let (spool, _) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir,
-            &fenced_rule(max_messages),
-            Arc::new(Notify::new()),
-        )?;
-        Ok(spool)
+        open_spool_for(&open_db(&dir.join("db"))?, dir, &fenced_rule(max_messages))
     }
 
     fn segment(spool: &RuleSpool, no: u64) -> SegmentMeta {
@@ -503,14 +488,7 @@ mod tests {
     #[tokio::test]
     async fn an_unfenced_segment_is_never_covered() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
-        let db = open_db(&dir.path().join("db"))?;
-        let (spool, _) = RuleSpool::open(
-            &db,
-            "test0001",
-            dir.path(),
-            &crate::spool::test_support::rule(2),
-            Arc::new(Notify::new()),
-        )?;
+        let spool = open_spool(&open_db(&dir.path().join("db"))?, dir.path(), 2)?;
         let closed = spool
             .append(&[msg(0, 0, -1, 0), msg(0, 1, -1, 0)], 5)
             .await?

@@ -12,6 +12,11 @@ use super::{Incoming, RuleSpool};
 use crate::error::{IngesterError, Result};
 
 pub(crate) fn rule(max_messages: u64) -> RuleConfig {
+    rule_spec(max_messages).validate().expect("valid rule")
+}
+
+/// [`rule`] as written, for tests that change a field.
+pub(crate) fn rule_spec(max_messages: u64) -> RuleSpecInput {
     RuleSpecInput {
         name: Some("r1".into()),
         service_url: Some("pulsar://127.0.0.1:6650".into()),
@@ -23,8 +28,6 @@ pub(crate) fn rule(max_messages: u64) -> RuleConfig {
         max_messages: Some(max_messages),
         ..RuleSpecInput::default()
     }
-    .validate()
-    .expect("valid rule")
 }
 
 pub(crate) fn open_spool(
@@ -32,13 +35,15 @@ pub(crate) fn open_spool(
     dir: &Path,
     max_messages: u64,
 ) -> Result<Arc<RuleSpool>> {
-    let (spool, _) = RuleSpool::open(
-        db,
-        "test0001",
-        dir,
-        &rule(max_messages),
-        Arc::new(Notify::new()),
-    )?;
+    open_spool_for(db, dir, &rule(max_messages))
+}
+
+pub(crate) fn open_spool_for(
+    db: &Arc<Database>,
+    dir: &Path,
+    rule: &RuleConfig,
+) -> Result<Arc<RuleSpool>> {
+    let (spool, _) = RuleSpool::open(db, "test0001", dir, rule, Arc::new(Notify::new()))?;
     Ok(spool)
 }
 

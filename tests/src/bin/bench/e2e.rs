@@ -1,10 +1,7 @@
 //! End to end: rule creation → every message of a preloaded topic stored and acknowledged.
 
-use std::time::Instant;
-
 use crate::messages::{preload, size_label, topic_name};
-use crate::process::{write_bytes, CpuSnapshot};
-use crate::stack::{finish_row, timeout_for, wait_backed_up, Bench};
+use crate::stack::{finish_row, timed_backup, Bench};
 use crate::table::Row;
 use crate::KB;
 
@@ -46,32 +43,22 @@ impl Bench {
         let mut stack = self.stack(&format!("e2e-{size}")).await?;
         let topic = topic_name("e2e");
         let produce_s = preload(&stack.pulsar.url(), &topic, count, size).await?;
-        stack.start_ingester().await?;
-        stack.start_uploader().await?;
-        let io_before = (
-            stack.ingester.as_ref().and_then(write_bytes),
-            CpuSnapshot::take(&stack),
-        );
-        let started = Instant::now();
-        stack.create_rule_async("bench", &topic, rule_args).await?;
-        let expected = [("bench".to_string(), count as u64)].into();
-        let statuses = wait_backed_up(&stack, &expected, timeout_for(count * size)).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let run = timed_backup(&mut stack, &topic, rule_args, count, size).await?;
         let mut row = Row {
             scenario: format!("e2e {}{label}", size_label(size)),
             messages: count as u64,
             bytes: (count * size) as u64,
-            seconds,
+            seconds: run.seconds,
             ..Default::default()
         };
         row.ratio = baseline.map(|b| row.msg_per_s() / b);
         finish_row(
             &mut stack,
             &mut row,
-            io_before,
+            run.before,
             &[topic],
-            started,
-            &statuses,
+            run.started,
+            &run.backed,
         )
         .await?;
         row.notes = format!("{}; preload {produce_s:.1} s", row.notes);

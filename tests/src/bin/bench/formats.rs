@@ -4,13 +4,10 @@
 //! a time-range filter (the middle tenth of the publish times) over the objects stored, read
 //! straight from the S3 server's directory.
 
-use std::time::Instant;
-
 use serde::Deserialize;
 
 use crate::messages::{preload, topic_name};
-use crate::process::{write_bytes, CpuSnapshot};
-use crate::stack::{finish_row, stored_bytes, timeout_for, wait_backed_up, Bench, BUCKET};
+use crate::stack::{finish_row, stored_bytes, timed_backup, Bench, BUCKET};
 use crate::steady::official_consume;
 use crate::table::{mb_of_kb, Judged, Row};
 use crate::KB;
@@ -79,27 +76,25 @@ impl Bench {
         let official = official_consume(&url, &topic, "official", count).await;
         let official_msg_s = official.as_ref().ok().map(|o| count as f64 / o.seconds);
 
-        stack.start_ingester().await?;
-        stack.start_uploader().await?;
-        let before = (
-            stack.ingester.as_ref().and_then(write_bytes),
-            CpuSnapshot::take(&stack),
-        );
-        let started = Instant::now();
-        stack.create_rule_async("bench", &topic, flags).await?;
-        let expected = [("bench".to_string(), count as u64)].into();
-        let backed = wait_backed_up(&stack, &expected, timeout_for(count * KB)).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let run = timed_backup(&mut stack, &topic, flags, count, KB).await?;
         let mut row = Row {
             scenario: format!("formats: {label}"),
             messages: count as u64,
             bytes: (count * KB) as u64,
-            seconds,
+            seconds: run.seconds,
             ..Default::default()
         };
         row.ratio = official_msg_s.map(|o| row.msg_per_s() / o);
         let (_, stored) = stored_bytes(&stack).await?;
-        finish_row(&mut stack, &mut row, before, &[topic], started, &backed).await?;
+        finish_row(
+            &mut stack,
+            &mut row,
+            run.before,
+            &[topic],
+            run.started,
+            &run.backed,
+        )
+        .await?;
 
         let objects = stack.s3.data_dir().join(BUCKET);
         let query = duckdb_query(&objects, extension).await;

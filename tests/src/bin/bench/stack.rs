@@ -242,6 +242,41 @@ pub async fn drained(stack: &mut Stack, topics: &[String]) -> anyhow::Result<Str
     })
 }
 
+/// One rule `bench` backing up `count` messages of `size` bytes already in `topic`: both daemons
+/// started, then timed from `rule create` until everything is acknowledged.
+pub struct TimedRun {
+    /// Disk written and CPU used before the rule was created (for [`finish_row`]).
+    pub before: (Option<u64>, CpuSnapshot),
+    pub started: Instant,
+    pub backed: BackedUp,
+    pub seconds: f64,
+}
+
+pub async fn timed_backup(
+    stack: &mut Stack,
+    topic: &str,
+    rule_args: &[&str],
+    count: usize,
+    size: usize,
+) -> anyhow::Result<TimedRun> {
+    stack.start_ingester().await?;
+    stack.start_uploader().await?;
+    let before = (
+        stack.ingester.as_ref().and_then(write_bytes),
+        CpuSnapshot::take(stack),
+    );
+    let started = Instant::now();
+    stack.create_rule_async("bench", topic, rule_args).await?;
+    let expected = [("bench".to_string(), count as u64)].into();
+    let backed = wait_backed_up(stack, &expected, timeout_for(count * size)).await?;
+    Ok(TimedRun {
+        before,
+        started,
+        backed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Fills in RSS, disk written and notes after a timed run, then stops the daemons and checks the
 /// subscriptions are drained.
 pub async fn finish_row(

@@ -3,14 +3,13 @@
 //! each run, then the median, the worst and the spread, and what makes a run slow: consumer
 //! reconnects, stalls (no progress for over a second while messages wait) and redeliveries.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::baseline::consume_all;
 use crate::messages::{preload, topic_name};
-use crate::process::CpuSnapshot;
-use crate::stack::{finish_row, timeout_for, wait_backed_up, Bench, Progress};
+use crate::stack::{finish_row, timed_backup, Bench, Progress, TimedRun};
 use crate::table::{Judged, Row};
 use crate::KB;
 
@@ -59,20 +58,12 @@ impl Bench {
         let (rs_seconds, rs_deliveries) = consume_all(&url, &topic, count).await?;
         let pulsar_rs_msg_s = count as f64 / rs_seconds;
 
-        stack.start_ingester().await?;
-        stack.start_uploader().await?;
-        let before = (
-            stack
-                .ingester
-                .as_ref()
-                .and_then(crate::process::write_bytes),
-            CpuSnapshot::take(&stack),
-        );
-        let started = Instant::now();
-        stack.create_rule_async("bench", &topic, &RULE_ARGS).await?;
-        let expected = [("bench".to_string(), count as u64)].into();
-        let backed = wait_backed_up(&stack, &expected, timeout_for(count * KB)).await?;
-        let seconds = started.elapsed().as_secs_f64();
+        let TimedRun {
+            before,
+            started,
+            backed,
+            seconds,
+        } = timed_backup(&mut stack, &topic, &RULE_ARGS, count, KB).await?;
         let stalls = stalls(&backed.progress, count as u64);
         let duplicates = backed.statuses["bench"]["duplicates_dropped"]
             .as_u64()
