@@ -107,7 +107,11 @@ pub async fn run(
     let mut server_stop = stop_rx.clone();
     let metrics = metrics_listener.map(|listener| {
         tracing::info!(metrics = ?listener.local_addr().ok(), "serving /metrics");
-        tokio::spawn(metrics::serve(listener, status.clone()))
+        tokio::spawn(metrics::serve(
+            listener,
+            status.clone(),
+            stores.request_counts().clone(),
+        ))
     });
     for url in &config.ingesters {
         if sends_token && proto::auth::token_travels_in_clear(url) {

@@ -5,7 +5,8 @@
 //! the upload latency histogram is observed as uploads finish (in `upload.rs`, once per
 //! committed segment). The build and process metrics are every daemon's
 //! ([`edge::process_metrics`]). A rule the ingester no longer runs leaves the per-rule series
-//! (see [`StatusState::retain_rules`]).
+//! (see [`StatusState::retain_rules`]). The S3 requests by operation come from the store
+//! router's clients ([`RequestCounts`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use proto::v1::UploaderStatusReply;
 use tokio::net::TcpListener;
 
 use crate::status::{RuleCounters, StatusState};
+use crate::store::s3::RequestCounts;
 
 type Labels = Vec<(String, String)>;
 
@@ -32,12 +34,13 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The exposition for one snapshot, its per-rule counters and the live latency histogram. Pure
-/// but for the process metrics, read from `/proc/self`.
+/// The exposition for one snapshot, its per-rule counters, the live latency histogram and the
+/// S3 requests by operation. Pure but for the process metrics, read from `/proc/self`.
 pub fn render(
     status: &UploaderStatusReply,
     rules: &BTreeMap<String, RuleCounters>,
     upload_seconds: Histogram,
+    requests: &BTreeMap<String, u64>,
 ) -> String {
     let mut root = Registry::default();
     edge::process_metrics::register(&mut root, "uploader");
@@ -113,6 +116,17 @@ pub fn render(
         "Seconds since the daemon started",
         clamp(status.uptime_secs),
     );
+    let by_operation = Family::<Labels, Counter>::default();
+    for (operation, n) in requests {
+        by_operation
+            .get_or_create(&vec![("operation".to_string(), operation.clone())])
+            .inc_by(*n);
+    }
+    registry.register(
+        "store_requests",
+        "Requests sent to S3-compatible stores, by operation, each retry counted",
+        by_operation,
+    );
     registry.register(
         "upload_duration_seconds",
         "Time to stream, store and commit one segment",
@@ -125,14 +139,16 @@ pub fn render(
 }
 
 /// Serves `GET /metrics` until the task is aborted.
-pub async fn serve(listener: TcpListener, status: Arc<StatusState>) {
+pub async fn serve(listener: TcpListener, status: Arc<StatusState>, requests: RequestCounts) {
     edge::metrics_http::serve(listener, status.readiness().clone(), move || {
         let status = status.clone();
+        let requests = requests.clone();
         async move {
             Ok(render(
                 &status.snapshot(),
                 &status.rule_counters(),
                 status.upload_seconds(),
+                &requests.snapshot(),
             ))
         }
     })
@@ -160,8 +176,11 @@ mod tests {
             &state.snapshot(),
             &state.rule_counters(),
             state.upload_seconds(),
+            &BTreeMap::from([("PutObject".to_string(), 3), ("HeadObject".to_string(), 1)]),
         );
         for line in [
+            "tdmq_backup_uploader_store_requests_total{operation=\"PutObject\"} 3",
+            "tdmq_backup_uploader_store_requests_total{operation=\"HeadObject\"} 1",
             "tdmq_backup_uploader_segments_uploaded_total{rule=\"orders\"} 2",
             "tdmq_backup_uploader_segments_uploaded_total{rule=\"refunds\"} 1",
             "tdmq_backup_uploader_uploaded_bytes_total{rule=\"orders\"} 150",
@@ -201,6 +220,7 @@ mod tests {
             &state.snapshot(),
             &state.rule_counters(),
             state.upload_seconds(),
+            &BTreeMap::new(),
         );
         assert!(!text.contains("refunds"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");

@@ -507,6 +507,8 @@ pub struct StoreRouter {
     buffers: PartBuffers,
     /// `2 × concurrency` parts held at once, shared by the uploads running.
     budget: PartBudget,
+    /// Every client's requests, for `/metrics`.
+    requests: s3::RequestCounts,
 }
 
 impl StoreRouter {
@@ -521,7 +523,13 @@ impl StoreRouter {
             settings,
             shared: tokio::sync::OnceCell::new(),
             clients: Mutex::new(HashMap::new()),
+            requests: s3::RequestCounts::default(),
         }
+    }
+
+    /// The requests every S3 client of this router sent, by operation.
+    pub fn request_counts(&self) -> &s3::RequestCounts {
+        &self.requests
     }
 
     pub fn settings(&self) -> &StoreSettings {
@@ -570,8 +578,10 @@ impl StoreRouter {
             .shared
             .get_or_init(|| s3::load_shared_config(&self.settings.credentials))
             .await;
-        let store = S3Store::new(
-            shared,
+        let store = S3Store::from_client_config(
+            s3::client_config(shared, s3_target)
+                .interceptor(self.requests.clone())
+                .build(),
             s3_target,
             self.settings.part_size,
             self.settings.multipart_threshold,

@@ -481,3 +481,62 @@ async fn a_conditional_create_never_replaces_another_writers_object() {
         "CompleteMultipartUpload carries If-None-Match: {sent:?}"
     );
 }
+
+/// The router's clients count every request by operation (the uploader's `store_requests`
+/// metric): one PutObject for a small object; create, a part each, complete for a large one;
+/// and a HEAD.
+#[tokio::test]
+async fn the_routers_clients_count_their_requests_by_operation() {
+    let server = serve().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let router = common::router(None, RequestChecksum::Crc32c, PART, 1);
+    let target = s3_target(&server.endpoint(), RequestChecksum::Crc32c);
+    let store = router.s3_store(&target).await;
+    let small = random_bytes(1000, 3);
+    let crc = crc32c::crc32c(&small);
+    let key = "counted/small.jsonl.gz";
+    store
+        .put_object(
+            &request(key, small.len(), &format!("{crc:08x}")),
+            body(&small, crc),
+        )
+        .await
+        .expect("small put");
+    let big = random_bytes(11 * MIB, 4);
+    let crc_big = crc32c::crc32c(&big);
+    let big_key = "counted/big.jsonl.gz";
+    let req = request(big_key, big.len(), &format!("{crc_big:08x}"));
+    let identity = Identity {
+        rule: "orders-backup".into(),
+        segment_no: 2,
+        bucket: BUCKET.into(),
+        key: big_key.into(),
+        file_bytes: big.len() as u64,
+        content_crc32c: format!("{crc_big:08x}"),
+        part_size: PART,
+        target: target.clone(),
+    };
+    multipart::upload(
+        &store,
+        &router,
+        &Journal::new(state.path()),
+        identity,
+        &req,
+        body(&big, crc_big),
+    )
+    .await
+    .expect("multipart upload");
+    store
+        .head_object(BUCKET, key)
+        .await
+        .expect("head")
+        .expect("the object is there");
+
+    let counts = router.request_counts().snapshot();
+    let count = |op: &str| counts.get(op).copied().unwrap_or(0);
+    assert_eq!(count("PutObject"), 1, "{counts:?}");
+    assert_eq!(count("CreateMultipartUpload"), 1, "{counts:?}");
+    assert_eq!(count("UploadPart"), 3, "11 MiB in 5 MiB parts: {counts:?}");
+    assert_eq!(count("CompleteMultipartUpload"), 1, "{counts:?}");
+    assert_eq!(count("HeadObject"), 1, "{counts:?}");
+}

@@ -26,6 +26,7 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+mod request_count;
 mod sdk_errors;
 
 use super::list_parts_root::ListPartsRootFix;
@@ -36,6 +37,7 @@ use super::{
 };
 use crate::config::Credentials;
 use crate::error::UploadError;
+pub use request_count::RequestCounts;
 pub use sdk_errors::describe_sdk_error;
 use sdk_errors::{answered_unusably, is_key_taken, is_no_such_upload, sdk_error, start_over};
 
