@@ -96,6 +96,16 @@ pub struct Args {
     /// [default: the host name]
     #[arg(long, env = "TDMQ_BACKUP_INGESTER_NODE_ID", value_name = "NAME")]
     pub node_id: Option<String>,
+    /// Pulsar's consumer priority for this ingester's consumers (0 highest). On a Failover
+    /// subscription the ingesters of the lowest level present share the partitions and the
+    /// others stand by, taking partitions over only when those leave. [default: 0]
+    #[arg(
+        long,
+        env = "TDMQ_BACKUP_INGESTER_PRIORITY_LEVEL",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub priority_level: Option<i64>,
     /// PEM CA certificate(s) trusted for `pulsar+ssl://` brokers (rules' consumers and restore
     /// targets) besides the public roots; for a cluster with a private CA.
     /// [default: the public roots only]
@@ -126,6 +136,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     node_id: Option<String>,
+    priority_level: Option<i64>,
     pulsar_ca_file: Option<PathBuf>,
 }
 
@@ -146,6 +157,8 @@ pub struct IngesterConfig {
     /// The uploader's own token (segment hand-off only); read at start-up like auth_token_file.
     pub uploader_token_file: Option<PathBuf>,
     pub node_id: String,
+    /// 0 (the broker's default) to i32::MAX.
+    pub priority_level: i32,
     /// `pulsar_ca_file`, read and checked at start.
     pub pulsar_trust: crate::source::trust::PulsarTrust,
 }
@@ -219,6 +232,7 @@ impl IngesterConfig {
             None => default_node_id(),
         };
         validate_node_id(&node_id)?;
+        let priority_level = priority_level(args.priority_level.or(file.priority_level))?;
         let pulsar_trust = match args.pulsar_ca_file.or(file.pulsar_ca_file) {
             Some(path) if !is_empty_path(&path) => {
                 crate::source::trust::PulsarTrust::from_file(&path)?
@@ -228,6 +242,7 @@ impl IngesterConfig {
         Ok(IngesterConfig {
             daemon,
             node_id,
+            priority_level,
             pulsar_trust,
             max_spool_bytes,
             disk_reserve_bytes,
@@ -274,6 +289,18 @@ fn default_node_id() -> String {
 
 fn node_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Pulsar takes any non-negative 32-bit level; a negative one is a typo, not a wish.
+fn priority_level(level: Option<i64>) -> anyhow::Result<i32> {
+    let level = level.unwrap_or(0);
+    match i32::try_from(level) {
+        Ok(l) if l >= 0 => Ok(l),
+        _ => bail!(
+            "priority_level {level} must be between 0 (the highest priority) and {}",
+            i32::MAX
+        ),
+    }
 }
 
 fn validate_node_id(id: &str) -> anyhow::Result<()> {
@@ -500,6 +527,32 @@ mod tests {
             let err = validate_node_id(bad).expect_err(bad).to_string();
             assert!(err.contains("node_id"), "{err}");
         }
+    }
+
+    #[test]
+    fn priority_level_comes_from_the_flag_or_the_file_and_refuses_what_pulsar_would_not_take(
+    ) -> anyhow::Result<()> {
+        assert_eq!(IngesterConfig::from_args(args(&[]))?.priority_level, 0);
+        let c = IngesterConfig::from_args(args(&["--priority-level", "2"]))?;
+        assert_eq!(c.priority_level, 2);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("i.toml");
+        std::fs::write(&path, "priority_level = 1\n")?;
+        let p = path.to_string_lossy().to_string();
+        assert_eq!(
+            IngesterConfig::from_args(args(&["--config", &p]))?.priority_level,
+            1
+        );
+        for bad in ["-1", "2147483648"] {
+            let err = IngesterConfig::from_args(args(&["--priority-level", bad]))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains("priority_level") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

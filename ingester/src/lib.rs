@@ -67,7 +67,10 @@ pub async fn run(
             receiver_queue_bytes: config.receiver_queue_bytes,
             disk_reserve_bytes: config.disk_reserve_bytes,
         },
-        config.node_id.clone(),
+        consumer::Membership {
+            node_id: config.node_id.clone(),
+            priority_level: config.priority_level,
+        },
         config.pulsar_trust.clone(),
     )
     .await

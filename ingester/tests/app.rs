@@ -18,7 +18,7 @@ async fn app(dir: &std::path::Path) -> std::sync::Arc<IngesterApp> {
             receiver_queue_bytes: 0,
             disk_reserve_bytes: 0,
         },
-        "test-node".to_string(),
+        ingester::consumer::Membership::new("test-node"),
         ingester::source::trust::PulsarTrust::default(),
     )
     .await

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use self::history::{History, HistoryEntry};
 use self::rules::{RuleStore, StoredRule};
-use crate::consumer::{Command, ConsumerLimits, RuleTask};
+use crate::consumer::{Command, ConsumerLimits, Membership, RuleTask};
 use crate::error::{IngesterError, Result};
 use crate::seal::SealerHandle;
 use crate::source::trust::PulsarTrust;
@@ -77,8 +77,8 @@ pub struct IngesterApp {
     /// The spool's filesystem: every rule pauses before it is full.
     disk: Arc<DiskSpace>,
     spool_id: String,
-    /// This ingester's name in its consumers' names (`node_id`).
-    node_id: String,
+    /// This ingester's consumers' name and priority (`node_id`, `priority_level`).
+    membership: Membership,
     /// Ready once the spool is open and the rules started; not while the database refuses
     /// writes; never again once shutting down. Read by the probes.
     readiness: edge::health::Readiness,
@@ -92,7 +92,7 @@ impl IngesterApp {
         data_dir: PathBuf,
         history_max_entries: usize,
         limits: ConsumerLimits,
-        node_id: String,
+        membership: Membership,
         trust: PulsarTrust,
     ) -> Result<Arc<IngesterApp>> {
         let readiness = edge::health::Readiness::new(&[SPOOL_NOT_OPEN, RULES_NOT_LOADED]);
@@ -128,7 +128,7 @@ impl IngesterApp {
             limits,
             trust,
             spool_id,
-            node_id,
+            membership,
             readiness,
             restore,
         });
@@ -190,7 +190,8 @@ impl IngesterApp {
             paused: stored.paused,
             limits: self.limits,
             trust: self.trust.clone(),
-            consumer_name: format!("tdmq-backup-{}-{}", stored.config.name, self.node_id),
+            consumer_name: self.membership.consumer_name(&stored.config.name),
+            priority_level: self.membership.sent_priority_level(),
             start_applied: stored.start_applied,
             spool: spool.clone(),
             stats: stats.clone(),

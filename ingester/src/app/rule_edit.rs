@@ -370,7 +370,7 @@ mod tests {
             dir.path().join("data"),
             100,
             limits,
-            "n1".into(),
+            crate::consumer::Membership::new("n1"),
             crate::source::trust::PulsarTrust::default(),
         )
         .await?;

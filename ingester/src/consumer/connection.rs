@@ -203,6 +203,7 @@ impl RuleTask {
             subscription: self.rule.subscription.clone(),
             sub_type: client::sub_type(self.rule.subscription_type),
             consumer_name: self.consumer_name.clone(),
+            priority_level: self.priority_level,
             permits,
             // A timestamp start subscribes at the earliest message and then seeks: a
             // subscription created at `latest` cannot move back on every broker.

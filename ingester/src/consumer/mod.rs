@@ -15,6 +15,7 @@
 //!   of what was acknowledged are acknowledged again, once per position and interval.
 //! - `topic_reset`: a topic whose ids went backwards is taken afresh.
 //! - `limits`: the bounds from the config, and the receive window they size.
+//! - `membership`: the ingester's name and priority on a subscription it shares.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ mod ack;
 mod connection;
 mod faults;
 mod limits;
+mod membership;
 mod reack;
 mod receive;
 mod select_loop;
@@ -42,6 +44,7 @@ mod spooling;
 mod topic_reset;
 
 pub use limits::ConsumerLimits;
+pub use membership::Membership;
 
 /// How often a rule task looks at its clocks: the open segment's window, a failed entry's
 /// redelivery, the connection.
@@ -74,6 +77,8 @@ pub struct RuleTask {
     pub trust: crate::source::trust::PulsarTrust,
     /// Pulsar's consumer name for this ingester's consumers (distinct per ingester).
     pub consumer_name: String,
+    /// Sent on subscribe when set (`priority_level`).
+    pub priority_level: Option<i32>,
     pub start_applied: bool,
     pub spool: Arc<RuleSpool>,
     pub stats: Arc<RuleStats>,

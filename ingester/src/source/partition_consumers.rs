@@ -39,6 +39,8 @@ pub struct ConsumerSettings {
     pub subscription: String,
     pub sub_type: SubType,
     pub consumer_name: String,
+    /// Pulsar's consumer priority, when not the broker's default.
+    pub priority_level: Option<i32>,
     /// Flow-control permits (and pulsar-rs's receive queue) per consumer.
     pub permits: u32,
     /// Where a new subscription starts.
@@ -216,6 +218,14 @@ impl RuleConsumers {
         initial: InitialPosition,
     ) -> Result<PulsarConsumer, pulsar::Error> {
         let s = &self.settings;
+        let mut options = ConsumerOptions::default()
+            .with_initial_position(initial)
+            // pulsar-rs queues this many received messages besides the permits in flight.
+            .with_receiver_queue_size(s.permits)
+            .durable(true);
+        if let Some(level) = s.priority_level {
+            options = options.with_priority_level(level);
+        }
         self.pulsar
             .consumer()
             .with_topic(topic)
@@ -223,13 +233,7 @@ impl RuleConsumers {
             .with_subscription_type(s.sub_type)
             .with_consumer_name(s.consumer_name.clone())
             .with_batch_size(s.permits)
-            .with_options(
-                ConsumerOptions::default()
-                    .with_initial_position(initial)
-                    // pulsar-rs queues this many received messages besides the permits in flight.
-                    .with_receiver_queue_size(s.permits)
-                    .durable(true),
-            )
+            .with_options(options)
             .build()
             .await
     }

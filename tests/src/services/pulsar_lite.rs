@@ -39,6 +39,8 @@ pub struct PulsarLite {
     /// broker is down, so a restart gets it back and no other process can take it meanwhile.
     hold: PortHold,
     dir: TempDir,
+    /// `--log-level`, kept across restarts.
+    log_level: String,
 }
 
 /// How the relay passes flow permits on: `PULSAR_LITE_RELAY_PERMITS=passthrough` leaves
@@ -65,6 +67,13 @@ impl PulsarLite {
         Self::start_with(partitions, None, "").await
     }
 
+    /// Like [`PulsarLite::start_with_partitions`], logging at `debug` whatever
+    /// PULSAR_LITE_LOG_LEVEL says: for a test that reads what the broker saw (a consumer's
+    /// priority level) in its log.
+    pub async fn start_with_debug_log(partitions: u32) -> anyhow::Result<PulsarLite> {
+        Self::start_logging(partitions, None, "", "debug".into()).await
+    }
+
     /// Starts a broker with `settings` (top-level `broker.toml` lines, `\n`-separated) besides
     /// the harness's own.
     pub async fn start_with_settings(settings: &str) -> anyhow::Result<PulsarLite> {
@@ -83,6 +92,17 @@ impl PulsarLite {
         partitions: u32,
         faults: Option<Arc<Faults>>,
         settings: &str,
+    ) -> anyhow::Result<PulsarLite> {
+        // A failure to understand from the broker's side: PULSAR_LITE_LOG_LEVEL=debug.
+        let level = std::env::var("PULSAR_LITE_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+        Self::start_logging(partitions, faults, settings, level).await
+    }
+
+    async fn start_logging(
+        partitions: u32,
+        faults: Option<Arc<Faults>>,
+        settings: &str,
+        log_level: String,
     ) -> anyhow::Result<PulsarLite> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
@@ -104,7 +124,7 @@ impl PulsarLite {
         let mut hold = PortHold::any().context("holding a port for pulsar-lite")?;
         hold.make_bindable();
         let addr = hold.addr();
-        let mut child = spawn_broker(&binary, dir.path(), addr)?;
+        let mut child = spawn_broker(&binary, dir.path(), addr, &log_level)?;
         if let Err(error) = wait_ready(&mut child, addr, &log_path(dir.path())).await {
             kill_and_wait(&mut child);
             return Err(error);
@@ -125,6 +145,7 @@ impl PulsarLite {
             addr,
             hold,
             dir,
+            log_level,
         })
     }
 
@@ -171,7 +192,7 @@ impl PulsarLite {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.hold.make_bindable();
-        let mut child = spawn_broker(&self.binary, self.dir.path(), self.addr)?;
+        let mut child = spawn_broker(&self.binary, self.dir.path(), self.addr, &self.log_level)?;
         if let Err(error) = wait_ready(&mut child, self.addr, &self.log_path()).await {
             kill_and_wait(&mut child);
             return Err(error.context("restarting pulsar-lite"));
@@ -261,7 +282,12 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("broker.log")
 }
 
-fn spawn_broker(binary: &Path, dir: &Path, addr: SocketAddr) -> anyhow::Result<Child> {
+fn spawn_broker(
+    binary: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    log_level: &str,
+) -> anyhow::Result<Child> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -276,8 +302,7 @@ fn spawn_broker(binary: &Path, dir: &Path, addr: SocketAddr) -> anyhow::Result<C
         .arg("--db-path")
         .arg(dir.join("data"))
         .arg("--log-level")
-        // A failure to understand from the broker's side: PULSAR_LITE_LOG_LEVEL=debug.
-        .arg(std::env::var("PULSAR_LITE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .arg(log_level)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log)

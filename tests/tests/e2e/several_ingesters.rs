@@ -270,3 +270,41 @@ async fn one_uploader_serves_several_ingesters_and_names_the_one_that_is_down() 
     harness::check_exactly_once(&objects, &more)?;
     Ok(())
 }
+
+/// `priority_level` reaches the broker on every partition's subscribe, and an ingester without
+/// it leaves the broker's default. (Which level stands by is the broker's rule: Apache Pulsar
+/// gives partitions to the lowest level present; pulsar-lite ranks levels the other way, so
+/// the standby behaviour itself is not tested here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingesters_priority_level_reaches_the_broker() -> anyhow::Result<()> {
+    let pulsar = harness::PulsarLite::start_with_debug_log(3).await?;
+    let log = pulsar.log_path();
+    let stack = Stack::builder().pulsar(pulsar).services().await?;
+    let topic = unique_topic("priority");
+    let mut ingesters = Vec::new();
+    for (name, extra) in [("standby", &["--priority-level", "3"][..]), ("plain", &[])] {
+        let mut args = vec!["--node-id", name];
+        args.extend_from_slice(extra);
+        let mut ingester = stack.spawn_ingester_with(name, 0, &args)?;
+        let url = format!("http://{}", ingester.wait_ready(stack.ready_timeout).await?);
+        let mut create = vec!["--ingester".to_string(), url];
+        create.extend(stack.create_rule_args("prio", &topic, &[]));
+        stack.ctl_json(&create.iter().map(String::as_str).collect::<Vec<_>>())?;
+        ingesters.push(ingester);
+    }
+    let levels = |level: u32| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.ends_with(&format!("subscribed with priority level {level}")))
+            .count()
+    };
+    eventually(
+        "both ingesters' 3 partition consumers subscribed",
+        Duration::from_secs(60),
+        || Ok((levels(3) >= 3 && levels(0) >= 3).then_some(())),
+    )
+    .await?;
+    assert_eq!(levels(3), 3, "one subscribe per partition at level 3");
+    assert_eq!(levels(0), 3, "the other ingester leaves the default");
+    Ok(())
+}
