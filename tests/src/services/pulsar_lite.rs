@@ -80,6 +80,14 @@ impl PulsarLite {
         Self::start_with(0, None, settings).await
     }
 
+    /// [`PulsarLite::start_with_partitions`] and [`PulsarLite::start_with_settings`] at once.
+    pub async fn start_with_partitions_and_settings(
+        partitions: u32,
+        settings: &str,
+    ) -> anyhow::Result<PulsarLite> {
+        Self::start_with(partitions, None, settings).await
+    }
+
     /// Starts a broker whose relay damages entries as `faults` says.
     pub async fn start_with_faults(
         partitions: u32,

@@ -17,6 +17,7 @@ use crate::services::s3::S3Server;
 pub struct StackBuilder {
     pulsar: Option<PulsarLite>,
     broker_settings: Option<String>,
+    partitions: u32,
     https_s3: bool,
     bucket: Option<String>,
     extra_buckets: Vec<String>,
@@ -35,6 +36,12 @@ impl StackBuilder {
     /// Top-level `broker.toml` lines (`\n`-separated) for the broker the stack starts.
     pub fn broker_settings(mut self, settings: &str) -> StackBuilder {
         self.broker_settings = Some(settings.to_string());
+        self
+    }
+
+    /// Partitions of every topic the broker the stack starts creates (default 0: none).
+    pub fn partitions(mut self, partitions: u32) -> StackBuilder {
+        self.partitions = partitions;
         self
     }
 
@@ -84,11 +91,18 @@ impl StackBuilder {
         } else {
             S3Server::start().await?
         };
-        let pulsar = match (self.pulsar, &self.broker_settings) {
-            (Some(_), Some(_)) => bail!("broker settings are for a broker the stack starts"),
-            (Some(pulsar), None) => pulsar,
-            (None, Some(settings)) => PulsarLite::start_with_settings(settings).await?,
-            (None, None) => PulsarLite::start().await?,
+        let pulsar = match self.pulsar {
+            Some(_) if self.broker_settings.is_some() || self.partitions > 0 => {
+                bail!("broker settings and partitions are for a broker the stack starts")
+            }
+            Some(pulsar) => pulsar,
+            None => {
+                PulsarLite::start_with_partitions_and_settings(
+                    self.partitions,
+                    self.broker_settings.as_deref().unwrap_or_default(),
+                )
+                .await?
+            }
         };
         let bucket = self.bucket.unwrap_or_else(|| BUCKET.to_string());
         s3.create_bucket(&bucket).await?;

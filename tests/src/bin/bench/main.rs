@@ -24,6 +24,7 @@ mod messages;
 mod process;
 mod restore;
 mod rules;
+mod scale;
 mod script;
 mod sizes;
 mod stack;
@@ -53,8 +54,9 @@ const MIB: usize = 1 << 20;
 struct Args {
     /// `all`, or a comma list of
     /// baseline,e2e,uploader,uploader-https,uploader-grpc,latency,sizes,rules,big,verify,restore,steady,formats
-    /// (`steady` and `formats` are not part of `all`: `steady` runs the end-to-end backup
-    /// --steady-runs times, `formats` once per object format with --formats-messages).
+    /// (`steady`, `formats` and `scale` are not part of `all`: `steady` runs the end-to-end
+    /// backup --steady-runs times, `formats` once per object format with --formats-messages,
+    /// `scale` with 1, 2 and 3 ingesters on a 6-partition topic with --messages).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Messages (1 KB each) for the baseline and end-to-end runs; other scenarios scale from it.
@@ -130,9 +132,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect()
     };
     for s in &scenarios {
-        if !ALL.contains(&s.as_str()) && s != "steady" && s != "formats" {
+        if !ALL.contains(&s.as_str()) && !["steady", "formats", "scale"].contains(&s.as_str()) {
             bail!(
-                "unknown scenario {s:?}: expected all or a comma list of {ALL:?}, steady or formats"
+                "unknown scenario {s:?}: expected all or a comma list of {ALL:?}, steady, formats or scale"
             );
         }
     }
@@ -214,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .steady((args.steady_messages / scale).max(100), args.steady_runs)
                     .await
             }
+            "scale" => bench.scale(bench.n).await,
             "formats" => {
                 bench
                     .formats((args.formats_messages / scale).max(100))

@@ -60,6 +60,15 @@ impl Bench {
     /// `https`: the S3 server on HTTPS with its own CA, which the uploader trusts through
     /// `SSL_CERT_FILE` and the bench's clients directly.
     pub async fn stack_with(&self, name: &str, https: bool) -> anyhow::Result<Stack> {
+        self.stack_of(name, https, 0).await
+    }
+
+    /// A stack whose broker gives every topic `partitions` partitions.
+    pub async fn stack_partitioned(&self, name: &str, partitions: u32) -> anyhow::Result<Stack> {
+        self.stack_of(name, false, partitions).await
+    }
+
+    async fn stack_of(&self, name: &str, https: bool, partitions: u32) -> anyhow::Result<Stack> {
         // Numbered: a scenario may run twice (e2e at 1 KB in `e2e` and in `sizes`).
         let seq = self
             .stacks
@@ -69,7 +78,8 @@ impl Bench {
             .bin_dir(self.bin_dir.clone())
             .bucket(BUCKET)
             .extra_bucket(BARE_BUCKET)
-            .ready_timeout(Duration::from_secs(30));
+            .ready_timeout(Duration::from_secs(30))
+            .partitions(partitions);
         // Extra pulsar-lite settings, before the harness's own in its broker.toml. With its
         // default write-buffer water marks pulsar-lite stops dispatching 1 MiB messages through
         // the relay after ~20 of them (docs/benchmarks.md); BENCH_BROKER_TOML replaces these
