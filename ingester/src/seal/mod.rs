@@ -14,6 +14,8 @@ mod preseal;
 mod quarantine;
 mod sealing;
 #[cfg(test)]
+pub(crate) use sealing::SEAL_FLUSH;
+#[cfg(test)]
 mod tests;
 
 pub(crate) use preseal::Presealing;

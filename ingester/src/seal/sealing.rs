@@ -17,10 +17,19 @@ use crate::spool::{RuleSpool, SegmentMeta, SegmentState};
 
 /// What a seal's flush does in a test on this thread, instead of flushing.
 #[cfg(test)]
-pub(super) type SealFlush = Box<dyn Fn(&RuleSpool) -> Result<()>>;
+pub(crate) type SealFlush = Box<dyn Fn(&RuleSpool) -> Result<()>>;
 #[cfg(test)]
 thread_local! {
-    pub(super) static SEAL_FLUSH: std::cell::RefCell<Option<SealFlush>> = const { std::cell::RefCell::new(None) };
+    pub(crate) static SEAL_FLUSH: std::cell::RefCell<Option<SealFlush>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How one try at sealing ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Seal {
+    /// Sealed, or nothing to seal (not closed any more, or gone).
+    Done,
+    /// A cut changed the segment's records while its file was written: seal it again.
+    CutMeanwhile,
 }
 
 /// Numbers each seal's temporary file: two seals of one segment (a retry overlapping a seal that
@@ -32,12 +41,23 @@ impl RuleSpool {
     /// blocking thread), going on from its preseal when there is a usable one. What was read is
     /// checked against the meta, then the file is fsynced and renamed into place before the
     /// meta says sealed, and that is flushed before ListSealed can see it.
+    ///
+    /// A cut ([`RuleSpool::cover`]) that overtakes the seal leaves the segment closed with other
+    /// records than the file written: it is sealed again here, since the seal the cut queued may
+    /// have been dropped as a repeat of this one (the sealer runs one seal per segment at once).
     pub fn seal_blocking(&self, segment_no: u64) -> Result<()> {
+        while self.seal_once(segment_no)? == Seal::CutMeanwhile {
+            debug!(rule = %self.rule, segment = segment_no, "cut while sealing; sealing the rest");
+        }
+        Ok(())
+    }
+
+    fn seal_once(&self, segment_no: u64) -> Result<Seal> {
         let meta = {
             let state = self.lock();
             match state.segments.get(&segment_no) {
                 Some(meta) if meta.state == SegmentState::Closed => meta.clone(),
-                _ => return Ok(()),
+                _ => return Ok(Seal::Done),
             }
         };
         let codec = meta.target.codec();
@@ -95,12 +115,14 @@ impl RuleSpool {
         let sealed = {
             let state = self.lock();
             let Some(current) = state.segments.get(&segment_no) else {
-                return Ok(());
+                return Ok(Seal::Done);
             };
-            // Cut meanwhile (`RuleSpool::cover`): this file holds records that are not the
-            // segment's any more; the seal queued by the cut writes the right one.
-            if current.state != SegmentState::Closed || current.skip_through != meta.skip_through {
-                return Ok(());
+            if current.state != SegmentState::Closed {
+                return Ok(Seal::Done);
+            }
+            // Cut meanwhile: this file holds records that are not the segment's any more.
+            if current.skip_through != meta.skip_through {
+                return Ok(Seal::CutMeanwhile);
             }
             let mut sealed = current.clone();
             sealed.state = SegmentState::Sealed;
@@ -121,6 +143,11 @@ impl RuleSpool {
             let mut state = self.lock();
             // Gone meanwhile (the rule's spool was discarded): nothing to show.
             if let Some(meta) = state.segments.get_mut(&segment_no) {
+                // Cut between the durable write and here: the cut's own write replaced ours in
+                // the database, and the file must be made again.
+                if meta.state == SegmentState::Closed && meta.skip_through != sealed.skip_through {
+                    return Ok(Seal::CutMeanwhile);
+                }
                 if meta.state == SegmentState::Closed {
                     meta.state = sealed.state;
                     meta.record_bytes = sealed.record_bytes;
@@ -131,7 +158,7 @@ impl RuleSpool {
             }
         }
         self.sealed_notify.notify_waiters();
-        Ok(())
+        Ok(Seal::Done)
     }
 
     /// Makes a seal durable (a tests' stand-in can take the flush's place).

@@ -485,6 +485,49 @@ mod tests {
         Ok(())
     }
 
+    /// A cut that overtakes a seal (here between the seal's durable write and its showing the
+    /// segment sealed) neither leaves the file written before the cut to be offered nor the
+    /// segment closed for good (which stalled the partition: its later segments wait behind
+    /// it): the rest is sealed.
+    #[tokio::test]
+    async fn a_cut_while_sealing_seals_the_rest() -> Result<()> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::seal::SEAL_FLUSH;
+
+        let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
+        let spool = open(dir.path(), 3)?;
+        let batch: Vec<Incoming> = (0..10).map(|e| msg(0, e, -1, 0)).collect();
+        assert_eq!(spool.append(&batch, 5).await?.closed, vec![0, 1, 2]);
+        spool.seal_blocking(0)?;
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
+        SEAL_FLUSH.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move |spool: &RuleSpool| {
+                if !cutting.swap(true, Ordering::SeqCst) {
+                    // Another ingester's object holds entries 0..=4: segment 1 (3..=5) keeps 5.
+                    spool.cover_blocking(0, id(0, 4, -1))?;
+                }
+                Ok(())
+            }));
+        });
+        let sealed = spool.seal_blocking(1);
+        SEAL_FLUSH.with(|f| *f.borrow_mut() = None);
+        sealed?;
+        assert!(cut.load(Ordering::SeqCst), "the cut happened mid-seal");
+        assert_eq!(segment(&spool, 1).state, SegmentState::Sealed);
+        let (meta, path) = spool.sealed_file(1)?;
+        assert_eq!(
+            read_payloads(&path),
+            "0/5/-1\n",
+            "the rest, not the file written before the cut"
+        );
+        assert_eq!((meta.messages, meta.first_id), (1, Some(id(0, 5, -1))));
+        let offered: Vec<u64> = spool.sealed().iter().map(|m| m.segment_no).collect();
+        assert_eq!(offered, vec![1], "the partition goes on");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn an_unfenced_segment_is_never_covered() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| IngesterError::io("tempdir", e))?;
