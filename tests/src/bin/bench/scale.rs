@@ -278,7 +278,8 @@ async fn ctl(stack: &Stack, host: &Host, args: &[&str]) -> anyhow::Result<Value>
     serde_json::from_slice(&out.stdout).context("tdmq-backup printed no JSON")
 }
 
-/// Waits until the hosts together acknowledged `expected` messages and spool nothing, flushing
+/// Waits until the hosts together acknowledged (or dropped as already stored) `expected`
+/// messages and spool nothing, flushing
 /// their open segments once everything is in; returns what each host consumed. A run that stops
 /// short is noted in `stalled` and measured on (verify and the drain check then say whether
 /// anything was lost or only not delivered).
@@ -299,7 +300,12 @@ async fn wait_all_acked(
         }
         let sum =
             |key: &str| -> u64 { statuses.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum() };
-        let (acked, spooled) = (sum("messages_acked"), sum("spooled_messages"));
+        // What a host drops as a duplicate after another's object covered it is stored: it
+        // counts towards done (verify and the drain check say whether that was so).
+        let (acked, spooled) = (
+            sum("messages_acked") + sum("duplicates_dropped"),
+            sum("spooled_messages"),
+        );
         let timed_out = Instant::now() > deadline;
         if timed_out {
             stalled.push(format!(
