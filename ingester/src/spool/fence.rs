@@ -261,10 +261,13 @@ impl RuleSpool {
         let mut decoder = LogDecoder::default();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| io("reading", e))?;
-            if n == 0 {
-                break;
-            }
+            // As the seal's own reading of a log (`SegmentWriter::feed`) does.
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io("reading", e)),
+            };
             decoder
                 .decode_after(&buf[..n], &mut rest, Some(through))
                 .map_err(|e| {

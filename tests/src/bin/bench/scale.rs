@@ -255,7 +255,8 @@ async fn start_host(stack: &Stack, i: usize) -> anyhow::Result<Host> {
 }
 
 /// `tdmq-backup -o json ARGS` against this host's ingester and uploader; exit 0 (or 3 from
-/// `verify`, with its report) gives the JSON.
+/// `verify`, with its report) gives the JSON. Not `Stack::ctl_json_async`: that names the
+/// stack's own uploader, which these stacks do not run, and ctl takes one `--uploader`.
 async fn ctl(stack: &Stack, host: &Host, args: &[&str]) -> anyhow::Result<Value> {
     let mut full = vec!["--output", "json", "--uploader", &host.uploader_url];
     if !args.contains(&"--ingester") {
