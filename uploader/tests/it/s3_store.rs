@@ -482,6 +482,76 @@ async fn a_conditional_create_never_replaces_another_writers_object() {
     );
 }
 
+/// To COS a conditional create also sends COS's own guard, `x-cos-forbid-overwrite: true`,
+/// signed, on the single PUT and on CompleteMultipartUpload (and only there: an unconditional
+/// write and the other requests of a multipart upload go without it). s3s-fs stands in for COS
+/// here: it ignores the header and honours `If-None-Match`, so the outcome is the same.
+#[tokio::test]
+async fn a_conditional_create_to_cos_also_forbids_overwriting() {
+    let server = serve().await;
+    let recorder = Recorder::default();
+    let mut up = uploader(&server, &recorder, RequestChecksum::Crc32c).await;
+    up.store = up.store.with_cos_forbid_overwrite(true);
+    let guarded = |requests: &[(String, String, Vec<String>)], signed: &[Vec<String>]| {
+        requests
+            .iter()
+            .zip(signed)
+            .filter(|((_, _, headers), signed)| {
+                let sent = headers.iter().any(|h| h == "x-cos-forbid-overwrite");
+                let signed = signed.iter().any(|h| h == "x-cos-forbid-overwrite");
+                assert_eq!(sent, signed, "the guard is signed when sent");
+                sent
+            })
+            .map(|((method, uri, _), _)| {
+                format!("{method} {}", uri.split('?').nth(1).unwrap_or(""))
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let plain = random_bytes(1000, 21);
+    let crc = crc32c::crc32c(&plain);
+    let plain_req = request("cos/plain.jsonl.gz", plain.len(), &format!("{crc:08x}"));
+    up.store
+        .put_object(&plain_req, body(&plain, crc))
+        .await
+        .expect("unconditional put");
+    assert!(
+        guarded(&recorder.take(), &recorder.signed_headers()).is_empty(),
+        "an unconditional write goes without the guard"
+    );
+
+    let key = "cos/fenced.jsonl.gz";
+    let mut first = request(key, plain.len(), &format!("{crc:08x}"));
+    first.if_absent = true;
+    up.store
+        .put_object(&first, body(&plain, crc))
+        .await
+        .expect("the key is free");
+    let signed = recorder.signed_headers();
+    assert_eq!(
+        guarded(&recorder.take(), &signed),
+        vec!["PUT x-id=PutObject"]
+    );
+
+    let big = random_bytes(11 * MIB, 22);
+    let crc_big = crc32c::crc32c(&big);
+    let mut second = request(key, big.len(), &format!("{crc_big:08x}"));
+    second.if_absent = true;
+    let err = up
+        .multipart(&second, &big, crc_big)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, UploadError::KeyTaken { .. }), "{err}");
+    assert_eq!(stored_file(&server, key).as_deref(), Some(&plain[..]));
+    let signed = recorder.signed_headers();
+    let sent = guarded(&recorder.take(), &signed);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with("POST uploadId="),
+        "only the complete: {sent:?}"
+    );
+}
+
 /// The router's clients count every request by operation (the uploader's `store_requests`
 /// metric): one PutObject for a small object; create, a part each, complete for a large one;
 /// and a HEAD.

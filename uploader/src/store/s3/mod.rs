@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_s3::client::customize::CustomizableOperation;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
@@ -178,6 +179,11 @@ pub struct S3Store {
     /// everywhere, for stores that refuse `UNSIGNED-PAYLOAD`.
     sign_payload: bool,
     endpoint: String,
+    /// Whether a conditional create also carries `x-cos-forbid-overwrite: true`: COS documents
+    /// that header (answering 409 `FileAlreadyExists`) on PUT Object and Complete Multipart
+    /// Upload, and not `If-None-Match` on writes, so a fenced upload to COS sends both. On by
+    /// default for COS endpoints only: other stores have no use for a header they do not know.
+    cos_forbid_overwrite: bool,
     /// Where parts are gathered; shared by every client of one uploader.
     buffers: PartBuffers,
 }
@@ -212,6 +218,7 @@ impl S3Store {
             checksum: target.checksum,
             sign_payload: PayloadSigning::Auto.signs(&target.endpoint),
             endpoint: target.endpoint.clone(),
+            cos_forbid_overwrite: super::is_cos_endpoint(&target.endpoint),
             buffers: PartBuffers::new(
                 usize::try_from(part_size).unwrap_or(usize::MAX),
                 DEFAULT_IDLE_BUFFERS,
@@ -236,8 +243,31 @@ impl S3Store {
         self
     }
 
+    /// Sends COS's `x-cos-forbid-overwrite: true` with every conditional create, or not (the
+    /// default follows the endpoint: COS hosts get it).
+    pub fn with_cos_forbid_overwrite(mut self, send: bool) -> S3Store {
+        self.cos_forbid_overwrite = send;
+        self
+    }
+
     pub fn part_size(&self) -> u64 {
         self.part_size as u64
+    }
+
+    /// `op` with COS's overwrite guard added when it creates only where the key is free.
+    fn guard_create<T, E, B>(
+        &self,
+        op: CustomizableOperation<T, E, B>,
+        if_absent: bool,
+    ) -> CustomizableOperation<T, E, B> {
+        if if_absent && self.cos_forbid_overwrite {
+            // Added before signing, so the header is signed like the rest.
+            op.mutate_request(|req| {
+                req.headers_mut().insert("x-cos-forbid-overwrite", "true");
+            })
+        } else {
+            op
+        }
     }
 
     /// Whether an object of `total_len` bytes goes up as a multipart upload.
@@ -291,6 +321,7 @@ impl S3Store {
             .content_length(len_i64(data.len()))
             .body(ByteStream::from(data))
             .customize();
+        let request = self.guard_create(request, req.if_absent);
         let request = if self.sign_payload {
             request
         } else {
@@ -465,7 +496,7 @@ impl S3Store {
                     .build()
             })
             .collect::<Vec<_>>();
-        let out = self
+        let complete = self
             .client
             .complete_multipart_upload()
             .bucket(&state.bucket)
@@ -477,6 +508,9 @@ impl S3Store {
                     .build(),
             )
             .set_if_none_match(if_absent.then(|| "*".to_string()))
+            .customize();
+        let out = self
+            .guard_create(complete, if_absent)
             .send()
             .await
             .map_err(|e| {

@@ -57,12 +57,13 @@ fn body(chunks: Vec<&'static [u8]>) -> Body {
 }
 
 async fn capture_put(target: Target) -> (String, Vec<(String, String)>, UploadError) {
-    capture_put_with(target, PayloadSigning::Auto).await
+    capture_put_with(target, PayloadSigning::Auto, false).await
 }
 
 async fn capture_put_with(
     target: Target,
     signing: PayloadSigning,
+    if_absent: bool,
 ) -> (String, Vec<(String, String)>, UploadError) {
     let Target::S3(target) = target else {
         panic!("S3 target expected")
@@ -87,7 +88,7 @@ async fn capture_put_with(
         metadata: vec![("rule".into(), "orders-backup".into())],
         content_type: "application/gzip".into(),
         total_len: 11,
-        if_absent: false,
+        if_absent,
     };
     let err = store
         .put_object(&req, body(vec![b"hello ", b"world"]))
@@ -157,13 +158,47 @@ async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
         "ap-guangzhou",
     )
     .expect("COS region");
-    let (_, headers, _) = capture_put_with(target, PayloadSigning::Always).await;
+    let (_, headers, _) = capture_put_with(target, PayloadSigning::Always, false).await;
     assert_eq!(
         header(&headers, "x-amz-content-sha256"),
         Some("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
     );
     assert!(!err.to_string().contains("very-secret-key"));
     assert!(!auth.contains("very-secret-key"));
+}
+
+/// A conditional create carries COS's own overwrite guard to COS hosts only, beside
+/// `If-None-Match`; an unconditional write carries neither.
+#[tokio::test]
+async fn only_a_conditional_create_to_cos_forbids_overwriting() {
+    let cos = || {
+        resolve_target(
+            None,
+            &[],
+            None,
+            false,
+            ChecksumChoice::Auto,
+            "",
+            "ap-guangzhou",
+        )
+        .expect("COS region")
+    };
+    let other = || {
+        let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
+        override_target(&o)
+    };
+    let guards = |headers: &[(String, String)]| {
+        (
+            header(headers, "x-cos-forbid-overwrite").map(str::to_string),
+            header(headers, "if-none-match").map(str::to_string),
+        )
+    };
+    let (_, headers, _) = capture_put_with(cos(), PayloadSigning::Auto, true).await;
+    assert_eq!(guards(&headers), (Some("true".into()), Some("*".into())));
+    let (_, headers, _) = capture_put_with(cos(), PayloadSigning::Auto, false).await;
+    assert_eq!(guards(&headers), (None, None));
+    let (_, headers, _) = capture_put_with(other(), PayloadSigning::Auto, true).await;
+    assert_eq!(guards(&headers), (None, Some("*".into())));
 }
 
 /// `o` for every rule, path style, the default checksum choice.

@@ -17,6 +17,8 @@ pub struct Recorder {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Part number and Content-Length of every UploadPart.
     parts: Arc<Mutex<Vec<(u32, u64)>>>,
+    /// The SigV4 `SignedHeaders` of every request, in the order sent.
+    signed: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl Recorder {
@@ -27,7 +29,14 @@ impl Recorder {
     /// The requests so far, forgetting them (and their parts).
     pub fn take(&self) -> Vec<Recorded> {
         self.parts.lock().expect("test mutex").clear();
+        self.signed.lock().expect("test mutex").clear();
         std::mem::take(&mut *self.requests.lock().expect("test mutex"))
+    }
+
+    /// The headers each request so far signed (its `Authorization`'s `SignedHeaders`), in the
+    /// order sent.
+    pub fn signed_headers(&self) -> Vec<Vec<String>> {
+        self.signed.lock().expect("test mutex").clone()
     }
 
     /// The UploadPart requests so far: part number and Content-Length, in the order sent.
@@ -69,6 +78,14 @@ impl Intercept for Recorder {
                 .expect("test mutex")
                 .push((part_number, length));
         }
+        let signed = req
+            .headers()
+            .get("authorization")
+            .and_then(|auth| auth.split("SignedHeaders=").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .map(|list| list.split(';').map(str::to_string).collect())
+            .unwrap_or_default();
+        self.signed.lock().expect("test mutex").push(signed);
         self.requests.lock().expect("test mutex").push((
             req.method().to_string(),
             req.uri().to_string(),
