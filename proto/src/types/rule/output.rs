@@ -79,12 +79,13 @@ impl Compression {
     }
 
     /// The level used when the rule gives none: gzip 1 (what the ingester has always written;
-    /// gzip was its largest CPU cost), zstd 3 (zstd's own default: smaller than gzip 6 at a
-    /// fraction of gzip 1's CPU).
+    /// gzip was its largest CPU cost), zstd 1 (compression is the ingester's largest CPU cost,
+    /// and zstd 1 took 0.5–0.7 times zstd 3's CPU for about the same bytes on JSON payloads:
+    /// docs/benchmarks.md, "Compression: gzip or zstd").
     pub fn default_level(self) -> u32 {
         match self {
             Compression::Gzip => 1,
-            Compression::Zstd => 3,
+            Compression::Zstd => 1,
             Compression::None => 0,
         }
     }

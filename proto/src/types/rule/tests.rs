@@ -465,7 +465,7 @@ fn levels_are_checked_per_compression_and_default_when_unset() {
         ..valid_input()
     };
     let rule = at("zstd", None).validate().expect("valid");
-    assert_eq!((rule.compression, rule.level()), (Compression::Zstd, 3));
+    assert_eq!((rule.compression, rule.level()), (Compression::Zstd, 1));
     let rule = at("zstd", Some(19)).validate().expect("valid");
     assert_eq!(rule.level(), 19);
     assert_eq!(at("gzip", None).validate().expect("valid").level(), 1);
@@ -727,7 +727,7 @@ fn a_new_format_without_a_compression_takes_the_formats_default() -> Result<(), 
         .validate()?;
     assert_eq!(
         (edited.format, edited.compression, edited.level()),
-        (Format::Parquet, Compression::Zstd, 3)
+        (Format::Parquet, Compression::Zstd, 1)
     );
     let kept = stored
         .overlay(RuleSpecInput {
