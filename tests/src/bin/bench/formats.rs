@@ -1,11 +1,12 @@
 //! What each object format costs and gives: the same end-to-end backup written as gzip JSON
-//! Lines, zstd JSON Lines and Parquet, each on a fresh stack with the official client's raw
-//! consume+ack rate on the same broker as its baseline; then DuckDB's time for a count and for
+//! Lines, zstd JSON Lines and Parquet, each on a fresh stack with the official client's and
+//! pulsar-rs's raw consume+ack rates on the same broker as its baselines; then DuckDB's time for a count and for
 //! a time-range filter (the middle tenth of the publish times) over the objects stored, read
 //! straight from the S3 server's directory.
 
 use serde::Deserialize;
 
+use crate::baseline::consume_all;
 use crate::messages::{preload, topic_name};
 use crate::stack::{finish_row, stored_bytes, timed_backup, Bench, BUCKET};
 use crate::steady::official_consume;
@@ -15,9 +16,16 @@ use crate::KB;
 /// The formats compared: label, rule flags, object extension, and the end-to-end target as a
 /// fraction of the official client's rate (the issue's; 0: none). The last row writes Parquet
 /// segments of up to 500 MB, each many row groups: the writer's memory must not grow with them.
-const FORMATS: [(&str, &[&str], &str, f64); 4] = [
+const FORMATS: [(&str, &[&str], &str, f64); 5] = [
     ("gzip JSONL", &[], ".jsonl.gz", 0.0),
     ("zstd JSONL", &["--compression", "zstd"], ".jsonl.zst", 0.7),
+    // zstd's own default level, the rules' default before: the CPU it costs, the bytes it saves.
+    (
+        "zstd JSONL, level 3",
+        &["--compression", "zstd", "--compression-level", "3"],
+        ".jsonl.zst",
+        0.0,
+    ),
     ("Parquet", &["--format", "parquet"], ".parquet", 0.5),
     (
         "Parquet, 500 MB segments",
@@ -75,6 +83,9 @@ impl Bench {
         let produce_s = preload(&url, &topic, count, KB).await?;
         let official = official_consume(&url, &topic, "official", count).await;
         let official_msg_s = official.as_ref().ok().map(|o| count as f64 / o.seconds);
+        // pulsar-rs, the client the ingester is built on, drains its own subscription.
+        let (rs_seconds, rs_deliveries) = consume_all(&url, &topic, count).await?;
+        let pulsar_rs_msg_s = count as f64 / rs_seconds;
 
         let run = timed_backup(&mut stack, &topic, flags, count, KB).await?;
         let mut row = Row {
@@ -121,7 +132,8 @@ impl Bench {
             _ => String::new(),
         };
         row.notes = format!(
-            "{official_note}; {:.1} MB stored ({:.2} × payload); {query_note}; {}; preload {produce_s:.1} s",
+            "{official_note}; pulsar-rs {pulsar_rs_msg_s:.0} msg/s ({rs_deliveries} deliveries), e2e = {:.2} × pulsar-rs; {:.1} MB stored ({:.2} × payload); {query_note}; {}; preload {produce_s:.1} s",
+            row.msg_per_s() / pulsar_rs_msg_s,
             stored as f64 / 1e6,
             stored as f64 / row.bytes.max(1) as f64,
             row.notes
