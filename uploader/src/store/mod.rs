@@ -239,13 +239,15 @@ pub enum Target {
 /// Region used for signing when neither the uploader nor the rule names one (S3's default).
 pub const FALLBACK_REGION: &str = "us-east-1";
 
-/// COS hosts refuse path-style requests for buckets created since 2024, so a `*.myqcloud.com`
-/// endpoint is always addressed virtual-hosted, whatever `path_style` says (that key exists for
-/// local S3 servers, which need path style).
+/// COS hosts refuse path-style requests for buckets created since 2024, so a COS endpoint
+/// (`*.myqcloud.com`, or `*.tencentcos.cn`, the domain COS also serves every bucket under) is
+/// always addressed virtual-hosted, whatever `path_style` says (that key exists for local S3
+/// servers, which need path style); it also gets COS's checksum and overwrite-guard headers.
 pub fn is_cos_endpoint(url: &str) -> bool {
     let host = url.split_once("://").map_or(url, |(_, rest)| rest);
     let host = host.split(['/', ':']).next().unwrap_or_default();
-    host.ends_with(".myqcloud.com")
+    let host = host.to_ascii_lowercase();
+    host.ends_with(".myqcloud.com") || host.ends_with(".tencentcos.cn")
 }
 
 /// The uploader's `allowed_endpoints`: S3 endpoints a rule may name. A `file://` entry is

@@ -154,6 +154,26 @@ fn override_beats_rule_and_region_override_beats_rule_region() {
 }
 
 #[test]
+fn cos_is_known_by_either_of_its_domains() {
+    for cos in [
+        "https://cos.ap-guangzhou.myqcloud.com",
+        "https://cos.ap-guangzhou.tencentcos.cn",
+        "https://COS.AP-BEIJING.TENCENTCOS.CN:443/",
+        "cos.ap-shanghai.myqcloud.com",
+    ] {
+        assert!(is_cos_endpoint(cos), "{cos}");
+    }
+    for other in [
+        "http://127.0.0.1:9000",
+        "https://s3.amazonaws.com",
+        "https://myqcloud.com.example.org",
+        "https://example.org/cos.ap-guangzhou.myqcloud.com",
+    ] {
+        assert!(!is_cos_endpoint(other), "{other}");
+    }
+}
+
+#[test]
 fn auto_checksum_is_md5_for_cos_and_crc32c_elsewhere() {
     let checksum_of = |choice, endpoint: &str, region| match resolve_target(
         None,
