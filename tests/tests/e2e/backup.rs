@@ -7,7 +7,7 @@ use harness::{
     assert_subscription_drained, check_exactly_once, produce, read_all, sample_messages,
 };
 
-use crate::util::{eventually, unique_topic, Stack, BUCKET};
+use crate::util::{eventually, messages_left, unique_topic, Stack, BUCKET};
 
 const MAX_MESSAGES: u64 = 1000;
 const MAX_BYTES: u64 = 300_000;
@@ -186,13 +186,7 @@ async fn every_message_lands_in_exactly_one_object_then_is_acknowledged() -> any
     if let Some(mut ingester) = stack.ingester.take() {
         ingester.kill9()?;
     }
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full_topic).await?;
     assert_eq!(left, 0, "messages still unacknowledged on the subscription");
     Ok(())
 }
@@ -372,13 +366,7 @@ async fn large_messages_shrink_the_receive_window_and_lose_nothing() -> anyhow::
     if let Some(mut ingester) = stack.ingester.take() {
         ingester.kill9()?;
     }
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full_topic).await?;
     assert_eq!(left, 0, "messages left unacknowledged on the subscription");
     Ok(())
 }

@@ -8,12 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{
-    assert_subscription_drained, check_exactly_once, produce, read_all, sample_messages,
-};
+use harness::{check_exactly_once, produce, read_all, sample_messages};
 use serde_json::Value;
 
-use crate::util::{eventually, unique_topic, Stack, BUCKET};
+use crate::util::{eventually, messages_left, unique_topic, Stack, BUCKET};
 
 // ------------------------------------------------------------------ helpers
 
@@ -535,13 +533,7 @@ async fn rule_delete_refuses_unstored_segments_unless_discard_yes() -> anyhow::R
     let gone = stack.ctl(&["rule", "show", "doomed"]);
     assert!(!gone.status.success());
     // Discarded means never acknowledged: the subscription still holds every message.
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full(&topic),
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full(&topic)).await?;
     assert_eq!(
         left, 150,
         "discarded messages must stay on the subscription"
@@ -583,13 +575,7 @@ async fn rule_delete_drain_stores_everything_then_deletes() -> anyhow::Result<()
     let objects = read_all(&stack.s3.client(), BUCKET, "").await?;
     let report = check_exactly_once(&objects, &messages)?;
     assert_eq!(report.objects, 3, "{report:?}");
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full(&topic),
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full(&topic)).await?;
     assert_eq!(left, 0, "drained messages must all be acknowledged");
     Ok(())
 }

@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use harness::{
-    assert_subscription_drained, check_exactly_once, produce, sample_messages, SampleMessage,
-};
+use harness::{check_exactly_once, produce, sample_messages, SampleMessage};
 use rand::{Rng, SeedableRng};
 
-use crate::util::{unique_topic, Extra, Stack};
+use crate::util::{messages_left, unique_topic, Extra, Stack};
 
 fn seed() -> u64 {
     let seed = std::env::var("E2E_SEED")
@@ -66,13 +64,7 @@ async fn finish(
     if let Some(mut ingester) = stack.ingester.take() {
         ingester.kill9()?;
     }
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(stack, full_topic).await?;
     assert_eq!(left, 0, "messages left unacknowledged on the subscription");
     Ok(())
 }

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use harness::{assert_subscription_drained, produce, read_all, sample_messages, Daemon};
+use harness::{produce, read_all, sample_messages, Daemon};
 
-use crate::util::{unique_topic, Stack, BUCKET};
+use crate::util::{messages_left, unique_topic, Stack, BUCKET};
 
 struct Standby {
     ingester: Daemon,
@@ -178,13 +178,7 @@ async fn a_standby_ingester_takes_over_and_nothing_is_lost() -> anyhow::Result<(
         ..
     } = standby;
     ingester.kill9()?;
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full_topic).await?;
     assert_eq!(left, 0, "messages left unacknowledged after the takeover");
 
     // Ingester A comes back and ships what it had spooled: duplicates at most, never an overwrite

@@ -4,13 +4,10 @@
 
 use std::time::Duration;
 
-use harness::{
-    assert_subscription_drained, check_exactly_once, produce, read_all, sample_messages, Daemon,
-    PulsarLite,
-};
+use harness::{check_exactly_once, produce, read_all, sample_messages, Daemon, PulsarLite};
 use serde_json::Value;
 
-use crate::util::{eventually, unique_topic, Stack, BUCKET};
+use crate::util::{eventually, messages_left, unique_topic, Stack, BUCKET};
 
 /// One ingester with its own uploader (a host), told apart from the others by its node id.
 struct Host {
@@ -279,13 +276,7 @@ async fn three_ingesters_killed_in_rounds_store_every_message_once() -> anyhow::
     for mut host in std::mem::take(&mut hosts) {
         host.ingester.kill9()?;
     }
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full_topic).await?;
     assert_eq!(left, 0, "messages left unacknowledged");
 
     // The first host killed comes back with its spool, all of which the others stored: every

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use harness::{assert_subscription_drained, produce, sample_messages};
+use harness::{produce, sample_messages};
 
-use crate::util::{eventually, unique_topic, Stack};
+use crate::util::{eventually, messages_left, unique_topic, Stack};
 
 /// Segments the uploader stored while the rule had no consumer (the broker down since the
 /// ingester started) cannot be acknowledged yet: deleting
@@ -91,13 +91,7 @@ async fn rule_delete_waits_for_stored_segments_to_be_acknowledged() -> anyhow::R
     .await?;
     let deleted = stack.ctl_json(&["rule", "delete", "unacked"])?;
     assert_eq!(deleted["deleted"], "unacked", "{deleted}");
-    let left = assert_subscription_drained(
-        &stack.pulsar.url(),
-        &full_topic,
-        "tdmq-backup",
-        Duration::from_secs(3),
-    )
-    .await?;
+    let left = messages_left(&stack, &full_topic).await?;
     assert_eq!(
         left, 0,
         "every stored message was acknowledged before the delete"

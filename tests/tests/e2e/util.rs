@@ -6,6 +6,18 @@ use anyhow::bail;
 
 pub use harness::stack::{Extra, Stack, BUCKET};
 
+/// Messages still unacknowledged on the daemons' subscription (`tdmq-backup`) of `full_topic`,
+/// read by a consumer attached once the daemons are stopped, waiting 3 s for any to arrive.
+pub async fn messages_left(stack: &Stack, full_topic: &str) -> anyhow::Result<usize> {
+    harness::assert_subscription_drained(
+        &stack.pulsar.url(),
+        full_topic,
+        "tdmq-backup",
+        Duration::from_secs(3),
+    )
+    .await
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic(stem: &str) -> String {
     format!("{stem}-{}", rand::random::<u32>())
