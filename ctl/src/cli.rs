@@ -506,7 +506,7 @@ pub struct SpecFlags {
     /// --format parquet it compresses the file's pages instead (default zstd).
     #[arg(long, value_name = "gzip|zstd|none")]
     pub compression: Option<String>,
-    /// gzip 1..=9 (default 1), zstd 1..=19 (default 3). A new --compression without it uses
+    /// gzip 1..=9 (default 1), zstd 1..=19 (default 1). A new --compression without it uses
     /// the new compression's default.
     #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,

@@ -128,7 +128,7 @@ pub struct RuleSpecInput {
     pub role: Option<String>,
     pub endpoint: Option<String>,
     pub compression: Option<String>,
-    /// gzip 1..=9 (default 1), zstd 1..=19 (default 3); not with `none`.
+    /// gzip 1..=9 (default 1), zstd 1..=19 (default 1); not with `none`.
     pub compression_level: Option<u32>,
     pub layout: Option<String>,
     /// `jsonl` (default) or `parquet`.
