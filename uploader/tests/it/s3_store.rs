@@ -492,10 +492,14 @@ async fn a_conditional_create_to_cos_also_forbids_overwriting() {
     let recorder = Recorder::default();
     let mut up = uploader(&server, &recorder, RequestChecksum::Crc32c).await;
     up.store = up.store.with_cos_forbid_overwrite(true);
-    let guarded = |requests: &[(String, String, Vec<String>)], signed: &[Vec<String>]| {
-        requests
+    // The requests since the last call that carried the guard (method and query), each checked
+    // to have signed it.
+    let guarded = |recorder: &Recorder| {
+        let signed = recorder.signed_headers();
+        recorder
+            .take()
             .iter()
-            .zip(signed)
+            .zip(&signed)
             .filter(|((_, _, headers), signed)| {
                 let sent = headers.iter().any(|h| h == "x-cos-forbid-overwrite");
                 let signed = signed.iter().any(|h| h == "x-cos-forbid-overwrite");
@@ -516,7 +520,7 @@ async fn a_conditional_create_to_cos_also_forbids_overwriting() {
         .await
         .expect("unconditional put");
     assert!(
-        guarded(&recorder.take(), &recorder.signed_headers()).is_empty(),
+        guarded(&recorder).is_empty(),
         "an unconditional write goes without the guard"
     );
 
@@ -527,11 +531,7 @@ async fn a_conditional_create_to_cos_also_forbids_overwriting() {
         .put_object(&first, body(&plain, crc))
         .await
         .expect("the key is free");
-    let signed = recorder.signed_headers();
-    assert_eq!(
-        guarded(&recorder.take(), &signed),
-        vec!["PUT x-id=PutObject"]
-    );
+    assert_eq!(guarded(&recorder), vec!["PUT x-id=PutObject"]);
 
     let big = random_bytes(11 * MIB, 22);
     let crc_big = crc32c::crc32c(&big);
@@ -543,8 +543,7 @@ async fn a_conditional_create_to_cos_also_forbids_overwriting() {
         .expect_err("taken");
     assert!(matches!(err, UploadError::KeyTaken { .. }), "{err}");
     assert_eq!(stored_file(&server, key).as_deref(), Some(&plain[..]));
-    let signed = recorder.signed_headers();
-    let sent = guarded(&recorder.take(), &signed);
+    let sent = guarded(&recorder);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(
         sent[0].starts_with("POST uploadId="),

@@ -112,16 +112,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
-    let target = resolve_target(
-        None,
-        &[],
-        None,
-        false,
-        ChecksumChoice::Auto,
-        "",
-        "ap-guangzhou",
-    )
-    .expect("COS region");
+    let target = cos_target();
     let (uri, headers, err) = capture_put(target).await;
     assert!(
         uri.starts_with("https://examplebucket-1250000000.cos.ap-guangzhou.myqcloud.com/orders/2026/11/24/02/seg.jsonl.gz"),
@@ -148,16 +139,7 @@ async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
         Some("UNSIGNED-PAYLOAD")
     );
     // Unless payload_signing = "always".
-    let target = resolve_target(
-        None,
-        &[],
-        None,
-        false,
-        ChecksumChoice::Auto,
-        "",
-        "ap-guangzhou",
-    )
-    .expect("COS region");
+    let target = cos_target();
     let (_, headers, _) = capture_put_with(target, PayloadSigning::Always, false).await;
     assert_eq!(
         header(&headers, "x-amz-content-sha256"),
@@ -171,18 +153,6 @@ async fn cos_put_is_virtual_hosted_with_md5_and_no_flexible_checksum() {
 /// `If-None-Match`; an unconditional write carries neither.
 #[tokio::test]
 async fn only_a_conditional_create_to_cos_forbids_overwriting() {
-    let cos = || {
-        resolve_target(
-            None,
-            &[],
-            None,
-            false,
-            ChecksumChoice::Auto,
-            "",
-            "ap-guangzhou",
-        )
-        .expect("COS region")
-    };
     let other = || {
         let o = StoreEndpoint::parse("http://127.0.0.1:9000").expect("valid");
         override_target(&o)
@@ -193,12 +163,26 @@ async fn only_a_conditional_create_to_cos_forbids_overwriting() {
             header(headers, "if-none-match").map(str::to_string),
         )
     };
-    let (_, headers, _) = capture_put_with(cos(), PayloadSigning::Auto, true).await;
+    let (_, headers, _) = capture_put_with(cos_target(), PayloadSigning::Auto, true).await;
     assert_eq!(guards(&headers), (Some("true".into()), Some("*".into())));
-    let (_, headers, _) = capture_put_with(cos(), PayloadSigning::Auto, false).await;
+    let (_, headers, _) = capture_put_with(cos_target(), PayloadSigning::Auto, false).await;
     assert_eq!(guards(&headers), (None, None));
     let (_, headers, _) = capture_put_with(other(), PayloadSigning::Auto, true).await;
     assert_eq!(guards(&headers), (None, Some("*".into())));
+}
+
+/// The uploader's default for a rule in a known COS region: that region's COS endpoint.
+fn cos_target() -> Target {
+    resolve_target(
+        None,
+        &[],
+        None,
+        false,
+        ChecksumChoice::Auto,
+        "",
+        "ap-guangzhou",
+    )
+    .expect("COS region")
 }
 
 /// `o` for every rule, path style, the default checksum choice.
