@@ -125,32 +125,8 @@ async fn verify_passes_a_complete_backup_and_names_every_damage() -> anyhow::Res
     let (code, v, _) = verify_json(&stack, &["vf", "--from", "2999-01-01T00:00:00Z"]).await?;
     assert_eq!((code, &v["objects"]), (0, &Value::from(0)), "{v}");
 
-    // Damage: one object deleted, one truncated, one stray object, one entry whose ids leave a gap.
-    let deleted = objects[1].0.clone();
-    let truncated = objects[3].0.clone();
-    client
-        .delete_object()
-        .bucket(BUCKET)
-        .key(&deleted)
-        .send()
-        .await?;
-    let bytes = get(&client, &truncated).await?;
-    client
-        .put_object()
-        .bucket(BUCKET)
-        .key(&truncated)
-        .body(ByteStream::from(bytes[..bytes.len() / 2].to_vec()))
-        .send()
-        .await?;
-    let stray = format!("{folder}2026/01/01/00/copied-by-hand.jsonl.gz");
-    client
-        .put_object()
-        .bucket(BUCKET)
-        .key(&stray)
-        .body(ByteStream::from(b"not a backup".to_vec()))
-        .send()
-        .await?;
-    // The gap: a copy of the last object, recorded as if it held ids 10 entries past the end.
+    // The last object by message id, whose copy becomes the gap below; the other damage is
+    // done elsewhere (keys sort by text, so the one at a fixed index may be this one).
     let mut last_entry: Option<Value> = None;
     for (key, _) in &entries {
         let entry: Value = serde_json::from_slice(&get(&client, key).await?)?;
@@ -178,6 +154,42 @@ async fn verify_passes_a_complete_backup_and_names_every_damage() -> anyhow::Res
             last_entry = Some(entry);
         }
     }
+    let last_key = last_entry
+        .as_ref()
+        .and_then(|e| e["key"].as_str())
+        .context("a last entry")?
+        .to_string();
+    let others: Vec<&String> = objects
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| **k != last_key)
+        .collect();
+    // Damage: one object deleted, one truncated, one stray object, one entry whose ids leave a gap.
+    let deleted = others[1].clone();
+    let truncated = others[3].clone();
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&deleted)
+        .send()
+        .await?;
+    let bytes = get(&client, &truncated).await?;
+    client
+        .put_object()
+        .bucket(BUCKET)
+        .key(&truncated)
+        .body(ByteStream::from(bytes[..bytes.len() / 2].to_vec()))
+        .send()
+        .await?;
+    let stray = format!("{folder}2026/01/01/00/copied-by-hand.jsonl.gz");
+    client
+        .put_object()
+        .bucket(BUCKET)
+        .key(&stray)
+        .body(ByteStream::from(b"not a backup".to_vec()))
+        .send()
+        .await?;
+    // The gap: a copy of the last object, recorded as if it held ids 10 entries past the end.
     let mut gap = last_entry.context("a last entry")?;
     let shift = |id: &str, by: u64| -> String {
         let mut parts: Vec<String> = id.split(':').map(str::to_string).collect();
